@@ -1,0 +1,46 @@
+"""The code location: assets, checks, resources, IO managers, jobs and schedules in one place.
+
+Loading this module validates the environment (see :mod:`forecast_pipeline.settings`): a bad
+variable stops the code location from loading with a message that names it.
+"""
+
+from dagster import Definitions, in_process_executor, multiprocess_executor
+
+from forecast_pipeline.assets import eligible_products, product_forecasts
+from forecast_pipeline.checks import cached_forecasts_well_formed
+from forecast_pipeline.io_managers import RedisForecastIOManager, RedisTableIOManager
+from forecast_pipeline.resources import build_resources
+from forecast_pipeline.schedules import daily_forecast_job, daily_forecast_schedule
+from forecast_pipeline.settings import get_settings
+
+
+def _executor(name: str):
+    """in_process by default: a run's two steps are I/O and one vectorised batch, and a process
+    per step costs more than it saves on one machine (see the benchmark). The forecast step
+    still uses FORECAST_WORKERS processes. ``k8s`` runs each step in its own pod."""
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return multiprocess_executor if name == "multiprocess" else in_process_executor
+
+
+settings = get_settings()
+resources = build_resources(settings)
+resources["forecast_io_manager"] = RedisForecastIOManager(
+    redis_store=resources["redis_store"],
+    cache_ttl=resources["forecast_params"].cache_ttl,
+    history_ttl=resources["forecast_params"].history_ttl,
+)
+resources["table_io_manager"] = RedisTableIOManager(
+    redis_store=resources["redis_store"], history_ttl=resources["forecast_params"].history_ttl
+)
+
+defs = Definitions(
+    assets=[eligible_products, product_forecasts],
+    asset_checks=[cached_forecasts_well_formed],
+    jobs=[daily_forecast_job],
+    schedules=[daily_forecast_schedule],
+    resources=resources,
+    executor=_executor(settings.executor),
+)

@@ -1,0 +1,267 @@
+"""Forecasting a whole as-of date: shards over a process pool, failure isolation, JSON payloads.
+
+The weekly history matrix is cut into row shards, one task per shard, run on ``workers``
+processes (in-process when there is one shard: a pool costs more than it saves on small runs).
+A shard whose vectorised run raises is split in halves until the failing product is found, so one
+bad product never costs the others their forecast.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import multiprocessing
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from forecast_pipeline.forecasting.engine import BatchForecast, forecast_batch
+
+MIN_SHARD_ROWS = 1000
+INTERVAL_LEVEL = 0.8
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ForecastRun:
+    """Everything one as-of date produced: payloads to cache and the figures to report."""
+
+    as_of: dt.date
+    payloads: list[dict]
+    total: int
+    successful: int
+    no_forecast: int
+    failed: int
+    errors: list[tuple[int, str]]
+    model_counts: dict[str, int]
+    class_counts: dict[str, int]
+    mean_accuracy: float | None
+    holdout_wape: float | None
+    timings: dict[str, float] = field(default_factory=dict)
+    requested_products: list[int] | None = None  # None: every eligible product
+    last_run_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+
+    @property
+    def failure_rate(self) -> float:
+        return self.failed / self.total if self.total else 0.0
+
+    @property
+    def elapsed_seconds(self) -> float:
+        return sum(self.timings.values())
+
+    def redis_metadata(self) -> dict:
+        """``forecast:metadata:last_run``: the legacy fields plus the failure rate and accuracy."""
+        return {
+            "last_run": self.last_run_at,
+            "as_of_date": self.as_of.isoformat(),
+            "total_products": self.total,
+            "successful": self.successful,
+            "failed": self.failed,
+            "no_forecast": self.no_forecast,
+            "elapsed_seconds": round(self.elapsed_seconds, 2),
+            "failure_rate": round(self.failure_rate, 4),
+            "mean_accuracy_estimate": None if self.mean_accuracy is None else round(self.mean_accuracy, 4),
+        }
+
+
+def split_rows(n: int, workers: int, min_rows: int = MIN_SHARD_ROWS) -> list[slice]:
+    """Contiguous row shards: at most ``workers`` of them, none smaller than ``min_rows``
+    (except when there are fewer rows than that in all)."""
+    if n == 0:
+        return []
+    shards = max(1, min(workers, math.ceil(n / min_rows)))
+    size = math.ceil(n / shards)
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def forecast_isolated(
+    y: np.ndarray, horizon: int, forecaster: Callable[[np.ndarray, int], BatchForecast] = forecast_batch
+) -> BatchForecast:
+    """Run ``forecaster`` on all rows; if it raises, bisect so only the failing rows are errors."""
+    try:
+        return forecaster(y, horizon)
+    except Exception as exc:  # noqa: BLE001 - any model failure is isolated, reported per product
+        if y.shape[0] == 1:
+            return _error_rows(1, horizon, f"{type(exc).__name__}: {exc}")
+        mid = y.shape[0] // 2
+        return _concat(
+            [forecast_isolated(y[:mid], horizon, forecaster), forecast_isolated(y[mid:], horizon, forecaster)]
+        )
+
+
+def _shard_task(y: np.ndarray, horizon: int) -> BatchForecast:
+    return forecast_isolated(y, horizon)
+
+
+def run_forecasts(
+    history: np.ndarray,
+    product_ids: Sequence[int],
+    active_counts: np.ndarray,
+    weekly_buyers: np.ndarray,
+    as_of: dt.date,
+    horizon: int,
+    workers: int,
+    progress: Callable[[int, int], None] | None = None,
+) -> ForecastRun:
+    """Forecast every row of ``history`` and build the cached JSON for each success."""
+    n = len(product_ids)
+    started = time.perf_counter()
+    shards = split_rows(n, workers)
+    results: dict[int, BatchForecast] = {}
+    done = 0
+    for index, result in _run_shards(history, shards, horizon, workers):
+        results[index] = result
+        done += shards[index].stop - shards[index].start
+        if progress:
+            progress(done, n)
+    batch = _concat([results[i] for i in range(len(shards))]) if shards else _error_rows(0, horizon, "")
+    model_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    generated_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    payloads = [
+        forecast_payload(
+            product_id=int(product_ids[i]),
+            as_of=as_of,
+            forecast=batch.forecast[i],
+            lower=batch.lower[i],
+            upper=batch.upper[i],
+            active_count=int(active_counts[i]),
+            weekly_buyers=float(weekly_buyers[i]),
+            model_type=str(batch.model[i]),
+            demand_class=str(batch.demand_class[i]),
+            accuracy=float(batch.accuracy[i]),
+            historical_weeks=int(batch.history_weeks[i]),
+            generated_at=generated_at,
+        )
+        for i in np.flatnonzero(batch.status == "success")
+    ]
+    success = batch.status == "success"
+    holdout_actual = batch.holdout_actual[success].sum()
+    return ForecastRun(
+        as_of=as_of,
+        payloads=payloads,
+        total=n,
+        successful=int(success.sum()),
+        no_forecast=int((batch.status == "no_forecast").sum()),
+        failed=int((batch.status == "error").sum()),
+        errors=[
+            (int(product_ids[i]), batch.error[i] or "unknown error") for i in np.flatnonzero(batch.status == "error")
+        ],
+        model_counts=dict(Counter(str(m) for m in batch.model[success])),
+        class_counts=dict(Counter(str(c) for c in batch.demand_class[success])),
+        mean_accuracy=float(batch.accuracy[success].mean()) if success.any() else None,
+        holdout_wape=float(batch.holdout_abs_error[success].sum() / holdout_actual) if holdout_actual > 0 else None,
+        timings={"model_seconds": model_seconds, "payload_seconds": time.perf_counter() - started},
+    )
+
+
+def _run_shards(
+    history: np.ndarray, shards: list[slice], horizon: int, workers: int
+) -> Iterator[tuple[int, BatchForecast]]:
+    if len(shards) <= 1 or workers <= 1:
+        for index, rows in enumerate(shards):
+            yield index, _shard_task(history[rows], horizon)
+        return
+    # forkserver: children start from a clean, preloaded server instead of forking a process
+    # that has Dagster's threads running.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["forecast_pipeline.forecasting.engine"])
+    with ProcessPoolExecutor(max_workers=min(workers, len(shards)), mp_context=context) as pool:
+        futures = {pool.submit(_shard_task, history[rows], horizon): index for index, rows in enumerate(shards)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def forecast_payload(
+    *,
+    product_id: int,
+    as_of: dt.date,
+    forecast: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    active_count: int,
+    weekly_buyers: float,
+    model_type: str,
+    demand_class: str,
+    accuracy: float,
+    historical_weeks: int,
+    generated_at: str,
+) -> dict:
+    """The legacy worker's cached JSON, field for field, plus ``demand_class`` and
+    ``interval_level`` in ``model_metadata``."""
+    predictions = []
+    weekly_active = int(round(weekly_buyers))
+    for week, (point, lo, hi) in enumerate(zip(forecast, lower, upper, strict=True)):
+        start = as_of + dt.timedelta(weeks=week)
+        predictions.append(
+            {
+                "week_start": start.isoformat(),
+                "week_end": (start + dt.timedelta(days=6)).isoformat(),
+                "predicted_quantity": round(float(point), 2),
+                "confidence_lower": round(float(lo), 2),
+                "confidence_upper": round(float(hi), 2),
+                "active_customers": weekly_active,
+            }
+        )
+    total = round(sum(p["predicted_quantity"] for p in predictions), 2)
+    return {
+        "product_id": product_id,
+        "as_of_date": as_of.isoformat(),
+        "forecast_weeks": len(predictions),
+        "predictions": predictions,
+        "summary": {
+            "total_predicted_quantity": total,
+            "active_customers": active_count,
+            "avg_weekly_quantity": round(total / len(predictions), 2) if predictions else 0.0,
+        },
+        "model_metadata": {
+            "model_type": model_type,
+            "demand_class": demand_class,
+            "forecast_accuracy_estimate": round(accuracy, 4),
+            "interval_level": INTERVAL_LEVEL,
+            "historical_weeks": historical_weeks,
+            "generated_at": generated_at,
+        },
+    }
+
+
+def _error_rows(n: int, horizon: int, message: str) -> BatchForecast:
+    zeros = np.zeros((n, horizon))
+    return BatchForecast(
+        status=np.full(n, "error", dtype=object),
+        error=[message] * n,
+        model=np.full(n, None, dtype=object),
+        demand_class=np.full(n, "unknown", dtype=object),
+        forecast=zeros,
+        lower=zeros.copy(),
+        upper=zeros.copy(),
+        accuracy=np.zeros(n),
+        history_weeks=np.zeros(n, dtype=np.int64),
+        holdout_abs_error=np.zeros(n),
+        holdout_actual=np.zeros(n),
+    )
+
+
+def _concat(parts: list[BatchForecast]) -> BatchForecast:
+    if len(parts) == 1:
+        return parts[0]
+    return BatchForecast(
+        status=np.concatenate([p.status for p in parts]),
+        error=[e for p in parts for e in p.error],
+        model=np.concatenate([p.model for p in parts]),
+        demand_class=np.concatenate([p.demand_class for p in parts]),
+        forecast=np.concatenate([p.forecast for p in parts]),
+        lower=np.concatenate([p.lower for p in parts]),
+        upper=np.concatenate([p.upper for p in parts]),
+        accuracy=np.concatenate([p.accuracy for p in parts]),
+        history_weeks=np.concatenate([p.history_weeks for p in parts]),
+        holdout_abs_error=np.concatenate([p.holdout_abs_error for p in parts]),
+        holdout_actual=np.concatenate([p.holdout_actual for p in parts]),
+    )

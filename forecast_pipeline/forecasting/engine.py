@@ -1,0 +1,237 @@
+"""Model choice, holdout accuracy and prediction intervals for a block of weekly series.
+
+How a product's forecast is decided (the README repeats this for users):
+
+1. **Status.** A row with a non-finite quantity is an ``error``; fewer than
+   ``MIN_HISTORY_WEEKS`` weeks since its first demand, or no demand at all, is ``no_forecast``.
+2. **Demand class** (Syntetos-Boylan, on the last two years since first demand): ``smooth``,
+   ``erratic``, ``intermittent`` or ``lumpy`` from ADI (1.32) and CV² (0.49); ``short`` below
+   ``SHORT_HISTORY_WEEKS`` weeks.
+3. **Model.** Each class has candidates (smooth/erratic: SES, damped Holt; intermittent/lumpy:
+   SBA, TSB, SES; plus seasonal SES when two years and a holdout are available; short: recent
+   mean). Every candidate is fitted on the history minus the last ``horizon`` weeks and scored on
+   those weeks; the product gets the candidate with the lowest holdout MAE, refitted on the full
+   history.
+4. **Accuracy estimate** = 1 - WAPE of that holdout forecast (floored at 0).
+5. **Intervals.** The chosen model's 1..horizon-week errors from each of the last 52 origins are
+   collected per product; their 10th and 90th percentiles, added to the point forecast, give the
+   nominal 80% interval. Quantities and bounds are clipped at zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from forecast_pipeline.forecasting import models
+
+MIN_HISTORY_WEEKS = 8
+SHORT_HISTORY_WEEKS = 26
+SHORT_HOLDOUT_WEEKS = 4
+SEASONAL_MIN_WEEKS = 2 * models.SEASON_LENGTH
+INTERVAL_ORIGINS = 52
+INTERVAL_QUANTILES = (0.10, 0.90)
+ADI_CUTOFF = 1.32
+CV2_CUTOFF = 0.49
+
+CANDIDATES = {
+    "ses": models.ses,
+    "holt_damped": models.holt_damped,
+    "seasonal_ses": models.seasonal_ses,
+    "croston_sba": models.croston_sba,
+    "tsb": models.tsb,
+}
+CLASS_CANDIDATES = {
+    "smooth": ("ses", "holt_damped", "seasonal_ses"),
+    "erratic": ("ses", "holt_damped", "seasonal_ses"),
+    "intermittent": ("croston_sba", "tsb", "ses", "seasonal_ses"),
+    "lumpy": ("croston_sba", "tsb", "ses", "seasonal_ses"),
+}
+
+
+@dataclass
+class BatchForecast:
+    """Per-row results of :func:`forecast_batch`; arrays are aligned with the input rows."""
+
+    status: np.ndarray  # "success" | "no_forecast" | "error"
+    error: list[str | None]
+    model: np.ndarray
+    demand_class: np.ndarray
+    forecast: np.ndarray  # (n, horizon)
+    lower: np.ndarray
+    upper: np.ndarray
+    accuracy: np.ndarray
+    history_weeks: np.ndarray
+    holdout_abs_error: np.ndarray  # sum |actual - forecast| over the holdout, for run metrics
+    holdout_actual: np.ndarray  # sum of actuals over the holdout
+
+
+def classify(y: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Syntetos-Boylan demand class per row from the last two years since first demand."""
+    n, t = y.shape
+    window_start = np.maximum(start, t - SEASONAL_MIN_WEEKS)
+    in_window = np.arange(t)[None, :] >= window_start[:, None]
+    positive = (y > 0) & in_window
+    nonzero = positive.sum(axis=1)
+    length = np.maximum(t - window_start, 1)
+    adi = length / np.maximum(nonzero, 1)
+    sizes = np.where(positive, y, 0.0)
+    mean = sizes.sum(axis=1) / np.maximum(nonzero, 1)
+    var = (np.where(positive, (y - mean[:, None]) ** 2, 0.0)).sum(axis=1) / np.maximum(nonzero, 1)
+    cv2 = var / np.maximum(mean, 1e-12) ** 2
+    high_adi, high_cv2 = adi >= ADI_CUTOFF, cv2 >= CV2_CUTOFF
+    return np.select(
+        [~high_adi & ~high_cv2, ~high_adi & high_cv2, high_adi & ~high_cv2],
+        ["smooth", "erratic", "intermittent"],
+        default="lumpy",
+    ).astype(object)
+
+
+def forecast_batch(y: np.ndarray, horizon: int = 12) -> BatchForecast:
+    """Forecast every row of ``y`` (n products x T weeks, oldest first, last column = the week
+    that ends the day before the as-of date)."""
+    y = np.asarray(y, dtype=float)
+    n, t = y.shape
+    finite = np.isfinite(y).all(axis=1)
+    y = np.where(finite[:, None], np.clip(np.nan_to_num(y), 0.0, None), 0.0)
+    start = models.first_demand_week(y)
+    history_weeks = t - start
+
+    status = np.full(n, "success", dtype=object)
+    status[history_weeks < MIN_HISTORY_WEEKS] = "no_forecast"
+    status[~finite] = "error"
+    error: list[str | None] = [None] * n
+    for i in np.flatnonzero(~finite):
+        error[i] = "order history contains a non-finite quantity (NaN or infinity)"
+
+    demand_class = classify(y, start)
+    short = history_weeks < SHORT_HISTORY_WEEKS
+    demand_class[short] = "short"
+    long_enough = history_weeks >= SEASONAL_MIN_WEEKS + horizon
+
+    model = np.full(n, "recent_mean", dtype=object)
+    forecast = np.zeros((n, horizon))
+    holdout_err = np.zeros(n)
+    holdout_act = np.zeros(n)
+    lower = np.zeros((n, horizon))
+    upper = np.zeros((n, horizon))
+
+    # Holdout: fit every candidate on history minus `horizon` weeks and score the last weeks.
+    fit_cols = max(t - horizon, 1)
+    holdout = y[:, fit_cols:]
+    scores = {}
+    holdout_fc = {}
+    for name, fn in CANDIDATES.items():
+        fc = fn(y[:, :fit_cols], start, horizon).forecast[:, : holdout.shape[1]]
+        holdout_fc[name] = fc
+        scores[name] = np.abs(holdout - np.clip(fc, 0, None)).mean(axis=1)
+    best = np.full(n, "ses", dtype=object)
+    best_score = np.full(n, np.inf)
+    for name in CANDIDATES:
+        allowed = np.array([name in CLASS_CANDIDATES.get(c, ()) for c in demand_class])
+        if name == "seasonal_ses":
+            allowed &= long_enough
+        better = allowed & (scores[name] < best_score)
+        best[better] = name
+        best_score[better] = scores[name][better]
+    model[~short] = best[~short]
+    for name in CANDIDATES:
+        rows = model == name
+        holdout_err[rows] = np.abs(holdout[rows] - np.clip(holdout_fc[name][rows], 0, None)).sum(axis=1)
+        holdout_act[rows] = holdout[rows].sum(axis=1)
+
+    # Short histories: recent mean, scored on a shorter holdout.
+    if short.any():
+        short_fit = max(t - SHORT_HOLDOUT_WEEKS, 1)
+        fc = models.recent_mean(y[short, :short_fit], start[short], SHORT_HOLDOUT_WEEKS).forecast
+        actual = y[short, short_fit:]
+        holdout_err[short] = np.abs(actual - fc[:, : actual.shape[1]]).sum(axis=1)
+        holdout_act[short] = actual.sum(axis=1)
+
+    # Refit the chosen model on the full history, then build intervals from its past errors.
+    for name in (*CANDIDATES, "recent_mean"):
+        rows = model == name
+        if not rows.any():
+            continue
+        fn = models.recent_mean if name == "recent_mean" else CANDIDATES[name]
+        fit = fn(y[rows], start[rows], horizon)
+        forecast[rows] = fit.forecast
+        lo_off, hi_off = _empirical_error_quantiles(fit, y[rows], start[rows], horizon)
+        lower[rows] = fit.forecast + lo_off[:, None]
+        upper[rows] = fit.forecast + hi_off[:, None]
+
+    forecast = np.clip(forecast, 0.0, None)
+    lower = np.clip(np.minimum(lower, forecast), 0.0, None)
+    upper = np.maximum(upper, forecast)
+    accuracy = np.clip(1.0 - holdout_err / np.maximum(holdout_act, 1.0), 0.0, 1.0)
+
+    idle = status != "success"
+    for arr in (forecast, lower, upper):
+        arr[idle] = 0.0
+    accuracy[idle] = 0.0
+    model[idle] = None
+    return BatchForecast(
+        status=status,
+        error=error,
+        model=model,
+        demand_class=demand_class,
+        forecast=forecast,
+        lower=lower,
+        upper=upper,
+        accuracy=accuracy,
+        history_weeks=history_weeks,
+        holdout_abs_error=np.where(idle, 0.0, holdout_err),
+        holdout_actual=np.where(idle, 0.0, holdout_act),
+    )
+
+
+def _empirical_error_quantiles(
+    fit: models.ModelFit, y: np.ndarray, start: np.ndarray, horizon: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """10th/90th percentile of each row's 1..horizon-week forecast errors over recent origins.
+
+    Falls back to the spread of the recent weekly values when a row has too few past origins.
+    """
+    n, t = y.shape
+    first = max(0, t - horizon - INTERVAL_ORIGINS)
+    errors = []
+    for origin in range(first, t - 1):
+        steps = min(horizon, t - 1 - origin)
+        predicted = fit.forecast_from(origin, steps, t)
+        actual = y[:, origin + 1 : origin + 1 + steps]
+        err = actual - np.clip(predicted, 0, None)
+        usable = origin >= start + SHORT_HOLDOUT_WEEKS
+        errors.append(np.where(usable[:, None], err, np.nan))
+    if not errors:
+        return _spread_fallback(y, start)
+    stacked = np.concatenate(errors, axis=1)
+    lo, hi, count = _row_quantiles(stacked, INTERVAL_QUANTILES)
+    fb_lo, fb_hi = _spread_fallback(y, start)
+    few = count < 10
+    return np.where(few, fb_lo, lo), np.where(few, fb_hi, hi)
+
+
+def _row_quantiles(values: np.ndarray, qs: tuple[float, float]):
+    """Per-row quantiles ignoring NaN, via one sort (np.nanquantile is far slower on wide rows)."""
+    ordered = np.sort(values, axis=1)  # NaN sorts last
+    count = np.isfinite(values).sum(axis=1)
+    out = []
+    for q in qs:
+        pos = q * np.maximum(count - 1, 0)
+        lo_i = np.floor(pos).astype(int)
+        hi_i = np.minimum(lo_i + 1, np.maximum(count - 1, 0))
+        frac = pos - lo_i
+        a = np.take_along_axis(ordered, lo_i[:, None], axis=1)[:, 0]
+        b = np.take_along_axis(ordered, hi_i[:, None], axis=1)[:, 0]
+        out.append(np.where(count > 0, a + frac * (b - a), 0.0))
+    return out[0], out[1], count
+
+
+def _spread_fallback(y: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets of +-1.28 standard deviations of the weeks since first demand (normal 80%)."""
+    mask = np.arange(y.shape[1])[None, :] >= start[:, None]
+    count = np.maximum(mask.sum(axis=1), 1)
+    mean = np.where(mask, y, 0).sum(axis=1) / count
+    sd = np.sqrt(np.where(mask, (y - mean[:, None]) ** 2, 0).sum(axis=1) / count)
+    return -1.2816 * sd, 1.2816 * sd

@@ -1,0 +1,144 @@
+"""Dagster resources: the order database, Redis, and the forecast parameters.
+
+:func:`build_resources` turns validated :class:`~forecast_pipeline.settings.Settings` into
+resources. A variable that is set in the environment is passed as ``EnvVar`` so that the UI shows
+where a value comes from and never displays a secret; an unset one passes its default.
+"""
+
+import datetime as dt
+import os
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+from dagster import ConfigurableResource, EnvVar, Failure, InitResourceContext
+from pydantic import PrivateAttr
+
+from forecast_pipeline.order_history import HistoryWindow
+from forecast_pipeline.settings import Settings, normalize_database_url, redact_url
+
+
+class SourceDatabase(ConfigurableResource):
+    """The order history, read through SQLAlchemy (any URL; SQLite by default)."""
+
+    url: str
+    source_query: str | None = None
+
+    _engine: sa.Engine | None = PrivateAttr(default=None)
+
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.url)
+        return self._engine
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+    def redacted_url(self) -> str:
+        return redact_url(normalize_database_url(self.url))
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine for the source database (plain postgresql:// URLs use psycopg2)."""
+    return sa.create_engine(normalize_database_url(url), pool_pre_ping=True)
+
+
+class RedisStore(ConfigurableResource):
+    """The Redis that serves forecasts. Pinged when a step starts, so an unreachable Redis fails
+    the run before any forecasting work, with the URL (password hidden) in the error."""
+
+    url: str
+    password: str | None = None
+    key_prefix: str = "forecast"
+
+    _client: redis.Redis | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._client = connect_redis(self.url, self.password)
+
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect_redis(self.url, self.password)
+        return self._client
+
+    def key(self, *parts: Any) -> str:
+        return ":".join([self.key_prefix, *(str(p) for p in parts)])
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def connect_redis(url: str, password: str | None = None) -> redis.Redis:
+    """A connected client; raises :class:`dagster.Failure` naming the (redacted) URL if Redis
+    does not answer a PING within a few seconds."""
+    extra = {"password": password} if password else {}
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True, **extra)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        raise Failure(
+            description=f"Redis at {redact_url(url)} is unreachable: {exc}",
+            allow_retries=True,
+        ) from exc
+    return client
+
+
+class ForecastParameters(ConfigurableResource):
+    """What to forecast and how: eligibility thresholds, horizon, parallelism, failure limit."""
+
+    history_start: str = "2019-01-01"
+    min_customers: int = 2
+    min_orders: int = 3
+    forecast_weeks: int = 12
+    workers: int = 10
+    max_failure_rate: float = 0.05
+    cache_ttl: int = 604800
+    history_ttl: int = 7776000
+
+    def window(self, as_of: dt.date) -> HistoryWindow:
+        return HistoryWindow(
+            as_of=as_of,
+            history_start=dt.date.fromisoformat(self.history_start),
+            min_customers=self.min_customers,
+            min_orders=self.min_orders,
+        )
+
+
+def _env_or(name: str, default: Any, kind: str = "str") -> Any:
+    """``EnvVar(name)`` when the variable is set (validated already), else the default value."""
+    if os.environ.get(name, "").strip() == "":
+        return default
+    if kind == "int":
+        return EnvVar.int(name)
+    return EnvVar(name)
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    """Resources keyed by the names assets ask for. IO managers are added in definitions.py."""
+    redis_url: Any = settings.redis_url
+    if os.environ.get("REDIS_URL", "").strip():
+        redis_url = EnvVar("REDIS_URL")
+    return {
+        "source_db": SourceDatabase(
+            url=_env_or("DATABASE_URL", settings.database_url),
+            source_query=_env_or("FORECAST_SOURCE_QUERY", settings.source_query),
+        ),
+        "redis_store": RedisStore(
+            url=redis_url,
+            password=_env_or("REDIS_PASSWORD", None),
+            key_prefix=_env_or("FORECAST_KEY_PREFIX", settings.key_prefix),
+        ),
+        "forecast_params": ForecastParameters(
+            history_start=_env_or("FORECAST_HISTORY_START", settings.history_start.isoformat()),
+            min_customers=_env_or("FORECAST_MIN_CUSTOMERS", settings.min_customers, "int"),
+            min_orders=_env_or("FORECAST_MIN_ORDERS", settings.min_orders, "int"),
+            forecast_weeks=_env_or("FORECAST_WEEKS", settings.forecast_weeks, "int"),
+            workers=_env_or("FORECAST_WORKERS", settings.workers, "int"),
+            max_failure_rate=settings.max_failure_rate,
+            cache_ttl=_env_or("FORECAST_CACHE_TTL", settings.cache_ttl, "int"),
+            history_ttl=_env_or("FORECAST_HISTORY_TTL", settings.history_ttl, "int"),
+        ),
+    }

@@ -1,0 +1,197 @@
+"""Configuration from environment variables: names and defaults from the legacy worker.
+
+:func:`load_settings` runs when the code location loads, so a bad value stops ``dagster dev``,
+``dagster asset materialize`` and the CLI at once with a message naming the variable, instead of
+failing half-way through a run. Secrets (passwords inside URLs) are never echoed back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from dagster._utils.schedules import is_valid_cron_string
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SQLITE_PATH = PROJECT_ROOT / "data" / "forecast_demo.sqlite"
+
+DEFAULTS: dict[str, str] = {
+    "DATABASE_URL": f"sqlite:///{DEFAULT_SQLITE_PATH}",
+    "FORECAST_SOURCE_QUERY": "",
+    "REDIS_URL": "",
+    "REDIS_HOST": "127.0.0.1",
+    "REDIS_PORT": "6379",
+    "REDIS_DB": "0",
+    "REDIS_PASSWORD": "",
+    "FORECAST_KEY_PREFIX": "forecast",
+    "FORECAST_CACHE_TTL": "604800",
+    "FORECAST_HISTORY_TTL": "7776000",
+    "FORECAST_WORKERS": "10",
+    "FORECAST_MIN_CUSTOMERS": "2",
+    "FORECAST_MIN_ORDERS": "3",
+    "FORECAST_HISTORY_START": "2019-01-01",
+    "FORECAST_WEEKS": "12",
+    "FORECAST_MAX_FAILURE_RATE": "0.05",
+    "FORECAST_SCHEDULE_CRON": "0 6 * * *",
+    "FORECAST_SCHEDULE_TIMEZONE": "UTC",
+    "FORECAST_EXECUTOR": "in_process",
+}
+EXECUTORS = ("in_process", "multiprocess", "k8s")
+
+
+class ConfigError(ValueError):
+    """One or more environment variables are invalid; the message names each of them."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    source_query: str | None
+    redis_url: str
+    redis_password: str | None
+    key_prefix: str
+    cache_ttl: int
+    history_ttl: int
+    workers: int
+    min_customers: int
+    min_orders: int
+    history_start: dt.date
+    forecast_weeks: int
+    max_failure_rate: float
+    schedule_cron: str
+    schedule_timezone: str
+    executor: str
+
+
+def normalize_database_url(url: str) -> str:
+    """Map a plain ``postgresql://`` (or ``postgres://``) URL to the psycopg2 driver.
+
+    SQLAlchemy 2.1 maps the plain scheme to psycopg 3, which this project does not install;
+    users keep writing the URL they already have.
+    """
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg2://" + url[len(plain) :]
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``: safe for logs and error messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses (e.g. redis://): redact by hand
+        if "@" in url and "://" in url:
+            scheme, rest = url.split("://", 1)
+            creds, host = rest.rsplit("@", 1)
+            user = creds.split(":", 1)[0] if ":" in creds else creds
+            return f"{scheme}://{user + ':' if ':' in creds else ''}***@{host}"
+        return url
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every variable; raise :class:`ConfigError` listing all bad ones."""
+    env = os.environ if environ is None else environ
+    errors: list[str] = []
+
+    def raw(name: str) -> str:
+        value = env.get(name)
+        return DEFAULTS[name] if value is None or value.strip() == "" else value.strip()
+
+    def integer(name: str, minimum: int, maximum: int | None = None) -> int:
+        text = raw(name)
+        try:
+            value = int(text)
+        except ValueError:
+            errors.append(f"{name}={text!r} is not a whole number")
+            return int(DEFAULTS[name])
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            errors.append(f"{name}={value} must be {bound}")
+        return value
+
+    def fraction(name: str) -> float:
+        text = raw(name)
+        try:
+            value = float(text)
+        except ValueError:
+            errors.append(f"{name}={text!r} is not a number")
+            return float(DEFAULTS[name])
+        if not 0.0 <= value <= 1.0:
+            errors.append(f"{name}={value} must be between 0 and 1")
+        return value
+
+    def date(name: str) -> dt.date:
+        text = raw(name)
+        try:
+            return dt.date.fromisoformat(text)
+        except ValueError:
+            errors.append(f"{name}={text!r} is not a date in YYYY-MM-DD form")
+            return dt.date.fromisoformat(DEFAULTS[name])
+
+    database_url = normalize_database_url(raw("DATABASE_URL"))
+    try:
+        url = sa.engine.make_url(database_url)
+        url.get_dialect().import_dbapi()
+    except Exception as exc:  # noqa: BLE001 - any failure here means the URL cannot be used
+        errors.append(
+            f"DATABASE_URL={redact_url(database_url)!r} cannot be used: {type(exc).__name__}: {exc} "
+            "(expected a SQLAlchemy URL such as postgresql://user@host/db or sqlite:///path)"
+        )
+
+    redis_url = raw("REDIS_URL") if env.get("REDIS_URL", "").strip() else ""
+    redis_port = integer("REDIS_PORT", 1, 65535)
+    redis_db = integer("REDIS_DB", 0)
+    if redis_url:
+        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            errors.append(f"REDIS_URL={redact_url(redis_url)!r} must start with redis://, rediss:// or unix://")
+    else:
+        redis_url = f"redis://{raw('REDIS_HOST')}:{redis_port}/{redis_db}"
+
+    timezone = raw("FORECAST_SCHEDULE_TIMEZONE")
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        errors.append(f"FORECAST_SCHEDULE_TIMEZONE={timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)")
+    cron = raw("FORECAST_SCHEDULE_CRON")
+    if not is_valid_cron_string(cron):
+        errors.append(f"FORECAST_SCHEDULE_CRON={cron!r} is not a valid cron expression")
+    executor = raw("FORECAST_EXECUTOR")
+    if executor not in EXECUTORS:
+        errors.append(f"FORECAST_EXECUTOR={executor!r} must be one of {', '.join(EXECUTORS)}")
+    prefix = raw("FORECAST_KEY_PREFIX")
+    if ":" in prefix.strip(":") or not prefix.strip(":"):
+        errors.append(f"FORECAST_KEY_PREFIX={prefix!r} must be a non-empty word without ':'")
+
+    settings = Settings(
+        database_url=database_url,
+        source_query=raw("FORECAST_SOURCE_QUERY") or None,
+        redis_url=redis_url,
+        redis_password=raw("REDIS_PASSWORD") or None,
+        key_prefix=prefix.strip(":"),
+        cache_ttl=integer("FORECAST_CACHE_TTL", 1),
+        history_ttl=integer("FORECAST_HISTORY_TTL", 1),
+        workers=integer("FORECAST_WORKERS", 1, 256),
+        min_customers=integer("FORECAST_MIN_CUSTOMERS", 1),
+        min_orders=integer("FORECAST_MIN_ORDERS", 1),
+        history_start=date("FORECAST_HISTORY_START"),
+        forecast_weeks=integer("FORECAST_WEEKS", 1, 104),
+        max_failure_rate=fraction("FORECAST_MAX_FAILURE_RATE"),
+        schedule_cron=cron,
+        schedule_timezone=timezone,
+        executor=executor,
+    )
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    return settings
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read once when the code location loads."""
+    return load_settings()

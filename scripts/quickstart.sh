@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One command from a fresh checkout to a cached forecast:
+#   venv + install -> demo order history (SQLite) -> materialize today's partition -> print a forecast.
+# Needs Python 3.11+ and a Redis answering at REDIS_URL (default redis://127.0.0.1:6379/0).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+AS_OF=${AS_OF_DATE:-$(date -u +%F)}
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+echo "==> installing forecast_pipeline and its pinned dependencies"
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[dev]"
+
+export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster_home}
+mkdir -p "$DAGSTER_HOME"
+[ -f "$DAGSTER_HOME/dagster.yaml" ] || cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+
+echo "==> checking configuration"
+.venv/bin/forecast-pipeline init-db
+echo "==> generating demo order history up to $AS_OF"
+.venv/bin/forecast-pipeline demo-data --as-of "$AS_OF"
+.venv/bin/forecast-pipeline check
+
+echo "==> materializing eligible_products and product_forecasts for as-of $AS_OF"
+.venv/bin/dagster asset materialize -m forecast_pipeline --select '*' --partition "$AS_OF"
+
+echo "==> the cached result"
+.venv/bin/forecast-pipeline show
+echo
+echo "Next: DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dagster dev   (then open http://127.0.0.1:3000)"
