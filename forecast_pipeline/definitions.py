@@ -8,7 +8,6 @@ from dagster import Definitions, in_process_executor, multiprocess_executor
 
 from forecast_pipeline.assets import eligible_products, product_forecasts
 from forecast_pipeline.checks import cached_forecasts_well_formed
-from forecast_pipeline.io_managers import RedisForecastIOManager, RedisTableIOManager
 from forecast_pipeline.resources import build_resources
 from forecast_pipeline.schedules import daily_forecast_job, daily_forecast_schedule
 from forecast_pipeline.settings import get_settings
@@ -27,14 +26,6 @@ def _executor(name: str):
 
 settings = get_settings()
 resources = build_resources(settings)
-resources["forecast_io_manager"] = RedisForecastIOManager(
-    redis_store=resources["redis_store"],
-    cache_ttl=resources["forecast_params"].cache_ttl,
-    history_ttl=resources["forecast_params"].history_ttl,
-)
-resources["table_io_manager"] = RedisTableIOManager(
-    redis_store=resources["redis_store"], history_ttl=resources["forecast_params"].history_ttl
-)
 
 defs = Definitions(
     assets=[eligible_products, product_forecasts],

@@ -7,6 +7,7 @@ where a value comes from and never displays a secret; an unset one passes its de
 
 import datetime as dt
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import redis
@@ -107,38 +108,50 @@ class ForecastParameters(ConfigurableResource):
         )
 
 
-def _env_or(name: str, default: Any, kind: str = "str") -> Any:
+def _env_or(environ: Mapping[str, str], name: str, default: Any, kind: str = "str") -> Any:
     """``EnvVar(name)`` when the variable is set (validated already), else the default value."""
-    if os.environ.get(name, "").strip() == "":
+    if environ.get(name, "").strip() == "":
         return default
     if kind == "int":
         return EnvVar.int(name)
     return EnvVar(name)
 
 
-def build_resources(settings: Settings) -> dict[str, Any]:
-    """Resources keyed by the names assets ask for. IO managers are added in definitions.py."""
-    redis_url: Any = settings.redis_url
-    if os.environ.get("REDIS_URL", "").strip():
-        redis_url = EnvVar("REDIS_URL")
+def build_resources(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Every resource and IO manager, keyed by the names assets ask for.
+
+    ``environ`` (default ``os.environ``) decides which values are passed as ``EnvVar``.
+    """
+    from forecast_pipeline.io_managers import RedisForecastIOManager, RedisTableIOManager
+
+    env = os.environ if environ is None else environ
+
+    def pick(name: str, default: Any, kind: str = "str") -> Any:
+        return _env_or(env, name, default, kind)
+
+    store = RedisStore(
+        url=pick("REDIS_URL", settings.redis_url),
+        password=pick("REDIS_PASSWORD", settings.redis_password),
+        key_prefix=pick("FORECAST_KEY_PREFIX", settings.key_prefix),
+    )
+    cache_ttl = pick("FORECAST_CACHE_TTL", settings.cache_ttl, "int")
+    history_ttl = pick("FORECAST_HISTORY_TTL", settings.history_ttl, "int")
     return {
         "source_db": SourceDatabase(
-            url=_env_or("DATABASE_URL", settings.database_url),
-            source_query=_env_or("FORECAST_SOURCE_QUERY", settings.source_query),
+            url=pick("DATABASE_URL", settings.database_url),
+            source_query=pick("FORECAST_SOURCE_QUERY", settings.source_query),
         ),
-        "redis_store": RedisStore(
-            url=redis_url,
-            password=_env_or("REDIS_PASSWORD", None),
-            key_prefix=_env_or("FORECAST_KEY_PREFIX", settings.key_prefix),
-        ),
+        "redis_store": store,
         "forecast_params": ForecastParameters(
-            history_start=_env_or("FORECAST_HISTORY_START", settings.history_start.isoformat()),
-            min_customers=_env_or("FORECAST_MIN_CUSTOMERS", settings.min_customers, "int"),
-            min_orders=_env_or("FORECAST_MIN_ORDERS", settings.min_orders, "int"),
-            forecast_weeks=_env_or("FORECAST_WEEKS", settings.forecast_weeks, "int"),
-            workers=_env_or("FORECAST_WORKERS", settings.workers, "int"),
+            history_start=pick("FORECAST_HISTORY_START", settings.history_start.isoformat()),
+            min_customers=pick("FORECAST_MIN_CUSTOMERS", settings.min_customers, "int"),
+            min_orders=pick("FORECAST_MIN_ORDERS", settings.min_orders, "int"),
+            forecast_weeks=pick("FORECAST_WEEKS", settings.forecast_weeks, "int"),
+            workers=pick("FORECAST_WORKERS", settings.workers, "int"),
             max_failure_rate=settings.max_failure_rate,
-            cache_ttl=_env_or("FORECAST_CACHE_TTL", settings.cache_ttl, "int"),
-            history_ttl=_env_or("FORECAST_HISTORY_TTL", settings.history_ttl, "int"),
+            cache_ttl=cache_ttl,
+            history_ttl=history_ttl,
         ),
+        "forecast_io_manager": RedisForecastIOManager(redis_store=store, cache_ttl=cache_ttl, history_ttl=history_ttl),
+        "table_io_manager": RedisTableIOManager(redis_store=store, history_ttl=history_ttl),
     }

@@ -1,0 +1,151 @@
+"""Shared fixtures: a real Postgres database, a real SQLite file and a real Redis database.
+
+Services come from the environment (``.ci/run`` starts them when they are not answering):
+``TEST_POSTGRES_URL`` (default postgresql://postgres@127.0.0.1:5432/forecast_test, created if
+missing) and ``TEST_REDIS_URL`` (default redis://127.0.0.1:6379/1, flushed per test).
+"""
+
+import datetime as dt
+import itertools
+import os
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from forecast_pipeline import source_schema
+from forecast_pipeline.resources import build_resources, make_engine
+from forecast_pipeline.settings import load_settings
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/forecast_test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
+AS_OF = dt.date(2025, 11, 10)
+
+
+def _ensure_postgres_database(url: str) -> None:
+    target = sa.engine.make_url(url.replace("postgresql://", "postgresql+psycopg2://", 1))
+    admin = make_engine(target.set(database="postgres").render_as_string(hide_password=False))
+    with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}).first()
+        if not exists:
+            conn.execute(sa.text(f'CREATE DATABASE "{target.database}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_engine():
+    _ensure_postgres_database(POSTGRES_URL)
+    engine = make_engine(POSTGRES_URL)
+    yield engine
+    engine.dispose()
+
+
+def _fresh_schema(engine: sa.Engine) -> sa.Engine:
+    source_schema.metadata.drop_all(engine)
+    with engine.begin() as conn:
+        for table in ("legacy_order_item", "legacy_order", "legacy_client_agreement"):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    source_schema.create_schema(engine)
+    return engine
+
+
+@pytest.fixture
+def pg(postgres_engine):
+    """The Postgres test database with empty default tables."""
+    return _fresh_schema(postgres_engine)
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'orders.sqlite'}")
+    yield _fresh_schema(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def any_db(request):
+    """Each test using this runs once on Postgres and once on SQLite."""
+    return request.getfixturevalue("pg" if request.param == "postgres" else "sqlite_engine")
+
+
+@pytest.fixture
+def redis_client():
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+class Orders:
+    """Writes orders into the default schema: ``add(customer, product, day, qty)``."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+        self._ids = itertools.count(1)
+        self._customers: set[int] = set()
+        self._products: set[int] = set()
+
+    def add(self, customer: int, product: int | None, when: dt.date | dt.datetime, quantity: float = 1.0) -> int:
+        """One order with one line; returns the order id."""
+        return self.add_order(customer, [(product, quantity)], when)
+
+    def add_order(self, customer: int, lines: list[tuple[int | None, float]], when: dt.date | dt.datetime) -> int:
+        when = when if isinstance(when, dt.datetime) else dt.datetime.combine(when, dt.time(10, 0))
+        order_id = next(self._ids)
+        with self.engine.begin() as conn:
+            if customer not in self._customers:
+                conn.execute(source_schema.customers.insert(), {"id": customer, "name": f"c{customer}"})
+                self._customers.add(customer)
+            for product, _ in lines:
+                if product is not None and product not in self._products:
+                    conn.execute(source_schema.products.insert(), {"id": product, "name": f"p{product}"})
+                    self._products.add(product)
+            conn.execute(source_schema.orders.insert(), {"id": order_id, "customer_id": customer, "created_at": when})
+            conn.execute(
+                source_schema.order_items.insert(),
+                [{"order_id": order_id, "product_id": p, "quantity": q} for p, q in lines],
+            )
+        return order_id
+
+    def weekly(self, product: int, customers: list[int], weeks: int, quantity: float = 5.0, end: dt.date = AS_OF):
+        """One order a week for ``weeks`` weeks before ``end``, customers taking turns."""
+        with self.engine.begin() as conn:
+            for c in customers:
+                if c not in self._customers:
+                    conn.execute(source_schema.customers.insert(), {"id": c, "name": f"c{c}"})
+                    self._customers.add(c)
+            if product not in self._products:
+                conn.execute(source_schema.products.insert(), {"id": product, "name": f"p{product}"})
+                self._products.add(product)
+            for w in range(weeks):
+                order_id = next(self._ids)
+                when = dt.datetime.combine(end - dt.timedelta(days=7 * (weeks - w) - 2), dt.time(9))
+                conn.execute(
+                    source_schema.orders.insert(),
+                    {"id": order_id, "customer_id": customers[w % len(customers)], "created_at": when},
+                )
+                conn.execute(
+                    source_schema.order_items.insert(),
+                    {"order_id": order_id, "product_id": product, "quantity": quantity},
+                )
+
+
+@pytest.fixture
+def orders(any_db):
+    return Orders(any_db)
+
+
+@pytest.fixture
+def pg_orders(pg):
+    return Orders(pg)
+
+
+def forecast_resources(database_url: str, redis_url: str = REDIS_URL, **env: str) -> dict:
+    """The resources definitions.py builds, from these variables instead of the process's."""
+    environ = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "FORECAST_WORKERS": "1", **env}
+    return build_resources(load_settings(environ), environ={})
+
+
+def engine_url(engine: sa.Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)

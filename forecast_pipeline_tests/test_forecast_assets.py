@@ -1,0 +1,206 @@
+"""The forecast assets materialized for real: Postgres in, Redis out, a Dagster instance recording."""
+
+import datetime as dt
+import json
+
+import pytest
+import sqlalchemy as sa
+from dagster import AssetKey, DagsterInstance, materialize
+
+from forecast_pipeline import forecast_cache
+from forecast_pipeline.assets import eligible_products, product_forecasts
+from forecast_pipeline.checks import cached_forecasts_well_formed
+from forecast_pipeline_tests.conftest import AS_OF, REDIS_URL, engine_url, forecast_resources
+
+ASSETS = [eligible_products, product_forecasts, cached_forecasts_well_formed]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+@pytest.fixture
+def book(pg, pg_orders):
+    """Twenty-two products with a year of weekly orders, and one product that is not eligible."""
+    for product in range(1, 23):
+        pg_orders.weekly(product, customers=[product, product + 100], weeks=60, quantity=product)
+    pg_orders.add(1, 99, AS_OF - dt.timedelta(days=3))
+    return pg
+
+
+def run(database, instance, as_of=AS_OF, raise_on_error=True, run_config=None, **env):
+    return materialize(
+        ASSETS,
+        partition_key=as_of.isoformat(),
+        resources=forecast_resources(engine_url(database), **env),
+        instance=instance,
+        raise_on_error=raise_on_error,
+        run_config=run_config,
+    )
+
+
+def test_every_eligible_product_is_cached_with_the_legacy_shape(book, redis_client, instance):
+    result = run(book, instance)
+    assert result.success
+    ids = list(range(1, 23))
+    for product in ids:
+        doc = json.loads(redis_client.get(f"forecast:{product}"))
+        assert doc["product_id"] == product and doc["as_of_date"] == "2025-11-10"
+        assert len(doc["predictions"]) == 12 and doc["forecast_weeks"] == 12
+        assert doc["predictions"][0]["week_start"] == "2025-11-10"
+        assert doc["predictions"][-1]["week_end"] == "2026-02-01"
+        assert all(
+            0 <= w["confidence_lower"] <= w["predicted_quantity"] <= w["confidence_upper"] for w in doc["predictions"]
+        )
+        # a constant weekly order of `product` units is forecast at that level
+        assert doc["summary"]["avg_weekly_quantity"] == pytest.approx(product, rel=0.05)
+        assert doc["summary"]["active_customers"] == 2
+        assert 0 < redis_client.ttl(f"forecast:{product}") <= 604800
+    assert redis_client.get("forecast:99") is None
+    assert sorted(forecast_cache.read_forecasts_for(redis_client, "forecast", "2025-11-10")) == ids
+    meta = json.loads(redis_client.get("forecast:metadata:last_run"))
+    assert {k: meta[k] for k in ("as_of_date", "total_products", "successful", "failed", "no_forecast")} == {
+        "as_of_date": "2025-11-10",
+        "total_products": 22,
+        "successful": 22,
+        "failed": 0,
+        "no_forecast": 0,
+    }
+    assert meta["elapsed_seconds"] > 0 and "last_run" in meta
+
+
+def test_run_figures_are_recorded_as_metadata_observations_and_checks(book, redis_client, instance):
+    result = run(book, instance)
+    materialization = result.asset_materializations_for_node("product_forecasts")[0]
+    assert materialization.metadata["successful"].value == 22
+    assert materialization.metadata["failed"].value == 0
+    observations = instance.fetch_observations(AssetKey("product_forecasts"), limit=5).records
+    assert observations[0].asset_observation.metadata["total_products"].value == 22
+    assert observations[0].partition_key == "2025-11-10"
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"failure_rate_within_limit": True, "cached_forecasts_well_formed": True}
+
+
+def test_orders_on_or_after_the_as_of_date_do_not_change_the_forecast(book, pg_orders, redis_client, instance):
+    run(book, instance)
+    before = json.loads(redis_client.get("forecast:5"))
+    for day in range(0, 20):
+        pg_orders.add(5, 5, AS_OF + dt.timedelta(days=day), 10_000)
+    run(book, instance)
+    after = json.loads(redis_client.get("forecast:5"))
+    assert after["predictions"] == before["predictions"]
+
+
+def test_a_rerun_of_the_same_partition_is_idempotent(book, redis_client, instance):
+    run(book, instance)
+    first = {k: redis_client.get(k) for k in redis_client.scan_iter("forecast:*") if redis_client.type(k) == "string"}
+    first_hash = redis_client.hgetall("forecast:asof:2025-11-10")
+    run(book, instance)
+    second = {k: redis_client.get(k) for k in redis_client.scan_iter("forecast:*") if redis_client.type(k) == "string"}
+    assert set(first) == set(second)
+    assert redis_client.hgetall("forecast:asof:2025-11-10").keys() == first_hash.keys()
+    strip = lambda doc: {**json.loads(doc), "model_metadata": None}  # noqa: E731 - generated_at differs
+    assert all(strip(first[k]) == strip(second[k]) for k in first if k.split(":")[1].isdigit())
+
+
+def test_a_backfill_of_an_older_date_never_replaces_newer_forecasts(book, redis_client, instance):
+    run(book, instance, as_of=AS_OF)
+    older = AS_OF - dt.timedelta(weeks=4)
+    result = run(book, instance, as_of=older)
+    assert result.success
+    assert json.loads(redis_client.get("forecast:3"))["as_of_date"] == "2025-11-10"
+    assert json.loads(redis_client.get("forecast:metadata:last_run"))["as_of_date"] == "2025-11-10"
+    back = forecast_cache.read_forecasts_for(redis_client, "forecast", older.isoformat())
+    assert back[3]["as_of_date"] == older.isoformat()
+    assert json.loads(redis_client.get(f"forecast:metadata:{older}"))["as_of_date"] == older.isoformat()
+    kept = result.asset_materializations_for_node("product_forecasts")[0].metadata["latest_keys_kept_newer"].value
+    assert kept == 22
+
+
+def test_a_failing_product_is_counted_and_the_others_are_cached(book, redis_client, instance):
+    with book.begin() as conn:
+        conn.execute(sa.text("UPDATE order_items SET quantity = 'NaN' WHERE product_id = 4 AND id % 5 = 0"))
+    result = run(book, instance)  # 1 of 22 failed = 4.5%, under the 5% limit
+    assert result.success
+    assert redis_client.get("forecast:4") is None
+    assert redis_client.get("forecast:5") is not None
+    meta = json.loads(redis_client.get("forecast:metadata:last_run"))
+    assert (meta["successful"], meta["failed"]) == (21, 1)
+    logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+    assert any("Product 4 failed" in m and "non-finite" in m for m in logs)
+
+
+def test_a_failure_rate_above_the_limit_fails_the_run_but_keeps_the_good_forecasts(book, redis_client, instance):
+    with book.begin() as conn:
+        conn.execute(sa.text("UPDATE order_items SET quantity = 'Infinity' WHERE product_id IN (4, 6) AND id % 7 = 0"))
+    result = run(book, instance, raise_on_error=False)  # 2 of 22 = 9% > 5%
+    assert not result.success
+    evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "failure_rate_within_limit")
+    assert not evaluation.passed
+    assert redis_client.get("forecast:5") is not None
+    meta = json.loads(redis_client.get("forecast:metadata:last_run"))
+    assert meta["failed"] == 2
+
+
+def test_redis_down_fails_at_once_naming_the_url_without_the_password(book, redis_client, instance):
+    result = run(book, instance, raise_on_error=False, redis_url="redis://:hunter2@127.0.0.1:6390/0")
+    assert not result.success
+    errors = " ".join(str(getattr(e.event_specific_data, "error", "")) for e in result.all_events)
+    assert "Redis at redis://:***@127.0.0.1:6390/0 is unreachable" in errors
+    assert "hunter2" not in errors + " ".join(e.message or "" for e in result.all_events)
+    # resources are set up before any step, so no forecasting work was done
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_START"]
+    # nothing claims success in the real Redis
+    assert redis_client.get("forecast:metadata:last_run") is None
+    assert not result.asset_materializations_for_node("product_forecasts")
+
+
+def test_missing_tables_fail_with_a_hint(pg, redis_client, instance):
+    with pg.begin() as conn:
+        conn.execute(sa.text("DROP TABLE order_items"))
+    result = run(pg, instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "forecast-pipeline init-db" in str(failure.step_failure_data.error)
+
+
+def test_a_run_for_some_products_updates_only_them(book, redis_client, instance):
+    run(book, instance)
+    before = redis_client.hlen("forecast:asof:2025-11-10")
+    meta_before = redis_client.get("forecast:metadata:last_run")
+    config = {"ops": {"product_forecasts": {"config": {"product_ids": [3, 5]}}}}
+    result = run(book, instance, run_config=config)
+    assert result.success
+    materialization = result.asset_materializations_for_node("product_forecasts")[0]
+    assert materialization.metadata["total_products"].value == 2
+    assert redis_client.hlen("forecast:asof:2025-11-10") == before
+    assert redis_client.get("forecast:metadata:last_run") == meta_before
+
+
+def test_an_unknown_product_fails_with_its_id(book, redis_client, instance):
+    config = {"ops": {"product_forecasts": {"config": {"product_ids": [3, 4242]}}}}
+    result = run(book, instance, raise_on_error=False, run_config=config)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "4242" in str(failure.step_failure_data.error)
+
+
+def test_an_as_of_date_with_no_history_caches_nothing_and_says_so(pg, redis_client, instance):
+    result = run(pg, instance, as_of=dt.date(2019, 1, 3))
+    assert result.success
+    meta = json.loads(redis_client.get("forecast:metadata:last_run"))
+    assert meta["total_products"] == 0 and meta["successful"] == 0
+
+
+def test_forecasts_use_the_configured_key_prefix_and_ttl(book, redis_client, instance):
+    run(book, instance, FORECAST_KEY_PREFIX="fc", FORECAST_CACHE_TTL="3600")
+    assert redis_client.get("forecast:1") is None
+    assert 0 < redis_client.ttl("fc:1") <= 3600
+    assert json.loads(redis_client.get("fc:metadata:last_run"))["successful"] == 22
+
+
+def test_redis_url_fixture_is_a_separate_database():
+    assert REDIS_URL.rsplit("/", 1)[1] != "0"

@@ -1,0 +1,163 @@
+"""Eligibility and the weekly history, on real Postgres and SQLite."""
+
+import datetime as dt
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from forecast_pipeline import order_history
+from forecast_pipeline_tests.conftest import AS_OF
+
+WINDOW = order_history.HistoryWindow(as_of=AS_OF, history_start=dt.date(2019, 1, 1), min_customers=2, min_orders=3)
+DAY = dt.timedelta(days=1)
+
+
+def eligible_ids(engine, window=WINDOW, source_query=None):
+    with engine.connect() as conn:
+        return order_history.fetch_eligible_products(conn, window, source_query)["product_id"].tolist()
+
+
+def test_exactly_three_orders_from_two_customers_is_eligible(orders, any_db):
+    for customer in (1, 2, 1):
+        orders.add(customer, 10, AS_OF - 30 * DAY)
+    assert eligible_ids(any_db) == [10]
+
+
+def test_three_orders_from_one_customer_is_not(orders, any_db):
+    for _ in range(3):
+        orders.add(1, 10, AS_OF - 30 * DAY)
+    assert eligible_ids(any_db) == []
+
+
+def test_two_lines_of_one_order_count_as_one_order(orders, any_db):
+    orders.add_order(1, [(10, 1), (10, 2)], AS_OF - 10 * DAY)
+    orders.add(2, 10, AS_OF - 9 * DAY)
+    assert eligible_ids(any_db) == []
+    orders.add(2, 10, AS_OF - 8 * DAY)
+    assert eligible_ids(any_db) == [10]
+
+
+def test_lines_without_a_product_are_never_eligible(orders, any_db):
+    for customer in (1, 2, 3):
+        orders.add(customer, None, AS_OF - 5 * DAY)
+    assert eligible_ids(any_db) == []
+
+
+def test_orders_on_or_after_the_as_of_date_are_not_counted(orders, any_db):
+    orders.add(1, 10, AS_OF - DAY)
+    orders.add(2, 10, dt.datetime.combine(AS_OF - DAY, dt.time(23, 59, 59)))
+    orders.add(1, 10, dt.datetime.combine(AS_OF, dt.time(0, 0, 0)))  # on the as-of date
+    orders.add(2, 10, AS_OF + 3 * DAY)
+    assert eligible_ids(any_db) == []
+
+
+def test_orders_before_the_history_start_are_not_counted(orders, any_db):
+    orders.add(1, 10, dt.date(2018, 12, 31))
+    orders.add(2, 10, dt.date(2019, 1, 1))
+    orders.add(1, 10, dt.date(2019, 1, 2))
+    assert eligible_ids(any_db) == []
+    orders.add(3, 10, dt.date(2019, 1, 3))
+    assert eligible_ids(any_db) == [10]
+
+
+def test_products_are_sorted_by_order_count(orders, any_db):
+    for product, n in ((10, 3), (11, 5), (12, 4)):
+        for i in range(n):
+            orders.add(i % 2 + 1, product, AS_OF - (i + 1) * DAY)
+    with any_db.connect() as conn:
+        frame = order_history.fetch_eligible_products(conn, WINDOW)
+    assert frame["product_id"].tolist() == [11, 12, 10]
+    assert frame["order_count"].tolist() == [5, 4, 3]
+    assert frame["customer_count"].tolist() == [2, 2, 2]
+
+
+def test_thresholds_follow_the_configuration(orders, any_db):
+    for customer in (1, 2, 3, 1):
+        orders.add(customer, 10, AS_OF - 3 * DAY)
+    strict = order_history.HistoryWindow(AS_OF, dt.date(2019, 1, 1), min_customers=4, min_orders=3)
+    assert eligible_ids(any_db, strict) == []
+    loose = order_history.HistoryWindow(AS_OF, dt.date(2019, 1, 1), min_customers=3, min_orders=4)
+    assert eligible_ids(any_db, loose) == [10]
+
+
+def test_weekly_buckets_end_the_day_before_the_as_of_date(orders, any_db):
+    orders.add(1, 10, AS_OF - DAY, 5)  # last history week (-1)
+    orders.add(2, 10, AS_OF - 7 * DAY, 7)  # still week -1 (7 days before)
+    orders.add(1, 10, AS_OF - 8 * DAY, 11)  # week -2
+    orders.add(2, 10, AS_OF, 1000)  # the as-of date itself: never read
+    with any_db.connect() as conn:
+        matrix = order_history.fetch_weekly_history(conn, WINDOW, [10])
+    assert matrix.shape == (1, WINDOW.weeks)
+    assert matrix[0, -1] == 12 and matrix[0, -2] == 11
+    assert matrix.sum() == 23
+
+
+def test_customer_activity_counts_weeks_back(orders, any_db):
+    orders.add(1, 10, AS_OF - 2 * DAY)
+    orders.add(1, 10, AS_OF - 20 * DAY)
+    orders.add(2, 10, AS_OF - 40 * DAY)
+    with any_db.connect() as conn:
+        activity = order_history.fetch_customer_activity(conn, WINDOW)
+    rows = {r.customer_id: r for r in activity.itertuples()}
+    assert (rows[1].orders, rows[1].first_week_back, rows[1].last_week_back) == (2, 2, 0)
+    assert (rows[2].orders, rows[2].first_week_back, rows[2].last_week_back) == (1, 5, 5)
+
+
+LEGACY_DDL = [
+    "CREATE TABLE legacy_client_agreement (id INTEGER PRIMARY KEY, client_id INTEGER NOT NULL)",
+    (
+        "CREATE TABLE legacy_order (id INTEGER PRIMARY KEY, client_agreement_id INTEGER NOT NULL, "
+        '"Created" TIMESTAMP NOT NULL)'
+    ),
+    (
+        "CREATE TABLE legacy_order_item (id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL, product_id INTEGER, "
+        "qty REAL NOT NULL)"
+    ),
+]
+LEGACY_QUERY = """
+SELECT oi.order_id AS order_id, ca.client_id AS customer_id, oi.product_id AS product_id,
+       o."Created" AS ordered_at, oi.qty AS quantity
+FROM legacy_order_item oi
+JOIN legacy_order o ON oi.order_id = o.id
+JOIN legacy_client_agreement ca ON o.client_agreement_id = ca.id
+"""
+
+
+def test_a_source_query_maps_another_schema(any_db):
+    """The legacy worker joined OrderItem, Order and ClientAgreement: one query replaces the schema.
+    Two agreements of the same client count as one customer."""
+    with any_db.begin() as conn:
+        for ddl in LEGACY_DDL:
+            conn.execute(sa.text(ddl))
+        conn.execute(sa.text("INSERT INTO legacy_client_agreement VALUES (1, 100), (2, 100), (3, 200)"))
+        day = dt.datetime.combine(AS_OF - 3 * DAY, dt.time(8))
+        for order_id, agreement in ((1, 1), (2, 2), (3, 1), (4, 3), (5, 1)):
+            conn.execute(
+                sa.text("INSERT INTO legacy_order VALUES (:i, :a, :d)"), {"i": order_id, "a": agreement, "d": day}
+            )
+        # product 7: orders 1, 2, 3 all from client 100 -> one customer; product 8: clients 100 and 200
+        for item, order_id, product in ((1, 1, 7), (2, 2, 7), (3, 3, 7), (4, 1, 8), (5, 4, 8), (6, 5, 8)):
+            conn.execute(
+                sa.text("INSERT INTO legacy_order_item VALUES (:i, :o, :p, 2)"),
+                {"i": item, "o": order_id, "p": product},
+            )
+    assert eligible_ids(any_db, source_query=LEGACY_QUERY) == [8]
+    with any_db.connect() as conn:
+        matrix = order_history.fetch_weekly_history(conn, WINDOW, [8], LEGACY_QUERY)
+    assert matrix[0, -1] == 6
+
+
+def test_an_unsupported_dialect_names_itself():
+    from sqlalchemy.dialects import oracle
+
+    query = sa.select(order_history.weeks_before(sa.column("t"), sa.literal("2025-01-01")))
+    with pytest.raises(sa.exc.CompileError, match="oracle"):
+        query.compile(dialect=oracle.dialect())
+
+
+def test_history_window_drops_the_partial_oldest_week():
+    window = order_history.HistoryWindow(dt.date(2019, 1, 16), dt.date(2019, 1, 1), 2, 3)
+    assert window.weeks == 2
+    assert window.window_start_ts == dt.datetime(2019, 1, 2)
+    assert np.isclose((window.as_of_ts - window.window_start_ts).days, 14)
