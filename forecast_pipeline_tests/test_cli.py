@@ -1,0 +1,105 @@
+"""The commands a user types: `dagster asset materialize` and `forecast-pipeline`, as subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from forecast_pipeline_tests.conftest import AS_OF, POSTGRES_URL, REDIS_URL
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.integration
+
+
+def command(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("FORECAST_", "REDIS_", "DATABASE_URL"))},
+        "DAGSTER_HOME": str(home),
+        "DATABASE_URL": POSTGRES_URL,
+        "REDIS_URL": REDIS_URL,
+        "FORECAST_WORKERS": "2",
+        **env,
+    }
+    return subprocess.run(args, env=environ, capture_output=True, text=True, timeout=300)
+
+
+def materialize_cli(tmp_path: Path, partition: str = AS_OF.isoformat(), **env: str) -> subprocess.CompletedProcess:
+    args = [str(BIN / "dagster"), "asset", "materialize", "-m", "forecast_pipeline", "--select", "*"]
+    return command([*args, "--partition", partition], tmp_path, **env)
+
+
+@pytest.fixture
+def demo_book(pg, redis_client, tmp_path):
+    done = command(
+        [str(BIN / "forecast-pipeline"), "demo-data", "--products", "60", "--customers", "80", "--as-of", "2025-11-20"],
+        tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Loaded" in done.stdout
+    return pg
+
+
+def test_dagster_asset_materialize_caches_forecasts_and_records_the_run(demo_book, redis_client, tmp_path):
+    done = materialize_cli(tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads(redis_client.get("forecast:metadata:last_run"))
+    assert meta["as_of_date"] == "2025-11-10" and meta["successful"] > 40 and meta["failed"] == 0
+    assert redis_client.hlen("forecast:asof:2025-11-10") == meta["successful"]
+    # the run is in the instance under DAGSTER_HOME
+    from dagster import AssetKey, DagsterInstance
+
+    os.environ["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
+    try:
+        with DagsterInstance.get() as instance:
+            record = instance.get_latest_materialization_event(AssetKey("product_forecasts"))
+            assert record.asset_materialization.partition == "2025-11-10"
+            assert record.asset_materialization.metadata["successful"].value == meta["successful"]
+    finally:
+        del os.environ["DAGSTER_HOME"]
+
+    shown = command([str(BIN / "forecast-pipeline"), "show"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert '"as_of_date": "2025-11-10"' in shown.stdout and "80% interval" in shown.stdout
+
+
+def test_a_failure_rate_over_the_limit_makes_the_cli_exit_non_zero(demo_book, redis_client, tmp_path):
+    with demo_book.begin() as conn:
+        conn.execute(sa.text("UPDATE order_items SET quantity = 'NaN' WHERE product_id IN (SELECT id FROM products WHERE id % 4 = 0)"))
+    done = materialize_cli(tmp_path)
+    assert done.returncode != 0
+    assert "failure_rate_within_limit" in done.stdout + done.stderr
+    assert json.loads(redis_client.get("forecast:metadata:last_run"))["failed"] > 0
+
+
+def test_bad_config_stops_the_cli_naming_the_variable(tmp_path):
+    done = materialize_cli(tmp_path, FORECAST_WORKERS="abc", FORECAST_CACHE_TTL="0")
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "FORECAST_WORKERS='abc' is not a whole number" in output
+    assert "FORECAST_CACHE_TTL=0 must be at least 1" in output
+
+
+def test_bad_database_driver_is_reported_by_forecast_pipeline_check(tmp_path):
+    done = command([str(BIN / "forecast-pipeline"), "check"], tmp_path, DATABASE_URL="mongodb://u:pw@h/db")
+    assert done.returncode == 2
+    assert "DATABASE_URL='mongodb://u:***@h/db' cannot be used" in done.stderr
+
+
+def test_check_reports_missing_tables_and_redis(tmp_path, pg):
+    with pg.begin() as conn:
+        conn.execute(sa.text("DROP TABLE order_items"))
+    done = command([str(BIN / "forecast-pipeline"), "check"], tmp_path, REDIS_URL="redis://127.0.0.1:6390/0")
+    assert done.returncode == 1
+    assert "MISSING order_items" in done.stdout
+    assert "redis: FAILED" in done.stdout and "6390" in done.stdout
+    ok = command([str(BIN / "forecast-pipeline"), "init-db"], tmp_path)
+    assert ok.returncode == 0
+    checked = command([str(BIN / "forecast-pipeline"), "check"], tmp_path)
+    assert checked.returncode == 0, checked.stdout
