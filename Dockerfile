@@ -1,0 +1,27 @@
+# One image for the code location (gRPC server), the webserver and the daemon.
+#   docker build -t forecast-pipeline .
+#   docker run forecast-pipeline                      # code location gRPC server on :4000
+#   docker run forecast-pipeline dagster-webserver -h 0.0.0.0 -p 3000 -w workspace.yaml
+#   docker run forecast-pipeline dagster-daemon run -w workspace.yaml
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DAGSTER_HOME=/opt/dagster/home
+
+WORKDIR /opt/dagster/app
+RUN groupadd --system dagster && useradd --system --gid dagster --home-dir /opt/dagster dagster \
+    && mkdir -p "$DAGSTER_HOME" && chown -R dagster:dagster /opt/dagster
+
+# dependencies first (cached layer), versions pinned in pyproject.toml
+COPY pyproject.toml README.md ./
+COPY forecast_pipeline ./forecast_pipeline
+RUN pip install . && rm -rf /root/.cache
+
+COPY --chown=dagster:dagster workspace.yaml dagster.yaml ./
+COPY --chown=dagster:dagster dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+USER dagster
+EXPOSE 4000 3000
+CMD ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "4000", "-m", "forecast_pipeline.definitions"]
