@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from dagster import ConfigurableResource, EnvVar, Failure, InitResourceContext
 from pydantic import PrivateAttr
 
+from forecast_pipeline.app_db import AppDatabase
 from forecast_pipeline.order_history import HistoryWindow
 from forecast_pipeline.settings import Settings, normalize_database_url, redact_url
 
@@ -137,6 +138,7 @@ def build_resources(settings: Settings, environ: Mapping[str, str] | None = None
     cache_ttl = pick("FORECAST_CACHE_TTL", settings.cache_ttl, "int")
     history_ttl = pick("FORECAST_HISTORY_TTL", settings.history_ttl, "int")
     return {
+        "app_db": AppDatabase(url=pick("APP_DATABASE_URL", pick("DATABASE_URL", settings.app_database_url))),
         "source_db": SourceDatabase(
             url=pick("DATABASE_URL", settings.database_url),
             source_query=pick("FORECAST_SOURCE_QUERY", settings.source_query),

@@ -24,6 +24,7 @@ DEFAULT_SQLITE_PATH = PROJECT_ROOT / "data" / "forecast_demo.sqlite"
 DEFAULTS: dict[str, str] = {
     "DATABASE_URL": f"sqlite:///{DEFAULT_SQLITE_PATH}",
     "FORECAST_SOURCE_QUERY": "",
+    "APP_DATABASE_URL": "",
     "REDIS_URL": "",
     "REDIS_HOST": "127.0.0.1",
     "REDIS_PORT": "6379",
@@ -52,6 +53,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     database_url: str
+    app_database_url: str
     source_query: str | None
     redis_url: str
     redis_password: str | None
@@ -134,15 +136,19 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             errors.append(f"{name}={text!r} is not a date in YYYY-MM-DD form")
             return dt.date.fromisoformat(DEFAULTS[name])
 
-    database_url = normalize_database_url(raw("DATABASE_URL"))
-    try:
-        url = sa.engine.make_url(database_url)
-        url.get_dialect().import_dbapi()
-    except Exception as exc:  # noqa: BLE001 - any failure here means the URL cannot be used
-        errors.append(
-            f"DATABASE_URL={redact_url(database_url)!r} cannot be used: {type(exc).__name__}: {exc} "
-            "(expected a SQLAlchemy URL such as postgresql://user@host/db or sqlite:///path)"
-        )
+    def database(name: str, text: str) -> str:
+        url = normalize_database_url(text)
+        try:
+            sa.engine.make_url(url).get_dialect().import_dbapi()
+        except Exception as exc:  # noqa: BLE001 - any failure here means the URL cannot be used
+            errors.append(
+                f"{name}={redact_url(url)!r} cannot be used: {type(exc).__name__}: {exc} "
+                "(expected a SQLAlchemy URL such as postgresql://user@host/db or sqlite:///path)"
+            )
+        return url
+
+    database_url = database("DATABASE_URL", raw("DATABASE_URL"))
+    app_database_url = database("APP_DATABASE_URL", raw("APP_DATABASE_URL")) if raw("APP_DATABASE_URL") else database_url
 
     redis_url = raw("REDIS_URL") if env.get("REDIS_URL", "").strip() else ""
     redis_port = integer("REDIS_PORT", 1, 65535)
@@ -170,6 +176,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     settings = Settings(
         database_url=database_url,
+        app_database_url=app_database_url,
         source_query=raw("FORECAST_SOURCE_QUERY") or None,
         redis_url=redis_url,
         redis_password=raw("REDIS_PASSWORD") or None,

@@ -1,0 +1,51 @@
+"""The application database: the tables forecast_pipeline owns (job queue, report schedules,
+alerts, stored predictions), apart from both the order history and Dagster's own storage.
+
+``APP_DATABASE_URL`` (default: ``DATABASE_URL``). The job queue and the schedule tick claim rows
+with ``FOR UPDATE SKIP LOCKED`` and therefore need PostgreSQL; the rest also runs on SQLite.
+"""
+
+import importlib
+
+import sqlalchemy as sa
+from dagster import ConfigurableResource, InitResourceContext
+from pydantic import PrivateAttr
+
+from forecast_pipeline.settings import normalize_database_url, redact_url
+
+app_metadata = sa.MetaData()
+"""Every application table registers here."""
+
+APP_SCHEMA_MODULES = ("forecast_pipeline.jobs_schema",)
+"""Modules that define tables on ``app_metadata``; imported before creating the schema."""
+
+
+class AppDatabase(ConfigurableResource):
+    """Engine for the application tables."""
+
+    url: str
+
+    _engine: sa.Engine | None = PrivateAttr(default=None)
+
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = sa.create_engine(normalize_database_url(self.url), pool_pre_ping=True)
+        return self._engine
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine().dialect.name == "postgresql"
+
+    def redacted_url(self) -> str:
+        return redact_url(normalize_database_url(self.url))
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def create_app_schema(engine: sa.Engine) -> None:
+    """Create every application table that is missing (safe to repeat)."""
+    for module in APP_SCHEMA_MODULES:
+        importlib.import_module(module)
+    app_metadata.create_all(engine, checkfirst=True)

@@ -1,0 +1,1 @@
+"""Job-queue tables (filled in by the job queue work)."""
