@@ -1,4 +1,10 @@
-"""The forecast assets, partitioned by as-of date: eligible products -> product forecasts."""
+"""The forecast assets, partitioned by as-of date:
+eligible products -> product forecasts (Redis) -> forecast predictions (application database).
+
+Each asset handles every as-of date of its run (``BackfillPolicy.single_run()``): a backfill of a
+date range, or a queue job for one, is one run that reads each date's history once. Values pass
+between steps as ``{partition_key: value}``.
+"""
 
 import datetime as dt
 import time
@@ -11,27 +17,27 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetObservation,
+    BackfillPolicy,
     Config,
     Failure,
+    MaterializeResult,
     MetadataValue,
     Output,
     asset,
 )
 from pydantic import Field
 
-from forecast_pipeline import order_history
+from forecast_pipeline import order_history, predictions_store
+from forecast_pipeline.app_db import AppDatabase
 from forecast_pipeline.forecasting.batch import ForecastRun, run_forecasts
 from forecast_pipeline.forecasting.customers import active_customers
 from forecast_pipeline.partitions import as_of_partitions
 from forecast_pipeline.resources import ForecastParameters, SourceDatabase
+from forecast_pipeline.run_heartbeat import RunHeartbeat
 
 GROUP = "forecasts"
 FAILURE_RATE_CHECK = "failure_rate_within_limit"
 ERRORS_LOGGED = 20
-
-
-def _as_of(context: AssetExecutionContext) -> dt.date:
-    return dt.date.fromisoformat(context.partition_key)
 
 
 def _source_failure(source_db: SourceDatabase, exc: Exception) -> Failure:
@@ -46,6 +52,7 @@ def _source_failure(source_db: SourceDatabase, exc: Exception) -> Failure:
 
 @asset(
     partitions_def=as_of_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
     io_manager_key="table_io_manager",
     group_name=GROUP,
     kinds={"sql"},
@@ -55,31 +62,40 @@ def _source_failure(source_db: SourceDatabase, exc: Exception) -> Failure:
     ),
 )
 def eligible_products(
-    context: AssetExecutionContext, source_db: SourceDatabase, forecast_params: ForecastParameters
-) -> Output[pd.DataFrame]:
-    window = forecast_params.window(_as_of(context))
-    started = time.perf_counter()
-    try:
-        with source_db.engine().connect() as conn:
-            frame = order_history.fetch_eligible_products(conn, window, source_db.source_query)
-    except sa.exc.SQLAlchemyError as exc:
-        raise _source_failure(source_db, exc) from exc
-    seconds = time.perf_counter() - started
-    context.log.info(f"{len(frame)} eligible products for as-of {window.as_of} ({seconds:.2f}s)")
-    if frame.empty:
-        context.log.warning(
-            f"No product has {window.min_customers}+ customers and {window.min_orders}+ orders between "
-            f"{window.history_start} and {window.as_of}: nothing will be forecast."
-        )
+    context: AssetExecutionContext,
+    source_db: SourceDatabase,
+    forecast_params: ForecastParameters,
+    run_heartbeat: RunHeartbeat,
+) -> Output[dict[str, pd.DataFrame]]:
+    tables: dict[str, pd.DataFrame] = {}
+    seconds = 0.0
+    for key in context.partition_keys:
+        window = forecast_params.window(dt.date.fromisoformat(key))
+        started = time.perf_counter()
+        try:
+            with source_db.engine().connect() as conn:
+                tables[key] = order_history.fetch_eligible_products(conn, window, source_db.source_query)
+        except sa.exc.SQLAlchemyError as exc:
+            raise _source_failure(source_db, exc) from exc
+        seconds += time.perf_counter() - started
+        context.log.info(f"{len(tables[key])} eligible products for as-of {key} ({time.perf_counter() - started:.2f}s)")
+        if tables[key].empty:
+            context.log.warning(
+                f"No product has {window.min_customers}+ customers and {window.min_orders}+ orders between "
+                f"{window.history_start} and {key}: nothing will be forecast."
+            )
+    last = tables[context.partition_keys[-1]]
     return Output(
-        frame,
+        tables,
         metadata={
-            "eligible_products": len(frame),
-            "min_customers": window.min_customers,
-            "min_orders": window.min_orders,
-            "history_start": window.history_start.isoformat(),
+            "eligible_products": len(last)
+            if len(tables) == 1
+            else MetadataValue.json({k: len(v) for k, v in tables.items()}),
+            "min_customers": forecast_params.min_customers,
+            "min_orders": forecast_params.min_orders,
+            "history_start": forecast_params.history_start,
             "query_seconds": round(seconds, 3),
-            "top_products": MetadataValue.md(frame.head(10).to_markdown(index=False) if not frame.empty else "none"),
+            "top_products": MetadataValue.md(last.head(10).to_markdown(index=False) if not last.empty else "none"),
         },
     )
 
@@ -95,6 +111,7 @@ class ProductForecastsConfig(Config):
 
 @asset(
     partitions_def=as_of_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
     io_manager_key="forecast_io_manager",
     group_name=GROUP,
     kinds={"python", "redis"},
@@ -114,19 +131,64 @@ class ProductForecastsConfig(Config):
 def product_forecasts(
     context: AssetExecutionContext,
     config: ProductForecastsConfig,
-    eligible_products: pd.DataFrame,
+    eligible_products: dict[str, pd.DataFrame],
     source_db: SourceDatabase,
     forecast_params: ForecastParameters,
+    run_heartbeat: RunHeartbeat,
 ):
-    window = forecast_params.window(_as_of(context))
-    product_ids = eligible_products["product_id"].astype("int64").tolist()
+    runs = {
+        key: _forecast_one_date(context, config, eligible_products[key], key, source_db, forecast_params)
+        for key in context.partition_keys
+    }
+    for key, run in runs.items():
+        context.log_event(AssetObservation(asset_key=context.asset_key, partition=key, metadata=_run_figures(run)))
+    total = sum(r.total for r in runs.values())
+    failed = sum(r.failed for r in runs.values())
+    last = runs[context.partition_keys[-1]]
+    yield Output(
+        runs,
+        metadata={
+            **(_run_figures(last) if len(runs) == 1 else _combined_figures(runs)),
+            "models": MetadataValue.json(last.model_counts),
+            "demand_classes": MetadataValue.json(last.class_counts),
+            **{k: round(sum(r.timings.get(k, 0.0) for r in runs.values()), 3) for k in last.timings},
+        },
+    )
+    rate, limit = (failed / total if total else 0.0), forecast_params.max_failure_rate
+    errors = [(p, m) for r in runs.values() for p, m in r.errors][:ERRORS_LOGGED]
+    yield AssetCheckResult(
+        check_name=FAILURE_RATE_CHECK,
+        passed=rate <= limit,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "failure_rate": rate,
+            "max_failure_rate": limit,
+            "failed": failed,
+            "first_errors": MetadataValue.json({str(p): m for p, m in errors}),
+        },
+        description=None if rate <= limit else f"{failed}/{total} products failed ({rate:.1%} > {limit:.1%})",
+    )
+
+
+def _forecast_one_date(
+    context: AssetExecutionContext,
+    config: ProductForecastsConfig,
+    eligible: pd.DataFrame,
+    key: str,
+    source_db: SourceDatabase,
+    forecast_params: ForecastParameters,
+) -> ForecastRun:
+    window = forecast_params.window(dt.date.fromisoformat(key))
+    product_ids = eligible["product_id"].astype("int64").tolist()
     only = None
     if config.product_ids is not None:
         unknown = sorted(set(config.product_ids) - set(product_ids))
         if unknown:
             raise Failure(
-                description=f"Products not eligible for as-of {window.as_of} (unknown, or too few "
-                f"customers/orders before it): {unknown[:20]}{' ...' if len(unknown) > 20 else ''}"
+                description=f"Products not eligible for as-of {key} (unknown, or too few customers/orders "
+                f"before it): {unknown[:20]}{' ...' if len(unknown) > 20 else ''}",
+                metadata={"permanent": True},
+                allow_retries=False,
             )
         only = sorted(set(config.product_ids))
         product_ids = [p for p in product_ids if p in set(only)]
@@ -144,12 +206,12 @@ def product_forecasts(
     active_count, weekly_buyers = active_customers(activity, product_ids)
     timings["aggregate_seconds"] = time.perf_counter() - started
     context.log.info(
-        f"Read {window.weeks} weeks of history for {len(product_ids)} products "
+        f"{key}: read {window.weeks} weeks of history for {len(product_ids)} products "
         f"({len(activity)} product-customer pairs) in {timings['read_seconds']:.2f}s"
     )
 
     def progress(done: int, total: int) -> None:
-        context.log.info(f"Forecast progress: {done}/{total} products ({done / total:.0%})")
+        context.log.info(f"{key}: forecast progress {done}/{total} products ({done / total:.0%})")
 
     run = run_forecasts(
         history,
@@ -167,33 +229,41 @@ def product_forecasts(
         context.log.error(f"Product {product_id} failed: {message}")
     if len(run.errors) > ERRORS_LOGGED:
         context.log.error(f"... and {len(run.errors) - ERRORS_LOGGED} more failed products")
-
-    figures = _run_figures(run)
     context.log.info(
-        f"Forecast {run.total} products: {run.successful} succeeded, {run.no_forecast} no forecast, {run.failed} failed"
+        f"{key}: forecast {run.total} products: {run.successful} succeeded, {run.no_forecast} no forecast, "
+        f"{run.failed} failed"
     )
-    context.log_event(AssetObservation(asset_key=context.asset_key, partition=context.partition_key, metadata=figures))
-    yield Output(
-        run,
+    return run
+
+
+@asset(
+    partitions_def=as_of_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    group_name=GROUP,
+    kinds={"postgres"},
+    description=(
+        "Every weekly prediction of product_forecasts as rows of forecast_predictions in the "
+        "application database, UPSERTed by (as_of_date, product_id, week_start)."
+    ),
+)
+def forecast_predictions(
+    context: AssetExecutionContext,
+    product_forecasts: dict[str, dict[int, dict]],
+    app_db: AppDatabase,
+    run_heartbeat: RunHeartbeat,
+) -> MaterializeResult:
+    started = time.perf_counter()
+    engine = app_db.engine()
+    predictions_store.create_table(engine)
+    rows = {key: predictions_store.upsert(engine, docs.values()) for key, docs in product_forecasts.items()}
+    seconds = time.perf_counter() - started
+    context.log.info(f"Upserted {sum(rows.values())} prediction rows in {seconds:.2f}s into {app_db.redacted_url()}")
+    return MaterializeResult(
         metadata={
-            **figures,
-            "models": MetadataValue.json(run.model_counts),
-            "demand_classes": MetadataValue.json(run.class_counts),
-            **{k: round(v, 3) for k, v in run.timings.items()},
-        },
-    )
-    rate, limit = run.failure_rate, forecast_params.max_failure_rate
-    yield AssetCheckResult(
-        check_name=FAILURE_RATE_CHECK,
-        passed=rate <= limit,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "failure_rate": rate,
-            "max_failure_rate": limit,
-            "failed": run.failed,
-            "first_errors": MetadataValue.json({str(p): m for p, m in run.errors[:ERRORS_LOGGED]}),
-        },
-        description=None if rate <= limit else f"{run.failed}/{run.total} products failed ({rate:.1%} > {limit:.1%})",
+            "rows": sum(rows.values()),
+            "rows_by_as_of": MetadataValue.json(rows),
+            "upsert_seconds": round(seconds, 3),
+        }
     )
 
 
@@ -212,3 +282,18 @@ def _run_figures(run: ForecastRun) -> dict:
     if run.holdout_wape is not None:
         figures["holdout_wape"] = round(run.holdout_wape, 4)
     return figures
+
+
+def _combined_figures(runs: dict[str, ForecastRun]) -> dict:
+    """Totals over a multi-date run, plus each date's figures."""
+    total = sum(r.total for r in runs.values())
+    failed = sum(r.failed for r in runs.values())
+    return {
+        "total_products": total,
+        "successful": sum(r.successful for r in runs.values()),
+        "failed": failed,
+        "no_forecast": sum(r.no_forecast for r in runs.values()),
+        "failure_rate": round(failed / total, 4) if total else 0.0,
+        "compute_seconds": round(sum(r.elapsed_seconds for r in runs.values()), 3),
+        "by_as_of": MetadataValue.json({k: _run_figures(r) for k, r in runs.items()}),
+    }

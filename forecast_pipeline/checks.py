@@ -1,26 +1,24 @@
 """Asset checks that read back what the forecast API will serve."""
 
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
 
 from forecast_pipeline.assets import product_forecasts
 
 
 @asset_check(asset=product_forecasts, description="Every cached forecast of the as-of date is well formed.")
-def cached_forecasts_well_formed(
-    context: AssetCheckExecutionContext, product_forecasts: dict[int, dict]
-) -> AssetCheckResult:
+def cached_forecasts_well_formed(product_forecasts: dict[str, dict[int, dict]]) -> AssetCheckResult:
     """12 weeks each, quantities >= 0, lower <= predicted <= upper, the right as-of date."""
     problems: dict[str, str] = {}
-    as_of = context.partition_key if context.has_partition_key else None
-    for product_id, doc in product_forecasts.items():
-        issue = forecast_problem(doc, as_of)
-        if issue:
-            problems[str(product_id)] = issue
+    for as_of, docs in product_forecasts.items():
+        for product_id, doc in docs.items():
+            issue = forecast_problem(doc, as_of)
+            if issue:
+                problems[f"{as_of}/{product_id}"] = issue
     return AssetCheckResult(
         passed=not problems,
         severity=AssetCheckSeverity.ERROR,
         metadata={
-            "cached_forecasts": len(product_forecasts),
+            "cached_forecasts": sum(len(docs) for docs in product_forecasts.values()),
             "malformed": len(problems),
             "examples": MetadataValue.json(dict(list(problems.items())[:10])),
         },

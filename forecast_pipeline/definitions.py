@@ -6,8 +6,15 @@ variable stops the code location from loading with a message that names it.
 
 from dagster import Definitions, in_process_executor, multiprocess_executor
 
-from forecast_pipeline.assets import eligible_products, product_forecasts
+from forecast_pipeline.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.checks import cached_forecasts_well_formed
+from forecast_pipeline.job_sensors import (
+    forecast_job_cancelled,
+    forecast_job_failed,
+    forecast_job_queue,
+    forecast_job_recovery,
+    forecast_job_succeeded,
+)
 from forecast_pipeline.resources import build_resources
 from forecast_pipeline.schedules import daily_forecast_job, daily_forecast_schedule
 from forecast_pipeline.settings import get_settings
@@ -28,10 +35,17 @@ settings = get_settings()
 resources = build_resources(settings)
 
 defs = Definitions(
-    assets=[eligible_products, product_forecasts],
+    assets=[eligible_products, product_forecasts, forecast_predictions],
     asset_checks=[cached_forecasts_well_formed],
     jobs=[daily_forecast_job],
     schedules=[daily_forecast_schedule],
+    sensors=[
+        forecast_job_queue,
+        forecast_job_succeeded,
+        forecast_job_failed,
+        forecast_job_cancelled,
+        forecast_job_recovery,
+    ],
     resources=resources,
     executor=_executor(settings.executor),
 )

@@ -17,17 +17,20 @@ from forecast_pipeline.resources import RedisStore
 
 
 class RedisForecastIOManager(ConfigurableIOManager):
-    """Writes a :class:`ForecastRun` to the keys the forecast API reads (see
-    :mod:`forecast_pipeline.forecast_cache`), then the run's metadata; loads an as-of date's
-    forecasts back as ``{product_id: forecast}``."""
+    """Writes each as-of date's :class:`ForecastRun` to the keys the forecast API reads (see
+    :mod:`forecast_pipeline.forecast_cache`), then that run's metadata; loads them back as
+    ``{as_of_date: {product_id: forecast}}``."""
 
     redis_store: ResourceDependency[RedisStore]
     cache_ttl: int = 604800
     history_ttl: int = 7776000
 
-    def handle_output(self, context: OutputContext, obj: ForecastRun) -> None:
+    def handle_output(self, context: OutputContext, obj: dict[str, ForecastRun]) -> None:
+        for as_of in context.asset_partition_keys:
+            self._write(context, as_of, obj[as_of])
+
+    def _write(self, context: OutputContext, as_of: str, obj: ForecastRun) -> None:
         client, prefix = self.redis_store.client(), self.redis_store.key_prefix
-        as_of = context.partition_key
         started = time.perf_counter()
         full_run = obj.requested_products is None
         written = forecast_cache.write_forecasts(
@@ -45,44 +48,50 @@ class RedisForecastIOManager(ConfigurableIOManager):
             f"Cached {len(obj.payloads)} forecasts for {as_of} in {write_seconds:.2f}s "
             f"({written['latest_kept_newer']} latest keys kept: a newer as-of date is cached)"
         )
-        context.add_output_metadata(
-            {
-                "redis_history_key": forecast_cache.history_key(prefix, as_of),
-                "latest_keys_written": written["latest_written"],
-                "latest_keys_kept_newer": written["latest_kept_newer"],
-                "last_run_updated": last_run_updated,
-                "write_seconds": round(write_seconds, 3),
-            }
-        )
+        if len(context.asset_partition_keys) == 1:
+            context.add_output_metadata(
+                {
+                    "redis_history_key": forecast_cache.history_key(prefix, as_of),
+                    "latest_keys_written": written["latest_written"],
+                    "latest_keys_kept_newer": written["latest_kept_newer"],
+                    "last_run_updated": last_run_updated,
+                    "write_seconds": round(write_seconds, 3),
+                }
+            )
 
-    def load_input(self, context: InputContext) -> dict[int, dict]:
-        return forecast_cache.read_forecasts_for(
-            self.redis_store.client(), self.redis_store.key_prefix, context.partition_key
-        )
+    def load_input(self, context: InputContext) -> dict[str, dict[int, dict]]:
+        client, prefix = self.redis_store.client(), self.redis_store.key_prefix
+        return {key: forecast_cache.read_forecasts_for(client, prefix, key) for key in context.asset_partition_keys}
 
 
 class RedisTableIOManager(ConfigurableIOManager):
-    """Stores a small DataFrame (the eligible products) as JSON records for one as-of date."""
+    """Stores small DataFrames (the eligible products), one JSON document per as-of date."""
 
     redis_store: ResourceDependency[RedisStore]
     history_ttl: int = 7776000
 
-    def handle_output(self, context: OutputContext, obj: pd.DataFrame) -> None:
-        key = forecast_cache.eligible_key(self.redis_store.key_prefix, context.partition_key)
-        doc = json.dumps({"columns": list(obj.columns), "rows": obj.to_numpy().tolist(), "stored_at": _now()})
-        self.redis_store.client().set(key, doc, ex=self.history_ttl)
-        context.add_output_metadata({"redis_key": key})
-
-    def load_input(self, context: InputContext) -> pd.DataFrame:
-        key = forecast_cache.eligible_key(self.redis_store.key_prefix, context.partition_key)
-        raw = self.redis_store.client().get(key)
-        if raw is None:
-            raise FileNotFoundError(
-                f"{key} is not in Redis (expired or never written): materialize eligible_products "
-                f"for {context.partition_key} first"
+    def handle_output(self, context: OutputContext, obj: dict[str, pd.DataFrame]) -> None:
+        pipe = self.redis_store.client().pipeline(transaction=False)
+        for as_of in context.asset_partition_keys:
+            frame = obj[as_of]
+            doc = {"columns": list(frame.columns), "rows": frame.to_numpy().tolist(), "stored_at": _now()}
+            pipe.set(
+                forecast_cache.eligible_key(self.redis_store.key_prefix, as_of), json.dumps(doc), ex=self.history_ttl
             )
-        doc = json.loads(raw)
-        return pd.DataFrame(doc["rows"], columns=doc["columns"])
+        pipe.execute()
+
+    def load_input(self, context: InputContext) -> dict[str, pd.DataFrame]:
+        tables = {}
+        for as_of in context.asset_partition_keys:
+            key = forecast_cache.eligible_key(self.redis_store.key_prefix, as_of)
+            raw = self.redis_store.client().get(key)
+            if raw is None:
+                raise FileNotFoundError(
+                    f"{key} is not in Redis (expired or never written): materialize eligible_products for {as_of} first"
+                )
+            doc = json.loads(raw)
+            tables[as_of] = pd.DataFrame(doc["rows"], columns=doc["columns"])
+        return tables
 
 
 def _now() -> str:

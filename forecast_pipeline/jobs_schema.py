@@ -1,1 +1,74 @@
-"""Job-queue tables (filled in by the job queue work)."""
+"""Tables of the forecast job queue and the stored predictions (application database).
+
+Other systems ask for forecasts by inserting a ``forecast_jobs`` row (see
+:func:`forecast_pipeline.job_queue.enqueue` or the SQL in the README); Dagster sensors claim, run
+and close them. Every state change of a job also lands in ``forecast_job_audit``.
+"""
+
+import sqlalchemy as sa
+
+from forecast_pipeline.app_db import app_metadata
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+JOB_TYPES = ("forecast",)
+
+forecast_jobs = sa.Table(
+    "forecast_jobs",
+    app_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("job_type", sa.String(40), nullable=False, server_default="forecast"),
+    # {"as_of_date": "YYYY-MM-DD"} or {"from": ..., "to": ...}; optional "product_ids": [int, ...]
+    sa.Column("parameters", sa.JSON, nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(16), nullable=False, server_default="queued"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="3"),
+    sa.Column("not_before", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("concurrency_key", sa.String(200)),
+    sa.Column("run_key", sa.String(200)),
+    sa.Column("dagster_run_id", sa.String(64)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("duration_seconds", sa.Float),
+    sa.Column("error", sa.Text),
+    sa.Column("rows_written", sa.Integer),
+    sa.CheckConstraint(f"status IN {JOB_STATUSES}", name="ck_forecast_jobs_status"),
+    sa.CheckConstraint("max_attempts >= 1", name="ck_forecast_jobs_max_attempts"),
+    sa.Index("ix_forecast_jobs_due", "status", sa.text("priority DESC"), "created_at"),
+    # two jobs sharing a concurrency key are never running at once: the database enforces it
+    sa.Index(
+        "ux_forecast_jobs_running_key",
+        "concurrency_key",
+        unique=True,
+        postgresql_where=sa.text("status = 'running' AND concurrency_key IS NOT NULL"),
+        sqlite_where=sa.text("status = 'running' AND concurrency_key IS NOT NULL"),
+    ),
+)
+
+forecast_job_audit = sa.Table(
+    "forecast_job_audit",
+    app_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.BigInteger, nullable=False, index=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("event", sa.String(40), nullable=False),
+    sa.Column("detail", sa.JSON),
+)
+
+forecast_predictions = sa.Table(
+    "forecast_predictions",
+    app_metadata,
+    sa.Column("as_of_date", sa.Date, primary_key=True),
+    sa.Column("product_id", sa.BigInteger, primary_key=True),
+    sa.Column("week_start", sa.Date, primary_key=True),
+    sa.Column("week_end", sa.Date, nullable=False),
+    sa.Column("predicted_quantity", sa.Float, nullable=False),
+    sa.Column("confidence_lower", sa.Float, nullable=False),
+    sa.Column("confidence_upper", sa.Float, nullable=False),
+    sa.Column("active_customers", sa.Integer, nullable=False),
+    sa.Column("model_type", sa.String(40)),
+    sa.Column("generated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -124,6 +124,7 @@ def build_resources(settings: Settings, environ: Mapping[str, str] | None = None
     ``environ`` (default ``os.environ``) decides which values are passed as ``EnvVar``.
     """
     from forecast_pipeline.io_managers import RedisForecastIOManager, RedisTableIOManager
+    from forecast_pipeline.run_heartbeat import RunHeartbeat
 
     env = os.environ if environ is None else environ
 
@@ -137,8 +138,10 @@ def build_resources(settings: Settings, environ: Mapping[str, str] | None = None
     )
     cache_ttl = pick("FORECAST_CACHE_TTL", settings.cache_ttl, "int")
     history_ttl = pick("FORECAST_HISTORY_TTL", settings.history_ttl, "int")
+    app_db = AppDatabase(url=pick("APP_DATABASE_URL", pick("DATABASE_URL", settings.app_database_url)))
     return {
-        "app_db": AppDatabase(url=pick("APP_DATABASE_URL", pick("DATABASE_URL", settings.app_database_url))),
+        "app_db": app_db,
+        "run_heartbeat": RunHeartbeat(app_db=app_db, interval_seconds=settings.job_heartbeat_seconds),
         "source_db": SourceDatabase(
             url=pick("DATABASE_URL", settings.database_url),
             source_query=pick("FORECAST_SOURCE_QUERY", settings.source_query),

@@ -42,6 +42,13 @@ DEFAULTS: dict[str, str] = {
     "FORECAST_SCHEDULE_CRON": "0 6 * * *",
     "FORECAST_SCHEDULE_TIMEZONE": "UTC",
     "FORECAST_EXECUTOR": "in_process",
+    "FORECAST_JOB_SENSOR_SECONDS": "15",
+    "FORECAST_JOB_CLAIM_LIMIT": "10",
+    "FORECAST_JOB_RETRY_BASE_SECONDS": "60",
+    "FORECAST_JOB_RETRY_MAX_SECONDS": "3600",
+    "FORECAST_JOB_TIMEOUT_SECONDS": "3600",
+    "FORECAST_JOB_HEARTBEAT_SECONDS": "15",
+    "FORECAST_JOB_LAUNCH_GRACE_SECONDS": "300",
 }
 EXECUTORS = ("in_process", "multiprocess", "k8s")
 
@@ -69,6 +76,18 @@ class Settings:
     schedule_cron: str
     schedule_timezone: str
     executor: str
+    job_sensor_seconds: int = 15
+    job_claim_limit: int = 10
+    job_retry_base_seconds: int = 60
+    job_retry_max_seconds: int = 3600
+    job_timeout_seconds: int = 3600
+    job_heartbeat_seconds: int = 15
+    job_launch_grace_seconds: int = 300
+
+    @property
+    def job_stale_after_seconds(self) -> int:
+        """A running job's run is presumed dead after this long without a heartbeat."""
+        return 4 * self.job_heartbeat_seconds
 
 
 def normalize_database_url(url: str) -> str:
@@ -148,7 +167,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         return url
 
     database_url = database("DATABASE_URL", raw("DATABASE_URL"))
-    app_database_url = database("APP_DATABASE_URL", raw("APP_DATABASE_URL")) if raw("APP_DATABASE_URL") else database_url
+    app_database_url = database_url
+    if raw("APP_DATABASE_URL"):
+        app_database_url = database("APP_DATABASE_URL", raw("APP_DATABASE_URL"))
 
     redis_url = raw("REDIS_URL") if env.get("REDIS_URL", "").strip() else ""
     redis_port = integer("REDIS_PORT", 1, 65535)
@@ -192,6 +213,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         schedule_cron=cron,
         schedule_timezone=timezone,
         executor=executor,
+        job_sensor_seconds=integer("FORECAST_JOB_SENSOR_SECONDS", 1, 3600),
+        job_claim_limit=integer("FORECAST_JOB_CLAIM_LIMIT", 1, 1000),
+        job_retry_base_seconds=integer("FORECAST_JOB_RETRY_BASE_SECONDS", 0),
+        job_retry_max_seconds=integer("FORECAST_JOB_RETRY_MAX_SECONDS", 0),
+        job_timeout_seconds=integer("FORECAST_JOB_TIMEOUT_SECONDS", 60),
+        job_heartbeat_seconds=integer("FORECAST_JOB_HEARTBEAT_SECONDS", 1, 600),
+        job_launch_grace_seconds=integer("FORECAST_JOB_LAUNCH_GRACE_SECONDS", 10),
     )
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))

@@ -1,0 +1,349 @@
+"""The forecast job queue against real PostgreSQL, a real Dagster instance and real run processes."""
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context, materialize
+
+from forecast_pipeline import job_queue
+from forecast_pipeline.app_db import AppDatabase, create_app_schema
+from forecast_pipeline.assets import eligible_products, forecast_predictions, product_forecasts
+from forecast_pipeline.job_sensors import finish_job_for_run, forecast_job_queue, recover_stale_jobs
+from forecast_pipeline.jobs_schema import forecast_jobs
+from forecast_pipeline.settings import load_settings
+from forecast_pipeline_tests.conftest import AS_OF, POSTGRES_URL, REDIS_URL, engine_url, forecast_resources
+
+BIN = Path(sys.executable).parent
+HISTORY_START = dt.date(2019, 1, 1)
+
+
+@pytest.fixture
+def queue(pg):
+    """The application tables, empty, in the Postgres test database."""
+    with pg.begin() as conn:
+        for table in ("forecast_job_audit", "forecast_jobs", "forecast_predictions"):
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+    create_app_schema(pg)
+    return pg
+
+
+def job_row(engine, job_id):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(forecast_jobs).where(forecast_jobs.c.id == job_id)).one()
+
+
+# ---- parameters and backoff (pure) ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("parameters", "message"),
+    [
+        ("{not json", "parameters are not JSON"),
+        ([1, 2], "must be a JSON object"),
+        ({}, "need as_of_date, or from and to"),
+        ({"as_of_date": "2025-13-40"}, "as_of_date='2025-13-40' is not a YYYY-MM-DD date"),
+        ({"as_of_date": "2018-06-01"}, "before the history start 2019-01-01"),
+        ({"as_of_date": "2031-01-01"}, "is in the future"),
+        ({"from": "2025-11-10", "to": "2025-11-01"}, "from 2025-11-10 is after to 2025-11-01"),
+        ({"as_of_date": "2025-11-10", "from": "2025-11-01", "to": "2025-11-02"}, "not both"),
+        ({"as_of_date": "2025-11-10", "product_ids": "7"}, "product_ids must be a non-empty list of integers"),
+        ({"as_of_date": "2025-11-10", "products": [7]}, "unknown parameter(s) ['products']"),
+    ],
+)
+def test_bad_parameters_say_what_is_wrong(parameters, message):
+    with pytest.raises(job_queue.BadJobParameters) as info:
+        job_queue.parse_parameters(parameters, HISTORY_START, dt.date(2026, 11, 23))
+    assert message in str(info.value)
+
+
+def test_parameters_give_partitions_and_products():
+    request = job_queue.parse_parameters(
+        {"from": "2025-11-08", "to": "2025-11-10", "product_ids": [5, 3, 5]}, HISTORY_START, dt.date(2026, 1, 1)
+    )
+    assert request.partition_keys == ["2025-11-08", "2025-11-09", "2025-11-10"]
+    assert request.product_ids == (3, 5)
+
+
+def test_backoff_doubles_with_jitter_and_is_capped():
+    rng = random.Random(1)
+    for attempt, (low, high) in {1: (30, 60), 2: (60, 120), 3: (120, 240), 10: (1800, 3600)}.items():
+        delays = [job_queue.retry_delay(attempt, 60, 3600, rng) for _ in range(200)]
+        assert low <= min(delays) and max(delays) <= high
+        assert max(delays) - min(delays) > (high - low) * 0.5  # jittered, not constant
+
+
+# ---- claiming -------------------------------------------------------------------------------
+
+
+def test_a_thousand_jobs_four_claimers_each_claimed_exactly_once(queue):
+    with queue.begin() as conn:
+        conn.execute(
+            forecast_jobs.insert(),
+            [{"parameters": {"as_of_date": "2025-11-10"}, "priority": i % 3} for i in range(1000)],
+        )
+    claimed: list[list[int]] = [[] for _ in range(4)]
+    engines = [sa.create_engine(engine_url(queue)) for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def claimer(n: int) -> None:
+        barrier.wait()
+        while batch := job_queue.claim_due_jobs(engines[n], limit=7):
+            claimed[n].extend(job.id for job in batch)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    everything = [i for ids in claimed for i in ids]
+    assert len(everything) == 1000 and len(set(everything)) == 1000
+    assert all(len(ids) > 50 for ids in claimed), [len(ids) for ids in claimed]  # all four took part
+    with queue.connect() as conn:
+        statuses = conn.execute(sa.text("SELECT status, count(*) FROM forecast_jobs GROUP BY status")).all()
+    assert dict(statuses) == {"running": 1000}
+    for engine in engines:
+        engine.dispose()
+
+
+def test_priority_first_then_age(queue):
+    low_old = job_queue.enqueue(queue, as_of_date=AS_OF, priority=0)
+    high = job_queue.enqueue(queue, as_of_date=AS_OF, priority=5)
+    low_new = job_queue.enqueue(queue, as_of_date=AS_OF, priority=0)
+    mid = job_queue.enqueue(queue, as_of_date=AS_OF, priority=2)
+    order = [job.id for job in job_queue.claim_due_jobs(queue, limit=10)]
+    assert order == [high, mid, low_old, low_new]
+
+
+def test_not_before_holds_a_job_back(queue):
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    job_queue.enqueue(queue, as_of_date=AS_OF, not_before=later)
+    assert job_queue.claim_due_jobs(queue, limit=10) == []
+
+
+def test_jobs_sharing_a_concurrency_key_never_run_together(queue):
+    first = job_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-a")
+    second = job_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-a")
+    other = job_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-b")
+    assert [j.id for j in job_queue.claim_due_jobs(queue, limit=10)] == [first, other]
+    assert job_queue.claim_due_jobs(queue, limit=10) == []  # tenant-a is busy
+    # the database itself refuses a second running job with the key
+    with pytest.raises(sa.exc.IntegrityError), queue.begin() as conn:
+        conn.execute(forecast_jobs.update().where(forecast_jobs.c.id == second).values(status="running"))
+    job_queue.mark_succeeded(queue, first, "run-1", 12)
+    assert [j.id for j in job_queue.claim_due_jobs(queue, limit=10)] == [second]
+
+
+def test_a_failed_run_is_retried_with_backoff_then_failed(queue):
+    job_id = job_queue.enqueue(queue, as_of_date=AS_OF, max_attempts=2)
+    job_queue.claim_due_jobs(queue, limit=1)
+    before = dt.datetime.now(dt.timezone.utc)
+    assert job_queue.mark_failed(queue, job_id, "boom", base_seconds=100, max_seconds=1000) == "queued"
+    row = job_row(queue, job_id)
+    wait = (row.not_before - before).total_seconds()
+    assert 49 <= wait <= 101, wait
+    assert row.error == "boom" and row.attempts == 1
+    with queue.begin() as conn:  # time passes
+        conn.execute(forecast_jobs.update().values(not_before=sa.func.now()))
+    assert job_queue.claim_due_jobs(queue, limit=1)[0].attempts == 2
+    assert job_queue.mark_failed(queue, job_id, "boom again", base_seconds=100) == "failed"
+    row = job_row(queue, job_id)
+    assert row.status == "failed" and row.finished_at is not None and row.error == "boom again"
+    events = [a.event for a in job_queue.audit_entries(queue, job_id)]
+    assert events == ["queued", "claimed", "run_failed", "claimed", "failed"]
+
+
+def test_a_stale_close_for_an_old_attempt_is_ignored(queue):
+    job_id = job_queue.enqueue(queue, as_of_date=AS_OF)
+    job_queue.claim_due_jobs(queue, limit=1)
+    job_queue.mark_failed(queue, job_id, "first attempt died", base_seconds=0)
+    job_queue.claim_due_jobs(queue, limit=1)  # attempt 2 running
+    assert job_queue.mark_failed(queue, job_id, "late news about attempt 1", attempt=1) is None
+    assert not job_queue.mark_succeeded(queue, job_id, "run-1", 10, attempt=1)
+    assert job_row(queue, job_id).status == "running"
+
+
+# ---- sensors against a real instance --------------------------------------------------------
+
+
+def evaluate_queue_sensor(instance, engine):
+    resources = {"app_db": AppDatabase(url=engine_url(engine))}
+    with build_sensor_context(instance=instance, resources=resources) as context:
+        return forecast_job_queue(context)
+
+
+def test_the_queue_sensor_launches_one_run_per_job_and_fails_bad_rows(queue, redis_client):
+    good = job_queue.enqueue(queue, as_of_date=AS_OF, product_ids=[3, 4])
+    span = job_queue.enqueue(queue, date_range=("2025-11-03", "2025-11-10"), priority=1)
+    with queue.begin() as conn:
+        malformed = conn.execute(
+            forecast_jobs.insert().values(parameters={"as_of_date": "yesterday"}).returning(forecast_jobs.c.id)
+        ).scalar_one()
+        early = conn.execute(
+            forecast_jobs.insert().values(parameters={"as_of_date": "2015-01-01"}).returning(forecast_jobs.c.id)
+        ).scalar_one()
+    with DagsterInstance.ephemeral() as instance:
+        result = evaluate_queue_sensor(instance, queue)
+    requests = {r.tags[job_queue.JOB_ID_TAG]: r for r in result.run_requests}
+    assert set(requests) == {str(good), str(span)}
+    assert requests[str(good)].partition_key == "2025-11-10"
+    assert requests[str(good)].run_key == f"forecast-job-{good}-attempt-1"
+    assert requests[str(good)].run_config["ops"]["product_forecasts"]["config"]["product_ids"] == [3, 4]
+    assert requests[str(span)].tags["dagster/asset_partition_range_start"] == "2025-11-03"
+    assert requests[str(span)].tags["dagster/asset_partition_range_end"] == "2025-11-10"
+    assert "is not a YYYY-MM-DD date" in job_row(queue, malformed).error
+    assert job_row(queue, malformed).status == "failed" and job_row(queue, early).status == "failed"
+    assert "before the history start" in job_row(queue, early).error
+    assert job_row(queue, good).status == "running" and job_row(queue, span).status == "running"
+    with DagsterInstance.ephemeral() as instance:  # the next tick finds nothing new
+        assert not evaluate_queue_sensor(instance, queue).run_requests
+
+
+def _execute(request, database, instance, settings_env=None):
+    """Run what a RunRequest asks for, in process, with the test services."""
+    keys = request.partition_key or None
+    tags = dict(request.tags)
+    if keys is None:
+        tags["dagster/asset_partition_range_start"] = request.tags["dagster/asset_partition_range_start"]
+    return materialize(
+        [eligible_products, product_forecasts, forecast_predictions],
+        partition_key=keys,
+        tags=tags,
+        run_config=request.run_config or None,
+        resources=forecast_resources(engine_url(database), **(settings_env or {})),
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+@pytest.fixture
+def small_book(queue, pg_orders):
+    for product in range(1, 6):
+        pg_orders.weekly(product, customers=[product, product + 10], weeks=40, quantity=product)
+    return queue
+
+
+def test_job_run_success_closes_the_job_with_rows_and_duration(small_book, redis_client):
+    job_id = job_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2, 3])
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_queue_sensor(instance, small_book).run_requests
+        result = _execute(request, small_book, instance)
+        assert result.success
+        run = instance.get_run_by_id(result.run_id)
+        assert finish_job_for_run(instance, small_book, run) == "succeeded"
+        assert finish_job_for_run(instance, small_book, run) is None  # idempotent
+    row = job_row(small_book, job_id)
+    assert row.status == "succeeded" and row.rows_written == 24 and row.dagster_run_id == result.run_id
+    assert row.duration_seconds > 0 and row.heartbeat_at is not None
+    with small_book.connect() as conn:
+        stored = conn.execute(sa.text("SELECT product_id, count(*) FROM forecast_predictions GROUP BY 1")).all()
+    assert dict(stored) == {2: 12, 3: 12}
+
+
+def test_reruns_upsert_predictions_without_duplicates(small_book, redis_client):
+    with DagsterInstance.ephemeral() as instance:
+        for _ in range(2):
+            job_queue.enqueue(small_book, date_range=("2025-11-09", "2025-11-10"))
+            (request,) = evaluate_queue_sensor(instance, small_book).run_requests
+            result = _execute(request, small_book, instance)
+            assert result.success
+            finish_job_for_run(instance, small_book, instance.get_run_by_id(result.run_id))
+    with small_book.connect() as conn:
+        count = conn.execute(sa.text("SELECT count(*) FROM forecast_predictions")).scalar_one()
+        rows = conn.execute(sa.text("SELECT rows_written FROM forecast_jobs ORDER BY id")).scalars().all()
+    assert count == 2 * 5 * 12  # two as-of dates x five products x twelve weeks, whatever the reruns
+    assert rows == [120, 120]
+
+
+def test_an_unknown_product_fails_the_job_without_retries(small_book, redis_client):
+    job_id = job_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2, 999], max_attempts=3)
+    other = job_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2])
+    with DagsterInstance.ephemeral() as instance:
+        requests = evaluate_queue_sensor(instance, small_book).run_requests
+        for request in requests:
+            result = _execute(request, small_book, instance)
+            finish_job_for_run(instance, small_book, instance.get_run_by_id(result.run_id))
+    row = job_row(small_book, job_id)
+    assert row.status == "failed" and row.attempts == 1
+    assert "999" in row.error and "not eligible" in row.error
+    assert job_row(small_book, other).status == "succeeded"
+
+
+def test_a_run_that_never_launched_is_requeued_after_the_grace_period(queue):
+    job_id = job_queue.enqueue(queue, as_of_date=AS_OF)
+    job_queue.claim_due_jobs(queue, limit=1)
+    settings = dataclasses.replace(load_settings({}), job_launch_grace_seconds=10)
+    with DagsterInstance.ephemeral() as instance:
+        assert recover_stale_jobs(instance, queue, settings=settings)["no_run"] == 0  # still within grace
+        with queue.begin() as conn:
+            conn.execute(forecast_jobs.update().values(started_at=sa.func.now() - dt.timedelta(minutes=5)))
+        assert recover_stale_jobs(instance, queue, settings=settings)["no_run"] == 1
+    row = job_row(queue, job_id)
+    assert row.status == "queued" and "no Dagster run was launched" in row.error
+    assert [a.event for a in job_queue.audit_entries(queue, job_id)][-1] == "stale_no_run"
+
+
+def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book, redis_client, tmp_path):
+    """The run's process is killed with SIGKILL mid-run; its heartbeats stop; recovery requeues
+    the job and marks the orphaned Dagster run failed; the next attempt completes."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    job_id = job_queue.enqueue(small_book, as_of_date=AS_OF)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DATABASE_URL": POSTGRES_URL,
+        "REDIS_URL": REDIS_URL,
+        "FORECAST_WORKERS": "1",
+        "FORECAST_JOB_HEARTBEAT_SECONDS": "1",
+    }
+    settings = dataclasses.replace(load_settings({}), job_heartbeat_seconds=1, job_retry_base_seconds=0)
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        with DagsterInstance.get() as instance:
+            (request,) = evaluate_queue_sensor(instance, small_book).run_requests
+            tags = {**request.tags, "dagster/partition": request.partition_key}
+            process = subprocess.Popen(
+                [str(BIN / "dagster"), "job", "execute", "-m", "forecast_pipeline", "-j", "daily_forecast",
+                 "--tags", json.dumps(tags)],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            )
+            deadline = time.monotonic() + 120
+            while job_row(small_book, job_id).heartbeat_at is None:
+                assert process.poll() is None, "the run ended before it could be killed"
+                assert time.monotonic() < deadline, "the run never sent a heartbeat"
+                time.sleep(0.05)
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            (run,) = instance.get_runs(RunsFilter(tags={job_queue.JOB_ID_TAG: str(job_id)}))
+            assert run.status == DagsterRunStatus.STARTED  # orphaned: nothing will ever finish it
+            assert recover_stale_jobs(instance, small_book, settings=settings)["dead_process"] == 0  # not silent yet
+            time.sleep(settings.job_stale_after_seconds + 1)
+            assert recover_stale_jobs(instance, small_book, settings=settings)["dead_process"] == 1
+            assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+            row = job_row(small_book, job_id)
+            assert row.status == "queued" and "stopped sending heartbeats" in row.error
+            assert "stale_dead_process" in [a.event for a in job_queue.audit_entries(small_book, job_id)]
+
+            (retry,) = evaluate_queue_sensor(instance, small_book).run_requests
+            assert retry.tags[job_queue.ATTEMPT_TAG] == "2"
+            result = _execute(retry, small_book, instance)
+            assert result.success
+            # the orphaned run's failure does not touch the new attempt
+            assert finish_job_for_run(instance, small_book, instance.get_run_by_id(run.run_id), settings) is None
+            assert finish_job_for_run(instance, small_book, instance.get_run_by_id(result.run_id), settings) == "succeeded"
+    finally:
+        del os.environ["DAGSTER_HOME"]
+    row = job_row(small_book, job_id)
+    assert row.status == "succeeded" and row.attempts == 2 and row.rows_written == 60
