@@ -62,7 +62,8 @@ def _today() -> dt.date:
 
 def run_request_for(job: job_queue.ClaimedJob, request: job_queue.JobRequest) -> RunRequest:
     """One run for the whole job: a single as-of date, or a range run as one single-run backfill."""
-    tags = {job_queue.JOB_ID_TAG: str(job.id), job_queue.ATTEMPT_TAG: str(job.attempts)}
+    # the queue retries a job itself (with backoff), so Dagster's run retries are off for it
+    tags = {job_queue.JOB_ID_TAG: str(job.id), job_queue.ATTEMPT_TAG: str(job.attempts), "dagster/max_retries": "0"}
     if job.concurrency_key:
         tags["forecast/concurrency_key"] = job.concurrency_key
     run_config = {}
