@@ -44,9 +44,10 @@ class RedisForecastIOManager(ConfigurableIOManager):
             last_run_updated = forecast_cache.write_run_metadata(
                 client, prefix, metadata, self.cache_ttl, self.history_ttl
             )
+        kept = written["latest_kept_newer"]
         context.log.info(
-            f"Cached {len(obj.payloads)} forecasts for {as_of} in {write_seconds:.2f}s "
-            f"({written['latest_kept_newer']} latest keys kept: a newer as-of date is cached)"
+            f"Cached {len(obj.payloads)} forecasts for {as_of} in {write_seconds:.2f}s"
+            + (f"; {kept} products keep their newer forecast:{{id}} (a later as-of date is cached)" if kept else "")
         )
         if len(context.asset_partition_keys) == 1:
             context.add_output_metadata(

@@ -126,7 +126,7 @@ def test_priority_first_then_age(queue):
 
 
 def test_not_before_holds_a_job_back(queue):
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     job_queue.enqueue(queue, as_of_date=AS_OF, not_before=later)
     assert job_queue.claim_due_jobs(queue, limit=10) == []
 
@@ -147,7 +147,7 @@ def test_jobs_sharing_a_concurrency_key_never_run_together(queue):
 def test_a_failed_run_is_retried_with_backoff_then_failed(queue):
     job_id = job_queue.enqueue(queue, as_of_date=AS_OF, max_attempts=2)
     job_queue.claim_due_jobs(queue, limit=1)
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     assert job_queue.mark_failed(queue, job_id, "boom", base_seconds=100, max_seconds=1000) == "queued"
     row = job_row(queue, job_id)
     wait = (row.not_before - before).total_seconds()
@@ -315,9 +315,21 @@ def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book
             (request,) = evaluate_queue_sensor(instance, small_book).run_requests
             tags = {**request.tags, "dagster/partition": request.partition_key}
             process = subprocess.Popen(
-                [str(BIN / "dagster"), "job", "execute", "-m", "forecast_pipeline", "-j", "daily_forecast",
-                 "--tags", json.dumps(tags)],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                [
+                    str(BIN / "dagster"),
+                    "job",
+                    "execute",
+                    "-m",
+                    "forecast_pipeline",
+                    "-j",
+                    "daily_forecast",
+                    "--tags",
+                    json.dumps(tags),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
             deadline = time.monotonic() + 120
             while job_row(small_book, job_id).heartbeat_at is None:
@@ -342,7 +354,8 @@ def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book
             assert result.success
             # the orphaned run's failure does not touch the new attempt
             assert finish_job_for_run(instance, small_book, instance.get_run_by_id(run.run_id), settings) is None
-            assert finish_job_for_run(instance, small_book, instance.get_run_by_id(result.run_id), settings) == "succeeded"
+            finished = instance.get_run_by_id(result.run_id)
+            assert finish_job_for_run(instance, small_book, finished, settings) == "succeeded"
     finally:
         del os.environ["DAGSTER_HOME"]
     row = job_row(small_book, job_id)

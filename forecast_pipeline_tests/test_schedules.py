@@ -21,7 +21,7 @@ def test_the_schedule_forecasts_today_in_its_timezone():
 
 
 def test_as_of_follows_the_schedule_timezone_across_midnight():
-    tick = dt.datetime(2025, 11, 10, 23, 30, tzinfo=dt.timezone.utc)
+    tick = dt.datetime(2025, 11, 10, 23, 30, tzinfo=dt.UTC)
     assert as_of_for(tick, "UTC") == "2025-11-10"
     assert as_of_for(tick, "Asia/Tokyo") == "2025-11-11"
     assert as_of_for(tick, "America/Los_Angeles") == "2025-11-10"

@@ -2,6 +2,7 @@
 # One command from a fresh checkout to a cached forecast:
 #   venv + install -> demo order history (SQLite) -> materialize today's partition -> print a forecast.
 # Needs Python 3.11+ and a Redis answering at REDIS_URL (default redis://127.0.0.1:6379/0).
+# AS_OF_DATE (this script only) picks the partition; default today.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,10 +20,11 @@ export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster_home}
 mkdir -p "$DAGSTER_HOME"
 [ -f "$DAGSTER_HOME/dagster.yaml" ] || cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
-echo "==> checking configuration"
+echo "==> creating the order tables"
 .venv/bin/forecast-pipeline init-db
 echo "==> generating demo order history up to $AS_OF"
 .venv/bin/forecast-pipeline demo-data --as-of "$AS_OF"
+echo "==> checking configuration, database and Redis"
 .venv/bin/forecast-pipeline check
 
 echo "==> materializing eligible_products and product_forecasts for as-of $AS_OF"

@@ -12,5 +12,5 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 
-.venv/bin/ruff check forecast_pipeline forecast_pipeline_tests benchmarks
+.venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"
