@@ -16,7 +16,10 @@ from forecast_pipeline.settings import normalize_database_url, redact_url
 app_metadata = sa.MetaData()
 """Every application table registers here."""
 
-APP_SCHEMA_MODULES = ("forecast_pipeline.jobs_schema",)
+APP_SCHEMA_MODULES = (
+    "forecast_pipeline.jobs_schema",
+    "forecast_pipeline.alerts.schema",
+)
 """Modules that define tables on ``app_metadata``; imported before creating the schema."""
 
 

@@ -6,6 +6,7 @@ variable stops the code location from loading with a message that names it.
 
 from dagster import Definitions, in_process_executor, multiprocess_executor
 
+from forecast_pipeline.alerts import definitions as alert_definitions
 from forecast_pipeline.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.checks import cached_forecasts_well_formed
 from forecast_pipeline.job_sensors import (
@@ -34,18 +35,23 @@ def _executor(name: str):
 settings = get_settings()
 resources = build_resources(settings)
 
-defs = Definitions(
-    assets=[eligible_products, product_forecasts, forecast_predictions],
-    asset_checks=[cached_forecasts_well_formed],
-    jobs=[daily_forecast_job],
-    schedules=[daily_forecast_schedule],
-    sensors=[
-        forecast_job_queue,
-        forecast_job_succeeded,
-        forecast_job_failed,
-        forecast_job_cancelled,
-        forecast_job_recovery,
-    ],
-    resources=resources,
-    executor=_executor(settings.executor),
+# One Definitions at module scope (Dagster refuses two): the forecast core is built inline and
+# merged with each area's definitions, which bring no resources of their own.
+defs = Definitions.merge(
+    Definitions(
+        assets=[eligible_products, product_forecasts, forecast_predictions],
+        asset_checks=[cached_forecasts_well_formed],
+        jobs=[daily_forecast_job],
+        schedules=[daily_forecast_schedule],
+        sensors=[
+            forecast_job_queue,
+            forecast_job_succeeded,
+            forecast_job_failed,
+            forecast_job_cancelled,
+            forecast_job_recovery,
+        ],
+        resources=resources,
+        executor=_executor(settings.executor),
+    ),
+    alert_definitions.alert_defs,
 )

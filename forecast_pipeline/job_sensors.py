@@ -180,6 +180,7 @@ def _close(context: RunStatusSensorContext, app_db: AppDatabase):
 @run_status_sensor(
     run_status=DagsterRunStatus.SUCCESS,
     monitored_jobs=[daily_forecast_job],
+    minimum_interval_seconds=get_settings().job_sensor_seconds,
     default_status=DefaultSensorStatus.RUNNING,
     description="Marks a forecast job succeeded (duration, rows) when its run succeeds.",
 )
@@ -189,6 +190,7 @@ def forecast_job_succeeded(context: RunStatusSensorContext, app_db: AppDatabase)
 
 @run_failure_sensor(
     monitored_jobs=[daily_forecast_job],
+    minimum_interval_seconds=get_settings().job_sensor_seconds,
     default_status=DefaultSensorStatus.RUNNING,
     description="Requeues a forecast job with backoff when its run fails, or fails it after max_attempts.",
 )
@@ -199,6 +201,7 @@ def forecast_job_failed(context: RunFailureSensorContext, app_db: AppDatabase):
 @run_status_sensor(
     run_status=DagsterRunStatus.CANCELED,
     monitored_jobs=[daily_forecast_job],
+    minimum_interval_seconds=get_settings().job_sensor_seconds,
     default_status=DefaultSensorStatus.RUNNING,
     description="Marks a forecast job cancelled when its run is cancelled.",
 )

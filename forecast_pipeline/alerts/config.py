@@ -1,0 +1,101 @@
+"""Alert settings from environment variables, validated when the code location loads.
+
+Same rules as :mod:`forecast_pipeline.settings`: an unset or blank variable takes its default, and
+every bad value is reported at once in a :class:`~forecast_pipeline.settings.ConfigError` that
+names the variable. The webhook URL may carry credentials, so it is only ever shown redacted.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from forecast_pipeline.settings import ConfigError, redact_url
+
+ALERT_DEFAULTS: dict[str, str] = {
+    "ALERT_FRESHNESS_SECONDS": "300",
+    "ALERT_WEBHOOK_URL": "",
+    "ALERT_WEBHOOK_TIMEOUT_SECONDS": "5",
+    "ALERT_WEBHOOK_RETRIES": "2",
+    "ALERT_WEBHOOK_BACKOFF_SECONDS": "1",
+    "ALERT_NOTIFY_BATCH": "50",
+}
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    freshness_seconds: int
+    """A polling source's latest reading older than this is stale: its alerts are skipped."""
+    webhook_url: str | None
+    """Where events are POSTed as JSON; ``None`` sends nothing (and queues nothing)."""
+    webhook_timeout_seconds: float
+    webhook_retries: int
+    """Extra attempts after the first, within one delivery, with exponential backoff."""
+    webhook_backoff_seconds: float
+    notify_batch: int
+    """At most this many queued notifications are sent per evaluation."""
+
+    @property
+    def notifications_enabled(self) -> bool:
+        return self.webhook_url is not None
+
+
+def load_alert_settings(environ: Mapping[str, str] | None = None) -> AlertSettings:
+    """Read and validate every ``ALERT_*`` variable; raise :class:`ConfigError` listing all bad ones."""
+    env = os.environ if environ is None else environ
+    errors: list[str] = []
+
+    def raw(name: str) -> str:
+        value = env.get(name)
+        return ALERT_DEFAULTS[name] if value is None or value.strip() == "" else value.strip()
+
+    def integer(name: str, minimum: int, maximum: int) -> int:
+        text = raw(name)
+        try:
+            value = int(text)
+        except ValueError:
+            errors.append(f"{name}={text!r} is not a whole number")
+            return int(ALERT_DEFAULTS[name])
+        if not minimum <= value <= maximum:
+            errors.append(f"{name}={value} must be between {minimum} and {maximum}")
+        return value
+
+    def seconds(name: str, minimum: float, maximum: float) -> float:
+        text = raw(name)
+        try:
+            value = float(text)
+        except ValueError:
+            errors.append(f"{name}={text!r} is not a number of seconds")
+            return float(ALERT_DEFAULTS[name])
+        if not minimum <= value <= maximum:  # also rejects nan
+            errors.append(f"{name}={value} must be between {minimum:g} and {maximum:g} seconds")
+        return value
+
+    webhook_url = raw("ALERT_WEBHOOK_URL") or None
+    if webhook_url is not None:
+        parsed = urllib.parse.urlsplit(webhook_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            errors.append(
+                f"ALERT_WEBHOOK_URL={redact_url(webhook_url)!r} must be an http:// or https:// URL with a host"
+            )
+
+    settings = AlertSettings(
+        freshness_seconds=integer("ALERT_FRESHNESS_SECONDS", 1, 7 * 86400),
+        webhook_url=webhook_url,
+        webhook_timeout_seconds=seconds("ALERT_WEBHOOK_TIMEOUT_SECONDS", 0.1, 60),
+        webhook_retries=integer("ALERT_WEBHOOK_RETRIES", 0, 10),
+        webhook_backoff_seconds=seconds("ALERT_WEBHOOK_BACKOFF_SECONDS", 0, 60),
+        notify_batch=integer("ALERT_NOTIFY_BATCH", 1, 10_000),
+    )
+    if errors:
+        raise ConfigError("invalid alert configuration:\n  - " + "\n  - ".join(errors))
+    return settings
+
+
+@functools.cache
+def get_alert_settings() -> AlertSettings:
+    """The process's alert settings, read once when the code location loads."""
+    return load_alert_settings()

@@ -1,0 +1,148 @@
+"""Alert sensors, both on by default and both using the ``app_db`` resource:
+
+- ``alert_evaluation_sensor`` evaluates every enabled alert every 30 s (the legacy worker's
+  interval), writes events, sends queued webhook notifications, and reports the figures in the
+  tick's log and as the tick's skip reason and cursor (both visible in the UI's tick history);
+- ``pipeline_health_sensor`` turns each new ``product_forecasts`` materialization into readings of
+  the ``forecast_pipeline`` source. It follows materializations rather than successful runs: a run
+  whose failure rate breaks the blocking check *fails* after materializing, and that is exactly
+  the run the failure-rate alert must see. Runs limited to chosen ``product_ids`` are ignored.
+
+Neither launches runs. Without the alert tables both skip with a reason naming
+``forecast-pipeline alerts init``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DefaultSensorStatus,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from forecast_pipeline.alerts.config import get_alert_settings
+from forecast_pipeline.alerts.health import health_values, record_pipeline_health
+from forecast_pipeline.alerts.schema import missing_tables
+from forecast_pipeline.alerts.service import run_evaluation
+from forecast_pipeline.app_db import AppDatabase
+
+EVALUATION_INTERVAL_SECONDS = 30
+FORECASTS_ASSET = AssetKey("product_forecasts")
+HEALTH_BATCH = 100
+
+
+def _missing_tables_reason(app_db: AppDatabase) -> str | None:
+    missing = missing_tables(app_db.engine())
+    if not missing:
+        return None
+    return (
+        f"Alert tables missing in {app_db.redacted_url()} ({', '.join(missing)}): run `forecast-pipeline alerts init`"
+    )
+
+
+@sensor(
+    name="alert_evaluation_sensor",
+    minimum_interval_seconds=EVALUATION_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Evaluates every enabled alert against its source's latest reading (fresh within "
+        "ALERT_FRESHNESS_SECONDS for polling sources), opens and resolves alert events, and sends "
+        "webhook notifications (ALERT_WEBHOOK_URL). Each tick's figures show as its skip reason."
+    ),
+)
+def alert_evaluation_sensor(context: SensorEvaluationContext, app_db: AppDatabase) -> SensorResult:
+    settings = get_alert_settings()
+    engine = app_db.engine()
+    try:
+        reason = _missing_tables_reason(app_db)
+        if reason:
+            context.log.warning(reason)
+            return SensorResult(skip_reason=SkipReason(reason))
+
+        def log(level: str, message: str) -> None:
+            getattr(context.log, level)(message)
+
+        result = run_evaluation(engine, settings, log=log)
+    finally:
+        engine.dispose()  # no idle connections between ticks; the engine reconnects on next use
+    stats = result.stats
+    figures = stats.as_dict()
+    context.log.info(f"Alert evaluation completed: {stats.summary()} {json.dumps(figures)}")
+    return SensorResult(
+        skip_reason=SkipReason(f"Alert evaluation: {stats.summary()}"),
+        cursor=json.dumps({**figures, "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}),
+    )
+
+
+def _subset_run(run: Any) -> bool:
+    """Whether the run forecast only chosen products (its figures are not the pipeline's)."""
+    config = (run.run_config or {}).get("ops", {}).get("product_forecasts", {}).get("config") or {}
+    return bool(config.get("product_ids"))
+
+
+@sensor(
+    name="pipeline_health_sensor",
+    minimum_interval_seconds=EVALUATION_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Records each product_forecasts materialization's figures (failure rate, elapsed seconds, "
+        "no-forecast rate, last-run time) as readings of the forecast_pipeline alert source."
+    ),
+)
+def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase) -> SensorResult:
+    engine = app_db.engine()
+    try:
+        reason = _missing_tables_reason(app_db)
+        if reason:
+            return SensorResult(skip_reason=SkipReason(reason))  # cursor kept: nothing is missed
+        instance = context.instance
+        if context.cursor:
+            records = instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=FORECASTS_ASSET, after_storage_id=int(context.cursor)),
+                limit=HEALTH_BATCH,
+                ascending=True,
+            ).records
+        else:  # first tick: the current state is the newest materialization
+            records = instance.fetch_materializations(FORECASTS_ASSET, limit=1).records
+        if not records:
+            # with no materialization yet, every later one is new: start the cursor at 0
+            return SensorResult(
+                skip_reason=SkipReason("No new product_forecasts materialization"), cursor=context.cursor or "0"
+            )
+        recorded, ignored = [], 0
+        for record in records:
+            run = instance.get_run_by_id(record.run_id) if record.run_id else None
+            if run is not None and _subset_run(run):
+                ignored += 1
+                continue
+            figures = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+            run_record = instance.get_run_record_by_id(record.run_id) if record.run_id else None
+            start = run_record.start_time if run_record is not None else None
+            elapsed = record.timestamp - start if start else None
+            values = health_values(figures, elapsed)
+            finished_at = dt.datetime.fromtimestamp(record.timestamp, dt.UTC)
+            metadata = {
+                "run_id": record.run_id,
+                "partition": record.partition_key,
+                "storage_id": record.storage_id,
+                **{k: v for k, v in figures.items() if isinstance(v, int | float | str)},
+            }
+            with engine.begin() as conn:
+                record_pipeline_health(conn, values, finished_at, metadata)
+            recorded.append(f"{record.partition_key or '-'}: " + ", ".join(f"{k}={v:g}" for k, v in values.items()))
+            context.log.info(f"Pipeline health from run {record.run_id} ({recorded[-1]})")
+    finally:
+        engine.dispose()
+    summary = f"Recorded pipeline health of {len(recorded)} materialization(s)" + (
+        f", ignored {ignored} run(s) limited to chosen products" if ignored else ""
+    )
+    shown = "; ".join(recorded[-5:]) + (" ..." if len(recorded) > 5 else "")
+    return SensorResult(skip_reason=SkipReason(f"{summary}: {shown}"), cursor=str(records[-1].storage_id))

@@ -1,0 +1,116 @@
+"""One alert evaluation, as the sensor and ``forecast-pipeline alerts evaluate`` run it:
+read every enabled alert in one statement, decide each (pure logic), apply each decision in its
+own short transaction, then send queued webhook notifications."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from forecast_pipeline.alerts import evaluate, notify, store
+from forecast_pipeline.alerts.config import AlertSettings
+from forecast_pipeline.alerts.evaluate import Decision, EvaluationStats
+
+
+@dataclass
+class Outcome:
+    """What happened to one alert: its decision, and whether this evaluator applied it."""
+
+    alert_id: int
+    alert_name: str | None
+    source_name: str | None
+    metric: str
+    decision: Decision
+    applied: bool = False
+    event_id: int | None = None
+    dry_run: bool = False
+
+    def line(self) -> str:
+        label = self.alert_name or f"{self.source_name or '?'}/{self.metric}"
+        action = self.decision.action
+        if self.dry_run and action in (evaluate.TRIGGER, evaluate.RESOLVE):
+            action = f"would {action}"
+        event = f" event {self.event_id}" if self.event_id is not None else ""
+        return f"alert {self.alert_id} [{label}]: {action}{event}: {self.decision.message}"
+
+
+@dataclass
+class EvaluationResult:
+    stats: EvaluationStats
+    outcomes: list[Outcome] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def run_evaluation(
+    engine: sa.Engine,
+    settings: AlertSettings,
+    *,
+    now: dt.datetime | None = None,
+    dry_run: bool = False,
+    log: Callable[[str, str], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> EvaluationResult:
+    """Evaluate every enabled alert once. ``dry_run`` decides but writes and sends nothing.
+
+    ``log(level, message)`` receives one line per triggered, resolved, failed or skipped alert.
+    """
+    started = time.perf_counter()
+    now = store.utc(now) if now is not None else dt.datetime.now(dt.UTC)
+    emit = log or (lambda level, message: None)
+    stats = EvaluationStats()
+    result = EvaluationResult(stats=stats, dry_run=dry_run)
+    with engine.connect() as conn:
+        inputs = store.load_inputs(conn)
+    for item in inputs:
+        decision = evaluate.decide(
+            item.alert, item.source, item.reading, item.open_event_id is not None, now, settings.freshness_seconds
+        )
+        outcome = Outcome(
+            item.alert.id, item.alert.name, item.source_name, item.alert.metric, decision, dry_run=dry_run
+        )
+        try:
+            if not dry_run:
+                _apply(engine, item, outcome, now, settings.notifications_enabled)
+        except sa.exc.SQLAlchemyError as exc:  # this alert only; the rest go on
+            message = f"database error: {getattr(exc, 'orig', None) or exc}"
+            outcome.decision = Decision(item.alert.id, evaluate.ERROR, decision.value, message)
+        decision = outcome.decision
+        stats.count(decision, applied=outcome.applied or dry_run)
+        result.outcomes.append(outcome)
+        if decision.action == evaluate.ERROR:
+            emit("warning", outcome.line())
+        elif decision.action in (evaluate.TRIGGER, evaluate.RESOLVE):
+            emit("info", outcome.line())
+        elif decision.action == evaluate.SKIP:
+            emit("debug", outcome.line())
+    if not dry_run and settings.notifications_enabled:
+        delivered = notify.deliver_pending(engine, settings, sleep=sleep, log=lambda m: emit("warning", m))
+        stats.notifications_sent = delivered.sent
+        stats.notifications_failed = delivered.failed
+        stats.notifications_pending = delivered.pending
+    stats.seconds = time.perf_counter() - started
+    return result
+
+
+def _apply(engine: sa.Engine, item: store.AlertInput, outcome: Outcome, now: dt.datetime, notify_: bool) -> None:
+    decision = outcome.decision
+    if decision.action == evaluate.TRIGGER:
+        with engine.begin() as conn:
+            outcome.event_id = store.create_event(conn, item, decision, now, notify_)
+        outcome.applied = outcome.event_id is not None
+        if not outcome.applied:
+            outcome.decision = Decision(
+                decision.alert_id, evaluate.STILL_OPEN, decision.value, "another evaluator opened the event first"
+            )
+    elif decision.action == evaluate.RESOLVE:
+        with engine.begin() as conn:
+            outcome.applied = store.resolve_event(conn, item.open_event_id, decision.value, now, notify_)
+        outcome.event_id = item.open_event_id
+        if not outcome.applied:
+            outcome.decision = Decision(
+                decision.alert_id, evaluate.NORMAL, decision.value, "another evaluator resolved the event first"
+            )

@@ -1,0 +1,247 @@
+"""Database reads and writes for alert evaluation. Every statement is parameterised, every write
+is idempotent, and each alert's writes are one short transaction.
+
+The race between two evaluators is settled by the database: an event is inserted with
+``ON CONFLICT (alert_id) WHERE NOT is_resolved DO NOTHING`` against the partial unique index, and
+resolved with ``UPDATE ... WHERE id = :id AND NOT is_resolved``; only the statement that changed a
+row queues a notification, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from forecast_pipeline.alerts.evaluate import Alert, Decision, Reading, Source
+from forecast_pipeline.alerts.schema import alert_events, alert_notifications, alerts, devices, readings
+
+OPEN_EVENT = sa.text("NOT is_resolved")
+"""The partial unique index's predicate; ON CONFLICT must name it for PostgreSQL to infer the index."""
+
+
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """Timezone-aware UTC (SQLite hands back naive datetimes, which the app writes in UTC)."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+def _insert(conn: sa.Connection, table: sa.Table):
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"alert tables need PostgreSQL or SQLite, not {conn.dialect.name}")
+
+
+@dataclass(frozen=True)
+class AlertInput:
+    """One enabled alert with everything its evaluation needs."""
+
+    alert: Alert
+    source: Source | None
+    reading: Reading | None
+    open_event_id: int | None
+    source_name: str | None = None
+
+
+def load_inputs(conn: sa.Connection) -> list[AlertInput]:
+    """Every enabled alert with its source, its latest reading of the metric and its open event,
+    in one statement (the latest reading is an indexed correlated lookup per alert)."""
+    latest = readings.alias("latest")
+    latest_id = (
+        sa.select(latest.c.id)
+        .where(latest.c.device_id == alerts.c.device_id, latest.c.metric == alerts.c.metric)
+        .order_by(latest.c.timestamp.desc(), latest.c.id.desc())
+        .limit(1)
+        .correlate(alerts)
+        .scalar_subquery()
+    )
+    open_event = alert_events.alias("open_event")
+    query = (
+        sa.select(
+            alerts.c.id,
+            alerts.c.name,
+            alerts.c.device_id,
+            alerts.c.metric,
+            alerts.c.operator,
+            alerts.c.threshold_value,
+            alerts.c.value_path,
+            devices.c.id.label("source_id"),
+            devices.c.name.label("source_name"),
+            devices.c.is_active,
+            devices.c.poll_enabled,
+            readings.c.id.label("reading_id"),
+            readings.c.metric.label("reading_metric"),
+            readings.c.value,
+            readings.c.json_value,
+            readings.c["metadata"].label("reading_metadata"),
+            readings.c.timestamp,
+            open_event.c.id.label("open_event_id"),
+        )
+        .select_from(
+            alerts.outerjoin(devices, devices.c.id == alerts.c.device_id)
+            .outerjoin(readings, readings.c.id == latest_id)
+            .outerjoin(open_event, sa.and_(open_event.c.alert_id == alerts.c.id, sa.not_(open_event.c.is_resolved)))
+        )
+        .where(alerts.c.is_enabled.is_(True))
+        .order_by(alerts.c.id)
+    )
+    inputs = []
+    for row in conn.execute(query):
+        alert = Alert(
+            id=row.id,
+            device_id=row.device_id,
+            metric=row.metric,
+            operator=row.operator,
+            threshold_value=row.threshold_value,
+            value_path=row.value_path,
+            name=row.name,
+        )
+        source = (
+            Source(row.source_id, row.source_name, bool(row.is_active), bool(row.poll_enabled))
+            if row.source_id is not None
+            else None
+        )
+        reading = (
+            Reading(
+                id=row.reading_id,
+                metric=row.reading_metric,
+                value=row.value,
+                json_value=row.json_value,
+                metadata=row.reading_metadata,
+                timestamp=utc(row.timestamp),
+            )
+            if row.reading_id is not None
+            else None
+        )
+        inputs.append(AlertInput(alert, source, reading, row.open_event_id, row.source_name))
+    return inputs
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return utc(value).isoformat()
+    return value
+
+
+def event_payload(conn: sa.Connection, event_id: int, kind: str) -> dict[str, Any]:
+    """The JSON a webhook receives: the event row (legacy columns) plus its alert's and source's names."""
+    row = (
+        conn.execute(
+            sa.select(alert_events, alerts.c.name.label("alert_name"), devices.c.name.label("device_name"))
+            .select_from(
+                alert_events.join(alerts, alerts.c.id == alert_events.c.alert_id).join(
+                    devices, devices.c.id == alert_events.c.device_id
+                )
+            )
+            .where(alert_events.c.id == event_id)
+        )
+        .mappings()
+        .one()
+    )
+    return {"type": f"alert.{kind}", "event": {k: _jsonable(v) for k, v in row.items()}}
+
+
+def queue_notification(conn: sa.Connection, event_id: int, kind: str) -> None:
+    """Queue the webhook notification for an event change (idempotent per event and kind)."""
+    payload = event_payload(conn, event_id, kind)
+    conn.execute(
+        _insert(conn, alert_notifications)
+        .values(event_id=event_id, kind=kind, payload=payload)
+        .on_conflict_do_nothing(index_elements=["event_id", "kind"])
+    )
+
+
+def create_event(
+    conn: sa.Connection, item: AlertInput, decision: Decision, now: dt.datetime, notify: bool
+) -> int | None:
+    """Open an event for a triggered alert; ``None`` when one is open already (another evaluator won)."""
+    alert, reading = item.alert, item.reading
+    metadata = {
+        "message": decision.message,
+        "device_name": item.source_name,
+        "alert_name": alert.name,
+        "value_path": alert.value_path,
+        "reading_id": reading.id if reading else None,
+        "reading_timestamp": _jsonable(reading.timestamp) if reading else None,
+    }
+    event_id = conn.execute(
+        _insert(conn, alert_events)
+        .values(
+            alert_id=alert.id,
+            device_id=alert.device_id,
+            triggered_at=now,
+            current_value=decision.value,
+            threshold_value=alert.threshold_value,
+            operator=alert.operator,
+            metric=alert.metric,
+            is_resolved=False,
+            metadata=metadata,
+        )
+        .on_conflict_do_nothing(index_elements=["alert_id"], index_where=OPEN_EVENT)
+        .returning(alert_events.c.id)
+    ).scalar_one_or_none()
+    if event_id is not None and notify:
+        queue_notification(conn, event_id, "triggered")
+    return event_id
+
+
+def resolve_event(conn: sa.Connection, event_id: int, value: float, now: dt.datetime, notify: bool) -> bool:
+    """Resolve an open event with the value that ended it; False if it was resolved already."""
+    changed = conn.execute(
+        sa.update(alert_events)
+        .where(alert_events.c.id == event_id, sa.not_(alert_events.c.is_resolved))
+        .values(is_resolved=True, resolved_at=now, resolution_value=value)
+    ).rowcount
+    if changed and notify:
+        queue_notification(conn, event_id, "resolved")
+    return bool(changed)
+
+
+def ensure_source(conn: sa.Connection, name: str, kind: str = "sensor", poll_enabled: bool = True) -> int:
+    """The id of the source called ``name``, created if missing (idempotent, race-safe)."""
+    existing = conn.execute(sa.select(devices.c.id).where(devices.c.name == name)).scalar_one_or_none()
+    if existing is not None:
+        return existing
+    conn.execute(
+        _insert(conn, devices)
+        .values(name=name, kind=kind, is_active=True, poll_enabled=poll_enabled)
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
+    return conn.execute(sa.select(devices.c.id).where(devices.c.name == name)).scalar_one()
+
+
+def add_readings(
+    conn: sa.Connection,
+    device_id: int,
+    values: Mapping[str, float],
+    timestamp: dt.datetime,
+    metadata: Mapping[str, Any] | None = None,
+) -> int:
+    """One reading per metric, all at ``timestamp``; returns how many were written."""
+    rows = [
+        {
+            "device_id": device_id,
+            "metric": metric,
+            "value": float(value),
+            "metadata": dict(metadata) if metadata else None,
+            "timestamp": utc(timestamp),
+        }
+        for metric, value in values.items()
+    ]
+    if rows:
+        conn.execute(sa.insert(readings), rows)
+    return len(rows)
+
+
+def open_events(conn: sa.Connection, alert_id: int | None = None) -> list[sa.Row]:
+    query = sa.select(alert_events).where(sa.not_(alert_events.c.is_resolved)).order_by(alert_events.c.id)
+    if alert_id is not None:
+        query = query.where(alert_events.c.alert_id == alert_id)
+    return list(conn.execute(query))

@@ -1,0 +1,789 @@
+"""Alert evaluation: pure logic, then real PostgreSQL (database ``forecast_test_alerts``, its own so
+parallel runs on ``forecast_test`` are not disturbed), a local HTTP server as the webhook, and the
+sensors evaluated the way Dagster does (``build_sensor_context`` on a real ephemeral instance)."""
+
+import argparse
+import datetime as dt
+import http.server
+import json
+import math
+import os
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+from dagster import (
+    AssetExecutionContext,
+    DagsterInstance,
+    Definitions,
+    Output,
+    asset,
+    build_sensor_context,
+    materialize,
+)
+
+from forecast_pipeline.alerts import cli as alerts_cli
+from forecast_pipeline.alerts import defaults, evaluate, notify, store
+from forecast_pipeline.alerts.config import get_alert_settings, load_alert_settings
+from forecast_pipeline.alerts.definitions import alert_defs
+from forecast_pipeline.alerts.evaluate import AlertEvaluationError, Reading, decide, evaluate_threshold, extract_value
+from forecast_pipeline.alerts.schema import alert_events, alert_notifications, alerts, devices, readings
+from forecast_pipeline.alerts.sensors import alert_evaluation_sensor, pipeline_health_sensor
+from forecast_pipeline.alerts.service import run_evaluation
+from forecast_pipeline.app_db import AppDatabase, app_metadata
+from forecast_pipeline.assets import ProductForecastsConfig
+from forecast_pipeline.resources import make_engine
+from forecast_pipeline.settings import ConfigError, load_settings
+from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database
+
+ALERTS_DB_URL = os.environ.get(
+    "TEST_ALERTS_POSTGRES_URL",
+    sa.engine.make_url(POSTGRES_URL).set(database="forecast_test_alerts").render_as_string(False),
+)
+TABLES = [devices, readings, alerts, alert_events, alert_notifications]
+NOW = dt.datetime(2025, 11, 10, 12, 0, tzinfo=dt.UTC)
+OPS = (">", "<", "==", ">=", "<=", "!=")
+# condition met for (below, at, above) the threshold
+EXPECTED = {
+    ">": (False, False, True),
+    "<": (True, False, False),
+    "==": (False, True, False),
+    ">=": (False, True, True),
+    "<=": (True, True, False),
+    "!=": (True, False, True),
+}
+
+pytestmark = pytest.mark.integration
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="session")
+def alerts_engine():
+    _ensure_postgres_database(ALERTS_DB_URL)
+    engine = make_engine(ALERTS_DB_URL)
+    yield engine
+    engine.dispose()
+
+
+def _fresh(engine: sa.Engine) -> sa.Engine:
+    app_metadata.drop_all(engine, tables=list(reversed(TABLES)), checkfirst=True)
+    app_metadata.create_all(engine, tables=TABLES)
+    return engine
+
+
+@pytest.fixture
+def db(alerts_engine):
+    """Empty alert tables in the dedicated Postgres database."""
+    return _fresh(alerts_engine)
+
+
+@pytest.fixture
+def sqlite_db(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'app.sqlite'}")
+    yield _fresh(engine)
+    engine.dispose()
+
+
+def settings(**env: str):
+    return load_alert_settings({"ALERT_WEBHOOK_BACKOFF_SECONDS": "0", **env})
+
+
+class World:
+    """Writes devices, alerts and readings."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def device(self, name: str, *, active: bool = True, poll: bool = True, kind: str = "sensor") -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(
+                sa.insert(devices)
+                .values(name=name, kind=kind, is_active=active, poll_enabled=poll)
+                .returning(devices.c.id)
+            ).scalar_one()
+
+    def alert(self, device_id: int, metric: str, operator: str, threshold: float, path: str | None = None, **kw) -> int:
+        with self.engine.begin() as conn:
+            return conn.execute(
+                sa.insert(alerts)
+                .values(
+                    device_id=device_id,
+                    metric=metric,
+                    operator=operator,
+                    threshold_value=threshold,
+                    value_path=path,
+                    **kw,
+                )
+                .returning(alerts.c.id)
+            ).scalar_one()
+
+    def reading(self, device_id: int, metric: str, value=None, *, at: dt.datetime = NOW, json_value=None, meta=None):
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.insert(readings).values(
+                    device_id=device_id, metric=metric, value=value, json_value=json_value, metadata=meta, timestamp=at
+                )
+            )
+
+    def events(self, alert_id: int | None = None) -> list[sa.Row]:
+        query = sa.select(alert_events).order_by(alert_events.c.id)
+        if alert_id is not None:
+            query = query.where(alert_events.c.alert_id == alert_id)
+        with self.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    def open_alert_ids(self) -> list[int]:
+        with self.engine.connect() as conn:
+            return sorted(r.alert_id for r in store.open_events(conn))
+
+    def notifications(self) -> list[sa.Row]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(alert_notifications).order_by(alert_notifications.c.id)))
+
+    def count(self, table: sa.Table) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
+
+
+@pytest.fixture
+def world(db):
+    return World(db)
+
+
+class Webhook:
+    """A local HTTP server on a free port: ``mode`` is "ok" (204), "down" (503), "reject" (404) or
+    "slow" (answers after ``slow_seconds``)."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.received: list[dict] = []
+        self.attempts = 0
+        self.slow_seconds = 1.0
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                hook.attempts += 1
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if hook.mode == "slow":
+                    time.sleep(hook.slow_seconds)
+                if hook.mode in ("down", "reject"):
+                    self.send_response(503 if hook.mode == "down" else 404)
+                    self.end_headers()
+                    return
+                hook.received.append(
+                    {
+                        "body": json.loads(body),
+                        "id": self.headers["X-Alert-Notification-Id"],
+                        "content_type": self.headers["Content-Type"],
+                    }
+                )
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook():
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+def free_port_url() -> str:
+    """A URL nothing listens on (connection refused)."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    port = server.server_address[1]
+    server.server_close()
+    return f"http://127.0.0.1:{port}/hook"
+
+
+def reading_at(value=None, json_value=None, metadata=None, at=NOW) -> Reading:
+    return Reading(1, "m", value, json_value, metadata, at)
+
+
+# ---------------------------------------------------------------- pure logic
+
+
+@pytest.mark.parametrize("operator", OPS)
+def test_every_operator_below_at_and_above_its_threshold(operator):
+    assert tuple(evaluate_threshold(v, operator, 10.0) for v in (9.5, 10.0, 10.5)) == EXPECTED[operator]
+    # float noise counts as "at": 0.1 + 0.2 is at 0.3
+    assert evaluate_threshold(0.1 + 0.2, operator, 0.3) == EXPECTED[operator][1]
+
+
+def test_an_unknown_operator_is_an_evaluation_error():
+    with pytest.raises(AlertEvaluationError, match="unknown operator '=>'"):
+        evaluate_threshold(1.0, "=>", 1.0)
+
+
+def test_values_come_from_value_json_value_or_metadata_along_a_path():
+    assert extract_value(reading_at(85.2), None, NOW) == 85.2
+    assert extract_value(reading_at(None, json_value=7), None, NOW) == 7.0
+    doc = {"water": {"temp": 25.5, "probes": [{"ph": 8.1}, {"ph": "8.3"}]}, "on": True}
+    r = reading_at(1.0, json_value=doc, metadata={"battery": {"level": 41}})
+    assert extract_value(r, "water.temp", NOW) == 25.5
+    assert extract_value(r, "json_value.water.probes.1.ph", NOW) == 8.3  # numeric strings are parsed
+    assert extract_value(r, "on", NOW) == 1.0
+    assert extract_value(r, "metadata.battery.level", NOW) == 41.0
+    old = reading_at(1.0, at=NOW - dt.timedelta(days=9))
+    assert extract_value(old, "$age", NOW) == 9 * 86400
+
+
+@pytest.mark.parametrize(
+    ("reading", "path", "message"),
+    [
+        (reading_at(None), None, "no numeric value"),
+        (reading_at(None, json_value={"a": 1}), None, "no numeric value"),
+        (reading_at(1.0, json_value={"a": "high"}), "a", "json_value.a is not numeric: 'high'"),
+        (reading_at(1.0, json_value={"a": {"b": 1}}), "a", "json_value.a is not numeric: dict"),
+        (reading_at(1.0, json_value={"a": 1}), "b", "path json_value.b not found"),
+        (reading_at(1.0, json_value={"a": [1]}), "a.3", "no list item '3'"),
+        (reading_at(1.0, json_value={"a": 1}), "a.b", "cannot look inside a int"),
+        (reading_at(1.0, json_value={"a": 1}), "a..b", "bad path"),
+        (reading_at(1.0), "metadata.x", "metadata is empty"),
+        (reading_at(1.0, json_value={"a": float("nan")}), "a", "not a finite number"),
+    ],
+)
+def test_a_bad_path_or_non_numeric_value_is_an_evaluation_error(reading, path, message):
+    with pytest.raises(AlertEvaluationError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        extract_value(reading, path, NOW)
+
+
+def test_decisions_cover_missing_inactive_stale_trigger_resolve():
+    alert = evaluate.Alert(1, 5, "temp", ">", 82.0)
+    src = evaluate.Source(5, "tank", True, True)
+    fresh = Reading(9, "temp", 85.2, None, None, NOW - dt.timedelta(seconds=300))
+    stale = Reading(9, "temp", 85.2, None, None, NOW - dt.timedelta(seconds=301))
+    assert decide(alert, None, fresh, False, NOW, 300).action == evaluate.ERROR
+    assert decide(alert, evaluate.Source(5, "tank", False, True), fresh, False, NOW, 300).action == evaluate.SKIP
+    assert decide(alert, src, None, False, NOW, 300).action == evaluate.SKIP
+    skipped = decide(alert, src, stale, False, NOW, 300)
+    assert skipped.action == evaluate.SKIP and "301s old" in skipped.message
+    # a non-polling source (e.g. the pipeline, one reading set per run) is judged on its latest
+    assert decide(alert, evaluate.Source(5, "p", True, False), stale, False, NOW, 300).action == evaluate.TRIGGER
+    triggered = decide(alert, src, fresh, False, NOW, 300)
+    assert (triggered.action, triggered.value, triggered.message) == ("trigger", 85.2, "threshold crossed: 85.2 > 82")
+    assert decide(alert, src, fresh, True, NOW, 300).action == evaluate.STILL_OPEN
+    normal = Reading(9, "temp", 80.0, None, None, NOW)
+    assert decide(alert, src, normal, True, NOW, 300).action == evaluate.RESOLVE
+    assert decide(alert, src, normal, False, NOW, 300).action == evaluate.NORMAL
+
+
+def test_stats_count_each_outcome_once():
+    stats = evaluate.EvaluationStats()
+    for action in ("trigger", "resolve", "still_open", "normal", "skip", "error", "trigger"):
+        stats.count(evaluate.Decision(1, action, 1.0 if action not in ("skip", "error") else None))
+    stats.count(evaluate.Decision(1, "trigger", 1.0), applied=False)
+    figures = stats.as_dict()
+    assert {k: figures[k] for k in ("total", "evaluated", "triggered", "resolved", "errors", "skipped")} == {
+        "total": 8,
+        "evaluated": 6,
+        "triggered": 2,
+        "resolved": 1,
+        "errors": 1,
+        "skipped": 1,
+    }
+    assert stats.summary().startswith("8 alerts: 6 evaluated, 2 triggered, 1 resolved, 1 errors, 1 skipped")
+
+
+def test_config_defaults_and_errors_name_each_variable():
+    s = load_alert_settings({})
+    assert (s.freshness_seconds, s.webhook_url, s.webhook_timeout_seconds, s.webhook_retries) == (300, None, 5.0, 2)
+    assert not s.notifications_enabled
+    with pytest.raises(ConfigError) as info:
+        load_alert_settings(
+            {
+                "ALERT_FRESHNESS_SECONDS": "5m",
+                "ALERT_WEBHOOK_URL": "ftp://user:secret@host/x",
+                "ALERT_WEBHOOK_TIMEOUT_SECONDS": "nan",
+                "ALERT_WEBHOOK_RETRIES": "-1",
+            }
+        )
+    text = str(info.value)
+    assert "ALERT_FRESHNESS_SECONDS='5m' is not a whole number" in text
+    assert "ALERT_WEBHOOK_URL=" in text and "must be an http:// or https:// URL" in text and "secret" not in text
+    assert "ALERT_WEBHOOK_TIMEOUT_SECONDS=nan must be between" in text
+    assert "ALERT_WEBHOOK_RETRIES=-1 must be between 0 and 10" in text
+
+
+def test_post_json_retries_with_exponential_backoff_then_gives_up(webhook):
+    webhook.mode = "down"
+    waits = []
+    with pytest.raises(notify.WebhookError, match="HTTP 503 .* after 4 attempt"):
+        notify.post_json(webhook.url, {"a": 1}, timeout=2, retries=3, backoff=0.5, sleep=waits.append)
+    assert webhook.attempts == 4 and waits == [0.5, 1.0, 2.0]
+    webhook.mode = "ok"
+    assert notify.post_json(webhook.url, {"a": 1}, timeout=2, retries=3, backoff=0.5, sleep=waits.append) == 204
+    assert webhook.received[-1]["body"] == {"a": 1} and webhook.received[-1]["content_type"] == "application/json"
+
+
+def test_post_json_times_out_and_does_not_retry_a_client_error(webhook):
+    webhook.mode, webhook.slow_seconds = "slow", 1.0
+    started = time.monotonic()
+    with pytest.raises(notify.WebhookError, match="after 2 attempt"):
+        notify.post_json(webhook.url, {}, timeout=0.2, retries=1, backoff=0, sleep=lambda s: None)
+    assert time.monotonic() - started < 1.5  # two 0.2 s timeouts, not two 1 s responses
+    webhook.mode, webhook.attempts = "reject", 0
+    with pytest.raises(notify.WebhookError, match="HTTP 404 .*not retried"):
+        notify.post_json(webhook.url, {}, timeout=2, retries=3, backoff=0)
+    assert webhook.attempts == 1
+
+
+# ---------------------------------------------------------------- real Postgres
+
+
+def test_every_operator_against_postgres_at_above_and_below(world):
+    ids = {}
+    for position, value in zip(("below", "at", "above"), (81.9, 82.0, 82.1), strict=True):
+        device = world.device(f"tank-{position}")
+        world.reading(device, "temp", value, at=NOW - dt.timedelta(seconds=10))
+        for operator in OPS:
+            ids[(operator, position)] = world.alert(device, "temp", operator, 82.0)
+    result = run_evaluation(world.engine, settings(), now=NOW)
+    opened = set(world.open_alert_ids())
+    for operator in OPS:
+        got = tuple(ids[(operator, p)] in opened for p in ("below", "at", "above"))
+        assert got == EXPECTED[operator], operator
+    expected_triggers = sum(sum(v) for v in EXPECTED.values())
+    assert (result.stats.total, result.stats.evaluated, result.stats.triggered) == (18, 18, expected_triggers)
+    event = world.events(ids[(">", "above")])[0]
+    assert (event.current_value, event.threshold_value, event.operator, event.metric) == (82.1, 82.0, ">", "temp")
+    assert event.is_resolved is False and event.device_id is not None and event.metadata["message"]
+
+
+def test_stale_readings_are_skipped_with_a_configurable_window(world):
+    tank = world.device("tank")
+    alert = world.alert(tank, "temp", ">", 82.0)
+    world.reading(tank, "temp", 90.0, at=NOW - dt.timedelta(seconds=301))
+    result = run_evaluation(world.engine, settings(), now=NOW)
+    assert (result.stats.skipped, result.stats.evaluated, result.stats.triggered) == (1, 0, 0)
+    assert world.events() == []
+    # the latest reading counts, even if an older fresh-looking one was higher
+    result = run_evaluation(world.engine, settings(ALERT_FRESHNESS_SECONDS="600"), now=NOW)
+    assert result.stats.triggered == 1 and world.open_alert_ids() == [alert]
+
+
+def test_trigger_then_no_duplicate_then_resolve_with_the_resolution_value(world):
+    tank = world.device("Main Tank")
+    alert = world.alert(tank, "temp", ">", 82.0, name="tank too warm")
+    world.reading(tank, "temp", 85.2, at=NOW)
+    first = run_evaluation(world.engine, settings(), now=NOW)
+    assert first.stats.triggered == 1 and "threshold crossed: 85.2 > 82" in first.outcomes[0].line()
+    world.reading(tank, "temp", 86.0, at=NOW + dt.timedelta(seconds=30))
+    second = run_evaluation(world.engine, settings(), now=NOW + dt.timedelta(seconds=30))
+    assert (second.stats.triggered, second.stats.evaluated) == (0, 1)
+    assert second.outcomes[0].decision.action == "still_open"
+    assert len(world.events(alert)) == 1
+    world.reading(tank, "temp", 81.5, at=NOW + dt.timedelta(seconds=60))
+    third = run_evaluation(world.engine, settings(), now=NOW + dt.timedelta(seconds=60))
+    assert third.stats.resolved == 1
+    [event] = world.events(alert)
+    assert event.is_resolved is True and event.resolution_value == 81.5 and event.current_value == 85.2
+    assert event.resolved_at == NOW + dt.timedelta(seconds=60)
+    # crossing again opens a new event; the resolved one stays as history
+    world.reading(tank, "temp", 90.0, at=NOW + dt.timedelta(seconds=90))
+    run_evaluation(world.engine, settings(), now=NOW + dt.timedelta(seconds=90))
+    assert [e.is_resolved for e in world.events(alert)] == [True, False]
+
+
+def test_the_database_refuses_a_second_open_event_for_an_alert(world):
+    tank = world.device("tank")
+    alert = world.alert(tank, "temp", ">", 82.0)
+    row = {"alert_id": alert, "device_id": tank, "threshold_value": 82, "operator": ">", "metric": "temp"}
+    with world.engine.begin() as conn:
+        conn.execute(sa.insert(alert_events).values(**row, is_resolved=False))
+    with pytest.raises(sa.exc.IntegrityError, match="uq_alert_events_open"), world.engine.begin() as conn:
+        conn.execute(sa.insert(alert_events).values(**row, is_resolved=False))
+    with world.engine.begin() as conn:  # resolved ones are not limited
+        conn.execute(sa.insert(alert_events), [{**row, "is_resolved": True}] * 2)
+
+
+def test_one_bad_alert_is_logged_and_skipped_and_the_rest_go_on(world):
+    tank = world.device("tank")
+    world.reading(tank, "temp", 85.0, json_value={"probe": "broken"}, meta={"battery": 12})
+    good = world.alert(tank, "temp", ">", 82.0)
+    missing_source = world.alert(9999, "temp", ">", 82.0)
+    non_numeric = world.alert(tank, "temp", ">", 1.0, path="probe")
+    bad_path = world.alert(tank, "temp", ">", 1.0, path="metadata.nowhere")
+    by_metadata = world.alert(tank, "temp", "<", 20.0, path="metadata.battery")
+    lines = []
+    result = run_evaluation(world.engine, settings(), now=NOW, log=lambda level, m: lines.append((level, m)))
+    assert (result.stats.total, result.stats.errors, result.stats.evaluated, result.stats.triggered) == (5, 3, 2, 2)
+    assert world.open_alert_ids() == [good, by_metadata]
+    messages = {o.alert_id: o.decision.message for o in result.outcomes}
+    assert messages[missing_source] == "source 9999 does not exist"
+    assert "json_value.probe is not numeric: 'broken'" in messages[non_numeric]
+    assert "path metadata.nowhere not found" in messages[bad_path]
+    assert [level for level, m in lines if "does not exist" in m] == ["warning"]
+
+
+def test_a_disabled_alert_or_inactive_source_is_not_evaluated(world):
+    on, off = world.device("on"), world.device("off", active=False)
+    world.reading(on, "temp", 99.0)
+    world.reading(off, "temp", 99.0)
+    world.alert(on, "temp", ">", 1.0, is_enabled=False)
+    world.alert(off, "temp", ">", 1.0)
+    result = run_evaluation(world.engine, settings(), now=NOW)
+    assert (result.stats.total, result.stats.skipped, result.stats.triggered) == (1, 1, 0)
+    assert world.events() == []
+
+
+def test_two_transactions_inserting_at_once_leave_exactly_one_open_event(world):
+    """The race at its narrowest: B inserts while A's insert is uncommitted; B waits, then yields."""
+    tank = world.device("tank")
+    alert_id = world.alert(tank, "temp", ">", 82.0)
+    world.reading(tank, "temp", 90.0)
+    with world.engine.connect() as conn:
+        [item] = store.load_inputs(conn)
+    decision = decide(item.alert, item.source, item.reading, False, NOW, 300)
+    a_inserted, results = threading.Event(), {}
+
+    def evaluator_a():
+        with world.engine.begin() as conn:
+            results["a"] = store.create_event(conn, item, decision, NOW, notify=True)
+            a_inserted.set()
+            time.sleep(0.5)  # hold the uncommitted row while B tries
+
+    def evaluator_b():
+        a_inserted.wait(5)
+        started = time.monotonic()
+        with world.engine.begin() as conn:
+            results["b"] = store.create_event(conn, item, decision, NOW, notify=True)
+        results["b_waited"] = time.monotonic() - started
+
+    threads = [threading.Thread(target=evaluator_a), threading.Thread(target=evaluator_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results["a"] is not None and results["b"] is None
+    assert results["b_waited"] >= 0.3  # B really ran into A's uncommitted insert
+    assert world.open_alert_ids() == [alert_id]
+    assert [n.kind for n in world.notifications()] == ["triggered"]
+
+
+def test_racing_evaluators_produce_exactly_one_open_event_per_alert(world):
+    """Two full evaluations started together, ten rounds of trigger and resolve over 30 alerts."""
+    sources = [world.device(f"tank-{i}") for i in range(30)]
+    ids = [world.alert(s, "temp", ">", 82.0) for s in sources]
+    engines = [make_engine(ALERTS_DB_URL), make_engine(ALERTS_DB_URL)]
+    cfg = settings(ALERT_WEBHOOK_URL=free_port_url(), ALERT_NOTIFY_BATCH="1")  # queue notifications too
+    lost = []  # decisions the other evaluator applied first: proof that the two really raced
+    try:
+        for round_ in range(10):
+            at = NOW + dt.timedelta(minutes=round_)
+            value = 90.0 if round_ % 2 == 0 else 70.0
+            for s in sources:
+                world.reading(s, "temp", value, at=at)
+            barrier, stats = threading.Barrier(2), []
+
+            def evaluator(engine, at=at, barrier=barrier, stats=stats, lost=lost):
+                barrier.wait()
+                result = run_evaluation(engine, cfg, now=at, sleep=lambda s: None)
+                stats.append(result.stats)
+                lost.extend(o for o in result.outcomes if "another evaluator" in o.decision.message)
+
+            threads = [threading.Thread(target=evaluator, args=(e,)) for e in engines]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert len(stats) == 2 and all(s.errors == 0 for s in stats)
+            if value > 82:
+                assert world.open_alert_ids() == ids
+                assert sum(s.triggered for s in stats) == 30
+            else:
+                assert world.open_alert_ids() == []
+                assert sum(s.resolved for s in stats) == 30
+    finally:
+        for e in engines:
+            e.dispose()
+    assert world.count(alert_events) == 30 * 5
+    kinds = [n.kind for n in world.notifications()]
+    assert (kinds.count("triggered"), kinds.count("resolved")) == (150, 150)  # one per change, none twice
+    assert len(lost) > 0
+
+
+def test_the_webhook_down_and_back_loses_no_event(world, webhook):
+    tank = world.device("Main Tank")
+    alert = world.alert(tank, "temp", ">", 82.0, name="tank too warm")
+    cfg = settings(ALERT_WEBHOOK_URL=webhook.url, ALERT_WEBHOOK_RETRIES="2", ALERT_WEBHOOK_TIMEOUT_SECONDS="2")
+    webhook.mode = "down"
+    world.reading(tank, "temp", 85.2, at=NOW)
+    first = run_evaluation(world.engine, cfg, now=NOW)
+    assert first.stats.triggered == 1
+    assert (first.stats.notifications_sent, first.stats.notifications_failed, first.stats.notifications_pending) == (
+        0,
+        1,
+        1,
+    )
+    assert webhook.attempts == 3  # 1 + 2 retries
+    [pending] = world.notifications()
+    assert pending.sent_at is None and pending.attempts == 1 and "HTTP 503" in pending.last_error
+    # still down while the value returns to normal: the resolution queues behind the trigger
+    world.reading(tank, "temp", 80.0, at=NOW + dt.timedelta(seconds=30))
+    second = run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=30))
+    assert second.stats.resolved == 1 and second.stats.notifications_pending == 2
+    assert webhook.received == []
+    # back up: both are delivered, in order, once
+    webhook.mode = "ok"
+    third = run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=60))
+    assert (third.stats.notifications_sent, third.stats.notifications_pending) == (2, 0)
+    assert [r["body"]["type"] for r in webhook.received] == ["alert.triggered", "alert.resolved"]
+    triggered, resolved = (r["body"]["event"] for r in webhook.received)
+    assert triggered["alert_id"] == alert and triggered["current_value"] == 85.2
+    assert triggered["device_name"] == "Main Tank" and triggered["alert_name"] == "tank too warm"
+    assert resolved["is_resolved"] is True and resolved["resolution_value"] == 80.0
+    assert [int(r["id"]) for r in webhook.received] == [n.id for n in world.notifications()]
+    assert all(n.sent_at is not None for n in world.notifications())
+    run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=90))
+    assert len(webhook.received) == 2  # nothing sent twice
+
+
+def test_an_unreachable_webhook_keeps_the_event_and_its_notification(world):
+    tank = world.device("tank")
+    world.alert(tank, "temp", ">", 82.0)
+    world.reading(tank, "temp", 99.0)
+    result = run_evaluation(world.engine, settings(ALERT_WEBHOOK_URL=free_port_url()), now=NOW)
+    assert result.stats.triggered == 1 and result.stats.notifications_failed == 1
+    [n] = world.notifications()
+    assert n.sent_at is None and "refused" in n.last_error.lower()
+    assert len(world.events()) == 1
+
+
+def test_without_a_webhook_nothing_is_queued(world):
+    tank = world.device("tank")
+    world.alert(tank, "temp", ">", 82.0)
+    world.reading(tank, "temp", 99.0)
+    assert run_evaluation(world.engine, settings(), now=NOW).stats.triggered == 1
+    assert world.notifications() == []
+
+
+def test_the_same_evaluation_on_sqlite(sqlite_db):
+    w = World(sqlite_db)
+    tank = w.device("tank")
+    alert = w.alert(tank, "temp", ">=", 82.0)
+    w.reading(tank, "temp", 82.0, at=NOW - dt.timedelta(seconds=5))
+    assert run_evaluation(sqlite_db, settings(), now=NOW).stats.triggered == 1
+    assert run_evaluation(sqlite_db, settings(), now=NOW).stats.triggered == 0
+    w.reading(tank, "temp", 81.0, at=NOW)
+    assert run_evaluation(sqlite_db, settings(), now=NOW).stats.resolved == 1
+    [event] = w.events(alert)
+    assert event.is_resolved and event.resolution_value == 81.0
+    w.reading(tank, "temp", 99.0, at=NOW - dt.timedelta(seconds=301))
+    assert run_evaluation(sqlite_db, settings(), now=NOW).stats.skipped == 0  # the 81.0 one is latest
+
+
+# ---------------------------------------------------------------- defaults, health, sensors, CLI
+
+
+def test_defaults_are_seeded_once_and_user_changes_are_kept(world):
+    with world.engine.begin() as conn:
+        assert len(defaults.ensure_defaults(conn)) == 3
+    with world.engine.begin() as conn:
+        conn.execute(sa.update(alerts).where(alerts.c.metric == "failure_rate").values(threshold_value=0.1))
+        assert defaults.ensure_defaults(conn) == []
+    with world.engine.connect() as conn:
+        rows = {r.metric: r for r in conn.execute(sa.select(alerts))}
+        source = conn.execute(sa.select(devices)).one()
+    assert (source.name, source.kind, source.poll_enabled) == ("forecast_pipeline", "pipeline", False)
+    assert {m: (r.operator, r.threshold_value, r.value_path) for m, r in rows.items()} == {
+        "failure_rate": (">", 0.1, None),
+        "elapsed_seconds": (">", 1200.0, None),
+        "last_run_age_seconds": (">", 8 * 86400.0, "$age"),
+    }
+
+
+@pytest.fixture
+def alert_env(monkeypatch):
+    """The sensors read ALERT_* from the environment, once: reset around each test."""
+    get_alert_settings.cache_clear()
+    monkeypatch.setenv("ALERT_WEBHOOK_BACKOFF_SECONDS", "0")
+    yield monkeypatch
+    get_alert_settings.cache_clear()
+
+
+def test_the_sensor_evaluates_logs_and_reports_its_figures(world, alert_env, webhook):
+    alert_env.setenv("ALERT_WEBHOOK_URL", webhook.url)
+    tank = world.device("tank")
+    world.alert(tank, "temp", ">", 82.0)
+    world.alert(tank, "temp", "<", 20.0)
+    world.alert(4242, "temp", "<", 20.0)
+    world.reading(tank, "temp", 85.0, at=dt.datetime.now(dt.UTC))
+    with DagsterInstance.ephemeral() as instance:
+        resources = {"app_db": AppDatabase(url=ALERTS_DB_URL)}
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            result = alert_evaluation_sensor(context)
+    assert result.run_requests in (None, [])
+    reason = result.skip_reason.skip_message
+    assert reason.startswith("Alert evaluation: 3 alerts: 2 evaluated, 1 triggered, 0 resolved, 1 errors, 0 skipped")
+    assert "notifications 1 sent" in reason
+    figures = json.loads(result.cursor)
+    assert {k: figures[k] for k in ("total", "evaluated", "triggered", "resolved", "errors", "skipped")} == {
+        "total": 3,
+        "evaluated": 2,
+        "triggered": 1,
+        "resolved": 0,
+        "errors": 1,
+        "skipped": 0,
+    }
+    assert len(webhook.received) == 1 and len(world.events()) == 1
+
+
+def test_the_sensor_skips_with_a_reason_when_the_tables_are_missing(tmp_path, alert_env):
+    url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
+    with DagsterInstance.ephemeral() as instance:
+        with build_sensor_context(instance=instance, resources={"app_db": AppDatabase(url=url)}) as context:
+            result = alert_evaluation_sensor(context)
+        with build_sensor_context(instance=instance, resources={"app_db": AppDatabase(url=url)}) as context:
+            health = pipeline_health_sensor(context)
+    reason = result.skip_reason.skip_message
+    assert reason.startswith("Alert tables missing in sqlite:///") and "forecast-pipeline alerts init" in reason
+    assert "devices, readings, alerts, alert_events, alert_notifications" in reason
+    assert "forecast-pipeline alerts init" in health.skip_reason.skip_message and health.cursor is None
+
+
+@asset(name="product_forecasts")
+def stub_forecasts(context: AssetExecutionContext, config: ProductForecastsConfig):
+    """Stands in for the real asset: same key, config and figure names."""
+    failed = int(os.environ.get("STUB_FAILED", "0"))
+    return Output(
+        None,
+        metadata={
+            "total_products": 200,
+            "successful": 190 - failed,
+            "failed": failed,
+            "no_forecast": 10,
+            "failure_rate": round(failed / 200, 4),
+            "compute_seconds": 1.5,
+        },
+    )
+
+
+def test_pipeline_health_readings_feed_the_default_alerts(world, alert_env):
+    app_db = AppDatabase(url=ALERTS_DB_URL)
+    with DagsterInstance.ephemeral() as instance:
+
+        def tick(sensor, cursor=None):
+            with build_sensor_context(instance=instance, cursor=cursor, resources={"app_db": app_db}) as context:
+                return sensor(context)
+
+        empty = tick(pipeline_health_sensor)
+        assert empty.skip_reason.skip_message == "No new product_forecasts materialization" and empty.cursor == "0"
+        alert_env.setenv("STUB_FAILED", "20")  # 10% of the products failed
+        assert materialize([stub_forecasts], instance=instance).success
+        first = tick(pipeline_health_sensor, empty.cursor)
+        assert "Recorded pipeline health of 1 materialization" in first.skip_reason.skip_message
+        with world.engine.connect() as conn:
+            values = dict(conn.execute(sa.select(readings.c.metric, readings.c.value)).all())
+        assert values["failure_rate"] == 0.1 and values["no_forecast_rate"] == 0.05
+        assert 0 < values["elapsed_seconds"] < 60 and values["last_run_age_seconds"] == 0.0
+        assert world.count(alerts) == 3  # the defaults were seeded with the first readings
+
+        result = tick(alert_evaluation_sensor)
+        assert json.loads(result.cursor)["triggered"] == 1
+        [event] = world.events()
+        assert (event.metric, event.current_value, event.threshold_value) == ("failure_rate", 0.1, 0.05)
+
+        # nothing new: the cursor holds; a run limited to chosen products is ignored
+        assert "No new" in tick(pipeline_health_sensor, first.cursor).skip_reason.skip_message
+        alert_env.setenv("STUB_FAILED", "0")
+        config = {"ops": {"product_forecasts": {"config": {"product_ids": [1]}}}}
+        assert materialize([stub_forecasts], instance=instance, run_config=config).success
+        limited = tick(pipeline_health_sensor, first.cursor)
+        assert "ignored 1 run(s) limited to chosen products" in limited.skip_reason.skip_message
+        assert world.count(readings) == 4
+
+        # a healthy full run resolves the failure-rate event
+        assert materialize([stub_forecasts], instance=instance).success
+        assert "Recorded pipeline health of 1" in tick(pipeline_health_sensor, limited.cursor).skip_reason.skip_message
+        assert json.loads(tick(alert_evaluation_sensor).cursor)["resolved"] == 1
+        assert world.events()[0].resolution_value == 0.0
+
+    # the age of the last run is computed at evaluation time: 9 days later, the 8-day alert fires
+    later = run_evaluation(world.engine, settings(), now=dt.datetime.now(dt.UTC) + dt.timedelta(days=9))
+    [age] = [o for o in later.outcomes if o.metric == "last_run_age_seconds"]
+    assert age.decision.action == "trigger" and age.decision.value > 8 * 86400
+
+
+def test_the_health_readings_are_written_once_per_materialization(world):
+    when = NOW
+    values = {"failure_rate": 0.01, "elapsed_seconds": 3.0, "no_forecast_rate": 0.0, "last_run_age_seconds": 0.0}
+    from forecast_pipeline.alerts.health import record_pipeline_health
+
+    with world.engine.begin() as conn:
+        assert record_pipeline_health(conn, values, when, {"run_id": "r1"}) == 4
+    with world.engine.begin() as conn:
+        assert record_pipeline_health(conn, values, when, {"run_id": "r1"}) == 0
+    assert world.count(readings) == 4
+
+
+def test_the_alert_definitions_merge_into_the_code_location():
+    from forecast_pipeline.definitions import defs
+
+    merged = Definitions.merge(defs, alert_defs)
+    Definitions.validate_loadable(merged)
+    repo = merged.get_repository_def()
+    evaluation = repo.get_sensor_def("alert_evaluation_sensor")
+    assert evaluation.minimum_interval_seconds == 30
+    assert evaluation.required_resource_keys == {"app_db"}
+    assert repo.get_sensor_def("pipeline_health_sensor").required_resource_keys == {"app_db"}
+
+
+def _cli_args(**kw) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    alerts_cli.add_alert_commands(parser.add_subparsers(dest="command"))
+    argv = ["alerts", kw.pop("sub")] + [f"--{k.replace('_', '-')}" for k, v in kw.items() if v]
+    return parser.parse_args(argv)
+
+
+def test_cli_init_then_evaluate_dry_run_writes_nothing(db, capsys, monkeypatch):
+    for name in ("ALERT_WEBHOOK_URL", "ALERT_FRESHNESS_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    settings_ = load_settings({"DATABASE_URL": ALERTS_DB_URL})
+    args = _cli_args(sub="init")
+    assert alerts_cli.ALERT_COMMANDS["alerts"](settings_, args) == 0
+    assert alerts_cli.cmd_alerts(settings_, args) == 0  # safe to repeat
+    out = capsys.readouterr().out
+    assert "Created default alerts" in out and "already present" in out
+    w = World(db)
+    source = w.device("tank")
+    w.alert(source, "temp", ">", 82.0)
+    w.reading(source, "temp", 90.0, at=dt.datetime.now(dt.UTC))
+    before = (w.count(alert_events), w.count(alert_notifications), w.count(readings))
+    assert alerts_cli.cmd_alerts(settings_, _cli_args(sub="evaluate", dry_run=True)) == 0
+    out = capsys.readouterr().out
+    assert "would trigger" in out and out.strip().splitlines()[-1].startswith("Dry run (nothing written): 4 alerts")
+    assert (w.count(alert_events), w.count(alert_notifications), w.count(readings)) == before
+    assert alerts_cli.cmd_alerts(settings_, _cli_args(sub="evaluate", json=True)) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["stats"]["triggered"] == 1 and printed["dry_run"] is False
+    assert {o["action"] for o in printed["outcomes"]} == {"trigger", "skip"}  # the pipeline has no reading yet
+    assert w.count(alert_events) == 1
+
+
+def test_cli_evaluate_exits_1_when_an_alert_errors(world, capsys, monkeypatch):
+    monkeypatch.delenv("ALERT_WEBHOOK_URL", raising=False)
+    world.alert(777, "temp", ">", 1.0)
+    assert alerts_cli.cmd_alerts(load_settings({"DATABASE_URL": ALERTS_DB_URL}), _cli_args(sub="evaluate")) == 1
+    assert "source 777 does not exist" in capsys.readouterr().out
+
+
+def test_nan_is_never_a_reading_value():
+    with pytest.raises(AlertEvaluationError):
+        evaluate.to_number(math.inf, "value")
