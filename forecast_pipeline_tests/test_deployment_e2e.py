@@ -6,6 +6,7 @@ claimed by the daemon's sensor and closed by the run status sensor; the asset pa
 headless Chromium and kept as a screenshot.
 """
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -87,18 +88,18 @@ def deployment(tmp_path_factory):
     port = _free_port()
     logs = home / "logs"
     logs.mkdir()
-    processes = [
-        subprocess.Popen(
-            [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT, env=env, stdout=open(logs / "webserver.log", "w"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
-        subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-            cwd=ROOT, env=env, stdout=open(logs / "daemon.log", "w"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
-    ]
+    commands = {
+        "webserver": [str(BIN / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        "daemon": [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+    }
+    processes = []
+    for name, command in commands.items():
+        with open(logs / f"{name}.log", "w") as log:  # the child keeps its own copy of the handle
+            processes.append(
+                subprocess.Popen(
+                    command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
     base = f"http://127.0.0.1:{port}"
 
     def server_info():
@@ -113,10 +114,8 @@ def deployment(tmp_path_factory):
         yield {"base": base, "env": env, "home": home, "orders": orders, "today": today, "logs": logs}
     finally:
         for process in processes:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for process in processes:
             try:
                 process.wait(timeout=30)
@@ -162,8 +161,10 @@ def test_a_backfill_launched_through_graphql_caches_both_dates(deployment, redis
     backfill_id = result["backfillId"]
 
     def finished():
-        status = graphql(deployment["base"], BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]["status"]
-        return status if status in ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED") else None
+        answer = graphql(deployment["base"], BACKFILL_STATUS, {"id": backfill_id})
+        status = answer["partitionBackfillOrError"]["status"]
+        done = ("COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED")
+        return status if status in done else None
 
     assert _wait(finished, 240, f"backfill {backfill_id}", every=3) in ("COMPLETED", "COMPLETED_SUCCESS")
     for as_of in dates:
@@ -226,21 +227,39 @@ def test_the_daemon_claims_a_queued_job_and_closes_it(deployment, redis_client):
 def test_the_daemon_is_live(deployment):
     done = subprocess.run(
         [str(BIN / "dagster-daemon"), "liveness-check"],
-        env=deployment["env"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env=deployment["env"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (scripts/services.sh installs it)")
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium (scripts/services.sh installs it)")
 def test_the_asset_page_renders_in_headless_chromium(deployment):
     shot = deployment["home"] / "asset-page.png"
     url = f"{deployment['base']}/assets/product_forecasts"
     done = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={deployment['home'] / 'chromium'}", "--window-size=1440,900",
-         "--virtual-time-budget=15000", f"--screenshot={shot}", url],
-        capture_output=True, text=True, timeout=120,
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={deployment['home'] / 'chromium'}",
+            "--window-size=1440,900",
+            "--virtual-time-budget=15000",
+            f"--screenshot={shot}",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert shot.exists(), done.stderr[-2000:]
     assert shot.stat().st_size > 30_000  # a rendered page, not a blank one
