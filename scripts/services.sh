@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) answer: start them if they are
-# installed but stopped, install them from Debian's packages if they are missing.
+# installed but stopped, install them (and headless Chromium) from Debian's packages if missing.
 set -euo pipefail
 
 need_install=()
 command -v pg_ctlcluster >/dev/null 2>&1 || need_install+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need_install+=(redis-server)
 command -v pg_isready >/dev/null 2>&1 || need_install+=(postgresql-client)
+command -v chromium >/dev/null 2>&1 || need_install+=(chromium)  # the end-to-end test's screenshot
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "==> installing ${need_install[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >/dev/null
