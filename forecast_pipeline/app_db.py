@@ -19,6 +19,7 @@ app_metadata = sa.MetaData()
 APP_SCHEMA_MODULES = (
     "forecast_pipeline.jobs_schema",
     "forecast_pipeline.alerts.schema",
+    "forecast_pipeline.reports.schema",
 )
 """Modules that define tables on ``app_metadata``; imported before creating the schema."""
 

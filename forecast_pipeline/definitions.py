@@ -16,6 +16,7 @@ from forecast_pipeline.job_sensors import (
     forecast_job_recovery,
     forecast_job_succeeded,
 )
+from forecast_pipeline.reports import definitions as report_definitions
 from forecast_pipeline.resources import build_resources
 from forecast_pipeline.schedules import daily_forecast_job, daily_forecast_schedule
 from forecast_pipeline.settings import get_settings
@@ -54,4 +55,5 @@ defs = Definitions.merge(
         executor=_executor(settings.executor),
     ),
     alert_definitions.alert_defs,
+    report_definitions.report_defs,
 )

@@ -1,0 +1,699 @@
+"""Report schedules against real PostgreSQL (database ``forecast_test_reports``, its own), real Redis
+(database 7) and a real Dagster instance: the tick sensor evaluated as Dagster does, racing ticks,
+downtime, malformed schedules, plan limits and the ``generate_report`` job executed for real."""
+
+import argparse
+import copy
+import csv
+import datetime as dt
+import io
+import json
+import logging
+import os
+import threading
+import zoneinfo
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    build_run_status_sensor_context,
+    build_sensor_context,
+)
+
+from forecast_pipeline import forecast_cache
+from forecast_pipeline.app_db import AppDatabase, app_metadata
+from forecast_pipeline.reports import cli as reports_cli
+from forecast_pipeline.reports.cache import RedisJsonCache
+from forecast_pipeline.reports.config import load_report_settings
+from forecast_pipeline.reports.definitions import report_defs
+from forecast_pipeline.reports.jobs import OP_NAME, SCHEDULE_RUN_TAG, generate_report, run_config_for
+from forecast_pipeline.reports.limits import check_report_limit, month_start
+from forecast_pipeline.reports.report import compute_figures
+from forecast_pipeline.reports.schema import (
+    TABLES,
+    accounts,
+    plans,
+    report_generations,
+    report_schedules,
+    schedule_runs,
+)
+from forecast_pipeline.reports.sensors import recover_unlaunched, report_run_failed, report_schedule_tick
+from forecast_pipeline.reports.tick import run_key_for, tick
+from forecast_pipeline.resources import RedisStore, make_engine
+from forecast_pipeline.settings import ConfigError, load_settings
+from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database
+
+REPORTS_DB_URL = os.environ.get(
+    "TEST_REPORTS_POSTGRES_URL",
+    sa.engine.make_url(POSTGRES_URL).set(database="forecast_test_reports").render_as_string(False),
+)
+REPORTS_REDIS_URL = os.environ.get("TEST_REPORTS_REDIS_URL", "redis://127.0.0.1:6379/7")
+UTC = dt.UTC
+AS_OF = "2025-11-10"
+
+pytestmark = pytest.mark.integration
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+
+@pytest.fixture(scope="session")
+def reports_engine():
+    _ensure_postgres_database(REPORTS_DB_URL)
+    engine = make_engine(REPORTS_DB_URL)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db(reports_engine):
+    """Empty report tables in the dedicated database."""
+    app_metadata.drop_all(reports_engine, tables=list(reversed(TABLES)), checkfirst=True)
+    app_metadata.create_all(reports_engine, tables=list(TABLES))
+    return reports_engine
+
+
+@pytest.fixture
+def rclient():
+    client = redis.Redis.from_url(REPORTS_REDIS_URL, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def url_of(engine: sa.Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def resources(engine: sa.Engine, redis_url: str = REPORTS_REDIS_URL) -> dict:
+    return {"app_db": AppDatabase(url=url_of(engine)), "redis_store": RedisStore(url=redis_url)}
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(UTC).replace(microsecond=0)
+
+
+def add_account(engine, name="acme", limit=None, timezone="UTC", parameters=None, plan=True) -> int:
+    with engine.begin() as conn:
+        plan_id = None
+        if plan:
+            plan_id = conn.execute(
+                plans.insert().values(name=f"plan-{name}", monthly_report_limit=limit).returning(plans.c.id)
+            ).scalar_one()
+        return conn.execute(
+            accounts.insert()
+            .values(name=name, plan_id=plan_id, timezone=timezone, parameters=parameters)
+            .returning(accounts.c.id)
+        ).scalar_one()
+
+
+def add_schedule(engine, account_id, next_run_at, cadence="daily", timezone="UTC", name=None, **values) -> int:
+    with engine.begin() as conn:
+        return conn.execute(
+            report_schedules.insert()
+            .values(
+                account_id=account_id,
+                name=name or f"s-{cadence}-{timezone}-{next_run_at.isoformat()}",
+                cadence=cadence,
+                timezone=timezone,
+                next_run_at=next_run_at,
+                **values,
+            )
+            .returning(report_schedules.c.id)
+        ).scalar_one()
+
+
+def schedule(engine, schedule_id):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(report_schedules).where(report_schedules.c.id == schedule_id)).one()
+
+
+def runs_of(engine, schedule_id=None):
+    query = sa.select(schedule_runs).order_by(schedule_runs.c.id)
+    if schedule_id is not None:
+        query = query.where(schedule_runs.c.schedule_id == schedule_id)
+    with engine.connect() as conn:
+        return conn.execute(query).all()
+
+
+def generation_of(engine, schedule_run_id):
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(report_generations).where(report_generations.c.schedule_run_id == schedule_run_id)
+        ).one()
+
+
+def evaluate_tick(instance, engine):
+    with build_sensor_context(instance=instance, resources={"app_db": AppDatabase(url=url_of(engine))}) as context:
+        return report_schedule_tick(context)
+
+
+def payload(product_id: int, base: float, as_of: str = AS_OF) -> dict:
+    start = dt.date.fromisoformat(as_of)
+    predictions = []
+    for w in range(12):
+        predicted = base + w
+        predictions.append(
+            {
+                "week_start": (start + dt.timedelta(days=7 * w)).isoformat(),
+                "week_end": (start + dt.timedelta(days=7 * w + 6)).isoformat(),
+                "predicted_quantity": predicted,
+                "confidence_lower": max(predicted - 2.0, 0.0),
+                "confidence_upper": predicted + 3.0,
+                "active_customers": 2,
+            }
+        )
+    total = sum(p["predicted_quantity"] for p in predictions)
+    return {
+        "product_id": product_id,
+        "as_of_date": as_of,
+        "forecast_weeks": 12,
+        "predictions": predictions,
+        "summary": {"total_predicted_quantity": total, "active_customers": 2, "avg_weekly_quantity": total / 12},
+        "model_metadata": {"model_type": "ses", "demand_class": "smooth", "forecast_accuracy_estimate": 0.8},
+    }
+
+
+def cache_forecasts(client, bases: dict[int, float], as_of: str = AS_OF, stamp: str = "2025-11-10T06:00:00Z"):
+    forecast_cache.write_forecasts(
+        client, "forecast", as_of, [payload(p, b, as_of) for p, b in bases.items()], 600, 600
+    )
+    forecast_cache.write_run_metadata(
+        client, "forecast", {"as_of_date": as_of, "last_run": stamp, "total_products": len(bases)}, 600, 600
+    )
+
+
+def execute(request_or_id, engine, instance, reports_dir, redis_url=REPORTS_REDIS_URL):
+    """Execute generate_report for a RunRequest (or a schedule run id), in process, for real."""
+    if isinstance(request_or_id, int):
+        run_config, tags = run_config_for(request_or_id), {SCHEDULE_RUN_TAG: str(request_or_id)}
+    else:
+        run_config, tags = copy.deepcopy(request_or_id.run_config), dict(request_or_id.tags)
+        tags["dagster/run_key"] = request_or_id.run_key
+    run_config["ops"][OP_NAME]["config"]["reports_dir"] = str(reports_dir)
+    return generate_report.execute_in_process(
+        run_config=run_config,
+        resources=resources(engine, redis_url),
+        instance=instance,
+        tags=tags,
+        raise_on_error=False,
+    )
+
+
+class ListHandler(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+# ---------------------------------------------------------------- the tick
+
+
+def test_the_tick_launches_due_slots_once_and_advances_them_in_their_time_zone(db):
+    t = now()
+    account = add_account(db)
+    # due: 06:00 New York on 2025-03-08 (EST) -> missed days collapse into one run, next keeps 06:00 local
+    ny_slot = dt.datetime(2025, 3, 8, 6, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    daily = add_schedule(db, account, ny_slot, "daily", "America/New_York")
+    monthly = add_schedule(db, account, t - dt.timedelta(minutes=1), "monthly", "Europe/Berlin", anchor_day=31)
+    later = add_schedule(db, account, t + dt.timedelta(hours=1), "weekly")
+    with DagsterInstance.ephemeral() as instance:
+        result = evaluate_tick(instance, db)
+        requests = {r.tags["report/schedule_id"]: r for r in result.run_requests}
+        assert set(requests) == {str(daily), str(monthly)}
+        for schedule_id, request in requests.items():
+            (run,) = runs_of(db, int(schedule_id))
+            assert run.status == "queued"
+            assert request.run_key == f"report-{schedule_id}-{run.scheduled_for.astimezone(UTC).isoformat()}"
+            assert request.run_key == run.run_key
+            assert request.run_config == {"ops": {OP_NAME: {"config": {"schedule_run_id": run.id}}}}
+            assert request.tags[SCHEDULE_RUN_TAG] == str(run.id)
+        ny = schedule(db, daily)
+        local_next = ny.next_run_at.astimezone(zoneinfo.ZoneInfo("America/New_York"))
+        assert local_next.time() == dt.time(6, 0) and ny.next_run_at > t
+        assert ny.run_time == dt.time(6, 0)
+        (ny_run,) = runs_of(db, daily)
+        assert ny_run.scheduled_for <= t < ny.next_run_at and ny_run.missed_slots > 0
+        berlin = schedule(db, monthly)
+        assert berlin.next_run_at > t and berlin.anchor_day == 31
+        assert schedule(db, later).next_run_at == t + dt.timedelta(hours=1) and not runs_of(db, later)
+        again = evaluate_tick(instance, db)  # the next tick finds nothing new
+        assert not again.run_requests and "0 slot(s) recorded" in again.skip_reason.skip_message
+    assert len(runs_of(db)) == 2
+
+
+def test_a_tick_that_meets_a_recorded_slot_never_doubles_it(db):
+    account = add_account(db)
+    slot = now() - dt.timedelta(minutes=5)
+    schedule_id = add_schedule(db, account, slot, "weekly")
+    first = tick(db)
+    assert [d.schedule_id for d in first.recorded] == [schedule_id]
+    with db.begin() as conn:  # someone sets next_run_at back by hand
+        conn.execute(report_schedules.update().values(next_run_at=slot))
+    second = tick(db)
+    assert second.recorded == [] and second.already_recorded == [(schedule_id, slot)]
+    assert len(runs_of(db, schedule_id)) == 1
+    assert schedule(db, schedule_id).next_run_at == slot + dt.timedelta(days=7)
+
+
+def test_two_racing_sensor_ticks_launch_each_slot_once(db):
+    t = now()
+    accounts_ = [add_account(db, name=f"a{i}") for i in range(5)]
+    ids = [
+        add_schedule(db, accounts_[i % 5], t - dt.timedelta(minutes=i + 1), cadence, tz, name=f"race-{i}")
+        for i, (cadence, tz) in enumerate(
+            [("daily", "UTC"), ("weekly", "Europe/Berlin"), ("biweekly", "America/New_York"), ("monthly", "Asia/Tokyo")]
+            * 15
+        )
+    ]
+    engines = [make_engine(REPORTS_DB_URL) for _ in range(2)]
+    barrier = threading.Barrier(2)
+    requests: list[list] = [[], []]
+    errors: list[BaseException] = []
+
+    def ticker(n: int) -> None:
+        try:
+            with DagsterInstance.ephemeral() as instance:
+                barrier.wait()
+                for _ in range(3):
+                    requests[n].extend(evaluate_tick(instance, engines[n]).run_requests)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ticker, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    keys = [r.run_key for batch in requests for r in batch]
+    assert len(keys) == len(ids) == len(set(keys)) == 60
+    runs = runs_of(db)
+    assert len(runs) == 60 and {r.schedule_id for r in runs} == set(ids)
+    assert {r.run_key for r in runs} == set(keys)
+    assert all(schedule(db, i).next_run_at > t for i in ids)
+    for engine in engines:
+        engine.dispose()
+
+
+def test_many_small_racing_ticks_share_the_work_and_record_each_slot_once(db):
+    t = now()
+    account = add_account(db)
+    ids = [add_schedule(db, account, t - dt.timedelta(seconds=i + 1), name=f"s{i}") for i in range(200)]
+    engines = [make_engine(REPORTS_DB_URL) for _ in range(4)]
+    recorded: list[list] = [[] for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def ticker(n: int) -> None:
+        barrier.wait()
+        while batch := tick(engines[n], limit=3).recorded:
+            recorded[n].extend(d.schedule_run_id for d in batch)
+
+    threads = [threading.Thread(target=ticker, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    everything = [i for batch in recorded for i in batch]
+    assert len(everything) == len(set(everything)) == 200
+    assert sum(1 for batch in recorded if batch) >= 2, [len(b) for b in recorded]  # they really raced
+    assert len(runs_of(db)) == 200 and len({r.schedule_id for r in runs_of(db)}) == len(ids)
+    for engine in engines:
+        engine.dispose()
+
+
+def test_downtime_runs_the_latest_missed_slot_once_and_moves_to_the_next_future_slot(db):
+    t = now()
+    account = add_account(db)
+    first_missed = t - dt.timedelta(days=3, minutes=10)
+    schedule_id = add_schedule(db, account, first_missed, "daily")
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+    latest = first_missed + dt.timedelta(days=3)
+    assert request.run_key == run_key_for(schedule_id, latest) == f"report-{schedule_id}-{latest.isoformat()}"
+    (run,) = runs_of(db, schedule_id)
+    assert run.scheduled_for == latest and run.missed_slots == 3
+    assert schedule(db, schedule_id).next_run_at == first_missed + dt.timedelta(days=4)
+
+
+def test_inactive_and_malformed_schedules_are_skipped_without_blocking_the_others(db):
+    t = now()
+    account = add_account(db)
+    past = t - dt.timedelta(hours=1)
+    inactive = add_schedule(db, account, past - dt.timedelta(hours=3), active=False, name="paused")
+    hourly = add_schedule(db, account, past - dt.timedelta(hours=2), "hourly", name="hourly")
+    mars = add_schedule(db, account, past - dt.timedelta(hours=1), "daily", "Mars/Olympus_Mons", name="mars")
+    bad_day = add_schedule(db, account, past, "monthly", anchor_day=40, name="day-40")
+    good = add_schedule(db, account, past, "daily", "Europe/Berlin", name="good")
+    handler = ListHandler()
+    logger = logging.getLogger("test_reports.malformed")
+    logger.addHandler(handler)
+    try:
+        # limit 3: the three malformed schedules come first and must not crowd out "good" forever
+        first = tick(db, limit=3, logger=logger)
+        second = tick(db, limit=3, logger=logger)
+    finally:
+        logger.removeHandler(handler)
+    assert {m.schedule_id for m in first.malformed} == {hourly, mars, bad_day}
+    assert [d.schedule_id for d in second.recorded] == [good]
+    text = "\n".join(handler.messages)
+    assert f"report schedule {hourly} ('hourly') is malformed and was deactivated: unknown cadence 'hourly'" in text
+    assert f"report schedule {mars} ('mars')" in text and "'Mars/Olympus_Mons' is not an IANA time zone" in text
+    assert f"report schedule {bad_day} ('day-40')" in text and "anchor day 40" in text
+    for schedule_id, reason in ((hourly, "unknown cadence"), (mars, "IANA"), (bad_day, "anchor day")):
+        row = schedule(db, schedule_id)
+        assert not row.active and reason in row.last_error
+        assert row.next_run_at < t  # not advanced
+    assert schedule(db, inactive).active is False and schedule(db, inactive).last_error is None
+    assert {r.schedule_id for r in runs_of(db)} == {good}
+    with DagsterInstance.ephemeral() as instance:  # the sensor launches nothing for them either
+        assert not evaluate_tick(instance, db).run_requests
+
+
+def test_a_dry_run_tick_writes_nothing(db):
+    account = add_account(db)
+    slot = now() - dt.timedelta(minutes=1)
+    good = add_schedule(db, account, slot, name="good")
+    bad = add_schedule(db, account, slot, "yearly", name="bad")
+    result = tick(db, dry_run=True)
+    assert [d.schedule_id for d in result.recorded] == [good] and [m.schedule_id for m in result.malformed] == [bad]
+    assert runs_of(db) == []
+    assert schedule(db, good).next_run_at == slot and schedule(db, bad).active
+
+
+# ---------------------------------------------------------------- the report job
+
+
+def test_the_report_job_writes_html_and_csv_from_the_cached_forecasts(db, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0, 2: 50.0, 3: 30.0, 4: 5.0})
+    account = add_account(db, limit=5, parameters={"product_ids": [1, 2, 3, 99]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1), parameters={"top_products": 2})
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        result = execute(request, db, instance, tmp_path)
+        assert result.success
+        assert result.output_for_node(OP_NAME) == "succeeded"
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "succeeded" and run.dagster_run_id == result.run_id
+    assert run.started_at is not None and run.finished_at is not None
+    generation = generation_of(db, run.id)
+    assert generation.status == "succeeded" and generation.account_id == account
+    assert generation.as_of_date == dt.date(2025, 11, 10)
+    html_path, csv_path = generation.output_location, generation.csv_location
+    assert html_path.startswith(str(tmp_path / f"account-{account}")) and html_path.endswith(".html")
+    html = Path(html_path).read_text(encoding="utf-8")
+    assert "<svg" in html and "<polygon" in html and "<polyline" in html
+    assert "No cached forecast for products [99]" in html
+    assert html.index('data-product="2"') < html.index('data-product="3"')  # top products by quantity
+    assert 'data-product="1"' not in html  # only the top 2 are listed
+    rows = list(csv.DictReader(io.StringIO(Path(csv_path).read_text(encoding="utf-8"))))
+    totals = [r for r in rows if r["kind"] == "total"]
+    assert len(totals) == 12
+    # week w: products 1, 2, 3 (99 missing, 4 not the account's) predict 10+w, 50+w, 30+w
+    assert [float(r["predicted_quantity"]) for r in totals] == [90.0 + 3 * w for w in range(12)]
+    assert [float(r["confidence_lower"]) for r in totals] == [84.0 + 3 * w for w in range(12)]
+    assert [float(r["confidence_upper"]) for r in totals] == [99.0 + 3 * w for w in range(12)]
+    assert {r["product_id"] for r in rows if r["kind"] == "product"} == {"2", "3"}
+    keys = rclient.keys("forecast:report:figures:*")
+    assert len(keys) == 1 and 0 < rclient.ttl(keys[0]) <= 3600
+    assert json.loads(rclient.get(keys[0]))["total_predicted_quantity"] == sum(90.0 + 3 * w for w in range(12))
+
+
+def test_a_second_account_with_the_same_products_is_served_from_the_cache(db, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0, 2: 20.0})
+    slot = now() - dt.timedelta(minutes=1)
+    first = add_schedule(db, add_account(db, name="a"), slot)
+    second = add_schedule(db, add_account(db, name="b"), slot)
+    with DagsterInstance.ephemeral() as instance:
+        requests = sorted(evaluate_tick(instance, db).run_requests, key=lambda r: r.run_key)
+        hits = []
+        for request in requests:
+            result = execute(request, db, instance, tmp_path)
+            assert result.success
+            (event,) = [e for e in result.get_step_success_events()]
+            (output,) = [e for e in result.all_node_events if e.event_type_value == "STEP_OUTPUT"]
+            hits.append(output.step_output_data.metadata["figures_cache_hit"].value)
+            assert event.step_key == OP_NAME
+    assert hits == [False, True]
+    assert {runs_of(db, first)[0].status, runs_of(db, second)[0].status} == {"succeeded"}
+    # a new forecast run (new last_run stamp) is never served the old figures
+    cache_forecasts(rclient, {1: 100.0, 2: 200.0}, stamp="2025-11-10T07:00:00Z")
+    third = add_schedule(db, add_account(db, name="c"), slot)
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert execute(request, db, instance, tmp_path).success
+    csv_text = Path(generation_of(db, runs_of(db, third)[0].id).csv_location).read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert float(rows[0]["predicted_quantity"]) == 300.0
+
+
+def test_over_the_plan_limit_the_report_is_skipped_without_heavy_work(db, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0})
+    account = add_account(db, limit=2, timezone="America/New_York")
+    t = now()
+    old_schedule = add_schedule(db, account, t + dt.timedelta(days=1), name="history")
+    with db.begin() as conn:
+        for i, status in enumerate(["succeeded", "succeeded", "skipped_limit", "failed"]):
+            run_id = conn.execute(
+                schedule_runs.insert()
+                .values(schedule_id=old_schedule, scheduled_for=t - dt.timedelta(minutes=30 + i), run_key=f"k{i}")
+                .returning(schedule_runs.c.id)
+            ).scalar_one()
+            conn.execute(
+                report_generations.insert().values(
+                    account_id=account, schedule_run_id=run_id, status=status, created_at=t - dt.timedelta(minutes=1)
+                )
+            )
+        # last month (in New York) does not count
+        conn.execute(
+            report_generations.insert().values(
+                account_id=account, status="succeeded", created_at=month_start(t, _ny()) - dt.timedelta(minutes=1)
+            )
+        )
+    schedule_id = add_schedule(db, account, t - dt.timedelta(minutes=1))
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        result = execute(request, db, instance, tmp_path)
+    assert result.success and result.output_for_node(OP_NAME) == "skipped_limit"
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "skipped_limit" and "limit reached: 2 of 2" in run.error
+    generation = generation_of(db, run.id)
+    assert generation.status == "skipped_limit" and generation.output_location is None
+    assert not any(tmp_path.iterdir())  # no report written
+    # raising the plan's limit lets the next slot through
+    with db.begin() as conn:
+        conn.execute(plans.update().values(monthly_report_limit=3))
+    with DagsterInstance.ephemeral() as instance:
+        assert execute(run.id, db, instance, tmp_path).output_for_node(OP_NAME) == "succeeded"
+    assert generation_of(db, run.id).status == "succeeded"
+
+
+def _ny():
+    return zoneinfo.ZoneInfo("America/New_York")
+
+
+def test_the_month_is_the_accounts_calendar_month(db):
+    account = add_account(db, limit=1, timezone="America/New_York")
+    check_time = dt.datetime(2025, 3, 1, 3, 0, tzinfo=UTC)  # still Feb 28, 22:00 in New York
+    assert month_start(check_time, _ny()) == dt.datetime(2025, 2, 1, 5, 0, tzinfo=UTC)
+    with db.begin() as conn:
+        # 2025-02-01 04:00Z is Jan 31, 23:00 in New York: January's
+        conn.execute(
+            report_generations.insert().values(
+                account_id=account, status="succeeded", created_at=dt.datetime(2025, 2, 1, 4, 0, tzinfo=UTC)
+            )
+        )
+        assert check_report_limit(conn, account, check_time).allowed
+        conn.execute(
+            report_generations.insert().values(
+                account_id=account, status="succeeded", created_at=dt.datetime(2025, 3, 1, 2, 0, tzinfo=UTC)
+            )
+        )
+        decision = check_report_limit(conn, account, check_time)
+        assert not decision.allowed and decision.used == 1 and decision.limit == 1
+        # in UTC it would already be March, and this February report would not count
+        assert check_report_limit(conn, account, dt.datetime(2025, 3, 1, 6, 0, tzinfo=UTC)).allowed
+
+
+def test_unlimited_plans_and_accounts_without_a_plan_are_never_skipped(db):
+    unlimited = add_account(db, name="big", limit=None)
+    no_plan = add_account(db, name="free", plan=False)
+    with db.begin() as conn:
+        for account in (unlimited, no_plan):
+            conn.execute(
+                report_generations.insert(), [{"account_id": account, "status": "succeeded"} for _ in range(50)]
+            )
+            decision = check_report_limit(conn, account)
+            assert decision.allowed and decision.limit is None and decision.used == 50
+
+
+def test_nothing_cached_fails_the_run_and_the_slot_with_a_clear_error(db, rclient, tmp_path):
+    account = add_account(db, limit=1)
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        result = execute(request, db, instance, tmp_path)
+        assert not result.success
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and "no forecasts cached in Redis" in run.error
+    assert generation_of(db, run.id).status == "failed"
+    with db.connect() as conn:  # a failed report is not charged against the plan
+        assert check_report_limit(conn, account).allowed
+
+
+def test_a_run_that_fails_before_the_step_is_marked_failed_by_the_failure_sensor(db, tmp_path):
+    account = add_account(db)
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        result = execute(request, db, instance, tmp_path, redis_url="redis://127.0.0.1:1/0")  # nothing listens
+        assert not result.success
+        (run,) = runs_of(db, schedule_id)
+        assert run.status == "queued"  # the step never started
+        dagster_run = instance.get_run_by_id(result.run_id)
+        assert dagster_run.status == DagsterRunStatus.FAILURE
+        failure = next(e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE")
+        with build_run_status_sensor_context(
+            sensor_name="report_run_failed",
+            dagster_instance=instance,
+            dagster_run=dagster_run,
+            dagster_event=failure,
+            resources={"app_db": AppDatabase(url=url_of(db))},
+        ).for_run_failure() as context:
+            report_run_failed(context)
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and run.dagster_run_id == result.run_id and "report run failed" in run.error
+
+
+def test_a_lost_run_request_is_requested_again_after_the_grace_period(db):
+    account = add_account(db)
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    (due,) = tick(db).recorded
+    with DagsterInstance.ephemeral() as instance:
+        assert recover_unlaunched(instance, db, grace_seconds=300) == []  # within the grace period
+        with db.begin() as conn:
+            conn.execute(schedule_runs.update().values(created_at=sa.func.now() - dt.timedelta(minutes=10)))
+        (again,) = recover_unlaunched(instance, db, grace_seconds=300)
+        assert again.run_key == due.run_key and again.schedule_run_id == due.schedule_run_id
+        with db.begin() as conn:
+            conn.execute(schedule_runs.update().values(created_at=sa.func.now() - dt.timedelta(days=2)))
+        assert recover_unlaunched(instance, db, grace_seconds=300) == []
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and "within a day" in run.error
+
+
+# ---------------------------------------------------------------- cache, figures, config, wiring
+
+
+def test_the_json_cache_gets_sets_with_ttl_and_deletes(rclient):
+    cache = RedisJsonCache(rclient, "forecast:report", default_ttl_seconds=60)
+    assert cache.get("x") is None
+    cache.set("x", {"a": [1, 2.5, None]})
+    assert cache.get("x") == {"a": [1, 2.5, None]} and 0 < rclient.ttl("forecast:report:x") <= 60
+    cache.set("y", [1], ttl_seconds=5)
+    assert 0 < rclient.ttl("forecast:report:y") <= 5
+    assert cache.delete("x") and cache.get("x") is None and not cache.delete("x")
+    rclient.set("forecast:report:broken", "{not json")
+    assert cache.get("broken") is None
+    calls = []
+    assert cache.get_or_set("z", lambda: calls.append(1) or 7) == (7, False)
+    assert cache.get_or_set("z", lambda: calls.append(1) or 8) == (7, True) and calls == [1]
+    with pytest.raises(ValueError, match="ttl_seconds"):
+        cache.set("x", 1, ttl_seconds=0)
+
+
+def test_summed_bounds_are_the_sums_of_the_products_bounds():
+    figures = compute_figures({1: payload(1, 1.0), 2: payload(2, 10.0)}, top_n=1, as_of=AS_OF, missing=[])
+    first = figures["weekly"][0]
+    assert (first["predicted_quantity"], first["lower_sum"], first["upper_sum"]) == (11.0, 8.0, 17.0)
+    assert [p["product_id"] for p in figures["top_products"]] == [2]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REPORT_TOP_PRODUCTS": "ten"}, "REPORT_TOP_PRODUCTS='ten' is not a whole number"),
+        ({"REPORT_TOP_PRODUCTS": "0"}, "REPORT_TOP_PRODUCTS=0 must be between 1 and 1000"),
+        ({"REPORT_CACHE_TTL_SECONDS": "-5"}, "REPORT_CACHE_TTL_SECONDS=-5 must be between"),
+        ({"REPORT_TICK_LIMIT": "1.5"}, "REPORT_TICK_LIMIT='1.5' is not a whole number"),
+    ],
+)
+def test_bad_report_settings_name_the_variable(env, message):
+    with pytest.raises(ConfigError, match="invalid report configuration") as info:
+        load_report_settings(env)
+    assert message in str(info.value)
+
+
+def test_reports_dir_must_be_a_directory(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match="REPORTS_DIR=.* exists and is not a directory"):
+        load_report_settings({"REPORTS_DIR": str(a_file)})
+    assert load_report_settings({"REPORTS_DIR": str(tmp_path / "new")}).reports_dir == tmp_path / "new"
+
+
+def test_report_defs_merge_into_the_code_location():
+    from forecast_pipeline.definitions import defs
+
+    merged = Definitions.merge(defs, report_defs)
+    Definitions.validate_loadable(merged)
+    assert merged.resolve_job_def("generate_report").name == "generate_report"
+    assert merged.resolve_sensor_def("report_schedule_tick").minimum_interval_seconds == 60
+    assert {"app_db", "redis_store"} <= set(merged.resolve_job_def("generate_report").required_resource_keys)
+
+
+def test_cli_adds_plans_accounts_schedules_and_ticks(db, capsys):
+    parser = argparse.ArgumentParser(prog="forecast-pipeline")
+    reports_cli.add_report_commands(parser.add_subparsers(dest="command", required=True))
+    settings = load_settings({"DATABASE_URL": REPORTS_DB_URL})
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = reports_cli.cmd_reports(settings, parser.parse_args(["reports", *argv]))
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    assert run("init")[0] == 0
+    for _ in range(2):  # repeatable
+        assert run("add-plan", "--name", "pro", "--monthly-limit", "30")[0] == 0
+        assert run("add-account", "--name", "acme", "--plan", "pro", "--timezone", "Europe/Berlin")[0] == 0
+        code, out = run(
+            "add-schedule",
+            "--account",
+            "acme",
+            "--name",
+            "month-end",
+            "--cadence",
+            "monthly",
+            "--day",
+            "31",
+            "--time",
+            "07:30",
+            "--timezone",
+            "Europe/Berlin",
+        )
+        assert code == 0 and "monthly at 07:30 Europe/Berlin" in out
+    with db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(plans)).scalar_one() == 1
+        (row,) = conn.execute(sa.select(report_schedules)).all()
+    assert row.anchor_day == 31 and row.run_time == dt.time(7, 30) and row.next_run_at > now()
+    assert (
+        run("add-schedule", "--account", "acme", "--name", "x", "--cadence", "daily", "--timezone", "Nowhere/X")[0] == 2
+    )
+    code, out = run("list")
+    assert code == 0 and "'month-end': monthly Europe/Berlin" in out and "active" in out
+    with db.begin() as conn:
+        conn.execute(report_schedules.update().values(next_run_at=now() - dt.timedelta(minutes=1)))
+    code, out = run("tick", "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["dry_run"] is True and len(json.loads(out)["recorded"]) == 1
+    assert runs_of(db) == []
+    code, out = run("tick")
+    assert code == 0 and "1 slot(s) recorded" in out and len(runs_of(db)) == 1
