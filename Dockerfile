@@ -15,10 +15,13 @@ WORKDIR /opt/dagster/app
 RUN groupadd --system dagster && useradd --system --gid dagster --home-dir /opt/dagster dagster \
     && mkdir -p "$DAGSTER_HOME" && chown -R dagster:dagster /opt/dagster
 
-# dependencies first (cached layer), versions pinned in pyproject.toml
+# every dependency at the version the tests ran with (requirements.lock: pip freeze of the test venv)
+COPY requirements.lock ./
+RUN grep -vE "^(pytest|ruff|iniconfig|pluggy)==" requirements.lock > /tmp/runtime.txt \
+    && pip install -r /tmp/runtime.txt && rm /tmp/runtime.txt
 COPY pyproject.toml README.md ./
 COPY forecast_pipeline ./forecast_pipeline
-RUN pip install . && rm -rf /root/.cache
+RUN pip install --no-deps . && rm -rf /root/.cache
 
 COPY --chown=dagster:dagster workspace.yaml dagster.yaml ./
 COPY --chown=dagster:dagster dagster.yaml "$DAGSTER_HOME/dagster.yaml"

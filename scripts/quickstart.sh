@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "==> installing forecast_pipeline and its pinned dependencies"
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+.venv/bin/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster_home}
 mkdir -p "$DAGSTER_HOME"
