@@ -142,6 +142,48 @@ def _format_forecast(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    """Rolling-origin accuracy of the engine vs seasonal naive and Holt-Winters (see backtest.py)."""
+    from forecast_pipeline import backtest
+
+    as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()
+    common = {
+        "origins": args.origins,
+        "step": args.step,
+        "horizon": settings.forecast_weeks,
+        "hw_sample": args.hw_sample,
+    }
+    results = []
+    if args.source == "demo":
+        y, eligible_at, label = backtest.demo_matrix(
+            args.products,
+            as_of,
+            history_start=settings.history_start,
+            volume=args.volume,
+            seed=args.seed,
+            min_customers=settings.min_customers,
+            min_orders=settings.min_orders,
+        )
+        title = f"Demo data: {args.products:,} products, volume {args.volume}, seed {args.seed}, as-of {as_of}"
+        results.append(backtest.run_backtest(y, label=title, eligible_at=eligible_at, origin_label=label, **common))
+    else:
+        y, label = backtest.database_matrix(settings, as_of)
+        title = f"{redact_url(settings.database_url)}: products eligible at {as_of}"
+        results.append(backtest.run_backtest(y, label=title, origin_label=label, **common))
+    if not args.no_real:
+        y, label = backtest.co2_matrix()
+        real = {**common, "origins": args.real_origins, "hw_sample": 1}
+        results.append(
+            backtest.run_backtest(y, label="statsmodels co2 (Mauna Loa, weekly 1958-2001)", origin_label=label, **real)
+        )
+    for result in results:
+        print(backtest.format_result(result))
+        print()
+        print(backtest.format_checks(backtest.summary_checks(result)))
+        print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forecast-pipeline", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,10 +199,27 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--product", type=int, help="product id (default: the largest forecast)")
     show.add_argument("--as-of", help="a past as-of date's metadata instead of the last run")
     show.add_argument("--json", action="store_true", help="print the cached JSON as is")
+    bt = sub.add_parser("backtest", help="rolling-origin accuracy vs seasonal naive and Holt-Winters")
+    bt.add_argument("--source", choices=("demo", "database"), default="demo", help="demo: generated in memory")
+    bt.add_argument("--as-of", help="as-of date after the last test window, YYYY-MM-DD (default: today)")
+    bt.add_argument("--products", type=int, default=10_000, help="demo products")
+    bt.add_argument("--volume", type=float, default=0.9, help="demo order lines per product-week")
+    bt.add_argument("--seed", type=int, default=7)
+    bt.add_argument("--origins", type=int, default=4, help="rolling origins")
+    bt.add_argument("--step", type=int, default=12, help="weeks between origins")
+    bt.add_argument("--hw-sample", type=int, default=200, help="products per origin fitted with Holt-Winters")
+    bt.add_argument("--real-origins", type=int, default=12, help="origins on the real weekly series")
+    bt.add_argument("--no-real", action="store_true", help="skip the real weekly series (statsmodels co2)")
     return parser
 
 
-COMMANDS = {"init-db": cmd_init_db, "demo-data": cmd_demo_data, "check": cmd_check, "show": cmd_show}
+COMMANDS = {
+    "init-db": cmd_init_db,
+    "demo-data": cmd_demo_data,
+    "check": cmd_check,
+    "show": cmd_show,
+    "backtest": cmd_backtest,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

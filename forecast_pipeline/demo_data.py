@@ -133,7 +133,14 @@ def generate(
 
 
 def load(engine: sa.Engine, history: DemoHistory) -> dict[str, int]:
-    """Replace the default tables' contents with ``history`` (creating the tables if needed)."""
+    """Replace the default tables' contents with ``history`` (creating the tables if needed).
+
+    On PostgreSQL everything happens in one transaction: the tables are truncated, their foreign
+    keys and secondary indexes dropped, the rows copied in with COPY, then the indexes rebuilt and
+    the foreign keys re-added (each validated by one set-based check instead of a trigger per row,
+    which made the load ~5x slower). Readers see the old rows or the new ones, never a mix, and
+    the final schema keeps every constraint.
+    """
     source_schema.create_schema(engine)
     tables = [
         ("customers", history.customers),
@@ -142,17 +149,58 @@ def load(engine: sa.Engine, history: DemoHistory) -> dict[str, int]:
         ("order_items", history.order_items),
     ]
     with engine.begin() as conn:
-        for name, _ in reversed(tables):
-            conn.execute(source_schema.metadata.tables[name].delete())
-        for name, frame in tables:
-            if engine.dialect.name == "postgresql":
-                _copy_postgres(conn, name, frame)
-            else:
+        if engine.dialect.name == "postgresql":
+            _load_postgres(conn, tables)
+        else:
+            for name, _ in reversed(tables):
+                conn.execute(source_schema.metadata.tables[name].delete())
+            for name, frame in tables:
                 table = source_schema.metadata.tables[name]
                 rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
                 for i in range(0, len(rows), 50_000):
                     conn.execute(table.insert(), rows[i : i + 50_000])
     return {name: len(frame) for name, frame in tables}
+
+
+def _load_postgres(conn: sa.Connection, tables: list[tuple[str, pd.DataFrame]]) -> None:
+    names = [name for name, _ in tables]
+    foreign_keys = conn.execute(
+        sa.text(
+            "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+            "WHERE contype = 'f' AND conrelid::regclass::text = ANY(:names)"
+        ),
+        {"names": names},
+    ).all()
+    indexes = conn.execute(
+        sa.text(
+            "SELECT i.indexname, i.indexdef FROM pg_indexes i "
+            "WHERE i.schemaname = current_schema() AND i.tablename = ANY(:names) AND NOT EXISTS ("
+            "  SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname AND c.contype IN ('p', 'u'))"
+        ),
+        {"names": names},
+    ).all()
+    referenced_from_outside = conn.execute(
+        sa.text(
+            "SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid::regclass::text = ANY(:names) "
+            "AND NOT conrelid::regclass::text = ANY(:names) LIMIT 1"
+        ),
+        {"names": names},
+    ).first()
+    for table, constraint, _ in foreign_keys:
+        conn.exec_driver_sql(f'ALTER TABLE {table} DROP CONSTRAINT "{constraint}"')
+    for index, _ in indexes:
+        conn.exec_driver_sql(f'DROP INDEX "{index}"')
+    if referenced_from_outside:  # TRUNCATE would refuse; DELETE lets the other table's keys decide
+        for name in reversed(names):
+            conn.exec_driver_sql(f"DELETE FROM {name}")
+    else:
+        conn.exec_driver_sql(f"TRUNCATE {', '.join(names)}")
+    for name, frame in tables:
+        _copy_postgres(conn, name, frame)
+    for _, definition in indexes:
+        conn.exec_driver_sql(definition)
+    for table, constraint, definition in foreign_keys:
+        conn.exec_driver_sql(f'ALTER TABLE {table} ADD CONSTRAINT "{constraint}" {definition}')
 
 
 def _copy_postgres(conn: sa.Connection, name: str, frame: pd.DataFrame) -> None:

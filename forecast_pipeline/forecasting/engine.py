@@ -13,9 +13,13 @@ How a product's forecast is decided (the README repeats this for users):
    those weeks; the product gets the candidate with the lowest holdout MAE, refitted on the full
    history.
 4. **Accuracy estimate** = 1 - WAPE of that holdout forecast (floored at 0).
-5. **Intervals.** The chosen model's 1..horizon-week errors from each of the last 52 origins are
-   collected per product; their 10th and 90th percentiles, added to the point forecast, give the
-   nominal 80% interval. Quantities and bounds are clipped at zero.
+5. **Intervals.** The chosen model (refitted on the full history) is replayed from each of the
+   last 52 origins; every 1..horizon-week error is divided by the larger of the forecast it
+   belongs to and the series' mean weekly demand since first demand. The 10th and 90th
+   percentiles of those relative errors, times the same scale for the current forecast, give the
+   nominal 80% interval (relative errors carry over when the level moves; the mean floor keeps
+   near-zero forecasts from producing huge ratios). Rows with fewer than 10 past errors use
+   +-1.28 standard deviations of their weekly demand. Quantities and bounds are clipped at zero.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ SHORT_HISTORY_WEEKS = 26
 SHORT_HOLDOUT_WEEKS = 4
 SEASONAL_MIN_WEEKS = 2 * models.SEASON_LENGTH
 INTERVAL_ORIGINS = 52
+BLOCK_ROWS = 5000
 INTERVAL_QUANTILES = (0.10, 0.90)
+RELATIVE_FLOOR = 1.0
 ADI_CUTOFF = 1.32
 CV2_CUTOFF = 0.49
 
@@ -90,8 +96,27 @@ def classify(y: np.ndarray, start: np.ndarray) -> np.ndarray:
 
 def forecast_batch(y: np.ndarray, horizon: int = 12) -> BatchForecast:
     """Forecast every row of ``y`` (n products x T weeks, oldest first, last column = the week
-    that ends the day before the as-of date)."""
+    that ends the day before the as-of date).
+
+    Rows are processed in blocks of ``BLOCK_ROWS``: every model is vectorised over a block, and
+    the models' per-alpha paths (rows x grid x weeks) stay a few hundred MB however many
+    products there are.
+    """
     y = np.asarray(y, dtype=float)
+    if y.shape[0] <= BLOCK_ROWS:
+        return _forecast_block(y, horizon)
+    parts = [_forecast_block(y[i : i + BLOCK_ROWS], horizon) for i in range(0, y.shape[0], BLOCK_ROWS)]
+    return BatchForecast(
+        **{
+            name: [e for p in parts for e in p.error]
+            if name == "error"
+            else np.concatenate([getattr(p, name) for p in parts])
+            for name in BatchForecast.__dataclass_fields__
+        }
+    )
+
+
+def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     n, t = y.shape
     finite = np.isfinite(y).all(axis=1)
     y = np.where(finite[:, None], np.clip(np.nan_to_num(y), 0.0, None), 0.0)
@@ -157,9 +182,9 @@ def forecast_batch(y: np.ndarray, horizon: int = 12) -> BatchForecast:
         fn = models.recent_mean if name == "recent_mean" else CANDIDATES[name]
         fit = fn(y[rows], start[rows], horizon)
         forecast[rows] = fit.forecast
-        lo_off, hi_off = _empirical_error_quantiles(fit, y[rows], start[rows], horizon)
-        lower[rows] = fit.forecast + lo_off[:, None]
-        upper[rows] = fit.forecast + hi_off[:, None]
+        lo_off, hi_off = _empirical_error_quantiles(fit, y[rows], start[rows], horizon, fit.forecast)
+        lower[rows] = fit.forecast + lo_off
+        upper[rows] = fit.forecast + hi_off
 
     forecast = np.clip(forecast, 0.0, None)
     lower = np.clip(np.minimum(lower, forecast), 0.0, None)
@@ -187,29 +212,38 @@ def forecast_batch(y: np.ndarray, horizon: int = 12) -> BatchForecast:
 
 
 def _empirical_error_quantiles(
-    fit: models.ModelFit, y: np.ndarray, start: np.ndarray, horizon: int
+    fit: models.ModelFit, y: np.ndarray, start: np.ndarray, horizon: int, final: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """10th/90th percentile of each row's 1..horizon-week forecast errors over recent origins.
+    """Lower/upper interval offsets from each row's 1..horizon-week errors over recent origins.
 
-    Falls back to the spread of the recent weekly values when a row has too few past origins.
+    Errors are taken relative to the forecast they belong to (``(actual - predicted) / scale``
+    with ``scale`` the forecast, floored at ``RELATIVE_FLOOR`` of the series' mean) and the
+    10th/90th percentiles are applied to the current forecast's scale. Relative errors carry over
+    when the level moves (a seasonal peak, a declining item): with absolute errors a zero week of
+    an intermittent item falls below a raised lower bound. Falls back to the spread of the weekly
+    values when a row has too few past origins.
     """
     n, t = y.shape
+    mask = np.arange(t)[None, :] >= start[:, None]
+    mean = np.where(mask, y, 0).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+    floor = np.maximum(RELATIVE_FLOOR * mean, 1e-9)
     first = max(0, t - horizon - INTERVAL_ORIGINS)
     errors = []
     for origin in range(first, t - 1):
         steps = min(horizon, t - 1 - origin)
-        predicted = fit.forecast_from(origin, steps, t)
+        predicted = np.clip(fit.forecast_from(origin, steps, t), 0, None)
         actual = y[:, origin + 1 : origin + 1 + steps]
-        err = actual - np.clip(predicted, 0, None)
+        err = (actual - predicted) / np.maximum(predicted, floor[:, None])
         usable = origin >= start + SHORT_HOLDOUT_WEEKS
         errors.append(np.where(usable[:, None], err, np.nan))
+    fb_lo, fb_hi = _spread_fallback(y, start)
     if not errors:
-        return _spread_fallback(y, start)
+        return np.repeat(fb_lo[:, None], horizon, 1), np.repeat(fb_hi[:, None], horizon, 1)
     stacked = np.concatenate(errors, axis=1)
     lo, hi, count = _row_quantiles(stacked, INTERVAL_QUANTILES)
-    fb_lo, fb_hi = _spread_fallback(y, start)
-    few = count < 10
-    return np.where(few, fb_lo, lo), np.where(few, fb_hi, hi)
+    scale = np.maximum(np.clip(final, 0, None), floor[:, None])
+    few = (count < 10)[:, None]
+    return np.where(few, fb_lo[:, None], lo[:, None] * scale), np.where(few, fb_hi[:, None], hi[:, None] * scale)
 
 
 def _row_quantiles(values: np.ndarray, qs: tuple[float, float]):

@@ -1,0 +1,263 @@
+"""The forecasting models and forecast_batch on series with known answers (pure numpy, no DB)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from forecast_pipeline.forecasting import engine, models
+
+H = 12
+T = 208  # four years of weeks
+
+
+def rows(*series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.vstack(series).astype(float)
+    return y, models.first_demand_week(y)
+
+
+def constant(value: float = 5.0, t: int = T) -> np.ndarray:
+    return np.full(t, value)
+
+
+def pure_seasonal(t: int = T, horizon: int = 0, phase: float = 0.0) -> np.ndarray:
+    """10 + 5 sin over an exact 52-week period, by absolute column (what the models assume)."""
+    cols = np.arange(t + horizon)
+    return 10.0 + 5.0 * np.sin(2 * np.pi * (cols + phase) / models.SEASON_LENGTH)
+
+
+def single_spike(t: int = 200, at: int = 100, size: float = 100.0) -> np.ndarray:
+    y = np.zeros(t)
+    y[at] = size
+    return y
+
+
+def stopped(t: int = 200, stop: int = 150, rate: float = 10.0) -> np.ndarray:
+    y = np.zeros(t)
+    y[:stop] = rate
+    return y
+
+
+# --- first_demand_week ---------------------------------------------------------------------
+
+
+def test_first_demand_week_finds_first_positive_column_and_marks_all_zero_rows():
+    y, start = rows(single_spike(at=37), constant(t=200), np.zeros(200))
+    assert start.tolist() == [37, 0, 200]
+
+
+# --- constant series: every model forecasts the constant -------------------------------------
+
+
+@pytest.mark.parametrize("model", [models.ses, models.holt_damped, models.seasonal_ses, models.tsb, models.recent_mean])
+def test_constant_series_is_forecast_exactly(model):
+    y, start = rows(constant(5.0), constant(0.5))
+    fit = model(y, start, H)
+    assert fit.forecast.shape == (2, H)
+    np.testing.assert_allclose(fit.forecast[0], 5.0)
+    np.testing.assert_allclose(fit.forecast[1], 0.5)
+
+
+def test_croston_sba_on_constant_series_applies_the_sba_correction_with_the_smallest_alpha():
+    # Every week has demand of 5, so size 5 and interval 1 never move; the one-step error
+    # 5 - (1 - alpha/2) * 5 is smallest for the smallest alpha in the grid.
+    y, start = rows(constant(5.0))
+    fit = models.croston_sba(y, start, H)
+    expected = (1 - models.CROSTON_ALPHAS.min() / 2) * 5.0
+    np.testing.assert_allclose(fit.forecast, expected)
+
+
+def test_seasonal_naive_and_indices_on_constant_series():
+    y, start = rows(constant(5.0))
+    np.testing.assert_allclose(models.seasonal_naive(y, start, H), 5.0)
+    np.testing.assert_allclose(models.seasonal_indices(y, start), 1.0)
+
+
+def test_forecast_from_the_last_origin_is_the_forecast():
+    y, start = rows(pure_seasonal(), stopped(t=T, stop=150))
+    for model in (models.ses, models.holt_damped, models.seasonal_ses, models.croston_sba, models.tsb):
+        fit = model(y, start, H)
+        np.testing.assert_allclose(fit.forecast_from(T - 1, H, T), fit.forecast, err_msg=model.__name__)
+
+
+# --- pure seasonal series ----------------------------------------------------------------------
+
+
+def test_seasonal_naive_repeats_last_year_exactly():
+    full = pure_seasonal(horizon=H)
+    y, start = rows(full[:T])
+    np.testing.assert_allclose(models.seasonal_naive(y, start, H)[0], full[T:])
+
+
+def test_seasonal_naive_with_less_than_a_year_repeats_the_last_week():
+    y, start = rows(np.arange(1.0, 31.0))
+    np.testing.assert_allclose(models.seasonal_naive(y, start, H)[0], 30.0)
+
+
+def test_seasonal_indices_recover_the_shape_damped_by_the_shrinkage():
+    y, start = rows(pure_seasonal())
+    season = models.seasonal_indices(y, start)[0]
+    truth = pure_seasonal(t=models.SEASON_LENGTH) / 10.0  # exact ratio to the yearly mean
+    assert season.mean() == pytest.approx(1.0)
+    assert np.corrcoef(season, truth)[0, 1] > 0.999
+    # shrunk 20% towards 1 (two or more years) and slightly flattened by the 5-week smoothing
+    amplitude = (season.max() - season.min()) / (truth.max() - truth.min())
+    assert 0.7 < amplitude <= 0.8
+
+
+def test_seasonal_ses_follows_the_season_where_flat_models_cannot():
+    full = pure_seasonal(horizon=H, phase=7)
+    y, start = rows(full[:T])
+    future = full[T:]
+    seasonal = models.seasonal_ses(y, start, H).forecast[0]
+    flat = models.ses(y, start, H).forecast[0]
+    assert np.corrcoef(seasonal, future)[0, 1] > 0.99
+    assert np.abs(seasonal - future).mean() < 0.5 * np.abs(flat - future).mean()
+    assert np.ptp(flat) == pytest.approx(0.0)
+
+
+# --- all-zero series ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model",
+    [models.ses, models.holt_damped, models.seasonal_ses, models.croston_sba, models.tsb, models.recent_mean],
+)
+def test_all_zero_rows_give_finite_forecasts_and_leave_other_rows_alone(model):
+    y, start = rows(np.zeros(T), constant(5.0))
+    fit = model(y, start, H)
+    assert np.isfinite(fit.forecast).all()
+    alone = model(y[1:], start[1:], H).forecast
+    np.testing.assert_allclose(fit.forecast[1], alone[0])
+
+
+def test_all_zero_levels_are_zero_for_level_models():
+    y, start = rows(np.zeros(T))
+    for model in (models.ses, models.holt_damped, models.seasonal_ses, models.recent_mean):
+        np.testing.assert_allclose(model(y, start, H).forecast, 0.0, err_msg=model.__name__)
+    np.testing.assert_allclose(models.seasonal_naive(y, start, H), 0.0)
+
+
+# --- a single spike -------------------------------------------------------------------------------
+
+
+def test_single_spike_ses_starts_from_the_spike_average_and_decays():
+    y, start = rows(single_spike(t=200, at=100, size=100.0))
+    fit = models.ses(y, start, H)
+    first_level = 100.0 / 8  # the initial level is the mean of the first 8 weeks from the spike
+    assert 0.0 < fit.forecast[0, 0] < first_level
+    np.testing.assert_allclose(fit.forecast[0], fit.forecast[0, 0])  # flat
+    np.testing.assert_allclose(fit.level[0, :100], first_level)  # untouched before the first demand
+
+
+def test_single_spike_tsb_decays_below_croston():
+    # Croston only updates when demand occurs, so 99 empty weeks after the spike leave it where
+    # the spike put it; TSB lowers the demand probability every empty week.
+    y, start = rows(single_spike())
+    croston = models.croston_sba(y, start, H).forecast[0, 0]
+    tsb = models.tsb(y, start, H).forecast[0, 0]
+    assert croston > 0
+    assert tsb < 0.5 * croston
+
+
+def test_single_spike_recent_mean_and_seasonal_naive():
+    y, start = rows(single_spike(t=200, at=190, size=24.0))
+    np.testing.assert_allclose(models.recent_mean(y, start, H).forecast, 24.0 / 10)  # 10 weeks since start
+    naive = models.seasonal_naive(rows(single_spike(t=200, at=150, size=24.0))[0], start, H)[0]
+    assert naive[150 - (200 - 52)] == 24.0 and naive.sum() == 24.0
+
+
+# --- a series that stops ------------------------------------------------------------------------
+
+
+def test_stopped_series_level_models_drop_to_zero_while_croston_keeps_the_old_rate():
+    y, start = rows(stopped(t=200, stop=150, rate=10.0))
+    assert models.recent_mean(y, start, H).forecast[0, 0] == 0.0  # 50 empty weeks > 12-week window
+    assert models.ses(y, start, H).forecast[0, 0] < 0.5
+    assert models.tsb(y, start, H).forecast[0, 0] < 1.0
+    # Croston never sees the empty weeks as demand: size 10, interval 1 stay; the empty weeks'
+    # squared errors favour the largest alpha, whose SBA factor (1 - alpha/2) is the smallest.
+    np.testing.assert_allclose(models.croston_sba(y, start, H).forecast, (1 - models.CROSTON_ALPHAS.max() / 2) * 10.0)
+    naive = models.seasonal_naive(y, start, H)[0]
+    np.testing.assert_allclose(naive, [10, 10] + [0] * 10)  # weeks 148 and 149 last year still sold
+
+
+# --- forecast_batch ---------------------------------------------------------------------------------
+
+
+def test_forecast_batch_constant_series_exact_forecast_interval_and_accuracy():
+    y, _ = rows(constant(5.0), constant(20.0))
+    result = engine.forecast_batch(y, H)
+    assert result.status.tolist() == ["success", "success"]
+    assert result.demand_class.tolist() == ["smooth", "smooth"]
+    np.testing.assert_allclose(result.forecast, [[5.0] * H, [20.0] * H])
+    np.testing.assert_allclose(result.lower, result.forecast)  # no past error: a zero-width interval
+    np.testing.assert_allclose(result.upper, result.forecast)
+    np.testing.assert_allclose(result.accuracy, 1.0)
+    np.testing.assert_allclose(result.holdout_actual, [5.0 * H, 20.0 * H])
+    np.testing.assert_allclose(result.holdout_abs_error, 0.0)
+
+
+def test_forecast_batch_pure_seasonal_picks_seasonal_ses():
+    phases = (0, 13, 26, 39)
+    full = np.vstack([pure_seasonal(horizon=H, phase=p) for p in phases])
+    result = engine.forecast_batch(full[:, :T], H)
+    assert set(result.model) == {"seasonal_ses"}
+    errors = np.abs(result.forecast - full[:, T:]).mean(axis=1)
+    assert (errors < 1.0).all()  # the season's amplitude is 5
+    assert (result.accuracy > 0.85).all()
+
+
+def test_forecast_batch_all_zero_short_and_nan_rows():
+    short = np.zeros(T)
+    short[-5:] = 3.0  # 5 weeks since first demand: below MIN_HISTORY_WEEKS
+    young = np.zeros(T)
+    young[-20:] = 4.0  # 20 weeks: forecast, but as a short history
+    bad = constant(5.0)
+    bad[50] = np.nan
+    y = np.vstack([np.zeros(T), short, young, bad, constant(5.0)])
+    result = engine.forecast_batch(y, H)
+    assert result.status.tolist() == ["no_forecast", "no_forecast", "success", "error", "success"]
+    assert result.error[3] and "non-finite" in result.error[3]
+    assert [result.error[i] for i in (0, 1, 2, 4)] == [None] * 4
+    assert result.model[2] == "recent_mean" and result.demand_class[2] == "short"
+    np.testing.assert_allclose(result.forecast[2], 4.0)
+    for i in (0, 1, 3):
+        assert result.model[i] is None
+        np.testing.assert_allclose(result.forecast[i], 0.0)
+        np.testing.assert_allclose(result.upper[i], 0.0)
+    np.testing.assert_allclose(result.forecast[4], 5.0)  # the bad row does not spoil the others
+    assert result.history_weeks.tolist() == [0, 5, 20, 0, T]  # an error row is read as empty
+
+
+def test_forecast_batch_single_spike_and_stopped_series():
+    y = np.vstack([single_spike(t=T, at=100), stopped(t=T, stop=150)])
+    result = engine.forecast_batch(y, H)
+    assert result.status.tolist() == ["success", "success"]
+    assert result.demand_class[0] in ("intermittent", "lumpy")
+    assert result.forecast[0].sum() < 100.0 / 8 * H  # below the spike averaged over 8 weeks
+    assert result.forecast[1].sum() < 5.0  # a product that stopped 58 weeks ago sells ~nothing
+    assert (result.lower <= result.forecast).all() and (result.forecast <= result.upper).all()
+    assert (result.lower >= 0).all()
+
+
+def test_forecast_batch_intervals_cover_about_80_percent_of_noise():
+    rng = np.random.default_rng(3)
+    y = rng.poisson(20.0, size=(400, 300 + H)).astype(float)
+    result = engine.forecast_batch(y[:, :300], H)
+    future = y[:, 300:]
+    inside = (future >= result.lower) & (future <= result.upper)
+    assert 0.72 <= inside.mean() <= 0.88
+    assert abs(result.forecast.mean() - 20.0) < 0.5
+
+
+def test_forecast_batch_blocks_give_the_same_answer_as_one_pass(monkeypatch):
+    rng = np.random.default_rng(5)
+    y = np.vstack([rng.poisson(lam, T) for lam in (0.2, 1, 3, 8, 20, 0.5, 2)]).astype(float)
+    whole = engine.forecast_batch(y, H)
+    monkeypatch.setattr(engine, "BLOCK_ROWS", 3)
+    blocks = engine.forecast_batch(y, H)
+    for name in ("forecast", "lower", "upper", "accuracy", "holdout_abs_error"):
+        np.testing.assert_allclose(getattr(blocks, name), getattr(whole, name), err_msg=name)
+    assert blocks.model.tolist() == whole.model.tolist()
+    assert blocks.status.tolist() == whole.status.tolist()
