@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
@@ -152,20 +153,33 @@ def fetch_eligible_products(
     return frame.astype("int64")
 
 
-def _history_select(
-    window: HistoryWindow, source_query: str | None, only: Sequence[int] | None
-) -> tuple[sa.Subquery, sa.CTE, list[ColumnElement]]:
-    """Order lines of eligible products inside the weekly window (optionally only some ids)."""
+POSTGRES_WORK_MEM = "256MB"
+"""Sort memory for the grouped reads on PostgreSQL (the 4MB default spills millions of rows to disk)."""
+SMALL_IN_LIST = 500
+
+
+def _history_source(
+    conn: sa.Connection, window: HistoryWindow, source_query: str | None, product_ids: Sequence[int] | None
+) -> tuple[sa.Subquery, sa.FromClause, list[ColumnElement]]:
+    """Order lines inside the weekly window for ``product_ids`` (all eligible products if None).
+
+    On PostgreSQL the ids travel as one array parameter (``= ANY(:ids)``), so the eligibility
+    aggregate is not computed again; elsewhere the lines are joined to it.
+    """
     lines = order_lines(source_query)
-    eligible = _eligible_select(lines, window).cte("eligible")
-    conditions = [
-        lines.c.product_id == eligible.c.product_id,
+    conditions: list[ColumnElement] = [
         lines.c.ordered_at >= window.window_start_ts,
         lines.c.ordered_at < window.as_of_ts,
     ]
-    if only is not None:
-        conditions.append(lines.c.product_id.in_(sa.bindparam("ids", [int(i) for i in only], expanding=True)))
-    return lines, eligible, conditions
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'")
+        if product_ids is not None:
+            ids = sa.bindparam("ids", [int(i) for i in product_ids], type_=postgresql.ARRAY(sa.BigInteger))
+            return lines, lines, [*conditions, lines.c.product_id == sa.any_(ids)]
+    eligible = _eligible_select(lines, window).cte("eligible")
+    if product_ids is not None and len(product_ids) <= SMALL_IN_LIST:
+        conditions.append(lines.c.product_id.in_(sa.bindparam("ids", [int(i) for i in product_ids], expanding=True)))
+    return lines, lines.join(eligible, lines.c.product_id == eligible.c.product_id), conditions
 
 
 def fetch_weekly_history(
@@ -173,21 +187,22 @@ def fetch_weekly_history(
     window: HistoryWindow,
     product_ids: Sequence[int],
     source_query: str | None = None,
-    only: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Weekly quantities (len(product_ids) x window.weeks, oldest week first) for the given
-    eligible products, from one grouped query. ``only`` narrows the query to some products."""
-    lines, eligible, conditions = _history_select(window, source_query, only)
+    """Weekly quantities (len(product_ids) x window.weeks, oldest week first) of these eligible
+    products, from one grouped query."""
+    matrix = np.zeros((len(product_ids), window.weeks))
+    if not product_ids or window.weeks == 0:
+        return matrix
+    lines, source, conditions = _history_source(conn, window, source_query, product_ids)
     week = weeks_before(lines.c.ordered_at, sa.literal(window.as_of.isoformat(), sa.String))
     query = (
         sa.select(lines.c.product_id, week.label("week_back"), sa.func.sum(lines.c.quantity))
-        .select_from(lines.join(eligible, conditions[0]))
-        .where(*conditions[1:])
+        .select_from(source)
+        .where(*conditions)
         .group_by(lines.c.product_id, week)
     )
     data = _fetch_numeric(conn, query, 3)
-    matrix = np.zeros((len(product_ids), window.weeks))
-    if len(data) == 0 or window.weeks == 0:
+    if len(data) == 0:
         return matrix
     row_index = pd.Index(product_ids).get_indexer(data[:, 0].astype(np.int64))
     col_index = window.weeks - 1 - data[:, 1].astype(np.int64)
@@ -199,11 +214,15 @@ def fetch_weekly_history(
 def fetch_customer_activity(
     conn: sa.Connection,
     window: HistoryWindow,
+    product_ids: Sequence[int] | None = None,
     source_query: str | None = None,
-    only: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """Per (product, customer): distinct orders and the weeks since their first and last order."""
-    lines, eligible, conditions = _history_select(window, source_query, only)
+    """Per (product, customer): distinct orders and the weeks since their first and last order,
+    for these products (all eligible products if None)."""
+    columns = ["product_id", "customer_id", "orders", "first_week_back", "last_week_back"]
+    if product_ids is not None and not product_ids:
+        return pd.DataFrame(columns=columns, dtype="int64")
+    lines, source, conditions = _history_source(conn, window, source_query, product_ids)
     week = weeks_before(lines.c.ordered_at, sa.literal(window.as_of.isoformat(), sa.String))
     query = (
         sa.select(
@@ -213,11 +232,10 @@ def fetch_customer_activity(
             sa.func.max(week).label("first_week_back"),
             sa.func.min(week).label("last_week_back"),
         )
-        .select_from(lines.join(eligible, conditions[0]))
-        .where(*conditions[1:])
+        .select_from(source)
+        .where(*conditions)
         .group_by(lines.c.product_id, lines.c.customer_id)
     )
-    columns = ["product_id", "customer_id", "orders", "first_week_back", "last_week_back"]
     return pd.DataFrame(_fetch_numeric(conn, query, len(columns)), columns=columns).astype("int64")
 
 

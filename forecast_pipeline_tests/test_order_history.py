@@ -98,7 +98,7 @@ def test_customer_activity_counts_weeks_back(orders, any_db):
     orders.add(1, 10, AS_OF - 20 * DAY)
     orders.add(2, 10, AS_OF - 40 * DAY)
     with any_db.connect() as conn:
-        activity = order_history.fetch_customer_activity(conn, WINDOW)
+        activity = order_history.fetch_customer_activity(conn, WINDOW, [10])
     rows = {r.customer_id: r for r in activity.itertuples()}
     assert (rows[1].orders, rows[1].first_week_back, rows[1].last_week_back) == (2, 2, 0)
     assert (rows[2].orders, rows[2].first_week_back, rows[2].last_week_back) == (1, 5, 5)
