@@ -1,4 +1,4 @@
-"""``forecast-pipeline``: set up the database, make demo data, check the config, show results.
+"""forecast-pipeline: set up the database, make demo data, check the config, show results.
 
 The forecasts themselves run through Dagster (``dagster asset materialize``, the UI or the
 schedule); this command covers everything around them.
@@ -15,13 +15,19 @@ import time
 import sqlalchemy as sa
 
 from forecast_pipeline import demo_data, forecast_cache, order_history, source_schema
+from forecast_pipeline.alerts.cli import ALERT_COMMANDS, add_alert_commands
+from forecast_pipeline.reports.cli import REPORT_COMMANDS, add_report_commands
 from forecast_pipeline.settings import ConfigError, Settings, load_settings, redact_url
 
 
 def _engine(settings: Settings) -> sa.Engine:
+    return _engine_for(settings.database_url)
+
+
+def _engine_for(url: str) -> sa.Engine:
     from forecast_pipeline.resources import make_engine
 
-    return make_engine(settings.database_url)
+    return make_engine(url)
 
 
 def _redis(settings: Settings):
@@ -31,9 +37,16 @@ def _redis(settings: Settings):
 
 
 def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
+    from forecast_pipeline.app_db import create_app_schema
+
     engine = _engine(settings)
     source_schema.create_schema(engine)
     print(f"Tables {', '.join(source_schema.SOURCE_TABLES)} are ready in {redact_url(settings.database_url)}")
+    create_app_schema(_engine_for(settings.app_database_url))
+    print(
+        f"Application tables (job queue, predictions, alerts, reports) are ready in "
+        f"{redact_url(settings.app_database_url)}"
+    )
     return 0
 
 
@@ -95,29 +108,94 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _fail(message: str) -> int:
+    print(f"forecast-pipeline: {message}", file=sys.stderr)
+    return 1
+
+
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    """A run's metadata and one of its forecasts: the last run's, or an as-of date's from its
+    per-date keys (``forecast:{id}`` only ever holds the newest)."""
+    if args.as_of:
+        try:
+            dt.date.fromisoformat(args.as_of)
+        except ValueError:
+            return _fail(f"--as-of {args.as_of!r} is not a YYYY-MM-DD date")
     client = _redis(settings)
     prefix = settings.key_prefix
+    key = forecast_cache.metadata_key(prefix, args.as_of)
     metadata = forecast_cache.read_run_metadata(client, prefix, args.as_of)
     if metadata is None:
-        print(f"No run metadata in Redis ({forecast_cache.metadata_key(prefix, args.as_of)}): has a run finished?")
-        return 1
-    print(f"{forecast_cache.metadata_key(prefix, args.as_of)}:")
-    print(json.dumps(metadata, indent=2))
+        return _fail(f"no run metadata in Redis under {key}: has a run for that date finished?")
+    forecasts = forecast_cache.read_forecasts_for(client, prefix, metadata["as_of_date"])
     if args.product is not None:
         product_id = args.product
-    else:
-        forecasts = forecast_cache.read_forecasts_for(client, prefix, metadata["as_of_date"])
-        if not forecasts:
-            print("No forecasts cached for that as-of date.")
-            return 1
+    elif forecasts:
         product_id = max(forecasts, key=lambda p: forecasts[p]["summary"]["total_predicted_quantity"])
-    doc = forecast_cache.read_forecast(client, prefix, product_id)
+    else:
+        return _fail(f"no forecasts cached for as-of {metadata['as_of_date']}")
+    if args.as_of:
+        doc, doc_key = forecasts.get(product_id), f"{forecast_cache.history_key(prefix, args.as_of)} [{product_id}]"
+    else:
+        doc, doc_key = (
+            forecast_cache.read_forecast(client, prefix, product_id),
+            forecast_cache.forecast_key(prefix, product_id),
+        )
     if doc is None:
-        print(f"No forecast cached under {forecast_cache.forecast_key(prefix, product_id)}")
-        return 1
-    print(f"\n{forecast_cache.forecast_key(prefix, product_id)}:")
-    print(json.dumps(doc, indent=2) if args.json else _format_forecast(doc))
+        return _fail(f"no forecast cached under {doc_key}")
+    if args.json:
+        print(
+            json.dumps({"metadata_key": key, "metadata": metadata, "forecast_key": doc_key, "forecast": doc}, indent=2)
+        )
+    else:
+        print(f"{key}:\n{json.dumps(metadata, indent=2)}\n\n{doc_key}:\n{_format_forecast(doc)}")
+    return 0
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    """Enqueue a forecast job, or list recent ones (the application database's forecast_jobs)."""
+    from forecast_pipeline import job_queue
+    from forecast_pipeline.app_db import create_app_schema
+
+    engine = _engine_for(settings.app_database_url)
+    create_app_schema(engine)
+    if args.jobs_command == "enqueue":
+        if bool(args.as_of) == bool(args.date_from or args.date_to):
+            return _fail("give --as-of DATE, or --from DATE --to DATE")
+        try:
+            job_queue.parse_parameters(
+                {"as_of_date": args.as_of} if args.as_of else {"from": args.date_from, "to": args.date_to},
+                settings.history_start,
+                dt.date.today() + dt.timedelta(days=1),
+            )
+        except job_queue.BadJobParameters as exc:
+            return _fail(str(exc))
+        job_id = job_queue.enqueue(
+            engine,
+            as_of_date=args.as_of,
+            date_range=(args.date_from, args.date_to) if args.date_from else None,
+            product_ids=args.products,
+            priority=args.priority,
+            max_attempts=args.max_attempts,
+            concurrency_key=args.concurrency_key,
+        )
+        print(f"queued forecast job {job_id}")
+        return 0
+    from forecast_pipeline.jobs_schema import forecast_jobs
+
+    query = sa.select(forecast_jobs).order_by(forecast_jobs.c.id.desc()).limit(args.limit)
+    if args.status:
+        query = query.where(forecast_jobs.c.status == args.status)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    print(f"{'id':>6} {'status':<10} {'pri':>3} {'try':>5}  {'parameters':<48} {'rows':>7}  error")
+    for row in rows:
+        tries = f"{row.attempts}/{row.max_attempts}"
+        rows_written = "" if row.rows_written is None else row.rows_written
+        print(
+            f"{row.id:>6} {row.status:<10} {row.priority:>3} {tries:>5}  {json.dumps(row.parameters):<48} "
+            f"{rows_written:>7}  {(row.error or '')[:80]}"
+        )
     return 0
 
 
@@ -197,8 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="check the configuration, database, tables and Redis")
     show = sub.add_parser("show", help="print the last run's metadata and one cached forecast")
     show.add_argument("--product", type=int, help="product id (default: the largest forecast)")
-    show.add_argument("--as-of", help="a past as-of date's metadata instead of the last run")
-    show.add_argument("--json", action="store_true", help="print the cached JSON as is")
+    show.add_argument("--as-of", help="a past as-of date's metadata and forecast instead of the last run")
+    show.add_argument("--json", action="store_true", help="print one JSON document with both")
+    jobs = sub.add_parser("jobs", help="the forecast job queue: enqueue a job, list jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    enqueue = jobs_sub.add_parser("enqueue", help="queue a forecast of one as-of date or a range")
+    enqueue.add_argument("--as-of", help="YYYY-MM-DD")
+    enqueue.add_argument("--from", dest="date_from", help="first as-of date of a range")
+    enqueue.add_argument("--to", dest="date_to", help="last as-of date of a range")
+    enqueue.add_argument("--products", type=_id_list, help="comma list of product ids (default: all eligible)")
+    enqueue.add_argument("--priority", type=int, default=0, help="higher runs first")
+    enqueue.add_argument("--max-attempts", type=int, default=3)
+    enqueue.add_argument("--concurrency-key", help="jobs sharing it never run at once")
+    listing = jobs_sub.add_parser("list", help="recent jobs, newest first")
+    listing.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    listing.add_argument("--limit", type=int, default=20)
     bt = sub.add_parser("backtest", help="rolling-origin accuracy vs seasonal naive and Holt-Winters")
     bt.add_argument("--source", choices=("demo", "database"), default="demo", help="demo: generated in memory")
     bt.add_argument("--as-of", help="as-of date after the last test window, YYYY-MM-DD (default: today)")
@@ -210,7 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--hw-sample", type=int, default=200, help="products per origin fitted with Holt-Winters")
     bt.add_argument("--real-origins", type=int, default=12, help="origins on the real weekly series")
     bt.add_argument("--no-real", action="store_true", help="skip the real weekly series (statsmodels co2)")
+    add_alert_commands(sub)
+    add_report_commands(sub)
     return parser
+
+
+def _id_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of product ids") from exc
 
 
 COMMANDS = {
@@ -218,7 +318,10 @@ COMMANDS = {
     "demo-data": cmd_demo_data,
     "check": cmd_check,
     "show": cmd_show,
+    "jobs": cmd_jobs,
     "backtest": cmd_backtest,
+    **ALERT_COMMANDS,
+    **REPORT_COMMANDS,
 }
 
 

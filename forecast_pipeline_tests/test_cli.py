@@ -104,3 +104,52 @@ def test_check_reports_missing_tables_and_redis(tmp_path, pg):
     assert ok.returncode == 0
     checked = command([str(BIN / "forecast-pipeline"), "check"], tmp_path)
     assert checked.returncode == 0, checked.stdout
+
+
+def test_a_partition_range_runs_once_and_show_reads_each_date(demo_book, redis_client, tmp_path):
+    args = [str(BIN / "dagster"), "asset", "materialize", "-m", "forecast_pipeline", "--select", "*"]
+    done = command([*args, "--partition-range", "2025-11-09...2025-11-10"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    latest = command([str(BIN / "forecast-pipeline"), "show", "--json"], tmp_path)
+    assert latest.returncode == 0, latest.stderr
+    doc = json.loads(latest.stdout)  # one valid JSON document
+    assert doc["metadata"]["as_of_date"] == "2025-11-10" and doc["forecast"]["as_of_date"] == "2025-11-10"
+    product = doc["forecast"]["product_id"]
+    older = command(
+        [str(BIN / "forecast-pipeline"), "show", "--json", "--as-of", "2025-11-09", "--product", str(product)], tmp_path
+    )
+    assert older.returncode == 0, older.stderr
+    older_doc = json.loads(older.stdout)
+    assert older_doc["metadata"]["as_of_date"] == "2025-11-09"
+    assert older_doc["forecast"]["as_of_date"] == "2025-11-09"
+    assert older_doc["forecast"]["predictions"][0]["week_start"] == "2025-11-09"
+    bad = command([str(BIN / "forecast-pipeline"), "show", "--as-of", "yesterday"], tmp_path)
+    assert bad.returncode == 1 and "not a YYYY-MM-DD date" in bad.stderr and bad.stdout == ""
+
+
+def test_jobs_enqueue_and_list(pg, tmp_path):
+    with pg.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS forecast_job_audit, forecast_jobs"))
+    queued = command(
+        [
+            str(BIN / "forecast-pipeline"),
+            "jobs",
+            "enqueue",
+            "--from",
+            "2025-11-01",
+            "--to",
+            "2025-11-10",
+            "--products",
+            "4,5",
+            "--priority",
+            "7",
+        ],
+        tmp_path,
+    )
+    assert queued.returncode == 0, queued.stderr
+    assert queued.stdout.startswith("queued forecast job ")
+    listed = command([str(BIN / "forecast-pipeline"), "jobs", "list"], tmp_path)
+    assert '{"from": "2025-11-01", "to": "2025-11-10", "product_ids": [4, 5]}' in listed.stdout
+    assert " queued " in listed.stdout
+    refused = command([str(BIN / "forecast-pipeline"), "jobs", "enqueue", "--as-of", "2014-05-05"], tmp_path)
+    assert refused.returncode == 1 and "before the history start" in refused.stderr
