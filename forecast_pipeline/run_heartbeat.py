@@ -24,7 +24,7 @@ class RunHeartbeat(ConfigurableResource):
     _thread: threading.Thread | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        run = context.dagster_run
+        run = context.run
         tags = run.tags if run is not None else {}
         if job_queue.JOB_ID_TAG not in tags:
             return
