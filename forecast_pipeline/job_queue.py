@@ -20,8 +20,21 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from forecast_pipeline.jobs_schema import forecast_job_audit, forecast_jobs
+from forecast_pipeline.json_logging import JsonFormatter
 
-log = logging.getLogger("forecast_pipeline.jobs")
+
+def _jobs_logger() -> logging.Logger:
+    """JSON lines on stderr: the sensors run in the daemon, where no Dagster run captures logs."""
+    logger = logging.getLogger("forecast_pipeline.jobs")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    return logger
+
+
+log = _jobs_logger()
 
 JOB_ID_TAG = "forecast/job_id"
 ATTEMPT_TAG = "forecast/job_attempt"

@@ -360,3 +360,24 @@ def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book
         del os.environ["DAGSTER_HOME"]
     row = job_row(small_book, job_id)
     assert row.status == "succeeded" and row.attempts == 2 and row.rows_written == 60
+
+
+def test_each_transition_logs_one_json_line_with_the_legacy_fields(queue, caplog):
+    caplog.set_level("INFO", logger="forecast_pipeline.jobs")
+    job_id = job_queue.enqueue(queue, date_range=("2025-11-03", "2025-11-10"))
+    job_queue.claim_due_jobs(queue, limit=1)
+    job_queue.mark_succeeded(queue, job_id, "run-9", 96)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "forecast_pipeline.jobs"]
+    assert [line["message"] for line in lines] == ["Job claimed", "Job completed"]
+    done = lines[-1]
+    assert {k: done[k] for k in ("job_id", "job_type", "from", "to", "rows", "error")} == {
+        "job_id": job_id,
+        "job_type": "forecast",
+        "from": "2025-11-03",
+        "to": "2025-11-10",
+        "rows": 96,
+        "error": None,
+    }
+    assert done["duration"] >= 0
+    formatted = job_queue.log.handlers[0].format(caplog.records[-1])
+    assert json.loads(formatted)["job_id"] == job_id and json.loads(formatted)["level"] == "INFO"
