@@ -115,45 +115,61 @@ def redact_url(url: str) -> str:
         return url
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every variable; raise :class:`ConfigError` listing all bad ones."""
-    env = os.environ if environ is None else environ
-    errors: list[str] = []
+class EnvReader:
+    """Reads variables with their defaults and collects every problem, so that one error names
+    all the bad variables at once (used by the forecast, alert and report settings)."""
 
-    def raw(name: str) -> str:
-        value = env.get(name)
-        return DEFAULTS[name] if value is None or value.strip() == "" else value.strip()
+    def __init__(self, defaults: Mapping[str, str], environ: Mapping[str, str] | None = None):
+        self.env = os.environ if environ is None else environ
+        self.defaults = defaults
+        self.errors: list[str] = []
 
-    def integer(name: str, minimum: int, maximum: int | None = None) -> int:
-        text = raw(name)
+    def raw(self, name: str) -> str:
+        value = self.env.get(name)
+        return self.defaults[name] if value is None or value.strip() == "" else value.strip()
+
+    def integer(self, name: str, minimum: int, maximum: int | None = None) -> int:
+        text = self.raw(name)
         try:
             value = int(text)
         except ValueError:
-            errors.append(f"{name}={text!r} is not a whole number")
-            return int(DEFAULTS[name])
+            self.errors.append(f"{name}={text!r} is not a whole number")
+            return int(self.defaults[name])
         if value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-            errors.append(f"{name}={value} must be {bound}")
+            self.errors.append(f"{name}={value} must be {bound}")
         return value
 
-    def fraction(name: str) -> float:
-        text = raw(name)
+    def number(self, name: str, minimum: float, maximum: float, unit: str = "") -> float:
+        text = self.raw(name)
         try:
             value = float(text)
         except ValueError:
-            errors.append(f"{name}={text!r} is not a number")
-            return float(DEFAULTS[name])
-        if not 0.0 <= value <= 1.0:
-            errors.append(f"{name}={value} must be between 0 and 1")
+            self.errors.append(f"{name}={text!r} is not a number{' of' + unit if unit else ''}")
+            return float(self.defaults[name])
+        if not minimum <= value <= maximum:  # also rejects nan
+            self.errors.append(f"{name}={value} must be between {minimum:g} and {maximum:g}{unit}")
         return value
 
-    def date(name: str) -> dt.date:
-        text = raw(name)
+    def date(self, name: str) -> dt.date:
+        text = self.raw(name)
         try:
             return dt.date.fromisoformat(text)
         except ValueError:
-            errors.append(f"{name}={text!r} is not a date in YYYY-MM-DD form")
-            return dt.date.fromisoformat(DEFAULTS[name])
+            self.errors.append(f"{name}={text!r} is not a date in YYYY-MM-DD form")
+            return dt.date.fromisoformat(self.defaults[name])
+
+    def check(self, what: str = "configuration") -> None:
+        """Raise :class:`ConfigError` listing every problem found so far."""
+        if self.errors:
+            raise ConfigError(f"invalid {what}:\n  - " + "\n  - ".join(self.errors))
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every variable; raise :class:`ConfigError` listing all bad ones."""
+    env = os.environ if environ is None else environ
+    read = EnvReader(DEFAULTS, env)
+    errors, raw, integer, date = read.errors, read.raw, read.integer, read.date
 
     def database(name: str, text: str) -> str:
         url = normalize_database_url(text)
@@ -209,7 +225,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         min_orders=integer("FORECAST_MIN_ORDERS", 1),
         history_start=date("FORECAST_HISTORY_START"),
         forecast_weeks=integer("FORECAST_WEEKS", 1, 104),
-        max_failure_rate=fraction("FORECAST_MAX_FAILURE_RATE"),
+        max_failure_rate=read.number("FORECAST_MAX_FAILURE_RATE", 0.0, 1.0),
         schedule_cron=cron,
         schedule_timezone=timezone,
         executor=executor,
@@ -221,8 +237,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         job_heartbeat_seconds=integer("FORECAST_JOB_HEARTBEAT_SECONDS", 1, 600),
         job_launch_grace_seconds=integer("FORECAST_JOB_LAUNCH_GRACE_SECONDS", 10),
     )
-    if errors:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    read.check()
     return settings
 
 

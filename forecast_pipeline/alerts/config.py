@@ -8,12 +8,11 @@ names the variable. The webhook URL may carry credentials, so it is only ever sh
 from __future__ import annotations
 
 import functools
-import os
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from forecast_pipeline.settings import ConfigError, redact_url
+from forecast_pipeline.settings import EnvReader, redact_url
 
 ALERT_DEFAULTS: dict[str, str] = {
     "ALERT_FRESHNESS_SECONDS": "300",
@@ -45,34 +44,11 @@ class AlertSettings:
 
 def load_alert_settings(environ: Mapping[str, str] | None = None) -> AlertSettings:
     """Read and validate every ``ALERT_*`` variable; raise :class:`ConfigError` listing all bad ones."""
-    env = os.environ if environ is None else environ
-    errors: list[str] = []
-
-    def raw(name: str) -> str:
-        value = env.get(name)
-        return ALERT_DEFAULTS[name] if value is None or value.strip() == "" else value.strip()
-
-    def integer(name: str, minimum: int, maximum: int) -> int:
-        text = raw(name)
-        try:
-            value = int(text)
-        except ValueError:
-            errors.append(f"{name}={text!r} is not a whole number")
-            return int(ALERT_DEFAULTS[name])
-        if not minimum <= value <= maximum:
-            errors.append(f"{name}={value} must be between {minimum} and {maximum}")
-        return value
+    read = EnvReader(ALERT_DEFAULTS, environ)
+    errors, raw, integer = read.errors, read.raw, read.integer
 
     def seconds(name: str, minimum: float, maximum: float) -> float:
-        text = raw(name)
-        try:
-            value = float(text)
-        except ValueError:
-            errors.append(f"{name}={text!r} is not a number of seconds")
-            return float(ALERT_DEFAULTS[name])
-        if not minimum <= value <= maximum:  # also rejects nan
-            errors.append(f"{name}={value} must be between {minimum:g} and {maximum:g} seconds")
-        return value
+        return read.number(name, minimum, maximum, unit=" seconds")
 
     webhook_url = raw("ALERT_WEBHOOK_URL") or None
     if webhook_url is not None:
@@ -90,8 +66,7 @@ def load_alert_settings(environ: Mapping[str, str] | None = None) -> AlertSettin
         webhook_backoff_seconds=seconds("ALERT_WEBHOOK_BACKOFF_SECONDS", 0, 60),
         notify_batch=integer("ALERT_NOTIFY_BATCH", 1, 10_000),
     )
-    if errors:
-        raise ConfigError("invalid alert configuration:\n  - " + "\n  - ".join(errors))
+    read.check("alert configuration")
     return settings
 
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from forecast_pipeline.settings import PROJECT_ROOT, ConfigError
+from forecast_pipeline.settings import PROJECT_ROOT, EnvReader
 
 REPORT_DEFAULTS: dict[str, str] = {
     "REPORTS_DIR": str(PROJECT_ROOT / "reports"),
@@ -43,23 +43,8 @@ class ReportSettings:
 
 def load_report_settings(environ: Mapping[str, str] | None = None) -> ReportSettings:
     """Read and validate every report variable; raise :class:`ConfigError` listing all bad ones."""
-    env = os.environ if environ is None else environ
-    errors: list[str] = []
-
-    def raw(name: str) -> str:
-        value = env.get(name)
-        return REPORT_DEFAULTS[name] if value is None or value.strip() == "" else value.strip()
-
-    def integer(name: str, minimum: int, maximum: int) -> int:
-        text = raw(name)
-        try:
-            value = int(text)
-        except ValueError:
-            errors.append(f"{name}={text!r} is not a whole number")
-            return int(REPORT_DEFAULTS[name])
-        if not minimum <= value <= maximum:
-            errors.append(f"{name}={value} must be between {minimum} and {maximum}")
-        return value
+    read = EnvReader(REPORT_DEFAULTS, environ)
+    errors, raw, integer = read.errors, read.raw, read.integer
 
     reports_dir = Path(raw("REPORTS_DIR")).expanduser().resolve()
     if reports_dir.exists() and not reports_dir.is_dir():
@@ -76,8 +61,7 @@ def load_report_settings(environ: Mapping[str, str] | None = None) -> ReportSett
         tick_limit=integer("REPORT_TICK_LIMIT", 1, 10_000),
         launch_grace_seconds=integer("REPORT_LAUNCH_GRACE_SECONDS", 10, 86400),
     )
-    if errors:
-        raise ConfigError("invalid report configuration:\n  - " + "\n  - ".join(errors))
+    read.check("report configuration")
     return settings
 
 
