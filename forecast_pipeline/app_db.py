@@ -24,6 +24,9 @@ APP_SCHEMA_MODULES = (
 """Modules that define tables on ``app_metadata``; imported before creating the schema."""
 
 
+_schema_created_for: set[str] = set()
+
+
 class AppDatabase(ConfigurableResource):
     """Engine for the application tables."""
 
@@ -39,6 +42,18 @@ class AppDatabase(ConfigurableResource):
     @property
     def is_postgres(self) -> bool:
         return self.engine().dialect.name == "postgresql"
+
+    def locking_engine(self) -> sa.Engine | None:
+        """The engine with every application table in place (created once per process), or None
+        when the database is not PostgreSQL: the job queue and the schedule tick claim rows with
+        ``FOR UPDATE SKIP LOCKED``."""
+        if not self.is_postgres:
+            return None
+        engine = self.engine()
+        if self.url not in _schema_created_for:
+            create_app_schema(engine)
+            _schema_created_for.add(self.url)
+        return engine
 
     def redacted_url(self) -> str:
         return redact_url(normalize_database_url(self.url))

@@ -33,27 +33,12 @@ from dagster import (
 )
 
 from forecast_pipeline import job_queue
-from forecast_pipeline.app_db import AppDatabase, create_app_schema
+from forecast_pipeline.app_db import AppDatabase
 from forecast_pipeline.partitions import as_of_partitions
 from forecast_pipeline.schedules import daily_forecast_job
 from forecast_pipeline.settings import Settings, get_settings
 
 NEEDS_POSTGRES = "the forecast job queue needs PostgreSQL: set APP_DATABASE_URL (now {url})"
-
-
-_schema_created_for: set[str] = set()
-
-
-def _queue_engine(app_db: AppDatabase) -> sa.Engine | None:
-    """The queue's engine with its tables in place (created once per process), or None when the
-    database cannot host the queue."""
-    if not app_db.is_postgres:
-        return None
-    engine = app_db.engine()
-    if app_db.url not in _schema_created_for:
-        create_app_schema(engine)
-        _schema_created_for.add(app_db.url)
-    return engine
 
 
 def _today() -> dt.date:
@@ -84,7 +69,7 @@ def run_request_for(job: job_queue.ClaimedJob, request: job_queue.JobRequest) ->
     description="Claims due forecast_jobs (priority, then age; FOR UPDATE SKIP LOCKED) and launches a run per job.",
 )
 def forecast_job_queue(context: SensorEvaluationContext, app_db: AppDatabase):
-    engine = _queue_engine(app_db)
+    engine = app_db.locking_engine()
     if engine is None:
         return SkipReason(NEEDS_POSTGRES.format(url=app_db.redacted_url()))
     settings = get_settings()
@@ -168,7 +153,7 @@ def finish_job_for_run(
 
 
 def _close(context: RunStatusSensorContext, app_db: AppDatabase):
-    engine = _queue_engine(app_db)
+    engine = app_db.locking_engine()
     if engine is None or _job_tags(context.dagster_run) is None:
         return SkipReason("not a queued forecast job")
     status = finish_job_for_run(context.instance, engine, context.dagster_run)
@@ -274,7 +259,7 @@ def recover_stale_jobs(
     description="Requeues or fails running forecast jobs whose run is gone, silent or stuck (audit entry each).",
 )
 def forecast_job_recovery(context: SensorEvaluationContext, app_db: AppDatabase):
-    engine = _queue_engine(app_db)
+    engine = app_db.locking_engine()
     if engine is None:
         return SkipReason(NEEDS_POSTGRES.format(url=app_db.redacted_url()))
     counts = recover_stale_jobs(context.instance, engine, context.log)

@@ -30,7 +30,7 @@ from dagster import (
     sensor,
 )
 
-from forecast_pipeline.app_db import AppDatabase, create_app_schema
+from forecast_pipeline.app_db import AppDatabase
 from forecast_pipeline.reports.config import get_report_settings
 from forecast_pipeline.reports.jobs import (
     ACCOUNT_TAG,
@@ -46,20 +46,6 @@ from forecast_pipeline.reports.tick import DueRun, tick, unlaunched_runs
 NEEDS_POSTGRES = "report schedules need PostgreSQL: set APP_DATABASE_URL (now {url})"
 RUN_KEY_TAG = "dagster/run_key"
 GIVE_UP_SECONDS = 86400
-
-_schema_created_for: set[str] = set()
-
-
-def _engine(app_db: AppDatabase) -> sa.Engine | None:
-    """The app database with the report tables in place (created once per process), or None."""
-    if not app_db.is_postgres:
-        return None
-    engine = app_db.engine()
-    if app_db.url not in _schema_created_for:
-        create_app_schema(engine)
-        _schema_created_for.add(app_db.url)
-    return engine
-
 
 def run_request_for(due: DueRun) -> RunRequest:
     return RunRequest(
@@ -107,7 +93,7 @@ def recover_unlaunched(instance: DagsterInstance, engine: sa.Engine, grace_secon
     ),
 )
 def report_schedule_tick(context: SensorEvaluationContext, app_db: AppDatabase):
-    engine = _engine(app_db)
+    engine = app_db.locking_engine()
     if engine is None:
         return SkipReason(NEEDS_POSTGRES.format(url=app_db.redacted_url()))
     settings = get_report_settings()
@@ -128,7 +114,7 @@ def schedule_run_of(run: DagsterRun) -> int | None:
 
 
 def _close(context: RunStatusSensorContext, app_db: AppDatabase, reason: str):
-    engine = _engine(app_db)
+    engine = app_db.locking_engine()
     schedule_run_id = schedule_run_of(context.dagster_run)
     if engine is None or schedule_run_id is None:
         return SkipReason("not a scheduled report run")
