@@ -36,7 +36,7 @@ def _insert(conn: sa.Connection, table: sa.Table):
         return postgresql.insert(table)
     if conn.dialect.name == "sqlite":
         return sqlite.insert(table)
-    raise NotImplementedError(f"alert tables need PostgreSQL or SQLite, not {conn.dialect.name}")
+    raise ValueError(f"alert tables need PostgreSQL or SQLite (APP_DATABASE_URL), not {conn.dialect.name}")
 
 
 @dataclass(frozen=True)
