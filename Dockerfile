@@ -3,17 +3,19 @@
 #   docker run forecast-pipeline                      # code location gRPC server on :4000
 #   docker run forecast-pipeline dagster-webserver -h 0.0.0.0 -p 3000 -w workspace.yaml
 #   docker run forecast-pipeline dagster-daemon run -w workspace.yaml
+# Each needs DAGSTER_PG_* (Dagster's storage), DATABASE_URL, APP_DATABASE_URL and REDIS_URL.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    DAGSTER_HOME=/opt/dagster/home
+    DAGSTER_HOME=/opt/dagster/home \
+    REPORTS_DIR=/opt/dagster/reports
 
 WORKDIR /opt/dagster/app
 RUN groupadd --system dagster && useradd --system --gid dagster --home-dir /opt/dagster dagster \
-    && mkdir -p "$DAGSTER_HOME" && chown -R dagster:dagster /opt/dagster
+    && mkdir -p "$DAGSTER_HOME" "$REPORTS_DIR" && chown -R dagster:dagster /opt/dagster
 
 # every dependency at the version the tests ran with (requirements.lock: pip freeze of the test venv)
 COPY requirements.lock ./
@@ -23,8 +25,10 @@ COPY pyproject.toml README.md ./
 COPY forecast_pipeline ./forecast_pipeline
 RUN pip install --no-deps . && rm -rf /root/.cache
 
-COPY --chown=dagster:dagster workspace.yaml dagster.yaml ./
-COPY --chown=dagster:dagster dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+# the production instance: Dagster's storage in PostgreSQL from DAGSTER_PG_HOST/PORT/DB/USER/PASSWORD
+# (on Kubernetes the Helm chart mounts its own instance config over it)
+COPY --chown=dagster:dagster workspace.yaml ./
+COPY --chown=dagster:dagster deploy/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 USER dagster
 EXPOSE 4000 3000
 CMD ["dagster", "api", "grpc", "-h", "0.0.0.0", "-p", "4000", "-m", "forecast_pipeline.definitions"]
