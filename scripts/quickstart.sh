@@ -27,7 +27,7 @@ echo "==> generating demo order history up to $AS_OF"
 echo "==> checking configuration, database and Redis"
 .venv/bin/forecast-pipeline check
 
-echo "==> materializing eligible_products and product_forecasts for as-of $AS_OF"
+echo "==> materializing eligible_products, product_forecasts and forecast_predictions for as-of $AS_OF"
 .venv/bin/dagster asset materialize -m forecast_pipeline --select '*' --partition "$AS_OF"
 
 echo "==> the cached result"
