@@ -49,7 +49,9 @@ def test_first_demand_week_finds_first_positive_column_and_marks_all_zero_rows()
 # --- constant series: every model forecasts the constant -------------------------------------
 
 
-@pytest.mark.parametrize("model", [models.ses, models.holt_damped, models.seasonal_ses, models.tsb, models.recent_mean])
+@pytest.mark.parametrize(
+    "model", [models.ses, models.holt_damped, models.seasonal_ses, models.seasonal_holt, models.tsb, models.recent_mean]
+)
 def test_constant_series_is_forecast_exactly(model):
     y, start = rows(constant(5.0), constant(0.5))
     fit = model(y, start, H)
@@ -75,7 +77,14 @@ def test_seasonal_naive_and_indices_on_constant_series():
 
 def test_forecast_from_the_last_origin_is_the_forecast():
     y, start = rows(pure_seasonal(), stopped(t=T, stop=150))
-    for model in (models.ses, models.holt_damped, models.seasonal_ses, models.croston_sba, models.tsb):
+    for model in (
+        models.ses,
+        models.holt_damped,
+        models.seasonal_ses,
+        models.seasonal_holt,
+        models.croston_sba,
+        models.tsb,
+    ):
         fit = model(y, start, H)
         np.testing.assert_allclose(fit.forecast_from(T - 1, H, T), fit.forecast, err_msg=model.__name__)
 
@@ -116,12 +125,80 @@ def test_seasonal_ses_follows_the_season_where_flat_models_cannot():
     assert np.ptp(flat) == pytest.approx(0.0)
 
 
+def trending_seasonal(t: int = T, horizon: int = 0, phase: float = 0.0) -> np.ndarray:
+    """100 + 0.2 per week, times a +-5% season of exactly 52 weeks (CO2-like: trend >> season)."""
+    cols = np.arange(t + horizon)
+    return (100.0 + 0.2 * cols) * (1.0 + 0.05 * np.sin(2 * np.pi * (cols + phase) / models.SEASON_LENGTH))
+
+
+def test_decomposed_season_recovers_a_regular_season_under_a_trend_unshrunk():
+    y, start = rows(trending_seasonal())
+    season = models.decomposed_season(y, start)[0]
+    truth = 1.0 + 0.05 * np.sin(2 * np.pi * np.arange(models.SEASON_LENGTH) / models.SEASON_LENGTH)
+    assert season.mean() == pytest.approx(1.0)
+    assert np.corrcoef(season, truth)[0, 1] > 0.999
+    # years agree, so (almost) nothing is shrunk; only the 5-week smoothing flattens it ~1%
+    amplitude = np.ptp(season) / np.ptp(truth)
+    assert 0.95 < amplitude < 1.02
+    # the calendar-year ratios of seasonal_indices read part of the trend as season
+    assert np.abs(models.seasonal_indices(y, start)[0] - truth).max() > 2 * np.abs(season - truth).max()
+
+
+def test_decomposed_season_shrinks_noise_to_flat():
+    rng = np.random.default_rng(11)
+    y, start = rows(*rng.poisson(3.0, size=(20, T)))
+    season = models.decomposed_season(y, start)
+    # years that disagree keep (almost) no season; the fixed-shrink indices keep 80% of the noise
+    assert np.abs(season - 1).mean() < 0.5 * np.abs(models.seasonal_indices(y, start) - 1).mean()
+
+
+def test_decomposed_season_is_flat_without_two_full_years():
+    y, start = rows(trending_seasonal(t=100))
+    np.testing.assert_allclose(models.decomposed_season(y, start), 1.0)
+
+
+def test_seasonal_holt_beats_ses_and_seasonal_ses_on_a_trending_seasonal_series():
+    full = trending_seasonal(horizon=H, phase=9)
+    y, start = rows(full[:T])
+    future = full[T:]
+    fit = models.seasonal_holt(y, start, H)
+    error = np.abs(fit.forecast[0] - future).mean()
+    assert error < 0.5  # level ~141, season +-7
+    assert error < 0.2 * np.abs(models.ses(y, start, H).forecast[0] - future).mean()
+    assert error < 0.5 * np.abs(models.seasonal_ses(y, start, H).forecast[0] - future).mean()
+    assert np.ndim(fit.phi) == 1 and fit.phi.shape == (1,)
+
+
+def test_seasonal_holt_per_row_phi_replays_each_rows_own_forecast():
+    y, start = rows(trending_seasonal(), pure_seasonal(), constant(5.0))
+    both = models.seasonal_holt(y, start, H)
+    for i in range(3):
+        alone = models.seasonal_holt(y[i : i + 1], start[i : i + 1], H)
+        np.testing.assert_allclose(both.forecast[i], alone.forecast[0])
+        np.testing.assert_allclose(both.forecast_from(150, H, T)[i], alone.forecast_from(150, H, T)[0])
+
+
+def test_forecast_batch_trending_seasonal_picks_seasonal_holt():
+    full = np.vstack([trending_seasonal(horizon=H, phase=p) for p in (0, 13, 26, 39)])
+    result = engine.forecast_batch(full[:, :T], H)
+    assert set(result.model) == {"seasonal_holt"}
+    assert (np.abs(result.forecast - full[:, T:]).mean(axis=1) < 0.5).all()
+
+
 # --- all-zero series ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "model",
-    [models.ses, models.holt_damped, models.seasonal_ses, models.croston_sba, models.tsb, models.recent_mean],
+    [
+        models.ses,
+        models.holt_damped,
+        models.seasonal_ses,
+        models.seasonal_holt,
+        models.croston_sba,
+        models.tsb,
+        models.recent_mean,
+    ],
 )
 def test_all_zero_rows_give_finite_forecasts_and_leave_other_rows_alone(model):
     y, start = rows(np.zeros(T), constant(5.0))
@@ -198,11 +275,12 @@ def test_forecast_batch_constant_series_exact_forecast_interval_and_accuracy():
     np.testing.assert_allclose(result.holdout_abs_error, 0.0)
 
 
-def test_forecast_batch_pure_seasonal_picks_seasonal_ses():
+def test_forecast_batch_pure_seasonal_picks_a_seasonal_model():
     phases = (0, 13, 26, 39)
     full = np.vstack([pure_seasonal(horizon=H, phase=p) for p in phases])
     result = engine.forecast_batch(full[:, :T], H)
-    assert set(result.model) == {"seasonal_ses"}
+    # seasonal_holt: its indices are not shrunk when the years agree, seasonal_ses's lose 20%
+    assert set(result.model) == {"seasonal_holt"}
     errors = np.abs(result.forecast - full[:, T:]).mean(axis=1)
     assert (errors < 1.0).all()  # the season's amplitude is 5
     assert (result.accuracy > 0.85).all()

@@ -8,10 +8,18 @@ How a product's forecast is decided (the README repeats this for users):
    ``erratic``, ``intermittent`` or ``lumpy`` from ADI (1.32) and CV² (0.49); ``short`` below
    ``SHORT_HISTORY_WEEKS`` weeks.
 3. **Model.** Each class has candidates (smooth/erratic: SES, damped Holt; intermittent/lumpy:
-   SBA, TSB, SES; plus seasonal SES when two years and a holdout are available; short: recent
-   mean). Every candidate is fitted on the history minus the last ``horizon`` weeks and scored on
+   SBA, TSB, SES; plus, when two years and a holdout are available, seasonal SES for every class
+   and seasonal Holt for smooth/erratic; short: recent mean). Every candidate is fitted, on the
+   rows allowed to choose it, on the history minus the last ``horizon`` weeks and scored on
    those weeks; the product gets the candidate with the lowest holdout MAE, refitted on the full
-   history.
+   history. Seasonal SES deseasonalises with ``models.seasonal_indices`` (ratios to each
+   calendar year's mean, averaged over up to 3 years, smoothed over 5 weeks, shrunk 20% towards
+   1): a mild smoother that suits sparse series. Seasonal Holt (``models.seasonal_holt``) uses
+   ``models.decomposed_season`` (ratios to a centred 52-week moving average, so a trend is not
+   read as season, shrunk by how well the years agree) and damped-trend Holt with alpha, beta
+   and phi chosen per row by one-step SSE: it is for regular seasons under a trend. It is not
+   offered to intermittent/lumpy rows, where it only added selection noise (backtest MASE
+   1.094 -> 1.105 intermittent, 1.100 -> 1.113 lumpy).
 4. **Accuracy estimate** = 1 - WAPE of that holdout forecast (floored at 0).
 5. **Intervals.** The chosen model (refitted on the full history) is replayed from each of the
    last 52 origins; every 1..horizon-week error is divided by the larger of the forecast it
@@ -45,12 +53,14 @@ CANDIDATES = {
     "ses": models.ses,
     "holt_damped": models.holt_damped,
     "seasonal_ses": models.seasonal_ses,
+    "seasonal_holt": models.seasonal_holt,
     "croston_sba": models.croston_sba,
     "tsb": models.tsb,
 }
+SEASONAL_CANDIDATES = ("seasonal_ses", "seasonal_holt")
 CLASS_CANDIDATES = {
-    "smooth": ("ses", "holt_damped", "seasonal_ses"),
-    "erratic": ("ses", "holt_damped", "seasonal_ses"),
+    "smooth": ("ses", "holt_damped", "seasonal_ses", "seasonal_holt"),
+    "erratic": ("ses", "holt_damped", "seasonal_ses", "seasonal_holt"),
     "intermittent": ("croston_sba", "tsb", "ses", "seasonal_ses"),
     "lumpy": ("croston_sba", "tsb", "ses", "seasonal_ses"),
 }
@@ -148,16 +158,19 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     scores = {}
     holdout_fc = {}
     for name, fn in CANDIDATES.items():
-        fc = fn(y[:, :fit_cols], start, horizon).forecast[:, : holdout.shape[1]]
+        # Fit each candidate only on the rows allowed to choose it (the models are row-wise).
+        allowed = ~short & np.array([name in CLASS_CANDIDATES.get(c, ()) for c in demand_class], dtype=bool)
+        if name in SEASONAL_CANDIDATES:
+            allowed &= long_enough
+        fc = np.zeros_like(holdout)
+        if allowed.any():
+            fc[allowed] = fn(y[allowed, :fit_cols], start[allowed], horizon).forecast[:, : holdout.shape[1]]
         holdout_fc[name] = fc
-        scores[name] = np.abs(holdout - np.clip(fc, 0, None)).mean(axis=1)
+        scores[name] = np.where(allowed, np.abs(holdout - np.clip(fc, 0, None)).mean(axis=1), np.inf)
     best = np.full(n, "ses", dtype=object)
     best_score = np.full(n, np.inf)
     for name in CANDIDATES:
-        allowed = np.array([name in CLASS_CANDIDATES.get(c, ()) for c in demand_class])
-        if name == "seasonal_ses":
-            allowed &= long_enough
-        better = allowed & (scores[name] < best_score)
+        better = scores[name] < best_score
         best[better] = name
         best_score[better] = scores[name][better]
     model[~short] = best[~short]

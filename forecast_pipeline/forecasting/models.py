@@ -22,6 +22,10 @@ CROSTON_ALPHAS = np.array([0.05, 0.1, 0.2, 0.3])
 TSB_BETAS = np.array([0.02, 0.05, 0.1, 0.2])
 HOLT_BETA = 0.05
 HOLT_PHI = 0.9
+DECOMP_YEARS = 4
+SH_ALPHAS = np.array([0.05, 0.1, 0.2, 0.3, 0.5])
+SH_BETAS = np.array([0.05, 0.2])
+SH_PHIS = np.array([0.9, 0.98])
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,12 @@ class ModelFit:
     trend: np.ndarray
     season: np.ndarray | None
     forecast: np.ndarray
-    phi: float = 1.0
+    phi: float | np.ndarray = 1.0  # one damping factor, or one per row
 
     def forecast_from(self, origin: int, horizon: int, n_weeks: int) -> np.ndarray:
         """Forecasts made at column ``origin`` for the next ``horizon`` weeks, shape (n, horizon)."""
         steps = np.arange(1, horizon + 1)
-        damp = _damped_sums(self.phi, steps)
-        base = self.level[:, origin, None] + self.trend[:, origin, None] * damp[None, :]
+        base = self.level[:, origin, None] + self.trend[:, origin, None] * _damp_matrix(self.phi, steps)
         if self.season is None:
             return base
         positions = (origin + steps) % SEASON_LENGTH
@@ -56,6 +59,16 @@ def _damped_sums(phi: float, steps: np.ndarray) -> np.ndarray:
     if phi == 1.0:
         return steps.astype(float)
     return phi * (1 - phi**steps) / (1 - phi)
+
+
+def _damp_matrix(phi: float | np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Damped-trend multipliers, shape (1, h) for one ``phi`` or (n, h) for one per row."""
+    if np.ndim(phi) == 0:
+        return _damped_sums(float(phi), steps)[None, :]
+    phi = np.asarray(phi, dtype=float)[:, None]
+    undamped = phi == 1.0
+    safe = np.where(undamped, 0.5, phi)
+    return np.where(undamped, steps[None, :].astype(float), safe * (1 - safe ** steps[None, :]) / (1 - safe))
 
 
 def first_demand_week(y: np.ndarray) -> np.ndarray:
@@ -170,6 +183,112 @@ def seasonal_indices(y: np.ndarray, start: np.ndarray, max_years: int = 3) -> np
 def seasonal_ses(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
     """SES on the deseasonalised series, reseasonalised with :func:`seasonal_indices`."""
     return ses(y, start, horizon, season=seasonal_indices(y, start))
+
+
+def decomposed_season(y: np.ndarray, start: np.ndarray, max_years: int = DECOMP_YEARS) -> np.ndarray:
+    """Multiplicative season indices (n, 52) by classical decomposition, shrunk by evidence.
+
+    Each week is divided by the centred 2x52 moving average around it (which removes the trend
+    and the level, unlike a ratio to the calendar year's mean), over the last ``max_years`` years
+    whose moving average is defined (26 weeks each side, all since first demand). Each year's
+    ratios are smoothed over 5 weeks, then averaged per season position. The mean profile is
+    shrunk towards 1 by how well the years agree: with ``s2`` the squared spread of the mean
+    profile around its mean and ``v`` the variance of that mean estimated from the year-to-year
+    disagreement, the season keeps a share ``max(0, 1 - v / s2)`` (James-Stein). A regular season
+    keeps nearly all of its amplitude; noise (years that disagree) is shrunk to a flat 1.
+    """
+    n, t = y.shape
+    half = SEASON_LENGTH // 2
+    flat = np.ones((n, SEASON_LENGTH))
+    last = t - half - 1  # last column with a centred moving average
+    if last - half < 0:
+        return flat
+    cumsum = np.concatenate([np.zeros((n, 1)), np.cumsum(y, axis=1)], axis=1)
+    cols = np.arange(half, last + 1)
+    inner = cumsum[:, cols + half] - cumsum[:, cols - half + 1]  # y[c-25 .. c+25]
+    ma = (inner + 0.5 * (y[:, cols - half] + y[:, cols + half])) / SEASON_LENGTH
+    ratio = np.where(ma > 0, y[:, cols] / np.where(ma > 0, ma, 1.0), np.nan)
+    ratio = np.where(cols[None, :] - half >= start[:, None], ratio, np.nan)
+    years = []
+    for k in range(max_years):
+        hi = len(cols) - k * SEASON_LENGTH
+        lo = hi - SEASON_LENGTH
+        if lo < 0:
+            break
+        block = np.full((n, SEASON_LENGTH), np.nan)
+        block[:, cols[lo:hi] % SEASON_LENGTH] = ratio[:, lo:hi]
+        years.append(block)
+    if not years:
+        return flat
+    stack = np.stack(years)  # (years, n, 52)
+    # A year counts only when all its 52 ratios are defined; smooth it circularly over 5 weeks.
+    complete = np.isfinite(stack).all(axis=2)  # (years, n)
+    stack = np.where(complete[:, :, None], stack, 0.0)
+    padded = np.concatenate([stack[:, :, -2:], stack, stack[:, :, :2]], axis=2)
+    kernel = np.array([1, 2, 3, 2, 1], dtype=float) / 9.0
+    stack = sum(kernel[j] * padded[:, :, j : j + SEASON_LENGTH] for j in range(5))
+    count = complete.sum(axis=0)  # (n,)
+    mean = stack.sum(axis=0) / np.maximum(count, 1)[:, None]
+    dev = np.where(complete[:, :, None], stack - mean[None], 0.0)
+    within = (dev**2).sum(axis=0).mean(axis=1) / np.maximum(count - 1, 1)  # per-position variance
+    spread = ((mean - mean.mean(axis=1, keepdims=True)) ** 2).mean(axis=1)
+    keep = np.where(
+        (count >= 2) & (spread > 0),
+        np.clip(1 - within / np.maximum(count, 1) / np.where(spread > 0, spread, 1.0), 0, 1),
+        0.0,
+    )
+    centred = mean / np.where(mean.mean(axis=1, keepdims=True) > 0, mean.mean(axis=1, keepdims=True), 1.0)
+    season = np.clip(1.0 + keep[:, None] * (centred - 1.0), 0.05, None)
+    return season / season.mean(axis=1, keepdims=True)
+
+
+def seasonal_holt(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
+    """Damped-trend Holt on the series deseasonalised by :func:`decomposed_season`.
+
+    Alpha, beta and phi are chosen per series from a small grid by one-step SSE.
+    """
+    n, t = y.shape
+    season = decomposed_season(y, start)
+    z = y / season[:, np.arange(t) % SEASON_LENGTH]
+    grid = [g.ravel()[None, :] for g in np.meshgrid(SH_ALPHAS, SH_BETAS, SH_PHIS, indexing="ij")]
+    level0 = _initial_level(z, start)
+    # Choose the parameters without keeping paths, then rerun only the chosen ones with paths:
+    # (rows x grid x weeks) paths would be the bulk of the time and memory.
+    sse = _holt_pass(z, start, level0, *grid)[0]
+    best = _pick_best(sse)
+    alpha, beta, phi = (g[0, best][:, None] for g in grid)
+    _, lv, tr = _holt_pass(z, start, level0, alpha, beta, phi, paths=True)
+    phi = phi[:, 0]
+    fit = ModelFit(level=lv, trend=tr, season=season, forecast=np.empty((n, horizon)), phi=phi)
+    return ModelFit(level=lv, trend=tr, season=season, forecast=fit.forecast_from(t - 1, horizon, t), phi=phi)
+
+
+def _holt_pass(z, start, level0, alphas, betas, phis, paths: bool = False):
+    """One damped-trend Holt recursion per column of the parameter arrays (each (1 or n, g)).
+
+    Returns the one-step SSE (n, g) and, with ``paths``, the level and trend after every week
+    for g == 1 (n, t).
+    """
+    n, t = z.shape
+    g = alphas.shape[1]
+    level = np.repeat(level0[:, None], g, axis=1)
+    trend = np.zeros_like(level)
+    sse = np.zeros((n, g))
+    level_path = np.empty((n, t)) if paths else None
+    trend_path = np.empty((n, t)) if paths else None
+    gain_trend = betas * alphas
+    for col in range(t):
+        active = (col >= start)[:, None]
+        damped = phis * trend
+        predicted = level + damped
+        err = z[:, col, None] - predicted
+        sse += np.where(active, err * err, 0.0)
+        level = np.where(active, predicted + alphas * err, level)
+        trend = np.where(active, damped + gain_trend * err, trend)
+        if paths:
+            level_path[:, col] = level[:, 0]
+            trend_path[:, col] = trend[:, 0]
+    return sse, level_path, trend_path
 
 
 def croston_sba(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
