@@ -11,6 +11,7 @@ The queue lives in PostgreSQL (``APP_DATABASE_URL``); with any other database th
 """
 
 import datetime as dt
+import time
 
 import sqlalchemy as sa
 from dagster import (
@@ -202,15 +203,18 @@ def recover_stale_jobs(
     counts = {"finished_unnoticed": 0, "no_run": 0, "dead_process": 0, "timed_out": 0}
     retry = {"base_seconds": settings.job_retry_base_seconds, "max_seconds": settings.job_retry_max_seconds}
     for job in job_queue.running_jobs(engine):
-        runs = instance.get_runs(
+        records = instance.get_run_records(
             RunsFilter(tags={job_queue.JOB_ID_TAG: str(job.id), job_queue.ATTEMPT_TAG: str(job.attempts)}), limit=1
         )
-        run = runs[0] if runs else None
+        run = records[0].dagster_run if records else None
         reason = None
         if run is None:
             if job.claimed_seconds_ago > settings.job_launch_grace_seconds:
                 reason, rule = f"no Dagster run was launched within {settings.job_launch_grace_seconds}s", "no_run"
         elif run.is_finished:
+            ended = records[0].end_time
+            if ended is not None and time.time() - ended < settings.job_finished_grace_seconds:
+                continue  # the run status sensors close it; recovery is for what they missed
             if finish_job_for_run(instance, engine, run, settings):
                 counts["finished_unnoticed"] += 1
                 job_queue.write_audit(

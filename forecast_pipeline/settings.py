@@ -83,6 +83,7 @@ class Settings:
     job_timeout_seconds: int = 3600
     job_heartbeat_seconds: int = 15
     job_launch_grace_seconds: int = 300
+    job_finished_grace_seconds: int = 60  # after a run ends, its job is left to the run status sensors
 
     @property
     def job_stale_after_seconds(self) -> int:

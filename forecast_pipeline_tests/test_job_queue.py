@@ -381,3 +381,19 @@ def test_each_transition_logs_one_json_line_with_the_legacy_fields(queue, caplog
     assert done["duration"] >= 0
     formatted = job_queue.log.handlers[0].format(caplog.records[-1])
     assert json.loads(formatted)["job_id"] == job_id and json.loads(formatted)["level"] == "INFO"
+
+
+def test_recovery_closes_a_finished_run_the_status_sensors_missed_after_a_grace(small_book, redis_client):
+    job_id = job_queue.enqueue(small_book, as_of_date=AS_OF)
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_queue_sensor(instance, small_book).run_requests
+        assert _execute(request, small_book, instance).success
+        # just finished: left to forecast_job_succeeded
+        assert recover_stale_jobs(instance, small_book)["finished_unnoticed"] == 0
+        assert job_row(small_book, job_id).status == "running"
+        # the status sensor never came (daemon down): recovery closes it after the grace
+        missed = dataclasses.replace(load_settings({}), job_finished_grace_seconds=0)
+        assert recover_stale_jobs(instance, small_book, settings=missed)["finished_unnoticed"] == 1
+    row = job_row(small_book, job_id)
+    assert row.status == "succeeded" and row.rows_written == 60
+    assert [a.event for a in job_queue.audit_entries(small_book, job_id)][-2:] == ["succeeded", "recovered"]
