@@ -200,7 +200,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     timezone = raw("FORECAST_SCHEDULE_TIMEZONE")
     try:
         zoneinfo.ZoneInfo(timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # "Europe" is a directory: OSError
         errors.append(f"FORECAST_SCHEDULE_TIMEZONE={timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)")
     cron = raw("FORECAST_SCHEDULE_CRON")
     if not is_valid_cron_string(cron):

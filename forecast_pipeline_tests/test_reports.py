@@ -697,3 +697,16 @@ def test_cli_adds_plans_accounts_schedules_and_ticks(db, capsys):
     assert runs_of(db) == []
     code, out = run("tick")
     assert code == 0 and "1 slot(s) recorded" in out and len(runs_of(db)) == 1
+
+
+def test_a_time_zone_that_names_a_folder_is_malformed_not_a_crash(db):
+    """``ZoneInfo("Europe")`` raises IsADirectoryError (an OSError): it used to abort every tick."""
+    account = add_account(db)
+    slot = now() - dt.timedelta(minutes=5)
+    region = add_schedule(db, account, slot, "daily", "Europe", name="region")
+    good = add_schedule(db, account, slot, "daily", "Europe/Berlin", name="good")
+    result = tick(db)
+    assert [m.schedule_id for m in result.malformed] == [region]
+    assert [d.schedule_id for d in result.recorded] == [good]
+    assert "'Europe' is not an IANA time zone" in schedule(db, region).last_error
+    assert schedule(db, good).next_run_at > slot

@@ -42,7 +42,7 @@ def load_timezone(name: object) -> zoneinfo.ZoneInfo:
         raise ScheduleDefinitionError(f"time zone {name!r} is not an IANA time zone name (e.g. Europe/Berlin)")
     try:
         return zoneinfo.ZoneInfo(name.strip())
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "Europe" is a directory: OSError
         raise ScheduleDefinitionError(f"time zone {name!r} is not an IANA time zone name (e.g. Europe/Berlin)") from exc
 
 

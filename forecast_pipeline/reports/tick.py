@@ -123,7 +123,14 @@ def tick(
         transaction = conn.begin()
         try:
             for row in conn.execute(due).all():
-                _process(conn, row, now, result, logger)
+                # a savepoint per schedule: one row's unexpected error never undoes the others
+                savepoint = conn.begin_nested()
+                try:
+                    _process(conn, row, now, result, logger)
+                    savepoint.commit()
+                except Exception as exc:  # noqa: BLE001 - logged; the row stays due and is retried next tick
+                    savepoint.rollback()
+                    logger.error(f"report schedule {row.id} ({row.name!r}) failed in the tick and was skipped: {exc!r}")
         except BaseException:
             transaction.rollback()
             raise
