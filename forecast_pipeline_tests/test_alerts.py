@@ -162,6 +162,8 @@ class Webhook:
         self.received: list[dict] = []
         self.attempts = 0
         self.slow_seconds = 1.0
+        self.reject_ids: set[str] = set()
+        self.gets = 0
         hook = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -174,6 +176,15 @@ class Webhook:
                     self.send_response(503 if hook.mode == "down" else 404)
                     self.end_headers()
                     return
+                if hook.mode == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", hook.url)
+                    self.end_headers()
+                    return
+                if self.headers["X-Alert-Notification-Id"] in hook.reject_ids:
+                    self.send_response(400)
+                    self.end_headers()
+                    return
                 hook.received.append(
                     {
                         "body": json.loads(body),
@@ -182,6 +193,11 @@ class Webhook:
                     }
                 )
                 self.send_response(204)
+                self.end_headers()
+
+            def do_GET(self):  # noqa: N802 - a followed redirect would arrive here, body-less
+                hook.gets += 1
+                self.send_response(200)
                 self.end_headers()
 
             def log_message(self, *args):
@@ -540,9 +556,13 @@ def test_the_webhook_down_and_back_loses_no_event(world, webhook):
     second = run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=30))
     assert second.stats.resolved == 1 and second.stats.notifications_pending == 2
     assert webhook.received == []
-    # back up: both are delivered, in order, once
+    # back up at +60 s: the trigger, tried at +0 and +30 s, waits 60 s (backoff) and the
+    # resolution waits behind it
     webhook.mode = "ok"
-    third = run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=60))
+    waiting = run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=60))
+    assert (waiting.stats.notifications_sent, waiting.stats.notifications_pending) == (0, 2)
+    # once the wait is over both are delivered, in order, once
+    third = run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=90))
     assert (third.stats.notifications_sent, third.stats.notifications_pending) == (2, 0)
     assert [r["body"]["type"] for r in webhook.received] == ["alert.triggered", "alert.resolved"]
     triggered, resolved = (r["body"]["event"] for r in webhook.received)
@@ -551,7 +571,7 @@ def test_the_webhook_down_and_back_loses_no_event(world, webhook):
     assert resolved["is_resolved"] is True and resolved["resolution_value"] == 80.0
     assert [int(r["id"]) for r in webhook.received] == [n.id for n in world.notifications()]
     assert all(n.sent_at is not None for n in world.notifications())
-    run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=90))
+    run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=120))
     assert len(webhook.received) == 2  # nothing sent twice
 
 
@@ -787,3 +807,37 @@ def test_cli_evaluate_exits_1_when_an_alert_errors(world, capsys, monkeypatch):
 def test_nan_is_never_a_reading_value():
     with pytest.raises(AlertEvaluationError):
         evaluate.to_number(math.inf, "value")
+
+
+def test_a_redirect_is_not_followed_and_the_notification_is_set_aside(world, webhook):
+    """urllib would follow a 302 with a body-less GET and report success: the event would be lost."""
+    tank = world.device("tank")
+    world.alert(tank, "temp", ">", 82.0)
+    world.reading(tank, "temp", 99.0, at=NOW)
+    webhook.mode = "redirect"
+    result = run_evaluation(world.engine, settings(ALERT_WEBHOOK_URL=webhook.url), now=NOW)
+    assert result.stats.notifications_failed == 1 and result.stats.notifications_sent == 0
+    assert webhook.gets == 0 and webhook.received == []
+    [n] = world.notifications()
+    assert n.sent_at is None and n.rejected_at is not None and "302" in n.last_error
+
+
+def test_a_rejected_notification_does_not_hold_back_the_next(world, webhook):
+    tank = world.device("tank")
+    first = world.alert(tank, "temp", ">", 82.0, name="warm")
+    world.alert(tank, "temp", ">", 90.0, name="hot")
+    world.reading(tank, "temp", 99.0, at=NOW)
+    webhook.reject_ids = {"1"}  # fresh tables: the first notification queued gets id 1
+    result = run_evaluation(world.engine, settings(ALERT_WEBHOOK_URL=webhook.url), now=NOW)
+    assert (result.stats.notifications_sent, result.stats.notifications_failed) == (1, 1)
+    assert result.stats.notifications_pending == 0
+    rejected, sent = world.notifications()
+    assert rejected.id == 1 and rejected.rejected_at is not None and "HTTP 400" in rejected.last_error
+    assert sent.sent_at is not None and webhook.received[0]["body"]["event"]["alert_id"] != first
+
+
+def test_post_json_never_retries_past_the_deadline(webhook):
+    webhook.mode = "down"
+    with pytest.raises(notify.WebhookError) as info:
+        notify.post_json(webhook.url, {}, timeout=1.0, retries=5, backoff=0.0, deadline=time.monotonic() + 0.5)
+    assert webhook.attempts == 1 and "after 1 attempt(s)" in str(info.value)

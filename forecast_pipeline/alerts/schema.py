@@ -102,6 +102,8 @@ alert_notifications = sa.Table(
     sa.Column("last_attempt_at", sa.DateTime(timezone=True)),
     sa.Column("last_error", sa.Text),
     sa.Column("sent_at", sa.DateTime(timezone=True)),
+    # the webhook rejected it (3xx/4xx): kept for inspection, no longer sent, no longer blocking
+    sa.Column("rejected_at", sa.DateTime(timezone=True)),
     sa.UniqueConstraint("event_id", "kind", name="uq_alert_notifications_event_kind"),
     sa.Index(
         "ix_alert_notifications_pending",

@@ -88,7 +88,7 @@ def run_evaluation(
         elif decision.action == evaluate.SKIP:
             emit("debug", outcome.line())
     if not dry_run and settings.notifications_enabled:
-        delivered = notify.deliver_pending(engine, settings, sleep=sleep, log=lambda m: emit("warning", m))
+        delivered = notify.deliver_pending(engine, settings, sleep=sleep, log=lambda m: emit("warning", m), now=now)
         stats.notifications_sent = delivered.sent
         stats.notifications_failed = delivered.failed
         stats.notifications_pending = delivered.pending
