@@ -11,8 +11,10 @@ How a product's forecast is decided (the README repeats this for users):
    SBA, TSB, SES; plus, when two years and a holdout are available, seasonal SES for every class
    and seasonal Holt for smooth/erratic; short: recent mean). Every candidate is fitted, on the
    rows allowed to choose it, on the history minus the last ``horizon`` weeks and scored on
-   those weeks; the product gets the candidate with the lowest holdout MAE, refitted on the full
-   history. Seasonal SES deseasonalises with ``models.seasonal_indices`` (ratios to each
+   those weeks, and, where the product has the history for all its candidates, also on the
+   ``horizon`` weeks before them (``SELECTION_WINDOWS``); the product gets the candidate with the
+   lowest mean holdout MAE, refitted on the full history. A single window let a lucky flat
+   forecast beat the right model (co2: MASE 2.92 with one window, 1.37 with two). Seasonal SES deseasonalises with ``models.seasonal_indices`` (ratios to each
    calendar year's mean, averaged over up to 3 years, smoothed over 5 weeks, shrunk 20% towards
    1): a mild smoother that suits sparse series. Seasonal Holt (``models.seasonal_holt``) uses
    ``models.decomposed_season`` (ratios to a centred 52-week moving average, so a trend is not
@@ -43,6 +45,7 @@ SHORT_HISTORY_WEEKS = 26
 SHORT_HOLDOUT_WEEKS = 4
 SEASONAL_MIN_WEEKS = 2 * models.SEASON_LENGTH
 INTERVAL_ORIGINS = 52
+SELECTION_WINDOWS = 2
 BLOCK_ROWS = 5000
 INTERVAL_QUANTILES = (0.10, 0.90)
 RELATIVE_FLOOR = 1.0
@@ -152,9 +155,15 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     lower = np.zeros((n, horizon))
     upper = np.zeros((n, horizon))
 
-    # Holdout: fit every candidate on history minus `horizon` weeks and score the last weeks.
+    # Holdout: fit every candidate on history minus `horizon` weeks and score the last weeks; where
+    # a row has the history, also on the `horizon` weeks before those, and average the two scores
+    # (one 12-week window alone lets a lucky flat forecast beat the right model).
     fit_cols = max(t - horizon, 1)
     holdout = y[:, fit_cols:]
+    earlier_fit = max(t - SELECTION_WINDOWS * horizon, 1)
+    earlier = y[:, earlier_fit:fit_cols]
+    needed = np.where(long_enough, SEASONAL_MIN_WEEKS, SHORT_HISTORY_WEEKS) + SELECTION_WINDOWS * horizon
+    two_windows = (history_weeks >= needed) & (earlier.shape[1] == horizon)
     scores = {}
     holdout_fc = {}
     for name, fn in CANDIDATES.items():
@@ -166,7 +175,12 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         if allowed.any():
             fc[allowed] = fn(y[allowed, :fit_cols], start[allowed], horizon).forecast[:, : holdout.shape[1]]
         holdout_fc[name] = fc
-        scores[name] = np.where(allowed, np.abs(holdout - np.clip(fc, 0, None)).mean(axis=1), np.inf)
+        score = np.abs(holdout - np.clip(fc, 0, None)).mean(axis=1)
+        both = allowed & two_windows
+        if both.any():
+            back = fn(y[both, :earlier_fit], start[both], horizon).forecast[:, : earlier.shape[1]]
+            score[both] = (score[both] + np.abs(earlier[both] - np.clip(back, 0, None)).mean(axis=1)) / 2
+        scores[name] = np.where(allowed, score, np.inf)
     best = np.full(n, "ses", dtype=object)
     best_score = np.full(n, np.inf)
     for name in CANDIDATES:
