@@ -14,9 +14,10 @@ How a product's forecast is decided (the README repeats this for users):
    those weeks, and, where the product has the history for all its candidates, also on the
    ``horizon`` weeks before them (``SELECTION_WINDOWS``); the product gets the candidate with the
    lowest mean holdout MAE, refitted on the full history. A single window let a lucky flat
-   forecast beat the right model (co2: MASE 2.92 with one window, 1.37 with two). Seasonal SES
-   deseasonalises with ``models.seasonal_indices`` (ratios to each calendar year's mean, averaged over up to 3 years, smoothed over 5 weeks, shrunk 20% towards
-   1): a mild smoother that suits sparse series. Seasonal Holt (``models.seasonal_holt``) uses
+   forecast beat the right model (co2: MASE 2.92 with one window, 1.37 with two).
+   Seasonal SES deseasonalises with ``models.seasonal_indices`` (ratios to each calendar year's
+   mean, averaged over up to 3 years, smoothed over 5 weeks, shrunk 20% towards 1): a mild
+   smoother that suits sparse series. Seasonal Holt (``models.seasonal_holt``) uses
    ``models.decomposed_season`` (ratios to a centred 52-week moving average, so a trend is not
    read as season, shrunk by how well the years agree) and damped-trend Holt with alpha, beta
    and phi chosen per row by one-step SSE: it is for regular seasons under a trend. It is not
