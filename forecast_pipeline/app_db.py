@@ -64,7 +64,13 @@ class AppDatabase(ConfigurableResource):
 
 
 def create_app_schema(engine: sa.Engine) -> None:
-    """Create every application table that is missing (safe to repeat)."""
+    """Create every application table and index that is missing (safe to repeat).
+
+    Indexes are checked one by one too: a table that already existed (e.g. a legacy
+    ``alert_events``) still gets the unique indexes the code relies on."""
     for module in APP_SCHEMA_MODULES:
         importlib.import_module(module)
     app_metadata.create_all(engine, checkfirst=True)
+    for table in app_metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(engine, checkfirst=True)

@@ -841,3 +841,15 @@ def test_post_json_never_retries_past_the_deadline(webhook):
     with pytest.raises(notify.WebhookError) as info:
         notify.post_json(webhook.url, {}, timeout=1.0, retries=5, backoff=0.0, deadline=time.monotonic() + 0.5)
     assert webhook.attempts == 1 and "after 1 attempt(s)" in str(info.value)
+
+
+def test_init_adds_the_one_open_event_index_to_an_existing_table(db):
+    """A pre-existing (legacy) alert_events table without the partial unique index gets it."""
+    with db.begin() as conn:
+        conn.execute(sa.text("DROP INDEX uq_alert_events_open"))
+    assert "uq_alert_events_open" not in {i["name"] for i in sa.inspect(db).get_indexes("alert_events")}
+    from forecast_pipeline.app_db import create_app_schema
+
+    create_app_schema(db)
+    create_app_schema(db)  # still safe to repeat
+    assert "uq_alert_events_open" in {i["name"] for i in sa.inspect(db).get_indexes("alert_events")}

@@ -130,7 +130,15 @@ def _start(engine: sa.Engine, schedule_run_id: int, run_id: str | None, now: dt.
                 "error": note,
             },
             ["schedule_run_id"],
-            {"status": status, "finished_at": finished, "error": note, "output_location": None, "csv_location": None},
+            # a re-run counts in the month it runs in, like a first run (created_at moves with it)
+            {
+                "status": status,
+                "created_at": now,
+                "finished_at": finished,
+                "error": note,
+                "output_location": None,
+                "csv_location": None,
+            },
         )
         conn.execute(
             schedule_runs.update()
