@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from forecast_pipeline import demo_data, forecast_cache, order_history, source_schema
 from forecast_pipeline.alerts.cli import ALERT_COMMANDS, add_alert_commands
+from forecast_pipeline.jobs_schema import JOB_STATUSES
 from forecast_pipeline.reports.cli import REPORT_COMMANDS, add_report_commands
 from forecast_pipeline.settings import ConfigError, Settings, load_settings, redact_url
 
@@ -288,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--max-attempts", type=int, default=3)
     enqueue.add_argument("--concurrency-key", help="jobs sharing it never run at once")
     listing = jobs_sub.add_parser("list", help="recent jobs, newest first")
-    listing.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    listing.add_argument("--status", choices=JOB_STATUSES)
     listing.add_argument("--limit", type=int, default=20)
     bt = sub.add_parser("backtest", help="rolling-origin accuracy vs seasonal naive and Holt-Winters")
     bt.add_argument("--source", choices=("demo", "database"), default="demo", help="demo: generated in memory")

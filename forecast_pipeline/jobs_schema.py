@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from forecast_pipeline.app_db import app_metadata
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-JOB_TYPES = ("forecast",)
 
 forecast_jobs = sa.Table(
     "forecast_jobs",

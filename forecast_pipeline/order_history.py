@@ -25,8 +25,6 @@ from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
 from forecast_pipeline import source_schema
 
-ORDER_LINE_COLUMNS = ("order_id", "customer_id", "product_id", "ordered_at", "quantity")
-
 
 class weeks_before(FunctionElement):
     """Whole 7-day weeks between a timestamp's date and the as-of date: 0 for the 7 days just

@@ -19,7 +19,6 @@ FAILURE_RATE = "failure_rate"
 ELAPSED_SECONDS = "elapsed_seconds"
 NO_FORECAST_RATE = "no_forecast_rate"
 LAST_RUN_AGE = "last_run_age_seconds"
-HEALTH_METRICS = (FAILURE_RATE, ELAPSED_SECONDS, NO_FORECAST_RATE, LAST_RUN_AGE)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from forecast_pipeline.app_db import app_metadata
 
 RUN_STATUSES = ("queued", "running", "succeeded", "skipped_limit", "failed")
 GENERATION_STATUSES = ("running", "succeeded", "skipped_limit", "failed")
-FINAL_STATUSES = ("succeeded", "skipped_limit", "failed")
 
 _ID = sa.BigInteger().with_variant(sa.Integer, "sqlite")
 
