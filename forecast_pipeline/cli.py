@@ -300,7 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--origins", type=int, default=4, help="rolling origins")
     bt.add_argument("--step", type=int, default=12, help="weeks between origins")
     bt.add_argument("--hw-sample", type=int, default=200, help="products per origin fitted with Holt-Winters")
-    bt.add_argument("--real-origins", type=int, default=12, help="origins on the real weekly series")
+    bt.add_argument(
+        "--real-origins",
+        type=int,
+        default=48,
+        help="origins on the real weekly series (one series: 48 origins, ~11 years, for a stable mean)",
+    )
     bt.add_argument("--no-real", action="store_true", help="skip the real weekly series (statsmodels co2)")
     add_alert_commands(sub)
     add_report_commands(sub)

@@ -339,3 +339,47 @@ def test_forecast_batch_blocks_give_the_same_answer_as_one_pass(monkeypatch):
         np.testing.assert_allclose(getattr(blocks, name), getattr(whole, name), err_msg=name)
     assert blocks.model.tolist() == whole.model.tolist()
     assert blocks.status.tolist() == whole.status.tolist()
+
+
+def test_intervals_of_zero_inflated_demand_are_zero_to_the_80th_percentile(monkeypatch):
+    # Half the weeks sell nothing: the 10th percentile is zero, so a [10th, 90th] interval would
+    # cover every zero week plus 90% of the rest (~85% here); [0, 80th] is the 80% interval.
+    rng = np.random.default_rng(11)
+    y = ((rng.random((400, 300 + H)) < 0.5) * rng.poisson(20.0, (400, 300 + H))).astype(float)
+    future = y[:, 300:]
+
+    def coverage() -> tuple[float, float]:
+        result = engine.forecast_batch(y[:, :300], H)
+        assert set(result.demand_class) == {"intermittent"}
+        inside = (future >= result.lower) & (future <= result.upper)
+        return inside.mean(), (result.lower == 0).mean()
+
+    covered, zero_lower = coverage()
+    assert 0.72 <= covered <= 0.82
+    assert zero_lower > 0.9
+    monkeypatch.setattr(engine, "UPPER_FROM_ZERO_QUANTILE", 0.90)  # the central interval
+    assert coverage()[0] > covered + 0.05
+
+
+def test_seasonal_intervals_come_from_a_season_estimated_out_of_sample(monkeypatch):
+    # Trend x season with autocorrelated noise, six years: the replayed errors of a season
+    # estimated on the same weeks are too small; estimated on earlier weeks they are honest.
+    rng = np.random.default_rng(11)
+    n, t = 300, 6 * models.SEASON_LENGTH
+    cols = np.arange(t + H)
+    shocks = rng.normal(0.0, 1.0, (n, t + H))
+    noise = np.zeros_like(shocks)
+    for c in range(1, t + H):
+        noise[:, c] = 0.7 * noise[:, c - 1] + shocks[:, c]
+    y = (50 + 0.05 * cols) * (1 + 0.3 * np.sin(2 * np.pi * cols / models.SEASON_LENGTH)) + 3 * noise
+    future = y[:, t:]
+
+    def coverage() -> float:
+        result = engine.forecast_batch(y[:, :t], H)
+        assert (np.isin(result.model, engine.SEASONAL_CANDIDATES)).mean() > 0.5
+        return ((future >= result.lower) & (future <= result.upper)).mean()
+
+    out_of_sample = coverage()
+    assert 0.72 <= out_of_sample <= 0.88
+    monkeypatch.setattr(engine, "SEASON_PREFIX_WEEKS", 10**6)  # never: the season of the full history
+    assert coverage() < out_of_sample - 0.03

@@ -29,7 +29,11 @@ How a product's forecast is decided (the README repeats this for users):
    belongs to and the series' mean weekly demand since first demand. The 10th and 90th
    percentiles of those relative errors, times the same scale for the current forecast, give the
    nominal 80% interval (relative errors carry over when the level moves; the mean floor keeps
-   near-zero forecasts from producing huge ratios). Rows with fewer than 10 past errors use
+   near-zero forecasts from producing huge ratios). Where the 10th percentile falls at or below
+   zero the interval is [0, 80th percentile]: a zero lower bound already covers every zero week.
+   Seasonal models are replayed with their season estimated only from the weeks before those
+   origins (rows with 3 years there): errors replayed with a season fitted on the same weeks are
+   too small (co2: 73% coverage, 76% out of sample). Rows with fewer than 10 past errors use
    +-1.28 standard deviations of their weekly demand. Quantities and bounds are clipped at zero.
 """
 
@@ -47,8 +51,10 @@ SHORT_HOLDOUT_WEEKS = 4
 SEASONAL_MIN_WEEKS = 2 * models.SEASON_LENGTH
 INTERVAL_ORIGINS = 52
 SELECTION_WINDOWS = 2
+SEASON_PREFIX_WEEKS = 3 * models.SEASON_LENGTH
 BLOCK_ROWS = 5000
 INTERVAL_QUANTILES = (0.10, 0.90)
+UPPER_FROM_ZERO_QUANTILE = 0.80
 RELATIVE_FLOOR = 1.0
 ADI_CUTOFF = 1.32
 CV2_CUTOFF = 0.49
@@ -210,7 +216,10 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         fn = models.recent_mean if name == "recent_mean" else CANDIDATES[name]
         fit = fn(y[rows], start[rows], horizon)
         forecast[rows] = fit.forecast
-        lo_off, hi_off = _empirical_error_quantiles(fit, y[rows], start[rows], horizon, fit.forecast)
+        replay = fit
+        if name in SEASONAL_CANDIDATES:
+            replay = _season_out_of_sample(fn, fit, y[rows], start[rows], horizon)
+        lo_off, hi_off = _empirical_error_quantiles(replay, y[rows], start[rows], horizon, fit.forecast)
         lower[rows] = fit.forecast + lo_off
         upper[rows] = fit.forecast + hi_off
 
@@ -236,6 +245,26 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         history_weeks=history_weeks,
         holdout_abs_error=np.where(idle, 0.0, holdout_err),
         holdout_actual=np.where(idle, 0.0, holdout_act),
+    )
+
+
+def _season_out_of_sample(fn, fit: models.ModelFit, y: np.ndarray, start: np.ndarray, horizon: int) -> models.ModelFit:
+    """The seasonal model refitted with its season estimated only from the weeks before the
+    first interval origin, for rows with ``SEASON_PREFIX_WEEKS`` of history there; other rows
+    keep ``fit``. Errors replayed with a season estimated from the same weeks are too small."""
+    t = y.shape[1]
+    cut = max(t - horizon - INTERVAL_ORIGINS + 1, 0)
+    enough = cut - start >= SEASON_PREFIX_WEEKS
+    if not enough.any():
+        return fit
+    prefix = fn(y, start, horizon, season_weeks=cut)
+    pick = enough[:, None]
+    return models.ModelFit(
+        level=np.where(pick, prefix.level, fit.level),
+        trend=np.where(pick, prefix.trend, fit.trend),
+        season=np.where(pick, prefix.season, fit.season),
+        forecast=fit.forecast,
+        phi=np.where(enough, prefix.phi, fit.phi) if np.ndim(fit.phi) else fit.phi,
     )
 
 
@@ -267,15 +296,21 @@ def _empirical_error_quantiles(
     fb_lo, fb_hi = _spread_fallback(y, start)
     if not errors:
         return np.repeat(fb_lo[:, None], horizon, 1), np.repeat(fb_hi[:, None], horizon, 1)
-    stacked = np.concatenate(errors, axis=1)
-    lo, hi, count = _row_quantiles(stacked, INTERVAL_QUANTILES)
     scale = np.maximum(np.clip(final, 0, None), floor[:, None])
+    stacked = np.concatenate(errors, axis=1)
+    lo, hi, hi_from_zero, count = _row_quantiles(stacked, (*INTERVAL_QUANTILES, UPPER_FROM_ZERO_QUANTILE))
+    lo_off, hi_off = lo[:, None] * scale, hi[:, None] * scale
+    # Where the 10th percentile is at or below zero, the lower bound is zero and covers every
+    # zero week (often far more than 10% of an intermittent item's weeks): the 80% interval is
+    # then [0, 80th percentile], not [0, 90th], which covered ~84-86% on the demo backtest.
+    hi_off = np.where(final + lo_off <= 0, hi_from_zero[:, None] * scale, hi_off)
     few = (count < 10)[:, None]
-    return np.where(few, fb_lo[:, None], lo[:, None] * scale), np.where(few, fb_hi[:, None], hi[:, None] * scale)
+    return np.where(few, fb_lo[:, None], lo_off), np.where(few, fb_hi[:, None], hi_off)
 
 
-def _row_quantiles(values: np.ndarray, qs: tuple[float, float]):
-    """Per-row quantiles ignoring NaN, via one sort (np.nanquantile is far slower on wide rows)."""
+def _row_quantiles(values: np.ndarray, qs: tuple[float, ...]):
+    """Per-row quantiles ignoring NaN, via one sort (np.nanquantile is far slower on wide rows):
+    one array per quantile, then the count of values per row."""
     ordered = np.sort(values, axis=1)  # NaN sorts last
     count = np.isfinite(values).sum(axis=1)
     out = []
@@ -287,7 +322,7 @@ def _row_quantiles(values: np.ndarray, qs: tuple[float, float]):
         a = np.take_along_axis(ordered, lo_i[:, None], axis=1)[:, 0]
         b = np.take_along_axis(ordered, hi_i[:, None], axis=1)[:, 0]
         out.append(np.where(count > 0, a + frac * (b - a), 0.0))
-    return out[0], out[1], count
+    return (*out, count)
 
 
 def _spread_fallback(y: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

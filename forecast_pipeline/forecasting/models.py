@@ -180,9 +180,13 @@ def seasonal_indices(y: np.ndarray, start: np.ndarray, max_years: int = 3) -> np
     return season / season.mean(axis=1, keepdims=True)
 
 
-def seasonal_ses(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
-    """SES on the deseasonalised series, reseasonalised with :func:`seasonal_indices`."""
-    return ses(y, start, horizon, season=seasonal_indices(y, start))
+def seasonal_ses(y: np.ndarray, start: np.ndarray, horizon: int, season_weeks: int | None = None) -> ModelFit:
+    """SES on the deseasonalised series, reseasonalised with :func:`seasonal_indices`.
+
+    ``season_weeks`` estimates the season from the first that many weeks only (see
+    :func:`seasonal_holt`).
+    """
+    return ses(y, start, horizon, season=seasonal_indices(y[:, :season_weeks], start))
 
 
 def decomposed_season(y: np.ndarray, start: np.ndarray, max_years: int = DECOMP_YEARS) -> np.ndarray:
@@ -242,13 +246,15 @@ def decomposed_season(y: np.ndarray, start: np.ndarray, max_years: int = DECOMP_
     return season / season.mean(axis=1, keepdims=True)
 
 
-def seasonal_holt(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
+def seasonal_holt(y: np.ndarray, start: np.ndarray, horizon: int, season_weeks: int | None = None) -> ModelFit:
     """Damped-trend Holt on the series deseasonalised by :func:`decomposed_season`.
 
-    Alpha, beta and phi are chosen per series from a small grid by one-step SSE.
+    Alpha, beta and phi are chosen per series from a small grid by one-step SSE. With
+    ``season_weeks`` the season is estimated from the first that many weeks only, so that
+    forecasts replayed from later origins are out of sample for it (the engine's intervals).
     """
     n, t = y.shape
-    season = decomposed_season(y, start)
+    season = decomposed_season(y[:, :season_weeks], start)
     z = y / season[:, np.arange(t) % SEASON_LENGTH]
     grid = [g.ravel()[None, :] for g in np.meshgrid(SH_ALPHAS, SH_BETAS, SH_PHIS, indexing="ij")]
     level0 = _initial_level(z, start)

@@ -1,0 +1,116 @@
+"""The backtest's metrics and checks on series with known answers, and the command end to end."""
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from forecast_pipeline import backtest
+from forecast_pipeline.forecasting import models
+
+H = 12
+
+
+def test_naive_scale_is_the_mean_absolute_weekly_change_since_first_demand():
+    y = np.array([[0.0, 0.0, 1.0, 3.0, 2.0], [4.0, 4.0, 4.0, 4.0, 4.0], [0.0] * 5])
+    start = models.first_demand_week(y)
+    # row 0: |3-1| and |2-3| after its first demand (week 2); row 1 never changes; row 2 is empty
+    np.testing.assert_allclose(backtest.naive_scale(y, start), [1.5, 0.0, 0.0])
+
+
+def test_mase_bias_and_coverage_are_computed_from_the_errors():
+    scores = backtest.MethodScores()
+    actual = np.array([[10.0] * H, [2.0] * H])
+    forecast = np.array([[12.0] * H, [2.0] * H])  # row 0: +2 every week; row 1 exact
+    scale = np.array([4.0, 1.0])
+    covered = np.array([H, H / 2])
+    scores.add(forecast - actual, scale, forecast, actual, np.array(["smooth", "lumpy"]), covered)
+    table = scores.table(H)
+    assert table["smooth"]["mase"] == pytest.approx(0.5)  # 2 / 4
+    assert table["lumpy"]["mase"] == pytest.approx(0.0)
+    assert table["all"]["mase"] == pytest.approx(0.25)  # mean of the two series' MASE
+    assert table["all"]["bias"] == pytest.approx(24 / 144)  # forecasts 168 vs actuals 144
+    assert table["all"]["coverage"] == pytest.approx(0.75)
+    assert table["all"]["products"] == 2
+
+
+def test_series_that_never_change_are_left_out_of_mase_but_counted_in_bias():
+    scores = backtest.MethodScores()
+    actual = np.full((2, H), 5.0)
+    scores.add(np.ones((2, H)), np.array([0.0, 1.0]), actual + 1, actual, np.array(["smooth", "smooth"]))
+    table = scores.table(H)
+    assert table["all"]["products"] == 1 and table["all"]["mase"] == pytest.approx(1.0)
+    assert table["all"]["bias"] == pytest.approx(0.2)
+    assert np.isnan(table["all"]["coverage"])  # no interval given
+
+
+def seasonal_rows(n_weeks: int) -> np.ndarray:
+    cols = np.arange(n_weeks)
+    return np.vstack(
+        [10.0 + 5.0 * np.sin(2 * np.pi * (cols + phase) / models.SEASON_LENGTH) for phase in (0, 13, 26, 39)]
+    )
+
+
+def test_a_pure_season_is_forecast_exactly_by_seasonal_naive_and_closely_by_the_others():
+    y = seasonal_rows(5 * models.SEASON_LENGTH)
+    result = backtest.run_backtest(y, label="pure season", origins=3, step=H, horizon=H, hw_sample=2)
+    tables = result.tables()
+    assert result.origins == ["week 224", "week 236", "week 248"]
+    assert tables["seasonal_naive"]["all"]["mase"] == pytest.approx(0.0, abs=1e-12)
+    assert tables["engine"]["all"]["mase"] < 0.2
+    assert tables["holt_winters"]["all"]["products"] == 6  # 2 sampled series x 3 origins
+    assert tables["holt_winters"]["all"]["mase"] < 0.2
+    checks = dict(backtest.summary_checks(result))
+    assert checks["MASE below seasonal naive (all)"] is False  # nothing beats an exact forecast
+    assert "at least 20x faster than Holt-Winters" not in checks  # 4 series are not a batch
+    assert "speed not compared" in backtest.format_result(result)
+
+
+def test_on_white_noise_the_engine_beats_seasonal_naive_and_its_intervals_hold():
+    rng = np.random.default_rng(1)
+    y = rng.poisson(20.0, size=(300, 4 * models.SEASON_LENGTH)).astype(float)
+    result = backtest.run_backtest(y, label="noise", origins=2, step=H, horizon=H, hw_sample=0)
+    checks = dict(backtest.summary_checks(result))
+    assert checks["MASE at least 10% below seasonal naive overall"] is True
+    assert checks["80% interval coverage within 75%-85%"] is True
+    assert "MASE no worse than Holt-Winters (same sample)" not in checks  # Holt-Winters skipped
+    # last year's week is one noisy draw; the engine's flat level averages many
+    tables = result.tables()
+    assert tables["engine"]["all"]["mase"] < 0.8 * tables["seasonal_naive"]["all"]["mase"]
+
+
+def test_the_demo_matrix_applies_eligibility_at_each_origin():
+    as_of = dt.date(2025, 11, 10)
+    y, eligible_at, label = backtest.demo_matrix(80, as_of, history_start=dt.date(2023, 1, 2))
+    weeks = (as_of - dt.date(2023, 1, 2)).days // 7
+    assert y.shape == (80, weeks)
+    assert label(weeks) == as_of.isoformat() and label(weeks - 1) == (as_of - dt.timedelta(weeks=1)).isoformat()
+    early, late = eligible_at(20), eligible_at(weeks)
+    assert early.sum() < late.sum()  # products become eligible as orders accumulate
+    assert not (early & ~late).any()  # and stay so
+
+
+@pytest.mark.integration
+def test_backtest_command_prints_both_tables_and_the_checks(tmp_path: Path):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("FORECAST_", "DATABASE_URL"))}
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "forecast-pipeline"),
+            *("backtest", "--as-of", "2025-11-10", "--products", "300", "--origins", "2"),
+            *("--hw-sample", "5", "--real-origins", "2"),
+        ],
+        env={**environ, "DAGSTER_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "### Demo data: 300 products" in out and "### statsmodels co2" in out
+    assert "| engine | all |" in out and "| holt_winters | all |" in out
+    assert "origins 2001-07-21, 2001-10-13" in out
+    assert out.count("- [") >= 10  # the issue's targets, each ticked or not
