@@ -4,6 +4,7 @@ The run launcher merges its config (from deploy/helm/values.yaml) with the `dags
 tag of the job being launched, then calls dagster_k8s.job.construct_dagster_k8s_job: so do we.
 """
 
+import re
 from pathlib import Path
 
 import yaml
@@ -11,7 +12,9 @@ from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_
 
 from forecast_pipeline.definitions import defs
 
-VALUES = yaml.safe_load((Path(__file__).parents[1] / "deploy" / "helm" / "values.yaml").read_text())
+ROOT = Path(__file__).parents[1]
+VALUES = yaml.safe_load((ROOT / "deploy" / "helm" / "values.yaml").read_text())
+CHART_DAGSTER_HOME = "/opt/dagster/dagster_home"  # the chart's global.dagsterHome (not overridden)
 LAUNCHER = VALUES["runLauncher"]["config"]["k8sRunLauncher"]
 DEPLOYMENT = VALUES["dagster-user-deployments"]["deployments"][0]
 
@@ -20,7 +23,7 @@ def _run_job(component: str = "run_worker"):
     image = f"{DEPLOYMENT['image']['repository']}:{DEPLOYMENT['image']['tag']}"
     job_config = DagsterK8sJobConfig(
         job_image=image,
-        dagster_home="/opt/dagster/dagster_home",
+        dagster_home=CHART_DAGSTER_HOME,
         image_pull_policy=DEPLOYMENT["image"]["pullPolicy"],
         instance_config_map="dagster-instance",
         env_secrets=[s["name"] for s in LAUNCHER["envSecrets"]],
@@ -79,3 +82,12 @@ def test_the_k8s_executor_is_selected_by_environment():
     from forecast_pipeline.definitions import _executor
 
     assert _executor("k8s") is k8s_job_executor
+
+
+def test_the_image_keeps_dagster_home_where_the_chart_mounts_the_instance():
+    # The chart mounts dagster.yaml into DAGSTER_HOME as a file; the directory comes from the image,
+    # owned by the runtime user, so run pods can write compute logs and local storage there.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "dagsterHome" not in str(VALUES.get("global", {}))
+    assert re.search(r"DAGSTER_HOME=(\S+)", dockerfile).group(1) == CHART_DAGSTER_HOME
+    assert 'chown dagster:dagster "$DAGSTER_HOME"' in dockerfile
