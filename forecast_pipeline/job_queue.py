@@ -22,6 +22,9 @@ import sqlalchemy as sa
 from forecast_pipeline.jobs_schema import forecast_job_audit, forecast_jobs
 from forecast_pipeline.json_logging import JsonFormatter
 
+# The only job type this queue runs; rows of other types are left for whatever consumes them.
+JOB_TYPE = "forecast"
+
 
 def _jobs_logger() -> logging.Logger:
     """JSON lines on stderr: the sensors run in the daemon, where no Dagster run captures logs."""
@@ -121,7 +124,7 @@ def enqueue(
     if product_ids is not None:
         parameters["product_ids"] = [int(p) for p in product_ids]
     values = {
-        "job_type": "forecast",
+        "job_type": JOB_TYPE,
         "parameters": parameters,
         "priority": priority,
         "max_attempts": max_attempts,
@@ -148,7 +151,7 @@ def claim_due_jobs(engine: sa.Engine, limit: int) -> list[ClaimedJob]:
     """Mark up to ``limit`` due jobs ``running`` (priority first, then oldest) and return them.
 
     Concurrent claimers never take the same job (``SKIP LOCKED``), and no job is claimed while
-    another job with its concurrency key runs.
+    another job with its concurrency key runs. Only ``job_type = 'forecast'`` rows are claimed.
     """
     jobs = forecast_jobs.c
     running_keys = (
@@ -160,6 +163,7 @@ def claim_due_jobs(engine: sa.Engine, limit: int) -> list[ClaimedJob]:
         sa.select(jobs.id, jobs.job_type, jobs.parameters, jobs.attempts, jobs.concurrency_key)
         .where(
             jobs.status == "queued",
+            jobs.job_type == JOB_TYPE,
             jobs.not_before <= sa.func.now(),
             sa.or_(jobs.concurrency_key.is_(None), jobs.concurrency_key.not_in(running_keys)),
         )

@@ -125,6 +125,20 @@ def test_priority_first_then_age(queue):
     assert order == [high, mid, low_old, low_new]
 
 
+def test_only_forecast_jobs_are_claimed(queue):
+    forecast = job_queue.enqueue(queue, as_of_date=AS_OF)
+    with queue.begin() as conn:
+        other = conn.execute(
+            forecast_jobs.insert()
+            .values(job_type="report", parameters={"as_of_date": AS_OF.isoformat()})
+            .returning(forecast_jobs.c.id)
+        ).scalar_one()
+    assert [job.id for job in job_queue.claim_due_jobs(queue, limit=10)] == [forecast]
+    with queue.connect() as conn:
+        status = conn.execute(sa.select(forecast_jobs.c.status).where(forecast_jobs.c.id == other)).scalar_one()
+    assert status == "queued"  # left for its own consumer, not failed
+
+
 def test_not_before_holds_a_job_back(queue):
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     job_queue.enqueue(queue, as_of_date=AS_OF, not_before=later)
