@@ -19,11 +19,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from forecast_pipeline.jobs_schema import forecast_job_audit, forecast_jobs
+from forecast_pipeline.jobs_schema import JOB_TYPE, forecast_job_audit, forecast_jobs
 from forecast_pipeline.json_logging import JsonFormatter
-
-# The only job type this queue runs; rows of other types are left for whatever consumes them.
-JOB_TYPE = "forecast"
 
 
 def _jobs_logger() -> logging.Logger:

@@ -10,12 +10,14 @@ import sqlalchemy as sa
 from forecast_pipeline.app_db import app_metadata
 
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+# The only job type the queue sensor runs; rows of other types are left for their own consumers.
+JOB_TYPE = "forecast"
 
 forecast_jobs = sa.Table(
     "forecast_jobs",
     app_metadata,
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
-    sa.Column("job_type", sa.String(40), nullable=False, server_default="forecast"),
+    sa.Column("job_type", sa.String(40), nullable=False, server_default=JOB_TYPE),
     # {"as_of_date": "YYYY-MM-DD"} or {"from": ..., "to": ...}; optional "product_ids": [int, ...]
     sa.Column("parameters", sa.JSON, nullable=False),
     sa.Column("priority", sa.Integer, nullable=False, server_default="0"),

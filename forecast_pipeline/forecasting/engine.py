@@ -257,15 +257,14 @@ def _season_out_of_sample(fn, fit: models.ModelFit, y: np.ndarray, start: np.nda
     enough = cut - start >= SEASON_PREFIX_WEEKS
     if not enough.any():
         return fit
-    prefix = fn(y, start, horizon, season_weeks=cut)
-    pick = enough[:, None]
-    return models.ModelFit(
-        level=np.where(pick, prefix.level, fit.level),
-        trend=np.where(pick, prefix.trend, fit.trend),
-        season=np.where(pick, prefix.season, fit.season),
-        forecast=fit.forecast,
-        phi=np.where(enough, prefix.phi, fit.phi) if np.ndim(fit.phi) else fit.phi,
-    )
+    prefix = fn(y[enough], start[enough], horizon, season_weeks=cut)
+    level, trend, season = fit.level.copy(), fit.trend.copy(), fit.season.copy()
+    level[enough], trend[enough], season[enough] = prefix.level, prefix.trend, prefix.season
+    phi = fit.phi
+    if np.ndim(phi):
+        phi = phi.copy()
+        phi[enough] = prefix.phi
+    return models.ModelFit(level=level, trend=trend, season=season, forecast=fit.forecast, phi=phi)
 
 
 def _empirical_error_quantiles(
