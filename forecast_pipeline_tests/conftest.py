@@ -8,6 +8,9 @@ missing) and ``TEST_REDIS_URL`` (default redis://127.0.0.1:6379/1, flushed per t
 import datetime as dt
 import itertools
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import redis
@@ -20,6 +23,7 @@ from forecast_pipeline.settings import load_settings
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/forecast_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
 AS_OF = dt.date(2025, 11, 10)
+BIN = Path(sys.executable).parent  # the venv's console scripts: dagster, forecast-pipeline, ...
 
 
 def _ensure_postgres_database(url: str) -> None:
@@ -149,3 +153,19 @@ def forecast_resources(database_url: str, redis_url: str = REDIS_URL, **env: str
 
 def engine_url(engine: sa.Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
+
+
+def command(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """Run a console command as a user would: a fresh DAGSTER_HOME, the test database and Redis."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    environ = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("FORECAST_", "REDIS_", "DATABASE_URL"))},
+        "DAGSTER_HOME": str(home),
+        "DATABASE_URL": POSTGRES_URL,
+        "REDIS_URL": REDIS_URL,
+        "FORECAST_WORKERS": "2",
+        **env,
+    }
+    return subprocess.run(args, env=environ, capture_output=True, text=True, timeout=300)

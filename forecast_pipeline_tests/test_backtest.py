@@ -1,9 +1,6 @@
 """The backtest's metrics and checks on series with known answers, and the command end to end."""
 
 import datetime as dt
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +8,7 @@ import pytest
 
 from forecast_pipeline import backtest
 from forecast_pipeline.forecasting import models
+from forecast_pipeline_tests.conftest import BIN, command
 
 H = 12
 
@@ -96,17 +94,13 @@ def test_the_demo_matrix_applies_eligibility_at_each_origin():
 
 @pytest.mark.integration
 def test_backtest_command_prints_both_tables_and_the_checks(tmp_path: Path):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("FORECAST_", "DATABASE_URL"))}
-    done = subprocess.run(
+    done = command(
         [
-            str(Path(sys.executable).parent / "forecast-pipeline"),
+            str(BIN / "forecast-pipeline"),
             *("backtest", "--as-of", "2025-11-10", "--products", "300", "--origins", "2"),
             *("--hw-sample", "5", "--real-origins", "2"),
         ],
-        env={**environ, "DAGSTER_HOME": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=300,
+        tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout

@@ -3,31 +3,14 @@
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from forecast_pipeline_tests.conftest import AS_OF, POSTGRES_URL, REDIS_URL
+from forecast_pipeline_tests.conftest import AS_OF, BIN, command
 
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.integration
-
-
-def command(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    home = tmp_path / "dagster_home"
-    home.mkdir(exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    environ = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("FORECAST_", "REDIS_", "DATABASE_URL"))},
-        "DAGSTER_HOME": str(home),
-        "DATABASE_URL": POSTGRES_URL,
-        "REDIS_URL": REDIS_URL,
-        "FORECAST_WORKERS": "2",
-        **env,
-    }
-    return subprocess.run(args, env=environ, capture_output=True, text=True, timeout=300)
 
 
 def materialize_cli(tmp_path: Path, partition: str = AS_OF.isoformat(), **env: str) -> subprocess.CompletedProcess:

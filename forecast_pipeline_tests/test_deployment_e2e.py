@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -26,10 +25,9 @@ from forecast_pipeline import demo_data, job_queue
 from forecast_pipeline.app_db import create_app_schema
 from forecast_pipeline.jobs_schema import forecast_jobs
 from forecast_pipeline.resources import make_engine
-from forecast_pipeline_tests.conftest import POSTGRES_URL, REDIS_URL, _ensure_postgres_database
+from forecast_pipeline_tests.conftest import BIN, POSTGRES_URL, REDIS_URL, _ensure_postgres_database
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.integration
 STORAGE_DB = "forecast_test_dagster_storage"
 

@@ -7,10 +7,8 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -22,9 +20,8 @@ from forecast_pipeline.assets import eligible_products, forecast_predictions, pr
 from forecast_pipeline.job_sensors import finish_job_for_run, forecast_job_queue, recover_stale_jobs
 from forecast_pipeline.jobs_schema import forecast_jobs
 from forecast_pipeline.settings import load_settings
-from forecast_pipeline_tests.conftest import AS_OF, POSTGRES_URL, REDIS_URL, engine_url, forecast_resources
+from forecast_pipeline_tests.conftest import AS_OF, BIN, POSTGRES_URL, REDIS_URL, engine_url, forecast_resources
 
-BIN = Path(sys.executable).parent
 HISTORY_START = dt.date(2019, 1, 1)
 
 
