@@ -144,19 +144,9 @@ def product_forecasts(
         context.log_event(AssetObservation(asset_key=context.asset_key, partition=key, metadata=_run_figures(run)))
     total = sum(r.total for r in runs.values())
     failed = sum(r.failed for r in runs.values())
-    last = runs[context.partition_keys[-1]]
-    yield Output(
-        runs,
-        metadata={
-            **(_run_figures(last) if len(runs) == 1 else _combined_figures(runs)),
-            "models": MetadataValue.json(last.model_counts),
-            "demand_classes": MetadataValue.json(last.class_counts),
-            **{k: round(sum(r.timings.get(k, 0.0) for r in runs.values()), 3) for k in last.timings},
-        },
-    )
     rate, limit = (failed / total if total else 0.0), forecast_params.max_failure_rate
     errors = [(p, m) for r in runs.values() for p, m in r.errors][:ERRORS_LOGGED]
-    yield AssetCheckResult(
+    check = AssetCheckResult(
         check_name=FAILURE_RATE_CHECK,
         passed=rate <= limit,
         severity=AssetCheckSeverity.ERROR,
@@ -168,6 +158,29 @@ def product_forecasts(
         },
         description=None if rate <= limit else f"{failed}/{total} products failed ({rate:.1%} > {limit:.1%})",
     )
+    if rate > limit:
+        # Write-audit-publish: nothing is published, so Redis and forecast_predictions keep the
+        # previous forecasts of these dates and agree with each other.
+        yield check
+        raise Failure(
+            description=(
+                f"{failed} of {total} products failed ({rate:.1%} > FORECAST_MAX_FAILURE_RATE {limit:.1%}): "
+                f"nothing was published for {', '.join(runs)}. First errors: "
+                + "; ".join(f"product {p}: {m}" for p, m in errors[:5])
+            ),
+            metadata={"failure_rate": rate, "failed": failed, "total_products": total},
+        )
+    last = runs[context.partition_keys[-1]]
+    yield Output(
+        runs,
+        metadata={
+            **(_run_figures(last) if len(runs) == 1 else _combined_figures(runs)),
+            "models": MetadataValue.json(last.model_counts),
+            "demand_classes": MetadataValue.json(last.class_counts),
+            **{k: round(sum(r.timings.get(k, 0.0) for r in runs.values()), 3) for k in last.timings},
+        },
+    )
+    yield check
 
 
 def _forecast_one_date(
@@ -197,7 +210,7 @@ def _forecast_one_date(
     started = time.perf_counter()
     try:
         with source_db.engine().connect() as conn:
-            history = order_history.fetch_weekly_history(conn, window, product_ids, source_db.source_query)
+            weekly = order_history.fetch_weekly_history(conn, window, product_ids, source_db.source_query)
             activity = order_history.fetch_customer_activity(conn, window, product_ids, source_db.source_query)
     except sa.exc.SQLAlchemyError as exc:
         raise _source_failure(source_db, exc) from exc
@@ -214,7 +227,7 @@ def _forecast_one_date(
         context.log.info(f"{key}: forecast progress {done}/{total} products ({done / total:.0%})")
 
     run = run_forecasts(
-        history,
+        weekly.matrix,
         product_ids,
         active_count,
         weekly_buyers,
@@ -225,6 +238,13 @@ def _forecast_one_date(
     )
     run.timings = {**timings, **run.timings}
     run.requested_products = only
+    run.data_quality = weekly.quality.summary()
+    for kind, products in weekly.quality.examples(product_ids).items():
+        context.log.warning(
+            f"{key}: {kind}: {run.data_quality[kind]} (most in "
+            + ", ".join(f"product {p}" for p in products)
+            + "); see 'Bad order lines' in the README for the rule"
+        )
     for product_id, message in run.errors[:ERRORS_LOGGED]:
         context.log.error(f"Product {product_id} failed: {message}")
     if len(run.errors) > ERRORS_LOGGED:
@@ -243,7 +263,8 @@ def _forecast_one_date(
     kinds={"postgres"},
     description=(
         "Every weekly prediction of product_forecasts as rows of forecast_predictions in the "
-        "application database, UPSERTed by (as_of_date, product_id, week_start)."
+        "application database. A run replaces its as-of dates' rows wholly; a run for some "
+        "products replaces only theirs."
     ),
 )
 def forecast_predictions(
@@ -255,9 +276,17 @@ def forecast_predictions(
     started = time.perf_counter()
     engine = app_db.engine()
     predictions_store.create_table(engine)
-    rows = {key: predictions_store.upsert(engine, docs.values()) for key, docs in product_forecasts.items()}
+    requested = requested_products(context)
+    rows = {}
+    for key, docs in product_forecasts.items():
+        if requested is not None:
+            docs = {p: doc for p, doc in docs.items() if p in requested}
+        rows[key] = predictions_store.replace(engine, dt.date.fromisoformat(key), docs.values(), requested)
     seconds = time.perf_counter() - started
-    context.log.info(f"Upserted {sum(rows.values())} prediction rows in {seconds:.2f}s into {app_db.redacted_url()}")
+    context.log.info(
+        f"Wrote {sum(rows.values())} prediction rows in {seconds:.2f}s into {app_db.redacted_url()}"
+        + ("" if requested is None else f" (products {sorted(requested)[:20]} only)")
+    )
     return MaterializeResult(
         metadata={
             "rows": sum(rows.values()),
@@ -265,6 +294,13 @@ def forecast_predictions(
             "upsert_seconds": round(seconds, 3),
         }
     )
+
+
+def requested_products(context: AssetExecutionContext) -> set[int] | None:
+    """The ``product_ids`` this run's product_forecasts step was given (None: every product)."""
+    ops = (context.run.run_config or {}).get("ops", {})
+    ids = ops.get("product_forecasts", {}).get("config", {}).get("product_ids")
+    return None if ids is None else {int(i) for i in ids}
 
 
 def _run_figures(run: ForecastRun) -> dict:
@@ -281,6 +317,7 @@ def _run_figures(run: ForecastRun) -> dict:
         figures["mean_accuracy_estimate"] = round(run.mean_accuracy, 4)
     if run.holdout_wape is not None:
         figures["holdout_wape"] = round(run.holdout_wape, 4)
+    figures.update(run.data_quality)
     return figures
 
 

@@ -9,18 +9,37 @@ Keys (``forecast`` is ``FORECAST_KEY_PREFIX``):
 - ``forecast:metadata:last_run``: the newest as-of date's run figures (same guard), and
   ``forecast:metadata:{YYYY-MM-DD}`` for every as-of date.
 - ``forecast:eligible:{YYYY-MM-DD}``: the eligible-products table handed between steps.
+- ``forecast:lock:asof:{YYYY-MM-DD}``: the lease of the run publishing that date, and
+  ``forecast:asof:{YYYY-MM-DD}:staging:{token}``: that run's hash while it is being written.
 
-Writes go in pipelined batches: a handful of round trips per run, never one per product.
+Publishing a date (:func:`write_forecasts`), in this order:
+
+1. take the date's lease (runs of one date publish one after the other; a dead run's lease
+   expires after ``LEASE_SECONDS``), and delete staging hashes that dead runs left behind;
+2. write the new hash under a staging key of this run, each batch in MULTI with its EXPIRE, so no
+   key ever exists without a TTL;
+3. one Lua call checks the lease is still ours and the staging hash is complete, and renames it
+   over the date's hash: readers see the old hash or the new one, never a part;
+4. update ``forecast:{id}`` (guarded), and drop those of products the rerun no longer forecasts;
+5. the caller writes the run metadata (``last_run`` last), so it never names an unfinished publish.
+
+Writes go in pipelined batches: a handful of round trips per thousand products, never one each.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 
 import redis
 
 BATCH_SIZE = 500
+GROUP_SIZE = 10 * BATCH_SIZE  # products per MULTI; the lease is renewed between groups
+LEASE_SECONDS = 30
+LEASE_WAIT_SECONDS = 900
+STAGING_TTL_SECONDS = 3600
 
 # KEYS: target keys; ARGV[1]: as-of date, ARGV[2]: ttl, ARGV[3..]: one JSON value per key.
 # A key is left alone when it already holds a document with a later as_of_date.
@@ -36,6 +55,43 @@ for i, key in ipairs(KEYS) do
 end
 return written
 """
+
+# KEYS: latest keys; ARGV[1]: as-of date. Deletes the keys that hold exactly that date.
+_DELETE_IF_AS_OF = """
+local removed = 0
+for _, key in ipairs(KEYS) do
+  local current = redis.call('GET', key)
+  if current and string.match(current, '"as_of_date"%s*:%s*"([%d%-]+)"') == ARGV[1] then
+    redis.call('DEL', key)
+    removed = removed + 1
+  end
+end
+return removed
+"""
+
+# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease.
+# ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history ttl.
+_PUBLISH = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  return redis.error_reply('PUBLISH lease lost: another run took over this as-of date')
+end
+local expected = tonumber(ARGV[2])
+if expected == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  return 0
+end
+local staged = redis.call('HLEN', KEYS[1])
+if staged ~= expected then
+  return redis.error_reply('PUBLISH staging hash holds ' .. staged .. ' of ' .. expected .. ' forecasts')
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return staged
+"""
+
+
+class PublishError(RuntimeError):
+    """A date could not be published as a whole (lease not obtained or lost, hash incomplete)."""
 
 
 def forecast_key(prefix: str, product_id: int) -> str:
@@ -54,6 +110,16 @@ def eligible_key(prefix: str, as_of: str) -> str:
     return f"{prefix}:eligible:{as_of}"
 
 
+def lease_key(prefix: str, as_of: str) -> str:
+    return f"{prefix}:lock:asof:{as_of}"
+
+
+def staging_pattern(prefix: str, as_of: str) -> str:
+    """SCAN pattern of every staging hash of one date (glob characters in the prefix escaped)."""
+    escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in history_key(prefix, as_of))
+    return f"{escaped}:staging:*"
+
+
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -67,43 +133,120 @@ def write_forecasts(
     ttl: int,
     history_ttl: int,
     replace_history: bool = True,
+    drop_products: Sequence[int] = (),
+    lock_seconds: int = LEASE_SECONDS,
+    wait_seconds: float = LEASE_WAIT_SECONDS,
 ) -> dict[str, int]:
-    """Cache one as-of date's forecasts. Returns how many latest keys were written and how many
-    were kept because they already hold a newer as-of date.
+    """Publish one as-of date's forecasts (see the module docstring for the order of steps).
 
-    With ``replace_history`` the as-of hash is rebuilt under a temporary key and renamed over the
-    old one, so a rerun leaves exactly this run's forecasts and readers never see a half-written
-    hash. Without it (a run for a few products) the products are updated in place.
+    With ``replace_history`` the date's hash becomes exactly these forecasts, and products that
+    were in it but are not any more lose ``forecast:{id}`` if it holds this date. Without it (a
+    run for some products) these products are updated in place and ``drop_products`` (requested
+    but not forecast this time) are removed. Returns how many latest keys were written, kept
+    because they hold a newer date, and removed. Raises :class:`PublishError` or a Redis error
+    when the date could not be published; nothing of this run is visible then.
     """
-    guarded_set = client.register_script(_SET_IF_NOT_NEWER)
-    encoded = [(p["product_id"], json.dumps(p)) for p in payloads]
-    target = history_key(prefix, as_of)
-    staging = f"{target}:staging" if replace_history else target
-    pipe = client.pipeline(transaction=False)
-    if replace_history:
-        pipe.delete(staging)
-    script_positions = []
-    for chunk in _chunks(encoded, BATCH_SIZE):
-        pipe.hset(staging, mapping={str(pid): doc for pid, doc in chunk})
-        script_positions.append(len(pipe))
-        guarded_set(
-            keys=[forecast_key(prefix, pid) for pid, _ in chunk],
-            args=[as_of, ttl, *(doc for _, doc in chunk)],
-            client=pipe,
+    token = uuid.uuid4().hex
+    lease = client.lock(lease_key(prefix, as_of), timeout=lock_seconds, blocking_timeout=wait_seconds)
+    if not lease.acquire(token=token):
+        raise PublishError(
+            f"Another run has been publishing as-of {as_of} for over {wait_seconds:.0f}s "
+            f"(lease {lease_key(prefix, as_of)}); retry when it has finished"
         )
-    results = pipe.execute()
-    latest_written = sum(int(results[i]) for i in script_positions)
-
-    finish = client.pipeline(transaction=True)
-    if replace_history:
-        if encoded:
-            finish.rename(staging, target)
+    try:
+        encoded = [(p["product_id"], json.dumps(p)) for p in payloads]
+        if replace_history:
+            dropped = _replace_history(client, prefix, as_of, encoded, history_ttl, lease, token)
         else:
-            finish.delete(target)
-    if encoded:
-        finish.expire(target, history_ttl)
-    finish.execute()
-    return {"latest_written": latest_written, "latest_kept_newer": len(encoded) - latest_written}
+            dropped = _update_history(client, prefix, as_of, encoded, history_ttl, drop_products, lease)
+        written = _write_latest(client, prefix, as_of, encoded, ttl, lease)
+        removed = _remove_latest(client, prefix, as_of, dropped)
+    finally:
+        # a lease that expired meanwhile: the publish already failed on it, or had finished
+        with contextlib.suppress(redis.exceptions.LockError):
+            lease.release()
+    return {"latest_written": written, "latest_kept_newer": len(encoded) - written, "latest_removed": removed}
+
+
+def _replace_history(
+    client: redis.Redis,
+    prefix: str,
+    as_of: str,
+    encoded: list[tuple[int, str]],
+    history_ttl: int,
+    lease: redis.lock.Lock,
+    token: str,
+) -> list[int]:
+    """Stage and atomically publish the date's hash; returns the products it no longer holds."""
+    target = history_key(prefix, as_of)
+    for leftover in list(client.scan_iter(match=staging_pattern(prefix, as_of), count=1000)):
+        client.delete(leftover)  # only the lease holder writes staging hashes: these are dead runs'
+    staging = f"{target}:staging:{token}"
+    try:
+        for group in _chunks(encoded, GROUP_SIZE):
+            pipe = client.pipeline(transaction=True)
+            for chunk in _chunks(group, BATCH_SIZE):
+                pipe.hset(staging, mapping={str(pid): doc for pid, doc in chunk})
+            pipe.expire(staging, STAGING_TTL_SECONDS)
+            pipe.execute()
+            lease.reacquire()
+        previous = {int(pid) for pid in client.hkeys(target)}
+        publish = client.register_script(_PUBLISH)
+        publish(keys=[staging, target, lease.name], args=[token, len(encoded), history_ttl])
+    except BaseException:
+        client.delete(staging)  # DEL is allowed even when Redis is out of memory
+        raise
+    return sorted(previous - {pid for pid, _ in encoded})
+
+
+def _update_history(
+    client: redis.Redis,
+    prefix: str,
+    as_of: str,
+    encoded: list[tuple[int, str]],
+    history_ttl: int,
+    drop_products: Sequence[int],
+    lease: redis.lock.Lock,
+) -> list[int]:
+    target = history_key(prefix, as_of)
+    for group in _chunks(encoded, GROUP_SIZE):
+        pipe = client.pipeline(transaction=True)
+        for chunk in _chunks(group, BATCH_SIZE):
+            pipe.hset(target, mapping={str(pid): doc for pid, doc in chunk})
+        pipe.expire(target, history_ttl)
+        pipe.execute()
+        lease.reacquire()
+    dropped = sorted(set(drop_products) - {pid for pid, _ in encoded})
+    if dropped:
+        client.hdel(target, *(str(pid) for pid in dropped))
+    return dropped
+
+
+def _write_latest(
+    client: redis.Redis, prefix: str, as_of: str, encoded: list[tuple[int, str]], ttl: int, lease: redis.lock.Lock
+) -> int:
+    guarded_set = client.register_script(_SET_IF_NOT_NEWER)
+    written = 0
+    for group in _chunks(encoded, GROUP_SIZE):
+        pipe = client.pipeline(transaction=False)
+        for chunk in _chunks(group, BATCH_SIZE):
+            guarded_set(
+                keys=[forecast_key(prefix, pid) for pid, _ in chunk],
+                args=[as_of, ttl, *(doc for _, doc in chunk)],
+                client=pipe,
+            )
+        written += sum(int(n) for n in pipe.execute())
+        lease.reacquire()
+    return written
+
+
+def _remove_latest(client: redis.Redis, prefix: str, as_of: str, product_ids: Sequence[int]) -> int:
+    """Delete ``forecast:{id}`` of these products where it still holds this date's forecast."""
+    delete_if_as_of = client.register_script(_DELETE_IF_AS_OF)
+    pipe = client.pipeline(transaction=False)
+    for chunk in _chunks(list(product_ids), BATCH_SIZE):
+        delete_if_as_of(keys=[forecast_key(prefix, pid) for pid in chunk], args=[as_of], client=pipe)
+    return sum(int(n) for n in pipe.execute())
 
 
 def write_run_metadata(client: redis.Redis, prefix: str, metadata: dict, ttl: int, history_ttl: int) -> bool:

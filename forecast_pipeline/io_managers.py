@@ -34,7 +34,14 @@ class RedisForecastIOManager(ConfigurableIOManager):
         started = time.perf_counter()
         full_run = obj.requested_products is None
         written = forecast_cache.write_forecasts(
-            client, prefix, as_of, obj.payloads, self.cache_ttl, self.history_ttl, replace_history=full_run
+            client,
+            prefix,
+            as_of,
+            obj.payloads,
+            self.cache_ttl,
+            self.history_ttl,
+            replace_history=full_run,
+            drop_products=obj.requested_products or (),
         )
         write_seconds = time.perf_counter() - started
         obj.timings["write_seconds"] = write_seconds
@@ -44,10 +51,11 @@ class RedisForecastIOManager(ConfigurableIOManager):
             last_run_updated = forecast_cache.write_run_metadata(
                 client, prefix, metadata, self.cache_ttl, self.history_ttl
             )
-        kept = written["latest_kept_newer"]
+        kept, removed = written["latest_kept_newer"], written["latest_removed"]
         context.log.info(
             f"Cached {len(obj.payloads)} forecasts for {as_of} in {write_seconds:.2f}s"
             + (f"; {kept} products keep their newer forecast:{{id}} (a later as-of date is cached)" if kept else "")
+            + (f"; removed {removed} forecast:{{id}} of products no longer forecast for {as_of}" if removed else "")
         )
         if len(context.asset_partition_keys) == 1:
             context.add_output_metadata(
@@ -55,6 +63,7 @@ class RedisForecastIOManager(ConfigurableIOManager):
                     "redis_history_key": forecast_cache.history_key(prefix, as_of),
                     "latest_keys_written": written["latest_written"],
                     "latest_keys_kept_newer": written["latest_kept_newer"],
+                    "latest_keys_removed": removed,
                     "last_run_updated": last_run_updated,
                     "write_seconds": round(write_seconds, 3),
                 }
@@ -75,7 +84,9 @@ class RedisTableIOManager(ConfigurableIOManager):
         pipe = self.redis_store.client().pipeline(transaction=False)
         for as_of in context.asset_partition_keys:
             frame = obj[as_of]
-            doc = {"columns": list(frame.columns), "rows": frame.to_numpy().tolist(), "stored_at": _now()}
+            # column by column: a frame's to_numpy() of mixed int/float columns is float64, which
+            # is exact for ids only up to 2**53
+            doc = {"columns": {c: frame[c].tolist() for c in frame.columns}, "stored_at": _now()}
             pipe.set(
                 forecast_cache.eligible_key(self.redis_store.key_prefix, as_of), json.dumps(doc), ex=self.history_ttl
             )
@@ -91,7 +102,7 @@ class RedisTableIOManager(ConfigurableIOManager):
                     f"{key} is not in Redis (expired or never written): materialize eligible_products for {as_of} first"
                 )
             doc = json.loads(raw)
-            tables[as_of] = pd.DataFrame(doc["rows"], columns=doc["columns"])
+            tables[as_of] = pd.DataFrame(doc["columns"])
         return tables
 
 

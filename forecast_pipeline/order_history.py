@@ -8,6 +8,15 @@ quantity``: by default a join of ``order_items`` and ``orders``, or the user's o
 
 Weeks are 7-day periods anchored at the as-of date: week ``-1`` is the 7 days ending the day
 before it, the first forecast week starts on it. Orders on or after the as-of date are never read.
+
+Ids (product, customer, order) are read as Python ints and kept in int64 arrays: they are exact
+over the whole signed 64-bit range (a float64 round trip merges neighbours above 2**53).
+
+Rules for lines that are not plain sales, applied per line in SQL and counted per product
+(:class:`LineQuality`): a line without a customer is demand but no customer; a line whose quantity
+is unknown (NULL, NaN, infinite, or not a number) is left out of demand; a negative quantity is a
+return and nets against the week's sales, and a week whose net is negative counts as zero demand;
+a zero quantity is an order with no demand.
 """
 
 from __future__ import annotations
@@ -66,6 +75,79 @@ def _weeks_before_other(element, compiler, **kw):
         f"forecast_pipeline has no week arithmetic for the {compiler.dialect.name!r} dialect "
         "(supported: postgresql, sqlite, mysql, mariadb, mssql)"
     )
+
+
+class known_quantity(FunctionElement):
+    """True when a line's quantity is a finite number. NULL, NaN, infinities and (on SQLite, which
+    stores whatever it is given) text are unknown quantities."""
+
+    type = sa.Boolean()
+    inherit_cache = True
+    name = "known_quantity"
+
+
+@compiles(known_quantity, "postgresql")
+def _known_quantity_pg(element, compiler, **kw):
+    (q,) = (compiler.process(c, **kw) for c in element.clauses)
+    # NaN sorts above every number, so it fails the upper bound too
+    number = f"CAST({q} AS DOUBLE PRECISION)"
+    return f"({number} > CAST('-Infinity' AS DOUBLE PRECISION) AND {number} < CAST('Infinity' AS DOUBLE PRECISION))"
+
+
+@compiles(known_quantity, "sqlite")
+def _known_quantity_sqlite(element, compiler, **kw):
+    (q,) = (compiler.process(c, **kw) for c in element.clauses)
+    return f"(typeof({q}) IN ('integer', 'real') AND {q} > -9e999 AND {q} < 9e999)"
+
+
+@compiles(known_quantity)
+def _known_quantity_other(element, compiler, **kw):
+    (q,) = (compiler.process(c, **kw) for c in element.clauses)
+    return f"({q} IS NOT NULL)"
+
+
+QUALITY_KINDS = (
+    "lines_without_customer",
+    "lines_unknown_quantity",
+    "return_lines",
+    "zero_quantity_lines",
+    "weeks_floored_at_zero",
+)
+LINE_KINDS = QUALITY_KINDS[:4]  # counted per line in SQL, in the query's column order
+
+
+@dataclass
+class LineQuality:
+    """Per product (aligned with the product ids read), how many lines or weeks each rule in the
+    module docstring applied to."""
+
+    counts: dict[str, np.ndarray]
+
+    @classmethod
+    def empty(cls, n: int) -> LineQuality:
+        return cls({kind: np.zeros(n, dtype=np.int64) for kind in QUALITY_KINDS})
+
+    def summary(self) -> dict[str, int]:
+        return {kind: int(self.counts[kind].sum()) for kind in QUALITY_KINDS}
+
+    def examples(self, product_ids: Sequence[int], limit: int = 5) -> dict[str, list[int]]:
+        """A few product ids per kind that occurred, most affected first."""
+        found = {}
+        for kind in QUALITY_KINDS:
+            counts = self.counts[kind]
+            rows = np.flatnonzero(counts)
+            if len(rows):
+                top = rows[np.argsort(-counts[rows], kind="stable")[:limit]]
+                found[kind] = [int(product_ids[i]) for i in top]
+        return found
+
+
+@dataclass
+class WeeklyHistory:
+    """Net weekly demand (products x weeks, oldest week first) and what the line rules did."""
+
+    matrix: np.ndarray
+    quality: LineQuality
 
 
 def order_lines(source_query: str | None = None) -> sa.Subquery:
@@ -185,28 +267,47 @@ def fetch_weekly_history(
     window: HistoryWindow,
     product_ids: Sequence[int],
     source_query: str | None = None,
-) -> np.ndarray:
-    """Weekly quantities (len(product_ids) x window.weeks, oldest week first) of these eligible
-    products, from one grouped query."""
+) -> WeeklyHistory:
+    """Net weekly demand of these eligible products from one grouped query, with the line rules
+    of the module docstring applied and counted."""
     matrix = np.zeros((len(product_ids), window.weeks))
+    quality = LineQuality.empty(len(product_ids))
     if not product_ids or window.weeks == 0:
-        return matrix
+        return WeeklyHistory(matrix, quality)
     lines, source, conditions = _history_source(conn, window, source_query, product_ids)
     week = weeks_before(lines.c.ordered_at, sa.literal(window.as_of.isoformat(), sa.String))
+    quantity = lines.c.quantity
+    known = known_quantity(quantity)
+
+    def lines_where(condition) -> ColumnElement:
+        return sa.func.sum(sa.case((condition, 1), else_=0))
+
     query = (
-        sa.select(lines.c.product_id, week.label("week_back"), sa.func.sum(lines.c.quantity))
+        sa.select(
+            lines.c.product_id,
+            week.label("week_back"),
+            sa.func.coalesce(sa.func.sum(sa.case((known, quantity), else_=None)), 0),
+            lines_where(lines.c.customer_id.is_(None)),
+            sa.func.sum(sa.case((known, 0), else_=1)),
+            lines_where(sa.and_(known, quantity < 0)),
+            lines_where(sa.and_(known, quantity == 0)),
+        )
         .select_from(source)
         .where(*conditions)
         .group_by(lines.c.product_id, week)
     )
-    data = _fetch_numeric(conn, query, 3)
-    if len(data) == 0:
-        return matrix
-    row_index = pd.Index(product_ids).get_indexer(data[:, 0].astype(np.int64))
-    col_index = window.weeks - 1 - data[:, 1].astype(np.int64)
+    product, week_back, net, *line_counts = _fetch_columns(conn, query, [np.int64, np.int64, float] + [np.int64] * 4)
+    row_index = pd.Index(product_ids).get_indexer(product)
+    col_index = window.weeks - 1 - week_back
     keep = (row_index >= 0) & (col_index >= 0) & (col_index < window.weeks)
-    matrix[row_index[keep], col_index[keep]] = data[keep, 2]
-    return matrix
+    rows, cols = row_index[keep], col_index[keep]
+    matrix[rows, cols] = net[keep]
+    for kind, counts in zip(LINE_KINDS, line_counts, strict=True):
+        np.add.at(quality.counts[kind], rows, counts[keep])
+    negative = matrix < 0
+    quality.counts["weeks_floored_at_zero"] = negative.sum(axis=1).astype(np.int64)
+    matrix[negative] = 0.0
+    return WeeklyHistory(matrix, quality)
 
 
 def fetch_customer_activity(
@@ -231,14 +332,21 @@ def fetch_customer_activity(
             sa.func.min(week).label("last_week_back"),
         )
         .select_from(source)
-        .where(*conditions)
+        .where(*conditions, lines.c.customer_id.is_not(None))
         .group_by(lines.c.product_id, lines.c.customer_id)
     )
-    return pd.DataFrame(_fetch_numeric(conn, query, len(columns)), columns=columns).astype("int64")
+    values = _fetch_columns(conn, query, [np.int64] * len(columns))
+    return pd.DataFrame(dict(zip(columns, values, strict=True)))
 
 
-def _fetch_numeric(conn: sa.Connection, query: sa.Select, width: int) -> np.ndarray:
-    """All rows of a numeric query as a float array. Reads the DBAPI cursor's plain tuples:
-    building an array from SQLAlchemy Row objects is ~70x slower at a million rows."""
+def _fetch_columns(conn: sa.Connection, query: sa.Select, dtypes: Sequence[type]) -> list[np.ndarray]:
+    """All rows of a query as one array per column. Ids go straight from Python ints to int64
+    (never through float64, which is exact only up to 2**53). Reads the DBAPI cursor's plain
+    tuples: building arrays from SQLAlchemy Row objects is far slower at a million rows."""
     rows = conn.execute(query).cursor.fetchall()
-    return np.array(rows, dtype=float).reshape(len(rows), width)
+    if not rows:
+        return [np.empty(0, dtype=dtype) for dtype in dtypes]
+    return [
+        np.fromiter(column, dtype=dtype, count=len(rows))
+        for column, dtype in zip(zip(*rows, strict=True), dtypes, strict=True)
+    ]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import os
+import re
+import urllib.parse
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,17 +105,32 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``: safe for logs and error messages."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy parses (e.g. redis://): redact by hand
-        if "@" in url and "://" in url:
-            scheme, rest = url.split("://", 1)
-            creds, host = rest.rsplit("@", 1)
-            user = creds.split(":", 1)[0] if ":" in creds else creds
-            return f"{scheme}://{user + ':' if ':' in creds else ''}***@{host}"
-        return url
+    """The URL with every credential replaced by ``***``: a password in the user part (with or
+    without a scheme) and query parameters such as ``?password=`` or ``?token=``, which libpq and
+    redis-py accept. Safe for logs and error messages; the URL need not be valid."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    before_query, question, query = rest.partition("?")
+    if "@" in before_query:
+        credentials, host = before_query.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        before_query = f"{user}:***@{host}" if ":" in credentials else f"{credentials}@{host}"
+    if question:
+        fragment = ""
+        if "#" in query:
+            query, fragment = query.split("#", 1)
+            fragment = "#" + fragment
+        pairs = [
+            (name, "***" if _SECRET_PARAMETER.search(name) else value)
+            for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True)
+        ]
+        query = urllib.parse.urlencode(pairs, safe="*") + fragment
+    return f"{scheme}{separator}{before_query}{question}{query}"
 
 
 class EnvReader:

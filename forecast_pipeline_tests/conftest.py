@@ -5,11 +5,14 @@ Services come from the environment (``.ci/run`` starts them when they are not an
 missing) and ``TEST_REDIS_URL`` (default redis://127.0.0.1:6379/1, flushed per test).
 """
 
+import contextlib
 import datetime as dt
 import itertools
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,7 +50,7 @@ def postgres_engine():
 def _fresh_schema(engine: sa.Engine) -> sa.Engine:
     source_schema.metadata.drop_all(engine)
     with engine.begin() as conn:
-        for table in ("legacy_order_item", "legacy_order", "legacy_client_agreement"):
+        for table in ("legacy_order_item", "legacy_order", "legacy_client_agreement", "forecast_predictions"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     source_schema.create_schema(engine)
     return engine
@@ -84,9 +87,9 @@ def redis_client():
 class Orders:
     """Writes orders into the default schema: ``add(customer, product, day, qty)``."""
 
-    def __init__(self, engine: sa.Engine):
+    def __init__(self, engine: sa.Engine, first_order_id: int = 1):
         self.engine = engine
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(first_order_id)
         self._customers: set[int] = set()
         self._products: set[int] = set()
 
@@ -169,3 +172,31 @@ def command(args: list[str], tmp_path: Path, **env: str) -> subprocess.Completed
         **env,
     }
     return subprocess.run(args, env=environ, capture_output=True, text=True, timeout=300)
+
+
+@contextlib.contextmanager
+def private_redis(*options: str):
+    """A redis-server of the test's own on a free port, for what must not touch the shared one
+    (maxmemory, a password, being stopped). Yields its URL and process; stopped afterwards."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *options],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    password = dict(zip(options[::2], options[1::2], strict=False)).get("--requirepass")
+    client = redis.Redis.from_url(url, password=password)
+    try:
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield url, process
+    finally:
+        client.close()
+        process.kill()
+        process.wait()

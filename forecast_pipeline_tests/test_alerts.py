@@ -15,8 +15,10 @@ import pytest
 import sqlalchemy as sa
 from dagster import (
     AssetExecutionContext,
+    AssetObservation,
     DagsterInstance,
     Definitions,
+    Failure,
     Output,
     asset,
     build_sensor_context,
@@ -680,19 +682,21 @@ def test_the_sensor_skips_with_a_reason_when_the_tables_are_missing(tmp_path, al
 
 @asset(name="product_forecasts")
 def stub_forecasts(context: AssetExecutionContext, config: ProductForecastsConfig):
-    """Stands in for the real asset: same key, config and figure names."""
+    """Stands in for the real asset: same key, config and figure names; like it, records the
+    figures as an observation and, over the 5% limit, fails without materializing."""
     failed = int(os.environ.get("STUB_FAILED", "0"))
-    return Output(
-        None,
-        metadata={
-            "total_products": 200,
-            "successful": 190 - failed,
-            "failed": failed,
-            "no_forecast": 10,
-            "failure_rate": round(failed / 200, 4),
-            "compute_seconds": 1.5,
-        },
-    )
+    figures = {
+        "total_products": 200,
+        "successful": 190 - failed,
+        "failed": failed,
+        "no_forecast": 10,
+        "failure_rate": round(failed / 200, 4),
+        "compute_seconds": 1.5,
+    }
+    context.log_event(AssetObservation(asset_key=context.asset_key, metadata=figures))
+    if failed / 200 > 0.05:
+        raise Failure(description=f"{failed} of 200 products failed: nothing was published")
+    return Output(None, metadata=figures)
 
 
 def test_pipeline_health_readings_feed_the_default_alerts(world, alert_env):
@@ -704,11 +708,11 @@ def test_pipeline_health_readings_feed_the_default_alerts(world, alert_env):
                 return sensor(context)
 
         empty = tick(pipeline_health_sensor)
-        assert empty.skip_reason.skip_message == "No new product_forecasts materialization" and empty.cursor == "0"
-        alert_env.setenv("STUB_FAILED", "20")  # 10% of the products failed
-        assert materialize([stub_forecasts], instance=instance).success
+        assert empty.skip_reason.skip_message == "No new product_forecasts run figures" and empty.cursor == "0"
+        alert_env.setenv("STUB_FAILED", "20")  # 10% of the products failed: the run fails, publishing nothing
+        assert not materialize([stub_forecasts], instance=instance, raise_on_error=False).success
         first = tick(pipeline_health_sensor, empty.cursor)
-        assert "Recorded pipeline health of 1 materialization" in first.skip_reason.skip_message
+        assert "Recorded pipeline health of 1 forecast run" in first.skip_reason.skip_message
         with world.engine.connect() as conn:
             values = dict(conn.execute(sa.select(readings.c.metric, readings.c.value)).all())
         assert values["failure_rate"] == 0.1 and values["no_forecast_rate"] == 0.05

@@ -52,14 +52,42 @@ def test_dagster_asset_materialize_caches_forecasts_and_records_the_run(demo_boo
     assert '"as_of_date": "2025-11-10"' in shown.stdout and "80% interval" in shown.stdout
 
 
-def test_a_failure_rate_over_the_limit_makes_the_cli_exit_non_zero(demo_book, redis_client, tmp_path):
+FAILING_MODEL = """
+import numpy as np
+from forecast_pipeline.forecasting import engine
+
+fit = engine.forecast_batch
+
+
+def forecast_batch(y, horizon):  # a model that cannot fit a week of 7777 units, in every process
+    if (np.nan_to_num(y) == 7777).any():
+        raise FloatingPointError("cannot fit")
+    return fit(y, horizon)
+
+
+engine.forecast_batch = forecast_batch
+"""
+
+
+def test_a_failure_rate_over_the_limit_makes_the_cli_exit_non_zero_and_publishes_nothing(
+    demo_book, redis_client, tmp_path
+):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAILING_MODEL)
     with demo_book.begin() as conn:
-        every_fourth = "SELECT id FROM products WHERE id % 4 = 0"
-        conn.execute(sa.text(f"UPDATE order_items SET quantity = 'NaN' WHERE product_id IN ({every_fourth})"))
-    done = materialize_cli(tmp_path)
+        conn.execute(
+            sa.text(
+                "UPDATE order_items SET quantity = 7777 WHERE id IN "
+                "(SELECT MIN(id) FROM order_items WHERE product_id % 4 = 0 GROUP BY product_id)"
+            )
+        )
+    done = materialize_cli(tmp_path, PYTHONPATH=str(hook))
     assert done.returncode != 0
-    assert "failure_rate_within_limit" in done.stdout + done.stderr
-    assert json.loads(redis_client.get("forecast:metadata:last_run"))["failed"] > 0
+    output = done.stdout + done.stderr
+    assert "failure_rate_within_limit" in output and "nothing was published for 2025-11-10" in output
+    assert redis_client.get("forecast:metadata:last_run") is None
+    assert redis_client.hlen("forecast:asof:2025-11-10") == 0
 
 
 def test_bad_config_stops_the_cli_naming_the_variable(tmp_path):

@@ -120,29 +120,16 @@ def test_a_backfill_of_an_older_date_never_replaces_newer_forecasts(book, redis_
     assert kept == 22
 
 
-def test_a_failing_product_is_counted_and_the_others_are_cached(book, redis_client, instance):
+def test_nan_quantities_are_left_out_and_counted_not_a_failure(book, redis_client, instance):
     with book.begin() as conn:
         conn.execute(sa.text("UPDATE order_items SET quantity = 'NaN' WHERE product_id = 4 AND id % 5 = 0"))
-    result = run(book, instance)  # 1 of 22 failed = 4.5%, under the 5% limit
+    result = run(book, instance)
     assert result.success
-    assert redis_client.get("forecast:4") is None
-    assert redis_client.get("forecast:5") is not None
     meta = json.loads(redis_client.get("forecast:metadata:last_run"))
-    assert (meta["successful"], meta["failed"]) == (21, 1)
+    assert (meta["successful"], meta["failed"]) == (22, 0)
+    assert meta["data_quality"]["lines_unknown_quantity"] == 12  # every 5th of product 4's 60 lines
     logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
-    assert any("Product 4 failed" in m and "non-finite" in m for m in logs)
-
-
-def test_a_failure_rate_above_the_limit_fails_the_run_but_keeps_the_good_forecasts(book, redis_client, instance):
-    with book.begin() as conn:
-        conn.execute(sa.text("UPDATE order_items SET quantity = 'Infinity' WHERE product_id IN (4, 6) AND id % 7 = 0"))
-    result = run(book, instance, raise_on_error=False)  # 2 of 22 = 9% > 5%
-    assert not result.success
-    evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "failure_rate_within_limit")
-    assert not evaluation.passed
-    assert redis_client.get("forecast:5") is not None
-    meta = json.loads(redis_client.get("forecast:metadata:last_run"))
-    assert meta["failed"] == 2
+    assert any("lines_unknown_quantity: 12 (most in product 4)" in m for m in logs)
 
 
 def test_redis_down_fails_at_once_naming_the_url_without_the_password(book, redis_client, instance):

@@ -87,7 +87,7 @@ def test_weekly_buckets_end_the_day_before_the_as_of_date(orders, any_db):
     orders.add(1, 10, AS_OF - 8 * DAY, 11)  # week -2
     orders.add(2, 10, AS_OF, 1000)  # the as-of date itself: never read
     with any_db.connect() as conn:
-        matrix = order_history.fetch_weekly_history(conn, WINDOW, [10])
+        matrix = order_history.fetch_weekly_history(conn, WINDOW, [10]).matrix
     assert matrix.shape == (1, WINDOW.weeks)
     assert matrix[0, -1] == 12 and matrix[0, -2] == 11
     assert matrix.sum() == 23
@@ -144,7 +144,7 @@ def test_a_source_query_maps_another_schema(any_db):
             )
     assert eligible_ids(any_db, source_query=LEGACY_QUERY) == [8]
     with any_db.connect() as conn:
-        matrix = order_history.fetch_weekly_history(conn, WINDOW, [8], LEGACY_QUERY)
+        matrix = order_history.fetch_weekly_history(conn, WINDOW, [8], LEGACY_QUERY).matrix
     assert matrix[0, -1] == 6
 
 

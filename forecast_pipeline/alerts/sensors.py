@@ -3,10 +3,11 @@
 - ``alert_evaluation_sensor`` evaluates every enabled alert every 30 s (the legacy worker's
   interval), writes events, sends queued webhook notifications, and reports the figures in the
   tick's log and as the tick's skip reason and cursor (both visible in the UI's tick history);
-- ``pipeline_health_sensor`` turns each new ``product_forecasts`` materialization into readings of
-  the ``forecast_pipeline`` source. It follows materializations rather than successful runs: a run
-  whose failure rate breaks the blocking check *fails* after materializing, and that is exactly
-  the run the failure-rate alert must see. Runs limited to chosen ``product_ids`` are ignored.
+- ``pipeline_health_sensor`` turns each new ``product_forecasts`` observation (one per as-of date
+  forecast, with the run's figures) into readings of the ``forecast_pipeline`` source. It follows
+  observations rather than materializations: a run whose failure rate breaks the limit publishes
+  nothing and fails, and that is exactly the run the failure-rate alert must see. Runs limited
+  to chosen ``product_ids`` are ignored.
 
 Neither launches runs. Without the alert tables both skip with a reason naming
 ``forecast-pipeline alerts init``.
@@ -93,8 +94,8 @@ def _subset_run(run: Any) -> bool:
     minimum_interval_seconds=EVALUATION_INTERVAL_SECONDS,
     default_status=DefaultSensorStatus.RUNNING,
     description=(
-        "Records each product_forecasts materialization's figures (failure rate, elapsed seconds, "
-        "no-forecast rate, last-run time) as readings of the forecast_pipeline alert source."
+        "Records the figures of each product_forecasts run (failure rate, elapsed seconds, "
+        "no-forecast rate, last-run time), failed runs included, as readings of the forecast_pipeline alert source."
     ),
 )
 def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase) -> SensorResult:
@@ -105,17 +106,17 @@ def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase
             return SensorResult(skip_reason=SkipReason(reason))  # cursor kept: nothing is missed
         instance = context.instance
         if context.cursor:
-            records = instance.fetch_materializations(
+            records = instance.fetch_observations(
                 AssetRecordsFilter(asset_key=FORECASTS_ASSET, after_storage_id=int(context.cursor)),
                 limit=HEALTH_BATCH,
                 ascending=True,
             ).records
-        else:  # first tick: the current state is the newest materialization
-            records = instance.fetch_materializations(FORECASTS_ASSET, limit=1).records
+        else:  # first tick: the current state is the newest run's figures
+            records = instance.fetch_observations(FORECASTS_ASSET, limit=1).records
         if not records:
-            # with no materialization yet, every later one is new: start the cursor at 0
+            # with no figures yet, every later one is new: start the cursor at 0
             return SensorResult(
-                skip_reason=SkipReason("No new product_forecasts materialization"), cursor=context.cursor or "0"
+                skip_reason=SkipReason("No new product_forecasts run figures"), cursor=context.cursor or "0"
             )
         recorded, ignored = [], 0
         for record in records:
@@ -123,7 +124,7 @@ def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase
             if run is not None and _subset_run(run):
                 ignored += 1
                 continue
-            figures = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+            figures = {k: v.value for k, v in record.asset_observation.metadata.items()}
             run_record = instance.get_run_record_by_id(record.run_id) if record.run_id else None
             start = run_record.start_time if run_record is not None else None
             elapsed = record.timestamp - start if start else None
@@ -141,7 +142,7 @@ def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase
             context.log.info(f"Pipeline health from run {record.run_id} ({recorded[-1]})")
     finally:
         engine.dispose()
-    summary = f"Recorded pipeline health of {len(recorded)} materialization(s)" + (
+    summary = f"Recorded pipeline health of {len(recorded)} forecast run(s)" + (
         f", ignored {ignored} run(s) limited to chosen products" if ignored else ""
     )
     shown = "; ".join(recorded[-5:]) + (" ..." if len(recorded) > 5 else "")

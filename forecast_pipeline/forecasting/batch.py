@@ -45,6 +45,7 @@ class ForecastRun:
     holdout_wape: float | None
     timings: dict[str, float] = field(default_factory=dict)
     requested_products: list[int] | None = None  # None: every eligible product
+    data_quality: dict[str, int] = field(default_factory=dict)  # order-line rules applied, by kind
     last_run_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     @property
@@ -67,6 +68,7 @@ class ForecastRun:
             "elapsed_seconds": round(self.elapsed_seconds, 2),
             "failure_rate": round(self.failure_rate, 4),
             "mean_accuracy_estimate": None if self.mean_accuracy is None else round(self.mean_accuracy, 4),
+            "data_quality": self.data_quality,
         }
 
 
