@@ -31,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import redis
 
@@ -136,6 +136,7 @@ def write_forecasts(
     drop_products: Sequence[int] = (),
     lock_seconds: int = LEASE_SECONDS,
     wait_seconds: float = LEASE_WAIT_SECONDS,
+    on_wait: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
     """Publish one as-of date's forecasts (see the module docstring for the order of steps).
 
@@ -144,11 +145,17 @@ def write_forecasts(
     run for some products) these products are updated in place and ``drop_products`` (requested
     but not forecast this time) are removed. Returns how many latest keys were written, kept
     because they hold a newer date, and removed. Raises :class:`PublishError` or a Redis error
-    when the date could not be published; nothing of this run is visible then.
+    when the date could not be published; nothing of this run is visible then. ``on_wait`` is
+    told when another run holds the date's lease.
     """
     token = uuid.uuid4().hex
     lease = client.lock(lease_key(prefix, as_of), timeout=lock_seconds, blocking_timeout=wait_seconds)
-    if not lease.acquire(token=token):
+    acquired = lease.acquire(token=token, blocking=False)
+    if not acquired:
+        if on_wait is not None:
+            on_wait(f"Another run is publishing as-of {as_of}: waiting up to {wait_seconds:.0f}s for it to finish")
+        acquired = lease.acquire(token=token)
+    if not acquired:
         raise PublishError(
             f"Another run has been publishing as-of {as_of} for over {wait_seconds:.0f}s "
             f"(lease {lease_key(prefix, as_of)}); retry when it has finished"

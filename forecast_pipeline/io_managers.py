@@ -42,6 +42,7 @@ class RedisForecastIOManager(ConfigurableIOManager):
             self.history_ttl,
             replace_history=full_run,
             drop_products=obj.requested_products or (),
+            on_wait=context.log.info,
         )
         write_seconds = time.perf_counter() - started
         obj.timings["write_seconds"] = write_seconds

@@ -38,7 +38,7 @@ def _write_at_once(barrier: threading.Barrier, outcomes: dict[str, str], marker:
     docs = payloads(n, marker, size=50)
     barrier.wait()
     try:
-        forecast_cache.write_forecasts(client, PREFIX, AS_OF, docs, 600, 600)
+        forecast_cache.write_forecasts(client, PREFIX, AS_OF, docs, 600, 600, on_wait=WAITS.append)
         outcomes[marker] = "ok"
     except Exception as exc:  # noqa: BLE001 - the test reports what each writer saw
         outcomes[marker] = repr(exc)
@@ -46,8 +46,12 @@ def _write_at_once(barrier: threading.Barrier, outcomes: dict[str, str], marker:
         client.close()
 
 
+WAITS: list[str] = []
+
+
 def test_two_writers_of_one_date_leave_one_complete_hash(redis_client):
     n = 20_000
+    WAITS.clear()
     for trial in range(3):
         redis_client.flushdb()
         barrier = threading.Barrier(2)
@@ -63,6 +67,7 @@ def test_two_writers_of_one_date_leave_one_complete_hash(redis_client):
         assert len({doc["marker"] for doc in published.values()}) == 1  # one run's hash, not a mix
         assert not staging_keys(redis_client)
         assert not keys_without_ttl(redis_client)
+    assert WAITS and WAITS[0].startswith(f"Another run is publishing as-of {AS_OF}: waiting")
 
 
 WRITER = textwrap.dedent(
