@@ -633,11 +633,11 @@ def test_bad_report_settings_name_the_variable(env, message):
     assert message in str(info.value)
 
 
-def test_reports_dir_must_be_a_directory(tmp_path):
+def test_an_unusable_reports_dir_does_not_stop_the_settings_from_loading(tmp_path):
+    """A reports volume problem fails report runs (recorded), never the code location."""
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(ConfigError, match="REPORTS_DIR=.* exists and is not a directory"):
-        load_report_settings({"REPORTS_DIR": str(a_file)})
+    assert load_report_settings({"REPORTS_DIR": str(a_file)}).reports_dir == a_file
     assert load_report_settings({"REPORTS_DIR": str(tmp_path / "new")}).reports_dir == tmp_path / "new"
 
 
@@ -685,9 +685,9 @@ def test_cli_adds_plans_accounts_schedules_and_ticks(db, capsys):
         assert conn.execute(sa.select(sa.func.count()).select_from(plans)).scalar_one() == 1
         (row,) = conn.execute(sa.select(report_schedules)).all()
     assert row.anchor_day == 31 and row.run_time == dt.time(7, 30) and row.next_run_at > now()
-    assert (
-        run("add-schedule", "--account", "acme", "--name", "x", "--cadence", "daily", "--timezone", "Nowhere/X")[0] == 2
-    )
+    with pytest.raises(SystemExit) as exited:
+        run("add-schedule", "--account", "acme", "--name", "x", "--cadence", "daily", "--timezone", "Nowhere/X")
+    assert exited.value.code == 2 and "'Nowhere/X' is not an IANA time zone" in capsys.readouterr().err
     code, out = run("list")
     assert code == 0 and "'month-end': monthly Europe/Berlin" in out and "active" in out
     with db.begin() as conn:
@@ -710,3 +710,98 @@ def test_a_time_zone_that_names_a_folder_is_malformed_not_a_crash(db):
     assert [d.schedule_id for d in result.recorded] == [good]
     assert "'Europe' is not an IANA time zone" in schedule(db, region).last_error
     assert schedule(db, good).next_run_at > slot
+
+
+# ---------------------------------------------------------------- CLI input validation
+
+BAD_CLI_INPUT = [
+    (["--top-products", "0"], "add-schedule", "--top-products: must be a whole number from 1 to 1000, got '0'"),
+    (["--top-products", "5000"], "add-schedule", "--top-products: must be a whole number from 1 to 1000, got '5000'"),
+    (["--start", "2025-02-30"], "add-schedule", "--start: '2025-02-30' is not a date such as 2025-11-10"),
+    (["--day", "32"], "add-schedule", "--day: must be a whole number from 1 to 31, got '32'"),
+    (["--time", "25:00"], "add-schedule", "--time: '25:00' is not a time such as 06:00"),
+    (["--timezone", "Mars/X"], "add-schedule", "--timezone: 'Mars/X' is not an IANA time zone name"),
+    (["--product-ids", "1,-3"], "add-schedule", "--product-ids: '1,-3' is not a comma list of positive product ids"),
+    (["--email", "nobody"], "add-schedule", "--email: 'nobody' is not an e-mail address"),
+]
+SCHEDULE_ARGS = ["--account", "acme", "--name", "daily", "--cadence", "daily"]
+
+
+def _reports_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forecast-pipeline")
+    reports_cli.add_report_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+@pytest.mark.parametrize(("extra", "command", "message"), BAD_CLI_INPUT)
+def test_bad_reports_cli_input_is_one_clear_line_and_exit_2(extra, command, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        _reports_parser().parse_args(["reports", command, *SCHEDULE_ARGS, *extra])
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"forecast-pipeline reports {command}: {message}"), lines
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["add-plan", "--name", "pro", "--monthly-limit", "-1"], "--monthly-limit: must be 0 or more, or 'none'"),
+        (["add-plan", "--name", "pro", "--monthly-limit", "lots"], "--monthly-limit: 'lots' is not a whole number"),
+        (["add-plan", "--name", " ", "--monthly-limit", "3"], "--name: must not be blank"),
+        (["add-account", "--name", "a", "--timezone", "Europe"], "--timezone: 'Europe' is not an IANA time zone"),
+        (["add-account", "--name", "a", "--product-ids", "x"], "--product-ids: 'x' is not a comma list"),
+        (["add-account", "--name", "a", "--email", "a@b.example,@x"], "--email: '@x' is not an e-mail address"),
+    ],
+)
+def test_bad_plan_and_account_input_is_one_clear_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        _reports_parser().parse_args(["reports", *argv])
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"forecast-pipeline reports {argv[0]}: {message}"), lines
+
+
+def test_the_reports_command_refuses_a_bad_start_date_without_a_traceback(db, tmp_path):
+    from forecast_pipeline_tests.conftest import BIN, command
+
+    result = command(
+        [str(BIN / "forecast-pipeline"), "reports", "add-schedule", *SCHEDULE_ARGS, "--start", "2025-13-01"],
+        tmp_path,
+        DATABASE_URL=REPORTS_DB_URL,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "forecast-pipeline reports add-schedule: --start: '2025-13-01' is not a date such as 2025-11-10"
+    )
+
+
+def test_references_the_database_cannot_satisfy_exit_2_with_one_line(db, capsys):
+    settings = load_settings({"DATABASE_URL": REPORTS_DB_URL})
+    parser = _reports_parser()
+
+    def run(*argv: str) -> tuple[int, list[str]]:
+        code = reports_cli.cmd_reports(settings, parser.parse_args(["reports", *argv]))
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    assert run("add-account", "--name", "acme", "--plan", "gold") == (
+        2,
+        ["forecast-pipeline reports add-account: --plan: no plan named 'gold' (add it with `reports add-plan`)"],
+    )
+    assert run("add-schedule", *SCHEDULE_ARGS) == (
+        2,
+        [
+            "forecast-pipeline reports add-schedule: "
+            "--account: no account named 'acme' (add it with `reports add-account`)"
+        ],
+    )
+    assert run("add-account", "--name", "acme", "--product-ids", "1,2")[0] == 0
+    assert run("add-schedule", *SCHEDULE_ARGS, "--product-ids", "2,3") == (
+        2,
+        [
+            "forecast-pipeline reports add-schedule: "
+            "--product-ids: account 'acme' does not own product 3 (its products: 1, 2)"
+        ],
+    )
+    with db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(report_schedules)).scalar_one() == 0
