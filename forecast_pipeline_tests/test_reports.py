@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import re
 import threading
 import zoneinfo
 from pathlib import Path
@@ -25,7 +26,7 @@ from dagster import (
     build_sensor_context,
 )
 
-from forecast_pipeline import forecast_cache
+from forecast_pipeline import forecast_cache, source_schema
 from forecast_pipeline.app_db import AppDatabase, app_metadata
 from forecast_pipeline.reports import cli as reports_cli
 from forecast_pipeline.reports.cache import RedisJsonCache
@@ -44,7 +45,7 @@ from forecast_pipeline.reports.schema import (
 )
 from forecast_pipeline.reports.sensors import recover_unlaunched, report_run_failed, report_schedule_tick
 from forecast_pipeline.reports.tick import run_key_for, tick
-from forecast_pipeline.resources import RedisStore, make_engine
+from forecast_pipeline.resources import RedisStore, SourceDatabase, make_engine
 from forecast_pipeline.settings import ConfigError, load_settings
 from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database
 
@@ -54,7 +55,7 @@ REPORTS_DB_URL = os.environ.get(
 )
 REPORTS_REDIS_URL = os.environ.get("TEST_REPORTS_REDIS_URL", "redis://127.0.0.1:6379/7")
 UTC = dt.UTC
-AS_OF = "2025-11-10"
+AS_OF = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()  # fresh: reports refuse stale ones
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +93,12 @@ def url_of(engine: sa.Engine) -> str:
 
 
 def resources(engine: sa.Engine, redis_url: str = REPORTS_REDIS_URL) -> dict:
-    return {"app_db": AppDatabase(url=url_of(engine)), "redis_store": RedisStore(url=redis_url)}
+    """The job's resources; the order history (source) is the conftest's Postgres database."""
+    return {
+        "app_db": AppDatabase(url=url_of(engine)),
+        "redis_store": RedisStore(url=redis_url),
+        "source_db": SourceDatabase(url=POSTGRES_URL),
+    }
 
 
 def now() -> dt.datetime:
@@ -154,7 +160,7 @@ def evaluate_tick(instance, engine):
         return report_schedule_tick(context)
 
 
-def payload(product_id: int, base: float, as_of: str = AS_OF) -> dict:
+def payload(product_id: int, base: float, as_of: str = AS_OF, model_type="ses", accuracy=0.8) -> dict:
     start = dt.date.fromisoformat(as_of)
     predictions = []
     for w in range(12):
@@ -176,13 +182,13 @@ def payload(product_id: int, base: float, as_of: str = AS_OF) -> dict:
         "forecast_weeks": 12,
         "predictions": predictions,
         "summary": {"total_predicted_quantity": total, "active_customers": 2, "avg_weekly_quantity": total / 12},
-        "model_metadata": {"model_type": "ses", "demand_class": "smooth", "forecast_accuracy_estimate": 0.8},
+        "model_metadata": {"model_type": model_type, "demand_class": "smooth", "forecast_accuracy_estimate": accuracy},
     }
 
 
-def cache_forecasts(client, bases: dict[int, float], as_of: str = AS_OF, stamp: str = "2025-11-10T06:00:00Z"):
+def cache_forecasts(client, bases: dict[int, float], as_of: str = AS_OF, stamp: str = "2025-11-10T06:00:00Z", **meta):
     forecast_cache.write_forecasts(
-        client, "forecast", as_of, [payload(p, b, as_of) for p, b in bases.items()], 600, 600
+        client, "forecast", as_of, [payload(p, b, as_of, **meta) for p, b in bases.items()], 600, 600
     )
     forecast_cache.write_run_metadata(
         client, "forecast", {"as_of_date": as_of, "last_run": stamp, "total_products": len(bases)}, 600, 600
@@ -407,12 +413,12 @@ def test_the_report_job_writes_html_and_csv_from_the_cached_forecasts(db, rclien
     assert run.started_at is not None and run.finished_at is not None
     generation = generation_of(db, run.id)
     assert generation.status == "succeeded" and generation.account_id == account
-    assert generation.as_of_date == dt.date(2025, 11, 10)
+    assert generation.as_of_date == dt.date.fromisoformat(AS_OF)
     html_path, csv_path = generation.output_location, generation.csv_location
     assert html_path.startswith(str(tmp_path / f"account-{account}")) and html_path.endswith(".html")
     html = Path(html_path).read_text(encoding="utf-8")
     assert "<svg" in html and "<polygon" in html and "<polyline" in html
-    assert "No cached forecast for products [99]" in html
+    assert "No forecast yet for" in html and "Product 99" in html
     assert html.index('data-product="2"') < html.index('data-product="3"')  # top products by quantity
     assert 'data-product="1"' not in html  # only the top 2 are listed
     rows = list(csv.DictReader(io.StringIO(Path(csv_path).read_text(encoding="utf-8"))))
@@ -431,8 +437,9 @@ def test_the_report_job_writes_html_and_csv_from_the_cached_forecasts(db, rclien
 def test_a_second_account_with_the_same_products_is_served_from_the_cache(db, rclient, tmp_path):
     cache_forecasts(rclient, {1: 10.0, 2: 20.0})
     slot = now() - dt.timedelta(minutes=1)
-    first = add_schedule(db, add_account(db, name="a"), slot)
-    second = add_schedule(db, add_account(db, name="b"), slot)
+    owns = {"product_ids": [1, 2]}
+    first = add_schedule(db, add_account(db, name="a", parameters=owns), slot)
+    second = add_schedule(db, add_account(db, name="b", parameters=owns), slot)
     with DagsterInstance.ephemeral() as instance:
         requests = sorted(evaluate_tick(instance, db).run_requests, key=lambda r: r.run_key)
         hits = []
@@ -447,7 +454,7 @@ def test_a_second_account_with_the_same_products_is_served_from_the_cache(db, rc
     assert {runs_of(db, first)[0].status, runs_of(db, second)[0].status} == {"succeeded"}
     # a new forecast run (new last_run stamp) is never served the old figures
     cache_forecasts(rclient, {1: 100.0, 2: 200.0}, stamp="2025-11-10T07:00:00Z")
-    third = add_schedule(db, add_account(db, name="c"), slot)
+    third = add_schedule(db, add_account(db, name="c", parameters=owns), slot)
     with DagsterInstance.ephemeral() as instance:
         (request,) = evaluate_tick(instance, db).run_requests
         assert execute(request, db, instance, tmp_path).success
@@ -458,7 +465,7 @@ def test_a_second_account_with_the_same_products_is_served_from_the_cache(db, rc
 
 def test_over_the_plan_limit_the_report_is_skipped_without_heavy_work(db, rclient, tmp_path):
     cache_forecasts(rclient, {1: 10.0})
-    account = add_account(db, limit=2, timezone="America/New_York")
+    account = add_account(db, limit=2, timezone="America/New_York", parameters={"product_ids": [1]})
     t = now()
     old_schedule = add_schedule(db, account, t + dt.timedelta(days=1), name="history")
     with db.begin() as conn:
@@ -537,7 +544,7 @@ def test_unlimited_plans_and_accounts_without_a_plan_are_never_skipped(db):
 
 
 def test_nothing_cached_fails_the_run_and_the_slot_with_a_clear_error(db, rclient, tmp_path):
-    account = add_account(db, limit=1)
+    account = add_account(db, limit=1, parameters={"product_ids": [1]})
     schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
     with DagsterInstance.ephemeral() as instance:
         (request,) = evaluate_tick(instance, db).run_requests
@@ -805,3 +812,129 @@ def test_references_the_database_cannot_satisfy_exit_2_with_one_line(db, capsys)
     )
     with db.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(report_schedules)).scalar_one() == 0
+
+
+# ---------------------------------------------------------------- what the customer receives
+
+AUCKLAND = zoneinfo.ZoneInfo("Pacific/Auckland")
+
+
+def add_products(engine, names: dict[int, str]) -> None:
+    with engine.begin() as conn:
+        conn.execute(source_schema.products.insert(), [{"id": p, "name": n} for p, n in names.items()])
+
+
+def add_weekly_orders(engine, product_id: int, quantity: float, weeks: int, as_of: str = AS_OF) -> None:
+    """One order of ``quantity`` in each of the ``weeks`` weeks before the as-of date."""
+    start = dt.date.fromisoformat(as_of)
+    with engine.begin() as conn:
+        if (
+            conn.execute(sa.select(source_schema.customers.c.id).where(source_schema.customers.c.id == 1)).first()
+            is None
+        ):
+            conn.execute(source_schema.customers.insert().values(id=1, name="c1"))
+        first = (conn.execute(sa.select(sa.func.max(source_schema.orders.c.id))).scalar() or 0) + 1
+        for w in range(weeks):
+            order_id = first + w
+            when = dt.datetime.combine(start - dt.timedelta(days=7 * w + 3), dt.time(9))
+            conn.execute(source_schema.orders.insert().values(id=order_id, customer_id=1, created_at=when))
+            conn.execute(
+                source_schema.order_items.insert().values(order_id=order_id, product_id=product_id, quantity=quantity)
+            )
+
+
+def report_of(engine, schedule_id) -> tuple[str, list[dict]]:
+    (run,) = runs_of(engine, schedule_id)
+    generation = generation_of(engine, run.id)
+    html = Path(generation.output_location).read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(Path(generation.csv_location).read_text(encoding="utf-8"))))
+    return html, rows
+
+
+def test_the_report_reads_like_a_document_for_a_customer(db, pg, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0, 2: 50.0, 3: 30.0}, model_type="croston_sba", accuracy=0.0)
+    add_products(pg, {1: "Espresso beans 1 kg", 2: "Oat milk <barista> & co"})  # 3 has no name
+    add_weekly_orders(pg, 2, 40.0, weeks=8)
+    account = add_account(db, name="Acme Cafés", timezone="Pacific/Auckland", parameters={"product_ids": [1, 2, 3]})
+    slot = now() - dt.timedelta(minutes=1)
+    schedule_id = add_schedule(db, account, slot, name="weekly-ops")
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert execute(request, db, instance, tmp_path).success
+    html, rows = report_of(db, schedule_id)
+    # product names, escaped; a product without a name is called by its number
+    assert "Espresso beans 1 kg" in html and "Oat milk &lt;barista&gt; &amp; co" in html and "Product 3" in html
+    assert "<barista>" not in html
+    # no internal vocabulary, ids or machine timestamps
+    lowered = html.lower()
+    for internal in ("croston", "tsb", "accuracy", "model_type", "schedule_run", "(#", "weekly-ops"):
+        assert internal not in lowered, internal
+    assert not re.search(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}", html)
+    # dates in the account's time zone, day month year
+    local = slot.astimezone(AUCKLAND)
+    assert f"{local.day} {local:%b %Y}, {local:%H:%M}" in html
+    as_of = dt.date.fromisoformat(AS_OF)
+    assert f"{as_of.day} {as_of:%b %Y}" in html
+    # a chart per top product plus the total, each with history, forecast and its range
+    assert html.count('class="chart product"') == 3 and html.count('class="chart total"') == 1
+    assert html.count('class="history"') == 4 and html.count('class="band"') == 4
+    # recent history comes from the order database, week by week
+    history = [r for r in rows if r["kind"] == "history" and r["product_id"] == "2"]
+    assert [float(r["quantity"]) for r in history][-8:] == [40.0] * 8
+    assert {float(r["quantity"]) for r in history[:-8]} <= {0.0}
+    assert "Expected demand, next 12 weeks" in html and f"{sum(50.0 + w for w in range(12)):,.0f}" in html
+    assert "if every product" in html  # the total's range is described for what it is
+
+
+def test_a_report_covers_only_what_the_account_owns_or_names(db, pg, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0, 2: 20.0, 3: 30.0, 4: 40.0})
+    add_products(pg, {1: "Alpha", 2: "Bravo", 3: "Charlie", 4: "Delta"})
+    slot = now() - dt.timedelta(minutes=1)
+    owner_a = add_account(db, name="a", limit=3, parameters={"product_ids": [1, 2]})
+    owner_b = add_account(db, name="b", limit=3, parameters={"product_ids": [3]})
+    nothing = add_account(db, name="c", limit=3)
+    a = add_schedule(db, owner_a, slot)
+    b = add_schedule(db, owner_b, slot)
+    narrowed = add_schedule(db, owner_a, slot, name="only-bravo", parameters={"product_ids": [2]})
+    c = add_schedule(db, nothing, slot)
+    with DagsterInstance.ephemeral() as instance:
+        for request in evaluate_tick(instance, db).run_requests:
+            execute(request, db, instance, tmp_path)
+    for schedule_id, own, foreign in (
+        (a, {"Alpha", "Bravo"}, {"Charlie", "Delta"}),
+        (b, {"Charlie"}, {"Alpha", "Bravo", "Delta"}),
+        (narrowed, {"Bravo"}, {"Alpha", "Charlie", "Delta"}),
+    ):
+        html, rows = report_of(db, schedule_id)
+        assert all(name in html for name in own) and not any(name in html for name in foreign), schedule_id
+        assert {r["product_id"] for r in rows if r["product_id"]} == {
+            str(p) for p in (1, 2, 3, 4) if {1: "Alpha", 2: "Bravo", 3: "Charlie", 4: "Delta"}[p] in own
+        }
+    (run,) = runs_of(db, c)
+    assert run.status == "failed" and "owns no products" in run.error
+    assert generation_of(db, run.id).output_location is None
+    assert not (tmp_path / f"account-{nothing}").exists()
+    with db.connect() as conn:
+        assert check_report_limit(conn, nothing).used == 0
+
+
+def test_stale_forecasts_are_refused_with_a_reason_and_not_charged(db, rclient, tmp_path):
+    weeks_old = (dt.datetime.now(UTC).date() - dt.timedelta(days=20)).isoformat()
+    cache_forecasts(rclient, {1: 10.0}, as_of=weeks_old)
+    account = add_account(db, limit=1, parameters={"product_ids": [1]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert not execute(request, db, instance, tmp_path).success
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and run.error.startswith("refused: the newest forecasts are 20 days old")
+    assert "REPORT_MAX_FORECAST_AGE_DAYS=8" in run.error
+    assert generation_of(db, run.id).status == "failed" and not any(tmp_path.rglob("*.*"))
+    with db.connect() as conn:
+        decision = check_report_limit(conn, account)
+        assert decision.allowed and decision.used == 0  # a refused report is not charged
+    cache_forecasts(rclient, {1: 10.0}, stamp="fresh")  # the forecasts run again: the slot can be re-executed
+    with DagsterInstance.ephemeral() as instance:
+        assert execute(run.id, db, instance, tmp_path).success
+    with db.connect() as conn:
+        assert check_report_limit(conn, account).used == 1
