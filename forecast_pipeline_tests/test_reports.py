@@ -3,16 +3,25 @@
 downtime, malformed schedules, plan limits and the ``generate_report`` job executed for real."""
 
 import argparse
+import contextlib
 import copy
 import csv
+import ctypes
 import datetime as dt
+import email
 import io
 import json
 import logging
 import os
 import re
+import resource
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import zoneinfo
+from email import policy
 from pathlib import Path
 
 import pytest
@@ -30,11 +39,11 @@ from forecast_pipeline import forecast_cache, source_schema
 from forecast_pipeline.app_db import AppDatabase, app_metadata
 from forecast_pipeline.reports import cli as reports_cli
 from forecast_pipeline.reports.cache import RedisJsonCache
-from forecast_pipeline.reports.config import load_report_settings
+from forecast_pipeline.reports.config import get_report_settings, load_report_settings
 from forecast_pipeline.reports.definitions import report_defs
-from forecast_pipeline.reports.jobs import OP_NAME, SCHEDULE_RUN_TAG, generate_report, run_config_for
+from forecast_pipeline.reports.jobs import OP_NAME, SCHEDULE_RUN_TAG, generate_report, produce_report, run_config_for
 from forecast_pipeline.reports.limits import check_report_limit, month_start
-from forecast_pipeline.reports.report import compute_figures
+from forecast_pipeline.reports.report import compute_figures, report_paths
 from forecast_pipeline.reports.schema import (
     TABLES,
     accounts,
@@ -938,3 +947,299 @@ def test_stale_forecasts_are_refused_with_a_reason_and_not_charged(db, rclient, 
         assert execute(run.id, db, instance, tmp_path).success
     with db.connect() as conn:
         assert check_report_limit(conn, account).used == 1
+
+
+# ---------------------------------------------------------------- a full or read-only reports volume
+
+
+@contextlib.contextmanager
+def volume_full_after(size_bytes: int):
+    """Files this process writes cannot grow past ``size_bytes`` (EFBIG, as on a full volume)."""
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+
+
+def quiet_logger() -> logging.Logger:
+    logger = logging.getLogger("test_reports.quiet")
+    logger.propagate = False
+    return logger
+
+
+def test_a_full_volume_fails_the_report_and_leaves_no_partial_or_temporary_file(db, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0, 2: 20.0})
+    account = add_account(db, limit=1, parameters={"product_ids": [1, 2]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    (due,) = tick(db).recorded
+    reports_dir = tmp_path / "reports"
+    with volume_full_after(8192), pytest.raises(OSError, match="File too large"):  # CSV fits, the HTML does not
+        produce_report(
+            db, RedisStore(url=REPORTS_REDIS_URL), due.schedule_run_id, reports_dir=reports_dir, logger=quiet_logger()
+        )
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and "File too large" in run.error
+    assert [p for p in reports_dir.rglob("*") if not p.is_dir()] == []  # no report, no temporary file
+    with db.connect() as conn:
+        assert check_report_limit(conn, account).used == 0
+    produce_report(db, RedisStore(url=REPORTS_REDIS_URL), due.schedule_run_id, reports_dir=reports_dir)
+    assert sorted(p.suffix for p in reports_dir.rglob("*.*")) == [".csv", ".html"]  # once there is room
+
+
+def test_a_reports_dir_that_cannot_be_created_fails_only_the_report(db, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0})
+    account = add_account(db, parameters={"product_ids": [1]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    (blocker := tmp_path / "a-file").write_text("x")
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert not execute(request, db, instance, blocker / "reports").success
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and "NotADirectoryError" in run.error
+    assert generation_of(db, run.id).status == "failed" and generation_of(db, run.id).output_location is None
+
+
+READ_ONLY_PROBE = """
+import sys
+from dagster import Definitions
+import forecast_pipeline.definitions as code_location
+Definitions.validate_loadable(code_location.defs)
+assert code_location.defs.resolve_job_def("daily_forecast") is not None
+print("code location loaded")
+from forecast_pipeline.reports.jobs import produce_report
+from forecast_pipeline.resources import RedisStore, make_engine
+try:
+    produce_report(make_engine(sys.argv[1]), RedisStore(url=sys.argv[2]), int(sys.argv[3]))
+except PermissionError as exc:
+    print("report failed:", exc)
+"""
+
+
+def _without_root_override() -> None:
+    """Root ignores file modes; without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH it obeys them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone from the exec'd program
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_a_read_only_reports_dir_fails_the_report_runs_not_the_code_location(db, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0})
+    account = add_account(db, parameters={"product_ids": [1]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    (due,) = tick(db).recorded
+    read_only = tmp_path / "volume"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("FORECAST_", "REPORT", "DATABASE_URL"))}
+    environ["REPORTS_DIR"] = str(read_only / "reports")
+    result = subprocess.run(
+        [sys.executable, "-c", READ_ONLY_PROBE, REPORTS_DB_URL, REPORTS_REDIS_URL, str(due.schedule_run_id)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_without_root_override if os.geteuid() == 0 else None,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "code location loaded" in result.stdout and "report failed: [Errno 13] Permission denied" in result.stdout
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and "PermissionError" in run.error
+    assert list(read_only.iterdir()) == []
+
+
+# ---------------------------------------------------------------- e-mail delivery
+
+
+class Mailbox:
+    """aiosmtpd handler: keeps what it is sent; refuses recipients listed in ``refuse``."""
+
+    def __init__(self, refuse: set[str] = frozenset()):
+        self.messages: list[tuple[list[str], email.message.Message]] = []
+        self.refuse = refuse
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(
+            (list(envelope.rcpt_tos), email.message_from_bytes(envelope.content, policy=policy.default))
+        )
+        return "250 Message accepted"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on 127.0.0.1, in this process."""
+    from aiosmtpd.controller import Controller
+
+    started = []
+
+    def start(mailbox: Mailbox) -> int:
+        controller = Controller(mailbox, hostname="127.0.0.1", port=_free_port())
+        controller.start()
+        started.append(controller)
+        return controller.port
+
+    yield start
+    for controller in started:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp_env(monkeypatch):
+    """Set REPORT_SMTP_* for the report job (settings are read once per process: cache cleared)."""
+
+    def configure(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        get_report_settings.cache_clear()
+
+    yield configure
+    monkeypatch.undo()
+    get_report_settings.cache_clear()
+
+
+def test_a_report_is_emailed_to_its_recipients_and_written(db, rclient, tmp_path, smtp_server, smtp_env):
+    mailbox = Mailbox()
+    port = smtp_server(mailbox)
+    smtp_env(
+        REPORT_SMTP_HOST="127.0.0.1",
+        REPORT_SMTP_PORT=str(port),
+        REPORT_SMTP_SECURITY="none",
+        REPORT_SMTP_FROM="Forecasts <reports@forecasts.example>",
+    )
+    cache_forecasts(rclient, {1: 10.0})
+    account = add_account(db, name="Acme", parameters={"product_ids": [1], "email_to": ["ops@acme.example"]})
+    own = add_schedule(
+        db,
+        account,
+        now() - dt.timedelta(minutes=1),
+        name="to-the-buyer",
+        parameters={"email_to": ["buyer@acme.example", "cfo@acme.example"]},
+    )
+    inherited = add_schedule(db, account, now() - dt.timedelta(minutes=2), name="to-ops")
+    with DagsterInstance.ephemeral() as instance:
+        for request in evaluate_tick(instance, db).run_requests:
+            assert execute(request, db, instance, tmp_path).success
+    assert sorted(sorted(rcpts) for rcpts, _ in mailbox.messages) == [
+        ["buyer@acme.example", "cfo@acme.example"],
+        ["ops@acme.example"],
+    ]
+    (_, message) = next(m for m in mailbox.messages if "ops@acme.example" in m[0])
+    assert message["From"] == "Forecasts <reports@forecasts.example>" and message["Subject"].startswith(
+        "Demand forecast for Acme, "
+    )
+    assert "Expected demand, next 12 weeks" in message.get_body(("plain",)).get_content()
+    assert '<svg class="chart total"' in message.get_body(("html",)).get_content()
+    attachments = {p.get_filename(): p.get_content().replace("\r\n", "\n").strip() for p in message.iter_attachments()}
+    html_path, csv_path = report_paths(tmp_path, account, inherited, runs_of(db, inherited)[0].scheduled_for)
+    assert attachments == {
+        html_path.name: html_path.read_text(encoding="utf-8").strip(),
+        csv_path.name: csv_path.read_text(encoding="utf-8").strip(),
+    }
+    for schedule_id in (own, inherited):
+        assert generation_of(db, runs_of(db, schedule_id)[0].id).status == "succeeded"
+
+
+@pytest.mark.parametrize("failure", ["refused", "unreachable", "not configured"])
+def test_a_failed_delivery_is_recorded_keeps_the_files_and_is_not_charged(
+    failure, db, rclient, tmp_path, smtp_server, smtp_env
+):
+    if failure == "not configured":
+        smtp_env()
+    else:
+        port = smtp_server(Mailbox(refuse={"ops@acme.example"})) if failure == "refused" else _free_port()
+        smtp_env(
+            REPORT_SMTP_HOST="127.0.0.1",
+            REPORT_SMTP_PORT=str(port),
+            REPORT_SMTP_SECURITY="none",
+            REPORT_SMTP_FROM="reports@forecasts.example",
+            REPORT_SMTP_TIMEOUT_SECONDS="5",
+        )
+    cache_forecasts(rclient, {1: 10.0})
+    account = add_account(db, limit=1, parameters={"product_ids": [1], "email_to": ["ops@acme.example"]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert not execute(request, db, instance, tmp_path).success
+    (run,) = runs_of(db, schedule_id)
+    generation = generation_of(db, run.id)
+    assert run.status == generation.status == "failed"
+    expected = {
+        "refused": "e-mail to ops@acme.example refused: ops@acme.example (550 5.1.1 mailbox unavailable)",
+        "unreachable": "ConnectionRefusedError",
+        "not configured": "REPORT_SMTP_HOST is not set",
+    }[failure]
+    assert expected in run.error
+    if failure == "not configured":  # nothing could be delivered: nothing is written either
+        assert generation.output_location is None
+    else:  # the files stay, and the failure says where
+        assert Path(generation.output_location).exists() and Path(generation.csv_location).exists()
+        assert f"report written to {generation.output_location}" in run.error
+    with db.connect() as conn:
+        assert check_report_limit(conn, account).used == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REPORT_SMTP_HOST": "mail.example", "REPORT_SMTP_FROM": ""}, "REPORT_SMTP_FROM is required"),
+        ({"REPORT_SMTP_HOST": "mail.example", "REPORT_SMTP_FROM": "reports"}, "REPORT_SMTP_FROM='reports' is not an"),
+        (
+            {"REPORT_SMTP_HOST": "mail.example", "REPORT_SMTP_FROM": "r@x.example", "REPORT_SMTP_PORT": "70000"},
+            "REPORT_SMTP_PORT=70000 must be between 1 and 65535",
+        ),
+        (
+            {"REPORT_SMTP_HOST": "mail.example", "REPORT_SMTP_FROM": "r@x.example", "REPORT_SMTP_SECURITY": "tls1"},
+            "REPORT_SMTP_SECURITY='tls1' must be one of starttls, ssl, none",
+        ),
+        (
+            {"REPORT_SMTP_HOST": "mail.example", "REPORT_SMTP_FROM": "r@x.example", "REPORT_SMTP_PASSWORD": "hunter2"},
+            "REPORT_SMTP_USER and REPORT_SMTP_PASSWORD must be set together",
+        ),
+        (
+            {
+                "REPORT_SMTP_HOST": "mail.example",
+                "REPORT_SMTP_FROM": "r@x.example",
+                "REPORT_SMTP_USER": "u",
+                "REPORT_SMTP_PASSWORD": "hunter2",
+                "REPORT_SMTP_SECURITY": "none",
+            },
+            "would send it in clear",
+        ),
+        ({"REPORT_SMTP_FROM": "r@x.example"}, "REPORT_SMTP_FROM is set but REPORT_SMTP_HOST is not"),
+    ],
+)
+def test_bad_smtp_settings_name_the_variable_and_never_show_the_password(env, message):
+    with pytest.raises(ConfigError, match="invalid report configuration") as info:
+        load_report_settings(env)
+    assert message in str(info.value) and "hunter2" not in str(info.value)
+
+
+def test_smtp_settings_default_their_port_and_hide_the_password():
+    settings = load_report_settings(
+        {
+            "REPORT_SMTP_HOST": "mail.example",
+            "REPORT_SMTP_FROM": "r@x.example",
+            "REPORT_SMTP_USER": "u",
+            "REPORT_SMTP_PASSWORD": "hunter2",
+            "REPORT_SMTP_SECURITY": "ssl",
+        }
+    )
+    assert (settings.smtp.host, settings.smtp.port, settings.smtp.password) == ("mail.example", 465, "hunter2")
+    assert "hunter2" not in repr(settings)
+    assert load_report_settings({}).smtp is None

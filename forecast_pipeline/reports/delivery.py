@@ -35,7 +35,8 @@ def build_message(
     message.add_alternative(html, subtype="html")
     for path in attachments:
         subtype = "html" if path.suffix == ".html" else "csv"
-        message.add_attachment(path.read_bytes(), maintype="text", subtype=subtype, filename=path.name)
+        # text, so the charset (utf-8) is declared: product names are rarely plain ASCII
+        message.add_attachment(path.read_text(encoding="utf-8"), subtype=subtype, filename=path.name)
     return message
 
 
