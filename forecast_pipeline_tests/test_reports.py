@@ -10,6 +10,7 @@ import ctypes
 import datetime as dt
 import email
 import io
+import ipaddress
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import re
 import resource
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -1088,8 +1090,8 @@ def smtp_server():
 
     started = []
 
-    def start(mailbox: Mailbox) -> int:
-        controller = Controller(mailbox, hostname="127.0.0.1", port=_free_port())
+    def start(mailbox: Mailbox, **options) -> int:
+        controller = Controller(mailbox, hostname="127.0.0.1", port=_free_port(), **options)
         controller.start()
         started.append(controller)
         return controller.port
@@ -1153,6 +1155,85 @@ def test_a_report_is_emailed_to_its_recipients_and_written(db, rclient, tmp_path
     }
     for schedule_id in (own, inherited):
         assert generation_of(db, runs_of(db, schedule_id)[0].id).status == "succeeded"
+
+
+def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM), for a TLS test server."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    moment = dt.datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(moment - dt.timedelta(minutes=5))
+        .not_valid_after(moment + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "smtp.pem", folder / "smtp.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize(
+    ("security", "password", "delivered"),
+    [("starttls", "s3cret-pw", True), ("ssl", "s3cret-pw", True), ("starttls", "wrong-pw", False)],
+)
+def test_reports_go_over_tls_with_a_login_and_a_bad_password_is_not_shown(
+    security, password, delivered, db, rclient, tmp_path, smtp_server, smtp_env, monkeypatch
+):
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    cert_path, key_path = _self_signed_certificate(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert_path, key_path)
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        good = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+            b"reports",
+            b"s3cret-pw",
+        )
+        return AuthResult(success=good, handled=False)  # handled=False: the server answers 535 itself
+
+    mailbox = Mailbox()
+    auth = {"authenticator": authenticator}
+    if security == "starttls":
+        port = smtp_server(mailbox, tls_context=tls, require_starttls=True, **auth)
+    else:
+        port = smtp_server(mailbox, ssl_context=tls, auth_require_tls=False, **auth)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # the client trusts the test server's certificate
+    smtp_env(
+        REPORT_SMTP_HOST="127.0.0.1",
+        REPORT_SMTP_PORT=str(port),
+        REPORT_SMTP_SECURITY=security,
+        REPORT_SMTP_FROM="reports@forecasts.example",
+        REPORT_SMTP_USER="reports",
+        REPORT_SMTP_PASSWORD=password,
+    )
+    cache_forecasts(rclient, {1: 10.0})
+    account = add_account(db, parameters={"product_ids": [1], "email_to": ["ops@acme.example"]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert execute(request, db, instance, tmp_path).success is delivered
+    (run,) = runs_of(db, schedule_id)
+    if delivered:
+        assert run.status == "succeeded" and [rcpts for rcpts, _ in mailbox.messages] == [["ops@acme.example"]]
+    else:
+        assert run.status == "failed" and "SMTPAuthenticationError" in run.error and password not in run.error
+        assert mailbox.messages == []
 
 
 @pytest.mark.parametrize("failure", ["refused", "unreachable", "not configured"])
