@@ -3,15 +3,27 @@
 downtime, malformed schedules, plan limits and the ``generate_report`` job executed for real."""
 
 import argparse
+import contextlib
 import copy
 import csv
+import ctypes
 import datetime as dt
+import email
 import io
+import ipaddress
 import json
 import logging
 import os
+import re
+import resource
+import signal
+import socket
+import ssl
+import subprocess
+import sys
 import threading
 import zoneinfo
+from email import policy
 from pathlib import Path
 
 import pytest
@@ -25,15 +37,15 @@ from dagster import (
     build_sensor_context,
 )
 
-from forecast_pipeline import forecast_cache
+from forecast_pipeline import forecast_cache, source_schema
 from forecast_pipeline.app_db import AppDatabase, app_metadata
 from forecast_pipeline.reports import cli as reports_cli
 from forecast_pipeline.reports.cache import RedisJsonCache
-from forecast_pipeline.reports.config import load_report_settings
+from forecast_pipeline.reports.config import get_report_settings, load_report_settings
 from forecast_pipeline.reports.definitions import report_defs
-from forecast_pipeline.reports.jobs import OP_NAME, SCHEDULE_RUN_TAG, generate_report, run_config_for
+from forecast_pipeline.reports.jobs import OP_NAME, SCHEDULE_RUN_TAG, generate_report, produce_report, run_config_for
 from forecast_pipeline.reports.limits import check_report_limit, month_start
-from forecast_pipeline.reports.report import compute_figures
+from forecast_pipeline.reports.report import compute_figures, report_paths
 from forecast_pipeline.reports.schema import (
     TABLES,
     accounts,
@@ -44,7 +56,7 @@ from forecast_pipeline.reports.schema import (
 )
 from forecast_pipeline.reports.sensors import recover_unlaunched, report_run_failed, report_schedule_tick
 from forecast_pipeline.reports.tick import run_key_for, tick
-from forecast_pipeline.resources import RedisStore, make_engine
+from forecast_pipeline.resources import RedisStore, SourceDatabase, make_engine
 from forecast_pipeline.settings import ConfigError, load_settings
 from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database
 
@@ -54,7 +66,7 @@ REPORTS_DB_URL = os.environ.get(
 )
 REPORTS_REDIS_URL = os.environ.get("TEST_REPORTS_REDIS_URL", "redis://127.0.0.1:6379/7")
 UTC = dt.UTC
-AS_OF = "2025-11-10"
+AS_OF = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()  # fresh: reports refuse stale ones
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +104,12 @@ def url_of(engine: sa.Engine) -> str:
 
 
 def resources(engine: sa.Engine, redis_url: str = REPORTS_REDIS_URL) -> dict:
-    return {"app_db": AppDatabase(url=url_of(engine)), "redis_store": RedisStore(url=redis_url)}
+    """The job's resources; the order history (source) is the conftest's Postgres database."""
+    return {
+        "app_db": AppDatabase(url=url_of(engine)),
+        "redis_store": RedisStore(url=redis_url),
+        "source_db": SourceDatabase(url=POSTGRES_URL),
+    }
 
 
 def now() -> dt.datetime:
@@ -154,7 +171,7 @@ def evaluate_tick(instance, engine):
         return report_schedule_tick(context)
 
 
-def payload(product_id: int, base: float, as_of: str = AS_OF) -> dict:
+def payload(product_id: int, base: float, as_of: str = AS_OF, model_type="ses", accuracy=0.8) -> dict:
     start = dt.date.fromisoformat(as_of)
     predictions = []
     for w in range(12):
@@ -176,13 +193,13 @@ def payload(product_id: int, base: float, as_of: str = AS_OF) -> dict:
         "forecast_weeks": 12,
         "predictions": predictions,
         "summary": {"total_predicted_quantity": total, "active_customers": 2, "avg_weekly_quantity": total / 12},
-        "model_metadata": {"model_type": "ses", "demand_class": "smooth", "forecast_accuracy_estimate": 0.8},
+        "model_metadata": {"model_type": model_type, "demand_class": "smooth", "forecast_accuracy_estimate": accuracy},
     }
 
 
-def cache_forecasts(client, bases: dict[int, float], as_of: str = AS_OF, stamp: str = "2025-11-10T06:00:00Z"):
+def cache_forecasts(client, bases: dict[int, float], as_of: str = AS_OF, stamp: str = "2025-11-10T06:00:00Z", **meta):
     forecast_cache.write_forecasts(
-        client, "forecast", as_of, [payload(p, b, as_of) for p, b in bases.items()], 600, 600
+        client, "forecast", as_of, [payload(p, b, as_of, **meta) for p, b in bases.items()], 600, 600
     )
     forecast_cache.write_run_metadata(
         client, "forecast", {"as_of_date": as_of, "last_run": stamp, "total_products": len(bases)}, 600, 600
@@ -407,12 +424,12 @@ def test_the_report_job_writes_html_and_csv_from_the_cached_forecasts(db, rclien
     assert run.started_at is not None and run.finished_at is not None
     generation = generation_of(db, run.id)
     assert generation.status == "succeeded" and generation.account_id == account
-    assert generation.as_of_date == dt.date(2025, 11, 10)
+    assert generation.as_of_date == dt.date.fromisoformat(AS_OF)
     html_path, csv_path = generation.output_location, generation.csv_location
     assert html_path.startswith(str(tmp_path / f"account-{account}")) and html_path.endswith(".html")
     html = Path(html_path).read_text(encoding="utf-8")
     assert "<svg" in html and "<polygon" in html and "<polyline" in html
-    assert "No cached forecast for products [99]" in html
+    assert "No forecast yet for" in html and "Product 99" in html
     assert html.index('data-product="2"') < html.index('data-product="3"')  # top products by quantity
     assert 'data-product="1"' not in html  # only the top 2 are listed
     rows = list(csv.DictReader(io.StringIO(Path(csv_path).read_text(encoding="utf-8"))))
@@ -431,8 +448,9 @@ def test_the_report_job_writes_html_and_csv_from_the_cached_forecasts(db, rclien
 def test_a_second_account_with_the_same_products_is_served_from_the_cache(db, rclient, tmp_path):
     cache_forecasts(rclient, {1: 10.0, 2: 20.0})
     slot = now() - dt.timedelta(minutes=1)
-    first = add_schedule(db, add_account(db, name="a"), slot)
-    second = add_schedule(db, add_account(db, name="b"), slot)
+    owns = {"product_ids": [1, 2]}
+    first = add_schedule(db, add_account(db, name="a", parameters=owns), slot)
+    second = add_schedule(db, add_account(db, name="b", parameters=owns), slot)
     with DagsterInstance.ephemeral() as instance:
         requests = sorted(evaluate_tick(instance, db).run_requests, key=lambda r: r.run_key)
         hits = []
@@ -447,7 +465,7 @@ def test_a_second_account_with_the_same_products_is_served_from_the_cache(db, rc
     assert {runs_of(db, first)[0].status, runs_of(db, second)[0].status} == {"succeeded"}
     # a new forecast run (new last_run stamp) is never served the old figures
     cache_forecasts(rclient, {1: 100.0, 2: 200.0}, stamp="2025-11-10T07:00:00Z")
-    third = add_schedule(db, add_account(db, name="c"), slot)
+    third = add_schedule(db, add_account(db, name="c", parameters=owns), slot)
     with DagsterInstance.ephemeral() as instance:
         (request,) = evaluate_tick(instance, db).run_requests
         assert execute(request, db, instance, tmp_path).success
@@ -458,7 +476,7 @@ def test_a_second_account_with_the_same_products_is_served_from_the_cache(db, rc
 
 def test_over_the_plan_limit_the_report_is_skipped_without_heavy_work(db, rclient, tmp_path):
     cache_forecasts(rclient, {1: 10.0})
-    account = add_account(db, limit=2, timezone="America/New_York")
+    account = add_account(db, limit=2, timezone="America/New_York", parameters={"product_ids": [1]})
     t = now()
     old_schedule = add_schedule(db, account, t + dt.timedelta(days=1), name="history")
     with db.begin() as conn:
@@ -537,7 +555,7 @@ def test_unlimited_plans_and_accounts_without_a_plan_are_never_skipped(db):
 
 
 def test_nothing_cached_fails_the_run_and_the_slot_with_a_clear_error(db, rclient, tmp_path):
-    account = add_account(db, limit=1)
+    account = add_account(db, limit=1, parameters={"product_ids": [1]})
     schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
     with DagsterInstance.ephemeral() as instance:
         (request,) = evaluate_tick(instance, db).run_requests
@@ -633,11 +651,11 @@ def test_bad_report_settings_name_the_variable(env, message):
     assert message in str(info.value)
 
 
-def test_reports_dir_must_be_a_directory(tmp_path):
+def test_an_unusable_reports_dir_does_not_stop_the_settings_from_loading(tmp_path):
+    """A reports volume problem fails report runs (recorded), never the code location."""
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    with pytest.raises(ConfigError, match="REPORTS_DIR=.* exists and is not a directory"):
-        load_report_settings({"REPORTS_DIR": str(a_file)})
+    assert load_report_settings({"REPORTS_DIR": str(a_file)}).reports_dir == a_file
     assert load_report_settings({"REPORTS_DIR": str(tmp_path / "new")}).reports_dir == tmp_path / "new"
 
 
@@ -685,9 +703,9 @@ def test_cli_adds_plans_accounts_schedules_and_ticks(db, capsys):
         assert conn.execute(sa.select(sa.func.count()).select_from(plans)).scalar_one() == 1
         (row,) = conn.execute(sa.select(report_schedules)).all()
     assert row.anchor_day == 31 and row.run_time == dt.time(7, 30) and row.next_run_at > now()
-    assert (
-        run("add-schedule", "--account", "acme", "--name", "x", "--cadence", "daily", "--timezone", "Nowhere/X")[0] == 2
-    )
+    with pytest.raises(SystemExit) as exited:
+        run("add-schedule", "--account", "acme", "--name", "x", "--cadence", "daily", "--timezone", "Nowhere/X")
+    assert exited.value.code == 2 and "'Nowhere/X' is not an IANA time zone" in capsys.readouterr().err
     code, out = run("list")
     assert code == 0 and "'month-end': monthly Europe/Berlin" in out and "active" in out
     with db.begin() as conn:
@@ -710,3 +728,599 @@ def test_a_time_zone_that_names_a_folder_is_malformed_not_a_crash(db):
     assert [d.schedule_id for d in result.recorded] == [good]
     assert "'Europe' is not an IANA time zone" in schedule(db, region).last_error
     assert schedule(db, good).next_run_at > slot
+
+
+# ---------------------------------------------------------------- CLI input validation
+
+BAD_CLI_INPUT = [
+    (["--top-products", "0"], "add-schedule", "--top-products: must be a whole number from 1 to 1000, got '0'"),
+    (["--top-products", "5000"], "add-schedule", "--top-products: must be a whole number from 1 to 1000, got '5000'"),
+    (["--start", "2025-02-30"], "add-schedule", "--start: '2025-02-30' is not a date such as 2025-11-10"),
+    (["--day", "32"], "add-schedule", "--day: must be a whole number from 1 to 31, got '32'"),
+    (["--time", "25:00"], "add-schedule", "--time: '25:00' is not a time such as 06:00"),
+    (["--timezone", "Mars/X"], "add-schedule", "--timezone: 'Mars/X' is not an IANA time zone name"),
+    (["--product-ids", "1,-3"], "add-schedule", "--product-ids: '1,-3' is not a comma list of positive product ids"),
+    (["--email", "nobody"], "add-schedule", "--email: 'nobody' is not an e-mail address"),
+]
+SCHEDULE_ARGS = ["--account", "acme", "--name", "daily", "--cadence", "daily"]
+
+
+def _reports_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forecast-pipeline")
+    reports_cli.add_report_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+@pytest.mark.parametrize(("extra", "command", "message"), BAD_CLI_INPUT)
+def test_bad_reports_cli_input_is_one_clear_line_and_exit_2(extra, command, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        _reports_parser().parse_args(["reports", command, *SCHEDULE_ARGS, *extra])
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"forecast-pipeline reports {command}: {message}"), lines
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["add-plan", "--name", "pro", "--monthly-limit", "-1"], "--monthly-limit: must be 0 or more, or 'none'"),
+        (["add-plan", "--name", "pro", "--monthly-limit", "lots"], "--monthly-limit: 'lots' is not a whole number"),
+        (["add-plan", "--name", " ", "--monthly-limit", "3"], "--name: must not be blank"),
+        (["add-account", "--name", "a", "--timezone", "Europe"], "--timezone: 'Europe' is not an IANA time zone"),
+        (["add-account", "--name", "a", "--product-ids", "x"], "--product-ids: 'x' is not a comma list"),
+        (["add-account", "--name", "a", "--email", "a@b.example,@x"], "--email: '@x' is not an e-mail address"),
+    ],
+)
+def test_bad_plan_and_account_input_is_one_clear_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        _reports_parser().parse_args(["reports", *argv])
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"forecast-pipeline reports {argv[0]}: {message}"), lines
+
+
+def test_the_reports_command_refuses_a_bad_start_date_without_a_traceback(db, tmp_path):
+    from forecast_pipeline_tests.conftest import BIN, command
+
+    result = command(
+        [str(BIN / "forecast-pipeline"), "reports", "add-schedule", *SCHEDULE_ARGS, "--start", "2025-13-01"],
+        tmp_path,
+        DATABASE_URL=REPORTS_DB_URL,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        "forecast-pipeline reports add-schedule: --start: '2025-13-01' is not a date such as 2025-11-10"
+    )
+
+
+def test_references_the_database_cannot_satisfy_exit_2_with_one_line(db, capsys):
+    settings = load_settings({"DATABASE_URL": REPORTS_DB_URL})
+    parser = _reports_parser()
+
+    def run(*argv: str) -> tuple[int, list[str]]:
+        code = reports_cli.cmd_reports(settings, parser.parse_args(["reports", *argv]))
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    assert run("add-account", "--name", "acme", "--plan", "gold") == (
+        2,
+        ["forecast-pipeline reports add-account: --plan: no plan named 'gold' (add it with `reports add-plan`)"],
+    )
+    assert run("add-schedule", *SCHEDULE_ARGS) == (
+        2,
+        [
+            "forecast-pipeline reports add-schedule: "
+            "--account: no account named 'acme' (add it with `reports add-account`)"
+        ],
+    )
+    assert run("add-account", "--name", "acme", "--product-ids", "1,2")[0] == 0
+    assert run("add-schedule", *SCHEDULE_ARGS, "--product-ids", "2,3") == (
+        2,
+        [
+            "forecast-pipeline reports add-schedule: "
+            "--product-ids: account 'acme' does not own product 3 (its products: 1, 2)"
+        ],
+    )
+    with db.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(report_schedules)).scalar_one() == 0
+
+
+# ---------------------------------------------------------------- what the customer receives
+
+AUCKLAND = zoneinfo.ZoneInfo("Pacific/Auckland")
+
+
+def add_products(engine, names: dict[int, str]) -> None:
+    with engine.begin() as conn:
+        conn.execute(source_schema.products.insert(), [{"id": p, "name": n} for p, n in names.items()])
+
+
+def add_weekly_orders(engine, product_id: int, quantity: float, weeks: int, as_of: str = AS_OF) -> None:
+    """One order of ``quantity`` in each of the ``weeks`` weeks before the as-of date."""
+    start = dt.date.fromisoformat(as_of)
+    with engine.begin() as conn:
+        if (
+            conn.execute(sa.select(source_schema.customers.c.id).where(source_schema.customers.c.id == 1)).first()
+            is None
+        ):
+            conn.execute(source_schema.customers.insert().values(id=1, name="c1"))
+        first = (conn.execute(sa.select(sa.func.max(source_schema.orders.c.id))).scalar() or 0) + 1
+        for w in range(weeks):
+            order_id = first + w
+            when = dt.datetime.combine(start - dt.timedelta(days=7 * w + 3), dt.time(9))
+            conn.execute(source_schema.orders.insert().values(id=order_id, customer_id=1, created_at=when))
+            conn.execute(
+                source_schema.order_items.insert().values(order_id=order_id, product_id=product_id, quantity=quantity)
+            )
+
+
+def report_of(engine, schedule_id) -> tuple[str, list[dict]]:
+    (run,) = runs_of(engine, schedule_id)
+    generation = generation_of(engine, run.id)
+    html = Path(generation.output_location).read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(Path(generation.csv_location).read_text(encoding="utf-8"))))
+    return html, rows
+
+
+def test_the_report_reads_like_a_document_for_a_customer(db, pg, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0, 2: 50.0, 3: 30.0}, model_type="croston_sba", accuracy=0.0)
+    add_products(pg, {1: "Espresso beans 1 kg", 2: "Oat milk <barista> & co"})  # 3 has no name
+    add_weekly_orders(pg, 2, 40.0, weeks=8)
+    account = add_account(db, name="Acme Cafés", timezone="Pacific/Auckland", parameters={"product_ids": [1, 2, 3]})
+    slot = now() - dt.timedelta(minutes=1)
+    schedule_id = add_schedule(db, account, slot, name="weekly-ops")
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert execute(request, db, instance, tmp_path).success
+    html, rows = report_of(db, schedule_id)
+    # product names, escaped; a product without a name is called by its number
+    assert "Espresso beans 1 kg" in html and "Oat milk &lt;barista&gt; &amp; co" in html and "Product 3" in html
+    assert "<barista>" not in html
+    # no internal vocabulary, ids or machine timestamps
+    lowered = html.lower()
+    for internal in ("croston", "tsb", "accuracy", "model_type", "schedule_run", "(#", "weekly-ops"):
+        assert internal not in lowered, internal
+    assert not re.search(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}", html)
+    # dates in the account's time zone, day month year
+    local = slot.astimezone(AUCKLAND)
+    assert f"{local.day} {local:%b %Y}, {local:%H:%M}" in html
+    as_of = dt.date.fromisoformat(AS_OF)
+    assert f"{as_of.day} {as_of:%b %Y}" in html
+    # a chart per top product plus the total, each with history, forecast and its range
+    assert html.count('class="chart product"') == 3 and html.count('class="chart total"') == 1
+    assert html.count('class="history"') == 4 and html.count('class="band"') == 4
+    # recent history comes from the order database, week by week
+    history = [r for r in rows if r["kind"] == "history" and r["product_id"] == "2"]
+    assert [float(r["quantity"]) for r in history][-8:] == [40.0] * 8
+    assert {float(r["quantity"]) for r in history[:-8]} <= {0.0}
+    assert "Expected demand, next 12 weeks" in html and f"{sum(50.0 + w for w in range(12)):,.0f}" in html
+    assert "if every product" in html  # the total's range is described for what it is
+
+
+def test_a_report_covers_only_what_the_account_owns_or_names(db, pg, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0, 2: 20.0, 3: 30.0, 4: 40.0})
+    add_products(pg, {1: "Alpha", 2: "Bravo", 3: "Charlie", 4: "Delta"})
+    slot = now() - dt.timedelta(minutes=1)
+    owner_a = add_account(db, name="a", limit=3, parameters={"product_ids": [1, 2]})
+    owner_b = add_account(db, name="b", limit=3, parameters={"product_ids": [3]})
+    nothing = add_account(db, name="c", limit=3)
+    a = add_schedule(db, owner_a, slot)
+    b = add_schedule(db, owner_b, slot)
+    narrowed = add_schedule(db, owner_a, slot, name="only-bravo", parameters={"product_ids": [2]})
+    c = add_schedule(db, nothing, slot)
+    with DagsterInstance.ephemeral() as instance:
+        for request in evaluate_tick(instance, db).run_requests:
+            execute(request, db, instance, tmp_path)
+    for schedule_id, own, foreign in (
+        (a, {"Alpha", "Bravo"}, {"Charlie", "Delta"}),
+        (b, {"Charlie"}, {"Alpha", "Bravo", "Delta"}),
+        (narrowed, {"Bravo"}, {"Alpha", "Charlie", "Delta"}),
+    ):
+        html, rows = report_of(db, schedule_id)
+        assert all(name in html for name in own) and not any(name in html for name in foreign), schedule_id
+        assert {r["product_id"] for r in rows if r["product_id"]} == {
+            str(p) for p in (1, 2, 3, 4) if {1: "Alpha", 2: "Bravo", 3: "Charlie", 4: "Delta"}[p] in own
+        }
+    (run,) = runs_of(db, c)
+    assert run.status == "failed" and "owns no products" in run.error
+    assert generation_of(db, run.id).output_location is None
+    assert not (tmp_path / f"account-{nothing}").exists()
+    with db.connect() as conn:
+        assert check_report_limit(conn, nothing).used == 0
+
+
+def test_stale_forecasts_are_refused_with_a_reason_and_not_charged(db, rclient, tmp_path):
+    weeks_old = (dt.datetime.now(UTC).date() - dt.timedelta(days=20)).isoformat()
+    cache_forecasts(rclient, {1: 10.0}, as_of=weeks_old)
+    account = add_account(db, limit=1, parameters={"product_ids": [1]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert not execute(request, db, instance, tmp_path).success
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and run.error.startswith("refused: the newest forecasts are 20 days old")
+    assert "REPORT_MAX_FORECAST_AGE_DAYS=8" in run.error
+    assert generation_of(db, run.id).status == "failed" and not any(tmp_path.rglob("*.*"))
+    with db.connect() as conn:
+        decision = check_report_limit(conn, account)
+        assert decision.allowed and decision.used == 0  # a refused report is not charged
+    cache_forecasts(rclient, {1: 10.0}, stamp="fresh")  # the forecasts run again: the slot can be re-executed
+    with DagsterInstance.ephemeral() as instance:
+        assert execute(run.id, db, instance, tmp_path).success
+    with db.connect() as conn:
+        assert check_report_limit(conn, account).used == 1
+
+
+# ---------------------------------------------------------------- a full or read-only reports volume
+
+
+@contextlib.contextmanager
+def volume_full_after(size_bytes: int):
+    """Files this process writes cannot grow past ``size_bytes`` (EFBIG, as on a full volume)."""
+    previous_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous_handler)
+
+
+def quiet_logger() -> logging.Logger:
+    logger = logging.getLogger("test_reports.quiet")
+    logger.propagate = False
+    return logger
+
+
+def test_a_full_volume_fails_the_report_and_leaves_no_partial_or_temporary_file(db, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0, 2: 20.0})
+    account = add_account(db, limit=1, parameters={"product_ids": [1, 2]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    (due,) = tick(db).recorded
+    reports_dir = tmp_path / "reports"
+    with volume_full_after(8192), pytest.raises(OSError, match="File too large"):  # CSV fits, the HTML does not
+        produce_report(
+            db, RedisStore(url=REPORTS_REDIS_URL), due.schedule_run_id, reports_dir=reports_dir, logger=quiet_logger()
+        )
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and "File too large" in run.error
+    assert [p for p in reports_dir.rglob("*") if not p.is_dir()] == []  # no report, no temporary file
+    with db.connect() as conn:
+        assert check_report_limit(conn, account).used == 0
+    produce_report(db, RedisStore(url=REPORTS_REDIS_URL), due.schedule_run_id, reports_dir=reports_dir)
+    assert sorted(p.suffix for p in reports_dir.rglob("*.*")) == [".csv", ".html"]  # once there is room
+
+
+def test_a_reports_dir_that_cannot_be_created_fails_only_the_report(db, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0})
+    account = add_account(db, parameters={"product_ids": [1]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    (blocker := tmp_path / "a-file").write_text("x")
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert not execute(request, db, instance, blocker / "reports").success
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and "NotADirectoryError" in run.error
+    assert generation_of(db, run.id).status == "failed" and generation_of(db, run.id).output_location is None
+
+
+READ_ONLY_PROBE = """
+import sys
+from dagster import Definitions
+import forecast_pipeline.definitions as code_location
+Definitions.validate_loadable(code_location.defs)
+assert code_location.defs.resolve_job_def("daily_forecast") is not None
+print("code location loaded")
+from forecast_pipeline.reports.jobs import produce_report
+from forecast_pipeline.resources import RedisStore, make_engine
+try:
+    produce_report(make_engine(sys.argv[1]), RedisStore(url=sys.argv[2]), int(sys.argv[3]))
+except PermissionError as exc:
+    print("report failed:", exc)
+"""
+
+
+def _without_root_override() -> None:
+    """Root ignores file modes; without CAP_DAC_OVERRIDE / CAP_DAC_READ_SEARCH it obeys them."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone from the exec'd program
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+def test_a_read_only_reports_dir_fails_the_report_runs_not_the_code_location(db, rclient, tmp_path):
+    cache_forecasts(rclient, {1: 10.0})
+    account = add_account(db, parameters={"product_ids": [1]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    (due,) = tick(db).recorded
+    read_only = tmp_path / "volume"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("FORECAST_", "REPORT", "DATABASE_URL"))}
+    environ["REPORTS_DIR"] = str(read_only / "reports")
+    result = subprocess.run(
+        [sys.executable, "-c", READ_ONLY_PROBE, REPORTS_DB_URL, REPORTS_REDIS_URL, str(due.schedule_run_id)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_without_root_override if os.geteuid() == 0 else None,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "code location loaded" in result.stdout and "report failed: [Errno 13] Permission denied" in result.stdout
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and "PermissionError" in run.error
+    assert list(read_only.iterdir()) == []
+
+
+# ---------------------------------------------------------------- e-mail delivery
+
+
+class Mailbox:
+    """aiosmtpd handler: keeps what it is sent; refuses recipients listed in ``refuse``."""
+
+    def __init__(self, refuse: set[str] = frozenset()):
+        self.messages: list[tuple[list[str], email.message.Message]] = []
+        self.refuse = refuse
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refuse:
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append(
+            (list(envelope.rcpt_tos), email.message_from_bytes(envelope.content, policy=policy.default))
+        )
+        return "250 Message accepted"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server on 127.0.0.1, in this process."""
+    from aiosmtpd.controller import Controller
+
+    started = []
+
+    def start(mailbox: Mailbox, **options) -> int:
+        controller = Controller(mailbox, hostname="127.0.0.1", port=_free_port(), **options)
+        controller.start()
+        started.append(controller)
+        return controller.port
+
+    yield start
+    for controller in started:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp_env(monkeypatch):
+    """Set REPORT_SMTP_* for the report job (settings are read once per process: cache cleared)."""
+
+    def configure(**values: str) -> None:
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        get_report_settings.cache_clear()
+
+    yield configure
+    monkeypatch.undo()
+    get_report_settings.cache_clear()
+
+
+def test_a_report_is_emailed_to_its_recipients_and_written(db, rclient, tmp_path, smtp_server, smtp_env):
+    mailbox = Mailbox()
+    port = smtp_server(mailbox)
+    smtp_env(
+        REPORT_SMTP_HOST="127.0.0.1",
+        REPORT_SMTP_PORT=str(port),
+        REPORT_SMTP_SECURITY="none",
+        REPORT_SMTP_FROM="Forecasts <reports@forecasts.example>",
+    )
+    cache_forecasts(rclient, {1: 10.0})
+    account = add_account(db, name="Acme", parameters={"product_ids": [1], "email_to": ["ops@acme.example"]})
+    own = add_schedule(
+        db,
+        account,
+        now() - dt.timedelta(minutes=1),
+        name="to-the-buyer",
+        parameters={"email_to": ["buyer@acme.example", "cfo@acme.example"]},
+    )
+    inherited = add_schedule(db, account, now() - dt.timedelta(minutes=2), name="to-ops")
+    with DagsterInstance.ephemeral() as instance:
+        for request in evaluate_tick(instance, db).run_requests:
+            assert execute(request, db, instance, tmp_path).success
+    assert sorted(sorted(rcpts) for rcpts, _ in mailbox.messages) == [
+        ["buyer@acme.example", "cfo@acme.example"],
+        ["ops@acme.example"],
+    ]
+    (_, message) = next(m for m in mailbox.messages if "ops@acme.example" in m[0])
+    assert message["From"] == "Forecasts <reports@forecasts.example>" and message["Subject"].startswith(
+        "Demand forecast for Acme, "
+    )
+    assert "Expected demand, next 12 weeks" in message.get_body(("plain",)).get_content()
+    assert '<svg class="chart total"' in message.get_body(("html",)).get_content()
+    attachments = {p.get_filename(): p.get_content().replace("\r\n", "\n").strip() for p in message.iter_attachments()}
+    html_path, csv_path = report_paths(tmp_path, account, inherited, runs_of(db, inherited)[0].scheduled_for)
+    assert attachments == {
+        html_path.name: html_path.read_text(encoding="utf-8").strip(),
+        csv_path.name: csv_path.read_text(encoding="utf-8").strip(),
+    }
+    for schedule_id in (own, inherited):
+        assert generation_of(db, runs_of(db, schedule_id)[0].id).status == "succeeded"
+
+
+def _self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM), for a TLS test server."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    moment = dt.datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(moment - dt.timedelta(minutes=5))
+        .not_valid_after(moment + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / "smtp.pem", folder / "smtp.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize(
+    ("security", "password", "delivered"),
+    [("starttls", "s3cret-pw", True), ("ssl", "s3cret-pw", True), ("starttls", "wrong-pw", False)],
+)
+def test_reports_go_over_tls_with_a_login_and_a_bad_password_is_not_shown(
+    security, password, delivered, db, rclient, tmp_path, smtp_server, smtp_env, monkeypatch
+):
+    from aiosmtpd.smtp import AuthResult, LoginPassword
+
+    cert_path, key_path = _self_signed_certificate(tmp_path)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert_path, key_path)
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        good = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+            b"reports",
+            b"s3cret-pw",
+        )
+        return AuthResult(success=good, handled=False)  # handled=False: the server answers 535 itself
+
+    mailbox = Mailbox()
+    auth = {"authenticator": authenticator}
+    if security == "starttls":
+        port = smtp_server(mailbox, tls_context=tls, require_starttls=True, **auth)
+    else:
+        port = smtp_server(mailbox, ssl_context=tls, auth_require_tls=False, **auth)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_path))  # the client trusts the test server's certificate
+    smtp_env(
+        REPORT_SMTP_HOST="127.0.0.1",
+        REPORT_SMTP_PORT=str(port),
+        REPORT_SMTP_SECURITY=security,
+        REPORT_SMTP_FROM="reports@forecasts.example",
+        REPORT_SMTP_USER="reports",
+        REPORT_SMTP_PASSWORD=password,
+    )
+    cache_forecasts(rclient, {1: 10.0})
+    account = add_account(db, parameters={"product_ids": [1], "email_to": ["ops@acme.example"]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert execute(request, db, instance, tmp_path).success is delivered
+    (run,) = runs_of(db, schedule_id)
+    if delivered:
+        assert run.status == "succeeded" and [rcpts for rcpts, _ in mailbox.messages] == [["ops@acme.example"]]
+    else:
+        assert run.status == "failed" and "SMTPAuthenticationError" in run.error and password not in run.error
+        assert mailbox.messages == []
+
+
+@pytest.mark.parametrize("failure", ["refused", "unreachable", "not configured"])
+def test_a_failed_delivery_is_recorded_keeps_the_files_and_is_not_charged(
+    failure, db, rclient, tmp_path, smtp_server, smtp_env
+):
+    if failure == "not configured":
+        smtp_env()
+    else:
+        port = smtp_server(Mailbox(refuse={"ops@acme.example"})) if failure == "refused" else _free_port()
+        smtp_env(
+            REPORT_SMTP_HOST="127.0.0.1",
+            REPORT_SMTP_PORT=str(port),
+            REPORT_SMTP_SECURITY="none",
+            REPORT_SMTP_FROM="reports@forecasts.example",
+            REPORT_SMTP_TIMEOUT_SECONDS="5",
+        )
+    cache_forecasts(rclient, {1: 10.0})
+    account = add_account(db, limit=1, parameters={"product_ids": [1], "email_to": ["ops@acme.example"]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert not execute(request, db, instance, tmp_path).success
+    (run,) = runs_of(db, schedule_id)
+    generation = generation_of(db, run.id)
+    assert run.status == generation.status == "failed"
+    expected = {
+        "refused": "e-mail to ops@acme.example refused: ops@acme.example (550 5.1.1 mailbox unavailable)",
+        "unreachable": "ConnectionRefusedError",
+        "not configured": "REPORT_SMTP_HOST is not set",
+    }[failure]
+    assert expected in run.error
+    if failure == "not configured":  # nothing could be delivered: nothing is written either
+        assert generation.output_location is None
+    else:  # the files stay, and the failure says where
+        assert Path(generation.output_location).exists() and Path(generation.csv_location).exists()
+        assert f"report written to {generation.output_location}" in run.error
+    with db.connect() as conn:
+        assert check_report_limit(conn, account).used == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REPORT_SMTP_HOST": "mail.example", "REPORT_SMTP_FROM": ""}, "REPORT_SMTP_FROM is required"),
+        ({"REPORT_SMTP_HOST": "mail.example", "REPORT_SMTP_FROM": "reports"}, "REPORT_SMTP_FROM='reports' is not an"),
+        (
+            {"REPORT_SMTP_HOST": "mail.example", "REPORT_SMTP_FROM": "r@x.example", "REPORT_SMTP_PORT": "70000"},
+            "REPORT_SMTP_PORT=70000 must be between 1 and 65535",
+        ),
+        (
+            {"REPORT_SMTP_HOST": "mail.example", "REPORT_SMTP_FROM": "r@x.example", "REPORT_SMTP_SECURITY": "tls1"},
+            "REPORT_SMTP_SECURITY='tls1' must be one of starttls, ssl, none",
+        ),
+        (
+            {"REPORT_SMTP_HOST": "mail.example", "REPORT_SMTP_FROM": "r@x.example", "REPORT_SMTP_PASSWORD": "hunter2"},
+            "REPORT_SMTP_USER and REPORT_SMTP_PASSWORD must be set together",
+        ),
+        (
+            {
+                "REPORT_SMTP_HOST": "mail.example",
+                "REPORT_SMTP_FROM": "r@x.example",
+                "REPORT_SMTP_USER": "u",
+                "REPORT_SMTP_PASSWORD": "hunter2",
+                "REPORT_SMTP_SECURITY": "none",
+            },
+            "would send it in clear",
+        ),
+        ({"REPORT_SMTP_FROM": "r@x.example"}, "REPORT_SMTP_FROM is set but REPORT_SMTP_HOST is not"),
+    ],
+)
+def test_bad_smtp_settings_name_the_variable_and_never_show_the_password(env, message):
+    with pytest.raises(ConfigError, match="invalid report configuration") as info:
+        load_report_settings(env)
+    assert message in str(info.value) and "hunter2" not in str(info.value)
+
+
+def test_smtp_settings_default_their_port_and_hide_the_password():
+    settings = load_report_settings(
+        {
+            "REPORT_SMTP_HOST": "mail.example",
+            "REPORT_SMTP_FROM": "r@x.example",
+            "REPORT_SMTP_USER": "u",
+            "REPORT_SMTP_PASSWORD": "hunter2",
+            "REPORT_SMTP_SECURITY": "ssl",
+        }
+    )
+    assert (settings.smtp.host, settings.smtp.port, settings.smtp.password) == ("mail.example", 465, "hunter2")
+    assert "hunter2" not in repr(settings)
+    assert load_report_settings({}).smtp is None

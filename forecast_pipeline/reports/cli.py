@@ -32,18 +32,33 @@ from forecast_pipeline.reports.cadence import (
     load_timezone,
     parse_cadence,
 )
-from forecast_pipeline.reports.config import load_report_settings
+from forecast_pipeline.reports.config import is_email_address, load_report_settings
 from forecast_pipeline.reports.tick import tick
 from forecast_pipeline.settings import ConfigError, Settings
 
 
+class InputError(ValueError):
+    """A command-line value the database cannot satisfy (unknown plan, foreign product): exit 2."""
+
+
 def _limit(text: str) -> int | None:
-    if text.lower() in ("none", "unlimited"):
+    if text.strip().lower() in ("none", "unlimited"):
         return None
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number (or 'none')") from exc
     if value < 0:
         raise argparse.ArgumentTypeError("must be 0 or more, or 'none'")
     return value
+
+
+def _name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be blank")
+    if len(text.strip()) > 200:
+        raise argparse.ArgumentTypeError("must be at most 200 characters")
+    return text.strip()
 
 
 def _time(text: str) -> dt.time:
@@ -53,41 +68,105 @@ def _time(text: str) -> dt.time:
         raise argparse.ArgumentTypeError(f"{text!r} is not a time such as 06:00") from exc
 
 
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date such as 2025-11-10") from exc
+
+
+def _timezone(text: str) -> str:
+    try:
+        load_timezone(text)
+    except ScheduleDefinitionError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IANA time zone name (e.g. Europe/Berlin)") from exc
+    return text.strip()
+
+
+def _whole(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
 def _ids(text: str) -> list[int]:
     try:
         ids = sorted({int(p) for p in text.split(",") if p.strip()})
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of product ids") from exc
+    except ValueError:
+        ids = None
+    if ids is None or any(i < 1 for i in ids):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of positive product ids")
     if not ids:
         raise argparse.ArgumentTypeError("give at least one product id")
     return ids
+
+
+def _emails(text: str) -> list[str]:
+    addresses = [part.strip() for part in text.split(",") if part.strip()]
+    if not addresses:
+        raise argparse.ArgumentTypeError("give at least one e-mail address")
+    for address in addresses:
+        if not is_email_address(address):
+            raise argparse.ArgumentTypeError(f"{address!r} is not an e-mail address")
+    return sorted(set(addresses))
+
+
+def _one_line_errors(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """Bad input ends with one line naming the option and why, and exit 2 (no usage dump)."""
+
+    def error(message: str):
+        parser.exit(2, f"forecast-pipeline reports {command}: {message.removeprefix('argument ')}\n")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
 
 
 def add_report_commands(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``reports`` and its sub-commands to the CLI's subparsers."""
     reports = subparsers.add_parser("reports", help="report plans, accounts and schedules; a one-shot tick")
     sub = reports.add_subparsers(dest="reports_command", required=True)
-    sub.add_parser("init", help="create the application tables (report tables included; safe to repeat)")
-    plan = sub.add_parser("add-plan", help="create or update a plan")
-    plan.add_argument("--name", required=True)
+
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return _one_line_errors(sub.add_parser(name, **kwargs), name)
+
+    command("init", help="create the application tables (report tables included; safe to repeat)")
+    plan = command("add-plan", help="create or update a plan")
+    plan.add_argument("--name", type=_name, required=True)
     plan.add_argument("--monthly-limit", type=_limit, required=True, help="reports per month, or 'none' (unlimited)")
-    account = sub.add_parser("add-account", help="create or update an account")
-    account.add_argument("--name", required=True)
-    account.add_argument("--plan", help="plan name (default: none, unlimited)")
-    account.add_argument("--timezone", default="UTC", help="IANA time zone of the account's calendar month")
-    account.add_argument("--product-ids", type=_ids, help="comma list (default: every cached product)")
-    add = sub.add_parser("add-schedule", help="create or update (and reactivate) a report schedule")
-    add.add_argument("--account", required=True, help="account name")
-    add.add_argument("--name", required=True)
+    account = command("add-account", help="create or update an account")
+    account.add_argument("--name", type=_name, required=True)
+    account.add_argument("--plan", type=_name, help="plan name (default: none, unlimited)")
+    account.add_argument(
+        "--timezone", type=_timezone, default="UTC", help="IANA time zone of the account's month and report dates"
+    )
+    account.add_argument(
+        "--product-ids", type=_ids, help="comma list: the products the account owns (its reports cover only these)"
+    )
+    account.add_argument("--email", type=_emails, help="comma list of report recipients")
+    add = command("add-schedule", help="create or update (and reactivate) a report schedule")
+    add.add_argument("--account", type=_name, required=True, help="account name")
+    add.add_argument("--name", type=_name, required=True)
     add.add_argument("--cadence", required=True, choices=CADENCES)
-    add.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule's wall-clock time")
+    add.add_argument("--timezone", type=_timezone, default="UTC", help="IANA time zone of the wall-clock time")
     add.add_argument("--time", type=_time, default=dt.time(6, 0), help="local time of day, HH:MM (default 06:00)")
-    add.add_argument("--day", type=int, help="monthly: day of month 1-31, clamped to short months")
-    add.add_argument("--start", help="first local day, YYYY-MM-DD (default: today); past slots are not run")
-    add.add_argument("--product-ids", type=_ids, help="comma list (default: the account's)")
-    add.add_argument("--top-products", type=int, help="products listed (default: REPORT_TOP_PRODUCTS)")
-    sub.add_parser("list", help="schedules with their next run and last result")
-    run_tick = sub.add_parser("tick", help="record due slots and advance schedules once, like the sensor")
+    add.add_argument("--day", type=_whole(1, 31), help="monthly: day of month 1-31, clamped to short months")
+    add.add_argument("--start", type=_date, help="first local day, YYYY-MM-DD (default: today); past slots not run")
+    add.add_argument(
+        "--product-ids", type=_ids, help="comma list, a subset of the account's products (default: all of them)"
+    )
+    add.add_argument(
+        "--top-products", type=_whole(1, 1000), help="products listed, 1-1000 (default: REPORT_TOP_PRODUCTS)"
+    )
+    add.add_argument("--email", type=_emails, help="comma list of recipients (default: the account's)")
+    command("list", help="schedules with their next run and last result")
+    run_tick = command("tick", help="record due slots and advance schedules once, like the sensor")
     run_tick.add_argument("--dry-run", action="store_true", help="compute only: write nothing")
     run_tick.add_argument("--json", action="store_true")
     return reports
@@ -127,13 +206,17 @@ def cmd_add_account(settings: Settings, args: argparse.Namespace) -> int:
         if args.plan:
             plan_id = conn.execute(sa.select(schema.plans.c.id).where(schema.plans.c.name == args.plan)).scalar()
             if plan_id is None:
-                print(f"no plan named {args.plan!r}: add it with `reports add-plan`", file=sys.stderr)
-                return 1
+                raise InputError(f"--plan: no plan named {args.plan!r} (add it with `reports add-plan`)")
+        parameters = {}
+        if args.product_ids:
+            parameters["product_ids"] = args.product_ids
+        if args.email:
+            parameters["email_to"] = args.email
         values = {
             "name": args.name,
             "plan_id": plan_id,
             "timezone": args.timezone,
-            "parameters": {"product_ids": args.product_ids} if args.product_ids else None,
+            "parameters": parameters or None,
         }
         account_id = _upsert(conn, schema.accounts, values, ["name"])
     print(f"account {account_id} {args.name!r} ({args.timezone}, plan {args.plan or 'none: unlimited'})")
@@ -147,7 +230,7 @@ def cmd_add_schedule(settings: Settings, args: argparse.Namespace) -> int:
     if anchor_day is not None and cadence != "monthly":
         raise ScheduleDefinitionError("--day applies to monthly schedules only")
     now = dt.datetime.now(dt.UTC)
-    start = dt.date.fromisoformat(args.start) if args.start else now.astimezone(tz).date()
+    start = args.start or now.astimezone(tz).date()
     if cadence == "monthly" and anchor_day is None:
         anchor_day = start.day
     slot = first_slot(start, cadence, tz, args.time, anchor_day)
@@ -158,13 +241,23 @@ def cmd_add_schedule(settings: Settings, args: argparse.Namespace) -> int:
         parameters["product_ids"] = args.product_ids
     if args.top_products is not None:
         parameters["top_products"] = args.top_products
+    if args.email:
+        parameters["email_to"] = args.email
     with _engine(settings).begin() as conn:
-        account_id = conn.execute(
-            sa.select(schema.accounts.c.id).where(schema.accounts.c.name == args.account)
-        ).scalar()
-        if account_id is None:
-            print(f"no account named {args.account!r}: add it with `reports add-account`", file=sys.stderr)
-            return 1
+        account = conn.execute(
+            sa.select(schema.accounts.c.id, schema.accounts.c.parameters).where(schema.accounts.c.name == args.account)
+        ).one_or_none()
+        if account is None:
+            raise InputError(f"--account: no account named {args.account!r} (add it with `reports add-account`)")
+        account_id = account.id
+        owned = (account.parameters or {}).get("product_ids") if isinstance(account.parameters, dict) else None
+        if args.product_ids and owned:
+            foreign = sorted(set(args.product_ids) - set(owned))
+            if foreign:
+                raise InputError(
+                    f"--product-ids: account {args.account!r} does not own product {', '.join(map(str, foreign))} "
+                    f"(its products: {', '.join(map(str, owned))})"
+                )
         values = {
             "account_id": account_id,
             "name": args.name,
@@ -263,8 +356,11 @@ def cmd_reports(settings: Settings, args: argparse.Namespace) -> int:
     """Dispatch ``forecast-pipeline reports <command>``; exit 2 on a bad setting or definition."""
     try:
         return REPORT_SUBCOMMANDS[args.reports_command](settings, args)
+    except InputError as exc:
+        print(f"forecast-pipeline reports {args.reports_command}: {exc}", file=sys.stderr)
+        return 2
     except (ConfigError, ScheduleDefinitionError) as exc:
-        print(f"forecast-pipeline reports: {exc}", file=sys.stderr)
+        print(f"forecast-pipeline reports {args.reports_command}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -3,14 +3,20 @@
 1. In one short transaction: lock the schedule run, check the account's plan limit (which locks
    the account row, so two runs of one account cannot both take its last report) and record the
    ``report_generations`` row: ``skipped_limit`` (the run ends here, no heavy work) or ``running``.
-2. Build the figures from the cached forecasts (Redis, cached via :mod:`.cache`) and write the
-   HTML and CSV to ``REPORTS_DIR``.
-3. Record ``succeeded`` with the output location, or ``failed`` with the error (the run then fails).
+2. Work out the scope (the account's products, or the schedule's subset), refuse stale forecasts,
+   build the figures (cached forecasts from Redis, recent history and product names from the order
+   database), render them and write the HTML and CSV to ``REPORTS_DIR`` all-or-nothing.
+3. E-mail the report to its recipients when there are any.
+4. Record ``succeeded`` with the output location, or ``failed`` with the reason (the run then
+   fails): a refused (stale) report, a report that could not be written (nothing left on disk),
+   or one that was written but not delivered (files kept, locations recorded).
 
-``schedule_runs.status`` follows: ``queued`` (tick) -> ``running`` -> ``succeeded`` /
-``skipped_limit`` / ``failed``. A run that fails before the step starts (Redis unreachable, say) is
-marked ``failed`` by the ``report_run_failed`` sensor. Re-executing a run regenerates its report
-and updates the same generation row (unique per schedule run): it is never counted twice.
+The plan is charged only for ``succeeded`` reports: a ``running`` row holds its place while it
+runs, and a failed or refused one gives it back. ``schedule_runs.status`` follows: ``queued``
+(tick) -> ``running`` -> ``succeeded`` / ``skipped_limit`` / ``failed``. A run that fails before
+the step starts (Redis unreachable, say) is marked ``failed`` by the ``report_run_failed`` sensor.
+Re-executing a run regenerates (and re-sends) its report and updates the same generation row
+(unique per schedule run): it is never counted twice.
 """
 
 import datetime as dt
@@ -26,18 +32,21 @@ from forecast_pipeline.app_db import AppDatabase
 from forecast_pipeline.reports.cache import RedisJsonCache
 from forecast_pipeline.reports.cadence import ScheduleDefinitionError, load_timezone
 from forecast_pipeline.reports.config import get_report_settings
+from forecast_pipeline.reports.delivery import DeliveryError, build_message, send
 from forecast_pipeline.reports.limits import LimitDecision, check_report_limit
+from forecast_pipeline.reports.render import Heading, day, render_csv, render_html, render_text
 from forecast_pipeline.reports.report import (
     ReportError,
-    product_ids_from,
-    render_csv,
-    render_html,
+    read_history,
+    read_product_names,
+    recipients_of,
     report_figures,
     report_paths,
-    write_atomically,
+    report_scope,
+    write_files_atomically,
 )
 from forecast_pipeline.reports.schema import accounts, report_generations, report_schedules, schedule_runs
-from forecast_pipeline.resources import RedisStore
+from forecast_pipeline.resources import RedisStore, SourceDatabase
 
 log = logging.getLogger("forecast_pipeline.reports.jobs")
 
@@ -70,6 +79,7 @@ class ReportOutcome:
     as_of_date: str | None = None
     product_count: int = 0
     cache_hit: bool = False
+    recipients: tuple[str, ...] = ()
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, values: dict, conflict: list[str], update: dict):
@@ -104,6 +114,7 @@ def _start(engine: sa.Engine, schedule_run_id: int, run_id: str | None, now: dt.
                 s.timezone,
                 s.parameters.label("schedule_parameters"),
                 a.name.label("account_name"),
+                a.timezone.label("account_timezone"),
                 a.parameters.label("account_parameters"),
             )
             .select_from(
@@ -153,14 +164,16 @@ def produce_report(
     redis_store: RedisStore,
     schedule_run_id: int,
     *,
+    source_db: SourceDatabase | None = None,
     run_id: str | None = None,
     reports_dir: str | Path | None = None,
     top_products: int | None = None,
     now: dt.datetime | None = None,
     logger: logging.Logger | None = None,
 ) -> ReportOutcome:
-    """Run one schedule run's report (steps 1-3 above). Raises :class:`ReportError` (bad
-    parameters, nothing cached) or whatever else failed, after recording ``failed``."""
+    """Run one schedule run's report (steps 1-4 above). Raises :class:`ReportError` (bad
+    parameters, nothing cached, stale forecasts, not delivered) or whatever else failed, after
+    recording ``failed``."""
     logger = logger or log
     settings = get_report_settings()
     now = now or dt.datetime.now(dt.UTC)
@@ -178,36 +191,70 @@ def produce_report(
         )
         return ReportOutcome("skipped_limit", schedule_run_id, row.account_id, decision)
 
+    written: tuple[Path, Path] | None = None
     try:
-        product_ids = product_ids_from(row.schedule_parameters, row.account_parameters)
+        scope = report_scope(row.schedule_parameters, row.account_parameters, row.account_name)
+        recipients = recipients_of(row.schedule_parameters, row.account_parameters)
+        if recipients and settings.smtp is None:
+            raise ReportError(
+                f"the report has recipients ({', '.join(recipients)}) but REPORT_SMTP_HOST is not set: "
+                "set the SMTP settings, or remove the recipients to keep files only"
+            )
         top_n = _top_n(top_products, row.schedule_parameters, settings.top_products)
         client = redis_store.client()
         cache = RedisJsonCache(client, f"{redis_store.key_prefix}:report", settings.cache_ttl_seconds)
-        figures, hit = report_figures(client, redis_store.key_prefix, product_ids, top_n, cache)
-        try:
-            local_slot = row.scheduled_for.astimezone(load_timezone(row.timezone))
-        except ValueError:
-            local_slot = row.scheduled_for
-        heading = {
-            "Account": f"{row.account_name} (#{row.account_id})",
-            "Schedule": f"{row.schedule_name} (#{row.schedule_id}, {row.cadence}, {row.timezone})",
-            "Slot": local_slot.isoformat(),
-            "Forecasts as of": figures["as_of_date"],
-            "Products": "all cached" if product_ids is None else ", ".join(map(str, product_ids)),
-            "Generated": now.isoformat(timespec="seconds"),
-        }
+
+        def read_source(as_of: str, product_ids: list[int], weeks: int) -> tuple[dict, dict]:
+            if source_db is None:
+                return {}, {}
+            source = source_db.engine()
+            return (
+                read_history(source, source_db.source_query, as_of, product_ids, weeks),
+                read_product_names(source, product_ids),
+            )
+
+        figures, hit = report_figures(
+            client,
+            redis_store.key_prefix,
+            scope,
+            top_n,
+            cache,
+            now=now,
+            max_age_days=settings.max_forecast_age_days,
+            history_weeks=settings.history_weeks if source_db is not None else 0,
+            read_source=read_source,
+        )
+        account_tz = load_timezone(row.account_timezone)
+        heading = Heading(
+            account_name=row.account_name,
+            cadence=row.cadence,
+            prepared_at=row.scheduled_for.astimezone(account_tz),
+            time_zone=row.account_timezone,
+        )
+        html = render_html(figures, heading)
         html_path, csv_path = report_paths(
             Path(reports_dir) if reports_dir else settings.reports_dir,
             row.account_id,
             row.schedule_id,
             row.scheduled_for,
         )
-        write_atomically(html_path, render_html(figures, heading))
-        write_atomically(csv_path, render_csv(figures))
+        write_files_atomically({csv_path: render_csv(figures), html_path: html})
+        written = html_path, csv_path
+        if recipients:
+            subject = f"Demand forecast for {row.account_name}, {day(heading.prepared_at.date())}"
+            message = build_message(
+                settings.smtp, recipients, subject, render_text(figures, heading), html, [html_path, csv_path]
+            )
+            send(settings.smtp, message)
     except Exception as exc:
-        error = str(exc) if isinstance(exc, ReportError) else f"{type(exc).__name__}: {exc}"
-        mark_failed(engine, schedule_run_id, error, run_id=run_id)
+        known = isinstance(exc, (ReportError, DeliveryError))
+        error = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        if written:
+            error += f" (report written to {written[0]})"
+        mark_failed(engine, schedule_run_id, error, run_id=run_id, written=written)
         logger.error(f"report for schedule run {schedule_run_id} failed: {error}")
+        if isinstance(exc, DeliveryError):
+            raise ReportError(error) from exc
         raise
 
     with engine.begin() as conn:
@@ -226,8 +273,9 @@ def produce_report(
         conn.execute(
             schedule_runs.update().where(r.id == schedule_run_id).values(status="succeeded", finished_at=sa.func.now())
         )
+    delivered = f", e-mailed to {len(recipients)} recipient(s)" if recipients else ""
     logger.info(
-        f"report for account {row.account_id} (schedule run {schedule_run_id}) written to {html_path}: "
+        f"report for account {row.account_id} (schedule run {schedule_run_id}) written to {html_path}{delivered}: "
         f"{figures['product_count']} products, as of {figures['as_of_date']}, figures cache {'hit' if hit else 'miss'}"
     )
     return ReportOutcome(
@@ -240,12 +288,21 @@ def produce_report(
         figures["as_of_date"],
         figures["product_count"],
         hit,
+        recipients=tuple(recipients),
     )
 
 
-def mark_failed(engine: sa.Engine, schedule_run_id: int, error: str, run_id: str | None = None) -> bool:
-    """Close a schedule run (and its running generation) as failed; False if it was already final."""
+def mark_failed(
+    engine: sa.Engine,
+    schedule_run_id: int,
+    error: str,
+    run_id: str | None = None,
+    written: tuple[Path, Path] | None = None,
+) -> bool:
+    """Close a schedule run (and its running generation) as failed; False if it was already final.
+    ``written``: the files a report wrote before it failed (delivery), recorded with the failure."""
     r = schedule_runs.c
+    files = {"output_location": str(written[0]), "csv_location": str(written[1])} if written else {}
     with engine.begin() as conn:
         changed = conn.execute(
             schedule_runs.update()
@@ -260,23 +317,31 @@ def mark_failed(engine: sa.Engine, schedule_run_id: int, error: str, run_id: str
         conn.execute(
             report_generations.update()
             .where(report_generations.c.schedule_run_id == schedule_run_id, report_generations.c.status == "running")
-            .values(status="failed", error=error, finished_at=sa.func.now())
+            .values(status="failed", error=error, finished_at=sa.func.now(), **files)
         )
     return bool(changed)
 
 
 @op(
     name=OP_NAME,
-    description="Checks the account's plan limit, then builds the demand report from the cached forecasts.",
+    description=(
+        "Checks the account's plan limit, then builds the demand report of the account's products from the "
+        "cached forecasts and the order history, writes it and e-mails it to its recipients."
+    ),
 )
 def build_scheduled_report(
-    context: OpExecutionContext, config: ReportRunConfig, app_db: AppDatabase, redis_store: RedisStore
+    context: OpExecutionContext,
+    config: ReportRunConfig,
+    app_db: AppDatabase,
+    redis_store: RedisStore,
+    source_db: SourceDatabase,
 ):
     try:
         outcome = produce_report(
             app_db.engine(),
             redis_store,
             config.schedule_run_id,
+            source_db=source_db,
             run_id=context.run_id,
             reports_dir=config.reports_dir,
             top_products=config.top_products,
@@ -297,6 +362,7 @@ def build_scheduled_report(
             as_of_date=outcome.as_of_date,
             products=outcome.product_count,
             figures_cache_hit=outcome.cache_hit,
+            emailed_to=len(outcome.recipients),
         )
     return Output(outcome.status, metadata=metadata)
 

@@ -3,8 +3,9 @@
 An account may generate ``plans.monthly_report_limit`` reports per calendar month, the month taken
 in the **account's** time zone (a report at 23:30 on Jan 31 in New York counts for January even
 though it is February in UTC). ``NULL`` (or no plan) means unlimited. Counted: this month's
-``report_generations`` that are ``running`` or ``succeeded``; ``skipped_limit`` rows are not
-reports, and ``failed`` ones are not charged to the customer.
+``report_generations`` that are ``succeeded`` (delivered), plus ``running`` ones holding their
+place while they run; ``skipped_limit`` rows are not reports, and ``failed`` ones (refused as
+stale, not written, not delivered) are not charged to the customer.
 
 :func:`check_report_limit` locks the account row (``FOR UPDATE``) so two report runs of one account
 at the same moment cannot both take its last report; the caller records its generation in the same

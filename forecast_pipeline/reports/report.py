@@ -1,60 +1,108 @@
-"""The demand report of one account, built from the forecasts cached in Redis.
+"""The demand report of one account: which products, which forecasts, and the figures.
+
+**Scope.** An account *owns* products (``accounts.parameters.product_ids``); a schedule may name a
+subset of them (``report_schedules.parameters.product_ids``), or, for an account that owns no list,
+name the products itself. A report covers exactly that set: never every product in the system. A
+schedule naming a product its account does not own, or an account with no products and a schedule
+naming none, fails the report with that reason (not charged). Products in scope without a cached
+forecast (too little history to forecast) are listed by name as "no forecast yet".
 
 **Which forecasts.** One as-of date for the whole report, so the weeks line up: the newest run's
 (``forecast:metadata:last_run``), or, without run metadata, the newest ``forecast:asof:{date}``
-hash. **Which products.** ``product_ids`` from the schedule's parameters, else from the account's,
-else every product cached for that date. Requested products without a forecast are listed as
-missing; a report with none of its products cached fails with that message.
+hash. Forecasts older than ``REPORT_MAX_FORECAST_AGE_DAYS`` (the daily schedule is off, say) are
+refused: the run fails with a ``refused: ...`` reason and is not charged to the plan.
 
-**Figures.** The top ``REPORT_TOP_PRODUCTS`` products by total predicted quantity over the horizon
-(12 weeks), and per week the account's total predicted quantity with the *sums* of the products'
-80% interval bounds. Summing bounds does not give an 80% interval of the total: it is the total if
-every product landed at its own 10th (90th) percentile in the same week, which only happens if
-their errors move together. Read it as a pessimistic/optimistic envelope, wider than the true
-interval of the total (independent errors would largely cancel).
+**History.** The cached forecast holds no history, so the charts' recent weeks are read from the
+order database (the ``source_db`` resource, the same order lines the forecasts were fitted on:
+default schema or ``FORECAST_SOURCE_QUERY``), ``REPORT_HISTORY_WEEKS`` weeks before the as-of date
+in the forecast's own 7-day buckets, so history and forecast meet at the as-of date. Product names
+come from the source ``products`` table; without it (a custom source query) or without a name a
+product is called "Product {id}".
 
-**Output.** ``REPORTS_DIR/account-{id}/schedule-{id}-{slot UTC}.html`` with an inline SVG chart (no
-plotting dependency) and a ``.csv`` next to it (long format: ``kind`` = ``total`` per week, or
-``product`` per top product and week). A rerun of the same slot overwrites both (written to a
-temporary file and renamed). The figures are cached in Redis for ``REPORT_CACHE_TTL_SECONDS``
-under ``{prefix}:report:figures:...``, keyed by as-of date, that date's run timestamp, the product
-set and N: accounts sharing a product set share the computation, and a rerun of the forecasts
-(a new ``last_run`` stamp) is never served stale figures.
+**Figures.** The top ``REPORT_TOP_PRODUCTS`` products by total predicted quantity over the
+horizon, and per week the total over the report's products with the *sums* of the products' 80%
+bounds. Summing bounds does not give an 80% interval of the total: it is the total if every
+product landed at its own 10th (90th) percentile in the same week, which only happens if their
+errors move together. The report says so: an outer range, wider than the true interval.
+
+The figures are cached in Redis for ``REPORT_CACHE_TTL_SECONDS`` under
+``{prefix}:report:figures:...``, keyed by as-of date, that date's run timestamp, the product set,
+N and the history length: accounts sharing a product set share the computation, and a rerun of the
+forecasts (a new ``last_run`` stamp) is never served stale figures.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
-import html
-import io
 import json
-import math
 import os
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import redis
+import sqlalchemy as sa
 
-from forecast_pipeline import forecast_cache
+from forecast_pipeline import forecast_cache, order_history, source_schema
 from forecast_pipeline.reports.cache import RedisJsonCache
+from forecast_pipeline.reports.config import is_email_address
+
+FIGURES_VERSION = "v2"
+DEMAND_PATTERNS = {
+    "smooth": "Steady",
+    "erratic": "Variable",
+    "intermittent": "Occasional",
+    "lumpy": "Occasional, variable",
+}
 
 
 class ReportError(ValueError):
     """The report cannot be built (bad parameters, nothing cached): the message says why."""
 
 
-def product_ids_from(*parameter_sets: object) -> tuple[int, ...] | None:
-    """``product_ids`` from the first parameters (schedule, then account) that name them."""
-    for parameters in parameter_sets:
-        if not isinstance(parameters, Mapping) or parameters.get("product_ids") is None:
-            continue
-        ids = parameters["product_ids"]
-        if not isinstance(ids, list) or not ids or not all(isinstance(p, int) and not isinstance(p, bool) for p in ids):
-            raise ReportError(f"product_ids must be a non-empty list of integers, got {ids!r}")
-        return tuple(sorted(set(ids)))
-    return None
+class ReportRefused(ReportError):
+    """The report could be built but must not be sent (stale forecasts)."""
+
+
+def _id_list(parameters: object, owner: str) -> tuple[int, ...] | None:
+    if not isinstance(parameters, Mapping) or parameters.get("product_ids") is None:
+        return None
+    ids = parameters["product_ids"]
+    if not isinstance(ids, list) or not ids or not all(isinstance(p, int) and not isinstance(p, bool) for p in ids):
+        raise ReportError(f"the {owner}'s product_ids must be a non-empty list of integers, got {ids!r}")
+    return tuple(sorted(set(ids)))
+
+
+def report_scope(schedule_parameters: object, account_parameters: object, account_name: str) -> tuple[int, ...]:
+    """The products a report covers: the schedule's list (within the account's), else the account's."""
+    owned = _id_list(account_parameters, "account")
+    named = _id_list(schedule_parameters, "schedule")
+    if named is not None and owned is not None:
+        foreign = sorted(set(named) - set(owned))
+        if foreign:
+            raise ReportError(
+                f"the schedule names products account {account_name!r} does not own: {', '.join(map(str, foreign))}"
+            )
+    scope = named or owned
+    if not scope:
+        raise ReportError(
+            f"account {account_name!r} owns no products and the schedule names none: "
+            "set them with `forecast-pipeline reports add-account --product-ids`"
+        )
+    return scope
+
+
+def recipients_of(schedule_parameters: object, account_parameters: object) -> list[str]:
+    """E-mail recipients: the schedule's ``email_to``, else the account's (none: files only)."""
+    for owner, parameters in (("schedule", schedule_parameters), ("account", account_parameters)):
+        if isinstance(parameters, Mapping) and parameters.get("email_to"):
+            addresses = parameters["email_to"]
+            valid = isinstance(addresses, list) and all(isinstance(a, str) and is_email_address(a) for a in addresses)
+            if not valid:
+                raise ReportError(f"the {owner}'s email_to must be a list of e-mail addresses, got {addresses!r}")
+            return sorted(set(addresses))
+    return []
 
 
 def latest_as_of(client: redis.Redis, prefix: str) -> tuple[str, str | None] | None:
@@ -78,25 +126,85 @@ def latest_as_of(client: redis.Redis, prefix: str) -> tuple[str, str | None] | N
     return as_of, str(own["last_run"]) if own and own.get("last_run") else None
 
 
+def check_fresh(as_of: str, now: dt.datetime, max_age_days: int) -> None:
+    """Refuse forecasts older than ``max_age_days`` (counted in UTC days from the as-of date)."""
+    age = (now.astimezone(dt.UTC).date() - dt.date.fromisoformat(as_of)).days
+    if age > max_age_days:
+        raise ReportRefused(
+            f"refused: the newest forecasts are {age} days old (as of {as_of}), older than "
+            f"REPORT_MAX_FORECAST_AGE_DAYS={max_age_days}; is the daily forecast schedule running?"
+        )
+
+
 def load_forecasts(
-    client: redis.Redis, prefix: str, as_of: str, product_ids: Iterable[int] | None
+    client: redis.Redis, prefix: str, as_of: str, product_ids: Iterable[int]
 ) -> tuple[dict[int, dict], list[int]]:
-    """The as-of date's cached forecasts of the products (all of them when None), and the
-    requested products that have none."""
-    if product_ids is None:
-        return forecast_cache.read_forecasts_for(client, prefix, as_of), []
+    """The as-of date's cached forecasts of the products, and the products that have none."""
     ids = list(product_ids)
     docs = client.hmget(forecast_cache.history_key(prefix, as_of), [str(p) for p in ids])
     found = {pid: json.loads(doc) for pid, doc in zip(ids, docs, strict=True) if doc}
     return found, [pid for pid in ids if pid not in found]
 
 
-def compute_figures(forecasts: Mapping[int, dict], top_n: int, as_of: str, missing: list[int]) -> dict:
-    """The report's numbers (pure): top products and weekly totals with summed bounds."""
+def read_history(
+    engine: sa.Engine, source_query: str | None, as_of: str, product_ids: Iterable[int], weeks: int
+) -> dict[int, list[float]]:
+    """Weekly ordered quantity of each product, ``weeks`` 7-day buckets before the as-of date,
+    oldest first (the buckets the forecast continues), from one grouped query."""
+    ids = sorted(set(product_ids))
+    history = {pid: [0.0] * weeks for pid in ids}
+    if not ids or weeks == 0:
+        return history
+    as_of_day = dt.date.fromisoformat(as_of)
+    as_of_ts = dt.datetime.combine(as_of_day, dt.time())
+    lines = order_history.order_lines(source_query)
+    week = order_history.weeks_before(lines.c.ordered_at, sa.literal(as_of_day.isoformat(), sa.String))
+    query = (
+        sa.select(lines.c.product_id, week.label("week_back"), sa.func.sum(lines.c.quantity))
+        .where(
+            lines.c.ordered_at >= as_of_ts - dt.timedelta(days=7 * weeks),
+            lines.c.ordered_at < as_of_ts,
+            lines.c.product_id.in_(sa.bindparam("ids", ids, expanding=True)),
+        )
+        .group_by(lines.c.product_id, week)
+    )
+    with engine.connect() as conn:
+        for product_id, week_back, quantity in conn.execute(query):
+            column = weeks - 1 - int(week_back)
+            if int(product_id) in history and 0 <= column < weeks:
+                history[int(product_id)][column] = round(float(quantity or 0.0), 2)
+    return history
+
+
+def read_product_names(engine: sa.Engine, product_ids: Iterable[int]) -> dict[int, str]:
+    """Names from the source ``products`` table; {} when there is none (a custom source query)."""
+    ids = sorted(set(product_ids))
+    with engine.connect() as conn:
+        if not ids or not sa.inspect(conn).has_table("products"):
+            return {}
+        p = source_schema.products
+        rows = conn.execute(sa.select(p.c.id, p.c.name).where(p.c.id.in_(sa.bindparam("ids", ids, expanding=True))))
+        return {int(pid): name.strip() for pid, name in rows if name and name.strip()}
+
+
+def product_name(product_id: int, names: Mapping[int, str] | Mapping[str, str]) -> str:
+    return names.get(product_id) or names.get(str(product_id)) or f"Product {product_id}"
+
+
+def compute_figures(
+    forecasts: Mapping[int, dict],
+    top_n: int,
+    as_of: str,
+    missing: list[int],
+    history: Mapping[int, list[float]] | None = None,
+    names: Mapping[int, str] | None = None,
+) -> dict:
+    """The report's numbers (pure): top products, weekly totals with summed bounds, history."""
+    history, names = history or {}, names or {}
     if not forecasts:
         raise ReportError(
             f"no cached forecasts for as-of {as_of}"
-            + (f" for products {missing}" if missing else "")
+            + (f" for products {sorted(missing)}" if missing else "")
             + ": has the forecast run for that date finished?"
         )
     weeks: dict[str, dict] = {}
@@ -120,27 +228,24 @@ def compute_figures(forecasts: Mapping[int, dict], top_n: int, as_of: str, missi
             week["upper_sum"] += float(p["confidence_upper"])
             week["products"] += 1
         meta = doc.get("model_metadata") or {}
+        past = [float(v) for v in history.get(int(pid), [])]
+        total = sum(float(p["predicted_quantity"]) for p in predictions)
         products.append(
             {
                 "product_id": int(pid),
-                "total_predicted_quantity": round(sum(float(p["predicted_quantity"]) for p in predictions), 2),
-                "lower_total": round(sum(float(p["confidence_lower"]) for p in predictions), 2),
-                "upper_total": round(sum(float(p["confidence_upper"]) for p in predictions), 2),
-                "avg_weekly_quantity": round(
-                    sum(float(p["predicted_quantity"]) for p in predictions) / len(predictions), 2
-                )
-                if predictions
-                else 0.0,
-                "active_customers": (doc.get("summary") or {}).get("active_customers"),
-                "model_type": meta.get("model_type"),
-                "accuracy_estimate": meta.get("forecast_accuracy_estimate"),
+                "name": product_name(int(pid), names),
+                "total_predicted_quantity": round(total, 2),
+                "avg_weekly_quantity": round(total / len(predictions), 2) if predictions else 0.0,
+                "recent_quantity": round(sum(past[-len(predictions) :]), 2) if predictions and past else None,
+                "demand_pattern": DEMAND_PATTERNS.get(str(meta.get("demand_class"))),
+                "history": past,
                 "weeks": [
                     {
                         "week_start": p["week_start"],
                         "week_end": p["week_end"],
-                        "predicted_quantity": p["predicted_quantity"],
-                        "confidence_lower": p["confidence_lower"],
-                        "confidence_upper": p["confidence_upper"],
+                        "predicted_quantity": round(float(p["predicted_quantity"]), 2),
+                        "confidence_lower": round(float(p["confidence_lower"]), 2),
+                        "confidence_upper": round(float(p["confidence_upper"]), 2),
                     }
                     for p in predictions
                 ],
@@ -151,185 +256,63 @@ def compute_figures(forecasts: Mapping[int, dict], top_n: int, as_of: str, missi
         {**w, **{k: round(w[k], 2) for k in ("predicted_quantity", "lower_sum", "upper_sum")}}
         for _, w in sorted(weeks.items())
     ]
+    history_weeks = max((len(v) for v in history.values()), default=0)
+    history_total = [
+        round(sum(float(history[pid][i]) for pid in forecasts if int(pid) in history), 2) for i in range(history_weeks)
+    ]
     return {
         "as_of_date": as_of,
         "product_count": len(forecasts),
-        "missing_product_ids": sorted(missing),
+        "missing_products": [
+            {"product_id": pid, "name": product_name(pid, names)} for pid in sorted(int(m) for m in missing)
+        ],
         "top_n": top_n,
         "top_products": products[:top_n],
         "weekly": weekly,
+        "history_total": history_total,
         "total_predicted_quantity": round(sum(w["predicted_quantity"] for w in weekly), 2),
         "total_lower_sum": round(sum(w["lower_sum"] for w in weekly), 2),
         "total_upper_sum": round(sum(w["upper_sum"] for w in weekly), 2),
+        "recent_total_quantity": round(sum(history_total[-len(weekly) :]), 2) if history_total and weekly else None,
     }
 
 
-def figures_cache_key(as_of: str, version: str | None, product_ids: tuple[int, ...] | None, top_n: int) -> str:
-    products = "all" if product_ids is None else hashlib.sha1(",".join(map(str, product_ids)).encode()).hexdigest()[:16]
-    return f"figures:{as_of}:{version or 'unversioned'}:{products}:{top_n}"
+def figures_cache_key(as_of: str, version: str | None, product_ids: tuple[int, ...], top_n: int, weeks: int) -> str:
+    products = hashlib.sha1(",".join(map(str, product_ids)).encode()).hexdigest()[:16]
+    return f"figures:{FIGURES_VERSION}:{as_of}:{version or 'unversioned'}:{products}:{top_n}:{weeks}"
 
 
 def report_figures(
     client: redis.Redis,
     prefix: str,
-    product_ids: tuple[int, ...] | None,
+    product_ids: tuple[int, ...],
     top_n: int,
     cache: RedisJsonCache,
-    ttl_seconds: int | None = None,
+    *,
+    now: dt.datetime,
+    max_age_days: int,
+    history_weeks: int = 0,
+    read_source: Callable[[str, list[int], int], tuple[dict, dict]] | None = None,
 ) -> tuple[dict, bool]:
-    """The figures for the newest cached forecasts, from the cache when there; (figures, hit)."""
+    """The figures for the newest cached forecasts, from the cache when there; (figures, hit).
+
+    ``read_source(as_of, product_ids, weeks)`` returns (history, names) from the order database."""
     latest = latest_as_of(client, prefix)
     if latest is None:
         raise ReportError(f"no forecasts cached in Redis (no {prefix}:metadata:last_run, no {prefix}:asof:* key)")
     as_of, version = latest
+    check_fresh(as_of, now, max_age_days)
 
     def compute() -> dict:
         forecasts, missing = load_forecasts(client, prefix, as_of, product_ids)
-        return compute_figures(forecasts, top_n, as_of, missing)
+        history, names = read_source(as_of, list(product_ids), history_weeks) if read_source else ({}, {})
+        return compute_figures(forecasts, top_n, as_of, missing, history, names)
 
-    return cache.get_or_set(figures_cache_key(as_of, version, product_ids, top_n), compute, ttl_seconds)
-
-
-# ---------------------------------------------------------------- rendering
-
-
-def _nice_step(maximum: float, ticks: int = 4) -> float:
-    raw = max(maximum, 1e-9) / ticks
-    magnitude = 10 ** math.floor(math.log10(raw))
-    for factor in (1, 2, 2.5, 5, 10):
-        if raw <= factor * magnitude:
-            return factor * magnitude
-    return 10 * magnitude
+    key = figures_cache_key(as_of, version, product_ids, top_n, history_weeks)
+    return cache.get_or_set(key, compute)
 
 
-def render_svg(weekly: list[dict], width: int = 720, height: int = 280) -> str:
-    """Weekly predicted totals (line) inside the summed-bounds band, as inline SVG."""
-    left, right, top, bottom = 64, 16, 16, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
-    n = len(weekly)
-    top_value = max([w["upper_sum"] for w in weekly] + [w["predicted_quantity"] for w in weekly] + [1.0])
-    step = _nice_step(top_value)
-    y_max = step * -(-top_value // step)
-
-    def x(i: int) -> float:
-        return left + (plot_w * (i / (n - 1)) if n > 1 else plot_w / 2)
-
-    def y(v: float) -> float:
-        return top + plot_h * (1 - v / y_max)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-labelledby="chart-title">',
-        '<title id="chart-title">Weekly predicted quantity with summed 80% interval bounds</title>',
-    ]
-    value = 0.0
-    while value <= y_max + 1e-9:
-        parts.append(
-            f'<line x1="{left}" x2="{width - right}" y1="{y(value):.1f}" y2="{y(value):.1f}" stroke="#e5e7eb"/>'
-            f'<text x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end" font-size="11">{value:g}</text>'
-        )
-        value += step
-    band = [f"{x(i):.1f},{y(w['upper_sum']):.1f}" for i, w in enumerate(weekly)]
-    band += [f"{x(i):.1f},{y(w['lower_sum']):.1f}" for i, w in reversed(list(enumerate(weekly)))]
-    parts.append(f'<polygon class="band" points="{" ".join(band)}" fill="#bfdbfe" stroke="none"/>')
-    line = " ".join(f"{x(i):.1f},{y(w['predicted_quantity']):.1f}" for i, w in enumerate(weekly))
-    parts.append(f'<polyline class="predicted" points="{line}" fill="none" stroke="#1d4ed8" stroke-width="2"/>')
-    for i, w in enumerate(weekly):
-        parts.append(
-            f'<circle cx="{x(i):.1f}" cy="{y(w["predicted_quantity"]):.1f}" r="3" fill="#1d4ed8">'
-            f"<title>{html.escape(w['week_start'])}: {w['predicted_quantity']:g} "
-            f"({w['lower_sum']:g} - {w['upper_sum']:g})</title></circle>"
-            f'<text x="{x(i):.1f}" y="{height - bottom + 16}" text-anchor="middle" font-size="10">'
-            f"{html.escape(w['week_start'][5:])}</text>"
-        )
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-def render_html(figures: dict, heading: Mapping[str, str]) -> str:
-    """The report page. ``heading``: label -> value lines shown under the title (escaped)."""
-    esc = html.escape
-    rows = "\n".join(
-        f'<tr data-product="{p["product_id"]}"><td>{p["product_id"]}</td><td>{p["total_predicted_quantity"]:,.1f}</td>'
-        f"<td>{p['avg_weekly_quantity']:,.1f}</td><td>{p['lower_total']:,.1f} - {p['upper_total']:,.1f}</td>"
-        f"<td>{esc(str(p.get('model_type') or ''))}</td>"
-        f"<td>{'' if p.get('accuracy_estimate') is None else format(p['accuracy_estimate'], '.2f')}</td></tr>"
-        for p in figures["top_products"]
-    )
-    weeks = "\n".join(
-        f"<tr><td>{esc(w['week_start'])} - {esc(w['week_end'])}</td><td>{w['predicted_quantity']:,.1f}</td>"
-        f"<td>{w['lower_sum']:,.1f} - {w['upper_sum']:,.1f}</td><td>{w['products']}</td></tr>"
-        for w in figures["weekly"]
-    )
-    meta = "\n".join(f"<dt>{esc(k)}</dt><dd>{esc(str(v))}</dd>" for k, v in heading.items())
-    missing = (
-        f"<p class='missing'>No cached forecast for products {esc(str(figures['missing_product_ids']))}.</p>"
-        if figures["missing_product_ids"]
-        else ""
-    )
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Demand report - {esc(heading.get("Account", ""))}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#111}}table{{border-collapse:collapse;margin:1rem 0}}
-td,th{{border:1px solid #d1d5db;padding:.3rem .6rem;text-align:right}}th{{background:#f3f4f6}}
-dl{{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem}}dd{{margin:0}}</style></head>
-<body>
-<h1>Demand report</h1>
-<dl>{meta}</dl>
-<p>{figures["product_count"]} products, forecasts as of {esc(figures["as_of_date"])}:
-total predicted quantity {figures["total_predicted_quantity"]:,.1f} over {len(figures["weekly"])} weeks
-(sum of the products' 80% bounds {figures["total_lower_sum"]:,.1f} - {figures["total_upper_sum"]:,.1f}).</p>
-{missing}
-<h2>Weekly totals</h2>
-{render_svg(figures["weekly"]) if figures["weekly"] else ""}
-<p><small>The band sums each product's own 80% interval bounds: the total if every product landed at its
-10th (90th) percentile in the same week. It is wider than an 80% interval of the total.</small></p>
-<table><thead><tr><th>week</th><th>predicted</th><th>summed bounds</th><th>products</th></tr></thead>
-<tbody>
-{weeks}
-</tbody></table>
-<h2>Top {len(figures["top_products"])} products by predicted quantity</h2>
-<table><thead><tr><th>product</th><th>total</th><th>per week</th><th>summed bounds</th><th>model</th>
-<th>accuracy estimate</th></tr></thead>
-<tbody>
-{rows}
-</tbody></table>
-</body></html>
-"""
-
-
-CSV_COLUMNS = (
-    "kind",
-    "product_id",
-    "week_start",
-    "week_end",
-    "predicted_quantity",
-    "confidence_lower",
-    "confidence_upper",
-)
-
-
-def render_csv(figures: dict) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for w in figures["weekly"]:
-        writer.writerow(
-            ["total", "", w["week_start"], w["week_end"], w["predicted_quantity"], w["lower_sum"], w["upper_sum"]]
-        )
-    for p in figures["top_products"]:
-        for w in p["weeks"]:
-            writer.writerow(
-                [
-                    "product",
-                    p["product_id"],
-                    w["week_start"],
-                    w["week_end"],
-                    w["predicted_quantity"],
-                    w["confidence_lower"],
-                    w["confidence_upper"],
-                ]
-            )
-    return out.getvalue()
+# ---------------------------------------------------------------- files
 
 
 def report_paths(reports_dir: Path, account_id: int, schedule_id: int, slot: dt.datetime) -> tuple[Path, Path]:
@@ -338,8 +321,26 @@ def report_paths(reports_dir: Path, account_id: int, schedule_id: int, slot: dt.
     return folder / f"{stem}.html", folder / f"{stem}.csv"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+def write_files_atomically(files: Mapping[Path, str]) -> None:
+    """Write every file or none: each goes to a temporary file in its own directory, and only
+    when all are complete are they renamed into place. On any error (full or read-only volume)
+    the temporary files are removed, and so is any file this call already renamed, so a failed
+    report leaves no partial report behind."""
+    temporaries: dict[Path, Path] = {}
+    placed: list[Path] = []
+    try:
+        for path, text in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temporaries[path] = Path(name)
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(text)
+                out.flush()
+                os.fsync(out.fileno())
+        for path, temporary in temporaries.items():
+            os.replace(temporary, path)
+            placed.append(path)
+    except BaseException:
+        for leftover in [*temporaries.values(), *placed]:
+            leftover.unlink(missing_ok=True)
+        raise

@@ -42,7 +42,8 @@ accounts = sa.Table(
     sa.Column("name", sa.String(200), nullable=False, unique=True),
     sa.Column("plan_id", sa.Integer, sa.ForeignKey("plans.id")),  # NULL: no plan, unlimited
     sa.Column("timezone", sa.String(64), nullable=False, server_default="UTC"),
-    # optional {"product_ids": [int, ...]}: the account's products (default: every cached product)
+    # {"product_ids": [int, ...], "email_to": [address, ...]}: the products the account owns (its
+    # reports cover nothing else) and its report recipients
     sa.Column("parameters", sa.JSON),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
@@ -59,7 +60,8 @@ report_schedules = sa.Table(
     sa.Column("run_time", sa.Time),  # local wall-clock time of every slot
     sa.Column("anchor_day", sa.SmallInteger),  # monthly: day of month, clamped to the month's end
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
-    # optional {"product_ids": [...], "top_products": n}; product_ids overrides the account's
+    # optional {"product_ids": [...], "top_products": n, "email_to": [...]}: a subset of the
+    # account's products, and recipients instead of the account's
     sa.Column("parameters", sa.JSON),
     sa.Column("last_error", sa.Text),  # why the tick deactivated it
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),

@@ -47,6 +47,7 @@ NEEDS_POSTGRES = "report schedules need PostgreSQL: set APP_DATABASE_URL (now {u
 RUN_KEY_TAG = "dagster/run_key"
 GIVE_UP_SECONDS = 86400
 
+
 def run_request_for(due: DueRun) -> RunRequest:
     return RunRequest(
         run_key=due.run_key,
