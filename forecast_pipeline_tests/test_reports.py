@@ -83,8 +83,9 @@ def reports_engine():
 
 
 @pytest.fixture
-def db(reports_engine):
-    """Empty report tables in the dedicated database."""
+def db(reports_engine, pg):
+    """Empty report tables in the dedicated database, and empty order tables in the source one
+    (``pg``), so no other test's products or names leak into a report."""
     app_metadata.drop_all(reports_engine, tables=list(reversed(TABLES)), checkfirst=True)
     app_metadata.create_all(reports_engine, tables=list(TABLES))
     return reports_engine

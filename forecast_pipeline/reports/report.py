@@ -150,30 +150,18 @@ def read_history(
     engine: sa.Engine, source_query: str | None, as_of: str, product_ids: Iterable[int], weeks: int
 ) -> dict[int, list[float]]:
     """Weekly ordered quantity of each product, ``weeks`` 7-day buckets before the as-of date,
-    oldest first (the buckets the forecast continues), from one grouped query."""
+    oldest first (the buckets the forecast continues): the forecast's own weekly read, so the
+    report's history follows the same rules for returns and unknown quantities."""
     ids = sorted(set(product_ids))
-    history = {pid: [0.0] * weeks for pid in ids}
     if not ids or weeks == 0:
-        return history
+        return {pid: [0.0] * weeks for pid in ids}
     as_of_day = dt.date.fromisoformat(as_of)
-    as_of_ts = dt.datetime.combine(as_of_day, dt.time())
-    lines = order_history.order_lines(source_query)
-    week = order_history.weeks_before(lines.c.ordered_at, sa.literal(as_of_day.isoformat(), sa.String))
-    query = (
-        sa.select(lines.c.product_id, week.label("week_back"), sa.func.sum(lines.c.quantity))
-        .where(
-            lines.c.ordered_at >= as_of_ts - dt.timedelta(days=7 * weeks),
-            lines.c.ordered_at < as_of_ts,
-            lines.c.product_id.in_(sa.bindparam("ids", ids, expanding=True)),
-        )
-        .group_by(lines.c.product_id, week)
+    window = order_history.HistoryWindow(
+        as_of=as_of_day, history_start=as_of_day - dt.timedelta(weeks=weeks), min_customers=0, min_orders=0
     )
     with engine.connect() as conn:
-        for product_id, week_back, quantity in conn.execute(query):
-            column = weeks - 1 - int(week_back)
-            if int(product_id) in history and 0 <= column < weeks:
-                history[int(product_id)][column] = round(float(quantity or 0.0), 2)
-    return history
+        matrix = order_history.fetch_weekly_history(conn, window, ids, source_query).matrix
+    return {pid: [round(float(q), 2) for q in matrix[i]] for i, pid in enumerate(ids)}
 
 
 def read_product_names(engine: sa.Engine, product_ids: Iterable[int]) -> dict[int, str]:
