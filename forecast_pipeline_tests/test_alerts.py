@@ -949,3 +949,36 @@ def test_cli_add_refuses_a_non_finite_threshold_and_adds_a_good_alert(db, capsys
     with db.connect() as conn:
         row = conn.execute(sa.select(alerts)).one()
     assert (row.name, row.metric, row.operator, row.threshold_value) == ("tank too warm", "temp", ">", 82.5)
+
+
+def test_an_existing_outbox_gets_the_delivery_columns(db, webhook):
+    """An alert_notifications table created by the previous version is upgraded in place."""
+    from forecast_pipeline.app_db import create_app_schema
+
+    with db.begin() as conn:
+        for column in ("next_attempt_at", "last_status", "refused_since"):
+            conn.execute(sa.text(f"ALTER TABLE alert_notifications DROP COLUMN {column}"))
+    create_app_schema(db)
+    create_app_schema(db)  # safe to repeat
+    columns = {c["name"] for c in sa.inspect(db).get_columns("alert_notifications")}
+    assert {"next_attempt_at", "last_status", "refused_since"} <= columns
+    w = World(db)
+    tank = w.device("tank")
+    w.alert(tank, "temp", ">", 82.0)
+    w.reading(tank, "temp", 99.0)
+    assert run_evaluation(db, settings(ALERT_WEBHOOK_URL=webhook.url), now=NOW).stats.notifications_sent == 1
+
+
+def test_delivery_on_sqlite(sqlite_db, webhook):
+    w = World(sqlite_db)
+    tank = w.device("tank")
+    w.alert(tank, "temp", ">", 82.0)
+    w.reading(tank, "temp", 99.0, at=NOW)
+    webhook.mode = "down"
+    first = run_evaluation(sqlite_db, settings(ALERT_WEBHOOK_URL=webhook.url), now=NOW)
+    assert (first.stats.notifications_failed, first.stats.notifications_pending) == (1, 1)
+    w.reading(tank, "temp", 70.0, at=NOW + dt.timedelta(seconds=30))
+    webhook.mode = "ok"
+    second = run_evaluation(sqlite_db, settings(ALERT_WEBHOOK_URL=webhook.url), now=NOW + dt.timedelta(seconds=30))
+    assert (second.stats.notifications_sent, second.stats.notifications_pending) == (2, 0)
+    assert [r["body"]["type"] for r in webhook.received] == ["alert.triggered", "alert.resolved"]
