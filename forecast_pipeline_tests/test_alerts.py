@@ -321,7 +321,7 @@ def test_config_defaults_and_errors_name_each_variable():
     s = load_alert_settings({})
     assert (s.freshness_seconds, s.webhook_url, s.webhook_timeout_seconds) == (300, None, 5.0)
     assert (s.webhook_backoff_seconds, s.webhook_max_backoff_seconds, s.webhook_refusal_grace_seconds) == (5, 60, 3600)
-    assert (s.clock_skew_seconds, s.retention_days, s.notify_batch) == (60, 30, 500)
+    assert (s.clock_skew_seconds, s.retention_days, s.notify_batch) == (60, 30, 5000)
     assert not s.notifications_enabled
     with pytest.raises(ConfigError) as info:
         load_alert_settings(

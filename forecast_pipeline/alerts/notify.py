@@ -31,8 +31,9 @@ now); a dead letter does not stop it.
 Bounds: each attempt has one total deadline (connect, send, and the whole answer), enforced by
 closing the socket, so a webhook trickling its answer cannot hold a pass; a pass starts no attempt
 it cannot finish within its budget. The claim stamps the row (``next_attempt_at`` as a lease) in a
-short transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) committed before the POST: no lock is
-held over HTTP, a second pass skips it, and a pass that dies mid-POST leaves it to be retried.
+short transaction (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, a few rows at a time) committed
+before the POST: no lock is held over HTTP, a second pass skips it, and a pass that dies mid-POST
+leaves it to be retried when the lease ends.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ USER_AGENT = "forecast-pipeline-alerts/2"
 MAX_RETRY_AFTER_SECONDS = 900
 """A Retry-After is honoured up to 15 minutes: a bad header must not park delivery for days."""
 LEASE_MARGIN_SECONDS = 60
-"""A claimed notification is retried this long after its attempt's deadline if the pass died."""
+"""A claimed notification is retried this long after its pass's deadline if the pass died."""
+CLAIM_BATCH = 20
+"""Notifications claimed per transaction."""
 ENDPOINT_HOLD_STATUSES = (429, 503)
 """Answers about the endpoint, not the notification: their wait holds every notification."""
 ERROR_BODY_CHARS = 200
@@ -241,74 +244,105 @@ def deliver_pending(
     would be overrun. ``now`` stamps the pass (waits are measured on it)."""
     stats = DeliveryStats()
     now = now or dt.datetime.now(dt.UTC)
-    if settings.webhook_url is not None:
-        with engine.connect() as conn:
+    with engine.connect() as conn:  # one connection for the pass; no transaction is open over HTTP
+        if settings.webhook_url is not None:
             stats.held_until = endpoint_held_until(conn, now)
-        if stats.held_until is None:
-            _deliver(engine, settings, stats, time.monotonic() + budget_seconds, now, log)
-    with engine.connect() as conn:
+            conn.rollback()
+            if stats.held_until is None:
+                _deliver(conn, settings, stats, time.monotonic() + budget_seconds, now, log)
         stats.pending = pending_count(conn)
+        conn.rollback()
     return stats
 
 
-def _deliver(engine, settings, stats, deadline, now, log) -> None:
+def _begin(conn: sa.Connection):
+    """A short transaction. On PostgreSQL its commit does not wait for the disk: a commit lost in
+    a crash only means the notification is sent again, which at-least-once delivery allows."""
+    transaction = conn.begin()
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+    return transaction
+
+
+def _deliver(conn, settings, stats, deadline, now, log) -> None:
     timeout = settings.webhook_timeout_seconds
     refusing_past_grace = False  # the webhook has refused longer than the grace: dead-letter on refusal
-    while stats.sent + stats.dead_lettered < settings.notify_batch:
+    stop = False
+    while not stop and stats.sent + stats.dead_lettered < settings.notify_batch:
         if deadline - time.monotonic() < timeout:
             break  # an attempt started now could outlive the pass
-        claimed = _claim_next(engine, now, lease_seconds=timeout + LEASE_MARGIN_SECONDS)
-        if claimed is None:
+        lease = deadline - time.monotonic() + timeout + LEASE_MARGIN_SECONDS  # past any attempt of this pass
+        limit = min(CLAIM_BATCH, settings.notify_batch - stats.sent - stats.dead_lettered)
+        claimed = _claim(conn, now, lease, limit)
+        if not claimed:
             break
-        body = json.dumps(claimed.payload, default=str).encode()
-        headers = {"X-Alert-Notification-Id": str(claimed.id), "X-Alert-Event": claimed.kind}
-        answer = post_once(settings.webhook_url, body, headers, timeout)
-        outcome = classify(answer.status)
-        values: dict = {"last_status": answer.status, "last_error": answer.error}
-        if outcome == DELIVERED:
-            values.update(sent_at=now, next_attempt_at=None, refused_since=None)
-        elif outcome == DEAD:
-            values.update(rejected_at=now, next_attempt_at=None)
-        elif outcome == REFUSED:
-            since = _utc(claimed.refused_since) or now
-            values["refused_since"] = since
-            if refusing_past_grace or (now - since).total_seconds() >= settings.webhook_refusal_grace_seconds:
-                refusing_past_grace = True
-                outcome = DEAD
-                values.update(rejected_at=now, next_attempt_at=None)
-                values["last_error"] = f"{answer.error} (refused for longer than the grace period)"
-            else:
-                values["next_attempt_at"] = now + dt.timedelta(seconds=backoff_seconds(settings, claimed.attempts))
-        else:
-            wait = backoff_seconds(settings, claimed.attempts)
-            asked = retry_after_seconds(answer.retry_after, now)
-            values["next_attempt_at"] = now + dt.timedelta(seconds=max(wait, asked or 0.0))
-        with engine.begin() as conn:
-            conn.execute(sa.update(alert_notifications).where(alert_notifications.c.id == claimed.id).values(**values))
-        if outcome == DELIVERED:
-            stats.sent += 1
-            continue
-        stats.last_error = answer.error
-        if outcome == DEAD:
-            stats.dead_lettered += 1
+        for position, item in enumerate(claimed):
+            if stop or deadline - time.monotonic() < timeout:
+                _release(conn, claimed[position:])
+                stop = True
+                break
+            outcome, values = _attempt(settings, item, now, refusing_past_grace)
+            refusing_past_grace = refusing_past_grace or values.pop("past_grace")
+            with _begin(conn):
+                conn.execute(sa.update(alert_notifications).where(alert_notifications.c.id == item.id).values(**values))
+            if outcome == DELIVERED:
+                stats.sent += 1
+                continue
+            stats.last_error = values["last_error"]
+            if outcome == DEAD:
+                stats.dead_lettered += 1
+                if log:
+                    log(
+                        f"Webhook notification {item.id} ({item.kind}) dead-lettered: {values['last_error']}; "
+                        f"`forecast-pipeline alerts notifications resend {item.id}` sends it again"
+                    )
+                continue
+            stats.failed += 1
             if log:
                 log(
-                    f"Webhook notification {claimed.id} ({claimed.kind}) dead-lettered: {values['last_error']}; "
-                    f"`forecast-pipeline alerts notifications resend {claimed.id}` sends it again"
+                    f"Webhook notification {item.id} ({item.kind}) failed, retried from "
+                    f"{values['next_attempt_at'].isoformat(timespec='seconds')}: {values['last_error']}"
                 )
-            continue
-        stats.failed += 1
-        if log:
-            log(
-                f"Webhook notification {claimed.id} ({claimed.kind}) failed, retried from "
-                f"{values['next_attempt_at'].isoformat(timespec='seconds')}: {answer.error}"
-            )
-        break  # the webhook is down or refusing: the others wait for the next pass
+            stop = True  # the webhook is down or refusing: the others wait for the next pass
 
 
-def _claim_next(engine: sa.Engine, now: dt.datetime, lease_seconds: float):
-    """Claim the oldest due notification that no earlier unsent notification of its alert holds
-    back: stamp the attempt and a lease, and commit, so the POST happens outside any transaction."""
+def _attempt(settings: AlertSettings, item: _Claimed, now: dt.datetime, refusing_past_grace: bool):
+    """POST one notification; the outcome and the row's new values."""
+    body = json.dumps(item.payload, default=str).encode()
+    headers = {"X-Alert-Notification-Id": str(item.id), "X-Alert-Event": item.kind}
+    answer = post_once(settings.webhook_url, body, headers, settings.webhook_timeout_seconds)
+    outcome = classify(answer.status)
+    attempts = item.attempts + 1
+    values: dict = {
+        "attempts": attempts,
+        "last_attempt_at": now,
+        "last_status": answer.status,
+        "last_error": answer.error,
+        "past_grace": False,
+    }
+    if outcome == DELIVERED:
+        values.update(sent_at=now, next_attempt_at=None, refused_since=None)
+    elif outcome == DEAD:
+        values.update(rejected_at=now, next_attempt_at=None)
+    elif outcome == REFUSED:
+        since = _utc(item.refused_since) or now
+        values["refused_since"] = since
+        if refusing_past_grace or (now - since).total_seconds() >= settings.webhook_refusal_grace_seconds:
+            outcome = DEAD
+            values.update(rejected_at=now, next_attempt_at=None, past_grace=True)
+            values["last_error"] = f"{answer.error} (refused for longer than the grace period)"
+        else:
+            values["next_attempt_at"] = now + dt.timedelta(seconds=backoff_seconds(settings, attempts))
+    else:
+        wait = max(backoff_seconds(settings, attempts), retry_after_seconds(answer.retry_after, now) or 0.0)
+        values["next_attempt_at"] = now + dt.timedelta(seconds=wait)
+    return outcome, values
+
+
+def _claim(conn: sa.Connection, now: dt.datetime, lease_seconds: float, limit: int) -> list[_Claimed]:
+    """Claim up to ``limit`` of the oldest due notifications that no earlier unsent notification
+    of their alert holds back, by giving them a lease (``next_attempt_at``) and committing, so the
+    POSTs happen outside any transaction and other passes skip them."""
     n = alert_notifications.alias("n")
     event = alert_events.alias("event")
     earlier = alert_notifications.alias("earlier")
@@ -319,9 +353,9 @@ def _claim_next(engine: sa.Engine, now: dt.datetime, lease_seconds: float):
         .where(earlier_event.c.alert_id == event.c.alert_id, earlier.c.id < n.c.id, earlier.c.sent_at.is_(None))
         .exists()
     )
-    with engine.begin() as conn:
-        row = conn.execute(
-            sa.select(n.c.id, n.c.kind, n.c.payload, n.c.attempts, n.c.refused_since)
+    with _begin(conn):
+        rows = conn.execute(
+            sa.select(n.c.id, n.c.kind, n.c.payload, n.c.attempts, n.c.refused_since, n.c.next_attempt_at)
             .select_from(n.join(event, event.c.id == n.c.event_id))
             .where(
                 n.c.sent_at.is_(None),
@@ -330,21 +364,27 @@ def _claim_next(engine: sa.Engine, now: dt.datetime, lease_seconds: float):
                 ~held_back,
             )
             .order_by(n.c.id)
-            .limit(1)
+            .limit(limit)
             .with_for_update(skip_locked=True, of=n)
-        ).first()
-        if row is None:
-            return None
-        conn.execute(
-            sa.update(alert_notifications)
-            .where(alert_notifications.c.id == row.id)
-            .values(
-                attempts=alert_notifications.c.attempts + 1,
-                last_attempt_at=now,
-                next_attempt_at=now + dt.timedelta(seconds=lease_seconds),
+        ).all()
+        if rows:
+            conn.execute(
+                sa.update(alert_notifications)
+                .where(alert_notifications.c.id.in_([row.id for row in rows]))
+                .values(next_attempt_at=now + dt.timedelta(seconds=lease_seconds))
             )
-        )
-    return _Claimed(row.id, row.kind, row.payload, row.attempts + 1, row.refused_since)
+    return [_Claimed(r.id, r.kind, r.payload, r.attempts, r.refused_since, r.next_attempt_at) for r in rows]
+
+
+def _release(conn: sa.Connection, items: Sequence[_Claimed]) -> None:
+    """Give back claimed notifications this pass will not try, due as they were."""
+    with _begin(conn):
+        for item in items:
+            conn.execute(
+                sa.update(alert_notifications)
+                .where(alert_notifications.c.id == item.id)
+                .values(next_attempt_at=item.next_attempt_at)
+            )
 
 
 @dataclass(frozen=True)
@@ -353,8 +393,10 @@ class _Claimed:
     kind: str
     payload: dict
     attempts: int
-    """Attempts including this one."""
+    """Attempts before this one."""
     refused_since: dt.datetime | None
+    next_attempt_at: dt.datetime | None
+    """When it was due before the claim (restored if the pass does not try it)."""
 
 
 # ---------------------------------------------------------------- operators: list and resend
