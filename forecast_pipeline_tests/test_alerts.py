@@ -786,6 +786,10 @@ def test_the_alert_definitions_merge_into_the_code_location():
     assert evaluation.minimum_interval_seconds == 30
     assert evaluation.required_resource_keys == {"app_db"}
     assert repo.get_sensor_def("pipeline_health_sensor").required_resource_keys == {"app_db"}
+    delivery = repo.get_sensor_def("alert_notification_sensor")
+    retention = repo.get_sensor_def("alert_retention_sensor")
+    assert (delivery.minimum_interval_seconds, retention.minimum_interval_seconds) == (15, 3600)
+    assert delivery.required_resource_keys == retention.required_resource_keys == {"app_db"}
 
 
 def _cli_args(**kw) -> argparse.Namespace:

@@ -13,11 +13,12 @@ BAD_AREA_SETTINGS = {"ALERT_WEBHOOK_URL": "ftp://x", "REPORT_TOP_PRODUCTS": "0"}
 
 
 def test_check_refuses_what_the_code_location_refuses(tmp_path, pg):
-    checked = command([str(BIN / "forecast-pipeline"), "check"], tmp_path, **BAD_AREA_SETTINGS)
+    checked = command([str(BIN / "forecast-pipeline"), "check"], tmp_path, FORECAST_WORKERS="0", **BAD_AREA_SETTINGS)
     assert checked.returncode == 2, checked.stdout
     assert "configuration: ok" not in checked.stdout
     assert "ALERT_WEBHOOK_URL='ftp://x' must be an http:// or https:// URL" in checked.stderr
     assert "REPORT_TOP_PRODUCTS=0 must be between" in checked.stderr
+    assert "FORECAST_WORKERS=0 must be between" in checked.stderr  # every area's problems at once
     loaded = command(
         [str(BIN / "dagster"), "definitions", "validate", "-m", "forecast_pipeline.definitions"],
         tmp_path,
