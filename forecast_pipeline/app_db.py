@@ -67,10 +67,22 @@ def create_app_schema(engine: sa.Engine) -> None:
     """Create every application table and index that is missing (safe to repeat).
 
     Indexes are checked one by one too: a table that already existed (e.g. a legacy
-    ``alert_events``) still gets the unique indexes the code relies on."""
-    for module in APP_SCHEMA_MODULES:
-        importlib.import_module(module)
+    ``alert_events``) still gets the unique indexes the code relies on. A module's
+    ``upgrade_schema(engine)``, if it has one, then adds what ``create_all`` cannot to existing tables."""
+    modules = [importlib.import_module(module) for module in APP_SCHEMA_MODULES]
     app_metadata.create_all(engine, checkfirst=True)
+    for module in modules:
+        upgrade = getattr(module, "upgrade_schema", None)
+        if upgrade is not None:
+            upgrade(engine)
     for table in app_metadata.sorted_tables:
         for index in table.indexes:
             index.create(engine, checkfirst=True)
+
+
+def missing_app_tables(engine: sa.Engine) -> list[str]:
+    """The application tables not in the database (``forecast-pipeline init-db`` creates them)."""
+    for module in APP_SCHEMA_MODULES:
+        importlib.import_module(module)
+    existing = set(sa.inspect(engine).get_table_names())
+    return [name for name in app_metadata.tables if name not in existing]

@@ -18,7 +18,7 @@ from forecast_pipeline import demo_data, forecast_cache, order_history, source_s
 from forecast_pipeline.alerts.cli import ALERT_COMMANDS, add_alert_commands
 from forecast_pipeline.jobs_schema import JOB_STATUSES
 from forecast_pipeline.reports.cli import REPORT_COMMANDS, add_report_commands
-from forecast_pipeline.settings import ConfigError, Settings, load_settings, redact_url
+from forecast_pipeline.settings import ConfigError, Settings, load_all_settings, load_settings, redact_url
 
 
 def _engine(settings: Settings) -> sa.Engine:
@@ -76,7 +76,8 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    """Check each dependency and say what is wrong; exit 1 if anything is."""
+    """Check each dependency and say what is wrong; exit 1 if anything is. (``main`` has validated
+    every area's settings through the code location's own loaders: exit 2 for any bad one.)"""
     ok = True
     print("configuration: ok")
     engine = _engine(settings)
@@ -99,6 +100,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     except sa.exc.SQLAlchemyError as exc:
         ok = False
         print(f"database {redact_url(settings.database_url)}: FAILED: {getattr(exc, 'orig', None) or exc}")
+    ok = _check_app_tables(settings) and ok
     try:
         client = _redis(settings)
         print(f"redis {redact_url(settings.redis_url)}: reachable")
@@ -107,6 +109,25 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         ok = False
         print(f"redis: FAILED: {exc}")
     return 0 if ok else 1
+
+
+def _check_app_tables(settings: Settings) -> bool:
+    from forecast_pipeline.app_db import missing_app_tables
+
+    url = redact_url(settings.app_database_url)
+    engine = _engine_for(settings.app_database_url)
+    try:
+        missing = missing_app_tables(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        print(f"application database {url}: FAILED: {getattr(exc, 'orig', None) or exc}")
+        return False
+    finally:
+        engine.dispose()
+    if missing:
+        print(f"application tables: MISSING {', '.join(missing)} in {url} (run `forecast-pipeline init-db`)")
+        return False
+    print(f"application tables: present in {url}")
+    return True
 
 
 def _fail(message: str) -> int:
@@ -334,7 +355,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings()
+        settings = load_all_settings() if args.command == "check" else load_settings()
     except ConfigError as exc:
         print(f"forecast-pipeline: {exc}", file=sys.stderr)
         return 2

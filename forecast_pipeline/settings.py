@@ -259,6 +259,36 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
+AREA_SETTINGS_LOADERS = (
+    "forecast_pipeline.alerts.config:load_alert_settings",
+    "forecast_pipeline.reports.config:load_report_settings",
+)
+"""Every area's loader, each run by its area's definitions when the code location loads. Add an
+area's here and ``forecast-pipeline check`` validates it the same way."""
+
+
+def load_all_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Validate every setting of every area exactly as the code location's loaders do; raise one
+    :class:`ConfigError` listing the bad variables of all areas. Returns the forecast settings."""
+    import importlib
+
+    problems: list[str] = []
+    settings: Settings | None = None
+    try:
+        settings = load_settings(environ)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    for target in AREA_SETTINGS_LOADERS:
+        module, name = target.split(":")
+        try:
+            getattr(importlib.import_module(module), name)(environ)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return settings
+
+
 @functools.cache
 def get_settings() -> Settings:
     """The process's settings, read once when the code location loads."""

@@ -240,8 +240,8 @@ def reading_at(value=None, json_value=None, metadata=None, at=NOW) -> Reading:
 @pytest.mark.parametrize("operator", OPS)
 def test_every_operator_below_at_and_above_its_threshold(operator):
     assert tuple(evaluate_threshold(v, operator, 10.0) for v in (9.5, 10.0, 10.5)) == EXPECTED[operator]
-    # float noise counts as "at": 0.1 + 0.2 is at 0.3
-    assert evaluate_threshold(0.1 + 0.2, operator, 0.3) == EXPECTED[operator][1]
+    # exact: 0.1 + 0.2 is the double just above 0.3, and compares as above it
+    assert evaluate_threshold(0.1 + 0.2, operator, 0.3) == EXPECTED[operator][2]
 
 
 def test_an_unknown_operator_is_an_evaluation_error():
@@ -321,7 +321,9 @@ def test_stats_count_each_outcome_once():
 
 def test_config_defaults_and_errors_name_each_variable():
     s = load_alert_settings({})
-    assert (s.freshness_seconds, s.webhook_url, s.webhook_timeout_seconds, s.webhook_retries) == (300, None, 5.0, 2)
+    assert (s.freshness_seconds, s.webhook_url, s.webhook_timeout_seconds) == (300, None, 5.0)
+    assert (s.webhook_backoff_seconds, s.webhook_max_backoff_seconds, s.webhook_refusal_grace_seconds) == (5, 60, 3600)
+    assert (s.clock_skew_seconds, s.retention_days, s.notify_batch) == (60, 30, 5000)
     assert not s.notifications_enabled
     with pytest.raises(ConfigError) as info:
         load_alert_settings(
@@ -329,37 +331,57 @@ def test_config_defaults_and_errors_name_each_variable():
                 "ALERT_FRESHNESS_SECONDS": "5m",
                 "ALERT_WEBHOOK_URL": "ftp://user:secret@host/x",
                 "ALERT_WEBHOOK_TIMEOUT_SECONDS": "nan",
-                "ALERT_WEBHOOK_RETRIES": "-1",
+                "ALERT_WEBHOOK_MAX_BACKOFF_SECONDS": "0",
+                "ALERT_CLOCK_SKEW_SECONDS": "-1",
+                "ALERT_RETENTION_DAYS": "0",
             }
         )
     text = str(info.value)
     assert "ALERT_FRESHNESS_SECONDS='5m' is not a whole number" in text
     assert "ALERT_WEBHOOK_URL=" in text and "must be an http:// or https:// URL" in text and "secret" not in text
     assert "ALERT_WEBHOOK_TIMEOUT_SECONDS=nan must be between" in text
-    assert "ALERT_WEBHOOK_RETRIES=-1 must be between 0 and 10" in text
+    assert "ALERT_WEBHOOK_MAX_BACKOFF_SECONDS=0.0 must be between 1 and 3600" in text
+    assert "ALERT_CLOCK_SKEW_SECONDS=-1 must be between 0 and 86400" in text
+    assert "ALERT_RETENTION_DAYS=0 must be between 1 and 36500" in text
+    # an attempt must fit in a delivery tick
+    with pytest.raises(ConfigError, match="ALERT_WEBHOOK_TIMEOUT_SECONDS=31.0 must be between 0.1 and 30"):
+        load_alert_settings({"ALERT_WEBHOOK_TIMEOUT_SECONDS": "31"})
 
 
-def test_post_json_retries_with_exponential_backoff_then_gives_up(webhook):
-    webhook.mode = "down"
-    waits = []
-    with pytest.raises(notify.WebhookError, match="HTTP 503 .* after 4 attempt"):
-        notify.post_json(webhook.url, {"a": 1}, timeout=2, retries=3, backoff=0.5, sleep=waits.append)
-    assert webhook.attempts == 4 and waits == [0.5, 1.0, 2.0]
-    webhook.mode = "ok"
-    assert notify.post_json(webhook.url, {"a": 1}, timeout=2, retries=3, backoff=0.5, sleep=waits.append) == 204
-    assert webhook.received[-1]["body"] == {"a": 1} and webhook.received[-1]["content_type"] == "application/json"
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [(200, "delivered"), (204, "delivered"), (None, "retry"), (408, "retry"), (425, "retry"), (429, "retry")]
+    + [(s, "retry") for s in (500, 501, 502, 503, 504, 520, 521, 522, 523, 524, 599)]
+    + [(s, "refused") for s in (301, 302, 303, 307, 308, 401, 403, 404, 407)]
+    + [(s, "dead") for s in (400, 405, 406, 409, 410, 411, 413, 414, 415, 422, 451)],
+)
+def test_webhook_answers_are_classified(status, outcome):
+    assert notify.classify(status) == outcome
 
 
-def test_post_json_times_out_and_does_not_retry_a_client_error(webhook):
+def test_backoff_doubles_up_to_its_cap_and_retry_after_is_read_both_ways():
+    cfg = load_alert_settings({"ALERT_WEBHOOK_BACKOFF_SECONDS": "5", "ALERT_WEBHOOK_MAX_BACKOFF_SECONDS": "60"})
+    assert [notify.backoff_seconds(cfg, n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]
+    assert notify.backoff_seconds(cfg, 10_000) == 60
+    assert notify.retry_after_seconds("120", NOW) == 120
+    assert notify.retry_after_seconds("Mon, 10 Nov 2025 12:01:30 GMT", NOW) == 90
+    assert notify.retry_after_seconds("86400", NOW) == notify.MAX_RETRY_AFTER_SECONDS
+    assert notify.retry_after_seconds("soon", NOW) is None and notify.retry_after_seconds(None, NOW) is None
+
+
+def test_post_once_sends_json_and_reports_the_status(webhook):
+    assert notify.post_once(webhook.url, b'{"a": 1}', {"X-Alert-Notification-Id": "7"}, 2).status == 204
+    assert webhook.received[-1] == {"body": {"a": 1}, "id": "7", "content_type": "application/json"}
+    webhook.mode = "reject"
+    answer = notify.post_once(webhook.url, b"{}", {"X-Alert-Notification-Id": "8"}, 2)
+    assert (answer.status, answer.error) == (404, "HTTP 404 Not Found")
     webhook.mode, webhook.slow_seconds = "slow", 1.0
     started = time.monotonic()
-    with pytest.raises(notify.WebhookError, match="after 2 attempt"):
-        notify.post_json(webhook.url, {}, timeout=0.2, retries=1, backoff=0, sleep=lambda s: None)
-    assert time.monotonic() - started < 1.5  # two 0.2 s timeouts, not two 1 s responses
-    webhook.mode, webhook.attempts = "reject", 0
-    with pytest.raises(notify.WebhookError, match="HTTP 404 .*not retried"):
-        notify.post_json(webhook.url, {}, timeout=2, retries=3, backoff=0)
-    assert webhook.attempts == 1
+    answer = notify.post_once(webhook.url, b"{}", {"X-Alert-Notification-Id": "9"}, 0.2)
+    assert time.monotonic() - started < 0.8
+    assert (answer.status, answer.error) == (None, "no complete answer within 0.2 s")
+    refused = notify.post_once(free_port_url(), b"{}", {}, 2)
+    assert refused.status is None and "refused" in refused.error.lower()
 
 
 # ---------------------------------------------------------------- real Postgres
@@ -473,7 +495,7 @@ def test_two_transactions_inserting_at_once_leave_exactly_one_open_event(world):
 
     def evaluator_a():
         with world.engine.begin() as conn:
-            results["a"] = store.create_event(conn, item, decision, NOW, notify=True)
+            results["a"] = store.create_event(conn, item, decision, NOW)
             a_inserted.set()
             time.sleep(0.5)  # hold the uncommitted row while B tries
 
@@ -481,7 +503,7 @@ def test_two_transactions_inserting_at_once_leave_exactly_one_open_event(world):
         a_inserted.wait(5)
         started = time.monotonic()
         with world.engine.begin() as conn:
-            results["b"] = store.create_event(conn, item, decision, NOW, notify=True)
+            results["b"] = store.create_event(conn, item, decision, NOW)
         results["b_waited"] = time.monotonic() - started
 
     threads = [threading.Thread(target=evaluator_a), threading.Thread(target=evaluator_b)]
@@ -512,7 +534,7 @@ def test_racing_evaluators_produce_exactly_one_open_event_per_alert(world):
 
             def evaluator(engine, at=at, barrier=barrier, stats=stats, lost=lost):
                 barrier.wait()
-                result = run_evaluation(engine, cfg, now=at, sleep=lambda s: None)
+                result = run_evaluation(engine, cfg, now=at)
                 stats.append(result.stats)
                 lost.extend(o for o in result.outcomes if "another evaluator" in o.decision.message)
 
@@ -540,7 +562,7 @@ def test_racing_evaluators_produce_exactly_one_open_event_per_alert(world):
 def test_the_webhook_down_and_back_loses_no_event(world, webhook):
     tank = world.device("Main Tank")
     alert = world.alert(tank, "temp", ">", 82.0, name="tank too warm")
-    cfg = settings(ALERT_WEBHOOK_URL=webhook.url, ALERT_WEBHOOK_RETRIES="2", ALERT_WEBHOOK_TIMEOUT_SECONDS="2")
+    cfg = load_alert_settings({"ALERT_WEBHOOK_URL": webhook.url, "ALERT_WEBHOOK_TIMEOUT_SECONDS": "2"})
     webhook.mode = "down"
     world.reading(tank, "temp", 85.2, at=NOW)
     first = run_evaluation(world.engine, cfg, now=NOW)
@@ -550,21 +572,20 @@ def test_the_webhook_down_and_back_loses_no_event(world, webhook):
         1,
         1,
     )
-    assert webhook.attempts == 3  # 1 + 2 retries
+    assert webhook.attempts == 1
     [pending] = world.notifications()
     assert pending.sent_at is None and pending.attempts == 1 and "HTTP 503" in pending.last_error
+    assert pending.next_attempt_at == NOW + dt.timedelta(seconds=5)  # the first backoff
     # still down while the value returns to normal: the resolution queues behind the trigger
     world.reading(tank, "temp", 80.0, at=NOW + dt.timedelta(seconds=30))
     second = run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=30))
     assert second.stats.resolved == 1 and second.stats.notifications_pending == 2
-    assert webhook.received == []
-    # back up at +60 s: the trigger, tried at +0 and +30 s, waits 60 s (backoff) and the
-    # resolution waits behind it
+    assert webhook.received == [] and webhook.attempts == 2  # the trigger again, not the resolution
+    # back up: the trigger waits out its backoff (10 s after the second failure), then both go, in order, once
     webhook.mode = "ok"
-    waiting = run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=60))
+    waiting = run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=35))
     assert (waiting.stats.notifications_sent, waiting.stats.notifications_pending) == (0, 2)
-    # once the wait is over both are delivered, in order, once
-    third = run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=90))
+    third = run_evaluation(world.engine, cfg, now=NOW + dt.timedelta(seconds=40))
     assert (third.stats.notifications_sent, third.stats.notifications_pending) == (2, 0)
     assert [r["body"]["type"] for r in webhook.received] == ["alert.triggered", "alert.resolved"]
     triggered, resolved = (r["body"]["event"] for r in webhook.received)
@@ -584,16 +605,18 @@ def test_an_unreachable_webhook_keeps_the_event_and_its_notification(world):
     result = run_evaluation(world.engine, settings(ALERT_WEBHOOK_URL=free_port_url()), now=NOW)
     assert result.stats.triggered == 1 and result.stats.notifications_failed == 1
     [n] = world.notifications()
-    assert n.sent_at is None and "refused" in n.last_error.lower()
+    assert n.sent_at is None and n.rejected_at is None and "refused" in n.last_error.lower()
     assert len(world.events()) == 1
 
 
-def test_without_a_webhook_nothing_is_queued(world):
+def test_without_a_webhook_the_outbox_still_fills(world):
     tank = world.device("tank")
     world.alert(tank, "temp", ">", 82.0)
     world.reading(tank, "temp", 99.0)
-    assert run_evaluation(world.engine, settings(), now=NOW).stats.triggered == 1
-    assert world.notifications() == []
+    result = run_evaluation(world.engine, settings(), now=NOW)
+    assert result.stats.triggered == 1 and result.stats.notifications_sent == 0
+    [n] = world.notifications()
+    assert (n.kind, n.attempts, n.sent_at) == ("triggered", 0, None)
 
 
 def test_the_same_evaluation_on_sqlite(sqlite_db):
@@ -654,7 +677,7 @@ def test_the_sensor_evaluates_logs_and_reports_its_figures(world, alert_env, web
     assert result.run_requests in (None, [])
     reason = result.skip_reason.skip_message
     assert reason.startswith("Alert evaluation: 3 alerts: 2 evaluated, 1 triggered, 0 resolved, 1 errors, 0 skipped")
-    assert "notifications 1 sent" in reason
+    assert "notifications" not in reason  # the delivery sensor sends them
     figures = json.loads(result.cursor)
     assert {k: figures[k] for k in ("total", "evaluated", "triggered", "resolved", "errors", "skipped")} == {
         "total": 3,
@@ -664,7 +687,7 @@ def test_the_sensor_evaluates_logs_and_reports_its_figures(world, alert_env, web
         "errors": 1,
         "skipped": 0,
     }
-    assert len(webhook.received) == 1 and len(world.events()) == 1
+    assert webhook.received == [] and len(world.events()) == 1 and len(world.notifications()) == 1
 
 
 def test_the_sensor_skips_with_a_reason_when_the_tables_are_missing(tmp_path, alert_env):
@@ -767,6 +790,10 @@ def test_the_alert_definitions_merge_into_the_code_location():
     assert evaluation.minimum_interval_seconds == 30
     assert evaluation.required_resource_keys == {"app_db"}
     assert repo.get_sensor_def("pipeline_health_sensor").required_resource_keys == {"app_db"}
+    delivery = repo.get_sensor_def("alert_notification_sensor")
+    retention = repo.get_sensor_def("alert_retention_sensor")
+    assert (delivery.minimum_interval_seconds, retention.minimum_interval_seconds) == (15, 3600)
+    assert delivery.required_resource_keys == retention.required_resource_keys == {"app_db"}
 
 
 def _cli_args(**kw) -> argparse.Namespace:
@@ -813,7 +840,7 @@ def test_nan_is_never_a_reading_value():
         evaluate.to_number(math.inf, "value")
 
 
-def test_a_redirect_is_not_followed_and_the_notification_is_set_aside(world, webhook):
+def test_a_redirect_is_not_followed_and_the_notification_is_kept(world, webhook):
     """urllib would follow a 302 with a body-less GET and report success: the event would be lost."""
     tank = world.device("tank")
     world.alert(tank, "temp", ">", 82.0)
@@ -823,7 +850,7 @@ def test_a_redirect_is_not_followed_and_the_notification_is_set_aside(world, web
     assert result.stats.notifications_failed == 1 and result.stats.notifications_sent == 0
     assert webhook.gets == 0 and webhook.received == []
     [n] = world.notifications()
-    assert n.sent_at is None and n.rejected_at is not None and "302" in n.last_error
+    assert n.sent_at is None and n.rejected_at is None and n.refused_since == NOW and "302" in n.last_error
 
 
 def test_a_rejected_notification_does_not_hold_back_the_next(world, webhook):
@@ -833,18 +860,11 @@ def test_a_rejected_notification_does_not_hold_back_the_next(world, webhook):
     world.reading(tank, "temp", 99.0, at=NOW)
     webhook.reject_ids = {"1"}  # fresh tables: the first notification queued gets id 1
     result = run_evaluation(world.engine, settings(ALERT_WEBHOOK_URL=webhook.url), now=NOW)
-    assert (result.stats.notifications_sent, result.stats.notifications_failed) == (1, 1)
-    assert result.stats.notifications_pending == 0
+    assert (result.stats.notifications_sent, result.stats.notifications_dead_lettered) == (1, 1)
+    assert (result.stats.notifications_failed, result.stats.notifications_pending) == (0, 0)
     rejected, sent = world.notifications()
     assert rejected.id == 1 and rejected.rejected_at is not None and "HTTP 400" in rejected.last_error
     assert sent.sent_at is not None and webhook.received[0]["body"]["event"]["alert_id"] != first
-
-
-def test_post_json_never_retries_past_the_deadline(webhook):
-    webhook.mode = "down"
-    with pytest.raises(notify.WebhookError) as info:
-        notify.post_json(webhook.url, {}, timeout=1.0, retries=5, backoff=0.0, deadline=time.monotonic() + 0.5)
-    assert webhook.attempts == 1 and "after 1 attempt(s)" in str(info.value)
 
 
 def test_init_adds_the_one_open_event_index_to_an_existing_table(db):
@@ -857,3 +877,116 @@ def test_init_adds_the_one_open_event_index_to_an_existing_table(db):
     create_app_schema(db)
     create_app_schema(db)  # still safe to repeat
     assert "uq_alert_events_open" in {i["name"] for i in sa.inspect(db).get_indexes("alert_events")}
+
+
+# ---------------------------------------------------------------- inputs: future readings, thresholds
+
+
+def test_readings_dated_in_the_future_are_ignored_and_counted(world):
+    """A reading from a clock far ahead would stay the latest for ever and hide every newer one."""
+    tank = world.device("tank")
+    alert = world.alert(tank, "temp", ">", 82.0)
+    world.reading(tank, "temp", 70.0, at=NOW + dt.timedelta(days=365))  # a clock a year ahead
+    world.reading(tank, "temp", 71.0, at=NOW + dt.timedelta(hours=2))
+    world.reading(tank, "temp", 99.0, at=NOW + dt.timedelta(seconds=30))  # within the clock skew
+    lines = []
+    result = run_evaluation(
+        world.engine, settings(), now=NOW, log=lambda level, message: lines.append((level, message))
+    )
+    assert (result.stats.triggered, result.stats.future_readings) == (1, 2)
+    assert result.outcomes[0].decision.value == 99.0 and world.open_alert_ids() == [alert]
+    assert json.loads(json.dumps(result.stats.as_dict()))["future_readings"] == 2
+    assert any(level == "warning" and "2 reading(s) dated more than 60s ahead" in m for level, m in lines)
+    # a wider skew accepts the reading two hours ahead as the latest
+    wide = run_evaluation(world.engine, settings(ALERT_CLOCK_SKEW_SECONDS="10800"), now=NOW, dry_run=True)
+    assert wide.outcomes[0].decision.value == 71.0 and wide.stats.future_readings == 1
+
+
+def test_comparisons_are_exact():
+    assert evaluate_threshold(1e10 + 5, ">", 1e10)
+    assert not evaluate_threshold(1e10 + 5, "<=", 1e10)
+    assert evaluate_threshold(1e10 + 5, "!=", 1e10) and not evaluate_threshold(1e10 + 5, "==", 1e10)
+    assert evaluate_threshold(1e-12, ">", 0.0)
+    assert evaluate_threshold(10**17 + 1, ">", 1e17)  # a whole number in JSON keeps every digit
+    assert extract_value(reading_at(None, json_value={"n": 10**17 + 1}), "n", NOW) == 10**17 + 1
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_the_database_refuses_a_non_finite_threshold(world, sqlite_db, bad):
+    tank = world.device("tank")
+    with pytest.raises(sa.exc.IntegrityError, match="ck_alerts_threshold_finite"):
+        world.alert(tank, "temp", ">", bad)
+    with pytest.raises(sa.exc.IntegrityError):
+        World(sqlite_db).alert(World(sqlite_db).device("tank"), "temp", ">", bad)
+    world.alert(tank, "temp", ">", 1.7976931348623157e308)  # the largest finite double is fine
+
+
+def test_an_existing_alerts_table_gets_the_finite_threshold_constraint(db):
+    from forecast_pipeline.app_db import create_app_schema
+
+    with db.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE alerts DROP CONSTRAINT ck_alerts_threshold_finite"))
+    w = World(db)
+    tank = w.device("tank")
+    legacy = w.alert(tank, "temp", ">", math.nan)  # a row written before the constraint existed
+    w.reading(tank, "temp", 99.0)
+    create_app_schema(db)
+    create_app_schema(db)  # safe to repeat
+    with pytest.raises(sa.exc.IntegrityError, match="ck_alerts_threshold_finite"):
+        w.alert(tank, "temp", ">", math.inf)
+    # the legacy row cannot be evaluated: an error, not "normal" for ever
+    result = run_evaluation(db, settings(), now=NOW)
+    [outcome] = [o for o in result.outcomes if o.alert_id == legacy]
+    assert outcome.decision.action == "error" and "threshold nan is not a finite number" in outcome.decision.message
+    assert result.stats.errors == 1
+
+
+def test_cli_add_refuses_a_non_finite_threshold_and_adds_a_good_alert(db, capsys, monkeypatch):
+    from forecast_pipeline import cli
+
+    monkeypatch.setenv("DATABASE_URL", ALERTS_DB_URL)
+    monkeypatch.delenv("APP_DATABASE_URL", raising=False)
+    base = ["alerts", "add", "--source", "tank", "--metric", "temp", "--operator", ">"]
+    for bad in ("nan", "inf", "-Infinity", "warm"):
+        with pytest.raises(SystemExit) as info:
+            cli.main([*base, "--threshold", bad])
+        assert info.value.code == 2 and "--threshold" in capsys.readouterr().err
+    assert World(db).count(alerts) == 0
+    assert cli.main([*base, "--threshold", "82.5", "--name", "tank too warm"]) == 0
+    assert "added alert 1" in capsys.readouterr().out
+    with db.connect() as conn:
+        row = conn.execute(sa.select(alerts)).one()
+    assert (row.name, row.metric, row.operator, row.threshold_value) == ("tank too warm", "temp", ">", 82.5)
+
+
+def test_an_existing_outbox_gets_the_delivery_columns(db, webhook):
+    """An alert_notifications table created by the previous version is upgraded in place."""
+    from forecast_pipeline.app_db import create_app_schema
+
+    with db.begin() as conn:
+        for column in ("next_attempt_at", "last_status", "refused_since"):
+            conn.execute(sa.text(f"ALTER TABLE alert_notifications DROP COLUMN {column}"))
+    create_app_schema(db)
+    create_app_schema(db)  # safe to repeat
+    columns = {c["name"] for c in sa.inspect(db).get_columns("alert_notifications")}
+    assert {"next_attempt_at", "last_status", "refused_since"} <= columns
+    w = World(db)
+    tank = w.device("tank")
+    w.alert(tank, "temp", ">", 82.0)
+    w.reading(tank, "temp", 99.0)
+    assert run_evaluation(db, settings(ALERT_WEBHOOK_URL=webhook.url), now=NOW).stats.notifications_sent == 1
+
+
+def test_delivery_on_sqlite(sqlite_db, webhook):
+    w = World(sqlite_db)
+    tank = w.device("tank")
+    w.alert(tank, "temp", ">", 82.0)
+    w.reading(tank, "temp", 99.0, at=NOW)
+    webhook.mode = "down"
+    first = run_evaluation(sqlite_db, settings(ALERT_WEBHOOK_URL=webhook.url), now=NOW)
+    assert (first.stats.notifications_failed, first.stats.notifications_pending) == (1, 1)
+    w.reading(tank, "temp", 70.0, at=NOW + dt.timedelta(seconds=30))
+    webhook.mode = "ok"
+    second = run_evaluation(sqlite_db, settings(ALERT_WEBHOOK_URL=webhook.url), now=NOW + dt.timedelta(seconds=30))
+    assert (second.stats.notifications_sent, second.stats.notifications_pending) == (2, 0)
+    assert [r["body"]["type"] for r in webhook.received] == ["alert.triggered", "alert.resolved"]

@@ -21,26 +21,20 @@ from typing import Any
 AGE_PATH = "$age"
 """Value path meaning "seconds since the reading was taken" (e.g. the age of the last forecast run)."""
 
-_REL_TOL = 1e-9
-_ABS_TOL = 1e-12
-
 
 class AlertEvaluationError(ValueError):
     """This alert cannot be evaluated (missing source, bad path, non-numeric value, ...)."""
 
 
-def _close(a: float, b: float) -> bool:
-    return math.isclose(a, b, rel_tol=_REL_TOL, abs_tol=_ABS_TOL)
-
-
-# Equality is tolerant to float noise (0.1 + 0.2 == 0.3); the strict operators exclude it.
+# Exact comparisons: a tolerance would make 1e10 + 5 > 1e10 false. Python compares a whole number
+# with a float exactly, so integers from JSON keep every digit.
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    ">": lambda v, t: op.gt(v, t) and not _close(v, t),
-    "<": lambda v, t: op.lt(v, t) and not _close(v, t),
-    "==": _close,
-    ">=": lambda v, t: op.ge(v, t) or _close(v, t),
-    "<=": lambda v, t: op.le(v, t) or _close(v, t),
-    "!=": lambda v, t: not _close(v, t),
+    ">": op.gt,
+    "<": op.lt,
+    "==": op.eq,
+    ">=": op.ge,
+    "<=": op.le,
+    "!=": op.ne,
 }
 
 
@@ -82,12 +76,19 @@ class Alert:
     name: str | None = None
 
 
-def to_number(raw: Any, where: str) -> float:
-    """A finite float from a reading's field; booleans count as 1/0 and numeric strings are parsed."""
+def to_number(raw: Any, where: str) -> float | int:
+    """A finite number from a reading's field; booleans count as 1/0, numeric strings are parsed,
+    whole numbers stay exact."""
     if isinstance(raw, bool):
         return 1.0 if raw else 0.0
-    if isinstance(raw, int | float):
-        number = float(raw)
+    if isinstance(raw, int):
+        try:
+            float(raw)
+        except OverflowError:
+            raise AlertEvaluationError(f"{where} is too large: {str(raw)[:40]}...") from None
+        return raw
+    if isinstance(raw, float):
+        number = raw
     elif isinstance(raw, str):
         try:
             number = float(raw.strip())
@@ -192,6 +193,8 @@ def decide(
         return Decision(alert.id, SKIP, message=f"source {source.name!r} is inactive")
     if alert.operator not in OPERATORS:
         return Decision(alert.id, ERROR, message=f"unknown operator {alert.operator!r}")
+    if not math.isfinite(alert.threshold_value):  # a row from before ck_alerts_threshold_finite
+        return Decision(alert.id, ERROR, message=f"threshold {alert.threshold_value} is not a finite number")
     if reading is None:
         return Decision(alert.id, SKIP, message=f"no {alert.metric!r} reading from {source.name!r}")
     age_alert = (alert.value_path or "").strip() == AGE_PATH
@@ -227,8 +230,11 @@ class EvaluationStats:
     resolved: int = 0
     errors: int = 0
     skipped: int = 0
+    future_readings: int = 0
+    """Readings dated beyond the clock skew, ignored (their sources' clocks are wrong)."""
     notifications_sent: int = 0
     notifications_failed: int = 0
+    notifications_dead_lettered: int = 0
     notifications_pending: int = 0
     seconds: float = 0.0
     messages: list[str] = field(default_factory=list, repr=False)
@@ -259,9 +265,11 @@ class EvaluationStats:
             f"{s.total} alerts: {s.evaluated} evaluated, {s.triggered} triggered, {s.resolved} resolved, "
             f"{s.errors} errors, {s.skipped} skipped"
         )
-        if s.notifications_sent or s.notifications_failed or s.notifications_pending:
+        if s.future_readings:
+            text += f", {s.future_readings} future readings ignored"
+        if s.notifications_sent or s.notifications_failed or s.notifications_pending or s.notifications_dead_lettered:
             text += (
                 f"; notifications {s.notifications_sent} sent, {s.notifications_failed} failed, "
-                f"{s.notifications_pending} pending"
+                f"{s.notifications_dead_lettered} dead-lettered, {s.notifications_pending} pending"
             )
         return text + f" ({s.seconds:.2f}s)"

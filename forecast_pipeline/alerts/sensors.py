@@ -1,15 +1,20 @@
-"""Alert sensors, both on by default and both using the ``app_db`` resource:
+"""Alert sensors, all on by default and all using the ``app_db`` resource:
 
 - ``alert_evaluation_sensor`` evaluates every enabled alert every 30 s (the legacy worker's
-  interval), writes events, sends queued webhook notifications, and reports the figures in the
-  tick's log and as the tick's skip reason and cursor (both visible in the UI's tick history);
+  interval), writes events and queues their notifications, and reports the figures in the
+  tick's log and as the tick's skip reason and cursor (both visible in the UI's tick history).
+  It does no webhook I/O, so a slow webhook never delays an evaluation;
+- ``alert_notification_sensor`` runs a delivery pass every 15 s (see :mod:`.notify`), bounded by
+  ``DELIVERY_BUDGET_SECONDS``, well inside Dagster's 60 s sensor timeout;
+- ``alert_retention_sensor`` deletes old readings and delivered notifications hourly (see
+  :mod:`.retention`);
 - ``pipeline_health_sensor`` turns each new ``product_forecasts`` observation (one per as-of date
   forecast, with the run's figures) into readings of the ``forecast_pipeline`` source. It follows
   observations rather than materializations: a run whose failure rate breaks the limit publishes
   nothing and fails, and that is exactly the run the failure-rate alert must see. Runs limited
   to chosen ``product_ids`` are ignored.
 
-Neither launches runs. Without the alert tables both skip with a reason naming
+None launches runs. Without the alert tables they skip with a reason naming
 ``forecast-pipeline alerts init``.
 """
 
@@ -31,18 +36,32 @@ from dagster import (
 
 from forecast_pipeline.alerts.config import get_alert_settings
 from forecast_pipeline.alerts.health import health_values, record_pipeline_health
-from forecast_pipeline.alerts.schema import missing_tables
+from forecast_pipeline.alerts.notify import deliver_pending
+from forecast_pipeline.alerts.retention import purge
+from forecast_pipeline.alerts.schema import missing_tables, upgrade_schema
 from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db import AppDatabase
 
 EVALUATION_INTERVAL_SECONDS = 30
+DELIVERY_INTERVAL_SECONDS = 15
+DELIVERY_BUDGET_SECONDS = 40
+RETENTION_INTERVAL_SECONDS = 3600
+RETENTION_BUDGET_SECONDS = 40
 FORECASTS_ASSET = AssetKey("product_forecasts")
 HEALTH_BATCH = 100
 
 
+_upgraded: set[str] = set()
+
+
 def _missing_tables_reason(app_db: AppDatabase) -> str | None:
+    """Why the sensor cannot work yet, or None. Tables of an older version are upgraded first
+    (once per process), so a deployment that skipped `alerts init` after an upgrade still works."""
     missing = missing_tables(app_db.engine())
     if not missing:
+        if app_db.url not in _upgraded:
+            upgrade_schema(app_db.engine())
+            _upgraded.add(app_db.url)
         return None
     return (
         f"Alert tables missing in {app_db.redacted_url()} ({', '.join(missing)}): run `forecast-pipeline alerts init`"
@@ -55,8 +74,8 @@ def _missing_tables_reason(app_db: AppDatabase) -> str | None:
     default_status=DefaultSensorStatus.RUNNING,
     description=(
         "Evaluates every enabled alert against its source's latest reading (fresh within "
-        "ALERT_FRESHNESS_SECONDS for polling sources), opens and resolves alert events, and sends "
-        "webhook notifications (ALERT_WEBHOOK_URL). Each tick's figures show as its skip reason."
+        "ALERT_FRESHNESS_SECONDS for polling sources), opens and resolves alert events and queues "
+        "their webhook notifications. Each tick's figures show as its skip reason."
     ),
 )
 def alert_evaluation_sensor(context: SensorEvaluationContext, app_db: AppDatabase) -> SensorResult:
@@ -71,7 +90,7 @@ def alert_evaluation_sensor(context: SensorEvaluationContext, app_db: AppDatabas
         def log(level: str, message: str) -> None:
             getattr(context.log, level)(message)
 
-        result = run_evaluation(engine, settings, log=log)
+        result = run_evaluation(engine, settings, log=log, deliver=False)
     finally:
         engine.dispose()  # no idle connections between ticks; the engine reconnects on next use
     stats = result.stats
@@ -81,6 +100,69 @@ def alert_evaluation_sensor(context: SensorEvaluationContext, app_db: AppDatabas
         skip_reason=SkipReason(f"Alert evaluation: {stats.summary()}"),
         cursor=json.dumps({**figures, "evaluated_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}),
     )
+
+
+@sensor(
+    name="alert_notification_sensor",
+    minimum_interval_seconds=DELIVERY_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "POSTs queued alert notifications to ALERT_WEBHOOK_URL, oldest first, at least once: "
+        "retries what may succeed later with capped backoff, dead-letters what cannot "
+        "(`forecast-pipeline alerts notifications list|resend`)."
+    ),
+)
+def alert_notification_sensor(context: SensorEvaluationContext, app_db: AppDatabase) -> SensorResult:
+    settings = get_alert_settings()
+    engine = app_db.engine()
+    try:
+        reason = _missing_tables_reason(app_db)
+        if reason:
+            return SensorResult(skip_reason=SkipReason(reason))
+        stats = deliver_pending(engine, settings, budget_seconds=DELIVERY_BUDGET_SECONDS, log=context.log.warning)
+    finally:
+        engine.dispose()
+    if settings.webhook_url is None:
+        message = f"ALERT_WEBHOOK_URL is not set: {stats.pending} notification(s) wait in the outbox"
+    else:
+        message = f"Notifications: {stats.summary()}"
+    if stats.sent or stats.failed or stats.dead_lettered:
+        context.log.info(message)
+    return SensorResult(skip_reason=SkipReason(message))
+
+
+@sensor(
+    name="alert_retention_sensor",
+    minimum_interval_seconds=RETENTION_INTERVAL_SECONDS,
+    default_status=DefaultSensorStatus.RUNNING,
+    description=(
+        "Deletes readings and delivered notifications older than ALERT_RETENTION_DAYS, keeping each "
+        "source's latest reading, open events' data and every undelivered notification."
+    ),
+)
+def alert_retention_sensor(context: SensorEvaluationContext, app_db: AppDatabase) -> SensorResult:
+    settings = get_alert_settings()
+    engine = app_db.engine()
+    try:
+        reason = _missing_tables_reason(app_db)
+        if reason:
+            return SensorResult(skip_reason=SkipReason(reason))
+        now = dt.datetime.now(dt.UTC)
+        stats = purge(
+            engine,
+            now,
+            settings.retention_days,
+            not_after=now + dt.timedelta(seconds=settings.clock_skew_seconds),
+            budget_seconds=RETENTION_BUDGET_SECONDS,
+        )
+    finally:
+        engine.dispose()
+    message = (
+        f"Retention ({settings.retention_days} days): deleted {stats.readings} readings, "
+        f"{stats.notifications} notifications" + ("" if stats.finished else " (more next time)")
+    )
+    context.log.info(message)
+    return SensorResult(skip_reason=SkipReason(message))
 
 
 def _subset_run(run: Any) -> bool:

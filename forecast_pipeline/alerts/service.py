@@ -1,6 +1,7 @@
 """One alert evaluation, as the sensor and ``forecast-pipeline alerts evaluate`` run it:
 read every enabled alert in one statement, decide each (pure logic), apply each decision in its
-own short transaction, then send queued webhook notifications."""
+own short transaction (queuing its notification), then, unless told not to, run a delivery pass.
+The sensor does not: delivery has its own sensor, so webhook I/O never eats the evaluation's time."""
 
 from __future__ import annotations
 
@@ -51,20 +52,34 @@ def run_evaluation(
     *,
     now: dt.datetime | None = None,
     dry_run: bool = False,
+    deliver: bool = True,
     log: Callable[[str, str], None] | None = None,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> EvaluationResult:
-    """Evaluate every enabled alert once. ``dry_run`` decides but writes and sends nothing.
+    """Evaluate every enabled alert once. ``dry_run`` decides but writes and sends nothing;
+    ``deliver`` runs a delivery pass afterwards when ``ALERT_WEBHOOK_URL`` is set.
 
-    ``log(level, message)`` receives one line per triggered, resolved, failed or skipped alert.
+    ``log(level, message)`` receives one line per triggered, resolved, failed or skipped alert,
+    and one per source and metric with readings dated beyond the clock skew.
     """
     started = time.perf_counter()
     now = store.utc(now) if now is not None else dt.datetime.now(dt.UTC)
     emit = log or (lambda level, message: None)
     stats = EvaluationStats()
     result = EvaluationResult(stats=stats, dry_run=dry_run)
+    not_after = now + dt.timedelta(seconds=settings.clock_skew_seconds)
     with engine.connect() as conn:
-        inputs = store.load_inputs(conn)
+        inputs = store.load_inputs(conn, not_after)
+    future: dict[tuple[int, str], tuple[str | None, int]] = {}
+    for item in inputs:
+        if item.future_readings:
+            future[(item.alert.device_id, item.alert.metric)] = (item.source_name, item.future_readings)
+    for (_, metric), (source_name, count) in sorted(future.items()):
+        stats.future_readings += count
+        emit(
+            "warning",
+            f"source {source_name!r} metric {metric!r}: {count} reading(s) dated more than "
+            f"{settings.clock_skew_seconds}s ahead of {now.isoformat(timespec='seconds')} ignored (check its clock)",
+        )
     for item in inputs:
         decision = evaluate.decide(
             item.alert, item.source, item.reading, item.open_event_id is not None, now, settings.freshness_seconds
@@ -74,7 +89,7 @@ def run_evaluation(
         )
         try:
             if not dry_run:
-                _apply(engine, item, outcome, now, settings.notifications_enabled)
+                _apply(engine, item, outcome, now)
         except sa.exc.SQLAlchemyError as exc:  # this alert only; the rest go on
             message = f"database error: {getattr(exc, 'orig', None) or exc}"
             outcome.decision = Decision(item.alert.id, evaluate.ERROR, decision.value, message)
@@ -87,20 +102,21 @@ def run_evaluation(
             emit("info", outcome.line())
         elif decision.action == evaluate.SKIP:
             emit("debug", outcome.line())
-    if not dry_run and settings.notifications_enabled:
-        delivered = notify.deliver_pending(engine, settings, sleep=sleep, log=lambda m: emit("warning", m), now=now)
+    if not dry_run and deliver and settings.notifications_enabled:
+        delivered = notify.deliver_pending(engine, settings, log=lambda m: emit("warning", m), now=now)
         stats.notifications_sent = delivered.sent
         stats.notifications_failed = delivered.failed
+        stats.notifications_dead_lettered = delivered.dead_lettered
         stats.notifications_pending = delivered.pending
     stats.seconds = time.perf_counter() - started
     return result
 
 
-def _apply(engine: sa.Engine, item: store.AlertInput, outcome: Outcome, now: dt.datetime, notify_: bool) -> None:
+def _apply(engine: sa.Engine, item: store.AlertInput, outcome: Outcome, now: dt.datetime) -> None:
     decision = outcome.decision
     if decision.action == evaluate.TRIGGER:
         with engine.begin() as conn:
-            outcome.event_id = store.create_event(conn, item, decision, now, notify_)
+            outcome.event_id = store.create_event(conn, item, decision, now)
         outcome.applied = outcome.event_id is not None
         if not outcome.applied:
             outcome.decision = Decision(
@@ -108,7 +124,7 @@ def _apply(engine: sa.Engine, item: store.AlertInput, outcome: Outcome, now: dt.
             )
     elif decision.action == evaluate.RESOLVE:
         with engine.begin() as conn:
-            outcome.applied = store.resolve_event(conn, item.open_event_id, decision.value, now, notify_)
+            outcome.applied = store.resolve_event(conn, item.open_event_id, decision.value, now)
         outcome.event_id = item.open_event_id
         if not outcome.applied:
             outcome.decision = Decision(

@@ -48,17 +48,32 @@ class AlertInput:
     reading: Reading | None
     open_event_id: int | None
     source_name: str | None = None
+    future_readings: int = 0
+    """Readings of this source and metric dated after the cut-off, ignored."""
 
 
-def load_inputs(conn: sa.Connection) -> list[AlertInput]:
-    """Every enabled alert with its source, its latest reading of the metric and its open event,
-    in one statement (the latest reading is an indexed correlated lookup per alert)."""
+def load_inputs(conn: sa.Connection, not_after: dt.datetime | None = None) -> list[AlertInput]:
+    """Every enabled alert with its source, its latest reading of the metric dated at most
+    ``not_after`` (later ones are counted, not used: a clock far ahead would otherwise keep its
+    reading "latest" for ever) and its open event, in one statement (the latest reading and the
+    count are indexed correlated lookups per alert)."""
     latest = readings.alias("latest")
+    same_series = sa.and_(latest.c.device_id == alerts.c.device_id, latest.c.metric == alerts.c.metric)
+    in_time = sa.true() if not_after is None else latest.c.timestamp <= not_after
     latest_id = (
         sa.select(latest.c.id)
-        .where(latest.c.device_id == alerts.c.device_id, latest.c.metric == alerts.c.metric)
+        .where(same_series, in_time)
         .order_by(latest.c.timestamp.desc(), latest.c.id.desc())
         .limit(1)
+        .correlate(alerts)
+        .scalar_subquery()
+    )
+    future = (
+        sa.literal(0)
+        if not_after is None
+        else sa.select(sa.func.count())
+        .select_from(latest)
+        .where(same_series, latest.c.timestamp > not_after)
         .correlate(alerts)
         .scalar_subquery()
     )
@@ -83,6 +98,7 @@ def load_inputs(conn: sa.Connection) -> list[AlertInput]:
             readings.c["metadata"].label("reading_metadata"),
             readings.c.timestamp,
             open_event.c.id.label("open_event_id"),
+            future.label("future_readings"),
         )
         .select_from(
             alerts.outerjoin(devices, devices.c.id == alerts.c.device_id)
@@ -120,7 +136,9 @@ def load_inputs(conn: sa.Connection) -> list[AlertInput]:
             if row.reading_id is not None
             else None
         )
-        inputs.append(AlertInput(alert, source, reading, row.open_event_id, row.source_name))
+        inputs.append(
+            AlertInput(alert, source, reading, row.open_event_id, row.source_name, int(row.future_readings or 0))
+        )
     return inputs
 
 
@@ -158,10 +176,9 @@ def queue_notification(conn: sa.Connection, event_id: int, kind: str) -> None:
     )
 
 
-def create_event(
-    conn: sa.Connection, item: AlertInput, decision: Decision, now: dt.datetime, notify: bool
-) -> int | None:
-    """Open an event for a triggered alert; ``None`` when one is open already (another evaluator won)."""
+def create_event(conn: sa.Connection, item: AlertInput, decision: Decision, now: dt.datetime) -> int | None:
+    """Open an event for a triggered alert and queue its notification (whether or not a webhook is
+    configured: it is sent once one is); ``None`` when one is open already (another evaluator won)."""
     alert, reading = item.alert, item.reading
     metadata = {
         "message": decision.message,
@@ -187,19 +204,22 @@ def create_event(
         .on_conflict_do_nothing(index_elements=["alert_id"], index_where=OPEN_EVENT)
         .returning(alert_events.c.id)
     ).scalar_one_or_none()
-    if event_id is not None and notify:
+    if event_id is not None:
         queue_notification(conn, event_id, "triggered")
     return event_id
 
 
-def resolve_event(conn: sa.Connection, event_id: int, value: float, now: dt.datetime, notify: bool) -> bool:
-    """Resolve an open event with the value that ended it; False if it was resolved already."""
+def resolve_event(conn: sa.Connection, event_id: int, value: float, now: dt.datetime) -> bool:
+    """Resolve an open event with the value that ended it and queue the resolution; False if it was
+    resolved already. The trigger is queued first if it never was (an event opened by an older
+    version without a webhook), so the receiver never gets a resolution without its trigger."""
+    queue_notification(conn, event_id, "triggered")  # no-op when queued at the trigger, as it now is
     changed = conn.execute(
         sa.update(alert_events)
         .where(alert_events.c.id == event_id, sa.not_(alert_events.c.is_resolved))
         .values(is_resolved=True, resolved_at=now, resolution_value=value)
     ).rowcount
-    if changed and notify:
+    if changed:
         queue_notification(conn, event_id, "resolved")
     return bool(changed)
 

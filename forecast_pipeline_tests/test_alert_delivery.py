@@ -1,0 +1,407 @@
+"""Webhook delivery from the ``alert_notifications`` outbox, against real PostgreSQL and webhook
+servers run on 127.0.0.1: how answers are classified, the dead-letter state and its CLI, the outbox
+row written whatever the configuration, bounded attempts, draining after an outage, retention."""
+
+import datetime as dt
+import email.utils
+import http.server
+import json
+import socket
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+from dagster import DagsterInstance, build_sensor_context
+
+from forecast_pipeline import cli
+from forecast_pipeline.alerts import notify
+from forecast_pipeline.alerts.config import load_alert_settings
+from forecast_pipeline.alerts.schema import alert_events, readings
+from forecast_pipeline.alerts.sensors import alert_evaluation_sensor, alert_notification_sensor, alert_retention_sensor
+from forecast_pipeline.alerts.service import run_evaluation
+from forecast_pipeline.app_db import AppDatabase
+from forecast_pipeline_tests import test_alerts as base
+from forecast_pipeline_tests.test_alerts import ALERTS_DB_URL, NOW, World, settings
+
+# the alert tests' fixtures: the dedicated Postgres database, empty tables, the ALERT_* environment
+alerts_engine, db, world, alert_env = base.alerts_engine, base.db, base.world, base.alert_env
+
+pytestmark = pytest.mark.integration
+
+
+class Endpoint:
+    """A webhook on 127.0.0.1: ``answer(notification_id)`` returns ``(status, headers)``; 204 by default."""
+
+    def __init__(self):
+        self.answer = lambda notification_id: (204, {})
+        self.received: list[dict] = []
+        self.attempts: list[str] = []
+        self.delay = 0.0
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                notification_id = self.headers["X-Alert-Notification-Id"]
+                hook.attempts.append(notification_id)
+                if hook.delay:
+                    time.sleep(hook.delay)
+                status, headers = hook.answer(notification_id)
+                if 200 <= status < 300:
+                    hook.received.append({"id": notification_id, "body": json.loads(body)})
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def answer_always(self, status: int, headers: dict | None = None) -> None:
+        self.answer = lambda notification_id: (status, headers or {})
+
+    def types(self) -> list[tuple[int, str]]:
+        return [(r["body"]["event"]["id"], r["body"]["type"]) for r in self.received]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoint():
+    hook = Endpoint()
+    yield hook
+    hook.close()
+
+
+def trigger(world: World, name: str = "tank", value: float = 99.0, at: dt.datetime = NOW) -> tuple[int, int]:
+    """A source and an alert over 82 that the reading ``value`` at ``at`` decides."""
+    source = world.device(name)
+    alert = world.alert(source, "temp", ">", 82.0, name=f"{name} too warm")
+    world.reading(source, "temp", value, at=at)
+    return source, alert
+
+
+def deliver(world: World, url: str, at: dt.datetime, **env: str) -> notify.DeliveryStats:
+    """One delivery pass at ``at`` with the default backoff (5 s doubling to 60 s)."""
+    cfg = load_alert_settings({"ALERT_WEBHOOK_URL": url, **env})
+    return notify.deliver_pending(world.engine, cfg, now=at, budget_seconds=20)
+
+
+def state(world: World) -> list[tuple[str, int]]:
+    """(status, attempts) of each notification: sent, pending or dead."""
+    out = []
+    for n in world.notifications():
+        status = "sent" if n.sent_at else "dead" if n.rejected_at else "pending"
+        out.append((status, n.attempts))
+    return out
+
+
+# ---------------------------------------------------------------- classification
+
+
+@pytest.mark.parametrize("status", [408, 425, 429, 500, 501, 502, 503, 504, 521, 522, 523, 524])
+def test_answers_that_can_succeed_later_are_retried_with_backoff(world, endpoint, status):
+    trigger(world)
+    run_evaluation(world.engine, settings(), now=NOW)
+    endpoint.answer_always(status)
+    stats = deliver(world, endpoint.url, NOW)
+    assert (stats.sent, stats.failed, stats.dead_lettered, stats.pending) == (0, 1, 0, 1)
+    [n] = world.notifications()
+    assert n.rejected_at is None and n.sent_at is None and f"HTTP {status}" in n.last_error
+    assert n.next_attempt_at is not None and n.next_attempt_at > NOW
+    endpoint.answer_always(204)
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(minutes=2)).sent == 1
+    assert state(world) == [("sent", 2)] and len(endpoint.received) == 1
+
+
+@pytest.mark.parametrize("status", [400, 405, 409, 410, 413, 415, 422])
+def test_answers_that_cannot_succeed_on_a_retry_are_dead_lettered_not_dropped(world, endpoint, status):
+    trigger(world, "a")
+    trigger(world, "b")
+    run_evaluation(world.engine, settings(), now=NOW)
+    endpoint.answer = lambda notification_id: (status, {}) if notification_id == "1" else (204, {})
+    stats = deliver(world, endpoint.url, NOW)
+    assert (stats.sent, stats.dead_lettered, stats.pending) == (1, 1, 0)
+    assert state(world) == [("dead", 1), ("sent", 1)]  # the dead one does not hold back the next
+    assert f"HTTP {status}" in world.notifications()[0].last_error
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(hours=2)).sent == 0  # parked: never retried by itself
+    assert endpoint.attempts == ["1", "2"]
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 401, 403, 404, 407])
+def test_refusals_a_config_change_can_fix_are_retried_for_the_grace_period(world, endpoint, status):
+    """A proxy being moved or credentials being rotated: retried for ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS
+    after the first such answer, then dead-lettered (3xx are never followed: a POST would turn into a GET)."""
+    trigger(world)
+    run_evaluation(world.engine, settings(), now=NOW)
+    endpoint.answer_always(status, {"Location": endpoint.url} if status < 400 else {})
+    grace = {"ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS": "600"}
+    assert deliver(world, endpoint.url, NOW, **grace).pending == 1
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=300), **grace).pending == 1
+    assert state(world) == [("pending", 2)]
+    stats = deliver(world, endpoint.url, NOW + dt.timedelta(seconds=601), **grace)
+    assert (stats.dead_lettered, stats.pending) == (1, 0)
+    assert state(world) == [("dead", 3)] and endpoint.received == []
+
+
+def test_retry_after_is_honoured_for_the_whole_endpoint(world, endpoint):
+    trigger(world, "a")
+    trigger(world, "b")
+    run_evaluation(world.engine, settings(), now=NOW)
+    endpoint.answer_always(429, {"Retry-After": "120"})
+    assert deliver(world, endpoint.url, NOW).failed == 1
+    [first, second] = world.notifications()
+    assert first.next_attempt_at == NOW + dt.timedelta(seconds=120)
+    endpoint.answer_always(204)
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=60)).sent == 0  # not even the second one
+    assert endpoint.attempts == ["1"]
+    # an HTTP date works too, and the wait ends when it says
+    endpoint.answer_always(503, {"Retry-After": email.utils.format_datetime(NOW + dt.timedelta(seconds=200), True)})
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=121)).failed == 1
+    assert world.notifications()[0].next_attempt_at == NOW + dt.timedelta(seconds=200)
+    endpoint.answer_always(204)
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=199)).sent == 0
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=200)).sent == 2
+    assert [r["id"] for r in endpoint.received] == ["1", "2"]
+
+
+# ---------------------------------------------------------------- dead letters: list and resend
+
+
+def run_cli(monkeypatch, capsys, *argv: str, **env: str) -> tuple[int, str, str]:
+    monkeypatch.setenv("DATABASE_URL", ALERTS_DB_URL)
+    for name in ("APP_DATABASE_URL", "ALERT_WEBHOOK_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_an_operator_lists_and_resends_dead_letters(world, endpoint, monkeypatch, capsys):
+    for name in ("a", "b", "c"):
+        trigger(world, name)
+    run_evaluation(world.engine, settings(), now=NOW)
+    endpoint.answer_always(400)
+    assert deliver(world, endpoint.url, NOW).dead_lettered == 3
+    code, out, _ = run_cli(monkeypatch, capsys, "alerts", "notifications", "list")
+    assert code == 0
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert [line.split()[0] for line in lines[1:]] == ["1", "2", "3"]
+    assert all(" dead " in line and "HTTP 400" in line for line in lines[1:])
+    code, out, _ = run_cli(monkeypatch, capsys, "alerts", "notifications", "list", "--status", "pending", "--json")
+    assert code == 0 and json.loads(out) == []
+
+    # the receiver is fixed: resend one by id, then all; each is delivered once
+    endpoint.answer_always(204)
+    resend = ("alerts", "notifications", "resend")
+    code, out, _ = run_cli(monkeypatch, capsys, *resend, "2", ALERT_WEBHOOK_URL=endpoint.url)
+    assert code == 0 and "requeued 1" in out and "1 sent" in out
+    assert [r["id"] for r in endpoint.received] == ["2"]
+    code, out, _ = run_cli(monkeypatch, capsys, "alerts", "notifications", "resend", "--all")
+    assert code == 0 and "requeued 2" in out  # no URL in this shell: queued for the sensor
+    assert state(world) == [("pending", 1), ("sent", 2), ("pending", 1)]
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=1)).sent == 2
+    assert sorted(r["id"] for r in endpoint.received) == ["1", "2", "3"]
+    code, _, err = run_cli(monkeypatch, capsys, "alerts", "notifications", "resend", "99")
+    assert code == 2 and "no dead-lettered notification 99" in err
+    code, _, err = run_cli(monkeypatch, capsys, "alerts", "notifications", "resend")
+    assert code == 2 and "--all" in err
+
+
+# ---------------------------------------------------------------- the outbox row, whatever the configuration
+
+
+def test_events_from_a_shell_without_a_webhook_are_notified_later_trigger_first(world, endpoint):
+    source, _ = trigger(world)
+    assert run_evaluation(world.engine, settings(), now=NOW).stats.triggered == 1  # no ALERT_WEBHOOK_URL
+    world.reading(source, "temp", 70.0, at=NOW + dt.timedelta(seconds=30))
+    assert run_evaluation(world.engine, settings(), now=NOW + dt.timedelta(seconds=30)).stats.resolved == 1
+    assert [n.kind for n in world.notifications()] == ["triggered", "resolved"]
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=60)).sent == 2
+    assert [kind for _, kind in endpoint.types()] == ["alert.triggered", "alert.resolved"]
+
+
+def test_a_resolution_never_overtakes_its_trigger(world, endpoint):
+    """An event opened before this version (no outbox row) still gets its trigger first, and a
+    resolution waits while its trigger is retried or dead-lettered."""
+    source, alert = trigger(world)
+    with world.engine.begin() as conn:
+        conn.execute(
+            sa.insert(alert_events).values(
+                alert_id=alert, device_id=source, current_value=99.0, threshold_value=82, operator=">", metric="temp"
+            )
+        )
+    world.reading(source, "temp", 70.0, at=NOW)
+    assert run_evaluation(world.engine, settings(), now=NOW).stats.resolved == 1
+    assert [n.kind for n in world.notifications()] == ["triggered", "resolved"]
+    endpoint.answer = lambda notification_id: (400, {}) if notification_id == "1" else (204, {})
+    stats = deliver(world, endpoint.url, NOW)
+    assert (stats.sent, stats.dead_lettered, stats.pending) == (0, 1, 1)  # the resolution waits
+    assert endpoint.attempts == ["1"]
+    endpoint.answer_always(204)
+    with world.engine.begin() as conn:
+        assert notify.requeue(conn, ids=[1]) == 1
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=1)).sent == 2
+    assert [kind for _, kind in endpoint.types()] == ["alert.triggered", "alert.resolved"]
+
+
+# ---------------------------------------------------------------- bounded attempts
+
+
+class TricklingServer:
+    """Answers a POST one byte every ``interval`` seconds: each read returns in time, the whole never does."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: abcdefghijklmnopq\r\n\r\n"
+
+    def __init__(self, interval: float = 0.1):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.interval = interval
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        with conn:
+            conn.recv(65536)
+            try:
+                for byte in self.ANSWER:
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.interval)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_trickling_answer_is_cut_at_the_attempt_timeout(world):
+    trigger(world)
+    run_evaluation(world.engine, settings(), now=NOW)
+    server = TricklingServer(interval=0.1)  # the whole answer would take ~7 s
+    try:
+        started = time.monotonic()
+        stats = deliver(world, server.url, NOW, ALERT_WEBHOOK_TIMEOUT_SECONDS="0.5")
+        elapsed = time.monotonic() - started
+    finally:
+        server.close()
+    assert elapsed < 1.5, elapsed
+    assert (stats.sent, stats.failed, stats.pending) == (0, 1, 1)
+    assert "0.5" in world.notifications()[0].last_error
+
+
+def test_a_delivery_pass_never_starts_an_attempt_it_cannot_finish_within_its_budget(world, endpoint):
+    for name in "abcde":
+        trigger(world, name)
+    run_evaluation(world.engine, settings(), now=NOW)
+    endpoint.delay = 0.45
+    cfg = settings(ALERT_WEBHOOK_URL=endpoint.url, ALERT_WEBHOOK_TIMEOUT_SECONDS="0.9")
+    started = time.monotonic()
+    stats = notify.deliver_pending(world.engine, cfg, now=NOW, budget_seconds=1.0)
+    assert time.monotonic() - started < 1.0
+    assert (stats.sent, stats.pending) == (1, 4)
+
+
+def test_the_evaluation_sensor_does_no_webhook_io_the_delivery_sensor_does(world, alert_env, endpoint):
+    alert_env.setenv("ALERT_WEBHOOK_URL", endpoint.url)
+    endpoint.delay = 2.0
+    trigger(world, at=dt.datetime.now(dt.UTC))
+    resources = {"app_db": AppDatabase(url=ALERTS_DB_URL)}
+    with DagsterInstance.ephemeral() as instance:
+        started = time.monotonic()
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            evaluated = alert_evaluation_sensor(context)
+        assert time.monotonic() - started < 1.5 and endpoint.attempts == []
+        assert json.loads(evaluated.cursor)["triggered"] == 1
+        endpoint.delay = 0.0
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            delivered = alert_notification_sensor(context)
+    assert "1 sent" in delivered.skip_reason.skip_message and len(endpoint.received) == 1
+    assert delivered.run_requests in (None, [])
+
+
+# ---------------------------------------------------------------- draining after an outage
+
+
+def test_the_backlog_drains_within_two_minutes_after_an_hour_long_outage(world, endpoint):
+    sources = [world.device(f"tank-{i}") for i in range(20)]
+    for s in sources:
+        world.alert(s, "temp", ">", 82.0)
+        world.reading(s, "temp", 99.0, at=NOW)
+    run_evaluation(world.engine, settings(), now=NOW)
+    endpoint.answer_always(503)
+    at = NOW
+    while at < NOW + dt.timedelta(hours=1):  # the delivery sensor's ticks during the outage
+        deliver(world, endpoint.url, at)
+        at += dt.timedelta(seconds=15)
+    assert endpoint.received == [] and len(endpoint.attempts) >= 30  # kept trying all along
+    endpoint.answer_always(204)
+    back_up = at
+    while len(endpoint.received) < 20 and at < back_up + dt.timedelta(minutes=10):
+        deliver(world, endpoint.url, at)
+        at += dt.timedelta(seconds=15)
+    assert len(endpoint.received) == 20
+    assert at - back_up <= dt.timedelta(minutes=2), at - back_up
+
+
+# ---------------------------------------------------------------- retention
+
+
+def test_retention_deletes_old_readings_and_delivered_notifications_only(world, alert_env, endpoint):
+    """Kept: recent readings, each source's latest reading, the reading an open event fired on,
+    every undelivered notification and every notification of an open event."""
+    alert_env.setenv("ALERT_RETENTION_DAYS", "7")
+    now = dt.datetime.now(dt.UTC)
+    old = now - dt.timedelta(days=10)
+    resolved_src, _ = trigger(world, "resolved", at=old)
+    open_src, open_alert = trigger(world, "open", at=old)
+    dead_src, _ = trigger(world, "dead", at=old)
+    run_evaluation(world.engine, settings(), now=old)
+    world.reading(resolved_src, "temp", 70.0, at=old + dt.timedelta(minutes=1))
+    world.reading(dead_src, "temp", 70.0, at=old + dt.timedelta(minutes=1))
+    run_evaluation(world.engine, settings(), now=old + dt.timedelta(minutes=1))
+    endpoint.answer = lambda notification_id: (400, {}) if notification_id == "3" else (204, {})
+    deliver(world, endpoint.url, old + dt.timedelta(minutes=2))
+    for minutes in range(3, 8):  # older readings of the open source, then recent ones
+        world.reading(open_src, "temp", 99.0, at=old + dt.timedelta(minutes=minutes))
+    world.reading(open_src, "temp", 99.0, at=now - dt.timedelta(days=1))
+    with world.engine.connect() as conn:
+        fired_on = {e.alert_id: e.metadata["reading_id"] for e in conn.execute(sa.select(alert_events))}
+        before = {r.id for r in conn.execute(sa.select(readings.c.id))}
+    kinds = {(n.event_id, n.kind): n for n in world.notifications()}
+    assert len(before) == 11 and len(kinds) == 5
+
+    with DagsterInstance.ephemeral() as instance:
+        resources = {"app_db": AppDatabase(url=ALERTS_DB_URL)}
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            result = alert_retention_sensor(context)
+    assert "deleted 7 readings, 2 notifications" in result.skip_reason.skip_message
+    with world.engine.connect() as conn:
+        after = {r.id: (r.device_id, r.timestamp) for r in conn.execute(sa.select(readings))}
+    latest = {src: max(ts for d, ts in after.values() if d == src) for src in (resolved_src, open_src, dead_src)}
+    assert latest[resolved_src] == latest[dead_src] == old + dt.timedelta(minutes=1)
+    assert latest[open_src] == now - dt.timedelta(days=1)
+    assert fired_on[open_alert] in after  # the reading the open event fired on
+    assert len(after) == 4 and len(fired_on) == 3
+    left = [(n.kind, "sent" if n.sent_at else "dead" if n.rejected_at else "pending") for n in world.notifications()]
+    # the resolved event's two delivered rows are gone; the open event's trigger and the
+    # dead-lettered trigger (with its waiting resolution) stay
+    assert sorted(left) == [("resolved", "pending"), ("triggered", "dead"), ("triggered", "sent")]
