@@ -170,16 +170,17 @@ def product_forecasts(
             ),
             metadata={"failure_rate": rate, "failed": failed, "total_products": total},
         )
-    last = runs[context.partition_keys[-1]]
-    yield Output(
-        runs,
-        metadata={
-            **(_run_figures(last) if len(runs) == 1 else _combined_figures(runs)),
-            "models": MetadataValue.json(last.model_counts),
-            "demand_classes": MetadataValue.json(last.class_counts),
-            **{k: round(sum(r.timings.get(k, 0.0) for r in runs.values()), 3) for k in last.timings},
-        },
-    )
+    for key, run in runs.items():  # each date's materialization carries that date's figures
+        context.add_asset_metadata(
+            {
+                **_run_figures(run),
+                "models": MetadataValue.json(run.model_counts),
+                "demand_classes": MetadataValue.json(run.class_counts),
+                **{k: round(v, 3) for k, v in run.timings.items()},
+            },
+            partition_key=key,
+        )
+    yield Output(runs)
     yield check
 
 
@@ -279,21 +280,20 @@ def forecast_predictions(
     requested = requested_products(context)
     rows = {}
     for key, docs in product_forecasts.items():
+        started_date = time.perf_counter()
         if requested is not None:
             docs = {p: doc for p, doc in docs.items() if p in requested}
         rows[key] = predictions_store.replace(engine, dt.date.fromisoformat(key), docs.values(), requested)
+        context.add_asset_metadata(
+            {"rows": rows[key], "dagster/row_count": rows[key], "write_seconds": time.perf_counter() - started_date},
+            partition_key=key,
+        )
     seconds = time.perf_counter() - started
     context.log.info(
         f"Wrote {sum(rows.values())} prediction rows in {seconds:.2f}s into {app_db.redacted_url()}"
         + ("" if requested is None else f" (products {sorted(requested)[:20]} only)")
     )
-    return MaterializeResult(
-        metadata={
-            "rows": sum(rows.values()),
-            "rows_by_as_of": MetadataValue.json(rows),
-            "upsert_seconds": round(seconds, 3),
-        }
-    )
+    return MaterializeResult()
 
 
 def requested_products(context: AssetExecutionContext) -> set[int] | None:
@@ -319,18 +319,3 @@ def _run_figures(run: ForecastRun) -> dict:
         figures["holdout_wape"] = round(run.holdout_wape, 4)
     figures.update(run.data_quality)
     return figures
-
-
-def _combined_figures(runs: dict[str, ForecastRun]) -> dict:
-    """Totals over a multi-date run, plus each date's figures."""
-    total = sum(r.total for r in runs.values())
-    failed = sum(r.failed for r in runs.values())
-    return {
-        "total_products": total,
-        "successful": sum(r.successful for r in runs.values()),
-        "failed": failed,
-        "no_forecast": sum(r.no_forecast for r in runs.values()),
-        "failure_rate": round(failed / total, 4) if total else 0.0,
-        "compute_seconds": round(sum(r.elapsed_seconds for r in runs.values()), 3),
-        "by_as_of": MetadataValue.json({k: _run_figures(r) for k, r in runs.items()}),
-    }

@@ -58,17 +58,19 @@ class RedisForecastIOManager(ConfigurableIOManager):
             + (f"; {kept} products keep their newer forecast:{{id}} (a later as-of date is cached)" if kept else "")
             + (f"; removed {removed} forecast:{{id}} of products no longer forecast for {as_of}" if removed else "")
         )
-        if len(context.asset_partition_keys) == 1:
-            context.add_output_metadata(
-                {
-                    "redis_history_key": forecast_cache.history_key(prefix, as_of),
-                    "latest_keys_written": written["latest_written"],
-                    "latest_keys_kept_newer": written["latest_kept_newer"],
-                    "latest_keys_removed": removed,
-                    "last_run_updated": last_run_updated,
-                    "write_seconds": round(write_seconds, 3),
-                }
-            )
+        # per date: in a range run each partition's materialization gets its own write figures
+        context.step_context.add_asset_metadata(
+            {
+                "redis_history_key": forecast_cache.history_key(prefix, as_of),
+                "latest_keys_written": written["latest_written"],
+                "latest_keys_kept_newer": written["latest_kept_newer"],
+                "latest_keys_removed": removed,
+                "last_run_updated": last_run_updated,
+                "write_seconds": round(write_seconds, 3),
+            },
+            asset_key=context.asset_key,
+            partition_key=as_of,
+        )
 
     def load_input(self, context: InputContext) -> dict[str, dict[int, dict]]:
         client, prefix = self.redis_store.client(), self.redis_store.key_prefix

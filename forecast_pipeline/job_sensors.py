@@ -97,13 +97,14 @@ def _job_tags(run: DagsterRun) -> tuple[int, int] | None:
 
 
 def rows_written(instance: DagsterInstance, run_id: str) -> int | None:
-    """The ``rows`` the run's forecast_predictions materialization reported."""
+    """The ``rows`` the run's forecast_predictions materializations reported (one per as-of date)."""
     records = instance.get_records_for_run(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION).records
-    for record in records:
-        materialization = record.event_log_entry.asset_materialization
-        if materialization and materialization.asset_key == AssetKey("forecast_predictions"):
-            return int(materialization.metadata["rows"].value)
-    return None
+    counts = [
+        int(m.metadata["rows"].value)
+        for m in (record.event_log_entry.asset_materialization for record in records)
+        if m and m.asset_key == AssetKey("forecast_predictions")
+    ]
+    return sum(counts) if counts else None
 
 
 def failure_of(instance: DagsterInstance, run_id: str) -> tuple[str, bool]:

@@ -8,11 +8,12 @@ import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, materialize
 
 from forecast_pipeline import forecast_cache
-from forecast_pipeline.assets import eligible_products, product_forecasts
+from forecast_pipeline.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.checks import cached_forecasts_well_formed
 from forecast_pipeline_tests.conftest import AS_OF, REDIS_URL, engine_url, forecast_resources
 
 ASSETS = [eligible_products, product_forecasts, cached_forecasts_well_formed]
+WITH_PREDICTIONS = [*ASSETS, forecast_predictions]
 pytestmark = pytest.mark.integration
 
 
@@ -191,3 +192,33 @@ def test_forecasts_use_the_configured_key_prefix_and_ttl(book, redis_client, ins
 
 def test_redis_url_fixture_is_a_separate_database():
     assert REDIS_URL.rsplit("/", 1)[1] != "0"
+
+
+def test_each_partition_of_a_range_run_carries_its_own_figures(book, pg_orders, redis_client, instance):
+    days = [AS_OF - dt.timedelta(days=2), AS_OF - dt.timedelta(days=1), AS_OF]
+    for customer, day in ((1, 9), (2, 5), (1, 1)):  # the third order the day before the last date
+        pg_orders.add(customer, 30, AS_OF - dt.timedelta(days=day))
+    result = materialize(
+        WITH_PREDICTIONS,
+        resources=forecast_resources(engine_url(book)),
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[-1].isoformat(),
+        },
+    )
+    assert result.success
+    figures = {
+        m.partition: {k: v.value for k, v in m.metadata.items()}
+        for m in result.asset_materializations_for_node("product_forecasts")
+    }
+    assert set(figures) == {d.isoformat() for d in days}
+    totals = {p: f["total_products"] for p, f in figures.items()}
+    assert totals == {days[0].isoformat(): 22, days[1].isoformat(): 22, days[2].isoformat(): 23}
+    for partition, f in figures.items():
+        assert f["latest_keys_written"] + f["latest_keys_kept_newer"] == f["successful"], partition
+        assert f["write_seconds"] >= 0 and f["redis_history_key"] == f"forecast:asof:{partition}"
+    rows = {
+        m.partition: m.metadata["rows"].value for m in result.asset_materializations_for_node("forecast_predictions")
+    }
+    assert rows == {p: 12 * f["successful"] for p, f in figures.items()}
