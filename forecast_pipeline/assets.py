@@ -23,11 +23,13 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     Output,
+    TableColumn,
+    TableSchema,
     asset,
 )
 from pydantic import Field
 
-from forecast_pipeline import order_history, predictions_store
+from forecast_pipeline import jobs_schema, order_history, predictions_store
 from forecast_pipeline.app_db import AppDatabase
 from forecast_pipeline.forecasting.batch import ForecastRun, run_forecasts
 from forecast_pipeline.forecasting.customers import active_customers
@@ -36,6 +38,30 @@ from forecast_pipeline.resources import ForecastParameters, SourceDatabase
 from forecast_pipeline.run_heartbeat import RunHeartbeat
 
 GROUP = "forecasts"
+ELIGIBLE_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("product_id", "bigint"),
+        TableColumn("order_count", "bigint", description="distinct orders before the as-of date"),
+        TableColumn("customer_count", "bigint", description="distinct customers before the as-of date"),
+    ]
+)
+FORECAST_SCHEMA = TableSchema(
+    columns=[
+        TableColumn("product_id", "bigint", description="key forecast:{product_id}"),
+        TableColumn("as_of_date", "date"),
+        TableColumn("forecast_weeks", "int"),
+        TableColumn(
+            "predictions",
+            "json",
+            description="week_start, week_end, predicted_quantity, "
+            "confidence_lower, confidence_upper (80%), active_customers per week",
+        ),
+        TableColumn("summary", "json", description="total_predicted_quantity, active_customers, avg_weekly_quantity"),
+        TableColumn(
+            "model_metadata", "json", description="model_type, demand_class, accuracy estimate, interval level"
+        ),
+    ]
+)
 FAILURE_RATE_CHECK = "failure_rate_within_limit"
 ERRORS_LOGGED = 20
 
@@ -56,6 +82,7 @@ def _source_failure(source_db: SourceDatabase, exc: Exception) -> Failure:
     io_manager_key="table_io_manager",
     group_name=GROUP,
     kinds={"sql"},
+    metadata={"dagster/column_schema": ELIGIBLE_SCHEMA},
     description=(
         "Products with at least FORECAST_MIN_CUSTOMERS distinct customers and FORECAST_MIN_ORDERS "
         "distinct orders between FORECAST_HISTORY_START and the as-of date, most orders first."
@@ -68,7 +95,6 @@ def eligible_products(
     run_heartbeat: RunHeartbeat,
 ) -> Output[dict[str, pd.DataFrame]]:
     tables: dict[str, pd.DataFrame] = {}
-    seconds = 0.0
     for key in context.partition_keys:
         window = forecast_params.window(dt.date.fromisoformat(key))
         started = time.perf_counter()
@@ -77,25 +103,30 @@ def eligible_products(
                 tables[key] = order_history.fetch_eligible_products(conn, window, source_db.source_query)
         except sa.exc.SQLAlchemyError as exc:
             raise _source_failure(source_db, exc) from exc
-        seconds += time.perf_counter() - started
-        context.log.info(f"{len(tables[key])} eligible products for as-of {key} ({time.perf_counter() - started:.2f}s)")
+        seconds = time.perf_counter() - started
+        context.log.info(f"{len(tables[key])} eligible products for as-of {key} ({seconds:.2f}s)")
+        context.add_asset_metadata(
+            {
+                "eligible_products": len(tables[key]),
+                "dagster/row_count": len(tables[key]),
+                "query_seconds": round(seconds, 3),
+                "top_products": MetadataValue.md(
+                    tables[key].head(10).to_markdown(index=False) if not tables[key].empty else "none"
+                ),
+            },
+            partition_key=key,
+        )
         if tables[key].empty:
             context.log.warning(
                 f"No product has {window.min_customers}+ customers and {window.min_orders}+ orders between "
                 f"{window.history_start} and {key}: nothing will be forecast."
             )
-    last = tables[context.partition_keys[-1]]
     return Output(
         tables,
         metadata={
-            "eligible_products": len(last)
-            if len(tables) == 1
-            else MetadataValue.json({k: len(v) for k, v in tables.items()}),
             "min_customers": forecast_params.min_customers,
             "min_orders": forecast_params.min_orders,
             "history_start": forecast_params.history_start,
-            "query_seconds": round(seconds, 3),
-            "top_products": MetadataValue.md(last.head(10).to_markdown(index=False) if not last.empty else "none"),
         },
     )
 
@@ -115,6 +146,7 @@ class ProductForecastsConfig(Config):
     io_manager_key="forecast_io_manager",
     group_name=GROUP,
     kinds={"python", "redis"},
+    metadata={"dagster/column_schema": FORECAST_SCHEMA},
     check_specs=[
         AssetCheckSpec(
             FAILURE_RATE_CHECK,
@@ -125,7 +157,10 @@ class ProductForecastsConfig(Config):
     ],
     description=(
         "12-week demand forecast per eligible product with 80% intervals, active customers and "
-        "model metadata, cached in Redis under forecast:{product_id}."
+        "model metadata, cached in Redis under forecast:{product_id}. Figures per as-of date: "
+        "mean_accuracy_estimate is the mean over forecast products of 1 - WAPE on their last "
+        "12 weeks held out (0 = no better than forecasting nothing); holdout_wape pools those "
+        "errors over all products; data_quality counts are the order lines each rule changed."
     ),
 )
 def product_forecasts(
@@ -174,6 +209,7 @@ def product_forecasts(
         context.add_asset_metadata(
             {
                 **_run_figures(run),
+                "dagster/row_count": run.successful,
                 "models": MetadataValue.json(run.model_counts),
                 "demand_classes": MetadataValue.json(run.class_counts),
                 **{k: round(v, 3) for k, v in run.timings.items()},
@@ -261,7 +297,12 @@ def _forecast_one_date(
     partitions_def=as_of_partitions,
     backfill_policy=BackfillPolicy.single_run(),
     group_name=GROUP,
-    kinds={"postgres"},
+    kinds={"sql"},
+    metadata={
+        "dagster/column_schema": TableSchema(
+            columns=[TableColumn(c.name, str(c.type).lower()) for c in jobs_schema.forecast_predictions.columns]
+        )
+    },
     description=(
         "Every weekly prediction of product_forecasts as rows of forecast_predictions in the "
         "application database. A run replaces its as-of dates' rows wholly; a run for some "

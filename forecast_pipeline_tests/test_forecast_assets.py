@@ -222,3 +222,9 @@ def test_each_partition_of_a_range_run_carries_its_own_figures(book, pg_orders, 
         m.partition: m.metadata["rows"].value for m in result.asset_materializations_for_node("forecast_predictions")
     }
     assert rows == {p: 12 * f["successful"] for p, f in figures.items()}
+    assert all(f["dagster/row_count"] == f["successful"] for f in figures.values())
+    eligible = {m.partition: m.metadata for m in result.asset_materializations_for_node("eligible_products")}
+    assert {p: m["dagster/row_count"].value for p, m in eligible.items()} == totals
+    for asset_def in (eligible_products, product_forecasts, forecast_predictions):
+        schema = asset_def.specs_by_key[asset_def.key].metadata["dagster/column_schema"]
+        assert "product_id" in [c.name for c in schema.columns]
