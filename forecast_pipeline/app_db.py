@@ -68,9 +68,11 @@ def create_app_schema(engine: sa.Engine) -> None:
 
     Indexes are checked one by one too: a table that already existed (e.g. a legacy
     ``alert_events``) still gets the unique indexes the code relies on."""
-    for module in APP_SCHEMA_MODULES:
-        importlib.import_module(module)
+    modules = [importlib.import_module(module) for module in APP_SCHEMA_MODULES]
     app_metadata.create_all(engine, checkfirst=True)
+    for module in modules:  # columns and constraints added since a table was first created
+        if hasattr(module, "upgrade"):
+            module.upgrade(engine)
     for table in app_metadata.sorted_tables:
         for index in table.indexes:
             index.create(engine, checkfirst=True)
