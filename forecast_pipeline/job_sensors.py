@@ -2,9 +2,9 @@
 
 - ``forecast_job_queue``: carries out cancel requests, then claims as many due jobs as the run
   queue can start (validated against the run config first) and requests one run per job attempt
-  (``run_key``), tagged with the job's ``dagster/priority`` and ``dagster/max_runtime``
-  (``FORECAST_JOB_TIMEOUT_SECONDS``: Dagster's run monitoring terminates a run that overruns,
-  counting from the run's start).
+  (``run_key``), tagged with the job's ``dagster/priority`` and ``dagster/max_runtime`` (see
+  :func:`queue_run_timeout`: Dagster's run monitoring terminates a run that overruns, counting
+  from the run's start).
 - ``forecast_job_succeeded`` / ``forecast_job_failed`` / ``forecast_job_cancelled``: close the loop
   when a job's run ends: succeeded with duration and rows, or requeued with backoff, or failed,
   with the run's real error.
@@ -97,11 +97,19 @@ def queue_run_limit(instance: DagsterInstance, settings: Settings) -> int:
     return min(limits) if limits else settings.job_claim_limit
 
 
+def queue_run_timeout(instance: DagsterInstance, settings: Settings) -> int | None:
+    """Seconds a queue run may execute: ``FORECAST_JOB_TIMEOUT_SECONDS`` when set, else the
+    instance's ``run_monitoring.max_runtime_seconds`` (dagster.yaml), so one value governs both;
+    None when neither sets a limit."""
+    if settings.job_timeout_seconds:
+        return settings.job_timeout_seconds
+    return instance.run_monitoring_max_runtime_seconds or None
+
+
 def run_request_for(
-    job: job_queue.ClaimedJob, request: job_queue.JobRequest, settings: Settings | None = None
+    job: job_queue.ClaimedJob, request: job_queue.JobRequest, timeout_seconds: int | None = None
 ) -> RunRequest:
     """One run for the whole job: a single as-of date, or a range run as one single-run backfill."""
-    settings = settings or get_settings()
     tags = {
         job_queue.JOB_ID_TAG: str(job.id),
         job_queue.ATTEMPT_TAG: str(job.attempts),
@@ -109,9 +117,9 @@ def run_request_for(
         "dagster/max_retries": "0",
         # the queued run coordinator starts higher priorities first
         "dagster/priority": str(job.priority),
-        # run monitoring terminates the run this long after it started
-        "dagster/max_runtime": str(settings.job_timeout_seconds),
     }
+    if timeout_seconds:  # run monitoring terminates the run this long after it started
+        tags["dagster/max_runtime"] = str(timeout_seconds)
     if job.concurrency_key:
         tags["forecast/concurrency_key"] = job.concurrency_key
     run_config = run_config_for(request)
@@ -143,10 +151,11 @@ def forecast_job_queue(context: SensorEvaluationContext, app_db: AppDatabase):
         capacity=queue_run_limit(context.instance, settings),
         validate=lambda parameters: validate_job(parameters, settings),
     )
+    timeout = queue_run_timeout(context.instance, settings)
     requests = []
     for job in claimed:
         try:
-            requests.append(run_request_for(job, job.request, settings))
+            requests.append(run_request_for(job, job.request, timeout))
         except Exception as exc:  # noqa: BLE001 - one job's failure must not lose the others' runs
             job_queue.fail_bad_job(engine, job.id, f"its run could not be requested: {exc}")
             context.log.warning(f"forecast job {job.id} failed: {exc}")

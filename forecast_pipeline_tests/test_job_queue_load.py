@@ -27,6 +27,7 @@ from forecast_pipeline.job_sensors import (
     finish_job_for_run,
     forecast_job_cancelled,
     forecast_job_failed,
+    queue_run_timeout,
     recover_stale_jobs,
 )
 from forecast_pipeline.jobs_schema import forecast_jobs
@@ -191,12 +192,22 @@ def test_time_waiting_in_dagsters_run_queue_is_not_a_timeout(queue):
 def test_queue_runs_carry_priority_and_the_timeout_as_dagster_tags(queue):
     low = job_queue.enqueue(queue, as_of_date=AS_OF, priority=0)
     high = job_queue.enqueue(queue, as_of_date=AS_OF, priority=9)
-    with DagsterInstance.ephemeral() as instance:
+    monitoring = {"run_monitoring": {"enabled": True, "max_runtime_seconds": 1234}}
+    with instance_for_test(overrides=monitoring) as instance:
         requests = {int(r.tags[job_queue.JOB_ID_TAG]): r for r in evaluate_queue_sensor(instance, queue).run_requests}
-    timeout = str(load_settings({}).job_timeout_seconds)
     assert requests[high].tags["dagster/priority"] == "9" and requests[low].tags["dagster/priority"] == "0"
-    # run monitoring terminates a run past dagster/max_runtime, counted from the run's own start
-    assert requests[high].tags["dagster/max_runtime"] == timeout
+    # run monitoring terminates a run past dagster/max_runtime, counted from the run's own start;
+    # by default the queue's timeout is the instance's (dagster.yaml): one value for both
+    assert requests[high].tags["dagster/max_runtime"] == "1234"
+
+
+def test_the_queue_timeout_setting_overrides_the_instance_default():
+    monitoring = {"run_monitoring": {"enabled": True, "max_runtime_seconds": 1234}}
+    with instance_for_test(overrides=monitoring) as instance:
+        assert queue_run_timeout(instance, load_settings({})) == 1234
+        assert queue_run_timeout(instance, load_settings({"FORECAST_JOB_TIMEOUT_SECONDS": "900"})) == 900
+    with DagsterInstance.ephemeral() as instance:  # no run monitoring, no limit set: no tag
+        assert queue_run_timeout(instance, load_settings({})) is None
 
 
 def test_a_failed_run_whose_process_still_lives_is_requeued_only_once_it_ended(queue):
