@@ -191,16 +191,20 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
 
 def _enqueue_job(settings: Settings, args: argparse.Namespace, engine: sa.Engine) -> int:
     from forecast_pipeline import job_queue
-    from forecast_pipeline.job_sensors import today
+    from forecast_pipeline.partitions import as_of_partitions
 
+    if args.max_attempts < 1:
+        message = f"--max-attempts must be at least 1, got {args.max_attempts}"
+        print(f"forecast-pipeline jobs enqueue: {message}", file=sys.stderr)
+        return 2
     if bool(args.as_of) == bool(args.date_from or args.date_to):
         return _fail("give --as-of DATE, or --from DATE --to DATE")
     try:
-        # the sensor's rules, with its "today" (the partitions' time zone)
+        # the sensor's rules, with its today (the newest partition, in the schedule's time zone)
         job_queue.parse_parameters(
             {"as_of_date": args.as_of} if args.as_of else {"from": args.date_from, "to": args.date_to},
             settings.history_start,
-            today(),
+            dt.date.fromisoformat(as_of_partitions.get_last_partition_key()),
         )
     except job_queue.BadJobParameters as exc:
         return _fail(str(exc))
@@ -312,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--to", dest="date_to", help="last as-of date of a range")
     enqueue.add_argument("--products", type=_id_list, help="comma list of product ids (default: all eligible)")
     enqueue.add_argument("--priority", type=int, default=0, help="higher runs first")
-    enqueue.add_argument("--max-attempts", type=_positive, default=3, help="runs tried before the job fails")
+    enqueue.add_argument("--max-attempts", type=int, default=3, help="runs tried before the job fails (at least 1)")
     enqueue.add_argument("--concurrency-key", help="jobs sharing it never run at once")
     enqueue.add_argument("--idempotency-key", help="a key naming this work: enqueueing it again returns the same job")
     cancel = jobs_sub.add_parser("cancel", help="cancel a queued job, or cancel/terminate a claimed or running one")
@@ -339,16 +343,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_alert_commands(sub)
     add_report_commands(sub)
     return parser
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _id_list(text: str) -> list[int]:

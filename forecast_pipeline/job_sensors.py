@@ -241,28 +241,32 @@ def _error_text(error) -> str:
 def failure_of(instance: DagsterInstance, run_id: str) -> tuple[str, bool]:
     """The run's error text, and whether retrying can help (a ``Failure`` marked permanent cannot).
 
-    Step failures first; else what failed the run itself (resources that could not start, a
-    timeout, an interrupted process), from its failure events rather than the generic summary."""
-    messages, retryable = [], True
+    What stopped the run comes first when the run itself was failed (resources that could not
+    start, a timeout that run monitoring enforced), then the steps' own errors; a step's
+    "interrupted" error only when nothing else explains it."""
+    run_level, steps, retryable = [], [], True
+    run_events = {DagsterEventType.RESOURCE_INIT_FAILURE, DagsterEventType.RUN_FAILURE}
+    for record in instance.get_records_for_run(run_id, of_type=run_events).records:
+        entry = record.event_log_entry
+        error = getattr(entry.dagster_event.event_specific_data, "error", None)
+        if error is not None:
+            run_level.append(_error_text(error))
+        elif entry.message and not entry.message.startswith("Execution of run for"):  # not the summary line
+            run_level.append(entry.message.strip())
     for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.STEP_FAILURE).records:
         data = record.event_log_entry.dagster_event.step_failure_data
         if data.user_failure_data is not None:
-            messages.append(data.user_failure_data.description or "")
+            steps.append(data.user_failure_data.description or "")
             if data.user_failure_data.metadata.get("permanent") is not None:
                 retryable = False
         elif data.error is not None:
-            messages.append(_error_text(data.error))
-    if not messages:
-        run_level = {DagsterEventType.RESOURCE_INIT_FAILURE, DagsterEventType.RUN_FAILURE}
-        for record in instance.get_records_for_run(run_id, of_type=run_level).records:
-            entry = record.event_log_entry
-            error = getattr(entry.dagster_event.event_specific_data, "error", None)
-            text = _error_text(error) if error is not None else (entry.message or "").strip()
-            if text and text not in messages:
-                messages.append(text)
-        if any("is no longer current" in m for m in messages):
-            retryable = False
-    return ("; ".join(m for m in messages if m) or "run failed"), retryable
+            steps.append(_error_text(data.error))
+    interrupted = [m for m in steps if m.startswith("DagsterExecutionInterruptedError")]
+    messages = run_level + [m for m in steps if m not in interrupted]
+    messages = list(dict.fromkeys(m for m in messages or interrupted if m))
+    if any("is no longer current" in m for m in messages):
+        retryable = False
+    return ("; ".join(messages) or "run failed"), retryable
 
 
 def finish_job_for_run(
