@@ -6,7 +6,8 @@ concurrency keys) and ``--poison`` bad rows, SIGKILLs a random executing queue r
 ``--kill-every`` seconds, and waits until every job is closed. Then it checks, from Dagster's run
 records rather than the queue's own table:
 
-- every valid job is ``succeeded`` and has exactly one successful run;
+- every valid job is ``succeeded`` and has exactly one successful run (jobs still open when
+  ``--max-minutes`` ran out are counted apart, as unfinished);
 - no two runs of one job executed at the same time, and at most two queue runs executed at once;
 - every poison row is ``failed`` with its reason and never had a run;
 
@@ -216,11 +217,13 @@ def main() -> int:
     for record in records:
         runs_by_job.setdefault(int(record.dagster_run.tags[job_queue.JOB_ID_TAG]), []).append(record)
 
-    problems = []
+    problems, unfinished = [], []
     for job_id in valid:
         row, runs = rows[job_id], runs_by_job.get(job_id, [])
         successes = [r for r in runs if r.dagster_run.status == DagsterRunStatus.SUCCESS]
-        if row.status != "succeeded" or len(successes) != 1:
+        if row.status in ("queued", "claimed", "running") and not successes:
+            unfinished.append(job_id)  # only when the soak gave up before the end
+        elif row.status != "succeeded" or len(successes) != 1:
             problems.append(f"job {job_id}: {row.status}, {len(successes)} successful runs, error {row.error!r}")
         spans = sorted((r.start_time, r.end_time or time.time()) for r in runs if r.start_time)
         for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
@@ -260,13 +263,14 @@ def main() -> int:
         "run_seconds_median": round(statistics.median(run_seconds), 1) if run_seconds else None,
         "queue_to_done_seconds_median": round(statistics.median(latencies), 1) if latencies else None,
         "succeeded": sum(1 for j in valid if rows[j].status == "succeeded"),
+        "unfinished_when_stopped": len(unfinished),
         "problems": problems[:20],
         "problem_count": len(problems),
         "daemon_log": str(home / "daemon.log"),
     }
     print(json.dumps(summary, indent=2))
     engine.dispose()
-    return 1 if problems else 0
+    return 1 if problems or unfinished else 0
 
 
 if __name__ == "__main__":

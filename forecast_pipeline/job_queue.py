@@ -17,7 +17,7 @@ import datetime as dt
 import json
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -193,12 +193,15 @@ def claim_due_jobs(
     limit: int,
     *,
     capacity: int | None = None,
+    ended: Collection[int] = (),
     validate: Callable[[object], JobRequest] | None = None,
 ) -> list[ClaimedJob]:
     """Claim due jobs (priority first, then oldest) and return them.
 
     At most ``limit`` jobs, and no more than ``capacity`` jobs active at once (claimed or running,
-    counting those claimed earlier): a job is only claimed when its run can start. ``validate``
+    counting those claimed earlier, except the ``ended`` ones: active jobs whose run has finished
+    and whose process has exited, which only wait to be closed): a job is only claimed when its
+    run can start. ``validate``
     turns a job's parameters into a :class:`JobRequest` or raises :class:`BadJobParameters`; a
     job it rejects is failed here with that reason, takes no capacity and stops nobody else.
     No job is claimed while another job with its concurrency key is active. Only
@@ -212,7 +215,9 @@ def claim_due_jobs(
         room = limit
         if capacity is not None:
             active = conn.execute(
-                sa.select(sa.func.count()).where(jobs.status.in_(ACTIVE_STATUSES), jobs.job_type == JOB_TYPE)
+                sa.select(sa.func.count()).where(
+                    jobs.status.in_(ACTIVE_STATUSES), jobs.job_type == JOB_TYPE, jobs.id.not_in(list(ended))
+                )
             ).scalar_one()
             room = min(limit, capacity - active)
         if room <= 0:

@@ -149,6 +149,7 @@ def forecast_job_queue(context: SensorEvaluationContext, app_db: AppDatabase):
         engine,
         settings.job_claim_limit,
         capacity=queue_run_limit(context.instance, settings),
+        ended=jobs_whose_runs_ended(context.instance, engine, settings),
         validate=lambda parameters: validate_job(parameters, settings),
     )
     timeout = queue_run_timeout(context.instance, settings)
@@ -166,6 +167,18 @@ def forecast_job_queue(context: SensorEvaluationContext, app_db: AppDatabase):
             + (f", products {list(request.product_ids)}" if request.product_ids else "")
         )
     return SensorResult(run_requests=requests, skip_reason=None if requests else "no due forecast jobs")
+
+
+def jobs_whose_runs_ended(instance: DagsterInstance, engine: sa.Engine, settings: Settings) -> set[int]:
+    """Active jobs whose run has finished and whose process has exited: they hold no run slot,
+    they only wait for a status sensor to close them."""
+    ended = set()
+    for job in job_queue.active_jobs(engine):
+        record = run_of(instance, job.id, job.attempts)
+        exited = not job.has_heartbeat or job.silent_seconds > settings.job_stale_after_seconds
+        if record is not None and record.dagster_run.is_finished and exited:
+            ended.add(job.id)
+    return ended
 
 
 def run_of(instance: DagsterInstance, job_id: int, attempt: int):

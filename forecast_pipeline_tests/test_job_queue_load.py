@@ -131,6 +131,21 @@ def test_the_sensor_claims_no_more_than_the_run_queue_can_start(queue):
     assert statuses.count("queued") == 2
 
 
+def test_a_job_whose_run_has_ended_frees_its_slot_before_it_is_closed(queue):
+    """Capacity counts runs that are waiting or executing: a run that finished frees its slot at
+    once, not when the status sensor gets round to closing its job."""
+    jobs = [job_queue.enqueue(queue, as_of_date=AS_OF) for _ in range(4)]
+    with instance_for_test(overrides=QUEUE_RUN_LIMIT) as instance:
+        first = evaluate_queue_sensor(instance, queue).run_requests
+        assert len(first) == 2
+        done = int(first[0].tags[job_queue.JOB_ID_TAG])
+        run = started_run(instance, done)
+        instance.report_run_failed(run, "boom")  # its process exited; the job is not closed yet
+        assert job_row(queue, done).status == "claimed"
+        assert len(evaluate_queue_sensor(instance, queue).run_requests) == 1
+    assert [job_row(queue, j).status for j in jobs].count("queued") == 1
+
+
 def test_a_claimed_job_is_not_running_until_its_run_starts(small_book, redis_client):
     job_id = job_queue.enqueue(small_book, as_of_date=AS_OF)
     with DagsterInstance.ephemeral() as instance:
