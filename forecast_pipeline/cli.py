@@ -175,33 +175,22 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    """Enqueue a forecast job, or list recent ones (the application database's forecast_jobs)."""
+    """Enqueue, cancel or list forecast jobs (the application database's forecast_jobs)."""
     from forecast_pipeline import job_queue
     from forecast_pipeline.app_db import create_app_schema
 
     engine = _engine_for(settings.app_database_url)
     create_app_schema(engine)
     if args.jobs_command == "enqueue":
-        if bool(args.as_of) == bool(args.date_from or args.date_to):
-            return _fail("give --as-of DATE, or --from DATE --to DATE")
+        return _enqueue_job(settings, args, engine)
+    if args.jobs_command == "cancel":
         try:
-            job_queue.parse_parameters(
-                {"as_of_date": args.as_of} if args.as_of else {"from": args.date_from, "to": args.date_to},
-                settings.history_start,
-                dt.date.today() + dt.timedelta(days=1),
-            )
-        except job_queue.BadJobParameters as exc:
+            outcome = job_queue.request_cancel(engine, args.job_id)
+        except job_queue.UnknownJob as exc:
             return _fail(str(exc))
-        job_id = job_queue.enqueue(
-            engine,
-            as_of_date=args.as_of,
-            date_range=(args.date_from, args.date_to) if args.date_from else None,
-            product_ids=args.products,
-            priority=args.priority,
-            max_attempts=args.max_attempts,
-            concurrency_key=args.concurrency_key,
-        )
-        print(f"queued forecast job {job_id}")
+        if outcome == "cancel requested":
+            outcome += ": the queue sensor cancels or terminates its Dagster run, and the job closes when it has ended"
+        print(f"forecast job {args.job_id}: {outcome}")
         return 0
     from forecast_pipeline.jobs_schema import forecast_jobs
 
@@ -218,6 +207,47 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
             f"{row.id:>6} {row.status:<10} {row.priority:>3} {tries:>5}  {json.dumps(row.parameters):<48} "
             f"{rows_written:>7}  {(row.error or '')[:80]}"
         )
+    return 0
+
+
+def _enqueue_job(settings: Settings, args: argparse.Namespace, engine: sa.Engine) -> int:
+    from forecast_pipeline import job_queue
+    from forecast_pipeline.partitions import as_of_partitions
+
+    if args.max_attempts < 1:
+        message = f"--max-attempts must be at least 1, got {args.max_attempts}"
+        print(f"forecast-pipeline jobs enqueue: {message}", file=sys.stderr)
+        return 2
+    if bool(args.as_of) == bool(args.date_from or args.date_to):
+        return _fail("give --as-of DATE, or --from DATE --to DATE")
+    try:
+        # the sensor's rules, with its today (the newest partition, in the schedule's time zone)
+        job_queue.parse_parameters(
+            {"as_of_date": args.as_of} if args.as_of else {"from": args.date_from, "to": args.date_to},
+            settings.history_start,
+            dt.date.fromisoformat(as_of_partitions.get_last_partition_key()),
+        )
+    except job_queue.BadJobParameters as exc:
+        return _fail(str(exc))
+    if args.idempotency_key:
+        with engine.connect() as conn:
+            existing = conn.execute(
+                sa.text("SELECT id, status FROM forecast_jobs WHERE idempotency_key = :k"), {"k": args.idempotency_key}
+            ).first()
+        if existing is not None:
+            print(f"already queued as forecast job {existing.id} ({existing.status}) under this idempotency key")
+            return 0
+    job_id = job_queue.enqueue(
+        engine,
+        as_of_date=args.as_of,
+        date_range=(args.date_from, args.date_to) if args.date_from else None,
+        product_ids=args.products,
+        priority=args.priority,
+        max_attempts=args.max_attempts,
+        concurrency_key=args.concurrency_key,
+        idempotency_key=args.idempotency_key,
+    )
+    print(f"queued forecast job {job_id}")
     return 0
 
 
@@ -299,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--product", type=int, help="product id (default: the largest forecast)")
     show.add_argument("--as-of", help="a past as-of date's metadata and forecast instead of the last run")
     show.add_argument("--json", action="store_true", help="print one JSON document with both")
-    jobs = sub.add_parser("jobs", help="the forecast job queue: enqueue a job, list jobs")
+    jobs = sub.add_parser("jobs", help="the forecast job queue: enqueue, cancel or list jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     enqueue = jobs_sub.add_parser("enqueue", help="queue a forecast of one as-of date or a range")
     enqueue.add_argument("--as-of", help="YYYY-MM-DD")
@@ -307,8 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--to", dest="date_to", help="last as-of date of a range")
     enqueue.add_argument("--products", type=_id_list, help="comma list of product ids (default: all eligible)")
     enqueue.add_argument("--priority", type=int, default=0, help="higher runs first")
-    enqueue.add_argument("--max-attempts", type=int, default=3)
+    enqueue.add_argument("--max-attempts", type=int, default=3, help="runs tried before the job fails (at least 1)")
     enqueue.add_argument("--concurrency-key", help="jobs sharing it never run at once")
+    enqueue.add_argument("--idempotency-key", help="a key naming this work: enqueueing it again returns the same job")
+    cancel = jobs_sub.add_parser("cancel", help="cancel a queued job, or cancel/terminate a claimed or running one")
+    cancel.add_argument("job_id", type=int)
     listing = jobs_sub.add_parser("list", help="recent jobs, newest first")
     listing.add_argument("--status", choices=JOB_STATUSES)
     listing.add_argument("--limit", type=int, default=20)

@@ -1,15 +1,18 @@
-"""Keeps a queue job's lease alive while its Dagster run's process lives.
+"""Marks a queue job ``running`` when its Dagster run's process starts, and keeps its lease alive.
 
-A run launched for a ``forecast_jobs`` row (tagged ``forecast/job_id``) writes ``heartbeat_at``
-every ``FORECAST_JOB_HEARTBEAT_SECONDS`` from a background thread. If the process dies (killed,
-out of memory, node lost) the heartbeats stop, and the stale-job sensor requeues the job. This
-works with every run launcher; Dagster's own worker health checks exist only for Kubernetes.
-Runs without the tag (schedules, the UI, the CLI) do nothing here.
+A run launched for a ``forecast_jobs`` row (tagged ``forecast/job_id``) marks its job attempt
+started when its resources are set up, then writes ``heartbeat_at`` every
+``FORECAST_JOB_HEARTBEAT_SECONDS`` from a background thread, and clears it when the resources are
+torn down (the process is done with the job). If the process dies (killed, out of memory, node
+lost) the heartbeats stop and the recovery sensor requeues the job. A run whose job attempt is no
+longer current (requeued or cancelled meanwhile, e.g. a run that waited long in Dagster's queue)
+fails at once instead of executing the job again. Works with every run launcher; Dagster's own
+worker health checks exist only for Kubernetes. Runs without the tag do nothing here.
 """
 
 import threading
 
-from dagster import ConfigurableResource, InitResourceContext, ResourceDependency
+from dagster import ConfigurableResource, Failure, InitResourceContext, ResourceDependency
 from pydantic import PrivateAttr
 
 from forecast_pipeline import job_queue
@@ -22,6 +25,7 @@ class RunHeartbeat(ConfigurableResource):
 
     _stop: threading.Event | None = PrivateAttr(default=None)
     _thread: threading.Thread | None = PrivateAttr(default=None)
+    _job: tuple[int, int] | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         run = context.run
@@ -30,8 +34,11 @@ class RunHeartbeat(ConfigurableResource):
             return
         job_id, attempt = int(tags[job_queue.JOB_ID_TAG]), int(tags.get(job_queue.ATTEMPT_TAG, "1"))
         engine = self.app_db.engine()
-        job_queue.record_run(engine, job_id, run.run_id)
-        job_queue.heartbeat(engine, job_id, attempt)
+        try:
+            job_queue.mark_run_started(engine, job_id, attempt, run.run_id)
+        except job_queue.StaleAttempt as exc:
+            raise Failure(description=str(exc), metadata={"permanent": True}) from exc
+        self._job = (job_id, attempt)
         self._stop = threading.Event()
 
         def beat() -> None:
@@ -46,6 +53,12 @@ class RunHeartbeat(ConfigurableResource):
         self._thread.start()
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
-        if self._stop is not None:
-            self._stop.set()
-            self._thread.join(timeout=5)
+        if self._stop is None:
+            return
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            job_queue.mark_process_exited(self.app_db.engine(), *self._job)
+        except Exception as exc:  # noqa: BLE001 - then the silent heartbeat tells the same, later
+            if context.log:
+                context.log.warning(f"could not record the end of job {self._job[0]}'s run: {exc}")

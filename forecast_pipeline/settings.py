@@ -48,7 +48,7 @@ DEFAULTS: dict[str, str] = {
     "FORECAST_JOB_CLAIM_LIMIT": "10",
     "FORECAST_JOB_RETRY_BASE_SECONDS": "60",
     "FORECAST_JOB_RETRY_MAX_SECONDS": "3600",
-    "FORECAST_JOB_TIMEOUT_SECONDS": "3600",
+    "FORECAST_JOB_TIMEOUT_SECONDS": "",
     "FORECAST_JOB_HEARTBEAT_SECONDS": "15",
     "FORECAST_JOB_LAUNCH_GRACE_SECONDS": "300",
 }
@@ -82,7 +82,7 @@ class Settings:
     job_claim_limit: int = 10
     job_retry_base_seconds: int = 60
     job_retry_max_seconds: int = 3600
-    job_timeout_seconds: int = 3600
+    job_timeout_seconds: int | None = None  # None: the instance's run_monitoring.max_runtime_seconds
     job_heartbeat_seconds: int = 15
     job_launch_grace_seconds: int = 300
     job_finished_grace_seconds: int = 60  # after a run ends, its job is left to the run status sensors
@@ -251,7 +251,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         job_claim_limit=integer("FORECAST_JOB_CLAIM_LIMIT", 1, 1000),
         job_retry_base_seconds=integer("FORECAST_JOB_RETRY_BASE_SECONDS", 0),
         job_retry_max_seconds=integer("FORECAST_JOB_RETRY_MAX_SECONDS", 0),
-        job_timeout_seconds=integer("FORECAST_JOB_TIMEOUT_SECONDS", 60),
+        job_timeout_seconds=(
+            integer("FORECAST_JOB_TIMEOUT_SECONDS", 10) if raw("FORECAST_JOB_TIMEOUT_SECONDS") else None
+        ),
         job_heartbeat_seconds=integer("FORECAST_JOB_HEARTBEAT_SECONDS", 1, 600),
         job_launch_grace_seconds=integer("FORECAST_JOB_LAUNCH_GRACE_SECONDS", 10),
     )

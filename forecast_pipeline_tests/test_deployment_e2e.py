@@ -1,9 +1,15 @@
 """End to end, as deployed: dagster-webserver and dagster-daemon on Postgres storage (deploy/dagster.yaml).
 
 A partition backfill of two as-of dates goes through the webserver's GraphQL API (what the UI's
-backfill button sends); the daily schedule is turned on and the daemon runs it; a queued job is
-claimed by the daemon's sensor and closed by the run status sensor; the asset page is loaded in
-headless Chromium and kept as a screenshot.
+backfill button sends); the daily schedule is turned on and the daemon runs it; queued jobs are
+claimed by the daemon's sensor and closed by the run status sensors: a success, a failure, a
+timeout that run monitoring terminates, a cancel, and a backlog larger than the run capacity with
+a poison row in it; the asset page is loaded in headless Chromium and kept as a screenshot.
+
+The daemon uses deploy/dagster.yaml as it is, except that run monitoring polls every 5 s instead
+of every 60 s (so the timeout test takes seconds, not minutes); queue runs time out after
+QUEUE_TIMEOUT_SECONDS. ``TEST_DAGSTER_STORAGE_DB`` names Dagster's storage database (dropped and
+recreated).
 """
 
 import contextlib
@@ -29,7 +35,8 @@ from forecast_pipeline_tests.conftest import BIN, POSTGRES_URL, REDIS_URL, _ensu
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
-STORAGE_DB = "forecast_test_dagster_storage"
+STORAGE_DB = os.environ.get("TEST_DAGSTER_STORAGE_DB", "forecast_test_dagster_storage")
+QUEUE_TIMEOUT_SECONDS = 40
 
 
 def _free_port() -> int:
@@ -52,7 +59,10 @@ def _wait(predicate, timeout: float, what: str, every: float = 1.0):
 def deployment(tmp_path_factory):
     """Webserver + daemon against a fresh Postgres storage database and demo order data."""
     home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+    deployed = (ROOT / "deploy" / "dagster.yaml").read_text()
+    assert "  poll_interval_seconds: 60\n" in deployed
+    faster = deployed.replace("  poll_interval_seconds: 60\n", "  poll_interval_seconds: 5\n")
+    (home / "dagster.yaml").write_text(faster)
     storage_url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{STORAGE_DB}"
     admin = make_engine(POSTGRES_URL.rsplit("/", 1)[0] + "/postgres")
     with admin.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -82,6 +92,9 @@ def deployment(tmp_path_factory):
         "FORECAST_WORKERS": "1",
         "FORECAST_SCHEDULE_CRON": "* * * * *",
         "FORECAST_JOB_SENSOR_SECONDS": "3",
+        "FORECAST_JOB_TIMEOUT_SECONDS": str(QUEUE_TIMEOUT_SECONDS),
+        "FORECAST_JOB_HEARTBEAT_SECONDS": "2",
+        "FORECAST_JOB_RETRY_BASE_SECONDS": "2",
     }
     port = _free_port()
     logs = home / "logs"
@@ -219,7 +232,120 @@ def test_the_daemon_claims_a_queued_job_and_closes_it(deployment, redis_client):
     assert row.status == "succeeded", row.error
     assert row.rows_written > 200 and row.dagster_run_id
     events = [a.event for a in job_queue.audit_entries(engine, job_id)]
-    assert events == ["queued", "claimed", "succeeded"]
+    assert events == ["queued", "claimed", "started", "succeeded"]
+
+
+def _job(engine, job_id):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(forecast_jobs).where(forecast_jobs.c.id == job_id)).one()
+
+
+def _closed(engine, *job_ids):
+    def check():
+        rows = [_job(engine, j) for j in job_ids]
+        return rows if all(r.status in ("succeeded", "failed", "cancelled") for r in rows) else None
+
+    return check
+
+
+def _queue_runs(deployment, job_id):
+    from dagster import RunsFilter
+
+    with _instance(deployment) as instance:
+        return instance.get_run_records(RunsFilter(tags={job_queue.JOB_ID_TAG: str(job_id)}))
+
+
+def test_the_daemon_fails_a_job_with_its_runs_real_error(deployment):
+    engine = deployment["orders"]
+    as_of = (deployment["today"] - dt.timedelta(days=4)).isoformat()
+    job_id = job_queue.enqueue(engine, as_of_date=as_of, product_ids=[999_999], max_attempts=3)
+    (row,) = _wait(_closed(engine, job_id), 180, f"job {job_id} to be closed", every=2)
+    assert row.status == "failed" and "999999" in row.error and "not eligible" in row.error
+    assert row.attempts == 1  # a permanent failure is not retried
+    (record,) = _queue_runs(deployment, job_id)
+    assert record.dagster_run.status.value == "FAILURE"
+
+
+def test_the_daemon_terminates_a_run_past_its_timeout_and_then_closes_the_job(deployment):
+    engine = deployment["orders"]
+    last = deployment["today"] - dt.timedelta(days=20)
+    first = last - dt.timedelta(days=400)  # far longer than the timeout
+    job_id = job_queue.enqueue(engine, date_range=(first, last), max_attempts=1)
+    (row,) = _wait(_closed(engine, job_id), QUEUE_TIMEOUT_SECONDS + 180, f"job {job_id} to time out", every=2)
+    assert row.status == "failed", row.error
+    assert f"Exceeded maximum runtime of {QUEUE_TIMEOUT_SECONDS} seconds" in row.error
+    assert row.heartbeat_at is None  # closed only once the run's process had stopped
+    (record,) = _queue_runs(deployment, job_id)
+    assert record.dagster_run.status.value == "FAILURE"
+    assert record.dagster_run.tags["dagster/max_runtime"] == str(QUEUE_TIMEOUT_SECONDS)
+    with engine.connect() as conn:  # the terminated run never got to write its predictions
+        written = conn.execute(
+            sa.text("SELECT count(*) FROM forecast_predictions WHERE as_of_date BETWEEN :a AND :b"),
+            {"a": first, "b": last},
+        ).scalar_one()
+    assert written == 0
+
+
+def test_jobs_cancel_terminates_a_running_run_through_the_daemon(deployment):
+    engine = deployment["orders"]
+    last = deployment["today"] - dt.timedelta(days=500)
+    job_id = job_queue.enqueue(engine, date_range=(last - dt.timedelta(days=400), last))
+
+    def running():
+        return _job(engine, job_id).status == "running"
+
+    _wait(running, 180, f"job {job_id} to start", every=1)
+    done = subprocess.run(
+        [str(BIN / "forecast-pipeline"), "jobs", "cancel", str(job_id)],
+        env=deployment["env"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "cancel requested" in done.stdout, done.stdout + done.stderr
+    (row,) = _wait(_closed(engine, job_id), 120, f"job {job_id} to be cancelled", every=2)
+    assert row.status == "cancelled" and row.attempts == 1
+    (record,) = _queue_runs(deployment, job_id)
+    assert record.dagster_run.status.value in ("CANCELED", "FAILURE")  # terminated, not finished
+    assert "cancel_requested" in [a.event for a in job_queue.audit_entries(engine, job_id)]
+
+
+def test_a_backlog_beyond_the_run_capacity_with_a_poison_row_runs_each_job_once(deployment):
+    engine = deployment["orders"]
+    with engine.begin() as conn:
+        poison = conn.execute(
+            forecast_jobs.insert()
+            .values(parameters={"as_of_date": deployment["today"].isoformat(), "product_ids": [True]}, priority=9)
+            .returning(forecast_jobs.c.id)
+        ).scalar_one()
+    backlog = [
+        job_queue.enqueue(engine, as_of_date=deployment["today"] - dt.timedelta(days=30 + n), priority=n % 3)
+        for n in range(6)
+    ]
+    most_running = 0
+
+    def all_closed():
+        nonlocal most_running
+        with engine.connect() as conn:
+            running = conn.execute(sa.text("SELECT count(*) FROM forecast_jobs WHERE status = 'running'")).scalar_one()
+        most_running = max(most_running, running)
+        return _closed(engine, poison, *backlog)()
+
+    rows = _wait(all_closed, 400, "the backlog to drain", every=1)
+    assert most_running <= 2  # deploy/dagster.yaml lets two queue runs execute at once
+    runs = [record for job_id in backlog for record in _queue_runs(deployment, job_id) if record.start_time]
+    starts_and_ends = sorted([(r.start_time, 1) for r in runs] + [(r.end_time, -1) for r in runs])
+    executing = [sum(step for _, step in starts_and_ends[: i + 1]) for i in range(len(starts_and_ends))]
+    assert max(executing) <= 2, starts_and_ends  # from Dagster's own run records
+    bad, *good = rows
+    assert bad.status == "failed" and "product_ids must be a non-empty list of integers" in bad.error
+    assert not _queue_runs(deployment, poison)  # no run was ever requested for it
+    assert [r.status for r in good] == ["succeeded"] * len(good), [r.error for r in good]
+    for job_id in backlog:
+        (record,) = _queue_runs(deployment, job_id)  # exactly one run per job
+        assert record.dagster_run.status.value == "SUCCESS"
+        assert record.dagster_run.tags["dagster/priority"] == str(_job(engine, job_id).priority)
 
 
 def test_the_daemon_is_live(deployment):

@@ -25,14 +25,18 @@ from forecast_pipeline_tests.conftest import AS_OF, BIN, POSTGRES_URL, REDIS_URL
 HISTORY_START = dt.date(2019, 1, 1)
 
 
-@pytest.fixture
-def queue(pg):
+def empty_queue(pg):
     """The application tables, empty, in the Postgres test database."""
     with pg.begin() as conn:
         for table in ("forecast_job_audit", "forecast_jobs", "forecast_predictions"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     create_app_schema(pg)
     return pg
+
+
+@pytest.fixture
+def queue(pg):
+    return empty_queue(pg)
 
 
 def job_row(engine, job_id):
@@ -46,7 +50,7 @@ def job_row(engine, job_id):
 @pytest.mark.parametrize(
     ("parameters", "message"),
     [
-        ("{not json", "parameters are not JSON"),
+        ("{not json", "must be a JSON object, got a JSON string '{not json'"),
         ([1, 2], "must be a JSON object"),
         ({}, "need as_of_date, or from and to"),
         ({"as_of_date": "2025-13-40"}, "as_of_date='2025-13-40' is not a YYYY-MM-DD date"),
@@ -108,7 +112,7 @@ def test_a_thousand_jobs_four_claimers_each_claimed_exactly_once(queue):
     assert all(len(ids) > 50 for ids in claimed), [len(ids) for ids in claimed]  # all four took part
     with queue.connect() as conn:
         statuses = conn.execute(sa.text("SELECT status, count(*) FROM forecast_jobs GROUP BY status")).all()
-    assert dict(statuses) == {"running": 1000}
+    assert dict(statuses) == {"claimed": 1000}
     for engine in engines:
         engine.dispose()
 
@@ -181,7 +185,7 @@ def test_a_stale_close_for_an_old_attempt_is_ignored(queue):
     job_queue.claim_due_jobs(queue, limit=1)  # attempt 2 running
     assert job_queue.mark_failed(queue, job_id, "late news about attempt 1", attempt=1) is None
     assert not job_queue.mark_succeeded(queue, job_id, "run-1", 10, attempt=1)
-    assert job_row(queue, job_id).status == "running"
+    assert job_row(queue, job_id).status == "claimed"
 
 
 # ---- sensors against a real instance --------------------------------------------------------
@@ -215,7 +219,7 @@ def test_the_queue_sensor_launches_one_run_per_job_and_fails_bad_rows(queue, red
     assert "is not a YYYY-MM-DD date" in job_row(queue, malformed).error
     assert job_row(queue, malformed).status == "failed" and job_row(queue, early).status == "failed"
     assert "before the history start" in job_row(queue, early).error
-    assert job_row(queue, good).status == "running" and job_row(queue, span).status == "running"
+    assert job_row(queue, good).status == "claimed" and job_row(queue, span).status == "claimed"
     with DagsterInstance.ephemeral() as instance:  # the next tick finds nothing new
         assert not evaluate_queue_sensor(instance, queue).run_requests
 
@@ -237,10 +241,15 @@ def _execute(request, database, instance, settings_env=None):
     )
 
 
-@pytest.fixture
-def small_book(queue, pg_orders):
+def add_small_book(pg_orders) -> None:
+    """Five products with 40 weeks of orders each, ending at AS_OF."""
     for product in range(1, 6):
         pg_orders.weekly(product, customers=[product, product + 10], weeks=40, quantity=product)
+
+
+@pytest.fixture
+def small_book(queue, pg_orders):
+    add_small_book(pg_orders)
     return queue
 
 
@@ -255,7 +264,8 @@ def test_job_run_success_closes_the_job_with_rows_and_duration(small_book, redis
         assert finish_job_for_run(instance, small_book, run) is None  # idempotent
     row = job_row(small_book, job_id)
     assert row.status == "succeeded" and row.rows_written == 24 and row.dagster_run_id == result.run_id
-    assert row.duration_seconds > 0 and row.heartbeat_at is not None
+    assert row.duration_seconds > 0 and row.started_at is not None
+    assert row.heartbeat_at is None  # the run's process has exited
     with small_book.connect() as conn:
         stored = conn.execute(sa.text("SELECT product_id, count(*) FROM forecast_predictions GROUP BY 1")).all()
     assert dict(stored) == {2: 12, 3: 12}
@@ -297,7 +307,7 @@ def test_a_run_that_never_launched_is_requeued_after_the_grace_period(queue):
     with DagsterInstance.ephemeral() as instance:
         assert recover_stale_jobs(instance, queue, settings=settings)["no_run"] == 0  # still within grace
         with queue.begin() as conn:
-            conn.execute(forecast_jobs.update().values(started_at=sa.func.now() - dt.timedelta(minutes=5)))
+            conn.execute(forecast_jobs.update().values(claimed_at=sa.func.now() - dt.timedelta(minutes=5)))
         assert recover_stale_jobs(instance, queue, settings=settings)["no_run"] == 1
     row = job_row(queue, job_id)
     assert row.status == "queued" and "no Dagster run was launched" in row.error
@@ -377,6 +387,7 @@ def test_each_transition_logs_one_json_line_with_the_legacy_fields(queue, caplog
     caplog.set_level("INFO", logger="forecast_pipeline.jobs")
     job_id = job_queue.enqueue(queue, date_range=("2025-11-03", "2025-11-10"))
     job_queue.claim_due_jobs(queue, limit=1)
+    job_queue.mark_run_started(queue, job_id, 1, "run-9")
     job_queue.mark_succeeded(queue, job_id, "run-9", 96)
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "forecast_pipeline.jobs"]
     assert [line["message"] for line in lines] == ["Job claimed", "Job completed"]
