@@ -332,10 +332,12 @@ def test_forecast_batch_intervals_cover_about_80_percent_of_noise():
 def test_forecast_batch_blocks_give_the_same_answer_as_one_pass(monkeypatch):
     rng = np.random.default_rng(5)
     y = np.vstack([rng.poisson(lam, T) for lam in (0.2, 1, 3, 8, 20, 0.5, 2)]).astype(float)
+    y[4, 150] = 10_000.0  # a spike in the second block
     whole = engine.forecast_batch(y, H)
     monkeypatch.setattr(engine, "BLOCK_ROWS", 3)
     blocks = engine.forecast_batch(y, H)
-    for name in ("forecast", "lower", "upper", "accuracy", "holdout_abs_error"):
+    assert whole.outliers_capped.tolist() == [0, 0, 0, 0, 1, 0, 0]
+    for name in ("forecast", "lower", "upper", "accuracy", "holdout_abs_error", "outliers_capped"):
         np.testing.assert_allclose(getattr(blocks, name), getattr(whole, name), err_msg=name)
     assert blocks.model.tolist() == whole.model.tolist()
     assert blocks.status.tolist() == whole.status.tolist()
@@ -383,3 +385,107 @@ def test_seasonal_intervals_come_from_a_season_estimated_out_of_sample(monkeypat
     assert 0.72 <= out_of_sample <= 0.88
     monkeypatch.setattr(engine, "SEASON_PREFIX_WEEKS", 10**6)  # never: the season of the full history
     assert coverage() < out_of_sample - 0.03
+
+
+# --- one-off spikes (data-entry errors) -------------------------------------------------------------
+
+YEARS = 7 * models.SEASON_LENGTH  # seven years of weeks, as a real history read has
+
+
+def poisson_rows(n: int, level: float = 10.0, t: int = YEARS, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).poisson(level, size=(n, t)).astype(float)
+
+
+@pytest.mark.parametrize("weeks_ago", [60, 30, 13, 5])  # 13 and 5: inside the holdout window
+def test_a_one_off_spike_is_capped_and_the_forecast_stays_at_the_products_level(weeks_ago):
+    # ~10 units a week and one week of 1,000,000: before capping the forecast was 100-10,000x too high
+    y = poisson_rows(1)
+    y[0, -weeks_ago] = 1_000_000.0
+    result = engine.forecast_batch(y, H)
+    assert result.outliers_capped.tolist() == [1]
+    assert 7.0 < result.forecast[0].mean() < 14.0
+    assert result.upper[0].max() < 30.0
+    assert result.accuracy[0] > 0.5  # scored on the capped history, not 0
+
+
+def test_a_spike_in_the_last_week_is_capped_to_ten_times_the_usual_week():
+    y = poisson_rows(1)
+    y[0, -1] = 1_000_000.0
+    result = engine.forecast_batch(y, H)
+    assert result.outliers_capped.tolist() == [1]
+    assert result.forecast[0].mean() < 10 * 10.0  # the spike counts as at most the ceiling
+
+
+def test_a_spike_among_zeros_and_tens_of_an_intermittent_product_is_capped():
+    rng = np.random.default_rng(4)
+    y = np.where(rng.random((1, YEARS)) < 0.2, 10.0, 0.0)
+    clean = engine.forecast_batch(y, H)
+    y[0, -30] = 1_000_000.0
+    result = engine.forecast_batch(y, H)
+    assert result.demand_class[0] == clean.demand_class[0] == "intermittent"
+    assert result.outliers_capped.tolist() == [1] and clean.outliers_capped.tolist() == [0]
+    assert result.forecast[0].mean() < 3 * clean.forecast[0].mean()
+
+
+def test_cap_outliers_lowers_only_the_spike_to_ten_times_the_median_week():
+    y = np.vstack([constant(10.0, YEARS), constant(10.0, YEARS)])
+    y[0, 100] = 1_000_000.0
+    capped, count = models.cap_outliers(y, models.first_demand_week(y))
+    assert count.tolist() == [1, 0]
+    assert capped[0, 100] == pytest.approx(100.0)
+    np.testing.assert_array_equal(np.delete(capped[0], 100), np.delete(y[0], 100))
+    np.testing.assert_array_equal(capped[1], y[1])
+
+
+def test_a_recurring_seasonal_peak_is_kept():
+    # One week a year at 20x the usual ~10 units, drifting by a week now and then, as a calendar
+    # event does against 52-week years; the next peak falls inside the forecast horizon.
+    y = poisson_rows(1)
+    peaks = [YEARS - 6 - 52 * k + (k % 2) for k in range(1, 7)]
+    y[0, peaks] = 200.0
+    result = engine.forecast_batch(y, H)
+    assert result.outliers_capped.tolist() == [0]
+    assert models.cap_outliers(y, models.first_demand_week(y))[1].tolist() == [0]
+    # the same peak in a single year is an outlier: what protects it is that it recurs
+    once = poisson_rows(1)
+    once[0, peaks[0]] = 200.0
+    assert models.cap_outliers(once, models.first_demand_week(once))[1].tolist() == [1]
+
+
+def test_a_plausible_promotion_is_kept():
+    # two weeks at 4x and 5x the usual level, and a one-week 5x promotion a year earlier
+    y = poisson_rows(1)
+    y[0, [-20, -19]] = [40.0, 50.0]
+    y[0, -80] = 50.0
+    result = engine.forecast_batch(y, H)
+    assert result.outliers_capped.tolist() == [0]
+
+
+def test_normal_lumps_of_an_intermittent_product_are_kept():
+    # orders in a fifth of the weeks, sizes log-normal around 5 units: lumps of 30-60 are normal
+    rng = np.random.default_rng(8)
+    y = np.where(rng.random((50, YEARS)) < 0.2, np.ceil(rng.lognormal(np.log(5.0), 0.8, (50, YEARS))), 0.0)
+    sizes = y[y > 0]
+    assert sizes.max() > 8 * np.median(sizes)  # the lumps are there
+    result = engine.forecast_batch(y, H)
+    assert set(result.demand_class) <= {"intermittent", "lumpy"}
+    assert result.outliers_capped.sum() == 0
+
+
+def test_a_new_level_is_not_read_as_outliers():
+    # 2 a week for years, then a jump to 40 a week that stays: neighbours vouch for it
+    y = poisson_rows(1, level=2.0)
+    y[0, -30:] = np.random.default_rng(1).poisson(40.0, 30)
+    result = engine.forecast_batch(y, H)
+    assert result.outliers_capped.tolist() == [0]
+    assert result.forecast[0].mean() > 30.0
+
+
+def test_clean_rows_are_forecast_exactly_as_without_capping(monkeypatch):
+    y = np.vstack([poisson_rows(20, level=lam, seed=s) for s, lam in enumerate((0.3, 3.0, 30.0))])
+    capped = engine.forecast_batch(y, H)
+    assert capped.outliers_capped.sum() == 0
+    monkeypatch.setattr(models, "cap_outliers", lambda y, start: (y, np.zeros(len(y), dtype=np.int64)))
+    plain = engine.forecast_batch(y, H)
+    for name in ("forecast", "lower", "upper", "accuracy"):
+        np.testing.assert_array_equal(getattr(capped, name), getattr(plain, name), err_msg=name)
