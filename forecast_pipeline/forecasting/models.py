@@ -31,6 +31,7 @@ OUTLIER_LOG_SPREADS = 5.0
 OUTLIER_NEIGHBOUR_WEEKS = 8
 OUTLIER_TRIMMED = 2
 OUTLIER_RECURRENCE_RATIO = 3.0
+OUTLIER_RECURRENCES = 2
 OUTLIER_MIN_DEMAND_WEEKS = 8
 
 
@@ -95,7 +96,9 @@ def cap_outliers(y: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarr
       first demand) without the ``OUTLIER_TRIMMED`` largest of them: a new level or a season
       spanning weeks vouches for itself, a run of up to three errors does not;
     - ``OUTLIER_RECURRENCE_RATIO`` times the highest week within one week of the same position
-      in any other year: a peak that recurs is kept.
+      in any other year, and times the ``OUTLIER_RECURRENCES``-th highest week outside those
+      neighbours: a peak that recurs (a season, a yearly bulk order) is kept, and so are three
+      spikes of a kind in one history.
 
     A spike is lowered to the highest of those bounds (its ceiling), not removed, so a week just
     above the ceiling and one just below it count the same. Rows with fewer than
@@ -118,6 +121,12 @@ def cap_outliers(y: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarr
     ceiling = np.maximum(ceiling, OUTLIER_RATIO * _trimmed_neighbour_mean(block, start[rows]))
     ceiling = np.maximum(ceiling, OUTLIER_RECURRENCE_RATIO * _same_weeks_other_years(block))
     capped = block > ceiling
+    row, col = np.nonzero(capped)
+    if len(row):  # only the weeks still capped: a few per spiky row
+        far = np.abs(np.arange(t)[None, :] - col[:, None]) > OUTLIER_NEIGHBOUR_WEEKS
+        elsewhere = np.sort(np.where(far, block[row], 0.0), axis=1)[:, -OUTLIER_RECURRENCES]
+        ceiling[row, col] = np.maximum(ceiling[row, col], OUTLIER_RECURRENCE_RATIO * elsewhere)
+        capped = block > ceiling
     counts[rows] = capped.sum(axis=1)
     y = y.copy()
     y[rows] = np.where(capped, ceiling, block)
