@@ -505,3 +505,13 @@ def test_clean_rows_are_forecast_exactly_as_without_capping(monkeypatch):
     plain = engine.forecast_batch(y, H)
     for name in ("forecast", "lower", "upper", "accuracy"):
         np.testing.assert_array_equal(getattr(capped, name), getattr(plain, name), err_msg=name)
+
+
+def test_neighbour_means_in_row_chunks_equal_one_pass():
+    y = poisson_rows(30, level=3.0, t=200)
+    y[:, :20] = 0.0
+    y[::3, 100] = 500.0
+    start = models.first_demand_week(y)
+    np.testing.assert_array_equal(
+        models._trimmed_neighbour_mean(y, start, chunk_rows=7), models._trimmed_neighbour_mean(y, start, chunk_rows=100)
+    )

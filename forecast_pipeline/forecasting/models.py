@@ -103,7 +103,7 @@ def cap_outliers(y: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarr
     A spike is lowered to the highest of those bounds (its ceiling), not removed, so a week just
     above the ceiling and one just below it count the same. Rows with fewer than
     ``OUTLIER_MIN_DEMAND_WEEKS`` weeks of demand are left alone. Only rows with a week above the
-    first bound go through the other two.
+    first bound go through the others (a few per thousand products on the demo data).
     """
     n, t = y.shape
     counts = np.zeros(n, dtype=np.int64)
@@ -147,9 +147,16 @@ def _sorted_row_log_quantiles(ordered: np.ndarray, count: np.ndarray, qs: tuple[
     return out
 
 
-def _trimmed_neighbour_mean(y: np.ndarray, start: np.ndarray) -> np.ndarray:
+def _trimmed_neighbour_mean(y: np.ndarray, start: np.ndarray, chunk_rows: int = 500) -> np.ndarray:
     """Per week, the mean of the ``OUTLIER_NEIGHBOUR_WEEKS`` weeks each side since first demand
-    (itself excluded) without their ``OUTLIER_TRIMMED`` largest values; 0 where none are left."""
+    (itself excluded) without their ``OUTLIER_TRIMMED`` largest values; 0 where none are left.
+    Rows go ``chunk_rows`` at a time: the windows are (rows x weeks x 17) arrays."""
+    if len(y) > chunk_rows:
+        parts = [
+            _trimmed_neighbour_mean(y[i : i + chunk_rows], start[i : i + chunk_rows])
+            for i in range(0, len(y), chunk_rows)
+        ]
+        return np.concatenate(parts)
     n, t = y.shape
     w = OUTLIER_NEIGHBOUR_WEEKS
     padded = np.full((n, t + 2 * w), np.nan)
