@@ -43,7 +43,7 @@ class ForecastRun:
     class_counts: dict[str, int]
     mean_accuracy: float | None
     holdout_wape: float | None
-    outliers_capped: int = 0  # weeks lowered to their ceiling before fitting, over the forecast products
+    outliers_capped: int = 0  # weeks capped as one-off spikes before fitting, over the forecast products
     timings: dict[str, float] = field(default_factory=dict)
     requested_products: list[int] | None = None  # None: every eligible product
     last_run_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
@@ -201,7 +201,7 @@ def forecast_payload(
     outliers_capped: int = 0,
 ) -> dict:
     """The legacy worker's cached JSON, field for field, plus ``demand_class``,
-    ``interval_level`` and ``outliers_capped`` (weeks of history lowered before fitting) in
+    ``interval_level`` and ``outliers_capped`` (weeks of history capped before fitting) in
     ``model_metadata``."""
     predictions = []
     weekly_active = int(round(weekly_buyers))

@@ -5,10 +5,10 @@ How a product's forecast is decided (the README repeats this for users):
 1. **Status.** A row with a non-finite quantity is an ``error``; fewer than
    ``MIN_HISTORY_WEEKS`` weeks since its first demand, or no demand at all, is ``no_forecast``.
    **Spikes.** One-off spikes (a data-entry error of 1,000,000 units for a product that sells
-   ~10 a week) are lowered to a ceiling by ``models.cap_outliers`` before anything else: the
-   capped history is what every later step (class, fits, holdout choice and accuracy, intervals)
-   sees. Recurring peaks, plausible promotions, normal lumps and new levels are kept; the number
-   of capped weeks is ``outliers_capped``.
+   ~10 a week) are replaced by a typical week by ``models.cap_outliers`` before anything else:
+   the capped history is what every later step (class, fits, holdout choice and accuracy,
+   intervals) sees. Recurring peaks, plausible promotions, normal lumps and new levels are kept;
+   the number of capped weeks is ``outliers_capped``.
 2. **Demand class** (Syntetos-Boylan, on the last two years since first demand): ``smooth``,
    ``erratic``, ``intermittent`` or ``lumpy`` from ADI (1.32) and CV² (0.49); ``short`` below
    ``SHORT_HISTORY_WEEKS`` weeks.
@@ -96,7 +96,7 @@ class BatchForecast:
     history_weeks: np.ndarray
     holdout_abs_error: np.ndarray  # sum |actual - forecast| over the holdout, for run metrics
     holdout_actual: np.ndarray  # sum of actuals over the holdout
-    outliers_capped: np.ndarray  # weeks lowered by models.cap_outliers before fitting
+    outliers_capped: np.ndarray  # weeks replaced by models.cap_outliers before fitting
 
 
 def classify(y: np.ndarray, start: np.ndarray) -> np.ndarray:

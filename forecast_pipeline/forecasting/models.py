@@ -102,11 +102,11 @@ def cap_outliers(y: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
     A spike is replaced by the typical week around it: the larger of the median week with demand
     and the trimmed neighbour mean above (so an intermittent product's spike becomes an ordinary
-    order, a growing product's its current level). Lowering it only to the bound instead left
-    spiked demo products' forecasts 26% too high (benchmarks/spike_backtest.py). Rows with fewer
-    than ``OUTLIER_MIN_DEMAND_WEEKS`` weeks of demand are left alone: with fewer, the upper
-    quartile would be the spike itself. Only rows with a week above the first bound go through
-    the others (a few per thousand products on the demo data).
+    order, a growing product's its current level): a week lowered only to the bound still lifts
+    a level or a season index (benchmarks/RESULTS.md). Rows with fewer than
+    ``OUTLIER_MIN_DEMAND_WEEKS`` weeks of demand are left alone: with fewer, the upper quartile
+    would be the spike itself. Only rows with a week above the first bound go through the others,
+    which keeps the cost to one sort per row for clean data.
     """
     n, t = y.shape
     counts = np.zeros(n, dtype=np.int64)
@@ -115,23 +115,23 @@ def cap_outliers(y: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarr
     sizes = np.sort(np.where(positive, y, np.inf), axis=1)  # log only the few values used: it is slow
     q25, median, q75 = _sorted_row_log_quantiles(sizes, demand_weeks, (0.25, 0.5, 0.75))
     spread = (q75 - q25) / 1.349
-    ceiling = np.exp(median + np.maximum(np.log(OUTLIER_RATIO), OUTLIER_LOG_SPREADS * spread))
-    ceiling = np.where(demand_weeks >= OUTLIER_MIN_DEMAND_WEEKS, ceiling, np.inf)[:, None]
-    rows = np.flatnonzero((y > ceiling).any(axis=1))
+    bound = np.exp(median + np.maximum(np.log(OUTLIER_RATIO), OUTLIER_LOG_SPREADS * spread))
+    bound = np.where(demand_weeks >= OUTLIER_MIN_DEMAND_WEEKS, bound, np.inf)[:, None]
+    rows = np.flatnonzero((y > bound).any(axis=1))
     if not len(rows):
         return y, counts
-    block, ceiling = y[rows], ceiling[rows]
+    block, bound = y[rows], bound[rows]
     neighbours = _trimmed_neighbour_mean(block, start[rows])
     typical = np.maximum(np.exp(median[rows])[:, None], neighbours)
-    ceiling = np.maximum(ceiling, OUTLIER_RATIO * neighbours)
-    ceiling = np.maximum(ceiling, OUTLIER_RECURRENCE_RATIO * _same_weeks_other_years(block))
-    capped = block > ceiling
+    bound = np.maximum(bound, OUTLIER_RATIO * neighbours)
+    bound = np.maximum(bound, OUTLIER_RECURRENCE_RATIO * _same_weeks_other_years(block))
+    capped = block > bound
     row, col = np.nonzero(capped)
     if len(row):  # only the weeks still capped: a few per spiky row
         far = np.abs(np.arange(t)[None, :] - col[:, None]) > OUTLIER_NEIGHBOUR_WEEKS
         elsewhere = np.sort(np.where(far, block[row], 0.0), axis=1)[:, -OUTLIER_RECURRENCES]
-        ceiling[row, col] = np.maximum(ceiling[row, col], OUTLIER_RECURRENCE_RATIO * elsewhere)
-        capped = block > ceiling
+        bound[row, col] = np.maximum(bound[row, col], OUTLIER_RECURRENCE_RATIO * elsewhere)
+        capped = block > bound
     counts[rows] = capped.sum(axis=1)
     y = y.copy()
     y[rows] = np.where(capped, typical, block)
