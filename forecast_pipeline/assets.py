@@ -353,6 +353,7 @@ def _run_figures(run: ForecastRun) -> dict:
         "no_forecast": run.no_forecast,
         "failure_rate": round(run.failure_rate, 4),
         "compute_seconds": round(run.elapsed_seconds, 3),
+        "outliers_capped": run.outliers_capped,
     }
     if run.mean_accuracy is not None:
         figures["mean_accuracy_estimate"] = round(run.mean_accuracy, 4)

@@ -55,6 +55,8 @@ class MethodScores:
     demand_class: list[np.ndarray] = field(default_factory=list)
     seconds: float = 0.0
     fits: int = 0
+    outliers_capped: int = 0  # weeks the engine capped as one-off spikes, over all origins
+    series_capped: int = 0  # series x origins with at least one
 
     def add(self, err, scale, fc, actual, demand_class, covered=None) -> None:
         self.abs_error.append(np.abs(err).sum(axis=1))
@@ -165,6 +167,8 @@ def run_backtest(
         methods["engine"].seconds += time.perf_counter() - started
         methods["engine"].fits += len(history)
         ok = batch.status == "success"
+        methods["engine"].outliers_capped += int(batch.outliers_capped[ok].sum())
+        methods["engine"].series_capped += int((batch.outliers_capped[ok] > 0).sum())
         start = models.first_demand_week(history)
         scale = naive_scale(history, start)
         covered = ((actual >= batch.lower - 1e-9) & (actual <= batch.upper + 1e-9)).sum(axis=1).astype(float)
@@ -325,6 +329,12 @@ def format_result(result: BacktestResult) -> str:
             )
     eng, naive = tables.get("engine", {}).get("all"), tables.get("seasonal_naive", {}).get("all")
     lines.append("")
+    if eng:
+        e = result.methods["engine"]
+        lines.append(
+            f"One-off spikes capped by the engine before fitting: {e.outliers_capped:,} weeks "
+            f"in {e.series_capped:,} of {e.fits:,} series x origins."
+        )
     if eng and naive:
         lines.append(f"Engine vs seasonal naive, all series: MASE {eng['mase'] / naive['mase'] - 1:+.1%}.")
     on_sample, hw = tables.get("engine_on_hw_sample", {}).get("all"), tables.get("holt_winters", {}).get("all")

@@ -68,6 +68,14 @@ def test_a_pure_season_is_forecast_exactly_by_seasonal_naive_and_closely_by_the_
     assert "speed not compared" in backtest.format_result(result)
 
 
+def test_the_report_counts_the_spikes_the_engine_capped():
+    y = seasonal_rows(5 * models.SEASON_LENGTH)
+    y[1, 200] = 1_000_000.0  # in the last two years of every origin's history
+    result = backtest.run_backtest(y, label="one spike", origins=3, step=H, horizon=H, hw_sample=0)
+    assert "capped by the engine before fitting: 3 weeks in 3 of 12 series x origins" in backtest.format_result(result)
+    assert abs(result.tables()["engine"]["all"]["bias"]) < 0.05  # uncapped: forecasts 34x the actuals
+
+
 def test_on_white_noise_the_engine_beats_seasonal_naive_and_its_intervals_hold():
     rng = np.random.default_rng(1)
     y = rng.poisson(20.0, size=(300, 4 * models.SEASON_LENGTH)).astype(float)

@@ -132,3 +132,20 @@ def test_active_customers_excludes_churned_buyers():
     assert weekly[0] == pytest.approx(1.0 + 1 / 13)
     assert weekly[1] == pytest.approx(0.25)  # gap = (41 - 5) / 9 = 4 weeks -> 1/4 per week
     assert weekly[2] == 0
+
+
+def test_capped_outliers_are_counted_per_forecast_and_per_run():
+    from forecast_pipeline.assets import _run_figures
+
+    y = _steady(4, weeks=300)
+    y[0, 250] = 1_000_000.0  # a data-entry error
+    y[2, [100, 200]] = 50_000.0  # two of them
+    y[3] = 0.0  # no forecast: nothing to count
+    run = run_forecasts(y, [1, 2, 3, 4], np.zeros(4), np.zeros(4), dt.date(2025, 11, 10), 12, workers=1)
+    capped = {p["product_id"]: p["model_metadata"]["outliers_capped"] for p in run.payloads}
+    assert capped == {1: 1, 2: 0, 3: 2}
+    assert run.outliers_capped == 3
+    assert run.redis_metadata()["outliers_capped"] == 3
+    assert _run_figures(run)["outliers_capped"] == 3
+    first = run.payloads[0]
+    assert first["summary"]["avg_weekly_quantity"] < 20  # ~10 a week, not ~10,000

@@ -240,3 +240,19 @@ def test_a_full_rerun_replaces_the_date_and_a_subset_run_touches_only_its_produc
     assert set(prediction_rows(book)) == set(range(1, 23)) - {7}
     rows = result.asset_materializations_for_node("forecast_predictions")[0].metadata["rows"].value
     assert rows == 12
+
+
+# --- one-off spikes, end to end ----------------------------------------------------------------
+
+
+def test_a_data_entry_spike_is_capped_and_counted_through_redis(pg, redis_client, instance):
+    orders = Orders(pg)
+    orders.weekly(8, customers=[1, 2], weeks=80, quantity=10.0)
+    orders.add(1, 8, AS_OF - dt.timedelta(days=7 * 30 + 3), 1_000_000.0)  # one mistyped week
+    result = run(pg, instance)
+    assert result.success
+    doc = json.loads(redis_client.get("forecast:8"))
+    assert doc["model_metadata"]["outliers_capped"] == 1
+    assert doc["summary"]["avg_weekly_quantity"] == pytest.approx(10.0, rel=0.2)
+    assert json.loads(redis_client.get("forecast:metadata:last_run"))["outliers_capped"] == 1
+    assert result.asset_materializations_for_node("product_forecasts")[0].metadata["outliers_capped"].value == 1

@@ -332,10 +332,12 @@ def test_forecast_batch_intervals_cover_about_80_percent_of_noise():
 def test_forecast_batch_blocks_give_the_same_answer_as_one_pass(monkeypatch):
     rng = np.random.default_rng(5)
     y = np.vstack([rng.poisson(lam, T) for lam in (0.2, 1, 3, 8, 20, 0.5, 2)]).astype(float)
+    y[4, 150] = 10_000.0  # a spike in the second block
     whole = engine.forecast_batch(y, H)
     monkeypatch.setattr(engine, "BLOCK_ROWS", 3)
     blocks = engine.forecast_batch(y, H)
-    for name in ("forecast", "lower", "upper", "accuracy", "holdout_abs_error"):
+    assert whole.outliers_capped.tolist() == [0, 0, 0, 0, 1, 0, 0]
+    for name in ("forecast", "lower", "upper", "accuracy", "holdout_abs_error", "outliers_capped"):
         np.testing.assert_allclose(getattr(blocks, name), getattr(whole, name), err_msg=name)
     assert blocks.model.tolist() == whole.model.tolist()
     assert blocks.status.tolist() == whole.status.tolist()
@@ -383,3 +385,141 @@ def test_seasonal_intervals_come_from_a_season_estimated_out_of_sample(monkeypat
     assert 0.72 <= out_of_sample <= 0.88
     monkeypatch.setattr(engine, "SEASON_PREFIX_WEEKS", 10**6)  # never: the season of the full history
     assert coverage() < out_of_sample - 0.03
+
+
+# --- one-off spikes (data-entry errors) -------------------------------------------------------------
+
+YEARS = 7 * models.SEASON_LENGTH  # seven years of weeks, as a real history read has
+
+
+def poisson_rows(n: int, level: float = 10.0, t: int = YEARS, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).poisson(level, size=(n, t)).astype(float)
+
+
+@pytest.mark.parametrize("weeks_ago", [60, 30, 13, 5, 1])  # 13, 5 and 1: inside the holdout window
+def test_a_one_off_spike_is_capped_and_the_forecast_stays_at_the_products_level(weeks_ago):
+    # ~10 units a week and one week of 1,000,000: before capping the forecast was 100-10,000x too high
+    y = poisson_rows(1)
+    y[0, -weeks_ago] = 1_000_000.0
+    result = engine.forecast_batch(y, H)
+    assert result.outliers_capped.tolist() == [1]
+    assert 7.0 < result.forecast[0].mean() < 14.0
+    assert result.upper[0].max() < 30.0
+    assert result.accuracy[0] > 0.5  # scored on the capped history: 0 before
+
+
+def test_a_spike_among_zeros_and_tens_of_an_intermittent_product_is_capped():
+    rng = np.random.default_rng(4)
+    y = np.where(rng.random((1, YEARS)) < 0.2, 10.0, 0.0)
+    clean = engine.forecast_batch(y, H)
+    y[0, -30] = 1_000_000.0
+    result = engine.forecast_batch(y, H)
+    assert result.demand_class[0] == clean.demand_class[0] == "intermittent"
+    assert result.outliers_capped.tolist() == [1] and clean.outliers_capped.tolist() == [0]
+    assert result.forecast[0].mean() < 1.5 * clean.forecast[0].mean()
+
+
+def test_a_spike_is_caught_in_a_product_with_only_six_weeks_of_demand():
+    # eligible (3 orders, 2 customers) but sparse: the spike would be its whole forecast
+    y = np.zeros((1, YEARS))
+    y[0, [40, 90, 150, 220, 300, 350]] = [12.0, 8.0, 10.0, 1_000_000.0, 9.0, 11.0]
+    result = engine.forecast_batch(y, H)
+    assert result.outliers_capped.tolist() == [1]
+    assert result.forecast[0].sum() < 50.0
+
+
+def test_a_run_of_three_errors_cannot_vouch_for_itself():
+    y = poisson_rows(1)
+    y[0, -40:-37] = 1_000_000.0
+    result = engine.forecast_batch(y, H)
+    assert result.outliers_capped.tolist() == [3]
+    assert 7.0 < result.forecast[0].mean() < 14.0
+
+
+def test_errors_years_apart_are_each_capped_but_a_yearly_bulk_order_is_kept():
+    y = poisson_rows(2, level=5.0)
+    y[0, [60, 200]] = 1_000_000.0  # two errors: neither vouches for the other
+    y[1, [40, 100, 170, 230, 300, 350]] = [900.0, 1000.0, 1200.0, 800.0, 1000.0, 1100.0]  # never the same week
+    capped, count = models.cap_outliers(y, models.first_demand_week(y))
+    assert count.tolist() == [2, 0]
+    np.testing.assert_array_equal(capped[1], y[1])
+
+
+def test_cap_outliers_replaces_only_the_spike_with_the_typical_week():
+    cols = np.arange(YEARS)
+    steady = constant(10.0, YEARS)
+    intermittent = np.where(cols % 5 == 0, 10.0, 0.0)
+    grown = np.where(cols < 250, 10.0, 30.0)
+    y = np.vstack([steady, steady, intermittent, grown])
+    y[0, 100] = y[2, 101] = y[3, 300] = 1_000_000.0
+    capped, count = models.cap_outliers(y, models.first_demand_week(y))
+    assert count.tolist() == [1, 0, 1, 1]
+    assert capped[0, 100] == pytest.approx(10.0)
+    assert capped[2, 101] == pytest.approx(10.0)  # the median order, not its neighbours' mean (mostly empty weeks)
+    assert capped[3, 300] == pytest.approx(30.0)  # its neighbours, above the median week (10)
+    untouched = np.ones_like(y, dtype=bool)
+    untouched[[0, 2, 3], [100, 101, 300]] = False
+    np.testing.assert_array_equal(capped[untouched], y[untouched])
+
+
+def test_a_seasonal_peak_is_kept_once_it_has_come_back_in_another_year():
+    # One week a year at 20x the usual ~10 units in the last two years, a week apart (a calendar
+    # event drifts against 52-week years); the next one falls inside the forecast horizon.
+    y = poisson_rows(1)
+    peaks = [YEARS - 6 - 52, YEARS - 6 - 104 + 1]
+    y[0, peaks] = 200.0
+    result = engine.forecast_batch(y, H)
+    assert result.outliers_capped.tolist() == [0]
+    # the same peak in a single year is an outlier: what protects it is that it recurs
+    once = poisson_rows(1)
+    once[0, peaks[0]] = 200.0
+    assert models.cap_outliers(once, models.first_demand_week(once))[1].tolist() == [1]
+
+
+def test_a_plausible_promotion_is_kept():
+    # two weeks at 4x and 5x the usual level, and a one-week 5x promotion a year earlier
+    y = poisson_rows(1, level=50.0)
+    y[0, [-20, -19]] = [200.0, 250.0]
+    y[0, -80] = 250.0
+    result = engine.forecast_batch(y, H)
+    assert result.outliers_capped.tolist() == [0]
+
+
+def test_normal_lumps_of_an_intermittent_product_are_kept():
+    # orders in a fifth of the weeks, sizes log-normal around 5 units: lumps of 30-60 are normal
+    rng = np.random.default_rng(8)
+    y = np.where(rng.random((50, YEARS)) < 0.2, np.ceil(rng.lognormal(np.log(5.0), 0.8, (50, YEARS))), 0.0)
+    sizes = y[y > 0]
+    assert sizes.max() > 8 * np.median(sizes)  # the lumps are there
+    result = engine.forecast_batch(y, H)
+    assert set(result.demand_class) <= {"intermittent", "lumpy"}
+    assert result.outliers_capped.sum() == 0
+
+
+def test_a_new_level_is_not_read_as_outliers():
+    # 20 a week for years, then 400 a week for the last 8 weeks: neighbours vouch for each other
+    y = poisson_rows(1, level=20.0)
+    y[0, -8:] = np.random.default_rng(1).poisson(400.0, 8)
+    result = engine.forecast_batch(y, H)
+    assert result.outliers_capped.tolist() == [0]
+    assert result.forecast[0].mean() > 200.0
+
+
+def test_clean_rows_are_forecast_exactly_as_without_capping(monkeypatch):
+    y = np.vstack([poisson_rows(20, level=lam, seed=s) for s, lam in enumerate((0.3, 3.0, 30.0))])
+    capped = engine.forecast_batch(y, H)
+    assert capped.outliers_capped.sum() == 0
+    monkeypatch.setattr(models, "cap_outliers", lambda y, start: (y, np.zeros(len(y), dtype=np.int64)))
+    plain = engine.forecast_batch(y, H)
+    for name in ("forecast", "lower", "upper", "accuracy"):
+        np.testing.assert_array_equal(getattr(capped, name), getattr(plain, name), err_msg=name)
+
+
+def test_neighbour_means_in_row_chunks_equal_one_pass():
+    y = poisson_rows(30, level=3.0, t=200)
+    y[:, :20] = 0.0
+    y[::3, 100] = 500.0
+    start = models.first_demand_week(y)
+    np.testing.assert_array_equal(
+        models._trimmed_neighbour_mean(y, start, chunk_rows=7), models._trimmed_neighbour_mean(y, start, chunk_rows=100)
+    )

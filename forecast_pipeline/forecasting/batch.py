@@ -43,6 +43,7 @@ class ForecastRun:
     class_counts: dict[str, int]
     mean_accuracy: float | None
     holdout_wape: float | None
+    outliers_capped: int = 0  # weeks capped as one-off spikes before fitting, over the forecast products
     timings: dict[str, float] = field(default_factory=dict)
     requested_products: list[int] | None = None  # None: every eligible product
     data_quality: dict[str, int] = field(default_factory=dict)  # order-line rules applied, by kind
@@ -57,7 +58,8 @@ class ForecastRun:
         return sum(self.timings.values())
 
     def redis_metadata(self) -> dict:
-        """``forecast:metadata:last_run``: the legacy fields plus the failure rate and accuracy."""
+        """``forecast:metadata:last_run``: the legacy fields plus the failure rate, accuracy and
+        the number of capped outlier weeks."""
         return {
             "last_run": self.last_run_at,
             "as_of_date": self.as_of.isoformat(),
@@ -68,6 +70,7 @@ class ForecastRun:
             "elapsed_seconds": round(self.elapsed_seconds, 2),
             "failure_rate": round(self.failure_rate, 4),
             "mean_accuracy_estimate": None if self.mean_accuracy is None else round(self.mean_accuracy, 4),
+            "outliers_capped": self.outliers_capped,
             "data_quality": self.data_quality,
         }
 
@@ -141,6 +144,7 @@ def run_forecasts(
             accuracy=float(batch.accuracy[i]),
             historical_weeks=int(batch.history_weeks[i]),
             generated_at=generated_at,
+            outliers_capped=int(batch.outliers_capped[i]),
         )
         for i in np.flatnonzero(batch.status == "success")
     ]
@@ -160,6 +164,7 @@ def run_forecasts(
         class_counts=dict(Counter(str(c) for c in batch.demand_class[success])),
         mean_accuracy=float(batch.accuracy[success].mean()) if success.any() else None,
         holdout_wape=float(batch.holdout_abs_error[success].sum() / holdout_actual) if holdout_actual > 0 else None,
+        outliers_capped=int(batch.outliers_capped[success].sum()),
         timings={"model_seconds": model_seconds, "payload_seconds": time.perf_counter() - started},
     )
 
@@ -195,9 +200,11 @@ def forecast_payload(
     accuracy: float,
     historical_weeks: int,
     generated_at: str,
+    outliers_capped: int = 0,
 ) -> dict:
-    """The legacy worker's cached JSON, field for field, plus ``demand_class`` and
-    ``interval_level`` in ``model_metadata``."""
+    """The legacy worker's cached JSON, field for field, plus ``demand_class``,
+    ``interval_level`` and ``outliers_capped`` (weeks of history capped before fitting) in
+    ``model_metadata``."""
     predictions = []
     weekly_active = int(round(weekly_buyers))
     for week, (point, lo, hi) in enumerate(zip(forecast, lower, upper, strict=True)):
@@ -229,6 +236,7 @@ def forecast_payload(
             "forecast_accuracy_estimate": round(accuracy, 4),
             "interval_level": INTERVAL_LEVEL,
             "historical_weeks": historical_weeks,
+            "outliers_capped": outliers_capped,
             "generated_at": generated_at,
         },
     }
@@ -248,6 +256,7 @@ def _error_rows(n: int, horizon: int, message: str) -> BatchForecast:
         history_weeks=np.zeros(n, dtype=np.int64),
         holdout_abs_error=np.zeros(n),
         holdout_actual=np.zeros(n),
+        outliers_capped=np.zeros(n, dtype=np.int64),
     )
 
 
@@ -266,4 +275,5 @@ def _concat(parts: list[BatchForecast]) -> BatchForecast:
         history_weeks=np.concatenate([p.history_weeks for p in parts]),
         holdout_abs_error=np.concatenate([p.holdout_abs_error for p in parts]),
         holdout_actual=np.concatenate([p.holdout_actual for p in parts]),
+        outliers_capped=np.concatenate([p.outliers_capped for p in parts]),
     )

@@ -4,6 +4,11 @@ How a product's forecast is decided (the README repeats this for users):
 
 1. **Status.** A row with a non-finite quantity is an ``error``; fewer than
    ``MIN_HISTORY_WEEKS`` weeks since its first demand, or no demand at all, is ``no_forecast``.
+   **Spikes.** One-off spikes (a data-entry error of 1,000,000 units for a product that sells
+   ~10 a week) are replaced by a typical week by ``models.cap_outliers`` before anything else:
+   the capped history is what every later step (class, fits, holdout choice and accuracy,
+   intervals) sees. Recurring peaks, plausible promotions, normal lumps and new levels are kept;
+   the number of capped weeks is ``outliers_capped``.
 2. **Demand class** (Syntetos-Boylan, on the last two years since first demand): ``smooth``,
    ``erratic``, ``intermittent`` or ``lumpy`` from ADI (1.32) and CV² (0.49); ``short`` below
    ``SHORT_HISTORY_WEEKS`` weeks.
@@ -91,6 +96,7 @@ class BatchForecast:
     history_weeks: np.ndarray
     holdout_abs_error: np.ndarray  # sum |actual - forecast| over the holdout, for run metrics
     holdout_actual: np.ndarray  # sum of actuals over the holdout
+    outliers_capped: np.ndarray  # weeks replaced by models.cap_outliers before fitting
 
 
 def classify(y: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -142,6 +148,7 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     y = np.where(finite[:, None], np.clip(np.nan_to_num(y), 0.0, None), 0.0)
     start = models.first_demand_week(y)
     history_weeks = t - start
+    y, outliers = models.cap_outliers(y, start)
 
     status = np.full(n, "success", dtype=object)
     status[history_weeks < MIN_HISTORY_WEEKS] = "no_forecast"
@@ -245,6 +252,7 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         history_weeks=history_weeks,
         holdout_abs_error=np.where(idle, 0.0, holdout_err),
         holdout_actual=np.where(idle, 0.0, holdout_act),
+        outliers_capped=np.where(idle, 0, outliers),
     )
 
 

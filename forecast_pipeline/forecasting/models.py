@@ -26,6 +26,13 @@ DECOMP_YEARS = 4
 SH_ALPHAS = np.array([0.05, 0.1, 0.2, 0.3, 0.5])
 SH_BETAS = np.array([0.05, 0.2])
 SH_PHIS = np.array([0.9, 0.98])
+OUTLIER_RATIO = 10.0
+OUTLIER_LOG_SPREADS = 5.0
+OUTLIER_NEIGHBOUR_WEEKS = 8
+OUTLIER_TRIMMED = 2
+OUTLIER_RECURRENCE_RATIO = 3.0
+OUTLIER_RECURRENCES = 2
+OUTLIER_MIN_DEMAND_WEEKS = 5
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,109 @@ def first_demand_week(y: np.ndarray) -> np.ndarray:
     """Column of each row's first positive week; ``y.shape[1]`` for all-zero rows."""
     positive = y > 0
     return np.where(positive.any(axis=1), positive.argmax(axis=1), y.shape[1])
+
+
+def cap_outliers(y: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``y`` with one-off spikes replaced by a typical week, and the number of weeks replaced per row.
+
+    A week is a spike when it is above all of:
+
+    - ``OUTLIER_RATIO`` times the median of the row's weeks with demand, and
+      ``OUTLIER_LOG_SPREADS`` robust standard deviations (IQR / 1.349) of their logarithm above
+      it: zero weeks never count, and lumpy order sizes widen the bound;
+    - ``OUTLIER_RATIO`` times the mean of the ``OUTLIER_NEIGHBOUR_WEEKS`` weeks each side (since
+      first demand) without the ``OUTLIER_TRIMMED`` largest of them: a new level or a season
+      spanning weeks vouches for itself, a run of up to three errors does not;
+    - ``OUTLIER_RECURRENCE_RATIO`` times the highest week within one week of the same position
+      in any other year, and times the ``OUTLIER_RECURRENCES``-th highest week outside those
+      neighbours: a peak that recurs (a season, a yearly bulk order) is kept, and so are three
+      spikes of a kind in one history.
+
+    A spike is replaced by the typical week around it: the larger of the median week with demand
+    and the trimmed neighbour mean above (so an intermittent product's spike becomes an ordinary
+    order, a growing product's its current level): a week lowered only to the bound still lifts
+    a level or a season index (benchmarks/RESULTS.md). Rows with fewer than
+    ``OUTLIER_MIN_DEMAND_WEEKS`` weeks of demand are left alone: with fewer, the upper quartile
+    would be the spike itself. Only rows with a week above the first bound go through the others,
+    which keeps the cost to one sort per row for clean data.
+    """
+    n, t = y.shape
+    counts = np.zeros(n, dtype=np.int64)
+    positive = y > 0
+    demand_weeks = positive.sum(axis=1)
+    sizes = np.sort(np.where(positive, y, np.inf), axis=1)  # log only the few values used: it is slow
+    q25, median, q75 = _sorted_row_log_quantiles(sizes, demand_weeks, (0.25, 0.5, 0.75))
+    spread = (q75 - q25) / 1.349
+    bound = np.exp(median + np.maximum(np.log(OUTLIER_RATIO), OUTLIER_LOG_SPREADS * spread))
+    bound = np.where(demand_weeks >= OUTLIER_MIN_DEMAND_WEEKS, bound, np.inf)[:, None]
+    rows = np.flatnonzero((y > bound).any(axis=1))
+    if not len(rows):
+        return y, counts
+    block, bound = y[rows], bound[rows]
+    neighbours = _trimmed_neighbour_mean(block, start[rows])
+    typical = np.maximum(np.exp(median[rows])[:, None], neighbours)
+    bound = np.maximum(bound, OUTLIER_RATIO * neighbours)
+    bound = np.maximum(bound, OUTLIER_RECURRENCE_RATIO * _same_weeks_other_years(block))
+    capped = block > bound
+    row, col = np.nonzero(capped)
+    if len(row):  # only the weeks still capped: a few per spiky row
+        far = np.abs(np.arange(t)[None, :] - col[:, None]) > OUTLIER_NEIGHBOUR_WEEKS
+        elsewhere = np.sort(np.where(far, block[row], 0.0), axis=1)[:, -OUTLIER_RECURRENCES]
+        bound[row, col] = np.maximum(bound[row, col], OUTLIER_RECURRENCE_RATIO * elsewhere)
+        capped = block > bound
+    counts[rows] = capped.sum(axis=1)
+    y = y.copy()
+    y[rows] = np.where(capped, typical, block)
+    return y, counts
+
+
+def _sorted_row_log_quantiles(ordered: np.ndarray, count: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+    """Quantiles of the logarithm of the first ``count`` (positive) values of each sorted row."""
+    out = []
+    empty = count == 0
+    for q in qs:
+        pos = q * np.maximum(count - 1, 0)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, np.maximum(count - 1, 0))
+        a = np.log(np.where(empty, 1.0, np.take_along_axis(ordered, lo[:, None], axis=1)[:, 0]))
+        b = np.log(np.where(empty, 1.0, np.take_along_axis(ordered, hi[:, None], axis=1)[:, 0]))
+        out.append(a + (pos - lo) * (b - a))
+    return out
+
+
+def _trimmed_neighbour_mean(y: np.ndarray, start: np.ndarray, chunk_rows: int = 500) -> np.ndarray:
+    """Per week, the mean of the ``OUTLIER_NEIGHBOUR_WEEKS`` weeks each side since first demand
+    (itself excluded) without their ``OUTLIER_TRIMMED`` largest values; 0 where none are left.
+    Rows go ``chunk_rows`` at a time: the windows are (rows x weeks x 17) arrays."""
+    if len(y) > chunk_rows:
+        parts = [
+            _trimmed_neighbour_mean(y[i : i + chunk_rows], start[i : i + chunk_rows])
+            for i in range(0, len(y), chunk_rows)
+        ]
+        return np.concatenate(parts)
+    n, t = y.shape
+    w = OUTLIER_NEIGHBOUR_WEEKS
+    padded = np.full((n, t + 2 * w), np.nan)
+    padded[:, w : w + t] = np.where(np.arange(t)[None, :] >= start[:, None], y, np.nan)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1, axis=1).copy()
+    windows[:, :, w] = np.nan  # the week itself
+    ordered = np.sort(windows, axis=2)  # NaN last
+    kept = np.maximum(np.isfinite(windows).sum(axis=2) - OUTLIER_TRIMMED, 0)
+    sums = np.concatenate([np.zeros((n, t, 1)), np.nancumsum(ordered, axis=2)], axis=2)
+    total = np.take_along_axis(sums, kept[:, :, None], axis=2)[:, :, 0]
+    return np.where(kept > 0, total / np.maximum(kept, 1), 0.0)
+
+
+def _same_weeks_other_years(y: np.ndarray) -> np.ndarray:
+    """For every week, the highest value within one week of the same position in other years."""
+    around = y.copy()
+    around[:, 1:] = np.maximum(around[:, 1:], y[:, :-1])
+    around[:, :-1] = np.maximum(around[:, :-1], y[:, 1:])
+    other = np.zeros_like(y)
+    for shift in range(SEASON_LENGTH, y.shape[1], SEASON_LENGTH):
+        other[:, :-shift] = np.maximum(other[:, :-shift], around[:, shift:])
+        other[:, shift:] = np.maximum(other[:, shift:], around[:, :-shift])
+    return other
 
 
 def _initial_level(y: np.ndarray, start: np.ndarray, weeks: int = 8) -> np.ndarray:
