@@ -29,7 +29,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from forecast_pipeline import jobs_schema, order_history, predictions_store
+from forecast_pipeline import forecast_view, jobs_schema, order_history, predictions_store
 from forecast_pipeline.app_db import AppDatabase
 from forecast_pipeline.forecasting.batch import ForecastRun, run_forecasts
 from forecast_pipeline.forecasting.customers import active_customers
@@ -171,8 +171,9 @@ def product_forecasts(
     forecast_params: ForecastParameters,
     run_heartbeat: RunHeartbeat,
 ):
+    views: dict[str, dict] = {}  # each date's table and chart of its top forecasts
     runs = {
-        key: _forecast_one_date(context, config, eligible_products[key], key, source_db, forecast_params)
+        key: _forecast_one_date(context, config, eligible_products[key], key, source_db, forecast_params, views)
         for key in context.partition_keys
     }
     for key, run in runs.items():
@@ -208,6 +209,7 @@ def product_forecasts(
     for key, run in runs.items():  # each date's materialization carries that date's figures
         context.add_asset_metadata(
             {
+                **views[key],
                 **_run_figures(run),
                 "dagster/row_count": run.successful,
                 "models": MetadataValue.json(run.model_counts),
@@ -227,6 +229,7 @@ def _forecast_one_date(
     key: str,
     source_db: SourceDatabase,
     forecast_params: ForecastParameters,
+    views: dict[str, dict],
 ) -> ForecastRun:
     window = forecast_params.window(dt.date.fromisoformat(key))
     product_ids = eligible["product_id"].astype("int64").tolist()
@@ -274,6 +277,8 @@ def _forecast_one_date(
         progress=progress,
     )
     run.timings = {**timings, **run.timings}
+    # The chart needs the history, which the run does not keep: built here, attached if published.
+    views[key] = forecast_view.forecast_view_metadata(run.payloads, product_ids, weekly.matrix, window.as_of)
     run.requested_products = only
     run.data_quality = weekly.quality.summary()
     for kind, products in weekly.quality.examples(product_ids).items():
