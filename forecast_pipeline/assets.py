@@ -8,21 +8,26 @@ between steps as ``{partition_key: value}``.
 
 import datetime as dt
 import time
+import warnings
 
 import pandas as pd
 import sqlalchemy as sa
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetObservation,
+    AssetsDefinition,
     BackfillPolicy,
     Config,
     Failure,
     MaterializeResult,
     MetadataValue,
     Output,
+    PreviewWarning,
     TableColumn,
     TableSchema,
     asset,
@@ -63,6 +68,15 @@ FORECAST_SCHEMA = TableSchema(
     ]
 )
 FAILURE_RATE_CHECK = "failure_rate_within_limit"
+with warnings.catch_warnings():  # partitioned checks are "preview": nothing a user can act on
+    warnings.simplefilter("ignore", PreviewWarning)
+    FAILURE_RATE_SPEC = AssetCheckSpec(
+        FAILURE_RATE_CHECK,
+        asset="product_forecasts",
+        blocking=True,
+        description="Fails the run when more than FORECAST_MAX_FAILURE_RATE of the products errored.",
+        partitions_def=as_of_partitions,  # each result shows its as-of date
+    )
 ERRORS_LOGGED = 20
 
 
@@ -147,14 +161,7 @@ class ProductForecastsConfig(Config):
     group_name=GROUP,
     kinds={"python", "redis"},
     metadata={"dagster/column_schema": FORECAST_SCHEMA},
-    check_specs=[
-        AssetCheckSpec(
-            FAILURE_RATE_CHECK,
-            asset="product_forecasts",
-            blocking=True,
-            description="Fails the run when more than FORECAST_MAX_FAILURE_RATE of the products errored.",
-        )
-    ],
+    check_specs=[FAILURE_RATE_SPEC],
     description=(
         "12-week demand forecast per eligible product with 80% intervals, active customers and "
         "model metadata, cached in Redis under forecast:{product_id}. Figures per as-of date: "
@@ -182,22 +189,29 @@ def product_forecasts(
     failed = sum(r.failed for r in runs.values())
     rate, limit = (failed / total if total else 0.0), forecast_params.max_failure_rate
     errors = [(p, m) for r in runs.values() for p, m in r.errors][:ERRORS_LOGGED]
-    check = AssetCheckResult(
-        check_name=FAILURE_RATE_CHECK,
-        passed=rate <= limit,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "failure_rate": rate,
-            "max_failure_rate": limit,
-            "failed": failed,
-            "first_errors": MetadataValue.json({str(p): m for p, m in errors}),
+    passed = rate <= limit
+    checks = partition_check_results(
+        context.assets_def,
+        AssetCheckKey(context.asset_key, FAILURE_RATE_CHECK),
+        {
+            key: (
+                passed,  # the gate is the run's: a range run publishes all its dates or none
+                {
+                    "failure_rate": round(run.failure_rate, 4),
+                    "max_failure_rate": limit,
+                    "failed": run.failed,
+                    **({"run_failure_rate": round(rate, 4)} if len(runs) > 1 else {}),
+                    **({"first_errors": MetadataValue.json(dict(_first_errors(run)))} if run.errors else {}),
+                },
+            )
+            for key, run in runs.items()
         },
-        description=None if rate <= limit else f"{failed}/{total} products failed ({rate:.1%} > {limit:.1%})",
+        description=None if passed else f"{failed}/{total} products failed ({rate:.1%} > {limit:.1%})",
     )
     if rate > limit:
         # Write-audit-publish: nothing is published, so Redis and forecast_predictions keep the
         # previous forecasts of these dates and agree with each other.
-        yield check
+        yield from checks
         raise Failure(
             description=(
                 f"{failed} of {total} products failed ({rate:.1%} > FORECAST_MAX_FAILURE_RATE {limit:.1%}): "
@@ -219,7 +233,50 @@ def product_forecasts(
             partition_key=key,
         )
     yield Output(runs)
-    yield check
+    yield from checks
+
+
+def _first_errors(run: ForecastRun) -> list[tuple[str, str]]:
+    return [(str(p), m) for p, m in run.errors[:ERRORS_LOGGED]]
+
+
+def partition_check_results(
+    assets_def: AssetsDefinition,
+    check_key: AssetCheckKey,
+    results: dict[str, tuple[bool, dict]],
+    description: str | None = None,
+) -> list:
+    """One result of ``check_name`` per as-of date, each showing its date in the UI.
+
+    Dagster gives an ``AssetCheckResult`` the step's partition, which a range run's step does not
+    have (the result would be stored without one and each date's check left "planned"). A range
+    run therefore yields one ``AssetCheckEvaluation`` per date, then the check's output.
+    """
+    if len(results) == 1:
+        [(passed, metadata)] = results.values()
+        return [
+            AssetCheckResult(
+                asset_key=check_key.asset_key,
+                check_name=check_key.name,
+                passed=passed,
+                metadata=metadata,
+                description=description,
+            )
+        ]
+    events: list = [
+        AssetCheckEvaluation(
+            asset_key=check_key.asset_key,
+            check_name=check_key.name,
+            passed=passed,
+            metadata=metadata,
+            severity=AssetCheckSeverity.ERROR,
+            description=description,
+            blocking=assets_def.get_spec_for_check_key(check_key).blocking,
+            partition=key,
+        )
+        for key, (passed, metadata) in results.items()
+    ]
+    return [*events, Output(None, output_name=assets_def.get_output_name_for_asset_check_key(check_key))]
 
 
 def _forecast_one_date(

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from dagster import DagsterInstance, MarkdownMetadataValue, TableMetadataValue, materialize
+from dagster import AssetCheckKey, DagsterInstance, MarkdownMetadataValue, TableMetadataValue, materialize
 
 from forecast_pipeline import forecast_cache, forecast_view
 from forecast_pipeline.assets import eligible_products, product_forecasts
@@ -16,6 +16,7 @@ from forecast_pipeline_tests.conftest import AS_OF, engine_url, forecast_resourc
 
 SVG = "{http://www.w3.org/2000/svg}"
 SPIKE_PRODUCT = 40
+CHECKS = ("failure_rate_within_limit", "cached_forecasts_well_formed")
 
 
 def _svg(markdown: str) -> ET.Element:
@@ -96,7 +97,18 @@ def test_each_date_of_a_range_run_shows_its_top_forecasts_and_their_charts(book,
                 "dagster/asset_partition_range_end": days[-1].isoformat(),
             },
         )
+        history = {
+            name: instance.event_log_storage.get_asset_check_execution_history(
+                AssetCheckKey(product_forecasts.key, name), limit=10
+            )
+            for name in CHECKS
+        }
     assert result.success
+    # no date's check is left "planned" (a range step has no partition of its own)
+    for name, records in history.items():
+        assert sorted((r.partition, r.status.value) for r in records) == [(d.isoformat(), "SUCCEEDED") for d in days], (
+            name
+        )
     materializations = {m.partition: m.metadata for m in result.asset_materializations_for_node("product_forecasts")}
     assert set(materializations) == {d.isoformat() for d in days}
     for partition, metadata in materializations.items():
@@ -134,3 +146,28 @@ def test_each_date_of_a_range_run_shows_its_top_forecasts_and_their_charts(book,
             else:  # a constant weekly order is a flat line
                 assert len(set(heights)) == 1, (product, heights)
         assert f"forecast_chart_{forecast_view.CHART_PRODUCTS + 1}" not in metadata
+    # each date's check results carry that date (a range run's step has no partition of its own)
+    checks = {(e.check_name, e.partition): e for e in result.get_asset_check_evaluations()}
+    assert set(checks) == {(name, d.isoformat()) for name in CHECKS for d in days}
+    assert all(e.passed for e in checks.values())
+    assert checks[("cached_forecasts_well_formed", days[0].isoformat())].metadata["cached_forecasts"].value == 23
+
+
+@pytest.mark.integration
+def test_check_results_name_their_partition_and_leave_out_empty_examples(book, redis_client):
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [eligible_products, product_forecasts, cached_forecasts_well_formed],
+            partition_key=AS_OF.isoformat(),
+            resources=forecast_resources(engine_url(book)),
+            instance=instance,
+        )
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    assert set(evaluations) == {"failure_rate_within_limit", "cached_forecasts_well_formed"}
+    for name, evaluation in evaluations.items():
+        assert evaluation.passed, name
+        assert evaluation.partition == AS_OF.isoformat(), name
+    well_formed = evaluations["cached_forecasts_well_formed"].metadata
+    assert well_formed["cached_forecasts"].value == 23 and well_formed["malformed"].value == 0
+    assert "examples" not in well_formed
+    assert "first_errors" not in evaluations["failure_rate_within_limit"].metadata
