@@ -28,7 +28,8 @@ def top_payloads(payloads: Sequence[dict], n: int) -> list[dict]:
 
 
 def _number(value: float) -> str:
-    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}"
+    """Short enough for a table cell: whole units from 10 up, one decimal below."""
+    return f"{value:,.0f}" if abs(value) >= 10 or value == 0 else f"{value:.1f}"
 
 
 def table_schema(weeks: int) -> TableSchema:

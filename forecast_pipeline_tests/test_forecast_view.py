@@ -58,11 +58,12 @@ def _payload(product_id: int, total: float) -> dict:
 
 def test_the_table_lists_the_largest_totals_first_with_each_week_and_its_interval():
     payloads = [_payload(p, total) for p, total in ((1, 10.0), (2, 300.0), (3, 300.0), (4, 50.0))]
+    assert forecast_view.table_records([payloads[0]])[0].data["week_1"] == "0.8\u00a0(0.4\u20111.2)"
     top = forecast_view.top_payloads(payloads, 3)
     assert [doc["product_id"] for doc in top] == [2, 3, 4]  # equal totals: lower id first
     record = forecast_view.table_records(top)[0].data
     assert record["product_id"] == 2 and record["total"] == 300.0
-    assert record["week_1"] == "25.0\u00a0(12.5\u201137.5)"
+    assert record["week_1"] == "25\u00a0(12\u201138)"
 
 
 def test_a_chart_stays_under_the_uis_inline_markdown_limit_for_large_numbers_and_ids():
