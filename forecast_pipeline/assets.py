@@ -178,11 +178,12 @@ def product_forecasts(
     forecast_params: ForecastParameters,
     run_heartbeat: RunHeartbeat,
 ):
-    views: dict[str, dict] = {}  # each date's table and chart of its top forecasts
-    runs = {
-        key: _forecast_one_date(context, config, eligible_products[key], key, source_db, forecast_params, views)
+    dated = {
+        key: _forecast_one_date(context, config, eligible_products[key], key, source_db, forecast_params)
         for key in context.partition_keys
     }
+    runs = {key: run for key, (run, _) in dated.items()}
+    views = {key: view for key, (_, view) in dated.items()}  # each date's table and charts of its top forecasts
     for key, run in runs.items():
         context.log_event(AssetObservation(asset_key=context.asset_key, partition=key, metadata=_run_figures(run)))
     total = sum(r.total for r in runs.values())
@@ -246,7 +247,7 @@ def partition_check_results(
     results: dict[str, tuple[bool, dict]],
     description: str | None = None,
 ) -> list:
-    """One result of ``check_name`` per as-of date, each showing its date in the UI.
+    """One result of the check per as-of date, each showing its date in the UI.
 
     Dagster gives an ``AssetCheckResult`` the step's partition, which a range run's step does not
     have (the result would be stored without one and each date's check left "planned"). A range
@@ -286,8 +287,9 @@ def _forecast_one_date(
     key: str,
     source_db: SourceDatabase,
     forecast_params: ForecastParameters,
-    views: dict[str, dict],
-) -> ForecastRun:
+) -> tuple[ForecastRun, dict]:
+    """The date's forecasts, and the UI's table and charts of them (they need the history, which
+    the run does not keep; attached only if the date is published)."""
     window = forecast_params.window(dt.date.fromisoformat(key))
     product_ids = eligible["product_id"].astype("int64").tolist()
     only = None
@@ -334,8 +336,7 @@ def _forecast_one_date(
         progress=progress,
     )
     run.timings = {**timings, **run.timings}
-    # The chart needs the history, which the run does not keep: built here, attached if published.
-    views[key] = forecast_view.forecast_view_metadata(run.payloads, product_ids, weekly.matrix, window.as_of)
+    view = forecast_view.forecast_view_metadata(run.payloads, product_ids, weekly.matrix, window.as_of)
     run.requested_products = only
     run.data_quality = weekly.quality.summary()
     for kind, products in weekly.quality.examples(product_ids).items():
@@ -352,7 +353,7 @@ def _forecast_one_date(
         f"{key}: forecast {run.total} products: {run.successful} succeeded, {run.no_forecast} no forecast, "
         f"{run.failed} failed"
     )
-    return run
+    return run, view
 
 
 @asset(
