@@ -78,8 +78,16 @@ def chart_markdown(doc: dict, history: Sequence[float], as_of: dt.date) -> str:
     """One product's recent weekly demand, forecast and 80% band as a Markdown image.
 
     Kept under the UI's inline limit: integer coordinates, relative path steps, named colours and
-    a percent-encoded (not base64) ``data:`` URI.
+    a percent-encoded (not base64) ``data:`` URI; a history too jagged to fit is shortened.
     """
+    for weeks in (len(history), 20, 13):
+        markdown = _chart_markdown(doc, history[-weeks:], as_of)
+        if len(markdown) < INLINE_MARKDOWN_LIMIT:
+            break
+    return markdown
+
+
+def _chart_markdown(doc: dict, history: Sequence[float], as_of: dt.date) -> str:
     predictions = doc["predictions"]
     point = [p["predicted_quantity"] for p in predictions]
     low = [p["confidence_lower"] for p in predictions]

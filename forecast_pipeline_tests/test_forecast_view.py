@@ -73,6 +73,16 @@ def test_a_chart_stays_under_the_uis_inline_markdown_limit_for_large_numbers_and
     markdown = forecast_view.chart_markdown(doc, history, AS_OF)
     assert len(markdown) < forecast_view.INLINE_MARKDOWN_LIMIT
     assert f"product {2**63 - 1}" in _svg(markdown).find(f"{SVG}text").text
+    # the most jagged series: every step from zero to the top of the scale and back
+    for week, p in enumerate(doc["predictions"]):
+        p["confidence_lower"], p["predicted_quantity"], p["confidence_upper"] = (
+            (0, 5e5, 1e6) if week % 2 else (5e4, 1e5, 2e5)
+        )
+    jagged = [1e6 * (week % 2) for week in range(forecast_view.CHART_HISTORY_WEEKS)]
+    markdown = forecast_view.chart_markdown(doc, jagged, AS_OF)
+    assert len(markdown) < forecast_view.INLINE_MARKDOWN_LIMIT
+    history_path = next(p for p in _svg(markdown).iter(f"{SVG}path") if p.get("stroke") == "dimgray")
+    assert len(_path_points(history_path.get("d"))) >= 13  # shortened, still a quarter year
 
 
 @pytest.fixture
