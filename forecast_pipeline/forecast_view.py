@@ -1,8 +1,9 @@
-"""What the Dagster UI shows of one as-of date's forecasts: a table of the top products and a chart.
+"""What the Dagster UI shows of one as-of date's forecasts: a table of the top products and charts.
 
-The UI renders table metadata as a table and Markdown images with a ``data:`` URI (inline
-``<svg>`` and ``<img>`` tags are stripped), so the chart is an SVG drawn here as a string: no
-plotting library, and cheap next to the run (only the charted products are touched).
+The UI (1.13) renders table metadata as a table, and Markdown images with a ``data:`` URI but
+not inline ``<svg>`` or ``<img>`` tags; it draws Markdown in place only under 1,000 characters.
+So each chart is a compact SVG written here as a string: no plotting library, and cheap next to
+the run (only the top products are formatted).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def table_records(top: Sequence[dict]) -> list[TableRecord]:
 
 CHART_STEP = 4  # viewBox units per week
 CHART_PLOT = 46  # viewBox units from zero to the highest value
+CHART_TOP = 10  # viewBox units above the plot, for the title
 INLINE_MARKDOWN_LIMIT = 1000  # the UI shows Markdown of this many characters or more behind a link
 
 
@@ -97,16 +99,17 @@ def _chart_markdown(doc: dict, history: Sequence[float], as_of: dt.date) -> str:
     width = (h + len(point) - 1) * step + 2
 
     def ys(values: Sequence[float]) -> list[int]:
-        return [CHART_PLOT + 10 - round(v / top * CHART_PLOT) for v in values]
+        return [CHART_TOP + CHART_PLOT - round(v / top * CHART_PLOT) for v in values]
 
     def line(x: int, values: Sequence[float], dx: int) -> str:
         y = ys(values)
         return f"M{x},{y[0]}l" + ",".join(f"{dx},{b - a}" for a, b in zip(y, y[1:], strict=False))
 
+    low_back = ys(low[::-1])  # the band's lower edge, drawn right to left
     band = (
         line(h * step, high, step)
-        + f"L{(h + len(point) - 1) * step},{ys(low[-1:])[0]}l"
-        + ",".join(f"{-step},{b - a}" for a, b in zip(ys(low[::-1]), ys(low[::-1])[1:], strict=False))
+        + f"L{(h + len(point) - 1) * step},{low_back[0]}l"
+        + ",".join(f"{-step},{b - a}" for a, b in zip(low_back, low_back[1:], strict=False))
         + "z"
     )
     meta = doc["model_metadata"]
