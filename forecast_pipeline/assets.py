@@ -8,28 +8,33 @@ between steps as ``{partition_key: value}``.
 
 import datetime as dt
 import time
+import warnings
 
 import pandas as pd
 import sqlalchemy as sa
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetObservation,
+    AssetsDefinition,
     BackfillPolicy,
     Config,
     Failure,
     MaterializeResult,
     MetadataValue,
     Output,
+    PreviewWarning,
     TableColumn,
     TableSchema,
     asset,
 )
 from pydantic import Field
 
-from forecast_pipeline import jobs_schema, order_history, predictions_store
+from forecast_pipeline import forecast_view, jobs_schema, order_history, predictions_store
 from forecast_pipeline.app_db import AppDatabase
 from forecast_pipeline.forecasting.batch import ForecastRun, run_forecasts
 from forecast_pipeline.forecasting.customers import active_customers
@@ -63,6 +68,15 @@ FORECAST_SCHEMA = TableSchema(
     ]
 )
 FAILURE_RATE_CHECK = "failure_rate_within_limit"
+with warnings.catch_warnings():  # partitioned checks are "preview": nothing a user can act on
+    warnings.simplefilter("ignore", PreviewWarning)
+    FAILURE_RATE_SPEC = AssetCheckSpec(
+        FAILURE_RATE_CHECK,
+        asset="product_forecasts",
+        blocking=True,
+        description="Fails the run when more than FORECAST_MAX_FAILURE_RATE of the products errored.",
+        partitions_def=as_of_partitions,  # each result shows its as-of date
+    )
 ERRORS_LOGGED = 20
 
 
@@ -147,14 +161,7 @@ class ProductForecastsConfig(Config):
     group_name=GROUP,
     kinds={"python", "redis"},
     metadata={"dagster/column_schema": FORECAST_SCHEMA},
-    check_specs=[
-        AssetCheckSpec(
-            FAILURE_RATE_CHECK,
-            asset="product_forecasts",
-            blocking=True,
-            description="Fails the run when more than FORECAST_MAX_FAILURE_RATE of the products errored.",
-        )
-    ],
+    check_specs=[FAILURE_RATE_SPEC],
     description=(
         "12-week demand forecast per eligible product with 80% intervals, active customers and "
         "model metadata, cached in Redis under forecast:{product_id}. Figures per as-of date: "
@@ -171,32 +178,41 @@ def product_forecasts(
     forecast_params: ForecastParameters,
     run_heartbeat: RunHeartbeat,
 ):
-    runs = {
+    dated = {
         key: _forecast_one_date(context, config, eligible_products[key], key, source_db, forecast_params)
         for key in context.partition_keys
     }
+    runs = {key: run for key, (run, _) in dated.items()}
+    views = {key: view for key, (_, view) in dated.items()}  # each date's table and charts of its top forecasts
     for key, run in runs.items():
         context.log_event(AssetObservation(asset_key=context.asset_key, partition=key, metadata=_run_figures(run)))
     total = sum(r.total for r in runs.values())
     failed = sum(r.failed for r in runs.values())
     rate, limit = (failed / total if total else 0.0), forecast_params.max_failure_rate
     errors = [(p, m) for r in runs.values() for p, m in r.errors][:ERRORS_LOGGED]
-    check = AssetCheckResult(
-        check_name=FAILURE_RATE_CHECK,
-        passed=rate <= limit,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "failure_rate": rate,
-            "max_failure_rate": limit,
-            "failed": failed,
-            "first_errors": MetadataValue.json({str(p): m for p, m in errors}),
+    passed = rate <= limit
+    checks = partition_check_results(
+        context.assets_def,
+        AssetCheckKey(context.asset_key, FAILURE_RATE_CHECK),
+        {
+            key: (
+                passed,  # the gate is the run's: a range run publishes all its dates or none
+                {
+                    "failure_rate": round(run.failure_rate, 4),
+                    "max_failure_rate": limit,
+                    "failed": run.failed,
+                    **({"run_failure_rate": round(rate, 4)} if len(runs) > 1 else {}),
+                    **({"first_errors": MetadataValue.json(dict(_first_errors(run)))} if run.errors else {}),
+                },
+            )
+            for key, run in runs.items()
         },
-        description=None if rate <= limit else f"{failed}/{total} products failed ({rate:.1%} > {limit:.1%})",
+        description=None if passed else f"{failed}/{total} products failed ({rate:.1%} > {limit:.1%})",
     )
     if rate > limit:
         # Write-audit-publish: nothing is published, so Redis and forecast_predictions keep the
         # previous forecasts of these dates and agree with each other.
-        yield check
+        yield from checks
         raise Failure(
             description=(
                 f"{failed} of {total} products failed ({rate:.1%} > FORECAST_MAX_FAILURE_RATE {limit:.1%}): "
@@ -208,6 +224,7 @@ def product_forecasts(
     for key, run in runs.items():  # each date's materialization carries that date's figures
         context.add_asset_metadata(
             {
+                **views[key],
                 **_run_figures(run),
                 "dagster/row_count": run.successful,
                 "models": MetadataValue.json(run.model_counts),
@@ -217,7 +234,50 @@ def product_forecasts(
             partition_key=key,
         )
     yield Output(runs)
-    yield check
+    yield from checks
+
+
+def _first_errors(run: ForecastRun) -> list[tuple[str, str]]:
+    return [(str(p), m) for p, m in run.errors[:ERRORS_LOGGED]]
+
+
+def partition_check_results(
+    assets_def: AssetsDefinition,
+    check_key: AssetCheckKey,
+    results: dict[str, tuple[bool, dict]],
+    description: str | None = None,
+) -> list:
+    """One result of the check per as-of date, each showing its date in the UI.
+
+    Dagster gives an ``AssetCheckResult`` the step's partition, which a range run's step does not
+    have (the result would be stored without one and each date's check left "planned"). A range
+    run therefore yields one ``AssetCheckEvaluation`` per date, then the check's output.
+    """
+    if len(results) == 1:
+        [(passed, metadata)] = results.values()
+        return [
+            AssetCheckResult(
+                asset_key=check_key.asset_key,
+                check_name=check_key.name,
+                passed=passed,
+                metadata=metadata,
+                description=description,
+            )
+        ]
+    events: list = [
+        AssetCheckEvaluation(
+            asset_key=check_key.asset_key,
+            check_name=check_key.name,
+            passed=passed,
+            metadata=metadata,
+            severity=AssetCheckSeverity.ERROR,
+            description=description,
+            blocking=assets_def.get_spec_for_check_key(check_key).blocking,
+            partition=key,
+        )
+        for key, (passed, metadata) in results.items()
+    ]
+    return [*events, Output(None, output_name=assets_def.get_output_name_for_asset_check_key(check_key))]
 
 
 def _forecast_one_date(
@@ -227,7 +287,9 @@ def _forecast_one_date(
     key: str,
     source_db: SourceDatabase,
     forecast_params: ForecastParameters,
-) -> ForecastRun:
+) -> tuple[ForecastRun, dict]:
+    """The date's forecasts, and the UI's table and charts of them (they need the history, which
+    the run does not keep; attached only if the date is published)."""
     window = forecast_params.window(dt.date.fromisoformat(key))
     product_ids = eligible["product_id"].astype("int64").tolist()
     only = None
@@ -274,6 +336,7 @@ def _forecast_one_date(
         progress=progress,
     )
     run.timings = {**timings, **run.timings}
+    view = forecast_view.forecast_view_metadata(run.payloads, product_ids, weekly.matrix, window.as_of)
     run.requested_products = only
     run.data_quality = weekly.quality.summary()
     for kind, products in weekly.quality.examples(product_ids).items():
@@ -290,7 +353,7 @@ def _forecast_one_date(
         f"{key}: forecast {run.total} products: {run.successful} succeeded, {run.no_forecast} no forecast, "
         f"{run.failed} failed"
     )
-    return run
+    return run, view
 
 
 @asset(

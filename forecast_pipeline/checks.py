@@ -1,28 +1,39 @@
 """Asset checks that read back what the forecast API will serve."""
 
-from dagster import AssetCheckResult, AssetCheckSeverity, MetadataValue, asset_check
+import warnings
 
-from forecast_pipeline.assets import product_forecasts
+from dagster import AssetCheckExecutionContext, AssetCheckKey, MetadataValue, PreviewWarning, asset_check
+
+from forecast_pipeline.assets import partition_check_results, product_forecasts
+from forecast_pipeline.partitions import as_of_partitions
+
+WELL_FORMED_CHECK = AssetCheckKey(product_forecasts.key, "cached_forecasts_well_formed")
 
 
-@asset_check(asset=product_forecasts, description="Every cached forecast of the as-of date is well formed.")
-def cached_forecasts_well_formed(product_forecasts: dict[str, dict[int, dict]]) -> AssetCheckResult:
+def _cached_forecasts_well_formed(context: AssetCheckExecutionContext, product_forecasts: dict[str, dict[int, dict]]):
     """12 weeks each, quantities >= 0, lower <= predicted <= upper, the right as-of date."""
-    problems: dict[str, str] = {}
+    results = {}
     for as_of, docs in product_forecasts.items():
+        problems = {}
         for product_id, doc in docs.items():
             issue = forecast_problem(doc, as_of)
             if issue:
-                problems[f"{as_of}/{product_id}"] = issue
-    return AssetCheckResult(
-        passed=not problems,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "cached_forecasts": sum(len(docs) for docs in product_forecasts.values()),
-            "malformed": len(problems),
-            "examples": MetadataValue.json(dict(list(problems.items())[:10])),
-        },
-    )
+                problems[str(product_id)] = issue
+        metadata = {"cached_forecasts": len(docs), "malformed": len(problems)}
+        if problems:
+            metadata["examples"] = MetadataValue.json(dict(list(problems.items())[:10]))
+        results[as_of] = (not problems, metadata)
+    yield from partition_check_results(context.op_execution_context.assets_def, WELL_FORMED_CHECK, results)
+
+
+with warnings.catch_warnings():  # partitioned checks are "preview": nothing a user can act on
+    warnings.simplefilter("ignore", PreviewWarning)
+    cached_forecasts_well_formed = asset_check(
+        asset=product_forecasts,
+        name="cached_forecasts_well_formed",
+        description="Every cached forecast of the as-of date is well formed.",
+        partitions_def=as_of_partitions,  # each result shows its as-of date
+    )(_cached_forecasts_well_formed)
 
 
 def forecast_problem(doc: dict, as_of: str | None) -> str | None:

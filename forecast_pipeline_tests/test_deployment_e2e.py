@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -361,30 +362,52 @@ def test_the_daemon_is_live(deployment):
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="no chromium (scripts/services.sh installs it)")
-def test_the_asset_page_renders_in_headless_chromium(deployment):
+def test_the_asset_page_renders_the_forecasts_in_headless_chromium(deployment):
+    """The table of top forecasts and the charts render on the asset page itself, not behind a link."""
     shot = deployment["home"] / "asset-page.png"
     url = f"{deployment['base']}/assets/product_forecasts"
-    done = subprocess.run(
-        [
-            "chromium",
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={deployment['home'] / 'chromium'}",
-            "--window-size=1440,900",
-            "--virtual-time-budget=15000",
-            f"--screenshot={shot}",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def chromium(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                "chromium",
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={deployment['home'] / 'chromium'}",
+                "--window-size=1440,2000",
+                "--virtual-time-budget=15000",
+                *args,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    from dagster import DagsterRunStatus, RunsFilter
+
+    def idle_with_time_to_spare():
+        """No run in progress, half a minute after the every-minute schedule's tick (its run done)
+        and before the next: the page then shows settled check results, not a new run's planned ones."""
+        with _instance(deployment) as instance:
+            busy = instance.get_runs(
+                RunsFilter(statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
+            )
+        return not busy and 25 <= dt.datetime.now().second < 35
+
+    _wait(idle_with_time_to_spare, 180, "no run in progress", every=1)
+    dom = chromium("--dump-dom").stdout
+    assert "top_forecasts" in dom and "week_12" in dom, dom[-2000:]
+    charts = re.findall(r'<img[^>]+src="data:image/svg\+xml;utf8,[^"]+"', dom)
+    assert len(charts) == 4, dom[-2000:]  # forecast_chart_1..4, each drawn inline
+    assert "[Show Markdown]" not in dom
+    done = chromium(f"--screenshot={shot}")
     assert shot.exists(), done.stderr[-2000:]
     assert shot.stat().st_size > 30_000  # a rendered page, not a blank one
     keep = os.environ.get("FORECAST_SCREENSHOT_PATH")
