@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy as sa
+from dagster import DagsterInstance
 
 from forecast_pipeline import forecast_cache
 from forecast_pipeline_tests.conftest import AS_OF, BIN, POSTGRES_URL, REDIS_URL, command, private_redis
@@ -54,6 +55,8 @@ def test_two_cli_runs_of_one_date_both_leave_the_date_complete(pg, redis_client,
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with DagsterInstance.from_config(str(home)):
+        pass  # storage created once, as `dagster dev` has it before any run (two first runs race on it)
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("FORECAST_", "REDIS_", "DATABASE_URL"))},
         "DAGSTER_HOME": str(home),
