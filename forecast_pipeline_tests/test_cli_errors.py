@@ -165,3 +165,11 @@ def test_only_variables_like_ours_are_warned_about():
         "unknown variable FORECAST_COLOUR (not read by forecast_pipeline; see the README's settings)",
         "unknown variable REPORT_SMTP_HOTS (did you mean REPORT_SMTP_HOST?)",
     ]
+
+
+def test_verbose_adds_the_traceback_after_the_one_line(tmp_path):
+    url = "postgresql://postgres@127.0.0.1:5432/no_such_db"
+    done = command([CLI, "--verbose", "demo-data", "--products", "5"], tmp_path, DATABASE_URL=url)
+    assert done.returncode == 1
+    assert "does not exist" in first_line(done.stderr)
+    assert "Traceback (most recent call last)" in done.stderr.splitlines()[1]
