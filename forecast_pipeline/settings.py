@@ -63,6 +63,9 @@ DRIVER_PACKAGES = {"MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "psycopg2": "
 KNOWN_PREFIXES = ("FORECAST_", "ALERT_", "REPORT_")
 """Every variable under these prefixes must be a known one: a misspelling would silently keep a default."""
 
+TOOLING_VARIABLES = ("FORECAST_SCREENSHOT_PATH",)
+"""Read by the tests and scripts, not the code location: known, so never warned about."""
+
 logger = logging.getLogger(__name__)
 
 
@@ -317,7 +320,7 @@ def known_variables() -> set[str]:
     from forecast_pipeline.alerts.config import ALERT_DEFAULTS
     from forecast_pipeline.reports.config import REPORT_DEFAULTS
 
-    return {*DEFAULTS, *ALERT_DEFAULTS, *REPORT_DEFAULTS}
+    return {*DEFAULTS, *ALERT_DEFAULTS, *REPORT_DEFAULTS, *TOOLING_VARIABLES}
 
 
 def unknown_variable_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
