@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import sys
 import time
+import traceback
 
 import sqlalchemy as sa
 
@@ -18,7 +20,14 @@ from forecast_pipeline import demo_data, forecast_cache, order_history, source_s
 from forecast_pipeline.alerts.cli import ALERT_COMMANDS, add_alert_commands
 from forecast_pipeline.jobs_schema import JOB_STATUSES
 from forecast_pipeline.reports.cli import REPORT_COMMANDS, add_report_commands
-from forecast_pipeline.settings import ConfigError, Settings, load_all_settings, load_settings, redact_url
+from forecast_pipeline.settings import (
+    ConfigError,
+    Settings,
+    load_all_settings,
+    load_settings,
+    redact_url,
+    warn_unknown_variables,
+)
 
 
 def _engine(settings: Settings) -> sa.Engine:
@@ -52,7 +61,7 @@ def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
-    end = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()
+    end = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
     started = time.perf_counter()
     history = demo_data.generate(
         products=args.products,
@@ -99,7 +108,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"database tables: {', '.join(source_schema.SOURCE_TABLES)} present")
     except sa.exc.SQLAlchemyError as exc:
         ok = False
-        print(f"database {redact_url(settings.database_url)}: FAILED: {getattr(exc, 'orig', None) or exc}")
+        print(f"database {redact_url(settings.database_url)}: FAILED: {_database_reason(exc)}")
     ok = _check_app_tables(settings) and ok
     try:
         client = _redis(settings)
@@ -119,7 +128,7 @@ def _check_app_tables(settings: Settings) -> bool:
     try:
         missing = missing_app_tables(engine)
     except sa.exc.SQLAlchemyError as exc:
-        print(f"application database {url}: FAILED: {getattr(exc, 'orig', None) or exc}")
+        print(f"application database {url}: FAILED: {_database_reason(exc)}")
         return False
     finally:
         engine.dispose()
@@ -138,11 +147,13 @@ def _fail(message: str) -> int:
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     """A run's metadata and one of its forecasts: the last run's, or an as-of date's from its
     per-date keys (``forecast:{id}`` only ever holds the newest)."""
-    if args.as_of:
-        try:
-            dt.date.fromisoformat(args.as_of)
-        except ValueError:
-            return _fail(f"--as-of {args.as_of!r} is not a YYYY-MM-DD date")
+    if args.as_of and dt.date.fromisoformat(args.as_of) > dt.date.today():
+        print(
+            f"forecast-pipeline show: --as-of {args.as_of} is in the future (today is {dt.date.today()}): "
+            "no forecast exists for it yet; leave --as-of out for the last run",
+            file=sys.stderr,
+        )
+        return 2
     client = _redis(settings)
     prefix = settings.key_prefix
     key = forecast_cache.metadata_key(prefix, args.as_of)
@@ -164,7 +175,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
             forecast_cache.forecast_key(prefix, product_id),
         )
     if doc is None:
-        return _fail(f"no forecast cached under {doc_key}")
+        return _fail(_why_no_forecast(settings, product_id, metadata["as_of_date"], doc_key))
     if args.json:
         print(
             json.dumps({"metadata_key": key, "metadata": metadata, "forecast_key": doc_key, "forecast": doc}, indent=2)
@@ -172,6 +183,28 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     else:
         print(f"{key}:\n{json.dumps(metadata, indent=2)}\n\n{doc_key}:\n{_format_forecast(doc)}")
     return 0
+
+
+def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: str) -> str:
+    """Tell a product the order history does not know from one that had no forecast that day."""
+    missing = f"no forecast cached for product {product_id} as of {as_of} (under {doc_key})"
+    if settings.source_query:  # a custom source: no products table to look in
+        return f"{missing}: check the product id, or run that date for it"
+    try:
+        engine = _engine(settings)
+        with engine.connect() as conn:
+            lines = source_schema.order_items
+            known = conn.execute(sa.select(lines.c.product_id).where(lines.c.product_id == product_id).limit(1)).first()
+        engine.dispose()
+    except sa.exc.SQLAlchemyError:
+        return f"{missing}: check the product id, or run that date for it"
+    if known is None:
+        return f"product {product_id} has no orders in {redact_url(settings.database_url)}: check the product id"
+    return (
+        f"{missing}: the product has orders but was not eligible that day (it needs "
+        f"FORECAST_MIN_CUSTOMERS={settings.min_customers} customers and FORECAST_MIN_ORDERS={settings.min_orders} "
+        "orders in its history) or its forecast failed (see the run's metadata)"
+    )
 
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
@@ -276,7 +309,7 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     """Rolling-origin accuracy of the engine vs seasonal naive and Holt-Winters (see backtest.py)."""
     from forecast_pipeline import backtest
 
-    as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()
+    as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
     common = {
         "origins": args.origins,
         "step": args.step,
@@ -314,20 +347,54 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+class _HelpShowsDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every option that has a real default (not None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The error line first, then where to read the usage; exit 2 (argparse prints usage first)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpShowsDefaults)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}\n(see `{self.prog} --help`)\n")
+
+
+def _iso_date(text: str) -> str:
+    """An argparse type: the date as given, once it parses as YYYY-MM-DD (argparse names the option)."""
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date (e.g. 2025-11-10)") from None
+    if len(text) != 10:  # fromisoformat also takes 20251110 and week dates
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date (e.g. 2025-11-10)")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="forecast-pipeline", description=__doc__.split("\n")[0])
+    parser = _Parser(prog="forecast-pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--verbose", action="store_true", help="after an error's one line, print its traceback")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("init-db", help="create the default order tables (safe to repeat)")
     demo = sub.add_parser("demo-data", help="replace the order tables' contents with generated history")
-    demo.add_argument("--products", type=int, default=300)
-    demo.add_argument("--customers", type=int, default=400)
-    demo.add_argument("--as-of", help="last day of history, YYYY-MM-DD (default: today)")
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--products", type=int, default=300, help="products to generate")
+    demo.add_argument("--customers", type=int, default=400, help="customers to generate")
+    demo.add_argument("--as-of", type=_iso_date, help="last day of history, YYYY-MM-DD (default: today)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed: the same seed gives the same history")
     demo.add_argument("--volume", type=float, default=3.0, help="average order lines per product-week")
     sub.add_parser("check", help="check the configuration, database, tables and Redis")
     show = sub.add_parser("show", help="print the last run's metadata and one cached forecast")
     show.add_argument("--product", type=int, help="product id (default: the largest forecast)")
-    show.add_argument("--as-of", help="a past as-of date's metadata and forecast instead of the last run")
+    show.add_argument(
+        "--as-of", type=_iso_date, help="a past as-of date's metadata and forecast, YYYY-MM-DD (default: the last run)"
+    )
     show.add_argument("--json", action="store_true", help="print one JSON document with both")
     jobs = sub.add_parser("jobs", help="the forecast job queue: enqueue, cancel or list jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
@@ -347,10 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20)
     bt = sub.add_parser("backtest", help="rolling-origin accuracy vs seasonal naive and Holt-Winters")
     bt.add_argument("--source", choices=("demo", "database"), default="demo", help="demo: generated in memory")
-    bt.add_argument("--as-of", help="as-of date after the last test window, YYYY-MM-DD (default: today)")
+    bt.add_argument(
+        "--as-of", type=_iso_date, help="as-of date after the last test window, YYYY-MM-DD (default: today)"
+    )
     bt.add_argument("--products", type=int, default=10_000, help="demo products")
     bt.add_argument("--volume", type=float, default=0.9, help="demo order lines per product-week")
-    bt.add_argument("--seed", type=int, default=7)
+    bt.add_argument("--seed", type=int, default=7, help="demo random seed")
     bt.add_argument("--origins", type=int, default=4, help="rolling origins")
     bt.add_argument("--step", type=int, default=12, help="weeks between origins")
     bt.add_argument("--hw-sample", type=int, default=200, help="products per origin fitted with Holt-Winters")
@@ -386,6 +455,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one line on stderr saying what to do: exit 2 for a usage
+    or configuration mistake, 1 for the environment (database, Redis) or a failed command;
+    ``--verbose`` adds the traceback after it."""
+    warn_unknown_variables(lambda warning: print(f"forecast-pipeline: warning: {warning}", file=sys.stderr))
     args = build_parser().parse_args(argv)
     try:
         settings = load_all_settings() if args.command == "check" else load_settings()
@@ -393,13 +466,48 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forecast-pipeline: {exc}", file=sys.stderr)
         return 2
     try:
-        return COMMANDS[args.command](settings, args)
-    except Exception as exc:  # noqa: BLE001 - a one-line reason beats a traceback for operators
-        from dagster import Failure
-
-        message = exc.description if isinstance(exc, Failure) else f"{type(exc).__name__}: {exc}"
-        print(f"forecast-pipeline {args.command}: {message}", file=sys.stderr)
+        code = COMMANDS[args.command](settings, args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (`show --json | head -1`): stop quietly, as `cat` would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:  # noqa: BLE001 - a one-line reason beats a traceback for operators
+        print(f"forecast-pipeline {args.command}: {_one_line(exc, settings)}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        return 1
+
+
+def _one_line(exc: Exception, settings: Settings) -> str:
+    """What went wrong and what to do, in one line, for any error a command lets through."""
+    from dagster import Failure
+
+    if isinstance(exc, Failure):
+        return exc.description or str(exc)
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        reason = _database_reason(exc)
+        return f"database {_url_named_in(reason, settings)}: {reason} (--verbose for details)"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())} (--verbose for details)"
+
+
+def _database_reason(exc: sa.exc.SQLAlchemyError) -> str:
+    """The driver's reason on one line, with what to do for the common ones."""
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    reason = reason.split("FATAL:", 1)[-1].strip()  # libpq: "connection to server at ... failed: FATAL: ..."
+    if reason.startswith("database") and "does not exist" in reason:
+        reason += ": create it (createdb) or point the URL at an existing database"
+    return reason
+
+
+def _url_named_in(reason: str, settings: Settings) -> str:
+    """The redacted URL the error is about: the one whose database it names, else DATABASE_URL."""
+    for url in (settings.app_database_url, settings.database_url):
+        name = sa.engine.make_url(url).database
+        if name and f'"{name}"' in reason:
+            return redact_url(url)
+    return redact_url(settings.database_url)
 
 
 if __name__ == "__main__":

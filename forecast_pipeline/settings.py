@@ -8,7 +8,9 @@ failing half-way through a run. Secrets (passwords inside URLs) are never echoed
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import functools
+import logging
 import os
 import re
 import urllib.parse
@@ -53,6 +55,18 @@ DEFAULTS: dict[str, str] = {
     "FORECAST_JOB_LAUNCH_GRACE_SECONDS": "300",
 }
 EXECUTORS = ("in_process", "multiprocess", "k8s")
+
+
+DRIVER_PACKAGES = {"MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "psycopg2": "psycopg2-binary", "psycopg": "psycopg"}
+"""The pip package of each driver module SQLAlchemy tries to import, for the missing-driver error."""
+
+KNOWN_PREFIXES = ("FORECAST_", "ALERT_", "REPORT_")
+"""Every variable under these prefixes must be a known one: a misspelling would silently keep a default."""
+
+TOOLING_VARIABLES = ("FORECAST_SCREENSHOT_PATH",)
+"""Read by the tests and scripts, not the code location: known, so never warned about."""
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -179,8 +193,12 @@ class EnvReader:
 
     def check(self, what: str = "configuration") -> None:
         """Raise :class:`ConfigError` listing every problem found so far."""
+        if len(self.errors) == 1:  # one line, as the CLI's errors are
+            raise ConfigError(f"invalid {what}: {self.errors[0]}")
         if self.errors:
-            raise ConfigError(f"invalid {what}:\n  - " + "\n  - ".join(self.errors))
+            raise ConfigError(
+                f"invalid {what}, {len(self.errors)} variables to fix:\n  - " + "\n  - ".join(self.errors)
+            )
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -193,6 +211,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         url = normalize_database_url(text)
         try:
             sa.engine.make_url(url).get_dialect().import_dbapi()
+        except ImportError as exc:  # the dialect is known, its driver package is not installed
+            package = DRIVER_PACKAGES.get(exc.name or "", exc.name)
+            errors.append(
+                f"{name}={redact_url(url)!r} needs the database driver module {exc.name!r}, which is not "
+                f"installed: pip install {package} (or name an installed driver, e.g. postgresql+psycopg2://)"
+            )
         except Exception as exc:  # noqa: BLE001 - any failure here means the URL cannot be used
             errors.append(
                 f"{name}={redact_url(url)!r} cannot be used: {type(exc).__name__}: {exc} "
@@ -291,7 +315,47 @@ def load_all_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
+def known_variables() -> set[str]:
+    """Every variable any area of the project reads."""
+    from forecast_pipeline.alerts.config import ALERT_DEFAULTS
+    from forecast_pipeline.reports.config import REPORT_DEFAULTS
+
+    return {*DEFAULTS, *ALERT_DEFAULTS, *REPORT_DEFAULTS, *TOOLING_VARIABLES}
+
+
+def unknown_variable_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each set variable that looks like one of ours but is not, with the closest
+    known name: ``FORECAST_WORKER=4`` is otherwise silently ignored. Never an error (other tools
+    may share a prefix)."""
+    env = os.environ if environ is None else environ
+    known = known_variables()
+    warnings = []
+    for name in sorted(env):
+        if name in known:
+            continue
+        closest = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if closest:
+            warnings.append(f"unknown variable {name} (did you mean {closest[0]}?)")
+        elif name.startswith(KNOWN_PREFIXES):
+            warnings.append(f"unknown variable {name} (not read by forecast_pipeline; see the README's settings)")
+    return warnings
+
+
+_warned: set[str] = set()
+
+
+def warn_unknown_variables(emit=logger.warning, environ: Mapping[str, str] | None = None) -> None:
+    """Report each unknown variable once per process, whichever of the CLI and the code location
+    notices it first."""
+    for warning in unknown_variable_warnings(environ):
+        if warning not in _warned:
+            _warned.add(warning)
+            emit(warning)
+
+
 @functools.cache
 def get_settings() -> Settings:
     """The process's settings, read once when the code location loads."""
-    return load_settings()
+    settings = load_settings()
+    warn_unknown_variables()
+    return settings

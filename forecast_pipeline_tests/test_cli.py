@@ -135,7 +135,7 @@ def test_a_partition_range_runs_once_and_show_reads_each_date(demo_book, redis_c
     assert older_doc["forecast"]["as_of_date"] == "2025-11-09"
     assert older_doc["forecast"]["predictions"][0]["week_start"] == "2025-11-09"
     bad = command([str(BIN / "forecast-pipeline"), "show", "--as-of", "yesterday"], tmp_path)
-    assert bad.returncode == 1 and "not a YYYY-MM-DD date" in bad.stderr and bad.stdout == ""
+    assert bad.returncode == 2 and "not a YYYY-MM-DD date" in bad.stderr and bad.stdout == ""  # usage error
 
 
 def test_jobs_enqueue_and_list(pg, tmp_path):

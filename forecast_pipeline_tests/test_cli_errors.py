@@ -1,0 +1,175 @@
+"""Every mistake a user makes with ``forecast-pipeline`` gets one line saying what to do, never a
+traceback: usage errors exit 2, errors of the environment (database, Redis, drivers) exit 1."""
+
+import datetime as dt
+import subprocess
+
+import pytest
+
+from forecast_pipeline import forecast_cache
+from forecast_pipeline_tests.conftest import BIN, POSTGRES_URL, Orders, command
+
+pytestmark = pytest.mark.integration
+
+CLI = str(BIN / "forecast-pipeline")
+CACHED_AS_OF = "2025-11-10"
+
+
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess, exit_code: int, *phrases: str) -> None:
+    assert done.returncode == exit_code, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, done.stderr
+    line = first_line(done.stderr)
+    for phrase in phrases:
+        assert phrase in line, (phrase, done.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "value"),
+    [
+        (["demo-data", "--as-of", "2026/11/30"], "--as-of", "2026/11/30"),
+        (["backtest", "--as-of", "2026-13-01"], "--as-of", "2026-13-01"),
+        (["show", "--as-of", "yesterday"], "--as-of", "yesterday"),
+    ],
+)
+def test_a_malformed_date_is_a_usage_error_naming_the_option_and_the_format(tmp_path, args, option, value):
+    done = command([CLI, *args], tmp_path)
+    assert_one_line_error(done, 2, option, repr(value), "YYYY-MM-DD")
+
+
+def test_a_database_that_does_not_exist_is_named_without_the_init_db_hint(tmp_path):
+    url = "postgresql://postgres:secret@127.0.0.1:5432/no_such_db"
+    shown = command([CLI, "show"], tmp_path, DATABASE_URL=url, REDIS_URL="redis://127.0.0.1:6390/0")
+    demo = command([CLI, "demo-data", "--products", "5"], tmp_path, DATABASE_URL=url)
+    assert_one_line_error(demo, 1, "postgresql+psycopg2://postgres:***@127.0.0.1:5432/no_such_db", "does not exist")
+    assert "secret" not in demo.stderr and "init-db" not in demo.stderr
+    checked = command([CLI, "check"], tmp_path, DATABASE_URL=url)
+    assert checked.returncode == 1
+    assert "init-db" not in checked.stdout + checked.stderr
+    assert any("no_such_db" in line and "does not exist" in line for line in checked.stdout.splitlines())
+    assert "Traceback" not in shown.stderr + checked.stderr
+
+
+def test_a_missing_database_driver_is_named_as_a_missing_package(tmp_path):
+    done = command([CLI, "check"], tmp_path, DATABASE_URL="mysql://u:pw@127.0.0.1/db")
+    assert_one_line_error(done, 2, "DATABASE_URL", "driver", "not installed")
+    assert "mysqlclient" in done.stderr and "pw" not in done.stderr
+
+
+@pytest.fixture
+def cached_run(redis_client):
+    """One run's metadata and one product's forecast, as a run leaves them in Redis."""
+    doc = {
+        "product_id": 1,
+        "as_of_date": CACHED_AS_OF,
+        "summary": {"total_predicted_quantity": 1.0},
+        "predictions": [{"week": i} for i in range(20_000)],  # far more than a pipe's buffer
+    }
+    forecast_cache.write_forecasts(redis_client, "forecast", CACHED_AS_OF, [doc], ttl=600, history_ttl=600)
+    metadata = {"as_of_date": CACHED_AS_OF, "successful": 1, "failed": 0}
+    forecast_cache.write_run_metadata(redis_client, "forecast", metadata, ttl=600, history_ttl=600)
+    return doc
+
+
+def test_show_into_a_closed_pipe_exits_quietly(cached_run, tmp_path):
+    """``show --json | head -1``: the reader goes away before the output is written."""
+    done = subprocess.run(
+        f"'{CLI}' show --json | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=_command_env(tmp_path),
+        timeout=120,
+    )
+    assert done.stdout == "{"
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr and "Exception" not in done.stderr
+
+
+def _command_env(tmp_path):
+    """The environment ``command`` gives a console script, for a shell pipeline."""
+    import os
+
+    from forecast_pipeline_tests.conftest import REDIS_URL
+
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("FORECAST_", "REDIS_", "DATABASE_URL"))}
+    return {**keep, "DAGSTER_HOME": str(home), "DATABASE_URL": POSTGRES_URL, "REDIS_URL": REDIS_URL}
+
+
+def test_show_as_of_a_future_date_says_no_forecast_can_exist_yet(cached_run, tmp_path):
+    future = (dt.date.today() + dt.timedelta(days=3)).isoformat()
+    done = command([CLI, "show", "--as-of", future], tmp_path)
+    assert_one_line_error(done, 2, future, "in the future")
+
+
+def test_show_tells_an_unknown_product_from_one_without_a_forecast(cached_run, pg, tmp_path):
+    orders = Orders(pg)
+    orders.add(1, 5, dt.date(2025, 11, 3))
+    unknown = command([CLI, "show", "--product", "999999"], tmp_path)
+    assert_one_line_error(unknown, 1, "product 999999", "no orders")
+    not_forecast = command([CLI, "show", "--product", "5"], tmp_path)
+    assert_one_line_error(not_forecast, 1, "product 5", "no forecast", CACHED_AS_OF, "FORECAST_MIN_CUSTOMERS")
+
+
+OWN_COMMANDS = ("init-db", "demo-data", "check", "show", "backtest")  # jobs, alerts, reports: their owners'
+
+
+def test_every_option_has_help_text_showing_its_default():
+    from forecast_pipeline.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    problems = []
+    for name, command_parser in [("", parser), *((n, commands[n]) for n in OWN_COMMANDS)]:
+        shown = " ".join(command_parser.format_help().split())
+        for action in command_parser._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            if not action.help:
+                problems.append(f"{name} {action.option_strings[0]}: no help")
+            elif action.default not in (None, False) and f"(default: {action.default})" not in shown:
+                problems.append(f"{name} {action.option_strings[0]}: default {action.default} not shown")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_misspelled_variable_is_warned_about_once_with_the_closest_name(tmp_path):
+    done = command([CLI, "demo-data", "--as-of", "2026/11/30"], tmp_path, FORECAST_WORKER="4")
+    warnings = [line for line in done.stderr.splitlines() if "FORECAST_WORKER " in line + " "]
+    assert warnings == ["forecast-pipeline: warning: unknown variable FORECAST_WORKER (did you mean FORECAST_WORKERS?)"]
+
+
+def test_the_code_location_logs_a_misspelled_variable_once_when_it_loads(tmp_path):
+    done = command(
+        [str(BIN / "dagster"), "definitions", "validate", "-m", "forecast_pipeline"], tmp_path, FORECAST_WORKER="4"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    output = done.stdout + done.stderr
+    assert output.count("unknown variable FORECAST_WORKER (did you mean FORECAST_WORKERS?)") == 1, output[-2000:]
+
+
+def test_only_variables_like_ours_are_warned_about():
+    from forecast_pipeline.settings import unknown_variable_warnings
+
+    environ = {
+        "FORECAST_WORKERS": "4",  # known
+        "REPORT_SMTP_HOTS": "mail",  # close to REPORT_SMTP_HOST
+        "FORECAST_COLOUR": "blue",  # our prefix, nothing close
+        "TEST_REDIS_URL": "redis://127.0.0.1:6379/6",  # someone else's
+        "PATH": "/usr/bin",
+    }
+    assert unknown_variable_warnings(environ) == [
+        "unknown variable FORECAST_COLOUR (not read by forecast_pipeline; see the README's settings)",
+        "unknown variable REPORT_SMTP_HOTS (did you mean REPORT_SMTP_HOST?)",
+    ]
+
+
+def test_verbose_adds_the_traceback_after_the_one_line(tmp_path):
+    url = "postgresql://postgres@127.0.0.1:5432/no_such_db"
+    done = command([CLI, "--verbose", "demo-data", "--products", "5"], tmp_path, DATABASE_URL=url)
+    assert done.returncode == 1
+    assert "does not exist" in first_line(done.stderr)
+    assert "Traceback (most recent call last)" in done.stderr.splitlines()[1]
