@@ -190,13 +190,7 @@ def _replace_history(
         client.delete(leftover)  # only the lease holder writes staging hashes: these are dead runs'
     staging = f"{target}:staging:{token}"
     try:
-        for group in _chunks(encoded, GROUP_SIZE):
-            pipe = client.pipeline(transaction=True)
-            for chunk in _chunks(group, BATCH_SIZE):
-                pipe.hset(staging, mapping={str(pid): doc for pid, doc in chunk})
-            pipe.expire(staging, STAGING_TTL_SECONDS)
-            pipe.execute()
-            lease.reacquire()
+        _write_hash(client, staging, encoded, STAGING_TTL_SECONDS, lease)
         previous = {int(pid) for pid in client.hkeys(target)}
         publish = client.register_script(_PUBLISH)
         publish(keys=[staging, target, lease.name], args=[token, len(encoded), history_ttl])
@@ -216,17 +210,25 @@ def _update_history(
     lease: redis.lock.Lock,
 ) -> list[int]:
     target = history_key(prefix, as_of)
-    for group in _chunks(encoded, GROUP_SIZE):
-        pipe = client.pipeline(transaction=True)
-        for chunk in _chunks(group, BATCH_SIZE):
-            pipe.hset(target, mapping={str(pid): doc for pid, doc in chunk})
-        pipe.expire(target, history_ttl)
-        pipe.execute()
-        lease.reacquire()
+    _write_hash(client, target, encoded, history_ttl, lease)
     dropped = sorted(set(drop_products) - {pid for pid, _ in encoded})
     if dropped:
         client.hdel(target, *(str(pid) for pid in dropped))
     return dropped
+
+
+def _write_hash(
+    client: redis.Redis, key: str, encoded: list[tuple[int, str]], ttl: int, lease: redis.lock.Lock
+) -> None:
+    """HSET in groups, each in MULTI with its EXPIRE (the hash never exists without a TTL),
+    renewing the lease between groups."""
+    for group in _chunks(encoded, GROUP_SIZE):
+        pipe = client.pipeline(transaction=True)
+        for chunk in _chunks(group, BATCH_SIZE):
+            pipe.hset(key, mapping={str(pid): doc for pid, doc in chunk})
+        pipe.expire(key, ttl)
+        pipe.execute()
+        lease.reacquire()
 
 
 def _write_latest(

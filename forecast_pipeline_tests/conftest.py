@@ -154,6 +154,21 @@ def forecast_resources(database_url: str, redis_url: str = REDIS_URL, **env: str
     return build_resources(load_settings(environ), environ={})
 
 
+def materialize_date(assets: list, database: sa.Engine, instance, as_of: dt.date = AS_OF, **kwargs):
+    """Materialize ``assets`` for one as-of date against ``database`` and the test Redis;
+    ``raise_on_error``/``run_config`` go to Dagster, anything else is an environment variable."""
+    from dagster import materialize
+
+    options = {k: kwargs.pop(k) for k in ("raise_on_error", "run_config") if k in kwargs}
+    return materialize(
+        assets,
+        partition_key=as_of.isoformat(),
+        resources=forecast_resources(engine_url(database), **kwargs),
+        instance=instance,
+        **{"raise_on_error": True, **options},
+    )
+
+
 def engine_url(engine: sa.Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 

@@ -10,7 +10,7 @@ from dagster import AssetKey, DagsterInstance, materialize
 from forecast_pipeline import forecast_cache
 from forecast_pipeline.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.checks import cached_forecasts_well_formed
-from forecast_pipeline_tests.conftest import AS_OF, REDIS_URL, engine_url, forecast_resources
+from forecast_pipeline_tests.conftest import AS_OF, REDIS_URL, engine_url, forecast_resources, materialize_date
 
 ASSETS = [eligible_products, product_forecasts, cached_forecasts_well_formed]
 WITH_PREDICTIONS = [*ASSETS, forecast_predictions]
@@ -32,15 +32,8 @@ def book(pg, pg_orders):
     return pg
 
 
-def run(database, instance, as_of=AS_OF, raise_on_error=True, run_config=None, **env):
-    return materialize(
-        ASSETS,
-        partition_key=as_of.isoformat(),
-        resources=forecast_resources(engine_url(database), **env),
-        instance=instance,
-        raise_on_error=raise_on_error,
-        run_config=run_config,
-    )
+def run(database, instance, **kwargs):
+    return materialize_date(ASSETS, database, instance, **kwargs)
 
 
 def test_every_eligible_product_is_cached_with_the_legacy_shape(book, redis_client, instance):

@@ -8,13 +8,13 @@ import time
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, DagsterInstance
 
 from forecast_pipeline import forecast_cache, order_history
 from forecast_pipeline.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.checks import cached_forecasts_well_formed
 from forecast_pipeline.forecasting import batch
-from forecast_pipeline_tests.conftest import AS_OF, Orders, engine_url, forecast_resources
+from forecast_pipeline_tests.conftest import AS_OF, Orders, materialize_date
 
 ASSETS = [eligible_products, product_forecasts, forecast_predictions, cached_forecasts_well_formed]
 BIG_IDS = [2**53, 2**53 + 1, 2**63 - 1]
@@ -27,15 +27,8 @@ def instance():
         yield inst
 
 
-def run(database, instance, as_of=AS_OF, raise_on_error=True, run_config=None, **env):
-    return materialize(
-        ASSETS,
-        partition_key=as_of.isoformat(),
-        resources=forecast_resources(engine_url(database), **env),
-        instance=instance,
-        raise_on_error=raise_on_error,
-        run_config=run_config,
-    )
+def run(database, instance, **kwargs):
+    return materialize_date(ASSETS, database, instance, **kwargs)
 
 
 def prediction_rows(engine, as_of=AS_OF) -> dict[int, int]:
