@@ -22,6 +22,7 @@ from dagster import (
     AssetObservation,
     AssetsDefinition,
     BackfillPolicy,
+    BetaWarning,
     Config,
     Failure,
     MaterializeResult,
@@ -68,6 +69,8 @@ FORECAST_SCHEMA = TableSchema(
     ]
 )
 FAILURE_RATE_CHECK = "failure_rate_within_limit"
+# single-run backfills are "beta" in Dagster 1.13: a warning on every load that no user can act on
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of function `asset`", category=BetaWarning)
 with warnings.catch_warnings():  # partitioned checks are "preview": nothing a user can act on
     warnings.simplefilter("ignore", PreviewWarning)
     FAILURE_RATE_SPEC = AssetCheckSpec(
