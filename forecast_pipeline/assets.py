@@ -384,7 +384,7 @@ def forecast_predictions(
     started = time.perf_counter()
     engine = app_db.engine()
     predictions_store.create_table(engine)
-    requested = requested_products(context)
+    requested = requested_products(context.run.run_config)
     rows = {}
     for key, docs in product_forecasts.items():
         started_date = time.perf_counter()
@@ -403,10 +403,10 @@ def forecast_predictions(
     return MaterializeResult()
 
 
-def requested_products(context: AssetExecutionContext) -> set[int] | None:
-    """The ``product_ids`` this run's product_forecasts step was given (None: every product)."""
-    ops = (context.run.run_config or {}).get("ops", {})
-    ids = ops.get("product_forecasts", {}).get("config", {}).get("product_ids")
+def requested_products(run_config: dict | None) -> set[int] | None:
+    """The ``product_ids`` a run's product_forecasts step was given (None: every product)."""
+    ops = (run_config or {}).get("ops") or {}
+    ids = ((ops.get("product_forecasts") or {}).get("config") or {}).get("product_ids")
     return None if ids is None else {int(i) for i in ids}
 
 

@@ -20,10 +20,13 @@ None launches runs. Without the alert tables they skip with a reason naming
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+from collections.abc import Iterator
 from typing import Any
 
+import sqlalchemy as sa
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
@@ -41,6 +44,7 @@ from forecast_pipeline.alerts.retention import purge
 from forecast_pipeline.alerts.schema import missing_tables, upgrade_schema
 from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db import AppDatabase
+from forecast_pipeline.assets import requested_products
 
 EVALUATION_INTERVAL_SECONDS = 30
 DELIVERY_INTERVAL_SECONDS = 15
@@ -52,6 +56,17 @@ HEALTH_BATCH = 100
 
 
 _upgraded: set[str] = set()
+
+
+@contextlib.contextmanager
+def _alert_tables(app_db: AppDatabase) -> Iterator[tuple[sa.Engine, str | None]]:
+    """The engine and why the alert tables cannot be used yet (None: they can). The engine is
+    disposed afterwards: no idle connections between ticks; it reconnects on next use."""
+    engine = app_db.engine()
+    try:
+        yield engine, _missing_tables_reason(app_db)
+    finally:
+        engine.dispose()
 
 
 def _missing_tables_reason(app_db: AppDatabase) -> str | None:
@@ -80,9 +95,7 @@ def _missing_tables_reason(app_db: AppDatabase) -> str | None:
 )
 def alert_evaluation_sensor(context: SensorEvaluationContext, app_db: AppDatabase) -> SensorResult:
     settings = get_alert_settings()
-    engine = app_db.engine()
-    try:
-        reason = _missing_tables_reason(app_db)
+    with _alert_tables(app_db) as (engine, reason):
         if reason:
             context.log.warning(reason)
             return SensorResult(skip_reason=SkipReason(reason))
@@ -91,8 +104,6 @@ def alert_evaluation_sensor(context: SensorEvaluationContext, app_db: AppDatabas
             getattr(context.log, level)(message)
 
         result = run_evaluation(engine, settings, log=log, deliver=False)
-    finally:
-        engine.dispose()  # no idle connections between ticks; the engine reconnects on next use
     stats = result.stats
     figures = stats.as_dict()
     context.log.info(f"Alert evaluation completed: {stats.summary()} {json.dumps(figures)}")
@@ -114,14 +125,10 @@ def alert_evaluation_sensor(context: SensorEvaluationContext, app_db: AppDatabas
 )
 def alert_notification_sensor(context: SensorEvaluationContext, app_db: AppDatabase) -> SensorResult:
     settings = get_alert_settings()
-    engine = app_db.engine()
-    try:
-        reason = _missing_tables_reason(app_db)
+    with _alert_tables(app_db) as (engine, reason):
         if reason:
             return SensorResult(skip_reason=SkipReason(reason))
         stats = deliver_pending(engine, settings, budget_seconds=DELIVERY_BUDGET_SECONDS, log=context.log.warning)
-    finally:
-        engine.dispose()
     if settings.webhook_url is None:
         message = f"ALERT_WEBHOOK_URL is not set: {stats.pending} notification(s) wait in the outbox"
     else:
@@ -142,9 +149,7 @@ def alert_notification_sensor(context: SensorEvaluationContext, app_db: AppDatab
 )
 def alert_retention_sensor(context: SensorEvaluationContext, app_db: AppDatabase) -> SensorResult:
     settings = get_alert_settings()
-    engine = app_db.engine()
-    try:
-        reason = _missing_tables_reason(app_db)
+    with _alert_tables(app_db) as (engine, reason):
         if reason:
             return SensorResult(skip_reason=SkipReason(reason))
         now = dt.datetime.now(dt.UTC)
@@ -155,8 +160,6 @@ def alert_retention_sensor(context: SensorEvaluationContext, app_db: AppDatabase
             not_after=now + dt.timedelta(seconds=settings.clock_skew_seconds),
             budget_seconds=RETENTION_BUDGET_SECONDS,
         )
-    finally:
-        engine.dispose()
     message = (
         f"Retention ({settings.retention_days} days): deleted {stats.readings} readings, "
         f"{stats.notifications} notifications" + ("" if stats.finished else " (more next time)")
@@ -167,8 +170,7 @@ def alert_retention_sensor(context: SensorEvaluationContext, app_db: AppDatabase
 
 def _subset_run(run: Any) -> bool:
     """Whether the run forecast only chosen products (its figures are not the pipeline's)."""
-    config = (run.run_config or {}).get("ops", {}).get("product_forecasts", {}).get("config") or {}
-    return bool(config.get("product_ids"))
+    return bool(requested_products(run.run_config))
 
 
 @sensor(
@@ -181,9 +183,7 @@ def _subset_run(run: Any) -> bool:
     ),
 )
 def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase) -> SensorResult:
-    engine = app_db.engine()
-    try:
-        reason = _missing_tables_reason(app_db)
+    with _alert_tables(app_db) as (engine, reason):
         if reason:
             return SensorResult(skip_reason=SkipReason(reason))  # cursor kept: nothing is missed
         instance = context.instance
@@ -222,8 +222,6 @@ def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase
                 record_pipeline_health(conn, values, finished_at, metadata)
             recorded.append(f"{record.partition_key or '-'}: " + ", ".join(f"{k}={v:g}" for k, v in values.items()))
             context.log.info(f"Pipeline health from run {record.run_id} ({recorded[-1]})")
-    finally:
-        engine.dispose()
     summary = f"Recorded pipeline health of {len(recorded)} forecast run(s)" + (
         f", ignored {ignored} run(s) limited to chosen products" if ignored else ""
     )
