@@ -158,7 +158,7 @@ def test_only_variables_like_ours_are_warned_about():
         "FORECAST_WORKERS": "4",  # known
         "REPORT_SMTP_HOTS": "mail",  # close to REPORT_SMTP_HOST
         "FORECAST_COLOUR": "blue",  # our prefix, nothing close
-        "TEST_REDIS_URL": "redis://127.0.0.1:6379/6",  # someone else's
+        "TEST_REDIS_URL": "redis://127.0.0.1:6379/1",  # someone else's
         "PATH": "/usr/bin",
     }
     assert unknown_variable_warnings(environ) == [
