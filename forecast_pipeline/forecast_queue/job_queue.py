@@ -24,21 +24,9 @@ import sqlalchemy as sa
 
 from forecast_pipeline.app_db import leases
 from forecast_pipeline.app_db.queue_tables import ACTIVE_STATUSES, JOB_TYPE, forecast_job_audit, forecast_jobs
-from forecast_pipeline.json_logging import JsonFormatter
+from forecast_pipeline.json_logging import FIELDS
 
-
-def _jobs_logger() -> logging.Logger:
-    """JSON lines on stderr: the sensors run in the daemon, where no Dagster run captures logs."""
-    logger = logging.getLogger("forecast_pipeline.jobs")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter())
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    return logger
-
-
-log = _jobs_logger()
+log = logging.getLogger(__name__)
 
 JOB_ID_TAG = "forecast/job_id"
 ATTEMPT_TAG = "forecast/job_attempt"
@@ -596,11 +584,11 @@ def _log(
     rows: int | None = None,
     error: str | None = None,
 ) -> None:
-    """One JSON line per transition, with the legacy plan worker's fields (``from``/``to``: the
-    job's as-of date range)."""
+    """One log record per transition, with the legacy plan worker's fields (``from``/``to``: the
+    job's as-of date range) as structured fields: one JSON line where JSON logging is configured
+    (see :mod:`forecast_pipeline.json_logging`)."""
     params = parameters if isinstance(parameters, dict) else {}
-    record = {
-        "message": message,
+    fields = {
         "job_id": job_id,
         "job_type": job_type,
         "status": status,
@@ -610,4 +598,4 @@ def _log(
         "rows": rows,
         "error": error,
     }
-    log.info(json.dumps(record))
+    log.info(message, extra={FIELDS: fields})

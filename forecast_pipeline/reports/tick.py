@@ -20,7 +20,6 @@ Requires PostgreSQL (``SKIP LOCKED``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from sqlalchemy.dialects import postgresql
 
 from forecast_pipeline.app_db import leases
 from forecast_pipeline.app_db.report_tables import report_schedules, schedule_runs
+from forecast_pipeline.json_logging import FIELDS
 from forecast_pipeline.reports.cadence import (
     anchor_of,
     catch_up,
@@ -37,7 +37,7 @@ from forecast_pipeline.reports.cadence import (
     parse_cadence,
 )
 
-log = logging.getLogger("forecast_pipeline.reports.tick")
+log = logging.getLogger(__name__)
 UTC = dt.UTC
 
 
@@ -196,17 +196,17 @@ def _process(conn: sa.Connection, row, now: dt.datetime, result: TickResult, log
         logger.info(f"report schedule {row.id}: slot {slot.isoformat()} was already recorded")
         return advance
     result.recorded.append(DueRun(int(inserted), row.id, row.account_id, slot, run_key, position.missed_slots))
+    fields = {
+        "schedule_id": row.id,
+        "schedule_run_id": int(inserted),
+        "scheduled_for": slot.isoformat(),
+        "missed_slots": position.missed_slots,
+        "next_run_at": position.next_slot.isoformat(),
+    }
     logger.info(
-        json.dumps(
-            {
-                "message": "report slot recorded",
-                "schedule_id": row.id,
-                "schedule_run_id": int(inserted),
-                "scheduled_for": slot.isoformat(),
-                "missed_slots": position.missed_slots,
-                "next_run_at": position.next_slot.isoformat(),
-            }
-        )
+        f"report slot recorded: schedule {row.id} slot {fields['scheduled_for']} (schedule run {int(inserted)}, "
+        f"{position.missed_slots} missed, next {fields['next_run_at']})",
+        extra={FIELDS: fields},
     )
     return advance
 
