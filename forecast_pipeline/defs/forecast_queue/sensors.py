@@ -65,7 +65,7 @@ def run_config_for(request: job_queue.JobRequest) -> dict:
 def _forecast_job_def():
     from forecast_pipeline.definitions import defs  # the code location imports this module first
 
-    return defs.resolve_job_def(daily_forecast_job.name)
+    return defs().resolve_job_def(daily_forecast_job.name)
 
 
 def validate_job(parameters: object, settings: Settings | None = None) -> job_queue.JobRequest:
