@@ -6,11 +6,17 @@ import warnings
 import dagster as dg
 
 import forecast_pipeline.defs
+from forecast_pipeline.json_logging import log_json_lines
 
 # Beta parameters Dagster passes itself (binding a sensor to its job; `--assets '*'` under `dg
 # launch`): nothing a user of this code location can act on, printed on every load otherwise.
 for _message in ("Parameter `owners` of initializer `SensorDefinition.__init__`", "Parameter `include_sources`"):
     warnings.filterwarnings("ignore", message=_message, category=dg.BetaWarning)
+
+
+# the library's log records (the job queue's transitions, in the sensors) as JSON lines; in a run,
+# dagster.yaml's python_logs formats them instead
+log_json_lines()
 
 
 @dg.definitions

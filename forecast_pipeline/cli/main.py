@@ -20,6 +20,7 @@ from forecast_pipeline.app_db.queue_tables import JOB_STATUSES
 from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline.cli.alerts import ALERT_COMMANDS, add_alert_commands
 from forecast_pipeline.cli.reports import REPORT_COMMANDS, add_report_commands
+from forecast_pipeline.json_logging import log_json_lines
 from forecast_pipeline.settings import (
     ConfigError,
     Settings,
@@ -462,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     or configuration mistake, 1 for the environment (database, Redis) or a failed command;
     ``--verbose`` adds the traceback after it."""
     warn_unknown_variables(lambda warning: print(f"forecast-pipeline: warning: {warning}", file=sys.stderr))
+    log_json_lines()  # e.g. `jobs cancel` logs the transition as the sensors do
     args = build_parser().parse_args(argv)
     try:
         settings = load_all_settings() if args.command == "check" else load_settings()
