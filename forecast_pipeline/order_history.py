@@ -1,7 +1,9 @@
 """Reading order history in bulk: eligibility, weekly quantities and customer activity.
 
-Everything is aggregated in the database with one query each. There are no per-product or
-per-customer round trips, which is what made the legacy worker slow. Queries run over an
+There are no per-product or per-customer round trips, which is what made the legacy worker slow.
+On PostgreSQL with psycopg2 the lines are copied out in bulk (binary COPY) and aggregated in numpy
+(see "the bulk read" below); elsewhere everything is aggregated in the database with one grouped
+query each (``sql_*``, also the reference the bulk read is tested against). Queries run over an
 ``order_lines`` relation with the columns ``order_id, customer_id, product_id, ordered_at,
 quantity``: by default a join of ``order_items`` and ``orders``, or the user's own
 ``FORECAST_SOURCE_QUERY``.
@@ -12,11 +14,11 @@ before it, the first forecast week starts on it. Orders on or after the as-of da
 Ids (product, customer, order) are read as Python ints and kept in int64 arrays: they are exact
 over the whole signed 64-bit range (a float64 round trip merges neighbours above 2**53).
 
-Rules for lines that are not plain sales, applied per line in SQL and counted per product
-(:class:`LineQuality`): a line without a customer is demand but no customer; a line whose quantity
-is unknown (NULL, NaN, infinite, or not a number) is left out of demand; a negative quantity is a
-return and nets against the week's sales, and a week whose net is negative counts as zero demand;
-a zero quantity is an order with no demand.
+Rules for lines that are not plain sales, applied per line (in SQL, or in numpy by the bulk read)
+and counted per product (:class:`LineQuality`): a line without a customer is demand but no
+customer; a line whose quantity is unknown (NULL, NaN, infinite, or not a number) is left out of
+demand; a negative quantity is a return and nets against the week's sales, and a week whose net is
+negative counts as zero demand; a zero quantity is an order with no demand.
 """
 
 from __future__ import annotations
@@ -227,7 +229,8 @@ def fetch_eligible_products(
 ) -> pd.DataFrame:
     """Eligible products with their order and customer counts, most orders first."""
     if pg_copy.supported(conn):
-        lines = _read_lines(conn, dt.datetime.combine(window.history_start, dt.time()), window, None, source_query)
+        since = dt.datetime.combine(window.history_start, dt.time())
+        lines = _read_lines(conn, since, window, None, source_query, quantities=False)
         return _eligible_from_lines(lines, window)
     return sql_eligible_products(conn, window, source_query)
 
@@ -451,11 +454,13 @@ def _read_lines(
     window: HistoryWindow,
     product_ids: Sequence[int] | None,
     source_query: str | None,
+    quantities: bool = True,
 ) -> _Lines:
-    """Lines with a product, ``since <= ordered_at < as-of``, of ``product_ids`` (all if None)."""
+    """Lines with a product, ``since <= ordered_at < as-of``, of ``product_ids`` (all if None);
+    without ``quantities`` (eligibility needs none) their quantity array is empty."""
     conn.exec_driver_sql(f"SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'")
     if source_query is None:
-        lines = _read_default_schema(conn, since, window, product_ids)
+        lines = _read_default_schema(conn, since, window, product_ids, quantities)
         if lines is not None:
             return lines
     lines_rel = order_lines(source_query)
@@ -470,11 +475,11 @@ def _read_lines(
         sa.func.coalesce(sa.cast(c.order_id, sa.BigInteger), 0),
         c.order_id.is_not(None),
         _days_back(window.as_of, c.ordered_at),
-        _float_or_nan(c.quantity),
+        *([_float_or_nan(c.quantity)] if quantities else []),
     ).where(*conditions)
-    product, customer, has_customer, order, has_order, days, quantity = pg_copy.copy_columns(
-        conn, query, ["int8", "int8", "bool", "int8", "bool", "int4", "float8"]
-    )
+    kinds = ["int8", "int8", "bool", "int8", "bool", "int4"] + (["float8"] if quantities else [])
+    product, customer, has_customer, order, has_order, days, *quantity = pg_copy.copy_columns(conn, query, kinds)
+    quantity = quantity[0] if quantities else np.empty(0)
     codes, uniques = pd.factorize(order[has_order])
     order_code = np.full(len(order), -1, dtype=np.int64)
     order_code[has_order] = codes
@@ -482,7 +487,11 @@ def _read_lines(
 
 
 def _read_default_schema(
-    conn: sa.Connection, since: dt.datetime, window: HistoryWindow, product_ids: Sequence[int] | None
+    conn: sa.Connection,
+    since: dt.datetime,
+    window: HistoryWindow,
+    product_ids: Sequence[int] | None,
+    quantities: bool,
 ) -> _Lines | None:
     """The default tables copied one by one and joined on the order id in numpy (None if
     ``orders.id`` is not unique, which only a table created outside ``init-db`` allows)."""
@@ -497,12 +506,13 @@ def _read_default_schema(
     if product_ids is not None:
         conditions.append(oi.c.product_id == sa.any_(_ids_param(product_ids)))
     items_query = sa.select(
-        sa.cast(oi.c.order_id, sa.BigInteger), sa.cast(oi.c.product_id, sa.BigInteger), _float_or_nan(oi.c.quantity)
+        sa.cast(oi.c.order_id, sa.BigInteger),
+        sa.cast(oi.c.product_id, sa.BigInteger),
+        *([_float_or_nan(oi.c.quantity)] if quantities else []),
     ).where(*conditions)
-    (order_id, customer, has_customer, days), (item_order, product, quantity) = pg_copy.copy_columns_together(
-        conn,
-        [(orders_query, ["int8", "int8", "bool", "int4"]), (items_query, ["int8", "int8", "float8"])],
-        POSTGRES_WORK_MEM,
+    item_kinds = ["int8", "int8"] + (["float8"] if quantities else [])
+    (order_id, customer, has_customer, days), (item_order, product, *quantity) = pg_copy.copy_columns_together(
+        conn, [(orders_query, ["int8", "int8", "bool", "int4"]), (items_query, item_kinds)], POSTGRES_WORK_MEM
     )
     position = _unique_positions(order_id)
     if position is None:
@@ -517,7 +527,7 @@ def _read_default_schema(
         at,
         len(order_id),
         days[at].astype(np.int64),
-        quantity[found],
+        quantity[0][found] if quantities else np.empty(0),
     )
 
 
