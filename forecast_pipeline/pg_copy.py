@@ -77,9 +77,17 @@ def _copy_in_snapshot(engine: sa.Engine, snapshot: str, sql: str, work_mem: str 
 
 
 def _copy_out(dbapi_connection, sql: str) -> memoryview:
+    """The COPY stream. A database error is raised as SQLAlchemy's (``sa.exc.ProgrammingError``
+    for a missing table, ...), as any other query's, so callers need not know the driver."""
+    import psycopg2
+
+    statement = f"COPY ({sql}) TO STDOUT WITH (FORMAT binary)"
     sink = io.BytesIO()  # psycopg2 writes one row per call: one growing buffer, no object per row
-    with dbapi_connection.cursor() as cursor:
-        cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT binary)", sink)
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.copy_expert(statement, sink)
+    except psycopg2.Error as exc:
+        raise sa.exc.DBAPIError.instance(statement, None, exc, psycopg2.Error) from exc
     return sink.getbuffer()
 
 

@@ -208,3 +208,11 @@ def test_binary_copy_round_trip(pg):
         big, small, number, flag = pg_copy.copy_columns(conn, query, ["int8", "int4", "float8", "bool"])
     assert big.tolist() == [2**63 - 1] and small.tolist() == [-3]
     assert number.tolist() == [0.25] and flag.tolist() == [True]
+
+
+def test_a_missing_table_raises_sqlalchemys_error(pg):
+    """The assets turn SQLAlchemy errors into a failure that names `forecast-pipeline init-db`."""
+    with pg.begin() as conn:
+        conn.execute(sa.text("DROP TABLE order_items"))
+    with pg.connect() as conn, pytest.raises(sa.exc.ProgrammingError, match="order_items"):
+        order_history.fetch_eligible_products(conn, window(dt.date(2021, 6, 25)))
