@@ -50,8 +50,9 @@ def backend_cpu_seconds(database: str) -> dict[int, float]:
             continue
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                if not fh.read().startswith(f"postgres: postgres {database} ".encode()):
-                    continue
+                title = fh.read()  # "postgres: [cluster: ]user database host(port) state"
+            if not (title.startswith(b"postgres: ") and f" postgres {database} ".encode() in title):
+                continue
             with open(f"/proc/{entry}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
         except OSError:
