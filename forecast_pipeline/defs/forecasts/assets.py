@@ -313,8 +313,7 @@ def _forecast_one_date(
     started = time.perf_counter()
     try:
         with source_db.engine().connect() as conn:
-            weekly = order_history.fetch_weekly_history(conn, window, product_ids, source_db.source_query)
-            activity = order_history.fetch_customer_activity(conn, window, product_ids, source_db.source_query)
+            weekly, activity = order_history.fetch_history(conn, window, product_ids, source_db.source_query)
     except sa.exc.SQLAlchemyError as exc:
         raise _source_failure(source_db, exc) from exc
     timings["read_seconds"] = time.perf_counter() - started
