@@ -1,27 +1,74 @@
-"""Create and upgrade the application tables."""
+"""Create and upgrade the application tables: Alembic migrations in ``app_db/migrations``.
+
+:func:`upgrade_app_schema` brings any application database to head: an empty one, one made by
+the releases before migrations (the baseline revision adopts it in place, rows kept), or one a
+revision behind. ``forecast-pipeline init-db``, the sensors and the CLI all go through it.
+"""
+
+import functools
+import time
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from forecast_pipeline.app_db import alert_tables, queue_tables, report_tables
 from forecast_pipeline.app_db.metadata import app_metadata
 
 TABLE_MODULES = (queue_tables, alert_tables, report_tables)
 
+VERSION_TABLE = "app_schema_version"
+"""Alembic's version table for these tables: not ``alembic_version``, which Dagster's own
+PostgreSQL storage uses, in case both share a database."""
 
-def create_app_schema(engine: sa.Engine) -> None:
-    """Create every application table and index that is missing (safe to repeat).
+UPGRADE_LOCK_ID = 7_412_001
+"""``pg_advisory_xact_lock`` id held while migrating (the id the hand-written upgrade took)."""
 
-    Indexes are checked one by one too: a table that already existed (e.g. a legacy
-    ``alert_events``) still gets the unique indexes the code relies on. A module's
-    ``upgrade_schema(engine)``, if it has one, then adds what ``create_all`` cannot to existing tables."""
-    app_metadata.create_all(engine, checkfirst=True)
-    for module in TABLE_MODULES:
-        upgrade = getattr(module, "upgrade_schema", None)
-        if upgrade is not None:
-            upgrade(engine)
-    for table in app_metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(engine, checkfirst=True)
+SCRIPT_LOCATION = "forecast_pipeline.app_db:migrations"  # found in the installed package too
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    """An Alembic config for the migrations; with ``connection``, migrations run on it."""
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@functools.cache
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The database's revision; None before any migration (empty, or made by an older release)."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+def upgrade_app_schema(engine: sa.Engine) -> None:
+    """Upgrade the application tables to head (safe to repeat; one query when already there).
+
+    On PostgreSQL the migrations run in one transaction under an advisory lock, so two processes
+    upgrading at once migrate once. SQLite has no such lock: a process that loses the race (the
+    database is locked, or a table it was about to create appeared) looks again and retries."""
+    if current_revision(engine) == head_revision():
+        return
+    attempts = 1 if engine.dialect.name == "postgresql" else 5
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as conn:
+                command.upgrade(alembic_config(conn), "head")
+            return
+        except sa.exc.OperationalError:
+            if attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
+            if current_revision(engine) == head_revision():
+                return
 
 
 def missing_app_tables(engine: sa.Engine) -> list[str]:

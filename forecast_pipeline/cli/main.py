@@ -48,12 +48,12 @@ def _redis(settings: Settings):
 
 
 def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
-    from forecast_pipeline.app_db.schema import create_app_schema
+    from forecast_pipeline.app_db.schema import upgrade_app_schema
 
     engine = _engine(settings)
     source_schema.create_schema(engine)
     print(f"Tables {', '.join(source_schema.SOURCE_TABLES)} are ready in {redact_url(settings.database_url)}")
-    create_app_schema(_engine_for(settings.app_database_url))
+    upgrade_app_schema(_engine_for(settings.app_database_url))
     print(
         f"Application tables (job queue, predictions, alerts, reports) are ready in "
         f"{redact_url(settings.app_database_url)}"
@@ -210,11 +210,11 @@ def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: s
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     """Enqueue, cancel or list forecast jobs (the application database's forecast_jobs)."""
-    from forecast_pipeline.app_db.schema import create_app_schema
+    from forecast_pipeline.app_db.schema import upgrade_app_schema
     from forecast_pipeline.forecast_queue import job_queue
 
     engine = _engine_for(settings.app_database_url)
-    create_app_schema(engine)
+    upgrade_app_schema(engine)
     if args.jobs_command == "enqueue":
         return _enqueue_job(settings, args, engine)
     if args.jobs_command == "cancel":
