@@ -30,6 +30,7 @@ from forecast_pipeline.alerts.evaluate import AlertEvaluationError, Reading, dec
 from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications, alerts, devices, readings
 from forecast_pipeline.app_db.metadata import app_metadata
+from forecast_pipeline.app_db.schema import VERSION_TABLE
 from forecast_pipeline.cli import alerts as alerts_cli
 from forecast_pipeline.defs.alerts.sensors import alert_evaluation_sensor, pipeline_health_sensor
 from forecast_pipeline.defs.forecasts.assets import ProductForecastsConfig
@@ -69,8 +70,11 @@ def alerts_engine():
 
 
 def _fresh(engine: sa.Engine) -> sa.Engine:
+    """The alert tables as the release before migrations made them: the next upgrade adopts them."""
     app_metadata.drop_all(engine, tables=list(reversed(TABLES)), checkfirst=True)
     app_metadata.create_all(engine, tables=TABLES)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
     return engine
 
 

@@ -92,3 +92,17 @@ forecast_predictions = sa.Table(
     sa.Column("generated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+QUEUED_AUDIT_TRIGGER = """
+CREATE OR REPLACE FUNCTION forecast_jobs_audit_queued() RETURNS trigger AS $$
+BEGIN
+  INSERT INTO forecast_job_audit (job_id, at, event, detail)
+  VALUES (NEW.id, now(), 'queued', json_build_object('parameters', NEW.parameters, 'priority', NEW.priority));
+  RETURN NEW;
+END $$ LANGUAGE plpgsql;
+DROP TRIGGER IF EXISTS forecast_jobs_queued_audit ON forecast_jobs;
+CREATE TRIGGER forecast_jobs_queued_audit AFTER INSERT ON forecast_jobs
+  FOR EACH ROW EXECUTE FUNCTION forecast_jobs_audit_queued();
+"""
+"""The audit trigger as of head (the migrations that create or change it hold their own copies)."""
+
+sa.event.listen(forecast_jobs, "after_create", sa.DDL(QUEUED_AUDIT_TRIGGER).execute_if(dialect="postgresql"))

@@ -50,13 +50,23 @@ def current_revision(engine: sa.Engine) -> str | None:
 
 
 def upgrade_app_schema(engine: sa.Engine) -> None:
-    """Upgrade the application tables to head (safe to repeat; one query when already there).
+    """Upgrade the application tables to head (safe to repeat; two queries when already there).
 
     On PostgreSQL the migrations run in one transaction under an advisory lock, so two processes
     upgrading at once migrate once. SQLite has no such lock: a process that loses the race (the
-    database is locked, or a table it was about to create appeared) looks again and retries."""
-    if current_revision(engine) == head_revision():
-        return
+    database is locked, or a table it was about to create appeared) looks again and retries.
+    A table dropped by hand from a database at head is created again from the table modules,
+    which describe head exactly (``test_migrations`` compares them)."""
+    if current_revision(engine) != head_revision():
+        _migrate(engine)
+    missing = missing_app_tables(engine)
+    if missing:
+        with engine.begin() as conn:
+            lock(conn)
+            app_metadata.create_all(conn, tables=[app_metadata.tables[name] for name in missing], checkfirst=True)
+
+
+def _migrate(engine: sa.Engine) -> None:
     attempts = 1 if engine.dialect.name == "postgresql" else 5
     for attempt in range(1, attempts + 1):
         try:
@@ -69,6 +79,12 @@ def upgrade_app_schema(engine: sa.Engine) -> None:
             time.sleep(0.2 * attempt)
             if current_revision(engine) == head_revision():
                 return
+
+
+def lock(conn: sa.Connection) -> None:
+    """One process changes the schema at a time (PostgreSQL; held until the transaction ends)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": UPGRADE_LOCK_ID})
 
 
 def missing_app_tables(engine: sa.Engine) -> list[str]:

@@ -122,12 +122,13 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check_app_tables(settings: Settings) -> bool:
-    from forecast_pipeline.app_db.schema import missing_app_tables
+    from forecast_pipeline.app_db.schema import current_revision, head_revision, missing_app_tables
 
     url = redact_url(settings.app_database_url)
     engine = _engine_for(settings.app_database_url)
     try:
         missing = missing_app_tables(engine)
+        revision = current_revision(engine)
     except sa.exc.SQLAlchemyError as exc:
         print(f"application database {url}: FAILED: {_database_reason(exc)}")
         return False
@@ -135,6 +136,12 @@ def _check_app_tables(settings: Settings) -> bool:
         engine.dispose()
     if missing:
         print(f"application tables: MISSING {', '.join(missing)} in {url} (run `forecast-pipeline init-db`)")
+        return False
+    if revision != head_revision():
+        print(
+            f"application tables: schema revision {revision or 'none (made before migrations)'}, the code's is "
+            f"{head_revision()} in {url} (run `forecast-pipeline init-db`)"
+        )
         return False
     print(f"application tables: present in {url}")
     return True

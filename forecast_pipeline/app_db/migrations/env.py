@@ -12,7 +12,7 @@ import os
 import sqlalchemy as sa
 from alembic import context
 
-from forecast_pipeline.app_db.schema import UPGRADE_LOCK_ID, VERSION_TABLE, app_metadata
+from forecast_pipeline.app_db.schema import VERSION_TABLE, app_metadata, lock
 from forecast_pipeline.settings import normalize_database_url
 
 config = context.config
@@ -26,8 +26,7 @@ def _run(connection: sa.Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters a table by copying it
     )
     with context.begin_transaction():
-        if connection.dialect.name == "postgresql":
-            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": UPGRADE_LOCK_ID})
+        lock(connection)
         context.run_migrations()
 
 

@@ -78,7 +78,10 @@ def baseline_metadata() -> sa.MetaData:
             **_partial(f"status IN {ACTIVE_STATUSES} AND concurrency_key IS NOT NULL"),
         ),
         sa.Index(
-            "ux_forecast_jobs_idempotency_key", "idempotency_key", unique=True, **_partial("idempotency_key IS NOT NULL")
+            "ux_forecast_jobs_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            **_partial("idempotency_key IS NOT NULL"),
         ),
     )
     sa.Table(
@@ -307,7 +310,9 @@ def _upgrade_forecast_jobs(conn: sa.Connection) -> None:
     ).scalar()
     if check is None or "claimed" not in check:
         conn.exec_driver_sql("ALTER TABLE forecast_jobs DROP CONSTRAINT IF EXISTS ck_forecast_jobs_status")
-        conn.exec_driver_sql(f"ALTER TABLE forecast_jobs ADD CONSTRAINT ck_forecast_jobs_status CHECK (status IN {JOB_STATUSES})")
+        conn.exec_driver_sql(
+            f"ALTER TABLE forecast_jobs ADD CONSTRAINT ck_forecast_jobs_status CHECK (status IN {JOB_STATUSES})"
+        )
     conn.exec_driver_sql("DROP INDEX IF EXISTS ux_forecast_jobs_running_key")
 
 
