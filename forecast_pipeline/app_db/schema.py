@@ -73,7 +73,7 @@ def _migrate(engine: sa.Engine) -> None:
             with engine.begin() as conn:
                 command.upgrade(alembic_config(conn), "head")
             return
-        except sa.exc.OperationalError:
+        except (sa.exc.OperationalError, sa.exc.IntegrityError):  # locked; a table or the stamp appeared
             if attempt == attempts:
                 raise
             time.sleep(0.2 * attempt)
