@@ -9,6 +9,7 @@ missing), whose ``public`` schema each test empties, and on SQLite files."""
 import datetime as dt
 import importlib
 import math
+import shutil
 import subprocess
 import sys
 import time
@@ -333,9 +334,15 @@ def test_init_db_upgrades_the_application_database_to_head(tmp_path, pg):
 def test_the_migrations_ship_in_the_wheel(tmp_path):
     """The image installs a wheel (``pip install .``): the migrations must be in it."""
     root = Path(__file__).resolve().parents[1]
+    source = tmp_path / "source"  # a copy: setuptools leaves build/ beside the sources
+    shutil.copytree(
+        root / "forecast_pipeline", source / "forecast_pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."],
-        cwd=root,
+        cwd=source,
         capture_output=True,
         text=True,
         timeout=300,

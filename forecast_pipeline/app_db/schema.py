@@ -46,7 +46,11 @@ def head_revision() -> str:
 def current_revision(engine: sa.Engine) -> str | None:
     """The database's revision; None before any migration (empty, or made by an older release)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        return _revision(conn)
+
+
+def _revision(conn: sa.Connection) -> str | None:
+    return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
 def upgrade_app_schema(engine: sa.Engine) -> None:
@@ -57,9 +61,12 @@ def upgrade_app_schema(engine: sa.Engine) -> None:
     database is locked, or a table it was about to create appeared) looks again and retries.
     A table dropped by hand from a database at head is created again from the table modules,
     which describe head exactly (``test_migrations`` compares them)."""
-    if current_revision(engine) != head_revision():
+    with engine.connect() as conn:  # one connection for the usual case: at head, nothing missing
+        revision = _revision(conn)
+        missing = _missing(conn)
+    if revision != head_revision():
         _migrate(engine)
-    missing = missing_app_tables(engine)
+        missing = missing_app_tables(engine)
     if missing:
         with engine.begin() as conn:
             lock(conn)
@@ -89,5 +96,10 @@ def lock(conn: sa.Connection) -> None:
 
 def missing_app_tables(engine: sa.Engine) -> list[str]:
     """The application tables not in the database (``forecast-pipeline init-db`` creates them)."""
-    existing = set(sa.inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        return _missing(conn)
+
+
+def _missing(conn: sa.Connection) -> list[str]:
+    existing = set(sa.inspect(conn).get_table_names())
     return [name for name in app_metadata.tables if name not in existing]
