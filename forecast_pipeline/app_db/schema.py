@@ -11,7 +11,6 @@ import time
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from forecast_pipeline.app_db import alert_tables, queue_tables, report_tables
@@ -49,8 +48,11 @@ def current_revision(engine: sa.Engine) -> str | None:
         return _revision(conn)
 
 
-def _revision(conn: sa.Connection) -> str | None:
-    return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
+def _revision(conn: sa.Connection, tables: set[str] | None = None) -> str | None:
+    """Read directly, not through Alembic's MigrationContext: a run pays this on every start."""
+    if VERSION_TABLE not in (tables if tables is not None else set(sa.inspect(conn).get_table_names())):
+        return None
+    return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
 
 def upgrade_app_schema(engine: sa.Engine) -> None:
@@ -61,9 +63,10 @@ def upgrade_app_schema(engine: sa.Engine) -> None:
     database is locked, or a table it was about to create appeared) looks again and retries.
     A table dropped by hand from a database at head is created again from the table modules,
     which describe head exactly (``test_migrations`` compares them)."""
-    with engine.connect() as conn:  # one connection for the usual case: at head, nothing missing
-        revision = _revision(conn)
-        missing = _missing(conn)
+    with engine.connect() as conn:  # one catalogue query and one read in the usual case
+        tables = set(sa.inspect(conn).get_table_names())
+        revision = _revision(conn, tables)
+        missing = [name for name in app_metadata.tables if name not in tables]
     if revision != head_revision():
         _migrate(engine)
         missing = missing_app_tables(engine)
