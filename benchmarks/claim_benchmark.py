@@ -13,7 +13,7 @@ import time
 
 import sqlalchemy as sa
 
-from forecast_pipeline.app_db.schema import create_app_schema
+from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.forecast_queue import job_queue
 from forecast_pipeline.resources import make_engine
 
@@ -22,7 +22,7 @@ engine = make_engine(url)
 with engine.begin() as conn:
     for t in ("forecast_job_audit", "forecast_jobs", "forecast_predictions"):
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {t} CASCADE"))
-create_app_schema(engine)
+upgrade_app_schema(engine)
 with engine.begin() as conn:
     conn.execute(
         sa.text(

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import PrivateAttr
 
-from forecast_pipeline.app_db.schema import create_app_schema
+from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.settings import normalize_database_url, redact_url
 from forecast_pipeline.source.order_history import HistoryWindow
 
@@ -69,7 +69,7 @@ class AppDatabase(ConfigurableResource):
             return None
         engine = self.engine()
         if self.url not in _schema_created_for:
-            create_app_schema(engine)
+            upgrade_app_schema(engine)
             _schema_created_for.add(self.url)
         return engine
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context, materialize
 
 from forecast_pipeline.app_db.queue_tables import forecast_jobs
-from forecast_pipeline.app_db.schema import create_app_schema
+from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.defs.forecast_queue.sensors import finish_job_for_run, forecast_job_queue, recover_stale_jobs
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.forecast_queue import job_queue
@@ -33,7 +33,7 @@ def empty_queue(pg):
     with pg.begin() as conn:
         for table in ("forecast_job_audit", "forecast_jobs", "forecast_predictions"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
-    create_app_schema(pg)
+    upgrade_app_schema(pg)
     return pg
 
 

@@ -21,10 +21,6 @@ from forecast_pipeline.app_db.queue_tables import forecast_predictions
 BATCH_ROWS = 2000  # SQLite: 10 columns x 2000 rows stays under its bind-parameter limit
 
 
-def create_table(engine: sa.Engine) -> None:
-    forecast_predictions.create(engine, checkfirst=True)
-
-
 def rows_of(doc: dict) -> list[dict]:
     as_of = dt.date.fromisoformat(doc["as_of_date"])
     generated = dt.datetime.fromisoformat(doc["model_metadata"]["generated_at"].replace("Z", "+00:00"))

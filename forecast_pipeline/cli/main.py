@@ -49,12 +49,12 @@ def _redis(settings: Settings):
 
 
 def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
-    from forecast_pipeline.app_db.schema import create_app_schema
+    from forecast_pipeline.app_db.schema import upgrade_app_schema
 
     engine = _engine(settings)
     source_schema.create_schema(engine)
     print(f"Tables {', '.join(source_schema.SOURCE_TABLES)} are ready in {redact_url(settings.database_url)}")
-    create_app_schema(_engine_for(settings.app_database_url))
+    upgrade_app_schema(_engine_for(settings.app_database_url))
     print(
         f"Application tables (job queue, predictions, alerts, reports) are ready in "
         f"{redact_url(settings.app_database_url)}"
@@ -123,12 +123,13 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check_app_tables(settings: Settings) -> bool:
-    from forecast_pipeline.app_db.schema import missing_app_tables
+    from forecast_pipeline.app_db.schema import current_revision, head_revision, missing_app_tables
 
     url = redact_url(settings.app_database_url)
     engine = _engine_for(settings.app_database_url)
     try:
         missing = missing_app_tables(engine)
+        revision = current_revision(engine)
     except sa.exc.SQLAlchemyError as exc:
         print(f"application database {url}: FAILED: {_database_reason(exc)}")
         return False
@@ -136,6 +137,12 @@ def _check_app_tables(settings: Settings) -> bool:
         engine.dispose()
     if missing:
         print(f"application tables: MISSING {', '.join(missing)} in {url} (run `forecast-pipeline init-db`)")
+        return False
+    if revision != head_revision():
+        print(
+            f"application tables: schema revision {revision or 'none (made before migrations)'}, the code's is "
+            f"{head_revision()} in {url} (run `forecast-pipeline init-db`)"
+        )
         return False
     print(f"application tables: present in {url}")
     return True
@@ -211,11 +218,11 @@ def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: s
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     """Enqueue, cancel or list forecast jobs (the application database's forecast_jobs)."""
-    from forecast_pipeline.app_db.schema import create_app_schema
+    from forecast_pipeline.app_db.schema import upgrade_app_schema
     from forecast_pipeline.forecast_queue import job_queue
 
     engine = _engine_for(settings.app_database_url)
-    create_app_schema(engine)
+    upgrade_app_schema(engine)
     if args.jobs_command == "enqueue":
         return _enqueue_job(settings, args, engine)
     if args.jobs_command == "cancel":

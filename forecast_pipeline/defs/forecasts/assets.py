@@ -36,6 +36,7 @@ from dagster import (
 from pydantic import Field
 
 from forecast_pipeline.app_db import predictions_store, queue_tables
+from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.defs.forecasts import forecast_view
 from forecast_pipeline.defs.forecasts.partitions import as_of_partitions
 from forecast_pipeline.forecast_queue.run_heartbeat import RunHeartbeat
@@ -383,7 +384,7 @@ def forecast_predictions(
 ) -> MaterializeResult:
     started = time.perf_counter()
     engine = app_db.engine()
-    predictions_store.create_table(engine)
+    upgrade_app_schema(engine)
     requested = requested_products(context.run.run_config)
     rows = {}
     for key, docs in product_forecasts.items():
