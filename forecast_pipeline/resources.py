@@ -55,6 +55,7 @@ class RedisStore(ConfigurableResource):
     key_prefix: str = "forecast"
 
     _client: redis.Redis | None = PrivateAttr(default=None)
+    _binary: redis.Redis | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._client = connect_redis(self.url, self.password)
@@ -64,12 +65,21 @@ class RedisStore(ConfigurableResource):
             self._client = connect_redis(self.url, self.password)
         return self._client
 
+    def binary_client(self) -> redis.Redis:
+        """A client that returns bytes, for pickled step values."""
+        if self._binary is None:
+            extra = {"password": self.password} if self.password else {}
+            self._binary = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=30, **extra)
+        return self._binary
+
     def key(self, *parts: Any) -> str:
         return ":".join([self.key_prefix, *(str(p) for p in parts)])
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._client is not None:
             self._client.close()
+        if self._binary is not None:
+            self._binary.close()
 
 
 def connect_redis(url: str, password: str | None = None) -> redis.Redis:
@@ -96,6 +106,7 @@ class ForecastParameters(ConfigurableResource):
     min_orders: int = 3
     forecast_weeks: int = 12
     workers: int = 10
+    shard_size: int = 25000
     max_failure_rate: float = 0.05
     cache_ttl: int = 604800
     history_ttl: int = 7776000
@@ -123,7 +134,12 @@ def build_resources(settings: Settings, environ: Mapping[str, str] | None = None
 
     ``environ`` (default ``os.environ``) decides which values are passed as ``EnvVar``.
     """
-    from forecast_pipeline.io_managers import RedisForecastIOManager, RedisTableIOManager
+    from forecast_pipeline.io_managers import (
+        RedisForecastIOManager,
+        RedisShardIOManager,
+        RedisStepIOManager,
+        RedisTableIOManager,
+    )
     from forecast_pipeline.run_heartbeat import RunHeartbeat
 
     env = os.environ if environ is None else environ
@@ -153,10 +169,13 @@ def build_resources(settings: Settings, environ: Mapping[str, str] | None = None
             min_orders=pick("FORECAST_MIN_ORDERS", settings.min_orders, "int"),
             forecast_weeks=pick("FORECAST_WEEKS", settings.forecast_weeks, "int"),
             workers=pick("FORECAST_WORKERS", settings.workers, "int"),
+            shard_size=pick("FORECAST_SHARD_SIZE", settings.shard_size, "int"),
             max_failure_rate=settings.max_failure_rate,
             cache_ttl=cache_ttl,
             history_ttl=history_ttl,
         ),
         "forecast_io_manager": RedisForecastIOManager(redis_store=store, cache_ttl=cache_ttl, history_ttl=history_ttl),
         "table_io_manager": RedisTableIOManager(redis_store=store, history_ttl=history_ttl),
+        "forecast_step_io_manager": RedisStepIOManager(redis_store=store),
+        "forecast_shard_io_manager": RedisShardIOManager(redis_store=store),
     }
