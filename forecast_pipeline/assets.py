@@ -173,7 +173,7 @@ class ProductForecastsConfig(Config):
     )
 
 
-SHARD_RETRY = RetryPolicy(max_retries=2, delay=10, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+SHARD_RETRY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 # Each shard step is its own pod under k8s_job_executor. Sized for FORECAST_SHARD_SIZE=25,000
 # products (measured peak 0.9-1.2 GiB per shard process, see benchmarks/RESULTS.md).
 SHARD_K8S_CONFIG = {

@@ -69,7 +69,8 @@ class RedisForecastIOManager(ConfigurableIOManager):
                 "latest_keys_kept_newer": written["latest_kept_newer"],
                 "latest_keys_removed": removed,
                 "last_run_updated": last_run_updated,
-                "write_seconds": round(write_seconds, 3),
+                "write_seconds": round(obj.timings["write_seconds"], 3),  # staging (all shards) + publish
+                "publish_seconds": round(write_seconds, 3),
             },
             asset_key=context.asset_key,
             partition_key=as_of,
