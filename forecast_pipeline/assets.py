@@ -7,6 +7,7 @@ between steps as ``{partition_key: value}``.
 """
 
 import datetime as dt
+
 import time
 import warnings
 
@@ -533,7 +534,7 @@ def _forecast_shard(
 )
 def forecast_predictions(
     context: AssetExecutionContext,
-    product_forecasts: dict[str, dict[int, dict]],
+    product_forecasts: dict[str, forecast_cache.CachedForecasts],  # each date streamed from Redis
     app_db: AppDatabase,
     run_heartbeat: RunHeartbeat,
 ) -> MaterializeResult:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import redis
@@ -75,12 +75,13 @@ end
 return removed
 """
 
-# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease.
+# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease, KEYS[4]: the hash's version.
 # ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history ttl.
 _PUBLISH = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('PUBLISH lease lost: another run took over this as-of date')
 end
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
 local expected = tonumber(ARGV[2])
 if expected == 0 then
   redis.call('DEL', KEYS[1], KEYS[2])
@@ -122,6 +123,7 @@ _MERGE = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('PUBLISH lease lost: another run took over this as-of date')
 end
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
 local expected = tonumber(ARGV[2])
 local staged = redis.call('HLEN', KEYS[1])
 if staged ~= expected then
@@ -161,6 +163,11 @@ def eligible_key(prefix: str, as_of: str) -> str:
 
 def lease_key(prefix: str, as_of: str) -> str:
     return f"{prefix}:lock:asof:{as_of}"
+
+
+def version_key(prefix: str, as_of: str) -> str:
+    """Changes whenever the date's hash is replaced or merged into (streaming readers check it)."""
+    return f"{prefix}:version:asof:{as_of}"
 
 
 def staging_key(prefix: str, as_of: str, token: str) -> str:
@@ -243,7 +250,12 @@ def _take_lease(
 
 
 def stage_forecasts(
-    client: redis.Redis, prefix: str, as_of: str, run_token: str, payloads: Sequence[dict], shard_products: Sequence[int]
+    client: redis.Redis,
+    prefix: str,
+    as_of: str,
+    run_token: str,
+    payloads: Sequence[dict],
+    shard_products: Sequence[int],
 ) -> int:
     """Write one shard's forecasts into the run's staging hash of the date (no lease: the hash
     is the run's own and nobody reads it). A retried shard first removes every product of its
@@ -307,10 +319,14 @@ def publish_staged(
                 previous = client.hkeys(target)
                 previous_ids = np.fromiter((int(p) for p in previous), dtype=np.int64, count=len(previous))
                 del previous
-                client.register_script(_PUBLISH)(keys=[staging, target, lease.name], args=[token, len(ids), history_ttl])
+                client.register_script(_PUBLISH)(
+                    keys=[staging, target, lease.name, version_key(prefix, as_of)], args=[token, len(ids), history_ttl]
+                )
                 dropped = np.setdiff1d(previous_ids, ids).tolist()
             else:
-                client.register_script(_MERGE)(keys=[staging, target, lease.name], args=[token, len(ids), history_ttl])
+                client.register_script(_MERGE)(
+                    keys=[staging, target, lease.name, version_key(prefix, as_of)], args=[token, len(ids), history_ttl]
+                )
                 dropped = sorted(set(int(p) for p in drop_products) - set(ids.tolist()))
                 if dropped:
                     client.hdel(target, *(str(pid) for pid in dropped))
@@ -337,9 +353,7 @@ def _write_latest_from_hash(
         pipe = client.pipeline(transaction=False)
         for chunk in _chunks(group, BATCH_SIZE):
             fields = [str(int(p)) for p in chunk]
-            script(
-                keys=[target, *(f"{prefix}:{f}" for f in fields)], args=[as_of, ttl, *fields], client=pipe
-            )
+            script(keys=[target, *(f"{prefix}:{f}" for f in fields)], args=[as_of, ttl, *fields], client=pipe)
         written += sum(int(n) for n in pipe.execute())
         lease.reacquire()
     return written
@@ -363,7 +377,7 @@ def _replace_history(
         _write_hash(client, staging, encoded, STAGING_TTL_SECONDS, lease)
         previous = {int(pid) for pid in client.hkeys(target)}
         publish = client.register_script(_PUBLISH)
-        publish(keys=[staging, target, lease.name], args=[token, len(encoded), history_ttl])
+        publish(keys=[staging, target, lease.name, version_key(prefix, as_of)], args=[token, len(encoded), history_ttl])
     except BaseException:
         client.delete(staging)  # DEL is allowed even when Redis is out of memory
         raise
@@ -446,6 +460,49 @@ def read_forecasts_for(client: redis.Redis, prefix: str, as_of: str) -> dict[int
     """Every cached forecast of one as-of date, by product id."""
     raw = client.hgetall(history_key(prefix, as_of))
     return {int(pid): json.loads(doc) for pid, doc in raw.items()}
+
+
+class ChangedWhileReading(RuntimeError):
+    """Another run published the date while its hash was being read in batches."""
+
+
+class CachedForecasts(Mapping):
+    """One date's cached forecasts, read in batches (HSCAN) instead of all at once: a million
+    forecasts are ~1.5 GB of JSON. ``items()``/``values()`` stream; when another run publishes the
+    date meanwhile (the hash's version changes) they raise :class:`ChangedWhileReading` at the
+    end instead of having yielded a mix of two runs. Duplicates HSCAN may return are dropped."""
+
+    def __init__(self, client: redis.Redis, prefix: str, as_of: str, batch: int = 1000):
+        self.client, self.prefix, self.as_of, self.batch = client, prefix, as_of, batch
+        self.key = history_key(prefix, as_of)
+
+    def __getitem__(self, product_id: int) -> dict:
+        raw = self.client.hget(self.key, str(product_id))
+        if raw is None:
+            raise KeyError(product_id)
+        return json.loads(raw)
+
+    def __len__(self) -> int:
+        return self.client.hlen(self.key)
+
+    def __iter__(self):
+        for product_id, _ in self.items():
+            yield product_id
+
+    def items(self):
+        version = self.client.get(version_key(self.prefix, self.as_of))
+        seen: set[int] = set()
+        for field, raw in self.client.hscan_iter(self.key, count=self.batch):
+            product_id = int(field)
+            if product_id not in seen:
+                seen.add(product_id)
+                yield product_id, json.loads(raw)
+        if self.client.get(version_key(self.prefix, self.as_of)) != version:
+            raise ChangedWhileReading(f"another run published as-of {self.as_of} while {self.key} was being read")
+
+    def values(self):
+        for _, doc in self.items():
+            yield doc
 
 
 def read_run_metadata(client: redis.Redis, prefix: str, as_of: str | None = None) -> dict | None:

@@ -76,9 +76,10 @@ class RedisForecastIOManager(ConfigurableIOManager):
             partition_key=as_of,
         )
 
-    def load_input(self, context: InputContext) -> dict[str, dict[int, dict]]:
+    def load_input(self, context: InputContext) -> dict[str, forecast_cache.CachedForecasts]:
         client, prefix = self.redis_store.client(), self.redis_store.key_prefix
-        return {key: forecast_cache.read_forecasts_for(client, prefix, key) for key in context.asset_partition_keys}
+        # streamed in batches: a date of a million forecasts never sits in one process whole
+        return {key: forecast_cache.CachedForecasts(client, prefix, key) for key in context.asset_partition_keys}
 
 
 class RedisStepIOManager(ConfigurableIOManager):

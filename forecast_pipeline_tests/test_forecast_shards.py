@@ -261,7 +261,9 @@ def test_two_runs_of_one_date_interleaving_shards_never_mix(redis_client):
 
 
 def test_a_rerun_frees_staging_left_by_a_finished_run_but_not_a_live_ones(book, redis_client, instance):
-    live = instance.add_run(DagsterRun(job_name="daily_forecast", run_id="a1b2c3d4-live", status=DagsterRunStatus.STARTED))
+    live = instance.add_run(
+        DagsterRun(job_name="daily_forecast", run_id="a1b2c3d4-live", status=DagsterRunStatus.STARTED)
+    )
     for token in ("dead-run", live.run_id):  # a run that died after staging (unknown to the instance)
         forecast_cache.stage_forecasts(redis_client, PREFIX, DATE, token, docs(range(5), token), range(5))
     result = run(book, instance, FORECAST_SHARD_SIZE="5")
