@@ -4,10 +4,14 @@ eligible products -> product forecasts (Redis) -> forecast predictions (applicat
 Each asset handles every as-of date of its run (``BackfillPolicy.single_run()``): a backfill of a
 date range, or a queue job for one, is one run that reads each date's history once. Values pass
 between steps as ``{partition_key: value}``.
+
+``product_forecasts`` is a graph: ``plan_forecast_shards`` cuts each date into shards of at most
+``FORECAST_SHARD_SIZE`` products, ``forecast_shard`` (one step per shard, retried alone) reads,
+models and stages them in Redis, and ``publish_forecasts`` gates and publishes the dates. A process
+(or pod) then holds one shard, never a whole date (see :mod:`forecast_pipeline.forecast_shards`).
 """
 
 import datetime as dt
-
 import time
 import warnings
 
@@ -24,8 +28,8 @@ from dagster import (
     AssetKey,
     AssetObservation,
     AssetsDefinition,
-    Backoff,
     BackfillPolicy,
+    Backoff,
     BetaWarning,
     Config,
     ConfigMapping,
@@ -50,8 +54,14 @@ from dagster import (
 from dagster._core.storage.tags import ROOT_RUN_ID_TAG
 from pydantic import Field
 
-from forecast_pipeline import forecast_cache, forecast_shards, forecast_view, jobs_schema, order_history
-from forecast_pipeline import predictions_store
+from forecast_pipeline import (
+    forecast_cache,
+    forecast_shards,
+    forecast_view,
+    jobs_schema,
+    order_history,
+    predictions_store,
+)
 from forecast_pipeline.app_db import AppDatabase
 from forecast_pipeline.forecasting.batch import ForecastRun, run_forecasts
 from forecast_pipeline.forecasting.customers import active_customers

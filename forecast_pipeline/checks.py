@@ -2,7 +2,6 @@
 
 import warnings
 
-
 from dagster import AssetCheckExecutionContext, AssetCheckKey, MetadataValue, PreviewWarning, asset_check
 
 from forecast_pipeline.assets import partition_check_results, product_forecasts

@@ -1,7 +1,6 @@
 """A date forecast in shards: each shard a step of its own, retried alone, published once by one
 final step. On real Postgres and Redis; Dagster runs in process (a shard step per product group)."""
 
-import datetime as dt
 import json
 import threading
 
