@@ -44,9 +44,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from forecast_pipeline import job_queue  # noqa: E402
 from forecast_pipeline.app_db.queue_tables import forecast_jobs  # noqa: E402
 from forecast_pipeline.app_db.schema import upgrade_app_schema  # noqa: E402
+from forecast_pipeline.forecast_queue import job_queue  # noqa: E402
 from forecast_pipeline.resources import make_engine  # noqa: E402
 from forecast_pipeline.source import demo_data  # noqa: E402
 

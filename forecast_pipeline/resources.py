@@ -90,6 +90,7 @@ class RedisStore(ConfigurableResource):
     key_prefix: str = "forecast"
 
     _client: redis.Redis | None = PrivateAttr(default=None)
+    _binary: redis.Redis | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._client = connect_redis(self.url, self.password)
@@ -99,12 +100,21 @@ class RedisStore(ConfigurableResource):
             self._client = connect_redis(self.url, self.password)
         return self._client
 
+    def binary_client(self) -> redis.Redis:
+        """A client that returns bytes, for pickled step values."""
+        if self._binary is None:
+            extra = {"password": self.password} if self.password else {}
+            self._binary = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=30, **extra)
+        return self._binary
+
     def key(self, *parts: Any) -> str:
         return ":".join([self.key_prefix, *(str(p) for p in parts)])
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._client is not None:
             self._client.close()
+        if self._binary is not None:
+            self._binary.close()
 
 
 def connect_redis(url: str, password: str | None = None) -> redis.Redis:
@@ -131,6 +141,7 @@ class ForecastParameters(ConfigurableResource):
     min_orders: int = 3
     forecast_weeks: int = 12
     workers: int = 10
+    shard_size: int = 25000
     max_failure_rate: float = 0.05
     cache_ttl: int = 604800
     history_ttl: int = 7776000
