@@ -2,6 +2,7 @@
 loads the project (``dg list defs``, ``dg check defs``, ``dg launch``; ``[tool.dg]`` in pyproject.toml)."""
 
 import warnings
+from pathlib import Path
 
 import dagster as dg
 
@@ -19,7 +20,14 @@ for _message in ("Parameter `owners` of initializer `SensorDefinition.__init__`"
 log_json_lines()
 
 
+PROJECT_ROOT = Path(__file__).parent.parent
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    # by module, not by path: an installed package (the Docker image) has no pyproject.toml above it
-    return dg.load_defs(defs_root=forecast_pipeline.defs)
+    if (PROJECT_ROOT / "pyproject.toml").exists():  # a checkout, or the image's /opt/dagster/app
+        return dg.load_from_defs_folder(path_within_project=PROJECT_ROOT)
+    # installed without its project file: the same folder, found by module
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return dg.load_defs(defs_root=forecast_pipeline.defs)
