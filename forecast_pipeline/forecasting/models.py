@@ -20,6 +20,7 @@ SEASON_LENGTH = 52
 SES_ALPHAS = np.array([0.05, 0.1, 0.2, 0.3, 0.5])
 CROSTON_ALPHAS = np.array([0.05, 0.1, 0.2, 0.3])
 TSB_BETAS = np.array([0.02, 0.05, 0.1, 0.2])
+TSB_FAST_BETA = np.array([0.3])
 HOLT_BETA = 0.05
 HOLT_PHI = 0.9
 DECOMP_YEARS = 4
@@ -407,6 +408,70 @@ def _holt_pass(z, start, level0, alphas, betas, phis, paths: bool = False):
     return sse, level_path, trend_path
 
 
+SHIFT_SEARCH_WEEKS = 52  # a new level may start in any of the last 52 weeks ...
+SHIFT_MIN_AFTER = 8  # ... with at least this many weeks of it
+SHIFT_MIN_BEFORE = 26  # compared with up to 52 weeks before it, at least this many
+SHIFT_MIN_FACTOR = 1.6
+SHIFT_MIN_T = 6.0
+
+
+def level_shift_week(
+    y: np.ndarray, start: np.ndarray, min_after: int = SHIFT_MIN_AFTER, min_t: float = SHIFT_MIN_T
+) -> np.ndarray:
+    """The week a lasting level shift began in each row, or -1.
+
+    For every candidate week ``k`` of the last 52 (leaving ``min_after`` weeks after it) the mean
+    of the weeks from ``k`` on is compared with the mean of up to 52 weeks before ``k`` (26 at
+    least, all since first demand): a shift needs a ratio of ``SHIFT_MIN_FACTOR`` or more and a
+    two-sample t-statistic of ``min_t`` or more (a one-off spike is capped before this, and one
+    good month does not make a t of 6 on 26+ weeks); the week with the largest t wins. Vectorised:
+    one pass of cumulative sums per candidate week.
+    """
+    n, t = y.shape
+    out = np.full(n, -1)
+    if t < SHIFT_MIN_BEFORE + min_after:
+        return out
+    cumsum = np.concatenate([np.zeros((n, 1)), np.cumsum(y, axis=1)], axis=1)
+    cumsq = np.concatenate([np.zeros((n, 1)), np.cumsum(y * y, axis=1)], axis=1)
+    best = np.zeros(n)
+    rows = np.arange(n)
+    for k in range(max(t - SHIFT_SEARCH_WEEKS, SHIFT_MIN_BEFORE), t - min_after + 1):
+        lo = np.maximum(start, k - SEASON_LENGTH)
+        n1, n2 = k - lo, t - k
+        s1 = cumsum[:, k] - cumsum[rows, lo]
+        q1 = cumsq[:, k] - cumsq[rows, lo]
+        s2, q2 = cumsum[:, t] - cumsum[:, k], cumsq[:, t] - cumsq[:, k]
+        m1, m2 = s1 / np.maximum(n1, 1), s2 / n2
+        var = (q1 - n1 * m1**2 + q2 - n2 * m2**2) / np.maximum(n1 + n2 - 2, 1)
+        tstat = np.abs(m2 - m1) / np.sqrt(np.maximum(var, 1e-12) * (1 / np.maximum(n1, 1) + 1 / n2))
+        factor = np.maximum(m1, m2) / np.maximum(np.minimum(m1, m2), 1e-9)
+        hit = (n1 >= SHIFT_MIN_BEFORE) & (factor >= SHIFT_MIN_FACTOR) & (tstat >= min_t) & (tstat > best)
+        best = np.where(hit, tstat, best)
+        out = np.where(hit, k, out)
+    return out
+
+
+def shift_ses(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
+    """SES fitted only on the weeks since a detected level shift (plain SES where none is found):
+    with the smallest alphas SES takes months to leave an old level behind."""
+    shift = level_shift_week(y, start)
+    return ses(y, np.maximum(start, shift), horizon)
+
+
+def tsb_fast(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
+    """TSB with the demand probability's beta fixed at 0.3: for an item that has stopped selling
+    the in-sample error (years of steady sales) picks a slow beta that keeps forecasting demand."""
+    return tsb(y, start, horizon, betas=TSB_FAST_BETA)
+
+
+def trailing_zero_weeks(y: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Weeks since the last week with demand (0 if the last week had demand)."""
+    t = y.shape[1]
+    positive = (y > 0) & (np.arange(t)[None, :] >= start[:, None])
+    last = np.where(positive.any(axis=1), t - 1 - np.argmax(positive[:, ::-1], axis=1), -1)
+    return np.where(last >= 0, t - 1 - last, t - start)
+
+
 def croston_sba(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
     """Croston's method with the Syntetos-Boylan bias correction, for intermittent demand.
 
@@ -436,14 +501,14 @@ def croston_sba(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
     return _flat_fit(path[np.arange(n), best, :], horizon, None)
 
 
-def tsb(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
+def tsb(y: np.ndarray, start: np.ndarray, horizon: int, betas: np.ndarray = TSB_BETAS) -> ModelFit:
     """Teunter-Syntetos-Babai: smooths demand probability every week, so dying items decay.
 
     Size uses alpha 0.1; the probability's beta is picked per series from a grid.
     """
     n, t = y.shape
-    betas = TSB_BETAS[None, :]
-    g = len(TSB_BETAS)
+    g = len(betas)
+    betas = np.asarray(betas, dtype=float)[None, :]
     alpha = 0.1
     size = np.repeat(_initial_size(y, start)[:, None], g, axis=1)
     prob = np.repeat((1.0 / _initial_interval(y, start))[:, None], g, axis=1)
