@@ -311,7 +311,7 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     from forecast_pipeline import backtest
 
     if args.statsforecast and not backtest.statsforecast_available():
-        print(f"error: {backtest.SF_MISSING}", file=sys.stderr)
+        print(f"forecast-pipeline: {backtest.SF_MISSING}", file=sys.stderr)
         return 2
     as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
     common = {
