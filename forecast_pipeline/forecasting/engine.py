@@ -53,7 +53,6 @@ from forecast_pipeline.forecasting import models
 MIN_HISTORY_WEEKS = 8
 SHORT_HISTORY_WEEKS = 26
 SHORT_HOLDOUT_WEEKS = 4
-SHORT_MEAN_WEEKS = 12
 SEASONAL_MIN_WEEKS = 2 * models.SEASON_LENGTH
 INTERVAL_ORIGINS = 52
 SELECTION_WINDOWS = 4
@@ -253,7 +252,7 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     # Short histories: recent mean, scored on a shorter holdout.
     if short.any():
         short_fit = max(t - SHORT_HOLDOUT_WEEKS, 1)
-        fc = models.recent_mean(y[short, :short_fit], start[short], SHORT_HOLDOUT_WEEKS, window=SHORT_MEAN_WEEKS).forecast
+        fc = models.recent_mean(y[short, :short_fit], start[short], SHORT_HOLDOUT_WEEKS).forecast
         actual = y[short, short_fit:]
         holdout_err[short] = np.abs(actual - fc[:, : actual.shape[1]]).sum(axis=1)
         holdout_act[short] = actual.sum(axis=1)
@@ -263,7 +262,7 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         rows = model == name
         if not rows.any():
             continue
-        fn = _short_mean if name == "recent_mean" else CANDIDATES[name]
+        fn = models.recent_mean if name == "recent_mean" else CANDIDATES[name]
         fit = fn(y[rows], start[rows], horizon)
         forecast[rows] = fit.forecast
         replay = fit
@@ -308,10 +307,6 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         holdout_actual=np.where(idle, 0.0, holdout_act),
         outliers_capped=np.where(idle, 0, outliers),
     )
-
-
-def _short_mean(y: np.ndarray, start: np.ndarray, horizon: int) -> models.ModelFit:
-    return models.recent_mean(y, start, horizon, window=SHORT_MEAN_WEEKS)
 
 
 def _dormant(y: np.ndarray, start: np.ndarray) -> np.ndarray:
