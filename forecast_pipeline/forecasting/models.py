@@ -223,12 +223,13 @@ def ses(
     level = np.repeat(_initial_level(y, start)[:, None], len(SES_ALPHAS), axis=1)
     sse = np.zeros((n, len(SES_ALPHAS)))
     path = np.empty((t if paths else 1, n, len(SES_ALPHAS)))  # week-major: contiguous writes
+    weeks = np.ascontiguousarray(y.T)
     for col in range(t):
-        active = (col >= start)[:, None]
-        obs = y[:, col, None]
-        err = obs - level
-        sse += np.where(active, err * err, 0.0)
-        level = np.where(active, level + alphas * err, level)
+        # err is zero before a row's start, which leaves its level and SSE as they are (the same
+        # numbers as np.where, with fewer temporaries: this loop is most of the engine's time)
+        err = (weeks[col, :, None] - level) * (col >= start)[:, None]
+        sse += err * err
+        level = level + alphas * err
         if paths:
             path[col] = level
     if not paths:
@@ -531,16 +532,18 @@ def croston_sba(y: np.ndarray, start: np.ndarray, horizon: int, paths: bool = Tr
     since = np.ones((n, g))
     correction = 1 - alphas / 2
     sse = np.zeros((n, g))
+    weeks = np.ascontiguousarray(y.T)
     path = np.empty((t if paths else 1, n, g))
     for col in range(t):
         active = (col >= start)[:, None]
-        obs = y[:, col, None]
-        err = obs - correction * size / interval
-        sse += np.where(active, err * err, 0.0)
+        obs = weeks[col, :, None]
+        err = (obs - correction * size / interval) * active
+        sse += err * err
         demand = active & (obs > 0)
-        size = np.where(demand, size + alphas * (obs - size), size)
-        interval = np.where(demand, interval + alphas * (since - interval), interval)
-        since = np.where(demand, 1.0, np.where(active, since + 1.0, since))
+        hit = demand.astype(float)
+        size = size + alphas * ((obs - size) * hit)
+        interval = interval + alphas * ((since - interval) * hit)
+        since = np.where(demand, 1.0, since + active)
         if paths:
             path[col] = correction * size / interval
     if not paths:
@@ -562,14 +565,15 @@ def tsb(y: np.ndarray, start: np.ndarray, horizon: int, betas: np.ndarray = TSB_
     prob = np.repeat((1.0 / _initial_interval(y, start))[:, None], g, axis=1)
     sse = np.zeros((n, g))
     path = np.empty((t if paths else 1, n, g))
+    weeks = np.ascontiguousarray(y.T)
     for col in range(t):
         active = (col >= start)[:, None]
-        obs = y[:, col, None]
-        err = obs - prob * size
-        sse += np.where(active, err * err, 0.0)
+        obs = weeks[col, :, None]
+        err = (obs - prob * size) * active
+        sse += err * err
         demand = obs > 0
-        prob = np.where(active, prob + betas * (demand - prob), prob)
-        size = np.where(active & demand, size + alpha * (obs - size), size)
+        prob = prob + betas * ((demand - prob) * active)
+        size = size + alpha * ((obs - size) * (active & demand))
         if paths:
             path[col] = prob * size
     if not paths:
