@@ -534,20 +534,22 @@ def croston_sba(y: np.ndarray, start: np.ndarray, horizon: int, paths: bool = Tr
     sse = np.zeros((n, g))
     weeks = np.ascontiguousarray(y.T)
     path = np.empty((t if paths else 1, n, g))
+    rate = correction * size / interval  # the forecast: one division a week serves the error and the path
     for col in range(t):
         active = (col >= start)[:, None]
         obs = weeks[col, :, None]
-        err = (obs - correction * size / interval) * active
+        err = (obs - rate) * active
         sse += err * err
         demand = active & (obs > 0)
         hit = demand.astype(float)
         size = size + alphas * ((obs - size) * hit)
         interval = interval + alphas * ((since - interval) * hit)
         since = np.where(demand, 1.0, since + active)
+        rate = correction * size / interval
         if paths:
-            path[col] = correction * size / interval
+            path[col] = rate
     if not paths:
-        path[0] = correction * size / interval
+        path[0] = rate
     best = _pick_best(sse)
     return _flat_fit(_chosen_path(path, best), horizon, None)
 
