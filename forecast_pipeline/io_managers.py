@@ -12,7 +12,7 @@ import time
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext, ResourceDependency
 
-from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.forecasting.shards import DatePublish, StagedShard
 from forecast_pipeline.resources import RedisStore
 
@@ -64,7 +64,7 @@ class RedisForecastIOManager(ConfigurableIOManager):
         # per date: in a range run each partition's materialization gets its own write figures
         context.step_context.add_asset_metadata(
             {
-                "redis_history_key": forecast_cache.history_key(prefix, as_of),
+                "redis_history_key": keys.history_key(prefix, as_of),
                 "latest_keys_written": written["latest_written"],
                 "latest_keys_kept_newer": written["latest_kept_newer"],
                 "latest_keys_removed": removed,
@@ -92,7 +92,7 @@ class RedisStepIOManager(ConfigurableIOManager):
 
     def _location(self, run_id: str, identifier: list[str]) -> tuple[str, str]:
         """One hash per run (``{prefix}:steps:{run_id}``, one TTL), a field per step output."""
-        return self.redis_store.key("steps", run_id), ":".join(identifier)
+        return keys.steps_key(self.redis_store.key_prefix, run_id), ":".join(identifier)
 
     def handle_output(self, context: OutputContext, obj) -> None:
         key, field = self._location(context.run_id, context.get_identifier())
@@ -127,7 +127,7 @@ class RedisShardIOManager(RedisStepIOManager):
         result.timings["write_seconds"] = result.timings.get("write_seconds", 0.0) + time.perf_counter() - started
         context.log.info(
             f"{result.as_of} shard {result.index + 1}/{result.count}: staged {staged} forecasts "
-            f"in {forecast_cache.staging_key(self.redis_store.key_prefix, result.as_of, token)}"
+            f"in {keys.staging_key(self.redis_store.key_prefix, result.as_of, token)}"
         )
         super().handle_output(context, result)
 
@@ -151,15 +151,13 @@ class RedisTableIOManager(ConfigurableIOManager):
             # column by column: a frame's to_numpy() of mixed int/float columns is float64, which
             # is exact for ids only up to 2**53
             doc = {"columns": {c: frame[c].tolist() for c in frame.columns}, "stored_at": _now()}
-            pipe.set(
-                forecast_cache.eligible_key(self.redis_store.key_prefix, as_of), json.dumps(doc), ex=self.history_ttl
-            )
+            pipe.set(keys.eligible_key(self.redis_store.key_prefix, as_of), json.dumps(doc), ex=self.history_ttl)
         pipe.execute()
 
     def load_input(self, context: InputContext) -> dict[str, pd.DataFrame]:
         tables = {}
         for as_of in context.asset_partition_keys:
-            key = forecast_cache.eligible_key(self.redis_store.key_prefix, as_of)
+            key = keys.eligible_key(self.redis_store.key_prefix, as_of)
             raw = self.redis_store.client().get(key)
             if raw is None:
                 raise FileNotFoundError(

@@ -4,7 +4,6 @@
 """
 
 import datetime as dt
-from typing import Any
 
 import redis
 import sqlalchemy as sa
@@ -106,9 +105,6 @@ class RedisStore(ConfigurableResource):
             extra = {"password": self.password} if self.password else {}
             self._binary = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=30, **extra)
         return self._binary
-
-    def key(self, *parts: Any) -> str:
-        return ":".join([self.key_prefix, *(str(p) for p in parts)])
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._client is not None:

@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline_tests.conftest import REDIS_URL, private_redis
 
 AS_OF = "2025-11-10"
@@ -30,7 +30,7 @@ def keys_without_ttl(client: redis.Redis) -> list[str]:
 
 
 def staging_keys(client: redis.Redis) -> list[str]:
-    return list(client.scan_iter(f"{forecast_cache.history_key(PREFIX, AS_OF)}:*"))
+    return list(client.scan_iter(f"{keys.history_key(PREFIX, AS_OF)}:*"))
 
 
 def _write_at_once(barrier: threading.Barrier, outcomes: dict[str, str], marker: str, n: int) -> None:
@@ -117,7 +117,7 @@ def test_a_writer_killed_mid_write_leaves_nothing_without_a_ttl_and_a_rerun_heal
         _kill_mid_write(url, n)
 
         assert not keys_without_ttl(client)
-        assert client.get(forecast_cache.metadata_key(PREFIX)) is None
+        assert client.get(keys.metadata_key(PREFIX)) is None
         left = client.info("memory")["used_memory"] - base
         assert left > full // 10  # the dead run's staging is still there, with its TTL
         # room for one complete publish, not for it and the dead run's leftovers
@@ -144,8 +144,8 @@ def test_redis_out_of_memory_mid_write_fails_loudly_and_cleans_up():
 
         assert not staging_keys(client)
         assert not keys_without_ttl(client)
-        assert not client.exists(forecast_cache.history_key(PREFIX, AS_OF))
-        assert json.loads(client.get(forecast_cache.metadata_key(PREFIX)))["as_of_date"] == "2025-11-03"
+        assert not client.exists(keys.history_key(PREFIX, AS_OF))
+        assert json.loads(client.get(keys.metadata_key(PREFIX)))["as_of_date"] == "2025-11-03"
         client.config_set("maxmemory", 0)
         forecast_cache.write_forecasts(client, PREFIX, AS_OF, payloads(n, "new"), 600, 600)
         assert len(forecast_cache.read_forecasts_for(client, PREFIX, AS_OF)) == n

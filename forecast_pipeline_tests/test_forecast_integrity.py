@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance
 
-from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
 from forecast_pipeline.forecasting import batch
@@ -180,7 +180,7 @@ def test_over_the_failure_limit_neither_store_is_updated(book, redis_client, ins
     assert not result.success
     evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "failure_rate_within_limit")
     assert not evaluation.passed and evaluation.metadata["failed"].value == 2
-    assert redis_client.hlen(forecast_cache.history_key("forecast", AS_OF.isoformat())) == 0
+    assert redis_client.hlen(keys.history_key("forecast", AS_OF.isoformat())) == 0
     assert redis_client.get("forecast:5") == latest_before
     assert redis_client.get("forecast:metadata:last_run") == last_run_before
     assert prediction_rows(book) == {}

@@ -9,7 +9,7 @@ import pytest
 import redis
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
 
-from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.defs.forecasts import assets
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
@@ -132,7 +132,7 @@ def test_the_failure_rate_counts_products_over_all_shards(book, redis_client, in
     assert not failed.success
     evaluation = next(e for e in failed.get_asset_check_evaluations() if e.check_name == "failure_rate_within_limit")
     assert not evaluation.passed and evaluation.metadata["failed"].value == 2
-    assert redis_client.exists(forecast_cache.history_key(PREFIX, DATE)) == 0
+    assert redis_client.exists(keys.history_key(PREFIX, DATE)) == 0
     assert redis_client.get("forecast:5") is None and redis_client.get("forecast:metadata:last_run") is None
     assert not forecast_cache.staging_tokens(redis_client, PREFIX, DATE)
 
@@ -181,7 +181,7 @@ def test_shards_staged_in_any_order_publish_exactly_the_date(redis_client):
     shards = forecast_shards.plan_shards(DATE, range(10, 50), 7)  # 6 shards
     ids = stage_all(redis_client, "run-a", shards, "new", order=[5, 2, 0, 4, 1, 3])
     # before the publish the reader still sees the old date whole: hash and latest keys
-    assert {json.loads(d)["marker"] for d in redis_client.hvals(forecast_cache.history_key(PREFIX, DATE))} == {"old"}
+    assert {json.loads(d)["marker"] for d in redis_client.hvals(keys.history_key(PREFIX, DATE))} == {"old"}
     assert json.loads(redis_client.get("forecast:12"))["marker"] == "old"
 
     result = forecast_cache.publish_staged(redis_client, PREFIX, DATE, "run-a", ids, 600, 600)

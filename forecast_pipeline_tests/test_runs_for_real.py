@@ -10,7 +10,7 @@ import redis
 import sqlalchemy as sa
 from dagster import DagsterInstance
 
-from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.cache import keys
 from forecast_pipeline_tests.conftest import AS_OF, BIN, POSTGRES_URL, REDIS_URL, command, private_redis
 
 pytestmark = pytest.mark.integration
@@ -71,7 +71,7 @@ def test_two_cli_runs_of_one_date_both_leave_the_date_complete(pg, redis_client,
     outputs = [r.communicate(timeout=600)[0] for r in runs]
 
     assert [r.returncode for r in runs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
-    assert redis_client.hlen(forecast_cache.history_key("forecast", PARTITION)) == products
+    assert redis_client.hlen(keys.history_key("forecast", PARTITION)) == products
     assert all(redis_client.ttl(k) > 0 for k in redis_client.scan_iter("*", count=1000))
     with pg.connect() as conn:
         rows = conn.execute(sa.text("SELECT COUNT(*) FROM forecast_predictions WHERE as_of_date = :d"), {"d": AS_OF})
@@ -97,7 +97,7 @@ def test_secrets_in_every_url_form_stay_out_of_output_logs_and_storage(pg, tmp_p
         done = command(materialize_command(), tmp_path, **env)
         assert done.returncode == 0, done.stderr[-3000:]
         client = redis.Redis.from_url(redis_url, password="redis-s3cret")
-        assert client.hlen(forecast_cache.history_key("forecast", PARTITION)) == 5
+        assert client.hlen(keys.history_key("forecast", PARTITION)) == 5
         client.close()
         checked = command([str(BIN / "forecast-pipeline"), "check"], tmp_path, **env)
         outputs = [done.stdout + done.stderr, checked.stdout + checked.stderr]

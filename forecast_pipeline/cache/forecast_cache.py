@@ -41,6 +41,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import redis
 
+from forecast_pipeline.cache.keys import (
+    forecast_key,
+    history_key,
+    lease_key,
+    metadata_key,
+    staging_key,
+    staging_pattern,
+    version_key,
+)
+
 BATCH_SIZE = 500
 GROUP_SIZE = 10 * BATCH_SIZE  # products per MULTI; the lease is renewed between groups
 LEASE_SECONDS = 30
@@ -145,42 +155,6 @@ class PublishError(RuntimeError):
     """A date could not be published as a whole (lease not obtained or lost, hash incomplete)."""
 
 
-def forecast_key(prefix: str, product_id: int) -> str:
-    return f"{prefix}:{product_id}"
-
-
-def history_key(prefix: str, as_of: str) -> str:
-    return f"{prefix}:asof:{as_of}"
-
-
-def metadata_key(prefix: str, as_of: str | None = None) -> str:
-    return f"{prefix}:metadata:{as_of or 'last_run'}"
-
-
-def eligible_key(prefix: str, as_of: str) -> str:
-    return f"{prefix}:eligible:{as_of}"
-
-
-def lease_key(prefix: str, as_of: str) -> str:
-    return f"{prefix}:lock:asof:{as_of}"
-
-
-def version_key(prefix: str, as_of: str) -> str:
-    """Changes whenever the date's hash is replaced or merged into (streaming readers check it)."""
-    return f"{prefix}:version:asof:{as_of}"
-
-
-def staging_key(prefix: str, as_of: str, token: str) -> str:
-    """The hash a run stages one date's forecasts in before publishing it."""
-    return f"{history_key(prefix, as_of)}:staging:{token}"
-
-
-def staging_pattern(prefix: str, as_of: str) -> str:
-    """SCAN pattern of every staging hash of one date (glob characters in the prefix escaped)."""
-    escaped = "".join(f"\\{c}" if c in "*?[]\\" else c for c in history_key(prefix, as_of))
-    return f"{escaped}:staging:*"
-
-
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -280,7 +254,7 @@ def stage_forecasts(
 
 def staging_tokens(client: redis.Redis, prefix: str, as_of: str) -> list[str]:
     """The tokens (run ids) of every staging hash of the date."""
-    marker = f"{history_key(prefix, as_of)}:staging:"
+    marker = staging_key(prefix, as_of, "")
     return [k.removeprefix(marker) for k in client.scan_iter(match=staging_pattern(prefix, as_of), count=1000)]
 
 
@@ -353,7 +327,7 @@ def _write_latest_from_hash(
         pipe = client.pipeline(transaction=False)
         for chunk in _chunks(group, BATCH_SIZE):
             fields = [str(int(p)) for p in chunk]
-            script(keys=[target, *(f"{prefix}:{f}" for f in fields)], args=[as_of, ttl, *fields], client=pipe)
+            script(keys=[target, *(forecast_key(prefix, f) for f in fields)], args=[as_of, ttl, *fields], client=pipe)
         written += sum(int(n) for n in pipe.execute())
         lease.reacquire()
     return written
@@ -372,7 +346,7 @@ def _replace_history(
     target = history_key(prefix, as_of)
     for leftover in list(client.scan_iter(match=staging_pattern(prefix, as_of), count=1000)):
         client.delete(leftover)  # only the lease holder writes staging hashes: these are dead runs'
-    staging = f"{target}:staging:{token}"
+    staging = staging_key(prefix, as_of, token)
     try:
         _write_hash(client, staging, encoded, STAGING_TTL_SECONDS, lease)
         previous = {int(pid) for pid in client.hkeys(target)}

@@ -17,7 +17,7 @@ import traceback
 import sqlalchemy as sa
 
 from forecast_pipeline.app_db.queue_tables import JOB_STATUSES
-from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.cli.alerts import ALERT_COMMANDS, add_alert_commands
 from forecast_pipeline.cli.reports import REPORT_COMMANDS, add_report_commands
 from forecast_pipeline.json_logging import log_json_lines
@@ -165,7 +165,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     client = _redis(settings)
     prefix = settings.key_prefix
-    key = forecast_cache.metadata_key(prefix, args.as_of)
+    key = keys.metadata_key(prefix, args.as_of)
     metadata = forecast_cache.read_run_metadata(client, prefix, args.as_of)
     if metadata is None:
         return _fail(f"no run metadata in Redis under {key}: has a run for that date finished?")
@@ -177,11 +177,11 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     else:
         return _fail(f"no forecasts cached for as-of {metadata['as_of_date']}")
     if args.as_of:
-        doc, doc_key = forecasts.get(product_id), f"{forecast_cache.history_key(prefix, args.as_of)} [{product_id}]"
+        doc, doc_key = forecasts.get(product_id), f"{keys.history_key(prefix, args.as_of)} [{product_id}]"
     else:
         doc, doc_key = (
             forecast_cache.read_forecast(client, prefix, product_id),
-            forecast_cache.forecast_key(prefix, product_id),
+            keys.forecast_key(prefix, product_id),
         )
     if doc is None:
         return _fail(_why_no_forecast(settings, product_id, metadata["as_of_date"], doc_key))

@@ -46,6 +46,8 @@ import sqlalchemy as sa
 
 from forecast_pipeline.cache import forecast_cache
 
+from forecast_pipeline.cache import keys
+
 from forecast_pipeline.source import order_history
 
 from forecast_pipeline.source import source_schema
@@ -116,9 +118,9 @@ def latest_as_of(client: redis.Redis, prefix: str) -> tuple[str, str | None] | N
         as_of = str(meta["as_of_date"])
         return as_of, str(meta.get("last_run")) if meta.get("last_run") else None
     dates = []
-    for key in client.scan_iter(match=f"{prefix}:asof:*", count=500):
+    for key in client.scan_iter(match=keys.history_pattern(prefix), count=500):
         key = key.decode() if isinstance(key, bytes) else key
-        candidate = key[len(f"{prefix}:asof:") :]
+        candidate = keys.date_of_history_key(prefix, key)
         try:
             dates.append(dt.date.fromisoformat(candidate).isoformat())
         except ValueError:  # a staging key
@@ -145,7 +147,7 @@ def load_forecasts(
 ) -> tuple[dict[int, dict], list[int]]:
     """The as-of date's cached forecasts of the products, and the products that have none."""
     ids = list(product_ids)
-    docs = client.hmget(forecast_cache.history_key(prefix, as_of), [str(p) for p in ids])
+    docs = client.hmget(keys.history_key(prefix, as_of), [str(p) for p in ids])
     found = {pid: json.loads(doc) for pid, doc in zip(ids, docs, strict=True) if doc}
     return found, [pid for pid in ids if pid not in found]
 

@@ -39,6 +39,7 @@ from dagster import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from forecast_pipeline.resources import AppDatabase
+from forecast_pipeline.cache import keys
 from forecast_pipeline.cache.report_cache import RedisJsonCache
 from forecast_pipeline.reports.cadence import ScheduleDefinitionError, load_timezone
 from forecast_pipeline.reports.config import get_report_settings
@@ -212,7 +213,7 @@ def produce_report(
             )
         top_n = _top_n(top_products, row.schedule_parameters, settings.top_products)
         client = redis_store.client()
-        cache = RedisJsonCache(client, f"{redis_store.key_prefix}:report", settings.cache_ttl_seconds)
+        cache = RedisJsonCache(client, keys.report_prefix(redis_store.key_prefix), settings.cache_ttl_seconds)
 
         def read_source(as_of: str, product_ids: list[int], weeks: int) -> tuple[dict, dict]:
             if source_db is None:
