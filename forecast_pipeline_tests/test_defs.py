@@ -102,6 +102,18 @@ def test_every_area_is_its_own_defs_folder():
         assert declared == expected, area
 
 
+def test_dagster_machinery_is_declared_where_the_readme_says(defs):
+    from dagster import AssetKey
+
+    from forecast_pipeline.defs.forecasts.assets import FORECAST_FRESHNESS, SHARD_POOL, SHARD_RETRY
+
+    repo = defs.get_repository_def()
+    assert repo.asset_graph.get(AssetKey("product_forecasts")).freshness_policy == FORECAST_FRESHNESS
+    shard = repo.get_job("daily_forecast").graph.node_named("product_forecasts").definition.node_named("forecast_shard")
+    assert shard.definition.pool == SHARD_POOL
+    assert shard.retry_policy == SHARD_RETRY or shard.definition.retry_policy == SHARD_RETRY
+
+
 def test_every_resource_a_definition_needs_is_provided(defs):
     repo = defs.get_repository_def()
     needed = set()

@@ -36,6 +36,7 @@ from dagster import (
     DynamicOut,
     DynamicOutput,
     Failure,
+    FreshnessPolicy,
     Jitter,
     MaterializeResult,
     MetadataValue,
@@ -47,6 +48,7 @@ from dagster import (
     RunsFilter,
     TableColumn,
     TableSchema,
+    apply_freshness_policy,
     asset,
     graph_asset,
     op,
@@ -181,6 +183,7 @@ class ProductForecastsConfig(Config):
     )
 
 
+SHARD_POOL = "forecast_shards"
 SHARD_RETRY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 # Each shard step is its own pod under k8s_job_executor. Sized for FORECAST_SHARD_SIZE=25,000
 # products (measured peak 0.9-1.2 GiB per shard process, see benchmarks/RESULTS.md).
@@ -256,6 +259,9 @@ def _products_to_forecast(
 @op(
     out=Out(io_manager_key="forecast_shard_io_manager"),
     retry_policy=SHARD_RETRY,
+    # shards of every run share one pool: its limit (dagster.yaml) caps the shard steps (and their
+    # memory) running at once across concurrent runs and backfills
+    pool=SHARD_POOL,
     tags={"dagster-k8s/config": SHARD_K8S_CONFIG},
     description="Reads one shard's history, models it and stages its forecasts in Redis.",
 )
@@ -416,6 +422,14 @@ def product_forecasts(eligible_products):
     shards = plan_forecast_shards(eligible_products).map(forecast_shard)
     published = publish_forecasts(shards.collect())
     return {"result": published.result, FAILURE_RATE_OUTPUT: published.failure_rate_check}
+
+
+# Dagster's freshness (the asset's health in the UI, freshness events): the daily schedule refreshes
+# the cache every day, so a day and a bit without a new forecast warns and two days fail. The
+# "last run older than 8 days" alert keeps watching Redis itself (`forecast:metadata:last_run`), what
+# the API reads and which Dagster cannot see (an expired or flushed cache).
+FORECAST_FRESHNESS = FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=48), warn_window=dt.timedelta(hours=26))
+product_forecasts = product_forecasts.map_asset_specs(lambda spec: apply_freshness_policy(spec, FORECAST_FRESHNESS))
 
 
 def _first_errors(run: ForecastRun) -> list[tuple[str, str]]:
