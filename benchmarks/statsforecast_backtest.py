@@ -25,7 +25,7 @@ import pickle
 
 import numpy as np
 
-from forecast_pipeline import backtest
+from forecast_pipeline.forecasting import backtest
 
 
 def main() -> None:

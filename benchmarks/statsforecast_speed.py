@@ -30,8 +30,7 @@ def main() -> None:
 
     from statsforecast.models import AutoETS
 
-    from forecast_pipeline import backtest
-    from forecast_pipeline.forecasting import engine, models
+    from forecast_pipeline.forecasting import backtest, engine, models
 
     y, eligible_at, _ = backtest.demo_matrix(args.products, dt.date(2026, 11, 16), volume=0.9, seed=7)
     y = y[eligible_at(y.shape[1])]

@@ -193,7 +193,7 @@ def test_the_statsforecast_comparison_reports_every_model_and_the_targets():
 def test_asking_for_statsforecast_without_the_extra_says_so_in_one_line(monkeypatch, capsys):
     import sys
 
-    from forecast_pipeline import cli
+    from forecast_pipeline.cli import main as cli
 
     monkeypatch.setitem(sys.modules, "statsforecast", None)  # import fails as if not installed
     assert not backtest.statsforecast_available()
