@@ -210,8 +210,12 @@ def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: s
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     """Enqueue, cancel or list forecast jobs (the application database's forecast_jobs)."""
     from forecast_pipeline import job_queue
-    from forecast_pipeline.app_db import create_app_schema
+    from forecast_pipeline.app_db import create_app_schema, postgres_only_reason
 
+    refused = postgres_only_reason(settings.app_database_url, "the forecast job queue")
+    if refused:  # nothing could ever claim a job here: accept none
+        print(f"forecast-pipeline jobs {args.jobs_command}: {refused}", file=sys.stderr)
+        return 1
     engine = _engine_for(settings.app_database_url)
     create_app_schema(engine)
     if args.jobs_command == "enqueue":

@@ -21,7 +21,7 @@ import sys
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from forecast_pipeline.app_db import AppDatabase, create_app_schema
+from forecast_pipeline.app_db import AppDatabase, create_app_schema, postgres_only_reason
 from forecast_pipeline.reports import schema
 from forecast_pipeline.reports.cadence import (
     CADENCES,
@@ -188,6 +188,9 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
     engine = _engine(settings)
     create_app_schema(engine)
     print(f"Tables {', '.join(schema.REPORT_TABLES)} are ready")
+    refused = postgres_only_reason(settings.app_database_url, "report scheduling")
+    if refused:
+        print(f"forecast-pipeline reports init: warning: {refused}", file=sys.stderr)
     return 0
 
 
@@ -353,7 +356,12 @@ REPORT_SUBCOMMANDS = {
 
 
 def cmd_reports(settings: Settings, args: argparse.Namespace) -> int:
-    """Dispatch ``forecast-pipeline reports <command>``; exit 2 on a bad setting or definition."""
+    """Dispatch ``forecast-pipeline reports <command>``; exit 2 on a bad setting or definition,
+    1 when the application database is not PostgreSQL (no schedule could ever run there)."""
+    refused = postgres_only_reason(settings.app_database_url, "report scheduling")
+    if refused and args.reports_command != "init":
+        print(f"forecast-pipeline reports {args.reports_command}: {refused}", file=sys.stderr)
+        return 1
     try:
         return REPORT_SUBCOMMANDS[args.reports_command](settings, args)
     except InputError as exc:
