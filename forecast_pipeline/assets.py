@@ -9,6 +9,7 @@ between steps as ``{partition_key: value}``.
 import datetime as dt
 import time
 import warnings
+from typing import NoReturn
 
 import pandas as pd
 import sqlalchemy as sa
@@ -40,7 +41,7 @@ from forecast_pipeline.app_db import AppDatabase
 from forecast_pipeline.forecasting.batch import ForecastRun, run_forecasts
 from forecast_pipeline.forecasting.customers import active_customers
 from forecast_pipeline.partitions import as_of_partitions
-from forecast_pipeline.resources import ForecastParameters, SourceDatabase
+from forecast_pipeline.resources import ForecastParameters, SourceDatabase, raise_database_failure
 from forecast_pipeline.run_heartbeat import RunHeartbeat
 
 GROUP = "forecasts"
@@ -83,14 +84,8 @@ with warnings.catch_warnings():  # partitioned checks are "preview": nothing a u
 ERRORS_LOGGED = 20
 
 
-def _source_failure(source_db: SourceDatabase, exc: Exception) -> Failure:
-    return Failure(
-        description=(
-            f"Reading order history from {source_db.redacted_url()} failed: {type(exc).__name__}: "
-            f"{getattr(exc, 'orig', None) or exc}. Create the default tables with "
-            "`forecast-pipeline init-db`, or set FORECAST_SOURCE_QUERY for another schema."
-        )
-    )
+def _source_failure(source_db: SourceDatabase, exc: sa.exc.SQLAlchemyError, as_of: str) -> NoReturn:
+    raise_database_failure(exc, source_db.url, "DATABASE_URL", "reading order history", "the orders", as_of_date=as_of)
 
 
 @asset(
@@ -119,7 +114,7 @@ def eligible_products(
             with source_db.engine().connect() as conn:
                 tables[key] = order_history.fetch_eligible_products(conn, window, source_db.source_query)
         except sa.exc.SQLAlchemyError as exc:
-            raise _source_failure(source_db, exc) from exc
+            _source_failure(source_db, exc, key)
         seconds = time.perf_counter() - started
         context.log.info(f"{len(tables[key])} eligible products for as-of {key} ({seconds:.2f}s)")
         context.add_asset_metadata(
@@ -315,7 +310,7 @@ def _forecast_one_date(
             weekly = order_history.fetch_weekly_history(conn, window, product_ids, source_db.source_query)
             activity = order_history.fetch_customer_activity(conn, window, product_ids, source_db.source_query)
     except sa.exc.SQLAlchemyError as exc:
-        raise _source_failure(source_db, exc) from exc
+        _source_failure(source_db, exc, key)
     timings["read_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
     active_count, weekly_buyers = active_customers(activity, product_ids)
@@ -383,14 +378,20 @@ def forecast_predictions(
 ) -> MaterializeResult:
     started = time.perf_counter()
     engine = app_db.engine()
-    predictions_store.create_table(engine)
     requested = requested_products(context.run.run_config)
     rows = {}
+    try:
+        predictions_store.create_table(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        _app_db_failure(app_db, exc, "creating forecast_predictions")
     for key, docs in product_forecasts.items():
         started_date = time.perf_counter()
         if requested is not None:
             docs = {p: doc for p, doc in docs.items() if p in requested}
-        rows[key] = predictions_store.replace(engine, dt.date.fromisoformat(key), docs.values(), requested)
+        try:
+            rows[key] = predictions_store.replace(engine, dt.date.fromisoformat(key), docs.values(), requested)
+        except sa.exc.SQLAlchemyError as exc:
+            _app_db_failure(app_db, exc, f"writing forecast_predictions of {key}", as_of_date=key)
         context.add_asset_metadata(
             {"rows": rows[key], "dagster/row_count": rows[key], "write_seconds": time.perf_counter() - started_date},
             partition_key=key,
@@ -401,6 +402,10 @@ def forecast_predictions(
         + ("" if requested is None else f" (products {sorted(requested)[:20]} only)")
     )
     return MaterializeResult()
+
+
+def _app_db_failure(app_db: AppDatabase, exc: sa.exc.SQLAlchemyError, doing: str, **metadata) -> NoReturn:
+    raise_database_failure(exc, app_db.url, "APP_DATABASE_URL", doing, "the application tables", **metadata)
 
 
 def requested_products(run_config: dict | None) -> set[int] | None:

@@ -87,8 +87,15 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     """Check each dependency and say what is wrong; exit 1 if anything is. (``main`` has validated
     every area's settings through the code location's own loaders: exit 2 for any bad one.)"""
+    from forecast_pipeline.partitions import as_of_partitions
+
     ok = True
     print("configuration: ok")
+    print(
+        f"partitions: as-of dates {as_of_partitions.get_first_partition_key()} to "
+        f"{as_of_partitions.get_last_partition_key()} (FORECAST_HISTORY_START to today in "
+        f"FORECAST_SCHEDULE_TIMEZONE {settings.schedule_timezone}); Dagster refuses a --partition outside them"
+    )
     engine = _engine(settings)
     try:
         with engine.connect() as conn:

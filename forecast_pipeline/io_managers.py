@@ -13,7 +13,7 @@ from dagster import ConfigurableIOManager, InputContext, OutputContext, Resource
 
 from forecast_pipeline import forecast_cache
 from forecast_pipeline.forecasting.batch import ForecastRun
-from forecast_pipeline.resources import RedisStore
+from forecast_pipeline.resources import RedisStore, redis_failures
 
 
 class RedisForecastIOManager(ConfigurableIOManager):
@@ -27,7 +27,8 @@ class RedisForecastIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj: dict[str, ForecastRun]) -> None:
         for as_of in context.asset_partition_keys:
-            self._write(context, as_of, obj[as_of])
+            with redis_failures(self.redis_store.url, f"caching the forecasts of {as_of}"):
+                self._write(context, as_of, obj[as_of])
 
     def _write(self, context: OutputContext, as_of: str, obj: ForecastRun) -> None:
         client, prefix = self.redis_store.client(), self.redis_store.key_prefix
@@ -74,7 +75,8 @@ class RedisForecastIOManager(ConfigurableIOManager):
 
     def load_input(self, context: InputContext) -> dict[str, dict[int, dict]]:
         client, prefix = self.redis_store.client(), self.redis_store.key_prefix
-        return {key: forecast_cache.read_forecasts_for(client, prefix, key) for key in context.asset_partition_keys}
+        with redis_failures(self.redis_store.url, "reading the cached forecasts back"):
+            return {key: forecast_cache.read_forecasts_for(client, prefix, key) for key in context.asset_partition_keys}
 
 
 class RedisTableIOManager(ConfigurableIOManager):
@@ -84,6 +86,10 @@ class RedisTableIOManager(ConfigurableIOManager):
     history_ttl: int = 7776000
 
     def handle_output(self, context: OutputContext, obj: dict[str, pd.DataFrame]) -> None:
+        with redis_failures(self.redis_store.url, "storing the eligible products"):
+            self._write(context, obj)
+
+    def _write(self, context: OutputContext, obj: dict[str, pd.DataFrame]) -> None:
         pipe = self.redis_store.client().pipeline(transaction=False)
         for as_of in context.asset_partition_keys:
             frame = obj[as_of]
@@ -96,6 +102,10 @@ class RedisTableIOManager(ConfigurableIOManager):
         pipe.execute()
 
     def load_input(self, context: InputContext) -> dict[str, pd.DataFrame]:
+        with redis_failures(self.redis_store.url, "reading the eligible products"):
+            return self._read(context)
+
+    def _read(self, context: InputContext) -> dict[str, pd.DataFrame]:
         tables = {}
         for as_of in context.asset_partition_keys:
             key = forecast_cache.eligible_key(self.redis_store.key_prefix, as_of)
