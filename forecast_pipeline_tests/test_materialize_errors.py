@@ -72,7 +72,11 @@ def test_redis_going_away_during_the_run_is_one_line_saying_to_rerun(tmp_path, d
             "FORECAST_WORKERS": "1",
         }
         run = subprocess.Popen(
-            [*MATERIALIZE, "--partition", PARTITION], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            [*MATERIALIZE, "--partition", PARTITION],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         seen = []
         for line in run.stdout:  # the first step has read the products: now Redis goes away
