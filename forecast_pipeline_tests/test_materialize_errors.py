@@ -49,6 +49,15 @@ def test_a_source_database_that_does_not_exist_says_so_without_the_init_db_hint(
     assert "psycopg2.OperationalError" not in output  # the driver's chain is gone, its message is in the line
 
 
+def test_an_application_database_that_does_not_exist_names_app_database_url(tmp_path, demo_orders):
+    url = POSTGRES_URL.rsplit("/", 1)[0] + "/ft_no_such_app_database"
+    done = command([*MATERIALIZE, "--partition", PARTITION], tmp_path, DATABASE_URL=demo_orders, APP_DATABASE_URL=url)
+    assert done.returncode != 0
+    line = first_error(done.stdout + done.stderr)
+    assert "forecast_predictions failed: " in line and "ft_no_such_app_database does not exist" in line, line
+    assert "point APP_DATABASE_URL at" in line, line
+
+
 def test_redis_down_when_the_run_starts_is_one_line_naming_the_url(tmp_path, demo_orders):
     with private_redis() as (url, process):
         process.kill()
