@@ -8,7 +8,7 @@ with ``FOR UPDATE SKIP LOCKED`` and therefore need PostgreSQL; the rest also run
 import importlib
 
 import sqlalchemy as sa
-from dagster import ConfigurableResource, DefaultSensorStatus, InitResourceContext
+from dagster import ConfigurableResource, InitResourceContext
 from pydantic import PrivateAttr
 
 from forecast_pipeline.settings import normalize_database_url, redact_url
@@ -25,32 +25,6 @@ APP_SCHEMA_MODULES = (
 
 
 _schema_created_for: set[str] = set()
-
-
-def is_postgres_url(url: str) -> bool:
-    """Whether the URL names PostgreSQL, without connecting (the settings validated it)."""
-    return sa.engine.make_url(normalize_database_url(url)).get_backend_name() == "postgresql"
-
-
-def postgres_only_reason(url: str, feature: str) -> str | None:
-    """Why ``feature`` cannot run on this application database (None on PostgreSQL): one line
-    naming what to set. Commands refuse with it, so no work is accepted that could never run."""
-    if is_postgres_url(url):
-        return None
-    return (
-        f"{feature} needs PostgreSQL (it claims rows with FOR UPDATE SKIP LOCKED): set APP_DATABASE_URL "
-        f"to a postgresql:// URL (now {redact_url(normalize_database_url(url))})"
-    )
-
-
-def postgres_only_sensor(url: str, feature: str, description: str) -> dict:
-    """``default_status`` and ``description`` for a sensor that needs PostgreSQL: on by default
-    there; elsewhere (the embedded SQLite default) off, with the reason first in its description,
-    so the UI says why instead of the sensor skipping every tick forever."""
-    reason = postgres_only_reason(url, feature)
-    if reason is None:
-        return {"default_status": DefaultSensorStatus.RUNNING, "description": description}
-    return {"default_status": DefaultSensorStatus.STOPPED, "description": f"Off by default: {reason}. {description}"}
 
 
 class AppDatabase(ConfigurableResource):

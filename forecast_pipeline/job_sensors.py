@@ -41,8 +41,9 @@ from dagster import (
 )
 
 from forecast_pipeline import job_queue
-from forecast_pipeline.app_db import AppDatabase, postgres_only_reason, postgres_only_sensor
+from forecast_pipeline.app_db import AppDatabase
 from forecast_pipeline.partitions import as_of_partitions
+from forecast_pipeline.postgres_only import postgres_only_reason, postgres_only_sensor
 from forecast_pipeline.schedules import daily_forecast_job
 from forecast_pipeline.settings import Settings, get_settings
 

@@ -21,7 +21,8 @@ import sys
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from forecast_pipeline.app_db import AppDatabase, create_app_schema, postgres_only_reason
+from forecast_pipeline.app_db import AppDatabase, create_app_schema
+from forecast_pipeline.postgres_only import postgres_only_reason
 from forecast_pipeline.reports import schema
 from forecast_pipeline.reports.cadence import (
     CADENCES,

@@ -29,7 +29,8 @@ from dagster import (
     sensor,
 )
 
-from forecast_pipeline.app_db import AppDatabase, postgres_only_reason, postgres_only_sensor
+from forecast_pipeline.app_db import AppDatabase
+from forecast_pipeline.postgres_only import postgres_only_reason, postgres_only_sensor
 from forecast_pipeline.reports.config import get_report_settings
 from forecast_pipeline.reports.jobs import (
     ACCOUNT_TAG,
