@@ -144,13 +144,15 @@ def run_backtest(
     eligible_at: Callable[[int], np.ndarray] | None = None,
     origin_label: Callable[[int], str] | None = None,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BacktestResult:
     """Backtest over ``origins`` cut points of the matrix ``y`` (products x weeks, oldest first).
 
     Origin ``k`` forecasts columns ``cut .. cut + horizon`` from columns ``< cut``, where the
     latest cut is ``last_origin_week`` (default: the last ``horizon`` weeks are the first test)
     and each earlier one is ``step`` weeks before. ``eligible_at(cut)`` may return a boolean row
-    mask of the products eligible at that origin (default: all rows).
+    mask of the products eligible at that origin (default: all rows). ``progress(done, total)``
+    is called after each origin.
     """
     n, t = y.shape
     last_cut = t - horizon if last_origin_week is None else last_origin_week
@@ -200,6 +202,8 @@ def run_backtest(
                 cls,
                 covered[pick],
             )
+        if progress is not None:
+            progress(len(labels), len(cuts))
     note = (
         f"Holt-Winters fitted on a random sample of up to {hw_sample} products per origin with 2+ years of history"
         if hw_sample

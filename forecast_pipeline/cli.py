@@ -61,8 +61,11 @@ def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
+    from forecast_pipeline.progress import Progress
+
     end = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
     started = time.perf_counter()
+    _stage(f"demo-data: generating {args.products:,} products' order history from {settings.history_start} to {end}")
     history = demo_data.generate(
         products=args.products,
         customers=args.customers,
@@ -71,9 +74,13 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
         seed=args.seed,
         lines_per_product_week=args.volume,
     )
+    _stage(f"demo-data: generated {len(history.order_items):,} order lines in {time.perf_counter() - started:.1f}s")
     engine = _engine(settings)
-    counts = demo_data.load(engine, history)
+    loading = Progress(f"demo-data: loading into {redact_url(settings.database_url)}", 0, "rows")
+    counts = demo_data.load(engine, history, progress=loading)
+    loading.finish()
     if engine.dialect.name == "postgresql":
+        _stage("demo-data: analyzing the tables")
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")
     summary = ", ".join(f"{v:,} {k}" for k, v in counts.items())
@@ -82,6 +89,11 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
         f"{redact_url(settings.database_url)} in {time.perf_counter() - started:.1f}s"
     )
     return 0
+
+
+def _stage(message: str) -> None:
+    """One line on stderr as a long command moves on (stdout keeps the result)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -217,7 +229,8 @@ def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: s
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     """Enqueue, cancel or list forecast jobs (the application database's forecast_jobs)."""
     from forecast_pipeline import job_queue
-    from forecast_pipeline.app_db import create_app_schema, postgres_only_reason
+    from forecast_pipeline.app_db import create_app_schema
+    from forecast_pipeline.postgres_only import postgres_only_reason
 
     refused = postgres_only_reason(settings.app_database_url, "the forecast job queue")
     if refused:  # nothing could ever claim a job here: accept none
@@ -327,8 +340,15 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         "horizon": settings.forecast_weeks,
         "hw_sample": args.hw_sample,
     }
+    from forecast_pipeline.progress import Progress
+
+    def origins(what: str, total: int) -> Progress:
+        return Progress(f"backtest: {what}", total, "origins")
+
     results = []
+    started = time.perf_counter()
     if args.source == "demo":
+        _stage(f"backtest: generating {args.products:,} demo products' history up to {as_of}")
         y, eligible_at, label = backtest.demo_matrix(
             args.products,
             as_of,
@@ -339,17 +359,26 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
             min_orders=settings.min_orders,
         )
         title = f"Demo data: {args.products:,} products, volume {args.volume}, seed {args.seed}, as-of {as_of}"
-        results.append(backtest.run_backtest(y, label=title, eligible_at=eligible_at, origin_label=label, **common))
+        extra = {"eligible_at": eligible_at}
     else:
+        _stage(f"backtest: reading the weekly history of the products eligible at {as_of}")
         y, label = backtest.database_matrix(settings, as_of)
         title = f"{redact_url(settings.database_url)}: products eligible at {as_of}"
-        results.append(backtest.run_backtest(y, label=title, origin_label=label, **common))
+        extra = {}
+    _stage(f"backtest: {y.shape[0]:,} products x {y.shape[1]} weeks ready in {time.perf_counter() - started:.1f}s")
+    bar = origins(f"{y.shape[0]:,} {args.source} products", args.origins)
+    results.append(backtest.run_backtest(y, label=title, origin_label=label, progress=bar, **extra, **common))
+    bar.finish()
     if not args.no_real:
         y, label = backtest.co2_matrix()
         real = {**common, "origins": args.real_origins, "hw_sample": 1}
+        bar = origins("the co2 weekly series", args.real_origins)
         results.append(
-            backtest.run_backtest(y, label="statsmodels co2 (Mauna Loa, weekly 1958-2001)", origin_label=label, **real)
+            backtest.run_backtest(
+                y, label="statsmodels co2 (Mauna Loa, weekly 1958-2001)", origin_label=label, progress=bar, **real
+            )
         )
+        bar.finish()
     for result in results:
         print(backtest.format_result(result))
         print()
