@@ -27,10 +27,10 @@ import sqlalchemy as sa
 
 from forecast_pipeline.alerts.config import load_alert_settings
 from forecast_pipeline.alerts.notify import deliver_pending
-from forecast_pipeline.alerts.schema import alert_events, alert_notifications, alerts, devices, readings
-from forecast_pipeline.alerts.sensors import DELIVERY_BUDGET_SECONDS
 from forecast_pipeline.alerts.service import run_evaluation
-from forecast_pipeline.app_db import app_metadata
+from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications, alerts, devices, readings
+from forecast_pipeline.app_db.metadata import app_metadata
+from forecast_pipeline.defs.alerts.sensors import DELIVERY_BUDGET_SECONDS
 from forecast_pipeline.resources import make_engine
 
 TABLES = [devices, readings, alerts, alert_events, alert_notifications]

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from forecast_pipeline import forecast_view
+from forecast_pipeline.defs.forecasts import forecast_view
 from forecast_pipeline.forecasting.batch import run_forecasts
 
 

@@ -56,8 +56,8 @@ def ensure_database(url: str) -> None:
 
 
 def load_demo(url: str, products: int, customers: int, volume: float, as_of: dt.date, seed: int) -> dict:
-    from forecast_pipeline import demo_data
     from forecast_pipeline.resources import make_engine
+    from forecast_pipeline.source import demo_data
 
     started = time.perf_counter()
     history = demo_data.generate(

@@ -39,8 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import forecast_pipeline
-    from forecast_pipeline import backtest
-    from forecast_pipeline.forecasting import engine, models
+    from forecast_pipeline.forecasting import backtest, engine, models
     from forecast_pipeline.forecasting.batch import run_forecasts
 
     as_of = dt.date.fromisoformat(args.as_of)

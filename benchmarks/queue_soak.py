@@ -44,10 +44,11 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from forecast_pipeline import demo_data, job_queue  # noqa: E402
-from forecast_pipeline.app_db import create_app_schema  # noqa: E402
-from forecast_pipeline.jobs_schema import forecast_jobs  # noqa: E402
+from forecast_pipeline import job_queue  # noqa: E402
+from forecast_pipeline.app_db.queue_tables import forecast_jobs  # noqa: E402
+from forecast_pipeline.app_db.schema import create_app_schema  # noqa: E402
 from forecast_pipeline.resources import make_engine  # noqa: E402
+from forecast_pipeline.source import demo_data  # noqa: E402
 
 BIN = Path(sys.executable).parent
 OWN_VARIABLES = ("FORECAST_", "REDIS_", "DATABASE_URL", "DAGSTER_")  # the soak sets its own

@@ -34,8 +34,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
-    from forecast_pipeline import backtest
-    from forecast_pipeline.forecasting import engine, models
+    from forecast_pipeline.forecasting import backtest, engine, models
 
     y, eligible_at, label = backtest.demo_matrix(args.products, dt.date.fromisoformat(args.as_of), volume=0.9, seed=7)
     n, t = y.shape

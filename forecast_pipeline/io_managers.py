@@ -11,14 +11,14 @@ import time
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext, ResourceDependency
 
-from forecast_pipeline import forecast_cache
+from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline.forecasting.batch import ForecastRun
 from forecast_pipeline.resources import RedisStore, redis_failures
 
 
 class RedisForecastIOManager(ConfigurableIOManager):
     """Writes each as-of date's :class:`ForecastRun` to the keys the forecast API reads (see
-    :mod:`forecast_pipeline.forecast_cache`), then that run's metadata; loads them back as
+    :mod:`forecast_pipeline.cache.forecast_cache`), then that run's metadata; loads them back as
     ``{as_of_date: {product_id: forecast}}``."""
 
     redis_store: ResourceDependency[RedisStore]

@@ -1,24 +1,21 @@
 """Dagster resources: the order database, Redis, and the forecast parameters.
 
-:func:`build_resources` turns validated :class:`~forecast_pipeline.settings.Settings` into
-resources. A variable that is set in the environment is passed as ``EnvVar`` so that the UI shows
-where a value comes from and never displays a secret; an unset one passes its default.
+:func:`forecast_pipeline.defs.resources.build_resources` builds them from the validated settings.
 """
 
 import contextlib
 import datetime as dt
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import redis
 import sqlalchemy as sa
-from dagster import ConfigurableResource, EnvVar, Failure, InitResourceContext
+from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import PrivateAttr
 
-from forecast_pipeline.app_db import AppDatabase
-from forecast_pipeline.order_history import HistoryWindow
-from forecast_pipeline.settings import Settings, normalize_database_url, redact_url
+from forecast_pipeline.app_db.schema import create_app_schema
+from forecast_pipeline.settings import normalize_database_url, redact_url
+from forecast_pipeline.source.order_history import HistoryWindow
 
 
 class SourceDatabase(ConfigurableResource):
@@ -89,6 +86,45 @@ def raise_database_failure(
 def make_engine(url: str) -> sa.Engine:
     """An engine for the source database (plain postgresql:// URLs use psycopg2)."""
     return sa.create_engine(normalize_database_url(url), pool_pre_ping=True)
+
+
+_schema_created_for: set[str] = set()
+
+
+class AppDatabase(ConfigurableResource):
+    """Engine for the application tables."""
+
+    url: str
+
+    _engine: sa.Engine | None = PrivateAttr(default=None)
+
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = sa.create_engine(normalize_database_url(self.url), pool_pre_ping=True)
+        return self._engine
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine().dialect.name == "postgresql"
+
+    def locking_engine(self) -> sa.Engine | None:
+        """The engine with every application table in place (created once per process), or None
+        when the database is not PostgreSQL: the job queue and the schedule tick claim rows with
+        ``FOR UPDATE SKIP LOCKED``."""
+        if not self.is_postgres:
+            return None
+        engine = self.engine()
+        if self.url not in _schema_created_for:
+            create_app_schema(engine)
+            _schema_created_for.add(self.url)
+        return engine
+
+    def redacted_url(self) -> str:
+        return redact_url(normalize_database_url(self.url))
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
 
 
 class RedisStore(ConfigurableResource):
@@ -172,56 +208,3 @@ class ForecastParameters(ConfigurableResource):
             min_customers=self.min_customers,
             min_orders=self.min_orders,
         )
-
-
-def _env_or(environ: Mapping[str, str], name: str, default: Any, kind: str = "str") -> Any:
-    """``EnvVar(name)`` when the variable is set (validated already), else the default value."""
-    if environ.get(name, "").strip() == "":
-        return default
-    if kind == "int":
-        return EnvVar.int(name)
-    return EnvVar(name)
-
-
-def build_resources(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Every resource and IO manager, keyed by the names assets ask for.
-
-    ``environ`` (default ``os.environ``) decides which values are passed as ``EnvVar``.
-    """
-    from forecast_pipeline.io_managers import RedisForecastIOManager, RedisTableIOManager
-    from forecast_pipeline.run_heartbeat import RunHeartbeat
-
-    env = os.environ if environ is None else environ
-
-    def pick(name: str, default: Any, kind: str = "str") -> Any:
-        return _env_or(env, name, default, kind)
-
-    store = RedisStore(
-        url=pick("REDIS_URL", settings.redis_url),
-        password=pick("REDIS_PASSWORD", settings.redis_password),
-        key_prefix=pick("FORECAST_KEY_PREFIX", settings.key_prefix),
-    )
-    cache_ttl = pick("FORECAST_CACHE_TTL", settings.cache_ttl, "int")
-    history_ttl = pick("FORECAST_HISTORY_TTL", settings.history_ttl, "int")
-    app_db = AppDatabase(url=pick("APP_DATABASE_URL", pick("DATABASE_URL", settings.app_database_url)))
-    return {
-        "app_db": app_db,
-        "run_heartbeat": RunHeartbeat(app_db=app_db, interval_seconds=settings.job_heartbeat_seconds),
-        "source_db": SourceDatabase(
-            url=pick("DATABASE_URL", settings.database_url),
-            source_query=pick("FORECAST_SOURCE_QUERY", settings.source_query),
-        ),
-        "redis_store": store,
-        "forecast_params": ForecastParameters(
-            history_start=pick("FORECAST_HISTORY_START", settings.history_start.isoformat()),
-            min_customers=pick("FORECAST_MIN_CUSTOMERS", settings.min_customers, "int"),
-            min_orders=pick("FORECAST_MIN_ORDERS", settings.min_orders, "int"),
-            forecast_weeks=pick("FORECAST_WEEKS", settings.forecast_weeks, "int"),
-            workers=pick("FORECAST_WORKERS", settings.workers, "int"),
-            max_failure_rate=settings.max_failure_rate,
-            cache_ttl=cache_ttl,
-            history_ttl=history_ttl,
-        ),
-        "forecast_io_manager": RedisForecastIOManager(redis_store=store, cache_ttl=cache_ttl, history_ttl=history_ttl),
-        "table_io_manager": RedisTableIOManager(redis_store=store, history_ttl=history_ttl),
-    }

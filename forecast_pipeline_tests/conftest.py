@@ -19,9 +19,10 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from forecast_pipeline import source_schema
-from forecast_pipeline.resources import build_resources, make_engine
+from forecast_pipeline.defs.resources import build_resources
+from forecast_pipeline.resources import make_engine
 from forecast_pipeline.settings import load_settings
+from forecast_pipeline.source import source_schema
 
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/forecast_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/1")

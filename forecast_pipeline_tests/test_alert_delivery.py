@@ -14,13 +14,17 @@ import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance, build_sensor_context
 
-from forecast_pipeline import cli
 from forecast_pipeline.alerts import notify
 from forecast_pipeline.alerts.config import load_alert_settings
-from forecast_pipeline.alerts.schema import alert_events, readings
-from forecast_pipeline.alerts.sensors import alert_evaluation_sensor, alert_notification_sensor, alert_retention_sensor
 from forecast_pipeline.alerts.service import run_evaluation
-from forecast_pipeline.app_db import AppDatabase
+from forecast_pipeline.app_db.alert_tables import alert_events, readings
+from forecast_pipeline.cli.main import main as cli
+from forecast_pipeline.defs.alerts.sensors import (
+    alert_evaluation_sensor,
+    alert_notification_sensor,
+    alert_retention_sensor,
+)
+from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline_tests import test_alerts as base
 from forecast_pipeline_tests.test_alerts import ALERTS_DB_URL, NOW, World, settings
 

@@ -17,7 +17,6 @@ from dagster import (
     AssetExecutionContext,
     AssetObservation,
     DagsterInstance,
-    Definitions,
     Failure,
     Output,
     asset,
@@ -25,17 +24,16 @@ from dagster import (
     materialize,
 )
 
-from forecast_pipeline.alerts import cli as alerts_cli
 from forecast_pipeline.alerts import defaults, evaluate, notify, store
 from forecast_pipeline.alerts.config import get_alert_settings, load_alert_settings
-from forecast_pipeline.alerts.definitions import alert_defs
 from forecast_pipeline.alerts.evaluate import AlertEvaluationError, Reading, decide, evaluate_threshold, extract_value
-from forecast_pipeline.alerts.schema import alert_events, alert_notifications, alerts, devices, readings
-from forecast_pipeline.alerts.sensors import alert_evaluation_sensor, pipeline_health_sensor
 from forecast_pipeline.alerts.service import run_evaluation
-from forecast_pipeline.app_db import AppDatabase, app_metadata
-from forecast_pipeline.assets import ProductForecastsConfig
-from forecast_pipeline.resources import make_engine
+from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications, alerts, devices, readings
+from forecast_pipeline.app_db.metadata import app_metadata
+from forecast_pipeline.cli import alerts as alerts_cli
+from forecast_pipeline.defs.alerts.sensors import alert_evaluation_sensor, pipeline_health_sensor
+from forecast_pipeline.defs.forecasts.assets import ProductForecastsConfig
+from forecast_pipeline.resources import AppDatabase, make_engine
 from forecast_pipeline.settings import ConfigError, load_settings
 from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database
 
@@ -780,12 +778,10 @@ def test_the_health_readings_are_written_once_per_materialization(world):
     assert world.count(readings) == 4
 
 
-def test_the_alert_definitions_merge_into_the_code_location():
+def test_the_alert_sensors_are_in_the_code_location():
     from forecast_pipeline.definitions import defs
 
-    merged = Definitions.merge(defs, alert_defs)
-    Definitions.validate_loadable(merged)
-    repo = merged.get_repository_def()
+    repo = defs().get_repository_def()
     evaluation = repo.get_sensor_def("alert_evaluation_sensor")
     assert evaluation.minimum_interval_seconds == 30
     assert evaluation.required_resource_keys == {"app_db"}
@@ -872,7 +868,7 @@ def test_init_adds_the_one_open_event_index_to_an_existing_table(db):
     with db.begin() as conn:
         conn.execute(sa.text("DROP INDEX uq_alert_events_open"))
     assert "uq_alert_events_open" not in {i["name"] for i in sa.inspect(db).get_indexes("alert_events")}
-    from forecast_pipeline.app_db import create_app_schema
+    from forecast_pipeline.app_db.schema import create_app_schema
 
     create_app_schema(db)
     create_app_schema(db)  # still safe to repeat
@@ -922,7 +918,7 @@ def test_the_database_refuses_a_non_finite_threshold(world, sqlite_db, bad):
 
 
 def test_an_existing_alerts_table_gets_the_finite_threshold_constraint(db):
-    from forecast_pipeline.app_db import create_app_schema
+    from forecast_pipeline.app_db.schema import create_app_schema
 
     with db.begin() as conn:
         conn.execute(sa.text("ALTER TABLE alerts DROP CONSTRAINT ck_alerts_threshold_finite"))
@@ -942,7 +938,7 @@ def test_an_existing_alerts_table_gets_the_finite_threshold_constraint(db):
 
 
 def test_cli_add_refuses_a_non_finite_threshold_and_adds_a_good_alert(db, capsys, monkeypatch):
-    from forecast_pipeline import cli
+    from forecast_pipeline.cli.main import main as cli
 
     monkeypatch.setenv("DATABASE_URL", ALERTS_DB_URL)
     monkeypatch.delenv("APP_DATABASE_URL", raising=False)
@@ -961,7 +957,7 @@ def test_cli_add_refuses_a_non_finite_threshold_and_adds_a_good_alert(db, capsys
 
 def test_an_existing_outbox_gets_the_delivery_columns(db, webhook):
     """An alert_notifications table created by the previous version is upgraded in place."""
-    from forecast_pipeline.app_db import create_app_schema
+    from forecast_pipeline.app_db.schema import create_app_schema
 
     with db.begin() as conn:
         for column in ("next_attempt_at", "last_status", "refused_since"):

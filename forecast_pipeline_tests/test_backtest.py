@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from forecast_pipeline import backtest
-from forecast_pipeline.forecasting import models
+from forecast_pipeline.forecasting import backtest, models
 from forecast_pipeline_tests.conftest import BIN, command
 
 H = 12

@@ -135,7 +135,7 @@ def test_active_customers_excludes_churned_buyers():
 
 
 def test_capped_outliers_are_counted_per_forecast_and_per_run():
-    from forecast_pipeline.assets import _run_figures
+    from forecast_pipeline.defs.forecasts.assets import _run_figures
 
     y = _steady(4, weeks=300)
     y[0, 250] = 1_000_000.0  # a data-entry error

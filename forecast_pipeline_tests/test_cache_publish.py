@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from forecast_pipeline import forecast_cache
+from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline_tests.conftest import REDIS_URL, private_redis
 
 AS_OF = "2025-11-10"
@@ -73,7 +73,7 @@ def test_two_writers_of_one_date_leave_one_complete_hash(redis_client):
 WRITER = textwrap.dedent(
     """
     import sys, time, redis
-    from forecast_pipeline import forecast_cache
+    from forecast_pipeline.cache import forecast_cache
     url, n = sys.argv[1], int(sys.argv[2])
     execute = redis.client.Pipeline.execute
     def slow_execute(self, *args, **kwargs):  # a slow network, so the kill lands mid-write

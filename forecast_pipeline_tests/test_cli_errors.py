@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from forecast_pipeline import forecast_cache
+from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline_tests.conftest import BIN, POSTGRES_URL, Orders, command
 
 pytestmark = pytest.mark.integration
@@ -119,7 +119,7 @@ OWN_COMMANDS = ("init-db", "demo-data", "check", "show", "backtest")  # jobs, al
 
 
 def test_every_option_has_help_text_showing_its_default():
-    from forecast_pipeline.cli import build_parser
+    from forecast_pipeline.cli.main import build_parser
 
     parser = build_parser()
     commands = next(a for a in parser._actions if a.dest == "command").choices

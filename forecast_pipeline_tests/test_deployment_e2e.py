@@ -28,10 +28,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from forecast_pipeline import demo_data, job_queue
-from forecast_pipeline.app_db import create_app_schema
-from forecast_pipeline.jobs_schema import forecast_jobs
+from forecast_pipeline.app_db.queue_tables import forecast_jobs
+from forecast_pipeline.app_db.schema import create_app_schema
+from forecast_pipeline.forecast_queue import job_queue
 from forecast_pipeline.resources import make_engine
+from forecast_pipeline.source import demo_data
 from forecast_pipeline_tests.conftest import BIN, POSTGRES_URL, REDIS_URL, _ensure_postgres_database
 
 ROOT = Path(__file__).resolve().parents[1]

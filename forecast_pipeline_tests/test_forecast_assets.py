@@ -7,9 +7,9 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance, materialize
 
-from forecast_pipeline import forecast_cache
-from forecast_pipeline.assets import eligible_products, forecast_predictions, product_forecasts
-from forecast_pipeline.checks import cached_forecasts_well_formed
+from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
+from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
 from forecast_pipeline_tests.conftest import AS_OF, REDIS_URL, engine_url, forecast_resources, materialize_date
 
 ASSETS = [eligible_products, product_forecasts, cached_forecasts_well_formed]

@@ -10,10 +10,11 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, DagsterInstance
 
-from forecast_pipeline import forecast_cache, order_history
-from forecast_pipeline.assets import eligible_products, forecast_predictions, product_forecasts
-from forecast_pipeline.checks import cached_forecasts_well_formed
+from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
+from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
 from forecast_pipeline.forecasting import batch
+from forecast_pipeline.source import order_history
 from forecast_pipeline_tests.conftest import AS_OF, Orders, materialize_date
 
 ASSETS = [eligible_products, product_forecasts, forecast_predictions, cached_forecasts_well_formed]

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from dagster import AssetCheckKey, DagsterInstance, MarkdownMetadataValue, TableMetadataValue, materialize
 
-from forecast_pipeline import forecast_cache, forecast_view
-from forecast_pipeline.assets import eligible_products, product_forecasts
-from forecast_pipeline.checks import cached_forecasts_well_formed
+from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.defs.forecasts import forecast_view
+from forecast_pipeline.defs.forecasts.assets import eligible_products, product_forecasts
+from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
 from forecast_pipeline_tests.conftest import AS_OF, engine_url, forecast_resources
 
 SVG = "{http://www.w3.org/2000/svg}"

@@ -14,11 +14,12 @@ import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context, materialize
 
-from forecast_pipeline import job_queue
-from forecast_pipeline.app_db import AppDatabase, create_app_schema
-from forecast_pipeline.assets import eligible_products, forecast_predictions, product_forecasts
-from forecast_pipeline.job_sensors import finish_job_for_run, forecast_job_queue, recover_stale_jobs
-from forecast_pipeline.jobs_schema import forecast_jobs
+from forecast_pipeline.app_db.queue_tables import forecast_jobs
+from forecast_pipeline.app_db.schema import create_app_schema
+from forecast_pipeline.defs.forecast_queue.sensors import finish_job_for_run, forecast_job_queue, recover_stale_jobs
+from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
+from forecast_pipeline.forecast_queue import job_queue
+from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.settings import load_settings
 from forecast_pipeline_tests.conftest import AS_OF, BIN, POSTGRES_URL, REDIS_URL, engine_url, forecast_resources
 

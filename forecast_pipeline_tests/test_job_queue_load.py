@@ -20,18 +20,18 @@ from dagster._core.execution.context.init import InitResourceContext
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
 from dagster._core.test_utils import create_run_for_test
 
-from forecast_pipeline import job_queue
-from forecast_pipeline.app_db import AppDatabase
-from forecast_pipeline.assets import eligible_products, forecast_predictions, product_forecasts
-from forecast_pipeline.job_sensors import (
+from forecast_pipeline.app_db.queue_tables import forecast_jobs
+from forecast_pipeline.defs.forecast_queue.sensors import (
     finish_job_for_run,
     forecast_job_cancelled,
     forecast_job_failed,
     queue_run_timeout,
     recover_stale_jobs,
 )
-from forecast_pipeline.jobs_schema import forecast_jobs
-from forecast_pipeline.run_heartbeat import RunHeartbeat
+from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
+from forecast_pipeline.forecast_queue import job_queue
+from forecast_pipeline.forecast_queue.run_heartbeat import RunHeartbeat
+from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.settings import load_settings
 from forecast_pipeline_tests.conftest import AS_OF, BIN, command, engine_url, forecast_resources
 from forecast_pipeline_tests.test_job_queue import (

@@ -10,9 +10,10 @@ from pathlib import Path
 import yaml
 from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
 
-from forecast_pipeline.definitions import defs
+from forecast_pipeline.definitions import defs as load_defs
 
 ROOT = Path(__file__).parents[1]
+defs = load_defs()
 VALUES = yaml.safe_load((ROOT / "deploy" / "helm" / "values.yaml").read_text())
 CHART_DAGSTER_HOME = "/opt/dagster/dagster_home"  # the chart's global.dagsterHome (not overridden)
 LAUNCHER = VALUES["runLauncher"]["config"]["k8sRunLauncher"]
@@ -79,9 +80,9 @@ def test_values_turn_on_the_k8s_executor_and_the_daemon_safeguards():
 def test_the_k8s_executor_is_selected_by_environment():
     from dagster_k8s import k8s_job_executor
 
-    from forecast_pipeline.definitions import _executor
+    from forecast_pipeline.defs.resources import executor_for
 
-    assert _executor("k8s") is k8s_job_executor
+    assert executor_for("k8s") is k8s_job_executor
 
 
 def test_the_image_keeps_dagster_home_where_the_chart_mounts_the_instance():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from forecast_pipeline import order_history
+from forecast_pipeline.source import order_history
 from forecast_pipeline_tests.conftest import AS_OF
 
 WINDOW = order_history.HistoryWindow(as_of=AS_OF, history_start=dt.date(2019, 1, 1), min_customers=2, min_orders=3)

@@ -32,21 +32,12 @@ import sqlalchemy as sa
 from dagster import (
     DagsterInstance,
     DagsterRunStatus,
-    Definitions,
     build_run_status_sensor_context,
     build_sensor_context,
 )
 
-from forecast_pipeline import forecast_cache, source_schema
-from forecast_pipeline.app_db import AppDatabase, app_metadata
-from forecast_pipeline.reports import cli as reports_cli
-from forecast_pipeline.reports.cache import RedisJsonCache
-from forecast_pipeline.reports.config import get_report_settings, load_report_settings
-from forecast_pipeline.reports.definitions import report_defs
-from forecast_pipeline.reports.jobs import OP_NAME, SCHEDULE_RUN_TAG, generate_report, produce_report, run_config_for
-from forecast_pipeline.reports.limits import check_report_limit, month_start
-from forecast_pipeline.reports.report import compute_figures, report_paths
-from forecast_pipeline.reports.schema import (
+from forecast_pipeline.app_db.metadata import app_metadata
+from forecast_pipeline.app_db.report_tables import (
     TABLES,
     accounts,
     plans,
@@ -54,10 +45,24 @@ from forecast_pipeline.reports.schema import (
     report_schedules,
     schedule_runs,
 )
-from forecast_pipeline.reports.sensors import recover_unlaunched, report_run_failed, report_schedule_tick
+from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.cache.report_cache import RedisJsonCache
+from forecast_pipeline.cli import reports as reports_cli
+from forecast_pipeline.defs.reports.jobs import (
+    OP_NAME,
+    SCHEDULE_RUN_TAG,
+    generate_report,
+    produce_report,
+    run_config_for,
+)
+from forecast_pipeline.defs.reports.sensors import recover_unlaunched, report_run_failed, report_schedule_tick
+from forecast_pipeline.reports.config import get_report_settings, load_report_settings
+from forecast_pipeline.reports.limits import check_report_limit, month_start
+from forecast_pipeline.reports.report import compute_figures, report_paths
 from forecast_pipeline.reports.tick import run_key_for, tick
-from forecast_pipeline.resources import RedisStore, SourceDatabase, make_engine
+from forecast_pipeline.resources import AppDatabase, RedisStore, SourceDatabase, make_engine
 from forecast_pipeline.settings import ConfigError, load_settings
+from forecast_pipeline.source import source_schema
 from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database
 
 REPORTS_DB_URL = os.environ.get(
@@ -660,11 +665,10 @@ def test_an_unusable_reports_dir_does_not_stop_the_settings_from_loading(tmp_pat
     assert load_report_settings({"REPORTS_DIR": str(tmp_path / "new")}).reports_dir == tmp_path / "new"
 
 
-def test_report_defs_merge_into_the_code_location():
+def test_the_report_job_and_sensors_are_in_the_code_location():
     from forecast_pipeline.definitions import defs
 
-    merged = Definitions.merge(defs, report_defs)
-    Definitions.validate_loadable(merged)
+    merged = defs()
     assert merged.resolve_job_def("generate_report").name == "generate_report"
     assert merged.resolve_sensor_def("report_schedule_tick").minimum_interval_seconds == 60
     assert {"app_db", "redis_store"} <= set(merged.resolve_job_def("generate_report").required_resource_keys)
@@ -1010,10 +1014,11 @@ READ_ONLY_PROBE = """
 import sys
 from dagster import Definitions
 import forecast_pipeline.definitions as code_location
-Definitions.validate_loadable(code_location.defs)
-assert code_location.defs.resolve_job_def("daily_forecast") is not None
+loaded = code_location.defs()
+Definitions.validate_loadable(loaded)
+assert loaded.resolve_job_def("daily_forecast") is not None
 print("code location loaded")
-from forecast_pipeline.reports.jobs import produce_report
+from forecast_pipeline.defs.reports.jobs import produce_report
 from forecast_pipeline.resources import RedisStore, make_engine
 try:
     produce_report(make_engine(sys.argv[1]), RedisStore(url=sys.argv[2]), int(sys.argv[3]))

@@ -10,7 +10,7 @@ import redis
 import sqlalchemy as sa
 from dagster import DagsterInstance
 
-from forecast_pipeline import forecast_cache
+from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline_tests.conftest import AS_OF, BIN, POSTGRES_URL, REDIS_URL, command, private_redis
 
 pytestmark = pytest.mark.integration

@@ -5,8 +5,10 @@ import zoneinfo
 
 from dagster import DagsterInstance, build_schedule_context
 
-from forecast_pipeline.definitions import defs
-from forecast_pipeline.schedules import as_of_for, daily_forecast_schedule
+from forecast_pipeline.definitions import defs as load_defs
+from forecast_pipeline.defs.forecasts.schedules import as_of_for, daily_forecast_schedule
+
+defs = load_defs()
 
 
 def test_the_schedule_forecasts_today_in_its_timezone():

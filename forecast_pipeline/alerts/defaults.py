@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from forecast_pipeline.alerts import store
 from forecast_pipeline.alerts.evaluate import AGE_PATH
-from forecast_pipeline.alerts.schema import alerts
+from forecast_pipeline.app_db.alert_tables import alerts
 
 PIPELINE_SOURCE = "forecast_pipeline"
 PIPELINE_KIND = "pipeline"

@@ -18,7 +18,7 @@ from forecast_pipeline.alerts.defaults import (
     ensure_defaults,
     ensure_pipeline_source,
 )
-from forecast_pipeline.alerts.schema import readings
+from forecast_pipeline.app_db.alert_tables import readings
 
 
 def health_values(figures: Mapping[str, Any], run_elapsed_seconds: float | None) -> dict[str, float]:

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from forecast_pipeline.alerts.config import AlertSettings
-from forecast_pipeline.alerts.schema import alert_events, alert_notifications
+from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications
 
 USER_AGENT = "forecast-pipeline-alerts/2"
 MAX_RETRY_AFTER_SECONDS = 900

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from forecast_pipeline.alerts.schema import alert_events, alert_notifications, readings
+from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications, readings
 
 BATCH = 5000
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from forecast_pipeline.alerts.evaluate import Alert, Decision, Reading, Source
-from forecast_pipeline.alerts.schema import alert_events, alert_notifications, alerts, devices, readings
+from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications, alerts, devices, readings
 
 OPEN_EVENT = sa.text("NOT is_resolved")
 """The partial unique index's predicate; ON CONFLICT must name it for PostgreSQL to infer the index."""

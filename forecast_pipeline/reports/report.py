@@ -44,8 +44,12 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from forecast_pipeline import forecast_cache, order_history, source_schema
-from forecast_pipeline.reports.cache import RedisJsonCache
+from forecast_pipeline.cache import forecast_cache
+
+from forecast_pipeline.source import order_history
+
+from forecast_pipeline.source import source_schema
+from forecast_pipeline.cache.report_cache import RedisJsonCache
 from forecast_pipeline.reports.config import is_email_address
 
 FIGURES_VERSION = "v2"

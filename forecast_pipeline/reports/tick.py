@@ -34,7 +34,7 @@ from forecast_pipeline.reports.cadence import (
     load_timezone,
     parse_cadence,
 )
-from forecast_pipeline.reports.schema import report_schedules, schedule_runs
+from forecast_pipeline.app_db.report_tables import report_schedules, schedule_runs
 
 log = logging.getLogger("forecast_pipeline.reports.tick")
 UTC = dt.UTC

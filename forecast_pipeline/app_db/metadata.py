@@ -1,0 +1,5 @@
+"""The one SQLAlchemy metadata every application table registers on."""
+
+import sqlalchemy as sa
+
+app_metadata = sa.MetaData()

@@ -1,0 +1,110 @@
+"""``forecast_predictions``: every weekly prediction as a row, for SQL consumers and job results.
+
+A run replaces an as-of date's rows in one transaction: a reader sees the old rows or the new
+ones, and a product that is no longer forecast for that date loses its rows. A run for some
+products replaces only theirs. Rows are written with ``INSERT ... ON CONFLICT DO UPDATE`` on
+(as_of_date, product_id, week_start) (PostgreSQL and SQLite), and on PostgreSQL runs of one date
+take a transaction lock, so racing runs leave one run's rows, never a mix or a duplicate.
+"""
+
+import csv
+import datetime as dt
+import io
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
+
+from forecast_pipeline.app_db.queue_tables import forecast_predictions
+
+BATCH_ROWS = 2000  # SQLite: 10 columns x 2000 rows stays under its bind-parameter limit
+
+
+def create_table(engine: sa.Engine) -> None:
+    forecast_predictions.create(engine, checkfirst=True)
+
+
+def rows_of(doc: dict) -> list[dict]:
+    as_of = dt.date.fromisoformat(doc["as_of_date"])
+    generated = dt.datetime.fromisoformat(doc["model_metadata"]["generated_at"].replace("Z", "+00:00"))
+    return [
+        {
+            "as_of_date": as_of,
+            "product_id": doc["product_id"],
+            "week_start": dt.date.fromisoformat(week["week_start"]),
+            "week_end": dt.date.fromisoformat(week["week_end"]),
+            "predicted_quantity": week["predicted_quantity"],
+            "confidence_lower": week["confidence_lower"],
+            "confidence_upper": week["confidence_upper"],
+            "active_customers": week["active_customers"],
+            "model_type": doc["model_metadata"]["model_type"],
+            "generated_at": generated,
+        }
+        for week in doc["predictions"]
+    ]
+
+
+COLUMNS = [c.name for c in forecast_predictions.columns]
+KEYS = ("as_of_date", "product_id", "week_start")
+
+
+def replace(engine: sa.Engine, as_of: dt.date, docs: Iterable[dict], products: set[int] | None = None) -> int:
+    """Make ``as_of``'s rows exactly these forecasts' weeks (with ``products``: only those
+    products' rows). Returns how many rows were written."""
+    rows = [row for doc in docs for row in rows_of(doc)]
+    if engine.dialect.name not in ("postgresql", "sqlite"):
+        raise ValueError(f"forecast_predictions needs PostgreSQL or SQLite, not {engine.dialect.name}")
+    table = forecast_predictions
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"forecast_predictions:{as_of}"))))
+        delete = table.delete().where(table.c.as_of_date == as_of)
+        if products is not None:
+            if not products:
+                return 0
+            ids = sorted(products)
+            if engine.dialect.name == "postgresql":
+                delete = delete.where(
+                    table.c.product_id == sa.any_(sa.bindparam("ids", ids, type_=ARRAY(sa.BigInteger)))
+                )
+            else:
+                delete = delete.where(table.c.product_id.in_(sa.bindparam("ids", ids, expanding=True)))
+        conn.execute(delete)
+        if rows:
+            (_upsert_postgres if engine.dialect.name == "postgresql" else _upsert_batches)(conn, rows)
+    return len(rows)
+
+
+def _upsert_postgres(conn: sa.Connection, rows: list[dict]) -> None:
+    """COPY into a temporary table, then one INSERT ... ON CONFLICT: ~50x faster than a
+    multi-row INSERT for 100,000+ rows."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for row in rows:
+        writer.writerow([row[c] for c in COLUMNS])
+    buffer.seek(0)
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c not in KEYS)
+    conn.exec_driver_sql(
+        "CREATE TEMPORARY TABLE forecast_predictions_incoming "
+        "(LIKE forecast_predictions INCLUDING DEFAULTS) ON COMMIT DROP"
+    )
+    cursor = conn.connection.dbapi_connection.cursor()
+    cursor.copy_expert(
+        f"COPY forecast_predictions_incoming ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)", buffer
+    )
+    conn.exec_driver_sql(
+        f"INSERT INTO forecast_predictions ({', '.join(COLUMNS)}) "
+        f"SELECT {', '.join(COLUMNS)} FROM forecast_predictions_incoming "
+        f"ON CONFLICT ({', '.join(KEYS)}) DO UPDATE SET {updates}"
+    )
+
+
+def _upsert_batches(conn: sa.Connection, rows: list[dict]) -> None:
+    for i in range(0, len(rows), BATCH_ROWS):
+        batch = rows[i : i + BATCH_ROWS]
+        statement = sqlite.insert(forecast_predictions).values(batch)
+        statement = statement.on_conflict_do_update(
+            index_elements=list(KEYS), set_={c: statement.excluded[c] for c in COLUMNS if c not in KEYS}
+        )
+        conn.execute(statement)

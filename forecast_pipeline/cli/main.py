@@ -1,0 +1,557 @@
+"""forecast-pipeline: set up the database, make demo data, check the config, show results.
+
+The forecasts themselves run through Dagster (``dagster asset materialize``, the UI or the
+schedule); this command covers everything around them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+import traceback
+
+import sqlalchemy as sa
+
+from forecast_pipeline.app_db.queue_tables import JOB_STATUSES
+from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.cli.alerts import ALERT_COMMANDS, add_alert_commands
+from forecast_pipeline.cli.reports import REPORT_COMMANDS, add_report_commands
+from forecast_pipeline.settings import (
+    ConfigError,
+    Settings,
+    load_all_settings,
+    load_settings,
+    redact_url,
+    warn_unknown_variables,
+)
+from forecast_pipeline.source import demo_data, order_history, source_schema
+
+
+def _engine(settings: Settings) -> sa.Engine:
+    return _engine_for(settings.database_url)
+
+
+def _engine_for(url: str) -> sa.Engine:
+    from forecast_pipeline.resources import make_engine
+
+    return make_engine(url)
+
+
+def _redis(settings: Settings):
+    from forecast_pipeline.resources import connect_redis
+
+    return connect_redis(settings.redis_url, settings.redis_password)
+
+
+def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
+    from forecast_pipeline.app_db.schema import create_app_schema
+
+    engine = _engine(settings)
+    source_schema.create_schema(engine)
+    print(f"Tables {', '.join(source_schema.SOURCE_TABLES)} are ready in {redact_url(settings.database_url)}")
+    create_app_schema(_engine_for(settings.app_database_url))
+    print(
+        f"Application tables (job queue, predictions, alerts, reports) are ready in "
+        f"{redact_url(settings.app_database_url)}"
+    )
+    return 0
+
+
+def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
+    from forecast_pipeline.cli.progress import Progress
+
+    end = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
+    started = time.perf_counter()
+    _stage(f"demo-data: generating {args.products:,} products' order history from {settings.history_start} to {end}")
+    history = demo_data.generate(
+        products=args.products,
+        customers=args.customers,
+        start=settings.history_start,
+        end=end,
+        seed=args.seed,
+        lines_per_product_week=args.volume,
+    )
+    _stage(f"demo-data: generated {len(history.order_items):,} order lines in {time.perf_counter() - started:.1f}s")
+    engine = _engine(settings)
+    loading = Progress(f"demo-data: loading into {redact_url(settings.database_url)}", 0, "rows")
+    counts = demo_data.load(engine, history, progress=loading)
+    loading.finish()
+    if engine.dialect.name == "postgresql":
+        _stage("demo-data: analyzing the tables")
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
+    summary = ", ".join(f"{v:,} {k}" for k, v in counts.items())
+    print(
+        f"Loaded {summary} ({settings.history_start} to {end}, seed {args.seed}) into "
+        f"{redact_url(settings.database_url)} in {time.perf_counter() - started:.1f}s"
+    )
+    return 0
+
+
+def _stage(message: str) -> None:
+    """One line on stderr as a long command moves on (stdout keeps the result)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    """Check each dependency and say what is wrong; exit 1 if anything is. (``main`` has validated
+    every area's settings through the code location's own loaders: exit 2 for any bad one.)"""
+    import zoneinfo
+
+    ok = True
+    print("configuration: ok")
+    today = dt.datetime.now(zoneinfo.ZoneInfo(settings.schedule_timezone)).date()  # the newest partition
+    print(
+        f"partitions: as-of dates {settings.history_start} to {today} (FORECAST_HISTORY_START to today in "
+        f"FORECAST_SCHEDULE_TIMEZONE {settings.schedule_timezone}); Dagster refuses a --partition outside them"
+    )
+    engine = _engine(settings)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        print(f"database {redact_url(settings.database_url)}: reachable")
+        if settings.source_query:
+            with engine.connect() as conn:
+                lines = order_history.order_lines(settings.source_query)
+                conn.execute(sa.select(sa.func.count()).select_from(sa.select(lines).limit(1).subquery())).scalar()
+            print("FORECAST_SOURCE_QUERY: runs and yields the expected columns")
+        else:
+            missing = source_schema.missing_tables(engine)
+            if missing:
+                ok = False
+                print(f"database tables: MISSING {', '.join(missing)} (run `forecast-pipeline init-db`)")
+            else:
+                print(f"database tables: {', '.join(source_schema.SOURCE_TABLES)} present")
+    except sa.exc.SQLAlchemyError as exc:
+        ok = False
+        print(f"database {redact_url(settings.database_url)}: FAILED: {_database_reason(exc)}")
+    ok = _check_app_tables(settings) and ok
+    try:
+        client = _redis(settings)
+        print(f"redis {redact_url(settings.redis_url)}: reachable")
+        client.close()
+    except Exception as exc:  # noqa: BLE001 - report whatever went wrong, then exit 1
+        ok = False
+        print(f"redis: FAILED: {exc}")
+    return 0 if ok else 1
+
+
+def _check_app_tables(settings: Settings) -> bool:
+    from forecast_pipeline.app_db.schema import missing_app_tables
+
+    url = redact_url(settings.app_database_url)
+    engine = _engine_for(settings.app_database_url)
+    try:
+        missing = missing_app_tables(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        print(f"application database {url}: FAILED: {_database_reason(exc)}")
+        return False
+    finally:
+        engine.dispose()
+    if missing:
+        print(f"application tables: MISSING {', '.join(missing)} in {url} (run `forecast-pipeline init-db`)")
+        return False
+    print(f"application tables: present in {url}")
+    return True
+
+
+def _fail(message: str) -> int:
+    print(f"forecast-pipeline: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    """A run's metadata and one of its forecasts: the last run's, or an as-of date's from its
+    per-date keys (``forecast:{id}`` only ever holds the newest)."""
+    if args.as_of and dt.date.fromisoformat(args.as_of) > dt.date.today():
+        print(
+            f"forecast-pipeline show: --as-of {args.as_of} is in the future (today is {dt.date.today()}): "
+            "no forecast exists for it yet; leave --as-of out for the last run",
+            file=sys.stderr,
+        )
+        return 2
+    client = _redis(settings)
+    prefix = settings.key_prefix
+    key = forecast_cache.metadata_key(prefix, args.as_of)
+    metadata = forecast_cache.read_run_metadata(client, prefix, args.as_of)
+    if metadata is None:
+        return _fail(f"no run metadata in Redis under {key}: has a run for that date finished?")
+    forecasts = forecast_cache.read_forecasts_for(client, prefix, metadata["as_of_date"])
+    if args.product is not None:
+        product_id = args.product
+    elif forecasts:
+        product_id = max(forecasts, key=lambda p: forecasts[p]["summary"]["total_predicted_quantity"])
+    else:
+        return _fail(f"no forecasts cached for as-of {metadata['as_of_date']}")
+    if args.as_of:
+        doc, doc_key = forecasts.get(product_id), f"{forecast_cache.history_key(prefix, args.as_of)} [{product_id}]"
+    else:
+        doc, doc_key = (
+            forecast_cache.read_forecast(client, prefix, product_id),
+            forecast_cache.forecast_key(prefix, product_id),
+        )
+    if doc is None:
+        return _fail(_why_no_forecast(settings, product_id, metadata["as_of_date"], doc_key))
+    if args.json:
+        print(
+            json.dumps({"metadata_key": key, "metadata": metadata, "forecast_key": doc_key, "forecast": doc}, indent=2)
+        )
+    else:
+        print(f"{key}:\n{json.dumps(metadata, indent=2)}\n\n{doc_key}:\n{_format_forecast(doc)}")
+    return 0
+
+
+def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: str) -> str:
+    """Tell a product the order history does not know from one that had no forecast that day."""
+    missing = f"no forecast cached for product {product_id} as of {as_of} (under {doc_key})"
+    if settings.source_query:  # a custom source: no products table to look in
+        return f"{missing}: check the product id, or run that date for it"
+    try:
+        engine = _engine(settings)
+        with engine.connect() as conn:
+            lines = source_schema.order_items
+            known = conn.execute(sa.select(lines.c.product_id).where(lines.c.product_id == product_id).limit(1)).first()
+        engine.dispose()
+    except sa.exc.SQLAlchemyError:
+        return f"{missing}: check the product id, or run that date for it"
+    if known is None:
+        return f"product {product_id} has no orders in {redact_url(settings.database_url)}: check the product id"
+    return (
+        f"{missing}: the product has orders but was not eligible that day (it needs "
+        f"FORECAST_MIN_CUSTOMERS={settings.min_customers} customers and FORECAST_MIN_ORDERS={settings.min_orders} "
+        "orders in its history) or its forecast failed (see the run's metadata)"
+    )
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    """Enqueue, cancel or list forecast jobs (the application database's forecast_jobs)."""
+    from forecast_pipeline.app_db.postgres_only import postgres_only_reason
+    from forecast_pipeline.app_db.schema import create_app_schema
+    from forecast_pipeline.forecast_queue import job_queue
+
+    refused = postgres_only_reason(settings.app_database_url, "the forecast job queue")
+    if refused:  # nothing could ever claim a job here: accept none
+        print(f"forecast-pipeline jobs {args.jobs_command}: {refused}", file=sys.stderr)
+        return 1
+    engine = _engine_for(settings.app_database_url)
+    create_app_schema(engine)
+    if args.jobs_command == "enqueue":
+        return _enqueue_job(settings, args, engine)
+    if args.jobs_command == "cancel":
+        try:
+            outcome = job_queue.request_cancel(engine, args.job_id)
+        except job_queue.UnknownJob as exc:
+            return _fail(str(exc))
+        if outcome == "cancel requested":
+            outcome += ": the queue sensor cancels or terminates its Dagster run, and the job closes when it has ended"
+        print(f"forecast job {args.job_id}: {outcome}")
+        return 0
+    from forecast_pipeline.app_db.queue_tables import forecast_jobs
+
+    query = sa.select(forecast_jobs).order_by(forecast_jobs.c.id.desc()).limit(args.limit)
+    if args.status:
+        query = query.where(forecast_jobs.c.status == args.status)
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    print(f"{'id':>6} {'status':<10} {'pri':>3} {'try':>5}  {'parameters':<48} {'rows':>7}  error")
+    for row in rows:
+        tries = f"{row.attempts}/{row.max_attempts}"
+        rows_written = "" if row.rows_written is None else row.rows_written
+        print(
+            f"{row.id:>6} {row.status:<10} {row.priority:>3} {tries:>5}  {json.dumps(row.parameters):<48} "
+            f"{rows_written:>7}  {(row.error or '')[:80]}"
+        )
+    return 0
+
+
+def _enqueue_job(settings: Settings, args: argparse.Namespace, engine: sa.Engine) -> int:
+    import zoneinfo
+
+    from forecast_pipeline.forecast_queue import job_queue
+
+    if args.max_attempts < 1:
+        message = f"--max-attempts must be at least 1, got {args.max_attempts}"
+        print(f"forecast-pipeline jobs enqueue: {message}", file=sys.stderr)
+        return 2
+    if bool(args.as_of) == bool(args.date_from or args.date_to):
+        return _fail("give --as-of DATE, or --from DATE --to DATE")
+    try:
+        # the sensor's rules, with its today (the newest partition, in the schedule's time zone)
+        job_queue.parse_parameters(
+            {"as_of_date": args.as_of} if args.as_of else {"from": args.date_from, "to": args.date_to},
+            settings.history_start,
+            # the newest as-of partition is today in the schedule's time zone (end_offset=1)
+            dt.datetime.now(zoneinfo.ZoneInfo(settings.schedule_timezone)).date(),
+        )
+    except job_queue.BadJobParameters as exc:
+        return _fail(str(exc))
+    if args.idempotency_key:
+        with engine.connect() as conn:
+            existing = conn.execute(
+                sa.text("SELECT id, status FROM forecast_jobs WHERE idempotency_key = :k"), {"k": args.idempotency_key}
+            ).first()
+        if existing is not None:
+            print(f"already queued as forecast job {existing.id} ({existing.status}) under this idempotency key")
+            return 0
+    job_id = job_queue.enqueue(
+        engine,
+        as_of_date=args.as_of,
+        date_range=(args.date_from, args.date_to) if args.date_from else None,
+        product_ids=args.products,
+        priority=args.priority,
+        max_attempts=args.max_attempts,
+        concurrency_key=args.concurrency_key,
+        idempotency_key=args.idempotency_key,
+    )
+    print(f"queued forecast job {job_id}")
+    return 0
+
+
+def _format_forecast(doc: dict) -> str:
+    meta, summary = doc["model_metadata"], doc["summary"]
+    lines = [
+        f"product {doc['product_id']}  as of {doc['as_of_date']}  model {meta['model_type']} "
+        f"({meta.get('demand_class', '?')})  accuracy estimate {meta['forecast_accuracy_estimate']:.2f}  "
+        f"history {meta['historical_weeks']} weeks",
+        f"{'week':<23} {'predicted':>10} {'80% interval':>20} {'customers':>10}",
+    ]
+    for p in doc["predictions"]:
+        interval = f"{p['confidence_lower']:.1f} - {p['confidence_upper']:.1f}"
+        lines.append(
+            f"{p['week_start']} - {p['week_end'][5:]:<10} {p['predicted_quantity']:>10.1f} {interval:>20} "
+            f"{p['active_customers']:>10}"
+        )
+    lines.append(
+        f"total {summary['total_predicted_quantity']:.1f}, {summary['avg_weekly_quantity']:.1f}/week, "
+        f"{summary['active_customers']} active customers"
+    )
+    return "\n".join(lines)
+
+
+def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    """Rolling-origin accuracy of the engine vs seasonal naive and Holt-Winters (see backtest.py)."""
+    from forecast_pipeline.forecasting import backtest
+
+    as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
+    common = {
+        "origins": args.origins,
+        "step": args.step,
+        "horizon": settings.forecast_weeks,
+        "hw_sample": args.hw_sample,
+    }
+    from forecast_pipeline.cli.progress import Progress
+
+    def origins(what: str, total: int) -> Progress:
+        return Progress(f"backtest: {what}", total, "origins")
+
+    results = []
+    started = time.perf_counter()
+    if args.source == "demo":
+        _stage(f"backtest: generating {args.products:,} demo products' history up to {as_of}")
+        y, eligible_at, label = backtest.demo_matrix(
+            args.products,
+            as_of,
+            history_start=settings.history_start,
+            volume=args.volume,
+            seed=args.seed,
+            min_customers=settings.min_customers,
+            min_orders=settings.min_orders,
+        )
+        title = f"Demo data: {args.products:,} products, volume {args.volume}, seed {args.seed}, as-of {as_of}"
+        extra = {"eligible_at": eligible_at}
+    else:
+        _stage(f"backtest: reading the weekly history of the products eligible at {as_of}")
+        y, label = backtest.database_matrix(settings, as_of)
+        title = f"{redact_url(settings.database_url)}: products eligible at {as_of}"
+        extra = {}
+    _stage(f"backtest: {y.shape[0]:,} products x {y.shape[1]} weeks ready in {time.perf_counter() - started:.1f}s")
+    bar = origins(f"{y.shape[0]:,} {args.source} products", args.origins)
+    results.append(backtest.run_backtest(y, label=title, origin_label=label, progress=bar, **extra, **common))
+    bar.finish()
+    if not args.no_real:
+        y, label = backtest.co2_matrix()
+        real = {**common, "origins": args.real_origins, "hw_sample": 1}
+        bar = origins("the co2 weekly series", args.real_origins)
+        results.append(
+            backtest.run_backtest(
+                y, label="statsmodels co2 (Mauna Loa, weekly 1958-2001)", origin_label=label, progress=bar, **real
+            )
+        )
+        bar.finish()
+    for result in results:
+        print(backtest.format_result(result))
+        print()
+        print(backtest.format_checks(backtest.summary_checks(result)))
+        print()
+    return 0
+
+
+class _HelpShowsDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to every option that has a real default (not None or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The error line first, then where to read the usage; exit 2 (argparse prints usage first)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpShowsDefaults)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}\n(see `{self.prog} --help`)\n")
+
+
+def _iso_date(text: str) -> str:
+    """An argparse type: the date as given, once it parses as YYYY-MM-DD (argparse names the option)."""
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date (e.g. 2025-11-10)") from None
+    if len(text) != 10:  # fromisoformat also takes 20251110 and week dates
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date (e.g. 2025-11-10)")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="forecast-pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--verbose", action="store_true", help="after an error's one line, print its traceback")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("init-db", help="create the default order tables (safe to repeat)")
+    demo = sub.add_parser("demo-data", help="replace the order tables' contents with generated history")
+    demo.add_argument("--products", type=int, default=300, help="products to generate")
+    demo.add_argument("--customers", type=int, default=400, help="customers to generate")
+    demo.add_argument("--as-of", type=_iso_date, help="last day of history, YYYY-MM-DD (default: today)")
+    demo.add_argument("--seed", type=int, default=7, help="random seed: the same seed gives the same history")
+    demo.add_argument("--volume", type=float, default=3.0, help="average order lines per product-week")
+    sub.add_parser("check", help="check the configuration, database, tables and Redis")
+    show = sub.add_parser("show", help="print the last run's metadata and one cached forecast")
+    show.add_argument("--product", type=int, help="product id (default: the largest forecast)")
+    show.add_argument(
+        "--as-of", type=_iso_date, help="a past as-of date's metadata and forecast, YYYY-MM-DD (default: the last run)"
+    )
+    show.add_argument("--json", action="store_true", help="print one JSON document with both")
+    jobs = sub.add_parser("jobs", help="the forecast job queue: enqueue, cancel or list jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    enqueue = jobs_sub.add_parser("enqueue", help="queue a forecast of one as-of date or a range")
+    enqueue.add_argument("--as-of", help="YYYY-MM-DD")
+    enqueue.add_argument("--from", dest="date_from", help="first as-of date of a range")
+    enqueue.add_argument("--to", dest="date_to", help="last as-of date of a range")
+    enqueue.add_argument("--products", type=_id_list, help="comma list of product ids (default: all eligible)")
+    enqueue.add_argument("--priority", type=int, default=0, help="higher runs first")
+    enqueue.add_argument("--max-attempts", type=int, default=3, help="runs tried before the job fails (at least 1)")
+    enqueue.add_argument("--concurrency-key", help="jobs sharing it never run at once")
+    enqueue.add_argument("--idempotency-key", help="a key naming this work: enqueueing it again returns the same job")
+    cancel = jobs_sub.add_parser("cancel", help="cancel a queued job, or cancel/terminate a claimed or running one")
+    cancel.add_argument("job_id", type=int)
+    listing = jobs_sub.add_parser("list", help="recent jobs, newest first")
+    listing.add_argument("--status", choices=JOB_STATUSES)
+    listing.add_argument("--limit", type=int, default=20)
+    bt = sub.add_parser("backtest", help="rolling-origin accuracy vs seasonal naive and Holt-Winters")
+    bt.add_argument("--source", choices=("demo", "database"), default="demo", help="demo: generated in memory")
+    bt.add_argument(
+        "--as-of", type=_iso_date, help="as-of date after the last test window, YYYY-MM-DD (default: today)"
+    )
+    bt.add_argument("--products", type=int, default=10_000, help="demo products")
+    bt.add_argument("--volume", type=float, default=0.9, help="demo order lines per product-week")
+    bt.add_argument("--seed", type=int, default=7, help="demo random seed")
+    bt.add_argument("--origins", type=int, default=4, help="rolling origins")
+    bt.add_argument("--step", type=int, default=12, help="weeks between origins")
+    bt.add_argument("--hw-sample", type=int, default=200, help="products per origin fitted with Holt-Winters")
+    bt.add_argument(
+        "--real-origins",
+        type=int,
+        default=48,
+        help="origins on the real weekly series (one series: 48 origins, ~11 years, for a stable mean)",
+    )
+    bt.add_argument("--no-real", action="store_true", help="skip the real weekly series (statsmodels co2)")
+    add_alert_commands(sub)
+    add_report_commands(sub)
+    return parser
+
+
+def _id_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of product ids") from exc
+
+
+COMMANDS = {
+    "init-db": cmd_init_db,
+    "demo-data": cmd_demo_data,
+    "check": cmd_check,
+    "show": cmd_show,
+    "jobs": cmd_jobs,
+    "backtest": cmd_backtest,
+    **ALERT_COMMANDS,
+    **REPORT_COMMANDS,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Every failure is one line on stderr saying what to do: exit 2 for a usage
+    or configuration mistake, 1 for the environment (database, Redis) or a failed command;
+    ``--verbose`` adds the traceback after it."""
+    warn_unknown_variables(lambda warning: print(f"forecast-pipeline: warning: {warning}", file=sys.stderr))
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_all_settings() if args.command == "check" else load_settings()
+    except ConfigError as exc:
+        print(f"forecast-pipeline: {exc}", file=sys.stderr)
+        return 2
+    try:
+        code = COMMANDS[args.command](settings, args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (`show --json | head -1`): stop quietly, as `cat` would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a one-line reason beats a traceback for operators
+        print(f"forecast-pipeline {args.command}: {_one_line(exc, settings)}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        return 1
+
+
+def _one_line(exc: Exception, settings: Settings) -> str:
+    """What went wrong and what to do, in one line, for any error a command lets through."""
+    from dagster import Failure
+
+    if isinstance(exc, Failure):
+        return exc.description or str(exc)
+    if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
+        reason = _database_reason(exc)
+        return f"database {_url_named_in(reason, settings)}: {reason} (--verbose for details)"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())} (--verbose for details)"
+
+
+def _database_reason(exc: sa.exc.SQLAlchemyError) -> str:
+    """The driver's reason on one line, with what to do for the common ones."""
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    reason = reason.split("FATAL:", 1)[-1].strip()  # libpq: "connection to server at ... failed: FATAL: ..."
+    if reason.startswith("database") and "does not exist" in reason:
+        reason += ": create it (createdb) or point the URL at an existing database"
+    return reason
+
+
+def _url_named_in(reason: str, settings: Settings) -> str:
+    """The redacted URL the error is about: the one whose database it names, else DATABASE_URL."""
+    for url in (settings.app_database_url, settings.database_url):
+        name = sa.engine.make_url(url).database
+        if name and f'"{name}"' in reason:
+            return redact_url(url)
+    return redact_url(settings.database_url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Asset checks that read back what the forecast API will serve."""
+
+import warnings
+
+from dagster import AssetCheckExecutionContext, AssetCheckKey, MetadataValue, PreviewWarning, asset_check
+
+from forecast_pipeline.defs.forecasts.assets import partition_check_results, product_forecasts
+from forecast_pipeline.defs.forecasts.partitions import as_of_partitions
+
+WELL_FORMED_CHECK = AssetCheckKey(product_forecasts.key, "cached_forecasts_well_formed")
+
+
+def _cached_forecasts_well_formed(context: AssetCheckExecutionContext, product_forecasts: dict[str, dict[int, dict]]):
+    """12 weeks each, quantities >= 0, lower <= predicted <= upper, the right as-of date."""
+    results = {}
+    for as_of, docs in product_forecasts.items():
+        problems = {}
+        for product_id, doc in docs.items():
+            issue = forecast_problem(doc, as_of)
+            if issue:
+                problems[str(product_id)] = issue
+        metadata = {"cached_forecasts": len(docs), "malformed": len(problems)}
+        if problems:
+            metadata["examples"] = MetadataValue.json(dict(list(problems.items())[:10]))
+        results[as_of] = (not problems, metadata)
+    yield from partition_check_results(context.op_execution_context.assets_def, WELL_FORMED_CHECK, results)
+
+
+with warnings.catch_warnings():  # partitioned checks are "preview": nothing a user can act on
+    warnings.simplefilter("ignore", PreviewWarning)
+    cached_forecasts_well_formed = asset_check(
+        asset=product_forecasts,
+        name="cached_forecasts_well_formed",
+        description="Every cached forecast of the as-of date is well formed.",
+        partitions_def=as_of_partitions,  # each result shows its as-of date
+    )(_cached_forecasts_well_formed)
+
+
+def forecast_problem(doc: dict, as_of: str | None) -> str | None:
+    """What is wrong with one cached forecast document, or None."""
+    if as_of is not None and doc.get("as_of_date") != as_of:
+        return f"as_of_date {doc.get('as_of_date')} != {as_of}"
+    predictions = doc.get("predictions") or []
+    if len(predictions) != doc.get("forecast_weeks"):
+        return f"{len(predictions)} predictions for forecast_weeks={doc.get('forecast_weeks')}"
+    for week in predictions:
+        low, point, high = week["confidence_lower"], week["predicted_quantity"], week["confidence_upper"]
+        if not 0 <= low <= point <= high:
+            return f"week {week['week_start']}: not 0 <= {low} <= {point} <= {high}"
+    return None

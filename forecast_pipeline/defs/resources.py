@@ -1,0 +1,89 @@
+"""Resources and the executor every area's definitions share, built from the validated settings.
+
+A variable that is set in the environment is passed as ``EnvVar`` so that the UI shows where a
+value comes from and never displays a secret; an unset one passes its default.
+
+Loading this module validates every area's variables at once (see
+:func:`forecast_pipeline.settings.load_all_settings`): a bad variable stops the code location
+from loading with a message that names it.
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from dagster import EnvVar
+
+from forecast_pipeline.forecast_queue.run_heartbeat import RunHeartbeat
+from forecast_pipeline.io_managers import RedisForecastIOManager, RedisTableIOManager
+from forecast_pipeline.resources import AppDatabase, ForecastParameters, RedisStore, SourceDatabase
+from forecast_pipeline.settings import Settings, load_all_settings
+
+
+def _env_or(environ: Mapping[str, str], name: str, default: Any, kind: str = "str") -> Any:
+    """``EnvVar(name)`` when the variable is set (validated already), else the default value."""
+    if environ.get(name, "").strip() == "":
+        return default
+    if kind == "int":
+        return EnvVar.int(name)
+    return EnvVar(name)
+
+
+def build_resources(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Every resource and IO manager, keyed by the names assets ask for.
+
+    ``environ`` (default ``os.environ``) decides which values are passed as ``EnvVar``.
+    """
+
+    env = os.environ if environ is None else environ
+
+    def pick(name: str, default: Any, kind: str = "str") -> Any:
+        return _env_or(env, name, default, kind)
+
+    store = RedisStore(
+        url=pick("REDIS_URL", settings.redis_url),
+        password=pick("REDIS_PASSWORD", settings.redis_password),
+        key_prefix=pick("FORECAST_KEY_PREFIX", settings.key_prefix),
+    )
+    cache_ttl = pick("FORECAST_CACHE_TTL", settings.cache_ttl, "int")
+    history_ttl = pick("FORECAST_HISTORY_TTL", settings.history_ttl, "int")
+    app_db = AppDatabase(url=pick("APP_DATABASE_URL", pick("DATABASE_URL", settings.app_database_url)))
+    return {
+        "app_db": app_db,
+        "run_heartbeat": RunHeartbeat(app_db=app_db, interval_seconds=settings.job_heartbeat_seconds),
+        "source_db": SourceDatabase(
+            url=pick("DATABASE_URL", settings.database_url),
+            source_query=pick("FORECAST_SOURCE_QUERY", settings.source_query),
+        ),
+        "redis_store": store,
+        "forecast_params": ForecastParameters(
+            history_start=pick("FORECAST_HISTORY_START", settings.history_start.isoformat()),
+            min_customers=pick("FORECAST_MIN_CUSTOMERS", settings.min_customers, "int"),
+            min_orders=pick("FORECAST_MIN_ORDERS", settings.min_orders, "int"),
+            forecast_weeks=pick("FORECAST_WEEKS", settings.forecast_weeks, "int"),
+            workers=pick("FORECAST_WORKERS", settings.workers, "int"),
+            max_failure_rate=settings.max_failure_rate,
+            cache_ttl=cache_ttl,
+            history_ttl=history_ttl,
+        ),
+        "forecast_io_manager": RedisForecastIOManager(redis_store=store, cache_ttl=cache_ttl, history_ttl=history_ttl),
+        "table_io_manager": RedisTableIOManager(redis_store=store, history_ttl=history_ttl),
+    }
+
+
+def executor_for(name: str) -> dg.ExecutorDefinition:
+    """in_process by default: a run's steps are I/O and one vectorised batch, and a process per
+    step costs more than it saves on one machine (see the benchmark). The forecast step still uses
+    FORECAST_WORKERS processes. ``k8s`` runs each step in its own pod."""
+    if name == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
+    return dg.multiprocess_executor if name == "multiprocess" else dg.in_process_executor
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    settings = load_all_settings()
+    return dg.Definitions(resources=build_resources(settings), executor=executor_for(settings.executor))

@@ -1,0 +1,140 @@
+"""The code location as Dagster and ``dg`` load it: what it contains, pinned.
+
+Adding or removing a definition is a deliberate change: update the lists here with it.
+"""
+
+import pytest
+from dagster import Definitions
+
+from forecast_pipeline.definitions import defs as load_defs
+from forecast_pipeline_tests.conftest import BIN, command
+
+ASSETS = {"eligible_products", "product_forecasts", "forecast_predictions"}
+ASSET_CHECKS = {
+    ("product_forecasts", "cached_forecasts_well_formed"),
+    ("product_forecasts", "failure_rate_within_limit"),
+}
+JOBS = {"daily_forecast", "generate_report"}
+SCHEDULES = {"daily_forecast_schedule"}
+SENSORS = {
+    # forecast queue
+    "forecast_job_queue",
+    "forecast_job_succeeded",
+    "forecast_job_failed",
+    "forecast_job_cancelled",
+    "forecast_job_recovery",
+    # reports
+    "report_schedule_tick",
+    "report_run_failed",
+    "report_run_canceled",
+    # alerts
+    "alert_evaluation_sensor",
+    "alert_notification_sensor",
+    "alert_retention_sensor",
+    "pipeline_health_sensor",
+}
+RESOURCES = {
+    "app_db",
+    "run_heartbeat",
+    "source_db",
+    "redis_store",
+    "forecast_params",
+    "forecast_io_manager",
+    "table_io_manager",
+}
+
+
+@pytest.fixture(scope="module")
+def defs() -> Definitions:
+    loaded = load_defs()
+    Definitions.validate_loadable(loaded)
+    return loaded
+
+
+def test_the_code_location_holds_exactly_these_definitions(defs):
+    repo = defs.get_repository_def()
+    assert {key.to_user_string() for key in repo.asset_graph.get_all_asset_keys()} == ASSETS
+    checks = {(key.asset_key.to_user_string(), key.name) for key in repo.asset_graph.asset_check_keys}
+    assert checks == ASSET_CHECKS
+    assert {job.name for job in repo.get_all_jobs() if not job.name.startswith("__")} == JOBS
+    assert {schedule.name for schedule in repo.schedule_defs} == SCHEDULES
+    assert {sensor.name for sensor in repo.sensor_defs} == SENSORS
+    assert set(defs.resources) == RESOURCES
+
+
+AREAS = {
+    "forecasts": {"eligible_products", "product_forecasts", "forecast_predictions", "daily_forecast"}
+    | {"daily_forecast_schedule", "cached_forecasts_well_formed"},
+    "forecast_queue": {name for name in SENSORS if name.startswith("forecast_job_")},
+    "reports": {"generate_report", "report_schedule_tick", "report_run_failed", "report_run_canceled"},
+    "alerts": {name for name in SENSORS if "alert" in name or name == "pipeline_health_sensor"},
+}
+
+
+def test_every_area_is_its_own_defs_folder():
+    """Each definition is declared in the folder of its area (``forecast_pipeline/defs/<area>/``)."""
+    import ast
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    from dagster import AssetChecksDefinition, AssetsDefinition, JobDefinition, ScheduleDefinition, SensorDefinition
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+    kinds = (AssetsDefinition, JobDefinition, UnresolvedAssetJobDefinition, ScheduleDefinition, SensorDefinition)
+    for area, expected in AREAS.items():
+        package = importlib.import_module(f"forecast_pipeline.defs.{area}")
+        declared = set()
+        for module_info in pkgutil.iter_modules(package.__path__):
+            module = importlib.import_module(f"{package.__name__}.{module_info.name}")
+            tree = ast.parse(Path(module.__file__).read_text())
+            # top-level statements, and those inside a top-level ``with`` (warnings filters)
+            top = [n for node in tree.body for n in (node.body if isinstance(node, ast.With) else [node])]
+            bound = {node.name for node in top if isinstance(node, ast.FunctionDef)}
+            bound |= {t.id for node in top if isinstance(node, ast.Assign) for t in node.targets if hasattr(t, "id")}
+            for value in (vars(module)[name] for name in bound):
+                if isinstance(value, AssetChecksDefinition):
+                    declared |= {key.name for key in value.check_keys}
+                elif isinstance(value, kinds):
+                    declared.add(value.key.to_user_string() if isinstance(value, AssetsDefinition) else value.name)
+        assert declared == expected, area
+
+
+def test_every_resource_a_definition_needs_is_provided(defs):
+    repo = defs.get_repository_def()
+    needed = set()
+    for job in repo.get_all_jobs():
+        needed |= set(job.required_resource_keys)
+    for sensor in repo.sensor_defs:
+        needed |= set(sensor.required_resource_keys)
+    assert needed <= RESOURCES | {"io_manager"}, needed - RESOURCES  # io_manager: Dagster's default
+
+
+def test_library_code_never_imports_the_definitions():
+    """Data flows one way: the definitions use the library, never the reverse."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).parents[1] / "forecast_pipeline"
+    DEFINITION_MODULES = ("forecast_pipeline.defs", "forecast_pipeline.definitions")
+    offenders = []
+    for path in package.rglob("*.py"):
+        relative = path.relative_to(package).as_posix()
+        if relative.startswith("defs/") or relative in ("definitions.py", "__init__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            if any(n.startswith(DEFINITION_MODULES) for n in names):
+                offenders.append(relative)
+    assert offenders == []
+
+
+@pytest.mark.integration
+def test_dg_check_defs_passes(tmp_path):
+    checked = command([str(BIN / "dg"), "check", "defs"], tmp_path)
+    assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
+    assert "All definitions loaded successfully" in checked.stdout + checked.stderr
