@@ -29,7 +29,7 @@ ALERT_SENSORS = {"alert_evaluation_sensor", "alert_notification_sensor", "alert_
 SENSORS_AS_LOADED = """
 import json
 from forecast_pipeline.definitions import defs
-repo = defs.get_repository_def()
+repo = defs().get_repository_def()
 print(json.dumps({s.name: [s.default_status.value, s.description] for s in repo.sensor_defs}))
 """
 

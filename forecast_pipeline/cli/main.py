@@ -273,12 +273,14 @@ def _enqueue_job(settings: Settings, args: argparse.Namespace, engine: sa.Engine
 
     from forecast_pipeline.forecast_queue import job_queue
 
-    if args.max_attempts < 1:
-        message = f"--max-attempts must be at least 1, got {args.max_attempts}"
+    def usage(message: str) -> int:
         print(f"forecast-pipeline jobs enqueue: {message}", file=sys.stderr)
         return 2
+
+    if args.max_attempts < 1:
+        return usage(f"--max-attempts must be at least 1, got {args.max_attempts}")
     if bool(args.as_of) == bool(args.date_from or args.date_to):
-        return _fail("give --as-of DATE, or --from DATE --to DATE")
+        return usage("give --as-of DATE, or --from DATE --to DATE")
     try:
         # the sensor's rules, with its today (the newest partition, in the schedule's time zone)
         job_queue.parse_parameters(
@@ -287,8 +289,8 @@ def _enqueue_job(settings: Settings, args: argparse.Namespace, engine: sa.Engine
             # the newest as-of partition is today in the schedule's time zone (end_offset=1)
             dt.datetime.now(zoneinfo.ZoneInfo(settings.schedule_timezone)).date(),
         )
-    except job_queue.BadJobParameters as exc:
-        return _fail(str(exc))
+    except job_queue.BadJobParameters as exc:  # a date that is malformed, too early or in the future
+        return usage(str(exc))
     if args.idempotency_key:
         with engine.connect() as conn:
             existing = conn.execute(
@@ -442,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="the forecast job queue: enqueue, cancel or list jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     enqueue = jobs_sub.add_parser("enqueue", help="queue a forecast of one as-of date or a range")
-    enqueue.add_argument("--as-of", help="YYYY-MM-DD")
+    enqueue.add_argument("--as-of", help="the as-of date to forecast, YYYY-MM-DD (or give --from and --to)")
     enqueue.add_argument("--from", dest="date_from", help="first as-of date of a range")
     enqueue.add_argument("--to", dest="date_to", help="last as-of date of a range")
     enqueue.add_argument("--products", type=_id_list, help="comma list of product ids (default: all eligible)")
@@ -451,10 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--concurrency-key", help="jobs sharing it never run at once")
     enqueue.add_argument("--idempotency-key", help="a key naming this work: enqueueing it again returns the same job")
     cancel = jobs_sub.add_parser("cancel", help="cancel a queued job, or cancel/terminate a claimed or running one")
-    cancel.add_argument("job_id", type=int)
+    cancel.add_argument("job_id", type=int, help="the job's id (see `jobs list`)")
     listing = jobs_sub.add_parser("list", help="recent jobs, newest first")
-    listing.add_argument("--status", choices=JOB_STATUSES)
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--status", choices=JOB_STATUSES, help="only jobs in this status (default: any)")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many")
     bt = sub.add_parser("backtest", help="rolling-origin accuracy vs seasonal naive and Holt-Winters")
     bt.add_argument("--source", choices=("demo", "database"), default="demo", help="demo: generated in memory")
     bt.add_argument(

@@ -305,6 +305,7 @@ def _forecast_one_date(
         product_ids = [p for p in product_ids if p in set(only)]
 
     timings: dict[str, float] = {}
+    context.log.info(f"{key}: reading the weekly history and customers of {len(product_ids)} products")
     started = time.perf_counter()
     try:
         with source_db.engine().connect() as conn:
@@ -321,8 +322,16 @@ def _forecast_one_date(
         f"({len(activity)} product-customer pairs) in {timings['read_seconds']:.2f}s"
     )
 
+    model_started = time.perf_counter()
+    context.log.info(
+        f"{key}: fitting models for {len(product_ids)} products (FORECAST_WORKERS={forecast_params.workers})"
+    )
+
     def progress(done: int, total: int) -> None:
-        context.log.info(f"{key}: forecast progress {done}/{total} products ({done / total:.0%})")
+        context.log.info(
+            f"{key}: forecast progress {done}/{total} products ({done / total:.0%}), "
+            f"{time.perf_counter() - model_started:.1f}s"
+        )
 
     run = run_forecasts(
         weekly.matrix,
@@ -335,6 +344,10 @@ def _forecast_one_date(
         progress=progress,
     )
     run.timings = {**timings, **run.timings}
+    context.log.info(
+        f"{key}: models fitted in {run.timings['model_seconds']:.2f}s, "
+        f"forecast documents built in {run.timings['payload_seconds']:.2f}s"
+    )
     view = forecast_view.forecast_view_metadata(run.payloads, product_ids, weekly.matrix, window.as_of)
     run.requested_products = only
     run.data_quality = weekly.quality.summary()
