@@ -106,3 +106,14 @@ def test_reports_init_on_sqlite_creates_the_tables_and_warns(tmp_path):
     done = command([CLI, "reports", "init"], tmp_path, DATABASE_URL=f"sqlite:///{tmp_path / 'orders.sqlite'}")
     assert done.returncode == 0, done.stderr
     assert "warning: report scheduling needs PostgreSQL" in done.stderr
+
+
+def test_no_dagster_yaml_at_the_repository_root_and_the_quickstart_copies_the_local_one():
+    """``dagster dev`` run from the repository root (as the README says) warns about a
+    dagster.yaml or dagster.yml in the current folder whenever DAGSTER_HOME is elsewhere."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    assert not (root / "dagster.yaml").exists() and not (root / "dagster.yml").exists()
+    assert "cp deploy/local/dagster.yaml " in (root / "scripts" / "quickstart.sh").read_text()
+    assert "telemetry:\n  enabled: false" in (root / "deploy" / "local" / "dagster.yaml").read_text()
