@@ -65,6 +65,9 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
     from forecast_pipeline.cli.progress import Progress
 
     end = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
+    engine = _engine(settings)
+    with engine.connect():  # an unreachable database fails now, in one line, not after generating
+        pass
     started = time.perf_counter()
     _stage(f"demo-data: generating {args.products:,} products' order history from {settings.history_start} to {end}")
     history = demo_data.generate(
@@ -76,7 +79,6 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
         lines_per_product_week=args.volume,
     )
     _stage(f"demo-data: generated {len(history.order_items):,} order lines in {time.perf_counter() - started:.1f}s")
-    engine = _engine(settings)
     loading = Progress(f"demo-data: loading into {redact_url(settings.database_url)}", 0, "rows")
     counts = demo_data.load(engine, history, progress=loading)
     loading.finish()
