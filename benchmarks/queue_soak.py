@@ -44,9 +44,9 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from forecast_pipeline import job_queue  # noqa: E402
 from forecast_pipeline.app_db.queue_tables import forecast_jobs  # noqa: E402
-from forecast_pipeline.app_db.schema import create_app_schema  # noqa: E402
+from forecast_pipeline.app_db.schema import upgrade_app_schema  # noqa: E402
+from forecast_pipeline.forecast_queue import job_queue  # noqa: E402
 from forecast_pipeline.resources import make_engine  # noqa: E402
 from forecast_pipeline.source import demo_data  # noqa: E402
 
@@ -116,7 +116,7 @@ def main() -> int:
     engine = make_engine(database_url)
     today = dt.datetime.now(dt.UTC).date()
     demo_data.load(engine, demo_data.generate(products=args.products, customers=30, end=today, seed=3))
-    create_app_schema(engine)
+    upgrade_app_schema(engine)
 
     home = Path(tempfile.mkdtemp(prefix="queue_soak_"))
     (home / "dagster.yaml").write_text((ROOT / "deploy" / "dagster.yaml").read_text())

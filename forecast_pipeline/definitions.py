@@ -2,10 +2,12 @@
 loads the project (``dg list defs``, ``dg check defs``, ``dg launch``; ``[tool.dg]`` in pyproject.toml)."""
 
 import warnings
+from pathlib import Path
 
 import dagster as dg
 
 import forecast_pipeline.defs
+from forecast_pipeline.json_logging import log_json_lines
 
 # Beta parameters Dagster passes itself (binding a sensor to its job; `--assets '*'` under `dg
 # launch`): nothing a user of this code location can act on, printed on every load otherwise.
@@ -13,7 +15,19 @@ for _message in ("Parameter `owners` of initializer `SensorDefinition.__init__`"
     warnings.filterwarnings("ignore", message=_message, category=dg.BetaWarning)
 
 
+# the library's log records (the job queue's transitions, in the sensors) as JSON lines; in a run,
+# dagster.yaml's python_logs formats them instead
+log_json_lines()
+
+
+PROJECT_ROOT = Path(__file__).parent.parent
+
+
 @dg.definitions
 def defs() -> dg.Definitions:
-    # by module, not by path: an installed package (the Docker image) has no pyproject.toml above it
-    return dg.load_defs(defs_root=forecast_pipeline.defs)
+    if (PROJECT_ROOT / "pyproject.toml").exists():  # a checkout, or the image's /opt/dagster/app
+        return dg.load_from_defs_folder(path_within_project=PROJECT_ROOT)
+    # installed without its project file: the same folder, found by module
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return dg.load_defs(defs_root=forecast_pipeline.defs)

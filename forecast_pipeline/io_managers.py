@@ -6,39 +6,42 @@ in one process, with one process per step, and with one Kubernetes pod per step.
 
 import datetime as dt
 import json
+import pickle
 import time
 
 import pandas as pd
 from dagster import ConfigurableIOManager, InputContext, OutputContext, ResourceDependency
 
 from forecast_pipeline.cache import forecast_cache
-from forecast_pipeline.forecasting.batch import ForecastRun
+from forecast_pipeline.forecasting.shards import DatePublish, StagedShard
 from forecast_pipeline.resources import RedisStore, redis_failures
 
 
 class RedisForecastIOManager(ConfigurableIOManager):
-    """Writes each as-of date's :class:`ForecastRun` to the keys the forecast API reads (see
-    :mod:`forecast_pipeline.cache.forecast_cache`), then that run's metadata; loads them back as
-    ``{as_of_date: {product_id: forecast}}``."""
+    """Publishes each as-of date the run's shards staged (a :class:`DatePublish`) to the keys the
+    forecast API reads (see :mod:`forecast_pipeline.cache.forecast_cache`), then that date's run
+    figures; loads them back as ``{as_of_date: {product_id: forecast}}``."""
 
     redis_store: ResourceDependency[RedisStore]
     cache_ttl: int = 604800
     history_ttl: int = 7776000
 
-    def handle_output(self, context: OutputContext, obj: dict[str, ForecastRun]) -> None:
+    def handle_output(self, context: OutputContext, obj: dict[str, DatePublish]) -> None:
         for as_of in context.asset_partition_keys:
             with redis_failures(self.redis_store.url, f"caching the forecasts of {as_of}"):
                 self._write(context, as_of, obj[as_of])
 
-    def _write(self, context: OutputContext, as_of: str, obj: ForecastRun) -> None:
+    def _write(self, context: OutputContext, as_of: str, published: DatePublish) -> None:
         client, prefix = self.redis_store.client(), self.redis_store.key_prefix
+        obj = published.run
         started = time.perf_counter()
         full_run = obj.requested_products is None
-        written = forecast_cache.write_forecasts(
+        written = forecast_cache.publish_staged(
             client,
             prefix,
             as_of,
-            obj.payloads,
+            published.run_token,
+            published.product_ids,
             self.cache_ttl,
             self.history_ttl,
             replace_history=full_run,
@@ -46,7 +49,7 @@ class RedisForecastIOManager(ConfigurableIOManager):
             on_wait=context.log.info,
         )
         write_seconds = time.perf_counter() - started
-        obj.timings["write_seconds"] = write_seconds
+        obj.timings["write_seconds"] = obj.timings.get("write_seconds", 0.0) + write_seconds
         metadata = obj.redis_metadata()
         last_run_updated = False
         if full_run:
@@ -55,7 +58,7 @@ class RedisForecastIOManager(ConfigurableIOManager):
             )
         kept, removed = written["latest_kept_newer"], written["latest_removed"]
         context.log.info(
-            f"Cached {len(obj.payloads)} forecasts for {as_of} in {write_seconds:.2f}s"
+            f"Published {len(published.product_ids)} forecasts for {as_of} in {write_seconds:.2f}s"
             + (f"; {kept} products keep their newer forecast:{{id}} (a later as-of date is cached)" if kept else "")
             + (f"; removed {removed} forecast:{{id}} of products no longer forecast for {as_of}" if removed else "")
         )
@@ -67,16 +70,75 @@ class RedisForecastIOManager(ConfigurableIOManager):
                 "latest_keys_kept_newer": written["latest_kept_newer"],
                 "latest_keys_removed": removed,
                 "last_run_updated": last_run_updated,
-                "write_seconds": round(write_seconds, 3),
+                "write_seconds": round(obj.timings["write_seconds"], 3),  # staging (all shards) + publish
+                "publish_seconds": round(write_seconds, 3),
             },
             asset_key=context.asset_key,
             partition_key=as_of,
         )
 
-    def load_input(self, context: InputContext) -> dict[str, dict[int, dict]]:
+    def load_input(self, context: InputContext) -> dict[str, forecast_cache.CachedForecasts]:
         client, prefix = self.redis_store.client(), self.redis_store.key_prefix
-        with redis_failures(self.redis_store.url, "reading the cached forecasts back"):
-            return {key: forecast_cache.read_forecasts_for(client, prefix, key) for key in context.asset_partition_keys}
+        # streamed in batches: a date of a million forecasts never sits in one process whole
+        return {key: forecast_cache.CachedForecasts(client, prefix, key) for key in context.asset_partition_keys}
+
+
+class RedisStepIOManager(ConfigurableIOManager):
+    """Values handed between the forecast's own steps (shard plans, shard summaries), pickled
+    into Redis under the run and step that produced them: no shared filesystem is needed between
+    processes or pods. Kept ``ttl`` seconds so a re-execution of a failed run can still load them."""
+
+    redis_store: ResourceDependency[RedisStore]
+    ttl: int = 604800
+
+    def _location(self, run_id: str, identifier: list[str]) -> tuple[str, str]:
+        """One hash per run (``{prefix}:steps:{run_id}``, one TTL), a field per step output."""
+        return self.redis_store.key("steps", run_id), ":".join(identifier)
+
+    def handle_output(self, context: OutputContext, obj) -> None:
+        key, field = self._location(context.run_id, context.get_identifier())
+        with redis_failures(self.redis_store.url, f"storing {field}"):
+            pipe = self.redis_store.binary_client().pipeline(transaction=True)
+            pipe.hset(key, field, pickle.dumps(obj))
+            pipe.expire(key, self.ttl)
+            pipe.execute()
+
+    def load_input(self, context: InputContext):
+        upstream = context.upstream_output
+        key, field = self._location(upstream.run_id, upstream.get_identifier())
+        with redis_failures(self.redis_store.url, f"reading {field}"):
+            raw = self.redis_store.binary_client().hget(key, field)
+        if raw is None:
+            raise FileNotFoundError(
+                f"{field} is not in {key} (expired after {self.ttl}s, or Redis was flushed): rerun the date"
+            )
+        return pickle.loads(raw)  # noqa: S301 - written by this run's own steps
+
+
+class RedisShardIOManager(RedisStepIOManager):
+    """A shard step's output: its forecasts go into the run's staging hash of the date
+    (:func:`forecast_cache.stage_forecasts`: a retried shard replaces its own products' entries),
+    and only its summary is kept for the publish step."""
+
+    def handle_output(self, context: OutputContext, obj: StagedShard) -> None:
+        started = time.perf_counter()
+        result = obj.result
+        token = _run_token(context)
+        staged = forecast_cache.stage_forecasts(
+            self.redis_store.client(), self.redis_store.key_prefix, result.as_of, token, obj.payloads, obj.product_ids
+        )
+        result.timings["write_seconds"] = result.timings.get("write_seconds", 0.0) + time.perf_counter() - started
+        context.log.info(
+            f"{result.as_of} shard {result.index + 1}/{result.count}: staged {staged} forecasts "
+            f"in {forecast_cache.staging_key(self.redis_store.key_prefix, result.as_of, token)}"
+        )
+        super().handle_output(context, result)
+
+
+def _run_token(context: OutputContext) -> str:
+    """The run group's root run id: a re-execution of a failed run stages where the run did."""
+    run = context.step_context.dagster_run
+    return run.root_run_id or run.run_id
 
 
 class RedisTableIOManager(ConfigurableIOManager):

@@ -1,12 +1,27 @@
-"""One JSON object per log line, for log shippers (configured in deploy/dagster.yaml).
+"""One JSON object per log line, for log shippers; the project's one logging style.
 
-Dagster's structured fields (run id, step key, event type) are kept when present; a message that
-is already JSON (the job queue's lines) is merged in rather than nested as a string.
+Library code logs with ``logging.getLogger(__name__)``, Dagster code with ``context.log`` (or
+``get_dagster_logger()``). A record's structured fields travel as a dict on the record
+(``log.info("Job claimed", extra={FIELDS: {...}})``) and :class:`JsonFormatter` writes them as
+top-level keys: they are serialised once, here, never encoded into the message and parsed back.
+
+Where the formatter is configured, once per process:
+
+- in a Dagster run, by the instance: ``python_logs`` in ``deploy/dagster.yaml`` routes the
+  ``forecast_pipeline`` loggers into the run's logs and gives its handler this formatter;
+- everywhere else the code location runs (sensors and schedules in the code server) and in the
+  ``forecast-pipeline`` CLI, by :func:`log_json_lines`, called from ``definitions.py`` and the CLI's
+  entry point. Its handler stays quiet for records a Dagster run is capturing, so no line is
+  written twice.
 """
 
 import json
 import logging
+import sys
 
+FIELDS = "fields"
+"""The ``extra`` key whose dict becomes the JSON object's own keys."""
+ROOT = "forecast_pipeline"
 _DAGSTER_FIELDS = ("run_id", "job_name", "step_key", "dagster_event_type")
 
 
@@ -22,15 +37,38 @@ class JsonFormatter(logging.Formatter):
             value = meta.get(key) or getattr(record, key, None)
             if value:
                 doc[key] = str(value)
-        message = record.getMessage()
-        try:
-            parsed = json.loads(message)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            doc.update(parsed)
-        else:
-            doc["message"] = meta.get("orig_message") or message
+        doc["message"] = meta.get("orig_message") or record.getMessage()
+        fields = getattr(record, FIELDS, None)
+        if isinstance(fields, dict):
+            doc.update(fields)
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
         return json.dumps(doc, default=str)
+
+
+class _NotCapturedByDagster(logging.Filter):
+    """Drops records of a logger a Dagster run is capturing: its own handlers write them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        logger = logging.getLogger(ROOT)
+        return not any(type(h).__name__ == "DagsterLogHandler" for h in logger.handlers)
+
+
+class _JsonLinesHandler(logging.StreamHandler):
+    pass
+
+
+def log_json_lines(level: int = logging.INFO, stream=None) -> logging.Handler:
+    """Write the ``forecast_pipeline`` loggers' records as JSON lines on ``stream`` (stderr);
+    idempotent: the handler is added once per process. Returns it."""
+    logger = logging.getLogger(ROOT)
+    for handler in logger.handlers:
+        if isinstance(handler, _JsonLinesHandler):
+            return handler
+    handler = _JsonLinesHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(_NotCapturedByDagster())
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > level:
+        logger.setLevel(level)
+    return handler

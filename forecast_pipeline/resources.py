@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from dagster import ConfigurableResource, Failure, InitResourceContext
 from pydantic import PrivateAttr
 
-from forecast_pipeline.app_db.schema import create_app_schema
+from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.settings import normalize_database_url, redact_url
 from forecast_pipeline.source.order_history import HistoryWindow
 
@@ -115,7 +115,7 @@ class AppDatabase(ConfigurableResource):
             return None
         engine = self.engine()
         if self.url not in _schema_created_for:
-            create_app_schema(engine)
+            upgrade_app_schema(engine)
             _schema_created_for.add(self.url)
         return engine
 
@@ -136,6 +136,7 @@ class RedisStore(ConfigurableResource):
     key_prefix: str = "forecast"
 
     _client: redis.Redis | None = PrivateAttr(default=None)
+    _binary: redis.Redis | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         self._client = connect_redis(self.url, self.password)
@@ -145,12 +146,21 @@ class RedisStore(ConfigurableResource):
             self._client = connect_redis(self.url, self.password)
         return self._client
 
+    def binary_client(self) -> redis.Redis:
+        """A client that returns bytes, for pickled step values."""
+        if self._binary is None:
+            extra = {"password": self.password} if self.password else {}
+            self._binary = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=30, **extra)
+        return self._binary
+
     def key(self, *parts: Any) -> str:
         return ":".join([self.key_prefix, *(str(p) for p in parts)])
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         if self._client is not None:
             self._client.close()
+        if self._binary is not None:
+            self._binary.close()
 
 
 def connect_redis(url: str, password: str | None = None) -> redis.Redis:
@@ -197,6 +207,7 @@ class ForecastParameters(ConfigurableResource):
     min_orders: int = 3
     forecast_weeks: int = 12
     workers: int = 10
+    shard_size: int = 25000
     max_failure_rate: float = 0.05
     cache_ttl: int = 604800
     history_ttl: int = 7776000

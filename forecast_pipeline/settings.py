@@ -38,6 +38,7 @@ DEFAULTS: dict[str, str] = {
     "FORECAST_CACHE_TTL": "604800",
     "FORECAST_HISTORY_TTL": "7776000",
     "FORECAST_WORKERS": "10",
+    "FORECAST_SHARD_SIZE": "25000",
     "FORECAST_MIN_CUSTOMERS": "2",
     "FORECAST_MIN_ORDERS": "3",
     "FORECAST_HISTORY_START": "2019-01-01",
@@ -100,6 +101,7 @@ class Settings:
     job_heartbeat_seconds: int = 15
     job_launch_grace_seconds: int = 300
     job_finished_grace_seconds: int = 60  # after a run ends, its job is left to the run status sensors
+    shard_size: int = 25000  # most eligible products per forecast shard step
 
     @property
     def job_stale_after_seconds(self) -> int:
@@ -263,6 +265,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         cache_ttl=integer("FORECAST_CACHE_TTL", 1),
         history_ttl=integer("FORECAST_HISTORY_TTL", 1),
         workers=integer("FORECAST_WORKERS", 1, 256),
+        shard_size=integer("FORECAST_SHARD_SIZE", 1, 10_000_000),
         min_customers=integer("FORECAST_MIN_CUSTOMERS", 1),
         min_orders=integer("FORECAST_MIN_ORDERS", 1),
         history_start=date("FORECAST_HISTORY_START"),

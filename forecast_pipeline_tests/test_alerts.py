@@ -30,6 +30,7 @@ from forecast_pipeline.alerts.evaluate import AlertEvaluationError, Reading, dec
 from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications, alerts, devices, readings
 from forecast_pipeline.app_db.metadata import app_metadata
+from forecast_pipeline.app_db.schema import VERSION_TABLE
 from forecast_pipeline.cli import alerts as alerts_cli
 from forecast_pipeline.defs.alerts.sensors import alert_evaluation_sensor, pipeline_health_sensor
 from forecast_pipeline.defs.forecasts.assets import ProductForecastsConfig
@@ -69,8 +70,11 @@ def alerts_engine():
 
 
 def _fresh(engine: sa.Engine) -> sa.Engine:
+    """The alert tables as the release before migrations made them: the next upgrade adopts them."""
     app_metadata.drop_all(engine, tables=list(reversed(TABLES)), checkfirst=True)
     app_metadata.create_all(engine, tables=TABLES)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
     return engine
 
 
@@ -868,10 +872,10 @@ def test_init_adds_the_one_open_event_index_to_an_existing_table(db):
     with db.begin() as conn:
         conn.execute(sa.text("DROP INDEX uq_alert_events_open"))
     assert "uq_alert_events_open" not in {i["name"] for i in sa.inspect(db).get_indexes("alert_events")}
-    from forecast_pipeline.app_db.schema import create_app_schema
+    from forecast_pipeline.app_db.schema import upgrade_app_schema
 
-    create_app_schema(db)
-    create_app_schema(db)  # still safe to repeat
+    upgrade_app_schema(db)
+    upgrade_app_schema(db)  # still safe to repeat
     assert "uq_alert_events_open" in {i["name"] for i in sa.inspect(db).get_indexes("alert_events")}
 
 
@@ -918,7 +922,7 @@ def test_the_database_refuses_a_non_finite_threshold(world, sqlite_db, bad):
 
 
 def test_an_existing_alerts_table_gets_the_finite_threshold_constraint(db):
-    from forecast_pipeline.app_db.schema import create_app_schema
+    from forecast_pipeline.app_db.schema import upgrade_app_schema
 
     with db.begin() as conn:
         conn.execute(sa.text("ALTER TABLE alerts DROP CONSTRAINT ck_alerts_threshold_finite"))
@@ -926,8 +930,8 @@ def test_an_existing_alerts_table_gets_the_finite_threshold_constraint(db):
     tank = w.device("tank")
     legacy = w.alert(tank, "temp", ">", math.nan)  # a row written before the constraint existed
     w.reading(tank, "temp", 99.0)
-    create_app_schema(db)
-    create_app_schema(db)  # safe to repeat
+    upgrade_app_schema(db)
+    upgrade_app_schema(db)  # safe to repeat
     with pytest.raises(sa.exc.IntegrityError, match="ck_alerts_threshold_finite"):
         w.alert(tank, "temp", ">", math.inf)
     # the legacy row cannot be evaluated: an error, not "normal" for ever
@@ -957,13 +961,13 @@ def test_cli_add_refuses_a_non_finite_threshold_and_adds_a_good_alert(db, capsys
 
 def test_an_existing_outbox_gets_the_delivery_columns(db, webhook):
     """An alert_notifications table created by the previous version is upgraded in place."""
-    from forecast_pipeline.app_db.schema import create_app_schema
+    from forecast_pipeline.app_db.schema import upgrade_app_schema
 
     with db.begin() as conn:
         for column in ("next_attempt_at", "last_status", "refused_since"):
             conn.execute(sa.text(f"ALTER TABLE alert_notifications DROP COLUMN {column}"))
-    create_app_schema(db)
-    create_app_schema(db)  # safe to repeat
+    upgrade_app_schema(db)
+    upgrade_app_schema(db)  # safe to repeat
     columns = {c["name"] for c in sa.inspect(db).get_columns("alert_notifications")}
     assert {"next_attempt_at", "last_status", "refused_since"} <= columns
     w = World(db)

@@ -115,3 +115,88 @@ def test_backtest_command_prints_both_tables_and_the_checks(tmp_path: Path):
     assert "| engine | all |" in out and "| holt_winters | all |" in out
     assert "origins 2001-07-21, 2001-10-13" in out
     assert out.count("- [") >= 10  # the issue's targets, each ticked or not
+
+
+# --- issue 17: classes, interval score, no leakage, the statsforecast yardstick ---------------------
+
+
+def test_interval_score_is_the_width_plus_five_times_each_miss():
+    actual = np.array([[5.0, 0.0, 12.0]])
+    lower, upper = np.array([[2.0, 2.0, 2.0]]), np.array([[10.0, 10.0, 10.0]])
+    # inside: width 8; below by 2: 8 + 2/0.2 * 2; above by 2: 8 + 10 * 2
+    np.testing.assert_allclose(backtest.interval_score(actual, lower, upper), [[8.0, 28.0, 28.0]])
+    scores = backtest.MethodScores()
+    scores.add(np.zeros((1, 3)), np.array([2.0]), actual, actual, np.array(["smooth"]), lower=lower, upper=upper)
+    table = scores.table(3)
+    assert table["all"]["msis"] == pytest.approx((8 + 28 + 28) / 3 / 2.0)
+    assert table["all"]["coverage"] == pytest.approx(1 / 3)
+
+
+def test_report_classes_from_the_history_alone():
+    rng = np.random.default_rng(0)
+    t = 4 * models.SEASON_LENGTH
+    cols = np.arange(t)
+    smooth = rng.poisson(20.0, t)
+    seasonal = rng.poisson(20.0 * (1 + 0.6 * np.sin(2 * np.pi * cols / models.SEASON_LENGTH)))
+    shifted = rng.poisson(np.where(cols >= t - 30, 45.0, 15.0))
+    stopped = rng.poisson(10.0, t) * (cols < t - 20)
+    short = np.where(cols >= t - 30, rng.poisson(10.0, t), 0)
+    intermittent = rng.poisson(0.3, t)
+    y = np.vstack([smooth, seasonal, shifted, stopped, short, intermittent]).astype(float)
+    classes = backtest.report_classes(y, models.first_demand_week(y))
+    assert list(classes) == ["smooth", "seasonal", "level_shift", "discontinued", "short", "intermittent"]
+
+
+def test_no_origin_sees_demand_after_it():
+    """Demand planted from an origin on changes that origin's actuals, never its forecasts or classes
+    (nor those of the origins before it)."""
+    rng = np.random.default_rng(4)
+    y = rng.poisson(6.0, size=(40, 3 * models.SEASON_LENGTH)).astype(float)
+    kwargs = {"label": "leak", "origins": 3, "step": H, "horizon": H, "hw_sample": 0}
+    base = backtest.run_backtest(y, **kwargs)
+    cuts = [y.shape[1] - H - k * H for k in range(3)][::-1]
+    for k, cut in enumerate(cuts):
+        planted = y.copy()
+        planted[:, cut:] += 1000.0 * rng.random((40, y.shape[1] - cut))
+        leaked = backtest.run_backtest(planted, **kwargs)
+        for name in ("engine", "seasonal_naive"):
+            b, p = base.methods[name], leaked.methods[name]
+            for j in range(k + 1):
+                np.testing.assert_array_equal(b.forecast_sum[j], p.forecast_sum[j])  # same forecasts
+                np.testing.assert_array_equal(b.demand_class[j], p.demand_class[j])
+            assert (p.actual_sum[k] > b.actual_sum[k]).all()  # while the planted weeks were scored
+        if k + 1 < len(cuts):  # the check can fail: a later origin does see the planted weeks
+            assert not np.array_equal(
+                base.methods["engine"].forecast_sum[k + 1], leaked.methods["engine"].forecast_sum[k + 1]
+            )
+
+
+def test_the_statsforecast_comparison_reports_every_model_and_the_targets():
+    pytest.importorskip("statsforecast")
+    rng = np.random.default_rng(6)
+    cols = np.arange(3 * models.SEASON_LENGTH)
+    y = np.vstack(
+        [rng.poisson(10 * (1 + 0.5 * np.sin(2 * np.pi * (cols + p) / 52))) for p in range(0, 40, 10)]
+        + [rng.poisson(0.4, len(cols)) for _ in range(3)]
+    ).astype(float)
+    result = backtest.run_backtest(y, label="sf", origins=1, horizon=H, hw_sample=0, sf_per_class=2, sf_jobs=1)
+    tables = result.tables()
+    for name in (*backtest.SF_MODELS, backtest.SF_ENSEMBLE, "engine_on_sf_sample"):
+        assert tables[name]["all"]["products"] == result.methods["engine_on_sf_sample"].fits_in_table()
+    assert np.isfinite(tables["AutoETS"]["all"]["msis"]) and np.isnan(tables["TSB"]["all"]["msis"])
+    text = backtest.format_result(result)
+    assert "best statsforecast" in text and "Engine vs AutoETS" in text
+    checks = dict(backtest.summary_checks(result))
+    assert "MASE at most 0.95x the best statsforecast model and the ensemble (all)" in checks
+
+
+def test_asking_for_statsforecast_without_the_extra_says_so_in_one_line(monkeypatch, capsys):
+    import sys
+
+    from forecast_pipeline import cli
+
+    monkeypatch.setitem(sys.modules, "statsforecast", None)  # import fails as if not installed
+    assert not backtest.statsforecast_available()
+    code = cli.main(["backtest", "--products", "50", "--statsforecast", "5", "--no-real"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "pip install" in err and "[backtest]" in err

@@ -41,6 +41,8 @@ RESOURCES = {
     "forecast_params",
     "forecast_io_manager",
     "table_io_manager",
+    "forecast_step_io_manager",
+    "forecast_shard_io_manager",
 }
 
 

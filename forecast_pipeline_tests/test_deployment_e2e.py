@@ -29,7 +29,7 @@ import pytest
 import sqlalchemy as sa
 
 from forecast_pipeline.app_db.queue_tables import forecast_jobs
-from forecast_pipeline.app_db.schema import create_app_schema
+from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.forecast_queue import job_queue
 from forecast_pipeline.resources import make_engine
 from forecast_pipeline.source import demo_data
@@ -78,7 +78,7 @@ def deployment(tmp_path_factory):
     with orders.begin() as conn:
         for table in ("forecast_job_audit", "forecast_jobs", "forecast_predictions"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
-    create_app_schema(orders)
+    upgrade_app_schema(orders)
 
     url = sa.engine.make_url(storage_url)
     env = {

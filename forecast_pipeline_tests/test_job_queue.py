@@ -2,6 +2,7 @@
 
 import dataclasses
 import datetime as dt
+import io
 import json
 import os
 import random
@@ -15,10 +16,11 @@ import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context, materialize
 
 from forecast_pipeline.app_db.queue_tables import forecast_jobs
-from forecast_pipeline.app_db.schema import create_app_schema
+from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.defs.forecast_queue.sensors import finish_job_for_run, forecast_job_queue, recover_stale_jobs
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.forecast_queue import job_queue
+from forecast_pipeline.json_logging import log_json_lines
 from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.settings import load_settings
 from forecast_pipeline_tests.conftest import AS_OF, BIN, POSTGRES_URL, REDIS_URL, engine_url, forecast_resources
@@ -31,7 +33,7 @@ def empty_queue(pg):
     with pg.begin() as conn:
         for table in ("forecast_job_audit", "forecast_jobs", "forecast_predictions"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
-    create_app_schema(pg)
+    upgrade_app_schema(pg)
     return pg
 
 
@@ -385,12 +387,21 @@ def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book
 
 
 def test_each_transition_logs_one_json_line_with_the_legacy_fields(queue, caplog):
-    caplog.set_level("INFO", logger="forecast_pipeline.jobs")
-    job_id = job_queue.enqueue(queue, date_range=("2025-11-03", "2025-11-10"))
-    job_queue.claim_due_jobs(queue, limit=1)
-    job_queue.mark_run_started(queue, job_id, 1, "run-9")
-    job_queue.mark_succeeded(queue, job_id, "run-9", 96)
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "forecast_pipeline.jobs"]
+    caplog.set_level("INFO", logger=job_queue.log.name)
+    handler = log_json_lines()  # as the code location and the CLI configure it
+    stream = io.StringIO()
+    previous = handler.setStream(stream)
+    try:
+        job_id = job_queue.enqueue(queue, date_range=("2025-11-03", "2025-11-10"))
+        job_queue.claim_due_jobs(queue, limit=1)
+        job_queue.mark_run_started(queue, job_id, 1, "run-9")
+        job_queue.mark_succeeded(queue, job_id, "run-9", 96)
+    finally:
+        handler.setStream(previous)
+    # the record carries plain text and its fields; JSON is written once, by the formatter
+    assert [r.getMessage() for r in caplog.records if r.name == job_queue.log.name] == ["Job claimed", "Job completed"]
+    docs = [json.loads(line) for line in stream.getvalue().splitlines()]  # one object per line
+    lines = [doc for doc in docs if doc["logger"] == job_queue.log.name]
     assert [line["message"] for line in lines] == ["Job claimed", "Job completed"]
     done = lines[-1]
     assert {k: done[k] for k in ("job_id", "job_type", "from", "to", "rows", "error")} == {
@@ -402,8 +413,7 @@ def test_each_transition_logs_one_json_line_with_the_legacy_fields(queue, caplog
         "error": None,
     }
     assert done["duration"] >= 0
-    formatted = job_queue.log.handlers[0].format(caplog.records[-1])
-    assert json.loads(formatted)["job_id"] == job_id and json.loads(formatted)["level"] == "INFO"
+    assert done["level"] == "INFO" and done["status"] == "succeeded"
 
 
 def test_recovery_closes_a_finished_run_the_status_sensors_missed_after_a_grace(small_book, redis_client):

@@ -92,3 +92,67 @@ def test_the_image_keeps_dagster_home_where_the_chart_mounts_the_instance():
     assert "dagsterHome" not in str(VALUES.get("global", {}))
     assert re.search(r"DAGSTER_HOME=(\S+)", dockerfile).group(1) == CHART_DAGSTER_HOME
     assert 'chown dagster:dagster "$DAGSTER_HOME"' in dockerfile
+
+
+def _step_jobs(products: int, shard_size: int) -> dict[str, dict]:
+    """The Kubernetes job k8s_job_executor builds for every step of one date's run, as its
+    launch_step does: the step's own dagster-k8s/config tag (run-level tags are not applied to
+    step pods), the step_worker component, a job name per run and step."""
+    from dagster._core.execution.api import create_execution_plan
+    from dagster._core.execution.plan.state import KnownExecutionState
+    from dagster_k8s.job import get_k8s_job_name
+
+    from forecast_pipeline.forecasting import shards as forecast_shards
+
+    shards = forecast_shards.plan_shards("2026-11-16", range(products), shard_size)
+    plan = create_execution_plan(
+        defs.resolve_job_def("daily_forecast"),
+        known_state=KnownExecutionState(
+            dynamic_mappings={"product_forecasts.plan_forecast_shards": {"result": [s.mapping_key for s in shards]}}
+        ),
+        tags={"dagster/partition": "2026-11-16"},
+    )
+    image = f"{DEPLOYMENT['image']['repository']}:{DEPLOYMENT['image']['tag']}"
+    job_config = DagsterK8sJobConfig(
+        job_image=image,
+        dagster_home=CHART_DAGSTER_HOME,
+        image_pull_policy=DEPLOYMENT["image"]["pullPolicy"],
+        instance_config_map="dagster-instance",
+        env_secrets=[s["name"] for s in LAUNCHER["envSecrets"]],
+        labels=LAUNCHER["labels"],
+        resources=LAUNCHER["resources"],
+    )
+    jobs = {}
+    for step in plan.get_all_steps_in_topo_order():
+        if step.key.endswith("[?]"):  # the unresolved template of the mapped step
+            continue
+        name = f"dagster-step-{get_k8s_job_name('0123456789abcdef', step.key)}"
+        jobs[step.key] = construct_dagster_k8s_job(
+            job_config=job_config,
+            args=["dagster", "api", "execute_step"],
+            job_name=name,
+            pod_name=name,
+            component="step_worker",
+            user_defined_k8s_config=get_user_defined_k8s_config(step.tags or {}),
+            labels={"dagster/job": "daily_forecast", "dagster/op": step.key, "dagster/run-id": "0123456789abcdef"},
+        ).to_dict()
+    return jobs
+
+
+def test_a_million_products_run_as_forty_shard_pods_sized_by_their_tags():
+    jobs = _step_jobs(1_000_000, 25_000)
+    shard_jobs = {k: j for k, j in jobs.items() if ".forecast_shard[" in k}
+    assert len(shard_jobs) == 40
+    assert len({j["metadata"]["name"] for j in jobs.values()}) == len(jobs)  # a pod per step
+    for job in shard_jobs.values():
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["requests"] == {"cpu": "1", "memory": "1536Mi"}
+        assert container["resources"]["limits"] == {"memory": "2Gi"}
+        assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] == "step_worker"
+    publish = jobs["product_forecasts.publish_forecasts"]["spec"]["template"]["spec"]["containers"][0]
+    assert publish["resources"]["limits"] == {"memory": "1Gi"}
+
+
+def test_a_small_run_is_one_shard_pod():
+    jobs = _step_jobs(9_850, 25_000)
+    assert [k for k in jobs if ".forecast_shard[" in k] == ["product_forecasts.forecast_shard[d2026_11_16_s0]"]

@@ -181,7 +181,8 @@ def test_seasonal_holt_per_row_phi_replays_each_rows_own_forecast():
 def test_forecast_batch_trending_seasonal_picks_seasonal_holt():
     full = np.vstack([trending_seasonal(horizon=H, phase=p) for p in (0, 13, 26, 39)])
     result = engine.forecast_batch(full[:, :T], H)
-    assert set(result.model) == {"seasonal_holt"}
+    # either seasonal Holt (the season smoothed over 5 weeks or not: a sine is smooth either way)
+    assert set(result.model) <= {"seasonal_holt", "seasonal_holt_raw"}
     assert (np.abs(result.forecast - full[:, T:]).mean(axis=1) < 0.5).all()
 
 
@@ -195,8 +196,11 @@ def test_forecast_batch_trending_seasonal_picks_seasonal_holt():
         models.holt_damped,
         models.seasonal_ses,
         models.seasonal_holt,
+        models.seasonal_holt_raw,
+        models.shift_ses,
         models.croston_sba,
         models.tsb,
+        models.tsb_fast,
         models.recent_mean,
     ],
 )
@@ -279,8 +283,9 @@ def test_forecast_batch_pure_seasonal_picks_a_seasonal_model():
     phases = (0, 13, 26, 39)
     full = np.vstack([pure_seasonal(horizon=H, phase=p) for p in phases])
     result = engine.forecast_batch(full[:, :T], H)
-    # seasonal_holt: its indices are not shrunk when the years agree, seasonal_ses's lose 20%
-    assert set(result.model) == {"seasonal_holt"}
+    # seasonal Holt (either season): its indices are not shrunk when the years agree, seasonal_ses's
+    # lose 20%; the unsmoothed season is the exact one here
+    assert set(result.model) <= {"seasonal_holt", "seasonal_holt_raw"}
     errors = np.abs(result.forecast - full[:, T:]).mean(axis=1)
     assert (errors < 1.0).all()  # the season's amplitude is 5
     assert (result.accuracy > 0.85).all()
@@ -523,3 +528,52 @@ def test_neighbour_means_in_row_chunks_equal_one_pass():
     np.testing.assert_array_equal(
         models._trimmed_neighbour_mean(y, start, chunk_rows=7), models._trimmed_neighbour_mean(y, start, chunk_rows=100)
     )
+
+
+# --- level shifts and dormant items (issue 17) --------------------------------------------------
+
+
+def stepped(t: int = T, horizon: int = 0, at: int = T - 20, before: float = 10.0, after: float = 30.0, seed=0):
+    rng = np.random.default_rng(seed)
+    level = np.where(np.arange(t + horizon) >= at, after, before)
+    return rng.poisson(level).astype(float)
+
+
+def test_level_shift_week_finds_a_lasting_step_but_not_a_spike_or_noise():
+    rng = np.random.default_rng(3)
+    step_up, step_down = stepped(at=T - 20), stepped(at=T - 30, before=30.0, after=10.0, seed=1)
+    noise = rng.poisson(20.0, T).astype(float)
+    spike = noise.copy()
+    spike[T - 10 : T - 7] = 200.0  # three weeks of a promotion, then back
+    y = np.vstack([step_up, step_down, noise, spike])
+    found = models.level_shift_week(y, models.first_demand_week(y))
+    assert abs(found[0] - (T - 20)) <= 2 and abs(found[1] - (T - 30)) <= 2
+    assert found[2] == -1 and found[3] == -1
+
+
+def test_the_engine_follows_a_new_level_at_once():
+    full = np.vstack([stepped(horizon=H, seed=s) for s in range(4)])
+    result = engine.forecast_batch(full[:, :T], H)
+    # shift_ses for most; a plain SES that chose a large alpha ties with it on the windows before the step
+    assert set(result.model) <= {"shift_ses", "ses"} and (result.model == "shift_ses").sum() >= 2
+    # SES with a small alpha would still sit between the old level (10) and the new (30)
+    level = result.forecast.mean(axis=1)
+    assert np.abs(level - 30.0).max() < 5.0 and abs(level.mean() - 30.0) < 2.5
+
+
+def test_a_dormant_item_is_forecast_near_zero():
+    rng = np.random.default_rng(5)
+    y = rng.poisson(8.0, size=(3, T)).astype(float)
+    y[:, T - 14 :] = 0.0  # sold every week for years, nothing for the last 14 weeks
+    result = engine.forecast_batch(y, H)
+    assert set(result.model) <= {"tsb", "tsb_fast"}
+    assert (result.forecast.sum(axis=1) < 0.1 * 8.0 * H).all()  # under a tenth of the old rate
+    assert (result.lower == 0).all()
+
+
+def test_forecast_only_fits_give_the_same_forecasts():
+    rng = np.random.default_rng(2)
+    y = np.vstack([pure_seasonal(phase=p) for p in (0, 20)] + [rng.poisson(0.4, T).astype(float)])
+    start = models.first_demand_week(y)
+    for fn in engine.CANDIDATES.values():
+        np.testing.assert_allclose(fn(y, start, H, paths=False).forecast, fn(y, start, H).forecast)

@@ -69,3 +69,11 @@ def test_plain_postgres_urls_use_psycopg2():
 def test_redact_url_hides_passwords_of_any_scheme():
     assert redact_url("redis://:pw@cache:6379/0") == "redis://:***@cache:6379/0"
     assert "pw" not in redact_url("postgresql+psycopg2://user:pw@db/orders")
+
+
+def test_the_shard_size_is_validated_with_its_name():
+    assert load_settings({}).shard_size == 25000
+    assert load_settings({"FORECAST_SHARD_SIZE": "5000"}).shard_size == 5000
+    for bad, message in (("0", "FORECAST_SHARD_SIZE=0 must be between 1 and 10000000"), ("lots", "not a whole number")):
+        with pytest.raises(ConfigError, match=message):
+            load_settings({"FORECAST_SHARD_SIZE": bad})

@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+.venv/bin/python -m pip install --quiet -c requirements.lock -e ".[dev,backtest]"
 
 .venv/bin/ruff check .
 .venv/bin/python -m pytest "$@"

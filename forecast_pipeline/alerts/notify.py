@@ -55,6 +55,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from forecast_pipeline.alerts.config import AlertSettings
+from forecast_pipeline.app_db import leases
 from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications
 
 USER_AGENT = "forecast-pipeline-alerts/2"
@@ -354,25 +355,22 @@ def _claim(conn: sa.Connection, now: dt.datetime, lease_seconds: float, limit: i
         .exists()
     )
     with _begin(conn):
-        rows = conn.execute(
+        rows = leases.claim(
+            conn,
             sa.select(n.c.id, n.c.kind, n.c.payload, n.c.attempts, n.c.refused_since, n.c.next_attempt_at)
             .select_from(n.join(event, event.c.id == n.c.event_id))
             .where(
                 n.c.sent_at.is_(None),
                 n.c.rejected_at.is_(None),
-                sa.or_(n.c.next_attempt_at.is_(None), n.c.next_attempt_at <= now),
+                leases.lease_free(n.c.next_attempt_at, now),
                 ~held_back,
             )
             .order_by(n.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=n)
-        ).all()
-        if rows:
-            conn.execute(
-                sa.update(alert_notifications)
-                .where(alert_notifications.c.id.in_([row.id for row in rows]))
-                .values(next_attempt_at=now + dt.timedelta(seconds=lease_seconds))
-            )
+            .limit(limit),
+            table=alert_notifications,
+            of=n,
+            values={"next_attempt_at": now + dt.timedelta(seconds=lease_seconds)},
+        )
     return [_Claimed(r.id, r.kind, r.payload, r.attempts, r.refused_since, r.next_attempt_at) for r in rows]
 
 
@@ -380,10 +378,8 @@ def _release(conn: sa.Connection, items: Sequence[_Claimed]) -> None:
     """Give back claimed notifications this pass will not try, due as they were."""
     with _begin(conn):
         for item in items:
-            conn.execute(
-                sa.update(alert_notifications)
-                .where(alert_notifications.c.id == item.id)
-                .values(next_attempt_at=item.next_attempt_at)
+            leases.release(
+                conn, alert_notifications, (alert_notifications.c.id == item.id,), next_attempt_at=item.next_attempt_at
             )
 
 

@@ -13,12 +13,9 @@ Guarantees kept by the database rather than by the evaluator:
 - a threshold is a finite number (``ck_alerts_threshold_finite``): a NaN would make every
   comparison false and the alert silent for ever.
 
-``create_all`` never alters a table that exists, so :func:`upgrade_schema` (called by
-:func:`~forecast_pipeline.app_db.schema.create_app_schema`) adds what later versions need to existing
-tables, idempotently: the outbox's delivery columns and the threshold constraint.
+The migrations (:mod:`forecast_pipeline.app_db.schema`) create these tables, and bring tables
+of an older release or of the legacy worker up to date in place.
 """
-
-import logging
 
 import sqlalchemy as sa
 
@@ -133,56 +130,6 @@ alert_notifications = sa.Table(
 )
 
 ALERT_TABLES = ("devices", "readings", "alerts", "alert_events", "alert_notifications")
-
-
-UPGRADE_COLUMNS = {"alert_notifications": ("next_attempt_at", "last_status", "refused_since")}
-"""Columns added after the first release: added to an existing table by :func:`upgrade_schema`."""
-
-log = logging.getLogger(__name__)
-
-
-def upgrade_schema(engine: sa.Engine) -> None:
-    """Bring existing alert tables up to this version (safe to repeat, safe with two processes).
-
-    On PostgreSQL the threshold constraint is added ``NOT VALID`` (new and updated rows are checked
-    at once) and then validated; if old rows hold a NaN or infinite threshold it stays unvalidated,
-    and the evaluator reports those alerts as errors until they are fixed. SQLite cannot add a
-    constraint to an existing table (new SQLite tables have it)."""
-    inspector = sa.inspect(engine)
-    for table_name, names in UPGRADE_COLUMNS.items():
-        present = {c["name"] for c in inspector.get_columns(table_name)}
-        table = app_metadata.tables[table_name]
-        for name in names:
-            if name in present:
-                continue
-            spec = sa.schema.CreateColumn(table.c[name]).compile(dialect=engine.dialect)
-            exists = " IF NOT EXISTS" if engine.dialect.name == "postgresql" else ""
-            with engine.begin() as conn:
-                conn.execute(sa.text(f"ALTER TABLE {table_name} ADD COLUMN{exists} {spec}"))
-    if engine.dialect.name == "postgresql":
-        _add_threshold_constraint(engine)
-
-
-def _add_threshold_constraint(engine: sa.Engine) -> None:
-    name = "ck_alerts_threshold_finite"
-    present = sa.text("SELECT 1 FROM pg_constraint WHERE conname = :name AND conrelid = 'alerts'::regclass")
-    with engine.connect() as conn:
-        if conn.execute(present, {"name": name}).first():
-            return
-    with engine.begin() as conn:
-        conn.execute(sa.text("LOCK TABLE alerts IN SHARE ROW EXCLUSIVE MODE"))  # one adder at a time
-        if conn.execute(present, {"name": name}).first():
-            return
-        conn.execute(sa.text(f"ALTER TABLE alerts ADD CONSTRAINT {name} CHECK ({FINITE_THRESHOLD}) NOT VALID"))
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"ALTER TABLE alerts VALIDATE CONSTRAINT {name}"))
-    except sa.exc.IntegrityError:
-        log.warning(
-            "alerts holds NaN or infinite thresholds: %s checks new rows only until they are fixed "
-            "(those alerts are reported as errors)",
-            name,
-        )
 
 
 def missing_tables(engine: sa.Engine) -> list[str]:

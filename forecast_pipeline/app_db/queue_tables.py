@@ -3,7 +3,8 @@
 Other systems ask for forecasts by inserting a ``forecast_jobs`` row (see
 :func:`forecast_pipeline.forecast_queue.job_queue.enqueue` or the SQL in the README); Dagster sensors claim, run
 and close them. Every state change of a job also lands in ``forecast_job_audit`` (on PostgreSQL a
-trigger writes the ``queued`` entry, so rows inserted by plain SQL have one too).
+trigger writes the ``queued`` entry, so rows inserted by plain SQL have one too; the migrations
+create it).
 """
 
 import sqlalchemy as sa
@@ -91,10 +92,7 @@ forecast_predictions = sa.Table(
     sa.Column("generated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-
-_UPGRADE_LOCK = 7_412_001  # pg_advisory_xact_lock id: one process upgrades at a time
-
-_QUEUED_AUDIT_TRIGGER = """
+QUEUED_AUDIT_TRIGGER = """
 CREATE OR REPLACE FUNCTION forecast_jobs_audit_queued() RETURNS trigger AS $$
 BEGIN
   INSERT INTO forecast_job_audit (job_id, at, event, detail)
@@ -105,32 +103,6 @@ DROP TRIGGER IF EXISTS forecast_jobs_queued_audit ON forecast_jobs;
 CREATE TRIGGER forecast_jobs_queued_audit AFTER INSERT ON forecast_jobs
   FOR EACH ROW EXECUTE FUNCTION forecast_jobs_audit_queued();
 """
+"""The audit trigger as of head (the migrations that create or change it hold their own copies)."""
 
-
-def upgrade_schema(engine: sa.Engine) -> None:
-    """Bring a ``forecast_jobs`` table made by an earlier version up to date (PostgreSQL; safe to
-    repeat): new columns, the ``claimed`` status, the index over claimed and running jobs, and
-    the trigger that audits every insert."""
-    if engine.dialect.name != "postgresql":
-        return
-    with engine.begin() as conn:
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _UPGRADE_LOCK})
-        for column, kind in (
-            ("idempotency_key", "VARCHAR(200)"),
-            ("claimed_at", "TIMESTAMP WITH TIME ZONE"),
-            ("cancel_requested_at", "TIMESTAMP WITH TIME ZONE"),
-        ):
-            conn.execute(sa.text(f"ALTER TABLE forecast_jobs ADD COLUMN IF NOT EXISTS {column} {kind}"))
-        check = conn.execute(
-            sa.text("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conname = 'ck_forecast_jobs_status'")
-        ).scalar()
-        if check is None or "claimed" not in check:
-            conn.execute(sa.text("ALTER TABLE forecast_jobs DROP CONSTRAINT IF EXISTS ck_forecast_jobs_status"))
-            check = f"CHECK (status IN {JOB_STATUSES})"
-            conn.execute(sa.text(f"ALTER TABLE forecast_jobs ADD CONSTRAINT ck_forecast_jobs_status {check}"))
-        conn.execute(sa.text("DROP INDEX IF EXISTS ux_forecast_jobs_running_key"))  # covered running jobs only
-        has_trigger = conn.execute(
-            sa.text("SELECT 1 FROM pg_trigger WHERE tgname = 'forecast_jobs_queued_audit'")
-        ).first()
-        if not has_trigger:
-            conn.execute(sa.text(_QUEUED_AUDIT_TRIGGER))
+sa.event.listen(forecast_jobs, "after_create", sa.DDL(QUEUED_AUDIT_TRIGGER).execute_if(dialect="postgresql"))

@@ -1,30 +1,108 @@
-"""Create and upgrade the application tables."""
+"""Create and upgrade the application tables: Alembic migrations in ``app_db/migrations``.
+
+:func:`upgrade_app_schema` brings any application database to head: an empty one, one made by
+the releases before migrations (the baseline revision adopts it in place, rows kept), or one a
+revision behind. ``forecast-pipeline init-db``, the sensors and the CLI all go through it.
+"""
+
+import functools
+import time
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from forecast_pipeline.app_db import alert_tables, queue_tables, report_tables
 from forecast_pipeline.app_db.metadata import app_metadata
 
 TABLE_MODULES = (queue_tables, alert_tables, report_tables)
 
+VERSION_TABLE = "app_schema_version"
+"""Alembic's version table for these tables: not ``alembic_version``, which Dagster's own
+PostgreSQL storage uses, in case both share a database."""
 
-def create_app_schema(engine: sa.Engine) -> None:
-    """Create every application table and index that is missing (safe to repeat).
+UPGRADE_LOCK_ID = 7_412_001
+"""``pg_advisory_xact_lock`` id held while migrating (the id the hand-written upgrade took)."""
 
-    Indexes are checked one by one too: a table that already existed (e.g. a legacy
-    ``alert_events``) still gets the unique indexes the code relies on. A module's
-    ``upgrade_schema(engine)``, if it has one, then adds what ``create_all`` cannot to existing tables."""
-    app_metadata.create_all(engine, checkfirst=True)
-    for module in TABLE_MODULES:
-        upgrade = getattr(module, "upgrade_schema", None)
-        if upgrade is not None:
-            upgrade(engine)
-    for table in app_metadata.sorted_tables:
-        for index in table.indexes:
-            index.create(engine, checkfirst=True)
+SCRIPT_LOCATION = "forecast_pipeline.app_db:migrations"  # found in the installed package too
+
+
+def alembic_config(connection: sa.Connection | None = None) -> Config:
+    """An Alembic config for the migrations; with ``connection``, migrations run on it."""
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@functools.cache
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The database's revision; None before any migration (empty, or made by an older release)."""
+    with engine.connect() as conn:
+        return _revision(conn)
+
+
+def _revision(conn: sa.Connection, tables: set[str] | None = None) -> str | None:
+    """Read directly, not through Alembic's MigrationContext: a run pays this on every start."""
+    if VERSION_TABLE not in (tables if tables is not None else set(sa.inspect(conn).get_table_names())):
+        return None
+    return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+
+def upgrade_app_schema(engine: sa.Engine) -> None:
+    """Upgrade the application tables to head (safe to repeat; two queries when already there).
+
+    On PostgreSQL the migrations run in one transaction under an advisory lock, so two processes
+    upgrading at once migrate once. SQLite has no such lock: a process that loses the race (the
+    database is locked, or a table it was about to create appeared) looks again and retries.
+    A table dropped by hand from a database at head is created again from the table modules,
+    which describe head exactly (``test_migrations`` compares them)."""
+    with engine.connect() as conn:  # one catalogue query and one read in the usual case
+        tables = set(sa.inspect(conn).get_table_names())
+        revision = _revision(conn, tables)
+        missing = [name for name in app_metadata.tables if name not in tables]
+    if revision != head_revision():
+        _migrate(engine)
+        missing = missing_app_tables(engine)
+    if missing:
+        with engine.begin() as conn:
+            lock(conn)
+            app_metadata.create_all(conn, tables=[app_metadata.tables[name] for name in missing], checkfirst=True)
+
+
+def _migrate(engine: sa.Engine) -> None:
+    attempts = 1 if engine.dialect.name == "postgresql" else 5
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as conn:
+                command.upgrade(alembic_config(conn), "head")
+            return
+        except (sa.exc.OperationalError, sa.exc.IntegrityError):  # locked; a table or the stamp appeared
+            if attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
+            if current_revision(engine) == head_revision():
+                return
+
+
+def lock(conn: sa.Connection) -> None:
+    """One process changes the schema at a time (PostgreSQL; held until the transaction ends)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": UPGRADE_LOCK_ID})
 
 
 def missing_app_tables(engine: sa.Engine) -> list[str]:
     """The application tables not in the database (``forecast-pipeline init-db`` creates them)."""
-    existing = set(sa.inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        return _missing(conn)
+
+
+def _missing(conn: sa.Connection) -> list[str]:
+    existing = set(sa.inspect(conn).get_table_names())
     return [name for name in app_metadata.tables if name not in existing]

@@ -23,6 +23,11 @@ Publishing a date (:func:`write_forecasts`), in this order:
 4. update ``forecast:{id}`` (guarded), and drop those of products the rerun no longer forecasts;
 5. the caller writes the run metadata (``last_run`` last), so it never names an unfinished publish.
 
+Sharded runs (:func:`stage_forecasts`, :func:`publish_staged`) split step 2 from the rest: each
+shard step writes its products into the run's staging hash (``...:staging:{run_id}``) without the
+lease, then the run's one publish step takes the lease and does steps 3-5, copying each
+``forecast:{id}`` from the published hash on the server (the documents never travel twice).
+
 Writes go in pipelined batches: a handful of round trips per thousand products, never one each.
 """
 
@@ -31,8 +36,9 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import redis
 
 BATCH_SIZE = 500
@@ -69,12 +75,13 @@ end
 return removed
 """
 
-# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease.
+# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease, KEYS[4]: the hash's version.
 # ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history ttl.
 _PUBLISH = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('PUBLISH lease lost: another run took over this as-of date')
 end
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
 local expected = tonumber(ARGV[2])
 if expected == 0 then
   redis.call('DEL', KEYS[1], KEYS[2])
@@ -86,6 +93,50 @@ if staged ~= expected then
 end
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+return staged
+"""
+
+
+# KEYS[1]: the date's hash, KEYS[2..]: latest keys; ARGV[1]: as-of date, ARGV[2]: ttl,
+# ARGV[3..]: the hash field (product id) of each latest key. Copies each product's document from
+# the hash into its latest key unless that holds a later as_of_date.
+_SET_LATEST_FROM_HASH = """
+local written = 0
+for i = 2, #KEYS do
+  local doc = redis.call('HGET', KEYS[1], ARGV[i + 1])
+  if doc then
+    local current = redis.call('GET', KEYS[i])
+    local current_as_of = current and string.match(current, '"as_of_date"%s*:%s*"([%d%-]+)"')
+    if not current_as_of or current_as_of <= ARGV[1] then
+      redis.call('SET', KEYS[i], doc, 'EX', ARGV[2])
+      written = written + 1
+    end
+  end
+end
+return written
+"""
+
+# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease.
+# ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history ttl.
+# A run for some products: their staged forecasts join the date's hash (which keeps the others).
+_MERGE = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then
+  return redis.error_reply('PUBLISH lease lost: another run took over this as-of date')
+end
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
+local expected = tonumber(ARGV[2])
+local staged = redis.call('HLEN', KEYS[1])
+if staged ~= expected then
+  return redis.error_reply('PUBLISH staging hash holds ' .. staged .. ' of ' .. expected .. ' forecasts')
+end
+if expected > 0 then
+  local fields = redis.call('HGETALL', KEYS[1])
+  for i = 1, #fields, 1000 do
+    redis.call('HSET', KEYS[2], unpack(fields, i, math.min(i + 999, #fields)))
+  end
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('DEL', KEYS[1])
 return staged
 """
 
@@ -112,6 +163,16 @@ def eligible_key(prefix: str, as_of: str) -> str:
 
 def lease_key(prefix: str, as_of: str) -> str:
     return f"{prefix}:lock:asof:{as_of}"
+
+
+def version_key(prefix: str, as_of: str) -> str:
+    """Changes whenever the date's hash is replaced or merged into (streaming readers check it)."""
+    return f"{prefix}:version:asof:{as_of}"
+
+
+def staging_key(prefix: str, as_of: str, token: str) -> str:
+    """The hash a run stages one date's forecasts in before publishing it."""
+    return f"{history_key(prefix, as_of)}:staging:{token}"
 
 
 def staging_pattern(prefix: str, as_of: str) -> str:
@@ -149,17 +210,7 @@ def write_forecasts(
     told when another run holds the date's lease.
     """
     token = uuid.uuid4().hex
-    lease = client.lock(lease_key(prefix, as_of), timeout=lock_seconds, blocking_timeout=wait_seconds)
-    acquired = lease.acquire(token=token, blocking=False)
-    if not acquired:
-        if on_wait is not None:
-            on_wait(f"Another run is publishing as-of {as_of}: waiting up to {wait_seconds:.0f}s for it to finish")
-        acquired = lease.acquire(token=token)
-    if not acquired:
-        raise PublishError(
-            f"Another run has been publishing as-of {as_of} for over {wait_seconds:.0f}s "
-            f"(lease {lease_key(prefix, as_of)}); retry when it has finished"
-        )
+    lease = _take_lease(client, prefix, as_of, token, lock_seconds, wait_seconds, on_wait)
     try:
         encoded = [(p["product_id"], json.dumps(p)) for p in payloads]
         if replace_history:
@@ -173,6 +224,139 @@ def write_forecasts(
         with contextlib.suppress(redis.exceptions.LockError):
             lease.release()
     return {"latest_written": written, "latest_kept_newer": len(encoded) - written, "latest_removed": removed}
+
+
+def _take_lease(
+    client: redis.Redis,
+    prefix: str,
+    as_of: str,
+    token: str,
+    lock_seconds: int,
+    wait_seconds: float,
+    on_wait: Callable[[str], None] | None,
+) -> redis.lock.Lock:
+    lease = client.lock(lease_key(prefix, as_of), timeout=lock_seconds, blocking_timeout=wait_seconds)
+    acquired = lease.acquire(token=token, blocking=False)
+    if not acquired:
+        if on_wait is not None:
+            on_wait(f"Another run is publishing as-of {as_of}: waiting up to {wait_seconds:.0f}s for it to finish")
+        acquired = lease.acquire(token=token)
+    if not acquired:
+        raise PublishError(
+            f"Another run has been publishing as-of {as_of} for over {wait_seconds:.0f}s "
+            f"(lease {lease_key(prefix, as_of)}); retry when it has finished"
+        )
+    return lease
+
+
+def stage_forecasts(
+    client: redis.Redis,
+    prefix: str,
+    as_of: str,
+    run_token: str,
+    payloads: Sequence[dict],
+    shard_products: Sequence[int],
+) -> int:
+    """Write one shard's forecasts into the run's staging hash of the date (no lease: the hash
+    is the run's own and nobody reads it). A retried shard first removes every product of its
+    shard, so the hash then holds exactly the forecasts of the shard's last attempt. Each batch
+    goes in MULTI with the hash's EXPIRE (``STAGING_TTL_SECONDS``, renewed by every shard).
+    Returns how many forecasts were staged."""
+    key = staging_key(prefix, as_of, run_token)
+    ids = [str(int(p)) for p in shard_products]
+    pipe = client.pipeline(transaction=True)
+    for chunk in _chunks(ids, BATCH_SIZE):
+        pipe.hdel(key, *chunk)
+    pipe.execute()
+    encoded = [(p["product_id"], json.dumps(p)) for p in payloads]
+    for group in _chunks(encoded, GROUP_SIZE):
+        pipe = client.pipeline(transaction=True)
+        for chunk in _chunks(group, BATCH_SIZE):
+            pipe.hset(key, mapping={str(pid): doc for pid, doc in chunk})
+        pipe.expire(key, STAGING_TTL_SECONDS)
+        pipe.execute()
+    return len(encoded)
+
+
+def staging_tokens(client: redis.Redis, prefix: str, as_of: str) -> list[str]:
+    """The tokens (run ids) of every staging hash of the date."""
+    marker = f"{history_key(prefix, as_of)}:staging:"
+    return [k.removeprefix(marker) for k in client.scan_iter(match=staging_pattern(prefix, as_of), count=1000)]
+
+
+def delete_staging(client: redis.Redis, prefix: str, as_of: str, run_token: str) -> None:
+    client.delete(staging_key(prefix, as_of, run_token))
+
+
+def publish_staged(
+    client: redis.Redis,
+    prefix: str,
+    as_of: str,
+    run_token: str,
+    product_ids: np.ndarray,
+    ttl: int,
+    history_ttl: int,
+    replace_history: bool = True,
+    drop_products: Sequence[int] = (),
+    lock_seconds: int = LEASE_SECONDS,
+    wait_seconds: float = LEASE_WAIT_SECONDS,
+    on_wait: Callable[[str], None] | None = None,
+) -> dict[str, int]:
+    """Publish what the run's shards staged for the date: ``product_ids`` are the products they
+    staged (the hash must hold exactly that many). Same guarantees and return value as
+    :func:`write_forecasts`; the staging hash is deleted if the publish fails."""
+    ids = np.asarray(product_ids, dtype=np.int64)
+    token = uuid.uuid4().hex
+    staging, target = staging_key(prefix, as_of, run_token), history_key(prefix, as_of)
+    try:
+        lease = _take_lease(client, prefix, as_of, token, lock_seconds, wait_seconds, on_wait)
+    except BaseException:
+        client.delete(staging)
+        raise
+    try:
+        try:
+            if replace_history:
+                previous = client.hkeys(target)
+                previous_ids = np.fromiter((int(p) for p in previous), dtype=np.int64, count=len(previous))
+                del previous
+                client.register_script(_PUBLISH)(
+                    keys=[staging, target, lease.name, version_key(prefix, as_of)], args=[token, len(ids), history_ttl]
+                )
+                dropped = np.setdiff1d(previous_ids, ids).tolist()
+            else:
+                client.register_script(_MERGE)(
+                    keys=[staging, target, lease.name, version_key(prefix, as_of)], args=[token, len(ids), history_ttl]
+                )
+                dropped = sorted(set(int(p) for p in drop_products) - set(ids.tolist()))
+                if dropped:
+                    client.hdel(target, *(str(pid) for pid in dropped))
+        except BaseException:
+            client.delete(staging)  # DEL is allowed even when Redis is out of memory
+            raise
+        written = _write_latest_from_hash(client, prefix, as_of, ids, ttl, lease)
+        removed = _remove_latest(client, prefix, as_of, dropped)
+    finally:
+        with contextlib.suppress(redis.exceptions.LockError):
+            lease.release()
+    return {"latest_written": written, "latest_kept_newer": len(ids) - written, "latest_removed": removed}
+
+
+def _write_latest_from_hash(
+    client: redis.Redis, prefix: str, as_of: str, product_ids: np.ndarray, ttl: int, lease: redis.lock.Lock
+) -> int:
+    """``forecast:{id}`` of each product from the date's hash, on the server, guarded against
+    replacing a later as-of date's forecast."""
+    script = client.register_script(_SET_LATEST_FROM_HASH)
+    target = history_key(prefix, as_of)
+    written = 0
+    for group in _chunks(product_ids, GROUP_SIZE):
+        pipe = client.pipeline(transaction=False)
+        for chunk in _chunks(group, BATCH_SIZE):
+            fields = [str(int(p)) for p in chunk]
+            script(keys=[target, *(f"{prefix}:{f}" for f in fields)], args=[as_of, ttl, *fields], client=pipe)
+        written += sum(int(n) for n in pipe.execute())
+        lease.reacquire()
+    return written
 
 
 def _replace_history(
@@ -193,7 +377,7 @@ def _replace_history(
         _write_hash(client, staging, encoded, STAGING_TTL_SECONDS, lease)
         previous = {int(pid) for pid in client.hkeys(target)}
         publish = client.register_script(_PUBLISH)
-        publish(keys=[staging, target, lease.name], args=[token, len(encoded), history_ttl])
+        publish(keys=[staging, target, lease.name, version_key(prefix, as_of)], args=[token, len(encoded), history_ttl])
     except BaseException:
         client.delete(staging)  # DEL is allowed even when Redis is out of memory
         raise
@@ -276,6 +460,49 @@ def read_forecasts_for(client: redis.Redis, prefix: str, as_of: str) -> dict[int
     """Every cached forecast of one as-of date, by product id."""
     raw = client.hgetall(history_key(prefix, as_of))
     return {int(pid): json.loads(doc) for pid, doc in raw.items()}
+
+
+class ChangedWhileReading(RuntimeError):
+    """Another run published the date while its hash was being read in batches."""
+
+
+class CachedForecasts(Mapping):
+    """One date's cached forecasts, read in batches (HSCAN) instead of all at once: a million
+    forecasts are ~1.5 GB of JSON. ``items()``/``values()`` stream; when another run publishes the
+    date meanwhile (the hash's version changes) they raise :class:`ChangedWhileReading` at the
+    end instead of having yielded a mix of two runs. Duplicates HSCAN may return are dropped."""
+
+    def __init__(self, client: redis.Redis, prefix: str, as_of: str, batch: int = 1000):
+        self.client, self.prefix, self.as_of, self.batch = client, prefix, as_of, batch
+        self.key = history_key(prefix, as_of)
+
+    def __getitem__(self, product_id: int) -> dict:
+        raw = self.client.hget(self.key, str(product_id))
+        if raw is None:
+            raise KeyError(product_id)
+        return json.loads(raw)
+
+    def __len__(self) -> int:
+        return self.client.hlen(self.key)
+
+    def __iter__(self):
+        for product_id, _ in self.items():
+            yield product_id
+
+    def items(self):
+        version = self.client.get(version_key(self.prefix, self.as_of))
+        seen: set[int] = set()
+        for field, raw in self.client.hscan_iter(self.key, count=self.batch):
+            product_id = int(field)
+            if product_id not in seen:
+                seen.add(product_id)
+                yield product_id, json.loads(raw)
+        if self.client.get(version_key(self.prefix, self.as_of)) != version:
+            raise ChangedWhileReading(f"another run published as-of {self.as_of} while {self.key} was being read")
+
+    def values(self):
+        for _, doc in self.items():
+            yield doc
 
 
 def read_run_metadata(client: redis.Redis, prefix: str, as_of: str | None = None) -> dict | None:

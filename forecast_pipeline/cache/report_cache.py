@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-log = logging.getLogger("forecast_pipeline.cache.report_cache")
+log = logging.getLogger(__name__)
 
 
 class RedisJsonCache:

@@ -23,7 +23,7 @@ from forecast_pipeline.alerts import defaults, notify, store
 from forecast_pipeline.alerts.config import load_alert_settings
 from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db import alert_tables as schema
-from forecast_pipeline.app_db.schema import create_app_schema
+from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.settings import ConfigError, Settings
 
@@ -95,7 +95,7 @@ def cmd_alerts_init(settings: Settings, args: argparse.Namespace) -> int:
     app_db = _app_db(settings)
     engine = app_db.engine()
     try:
-        create_app_schema(engine)
+        upgrade_app_schema(engine)
         with engine.begin() as conn:
             created = defaults.ensure_defaults(conn)
     finally:

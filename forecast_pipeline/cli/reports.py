@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql
 
 from forecast_pipeline.app_db import report_tables as schema
 from forecast_pipeline.app_db.postgres_only import postgres_only_reason
-from forecast_pipeline.app_db.schema import create_app_schema
+from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.reports.cadence import (
     CADENCES,
     ScheduleDefinitionError,
@@ -190,7 +190,7 @@ def _upsert(conn: sa.Connection, table: sa.Table, values: dict, conflict: list[s
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
     engine = _engine(settings)
-    create_app_schema(engine)
+    upgrade_app_schema(engine)
     print(f"Tables {', '.join(schema.REPORT_TABLES)} are ready")
     refused = postgres_only_reason(settings.app_database_url, "report scheduling")
     if refused:

@@ -16,7 +16,12 @@ import dagster as dg
 from dagster import EnvVar
 
 from forecast_pipeline.forecast_queue.run_heartbeat import RunHeartbeat
-from forecast_pipeline.io_managers import RedisForecastIOManager, RedisTableIOManager
+from forecast_pipeline.io_managers import (
+    RedisForecastIOManager,
+    RedisShardIOManager,
+    RedisStepIOManager,
+    RedisTableIOManager,
+)
 from forecast_pipeline.resources import AppDatabase, ForecastParameters, RedisStore, SourceDatabase
 from forecast_pipeline.settings import Settings, load_all_settings
 
@@ -63,12 +68,15 @@ def build_resources(settings: Settings, environ: Mapping[str, str] | None = None
             min_orders=pick("FORECAST_MIN_ORDERS", settings.min_orders, "int"),
             forecast_weeks=pick("FORECAST_WEEKS", settings.forecast_weeks, "int"),
             workers=pick("FORECAST_WORKERS", settings.workers, "int"),
+            shard_size=pick("FORECAST_SHARD_SIZE", settings.shard_size, "int"),
             max_failure_rate=settings.max_failure_rate,
             cache_ttl=cache_ttl,
             history_ttl=history_ttl,
         ),
         "forecast_io_manager": RedisForecastIOManager(redis_store=store, cache_ttl=cache_ttl, history_ttl=history_ttl),
         "table_io_manager": RedisTableIOManager(redis_store=store, history_ttl=history_ttl),
+        "forecast_step_io_manager": RedisStepIOManager(redis_store=store),
+        "forecast_shard_io_manager": RedisShardIOManager(redis_store=store),
     }
 
 

@@ -22,22 +22,11 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from forecast_pipeline.app_db import leases
 from forecast_pipeline.app_db.queue_tables import ACTIVE_STATUSES, JOB_TYPE, forecast_job_audit, forecast_jobs
-from forecast_pipeline.json_logging import JsonFormatter
+from forecast_pipeline.json_logging import FIELDS
 
-
-def _jobs_logger() -> logging.Logger:
-    """JSON lines on stderr: the sensors run in the daemon, where no Dagster run captures logs."""
-    logger = logging.getLogger("forecast_pipeline.jobs")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(JsonFormatter())
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    return logger
-
-
-log = _jobs_logger()
+log = logging.getLogger(__name__)
 
 JOB_ID_TAG = "forecast/job_id"
 ATTEMPT_TAG = "forecast/job_attempt"
@@ -234,13 +223,12 @@ def claim_due_jobs(
             .where(jobs.status == "queued", jobs.job_type == JOB_TYPE, jobs.not_before <= sa.func.now())
             .order_by(jobs.priority.desc(), jobs.created_at, jobs.id)
             .limit(room * 4 + 20)
-            .with_for_update(skip_locked=True)
         )
-        for row in conn.execute(candidates).all():
-            if len(claimed) == room:
-                break
+        requests: dict[int, JobRequest | None] = {}
+
+        def take(conn: sa.Connection, row: sa.Row) -> dict | None:
             if row.concurrency_key is not None and row.concurrency_key in taken_keys:
-                continue
+                return None
             request = None
             if validate is not None:
                 try:
@@ -248,31 +236,34 @@ def claim_due_jobs(
                 except BadJobParameters as exc:
                     _fail_unclaimed(conn, row, str(exc))
                     rejected.append((row, str(exc)))
-                    continue
+                    return None
+            requests[row.id] = request
+            if row.concurrency_key is not None:
+                taken_keys.add(row.concurrency_key)
+            attempt = row.attempts + 1
+            return {
+                "status": "claimed",
+                "attempts": attempt,
+                "claimed_at": sa.func.now(),
+                "started_at": None,
+                "heartbeat_at": None,
+                "cancel_requested_at": None,
+                "updated_at": sa.func.now(),
+                "run_key": run_key_for(row.id, attempt),
+                "dagster_run_id": None,
+            }
+
+        # a key taken by a writer outside the queue makes the unique index refuse the row: skipped
+        for row in leases.claim(conn, candidates, table=forecast_jobs, take=take, limit=room):
             job = ClaimedJob(
-                row.id, row.job_type, row.parameters, row.attempts + 1, row.concurrency_key, row.priority, request
+                row.id,
+                row.job_type,
+                row.parameters,
+                row.attempts + 1,
+                row.concurrency_key,
+                row.priority,
+                requests[row.id],
             )
-            try:
-                with conn.begin_nested():  # a key taken by a writer outside the queue: skip, not crash
-                    conn.execute(
-                        forecast_jobs.update()
-                        .where(jobs.id == job.id)
-                        .values(
-                            status="claimed",
-                            attempts=job.attempts,
-                            claimed_at=sa.func.now(),
-                            started_at=None,
-                            heartbeat_at=None,
-                            cancel_requested_at=None,
-                            updated_at=sa.func.now(),
-                            run_key=run_key_for(job.id, job.attempts),
-                            dagster_run_id=None,
-                        )
-                    )
-            except sa.exc.IntegrityError:
-                continue
-            if job.concurrency_key is not None:
-                taken_keys.add(job.concurrency_key)
             _audit(conn, job.id, "claimed", {"attempt": job.attempts})
             claimed.append(job)
     for row, error in rejected:
@@ -495,25 +486,22 @@ def mark_run_started(engine: sa.Engine, job_id: int, attempt: int, run_id: str) 
 
 def heartbeat(engine: sa.Engine, job_id: int, attempt: int) -> None:
     """The run of this job attempt is alive (called by the run every few seconds)."""
+    jobs = forecast_jobs.c
     with engine.begin() as conn:
-        conn.execute(
-            forecast_jobs.update()
-            .where(
-                forecast_jobs.c.id == job_id, forecast_jobs.c.attempts == attempt, forecast_jobs.c.status == "running"
-            )
-            .values(heartbeat_at=sa.func.now())
+        leases.extend(
+            conn,
+            forecast_jobs,
+            (jobs.id == job_id, jobs.attempts == attempt, jobs.status == "running"),
+            heartbeat_at=sa.func.now(),
         )
 
 
 def mark_process_exited(engine: sa.Engine, job_id: int, attempt: int) -> None:
     """The run's process is done with the job (its resources are torn down): nothing of this
     attempt executes any more, so a failed run may be retried at once."""
+    jobs = forecast_jobs.c
     with engine.begin() as conn:
-        conn.execute(
-            forecast_jobs.update()
-            .where(forecast_jobs.c.id == job_id, forecast_jobs.c.attempts == attempt)
-            .values(heartbeat_at=None)
-        )
+        leases.release(conn, forecast_jobs, (jobs.id == job_id, jobs.attempts == attempt), heartbeat_at=None)
 
 
 def process_alive(engine: sa.Engine, job_id: int, attempt: int, stale_after_seconds: float) -> bool:
@@ -522,7 +510,7 @@ def process_alive(engine: sa.Engine, job_id: int, attempt: int, stale_after_seco
     jobs = forecast_jobs.c
     with engine.connect() as conn:
         silent = conn.execute(
-            sa.select(_seconds_between(jobs.heartbeat_at, sa.func.now())).where(
+            sa.select(leases.seconds_since(jobs.heartbeat_at)).where(
                 jobs.id == job_id, jobs.attempts == attempt, jobs.status == "running", jobs.heartbeat_at.is_not(None)
             )
         ).scalar()
@@ -541,8 +529,8 @@ def active_jobs(engine: sa.Engine, *, cancel_requested: bool = False) -> list[sa
         jobs.run_key,
         jobs.dagster_run_id,
         jobs.cancel_requested_at,
-        _seconds_between(sa.func.coalesce(jobs.claimed_at, jobs.started_at), now).label("claimed_seconds_ago"),
-        _seconds_between(jobs.heartbeat_at, now).label("silent_seconds"),
+        leases.seconds_since(sa.func.coalesce(jobs.claimed_at, jobs.started_at), now).label("claimed_seconds_ago"),
+        leases.seconds_since(jobs.heartbeat_at, now).label("silent_seconds"),
         jobs.heartbeat_at.is_not(None).label("has_heartbeat"),
     ).where(jobs.status.in_(ACTIVE_STATUSES))
     if cancel_requested:
@@ -567,10 +555,6 @@ def write_audit(engine: sa.Engine, job_id: int, event: str, detail: dict) -> Non
         _audit(conn, job_id, event, detail)
 
 
-def _seconds_between(start, end):
-    return sa.func.extract("epoch", end - start)
-
-
 def _lock_active(conn: sa.Connection, job_id: int, attempt: int | None = None):
     query = sa.select(forecast_jobs).where(forecast_jobs.c.id == job_id, forecast_jobs.c.status.in_(ACTIVE_STATUSES))
     if attempt is not None:
@@ -582,7 +566,7 @@ def _duration(conn: sa.Connection, row) -> float | None:
     """Seconds since the attempt's run started (None if it never did)."""
     if row.started_at is None:
         return None
-    return float(conn.execute(sa.select(_seconds_between(sa.literal(row.started_at), sa.func.now()))).scalar_one())
+    return float(conn.execute(sa.select(leases.seconds_since(sa.literal(row.started_at)))).scalar_one())
 
 
 def _audit(conn: sa.Connection, job_id: int, event: str, detail: dict) -> None:
@@ -600,11 +584,11 @@ def _log(
     rows: int | None = None,
     error: str | None = None,
 ) -> None:
-    """One JSON line per transition, with the legacy plan worker's fields (``from``/``to``: the
-    job's as-of date range)."""
+    """One log record per transition, with the legacy plan worker's fields (``from``/``to``: the
+    job's as-of date range) as structured fields: one JSON line where JSON logging is configured
+    (see :mod:`forecast_pipeline.json_logging`)."""
     params = parameters if isinstance(parameters, dict) else {}
-    record = {
-        "message": message,
+    fields = {
         "job_id": job_id,
         "job_type": job_type,
         "status": status,
@@ -614,4 +598,4 @@ def _log(
         "rows": rows,
         "error": error,
     }
-    log.info(json.dumps(record))
+    log.info(message, extra={FIELDS: fields})

@@ -50,6 +50,8 @@ class ForecastRun:
     timings: dict[str, float] = field(default_factory=dict)
     requested_products: list[int] | None = None  # None: every eligible product
     data_quality: dict[str, int] = field(default_factory=dict)  # order-line rules applied, by kind
+    holdout_abs_error_sum: float = 0.0  # pooled over successes: shards' WAPEs add up from these
+    holdout_actual_sum: float = 0.0
     last_run_at: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
 
     @property
@@ -170,6 +172,8 @@ def run_forecasts(
         holdout_wape=float(batch.holdout_abs_error[success].sum() / holdout_actual) if holdout_actual > 0 else None,
         outliers_capped=int(batch.outliers_capped[success].sum()),
         timings={"model_seconds": model_seconds, "payload_seconds": time.perf_counter() - started},
+        holdout_abs_error_sum=float(batch.holdout_abs_error[success].sum()),
+        holdout_actual_sum=float(holdout_actual),
     )
 
 

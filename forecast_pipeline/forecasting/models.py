@@ -20,6 +20,7 @@ SEASON_LENGTH = 52
 SES_ALPHAS = np.array([0.05, 0.1, 0.2, 0.3, 0.5])
 CROSTON_ALPHAS = np.array([0.05, 0.1, 0.2, 0.3])
 TSB_BETAS = np.array([0.02, 0.05, 0.1, 0.2])
+TSB_FAST_BETA = np.array([0.3])
 HOLT_BETA = 0.05
 HOLT_PHI = 0.9
 DECOMP_YEARS = 4
@@ -196,15 +197,24 @@ def _initial_level(y: np.ndarray, start: np.ndarray, weeks: int = 8) -> np.ndarr
     return vals.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
 
 
+def _chosen_path(path: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """(n, t) path of each row's chosen grid column from a week-major (t, n, grid) path array."""
+    return np.ascontiguousarray(path[:, np.arange(path.shape[1]), best].T)
+
+
 def _pick_best(sse: np.ndarray) -> np.ndarray:
     """Index of the lowest in-sample squared error per row (ties -> first, the smoothest)."""
     return np.argmin(sse, axis=1)
 
 
-def ses(y: np.ndarray, start: np.ndarray, horizon: int, season: np.ndarray | None = None) -> ModelFit:
+def ses(
+    y: np.ndarray, start: np.ndarray, horizon: int, season: np.ndarray | None = None, paths: bool = True
+) -> ModelFit:
     """Simple exponential smoothing, alpha chosen per series from a grid by one-step SSE.
 
     With ``season`` given the series is deseasonalised first and the forecast reseasonalised.
+    ``paths=False`` (every model takes it) keeps only the last week's state: enough for the
+    forecast, which is all the engine's holdout windows need, at a fraction of the memory traffic.
     """
     n, t = y.shape
     if season is not None:
@@ -212,27 +222,31 @@ def ses(y: np.ndarray, start: np.ndarray, horizon: int, season: np.ndarray | Non
     alphas = SES_ALPHAS[None, :]
     level = np.repeat(_initial_level(y, start)[:, None], len(SES_ALPHAS), axis=1)
     sse = np.zeros((n, len(SES_ALPHAS)))
-    path = np.empty((n, len(SES_ALPHAS), t))
+    path = np.empty((t if paths else 1, n, len(SES_ALPHAS)))  # week-major: contiguous writes
+    weeks = np.ascontiguousarray(y.T)
     for col in range(t):
-        active = (col >= start)[:, None]
-        obs = y[:, col, None]
-        err = obs - level
-        sse += np.where(active, err * err, 0.0)
-        level = np.where(active, level + alphas * err, level)
-        path[:, :, col] = level
+        # err is zero before a row's start, which leaves its level and SSE as they are (the same
+        # numbers as np.where, with fewer temporaries: this loop is most of the engine's time)
+        err = (weeks[col, :, None] - level) * (col >= start)[:, None]
+        sse += err * err
+        level = level + alphas * err
+        if paths:
+            path[col] = level
+    if not paths:
+        path[0] = level
     best = _pick_best(sse)
-    chosen = path[np.arange(n), best, :]
-    return _flat_fit(chosen, horizon, season)
+    chosen = _chosen_path(path, best)
+    return _flat_fit(chosen, horizon, season, t)
 
 
-def holt_damped(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
+def holt_damped(y: np.ndarray, start: np.ndarray, horizon: int, paths: bool = True) -> ModelFit:
     """Additive damped-trend Holt smoothing (phi 0.9), alpha chosen per series by one-step SSE."""
     n, t = y.shape
     alphas = SES_ALPHAS[None, :]
     level = np.repeat(_initial_level(y, start)[:, None], len(SES_ALPHAS), axis=1)
     trend = np.zeros_like(level)
     sse = np.zeros((n, len(SES_ALPHAS)))
-    level_path = np.empty((n, len(SES_ALPHAS), t))
+    level_path = np.empty((t if paths else 1, n, len(SES_ALPHAS)))
     trend_path = np.empty_like(level_path)
     for col in range(t):
         active = (col >= start)[:, None]
@@ -244,11 +258,13 @@ def holt_damped(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
         new_trend = HOLT_PHI * trend + HOLT_BETA * alphas * err
         level = np.where(active, new_level, level)
         trend = np.where(active, new_trend, trend)
-        level_path[:, :, col] = level
-        trend_path[:, :, col] = trend
+        if paths:
+            level_path[col] = level
+            trend_path[col] = trend
+    if not paths:
+        level_path[0], trend_path[0] = level, trend
     best = _pick_best(sse)
-    rows = np.arange(n)
-    lv, tr = level_path[rows, best, :], trend_path[rows, best, :]
+    lv, tr = _chosen_path(level_path, best), _chosen_path(trend_path, best)
     steps = np.arange(1, horizon + 1)
     forecast = lv[:, -1, None] + tr[:, -1, None] * _damped_sums(HOLT_PHI, steps)[None, :]
     return ModelFit(level=lv, trend=tr, season=None, forecast=forecast, phi=HOLT_PHI)
@@ -290,16 +306,20 @@ def seasonal_indices(y: np.ndarray, start: np.ndarray, max_years: int = 3) -> np
     return season / season.mean(axis=1, keepdims=True)
 
 
-def seasonal_ses(y: np.ndarray, start: np.ndarray, horizon: int, season_weeks: int | None = None) -> ModelFit:
+def seasonal_ses(
+    y: np.ndarray, start: np.ndarray, horizon: int, season_weeks: int | None = None, paths: bool = True
+) -> ModelFit:
     """SES on the deseasonalised series, reseasonalised with :func:`seasonal_indices`.
 
     ``season_weeks`` estimates the season from the first that many weeks only (see
     :func:`seasonal_holt`).
     """
-    return ses(y, start, horizon, season=seasonal_indices(y[:, :season_weeks], start))
+    return ses(y, start, horizon, season=seasonal_indices(y[:, :season_weeks], start), paths=paths)
 
 
-def decomposed_season(y: np.ndarray, start: np.ndarray, max_years: int = DECOMP_YEARS) -> np.ndarray:
+def decomposed_season(
+    y: np.ndarray, start: np.ndarray, max_years: int = DECOMP_YEARS, smooth: bool = True
+) -> np.ndarray:
     """Multiplicative season indices (n, 52) by classical decomposition, shrunk by evidence.
 
     Each week is divided by the centred 2x52 moving average around it (which removes the trend
@@ -338,9 +358,10 @@ def decomposed_season(y: np.ndarray, start: np.ndarray, max_years: int = DECOMP_
     # A year counts only when all its 52 ratios are defined; smooth it circularly over 5 weeks.
     complete = np.isfinite(stack).all(axis=2)  # (years, n)
     stack = np.where(complete[:, :, None], stack, 0.0)
-    padded = np.concatenate([stack[:, :, -2:], stack, stack[:, :, :2]], axis=2)
-    kernel = np.array([1, 2, 3, 2, 1], dtype=float) / 9.0
-    stack = sum(kernel[j] * padded[:, :, j : j + SEASON_LENGTH] for j in range(5))
+    if smooth:
+        padded = np.concatenate([stack[:, :, -2:], stack, stack[:, :, :2]], axis=2)
+        kernel = np.array([1, 2, 3, 2, 1], dtype=float) / 9.0
+        stack = sum(kernel[j] * padded[:, :, j : j + SEASON_LENGTH] for j in range(5))
     count = complete.sum(axis=0)  # (n,)
     mean = stack.sum(axis=0) / np.maximum(count, 1)[:, None]
     dev = np.where(complete[:, :, None], stack - mean[None], 0.0)
@@ -356,7 +377,14 @@ def decomposed_season(y: np.ndarray, start: np.ndarray, max_years: int = DECOMP_
     return season / season.mean(axis=1, keepdims=True)
 
 
-def seasonal_holt(y: np.ndarray, start: np.ndarray, horizon: int, season_weeks: int | None = None) -> ModelFit:
+def seasonal_holt(
+    y: np.ndarray,
+    start: np.ndarray,
+    horizon: int,
+    season_weeks: int | None = None,
+    smooth: bool = True,
+    paths: bool = True,
+) -> ModelFit:
     """Damped-trend Holt on the series deseasonalised by :func:`decomposed_season`.
 
     Alpha, beta and phi are chosen per series from a small grid by one-step SSE. With
@@ -364,25 +392,42 @@ def seasonal_holt(y: np.ndarray, start: np.ndarray, horizon: int, season_weeks: 
     forecasts replayed from later origins are out of sample for it (the engine's intervals).
     """
     n, t = y.shape
-    season = decomposed_season(y[:, :season_weeks], start)
+    season = decomposed_season(y[:, :season_weeks], start, smooth=smooth)
     z = y / season[:, np.arange(t) % SEASON_LENGTH]
     grid = [g.ravel()[None, :] for g in np.meshgrid(SH_ALPHAS, SH_BETAS, SH_PHIS, indexing="ij")]
     level0 = _initial_level(z, start)
     # Choose the parameters without keeping paths, then rerun only the chosen ones with paths:
     # (rows x grid x weeks) paths would be the bulk of the time and memory.
-    sse = _holt_pass(z, start, level0, *grid)[0]
+    sse, last_level, last_trend = _holt_pass(z, start, level0, *grid)
     best = _pick_best(sse)
     alpha, beta, phi = (g[0, best][:, None] for g in grid)
-    _, lv, tr = _holt_pass(z, start, level0, alpha, beta, phi, paths=True)
+    if paths:
+        _, lv, tr = _holt_pass(z, start, level0, alpha, beta, phi, paths=True)
+    else:
+        rows = np.arange(n)
+        lv, tr = last_level[rows, best][:, None], last_trend[rows, best][:, None]
     phi = phi[:, 0]
-    fit = ModelFit(level=lv, trend=tr, season=season, forecast=np.empty((n, horizon)), phi=phi)
-    return ModelFit(level=lv, trend=tr, season=season, forecast=fit.forecast_from(t - 1, horizon, t), phi=phi)
+    steps = np.arange(1, horizon + 1)
+    forecast = (lv[:, -1, None] + tr[:, -1, None] * _damp_matrix(phi, steps)) * season[
+        :, (t - 1 + steps) % SEASON_LENGTH
+    ]
+    return ModelFit(level=lv, trend=tr, season=season, forecast=forecast, phi=phi)
+
+
+def seasonal_holt_raw(
+    y: np.ndarray, start: np.ndarray, horizon: int, season_weeks: int | None = None, paths: bool = True
+) -> ModelFit:
+    """:func:`seasonal_holt` with each year's ratios left unsmoothed: sharp, recurring weeks (a
+    holiday closure, a Christmas peak) keep their depth; the James-Stein shrinkage still flattens
+    a season that the years do not agree on."""
+    return seasonal_holt(y, start, horizon, season_weeks=season_weeks, smooth=False, paths=paths)
 
 
 def _holt_pass(z, start, level0, alphas, betas, phis, paths: bool = False):
     """One damped-trend Holt recursion per column of the parameter arrays (each (1 or n, g)).
 
     Returns the one-step SSE (n, g) and, with ``paths``, the level and trend after every week
+    (without, the last week's level and trend (n, g));
     for g == 1 (n, t).
     """
     n, t = z.shape
@@ -404,10 +449,76 @@ def _holt_pass(z, start, level0, alphas, betas, phis, paths: bool = False):
         if paths:
             level_path[:, col] = level[:, 0]
             trend_path[:, col] = trend[:, 0]
+    if not paths:
+        return sse, level, trend  # the last week's state of every grid column
     return sse, level_path, trend_path
 
 
-def croston_sba(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
+SHIFT_SEARCH_WEEKS = 52  # a new level may start in any of the last 52 weeks ...
+SHIFT_MIN_AFTER = 8  # ... with at least this many weeks of it
+SHIFT_MIN_BEFORE = 26  # compared with up to 52 weeks before it, at least this many
+SHIFT_MIN_FACTOR = 1.6
+SHIFT_MIN_T = 6.0
+
+
+def level_shift_week(
+    y: np.ndarray, start: np.ndarray, min_after: int = SHIFT_MIN_AFTER, min_t: float = SHIFT_MIN_T
+) -> np.ndarray:
+    """The week a lasting level shift began in each row, or -1.
+
+    For every candidate week ``k`` of the last 52 (leaving ``min_after`` weeks after it) the mean
+    of the weeks from ``k`` on is compared with the mean of up to 52 weeks before ``k`` (26 at
+    least, all since first demand): a shift needs a ratio of ``SHIFT_MIN_FACTOR`` or more and a
+    two-sample t-statistic of ``min_t`` or more (a one-off spike is capped before this, and one
+    good month does not make a t of 6 on 26+ weeks); the week with the largest t wins. Vectorised:
+    one pass of cumulative sums per candidate week.
+    """
+    n, t = y.shape
+    out = np.full(n, -1)
+    if t < SHIFT_MIN_BEFORE + min_after:
+        return out
+    cumsum = np.concatenate([np.zeros((n, 1)), np.cumsum(y, axis=1)], axis=1)
+    cumsq = np.concatenate([np.zeros((n, 1)), np.cumsum(y * y, axis=1)], axis=1)
+    best = np.zeros(n)
+    rows = np.arange(n)
+    for k in range(max(t - SHIFT_SEARCH_WEEKS, SHIFT_MIN_BEFORE), t - min_after + 1):
+        lo = np.maximum(start, k - SEASON_LENGTH)
+        n1, n2 = k - lo, t - k
+        s1 = cumsum[:, k] - cumsum[rows, lo]
+        q1 = cumsq[:, k] - cumsq[rows, lo]
+        s2, q2 = cumsum[:, t] - cumsum[:, k], cumsq[:, t] - cumsq[:, k]
+        m1, m2 = s1 / np.maximum(n1, 1), s2 / n2
+        var = (q1 - n1 * m1**2 + q2 - n2 * m2**2) / np.maximum(n1 + n2 - 2, 1)
+        tstat = np.abs(m2 - m1) / np.sqrt(np.maximum(var, 1e-12) * (1 / np.maximum(n1, 1) + 1 / n2))
+        factor = np.maximum(m1, m2) / np.maximum(np.minimum(m1, m2), 1e-9)
+        hit = (n1 >= SHIFT_MIN_BEFORE) & (factor >= SHIFT_MIN_FACTOR) & (tstat >= min_t) & (tstat > best)
+        best = np.where(hit, tstat, best)
+        out = np.where(hit, k, out)
+    return out
+
+
+def shift_ses(y: np.ndarray, start: np.ndarray, horizon: int, paths: bool = True) -> ModelFit:
+    """SES fitted only on the weeks since a detected level shift (plain SES where none is found):
+    with the smallest alphas SES takes months to leave an old level behind."""
+    shift = level_shift_week(y, start)
+    return ses(y, np.maximum(start, shift), horizon, paths=paths)
+
+
+def tsb_fast(y: np.ndarray, start: np.ndarray, horizon: int, paths: bool = True) -> ModelFit:
+    """TSB with the demand probability's beta fixed at 0.3: for an item that has stopped selling
+    the in-sample error (years of steady sales) picks a slow beta that keeps forecasting demand."""
+    return tsb(y, start, horizon, betas=TSB_FAST_BETA, paths=paths)
+
+
+def trailing_zero_weeks(y: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Weeks since the last week with demand (0 if the last week had demand)."""
+    t = y.shape[1]
+    positive = (y > 0) & (np.arange(t)[None, :] >= start[:, None])
+    last = np.where(positive.any(axis=1), t - 1 - np.argmax(positive[:, ::-1], axis=1), -1)
+    return np.where(last >= 0, t - 1 - last, t - start)
+
+
+def croston_sba(y: np.ndarray, start: np.ndarray, horizon: int, paths: bool = True) -> ModelFit:
     """Croston's method with the Syntetos-Boylan bias correction, for intermittent demand.
 
     Demand sizes and intervals between demands are smoothed separately and only when demand
@@ -421,45 +532,56 @@ def croston_sba(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
     since = np.ones((n, g))
     correction = 1 - alphas / 2
     sse = np.zeros((n, g))
-    path = np.empty((n, g, t))
+    weeks = np.ascontiguousarray(y.T)
+    path = np.empty((t if paths else 1, n, g))
+    rate = correction * size / interval  # the forecast: one division a week serves the error and the path
     for col in range(t):
         active = (col >= start)[:, None]
-        obs = y[:, col, None]
-        err = obs - correction * size / interval
-        sse += np.where(active, err * err, 0.0)
+        obs = weeks[col, :, None]
+        err = (obs - rate) * active
+        sse += err * err
         demand = active & (obs > 0)
-        size = np.where(demand, size + alphas * (obs - size), size)
-        interval = np.where(demand, interval + alphas * (since - interval), interval)
-        since = np.where(demand, 1.0, np.where(active, since + 1.0, since))
-        path[:, :, col] = correction * size / interval
+        hit = demand.astype(float)
+        size = size + alphas * ((obs - size) * hit)
+        interval = interval + alphas * ((since - interval) * hit)
+        since = np.where(demand, 1.0, since + active)
+        rate = correction * size / interval
+        if paths:
+            path[col] = rate
+    if not paths:
+        path[0] = rate
     best = _pick_best(sse)
-    return _flat_fit(path[np.arange(n), best, :], horizon, None)
+    return _flat_fit(_chosen_path(path, best), horizon, None)
 
 
-def tsb(y: np.ndarray, start: np.ndarray, horizon: int) -> ModelFit:
+def tsb(y: np.ndarray, start: np.ndarray, horizon: int, betas: np.ndarray = TSB_BETAS, paths: bool = True) -> ModelFit:
     """Teunter-Syntetos-Babai: smooths demand probability every week, so dying items decay.
 
     Size uses alpha 0.1; the probability's beta is picked per series from a grid.
     """
     n, t = y.shape
-    betas = TSB_BETAS[None, :]
-    g = len(TSB_BETAS)
+    g = len(betas)
+    betas = np.asarray(betas, dtype=float)[None, :]
     alpha = 0.1
     size = np.repeat(_initial_size(y, start)[:, None], g, axis=1)
     prob = np.repeat((1.0 / _initial_interval(y, start))[:, None], g, axis=1)
     sse = np.zeros((n, g))
-    path = np.empty((n, g, t))
+    path = np.empty((t if paths else 1, n, g))
+    weeks = np.ascontiguousarray(y.T)
     for col in range(t):
         active = (col >= start)[:, None]
-        obs = y[:, col, None]
-        err = obs - prob * size
-        sse += np.where(active, err * err, 0.0)
+        obs = weeks[col, :, None]
+        err = (obs - prob * size) * active
+        sse += err * err
         demand = obs > 0
-        prob = np.where(active, prob + betas * (demand - prob), prob)
-        size = np.where(active & demand, size + alpha * (obs - size), size)
-        path[:, :, col] = prob * size
+        prob = prob + betas * ((demand - prob) * active)
+        size = size + alpha * ((obs - size) * (active & demand))
+        if paths:
+            path[col] = prob * size
+    if not paths:
+        path[0] = prob * size
     best = _pick_best(sse)
-    return _flat_fit(path[np.arange(n), best, :], horizon, None)
+    return _flat_fit(_chosen_path(path, best), horizon, None)
 
 
 def recent_mean(y: np.ndarray, start: np.ndarray, horizon: int, window: int = 12) -> ModelFit:
@@ -499,8 +621,9 @@ def _initial_interval(y: np.ndarray, start: np.ndarray) -> np.ndarray:
     return np.maximum(span / np.maximum(positive.sum(axis=1), 1), 1.0)
 
 
-def _flat_fit(level: np.ndarray, horizon: int, season: np.ndarray | None) -> ModelFit:
-    t = level.shape[1]
+def _flat_fit(level: np.ndarray, horizon: int, season: np.ndarray | None, t: int | None = None) -> ModelFit:
+    """``t``: weeks observed (default: the path's length; given when only the last week is kept)."""
+    t = level.shape[1] if t is None else t
     forecast = np.repeat(level[:, -1, None], horizon, axis=1)
     if season is not None:
         forecast = forecast * season[:, (t + np.arange(horizon)) % SEASON_LENGTH]

@@ -20,13 +20,15 @@ Requires PostgreSQL (``SKIP LOCKED``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from forecast_pipeline.app_db import leases
+from forecast_pipeline.app_db.report_tables import report_schedules, schedule_runs
+from forecast_pipeline.json_logging import FIELDS
 from forecast_pipeline.reports.cadence import (
     anchor_of,
     catch_up,
@@ -34,9 +36,8 @@ from forecast_pipeline.reports.cadence import (
     load_timezone,
     parse_cadence,
 )
-from forecast_pipeline.app_db.report_tables import report_schedules, schedule_runs
 
-log = logging.getLogger("forecast_pipeline.reports.tick")
+log = logging.getLogger(__name__)
 UTC = dt.UTC
 
 
@@ -71,6 +72,12 @@ class TickResult:
     malformed: list[SkippedSchedule] = field(default_factory=list)
     advanced: dict[int, dt.datetime] = field(default_factory=dict)
     """schedule id -> its new ``next_run_at``."""
+
+    def add(self, other: TickResult) -> None:
+        self.recorded += other.recorded
+        self.already_recorded += other.already_recorded
+        self.malformed += other.malformed
+        self.advanced.update(other.advanced)
 
     def summary(self) -> str:
         return (
@@ -117,20 +124,25 @@ def tick(
         .where(s.active.is_(True), s.next_run_at <= now)
         .order_by(s.next_run_at, s.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
     )
+
+    outcomes: dict[int, TickResult] = {}  # per schedule: kept only if its savepoint commits
+
+    def take(conn: sa.Connection, row) -> dict | None:
+        outcomes[row.id] = TickResult(now=now)
+        return _process(conn, row, now, outcomes[row.id], logger)
+
+    def skipped(row, exc: BaseException) -> None:  # the row stays due and is retried next tick
+        logger.error(f"report schedule {row.id} ({row.name!r}) failed in the tick and was skipped: {exc!r}")
+
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
-            for row in conn.execute(due).all():
-                # a savepoint per schedule: one row's unexpected error never undoes the others
-                savepoint = conn.begin_nested()
-                try:
-                    _process(conn, row, now, result, logger)
-                    savepoint.commit()
-                except Exception as exc:  # noqa: BLE001 - logged; the row stays due and is retried next tick
-                    savepoint.rollback()
-                    logger.error(f"report schedule {row.id} ({row.name!r}) failed in the tick and was skipped: {exc!r}")
+            # a savepoint per schedule: one row's unexpected error never undoes the others
+            for row in leases.claim(
+                conn, due, table=report_schedules, take=take, skip_errors=(Exception,), on_skip=skipped
+            ):
+                result.add(outcomes[row.id])
         except BaseException:
             transaction.rollback()
             raise
@@ -141,7 +153,8 @@ def tick(
     return result
 
 
-def _process(conn: sa.Connection, row, now: dt.datetime, result: TickResult, logger: logging.Logger) -> None:
+def _process(conn: sa.Connection, row, now: dt.datetime, result: TickResult, logger: logging.Logger) -> dict | None:
+    """Record the schedule's due slot; returns the schedule's new values (None: nothing due)."""
     try:
         cadence = parse_cadence(row.cadence)
         tz = load_timezone(row.timezone)
@@ -150,17 +163,12 @@ def _process(conn: sa.Connection, row, now: dt.datetime, result: TickResult, log
         anchor = anchor_of(row.next_run_at, tz, row.run_time, anchor_day)
     except (ValueError, OverflowError) as exc:  # ScheduleDefinitionError is a ValueError
         reason = str(exc)
-        conn.execute(
-            report_schedules.update()
-            .where(report_schedules.c.id == row.id)
-            .values(active=False, last_error=reason, updated_at=now)
-        )
         result.malformed.append(SkippedSchedule(row.id, row.name, reason))
         logger.warning(f"report schedule {row.id} ({row.name!r}) is malformed and was deactivated: {reason}")
-        return
+        return {"active": False, "last_error": reason, "updated_at": now}
     slot = position.due_slot
     if slot is None:  # cannot happen for a row selected as due, but never record a future slot
-        return
+        return None
     run_key = run_key_for(row.id, slot)
     inserted = conn.execute(
         postgresql.insert(schedule_runs)
@@ -175,35 +183,32 @@ def _process(conn: sa.Connection, row, now: dt.datetime, result: TickResult, log
         .on_conflict_do_nothing(constraint="uq_schedule_runs_slot")
         .returning(schedule_runs.c.id)
     ).scalar_one_or_none()
-    conn.execute(
-        report_schedules.update()
-        .where(report_schedules.c.id == row.id)
-        .values(
-            next_run_at=position.next_slot,
-            run_time=anchor.run_time,
-            anchor_day=anchor.anchor_day if cadence == "monthly" else row.anchor_day,
-            last_error=None,
-            updated_at=now,
-        )
-    )
+    advance = {
+        "next_run_at": position.next_slot,
+        "run_time": anchor.run_time,
+        "anchor_day": anchor.anchor_day if cadence == "monthly" else row.anchor_day,
+        "last_error": None,
+        "updated_at": now,
+    }
     result.advanced[row.id] = position.next_slot
     if inserted is None:
         result.already_recorded.append((row.id, slot))
         logger.info(f"report schedule {row.id}: slot {slot.isoformat()} was already recorded")
-        return
+        return advance
     result.recorded.append(DueRun(int(inserted), row.id, row.account_id, slot, run_key, position.missed_slots))
+    fields = {
+        "schedule_id": row.id,
+        "schedule_run_id": int(inserted),
+        "scheduled_for": slot.isoformat(),
+        "missed_slots": position.missed_slots,
+        "next_run_at": position.next_slot.isoformat(),
+    }
     logger.info(
-        json.dumps(
-            {
-                "message": "report slot recorded",
-                "schedule_id": row.id,
-                "schedule_run_id": int(inserted),
-                "scheduled_for": slot.isoformat(),
-                "missed_slots": position.missed_slots,
-                "next_run_at": position.next_slot.isoformat(),
-            }
-        )
+        f"report slot recorded: schedule {row.id} slot {fields['scheduled_for']} (schedule run {int(inserted)}, "
+        f"{position.missed_slots} missed, next {fields['next_run_at']})",
+        extra={FIELDS: fields},
     )
+    return advance
 
 
 def unlaunched_runs(
@@ -217,8 +222,9 @@ def unlaunched_runs(
     query = (
         sa.select(r.id, r.schedule_id, s.account_id, r.scheduled_for, r.run_key, r.missed_slots, r.created_at)
         .join(report_schedules, s.id == r.schedule_id)
-        .where(r.status == "queued", r.created_at <= now - dt.timedelta(seconds=older_than_seconds))
+        .where(r.status == "queued")
         .order_by(r.id)
     )
     with engine.connect() as conn:
-        return [(DueRun(*row[:6]), row.created_at) for row in conn.execute(query)]
+        stale = leases.expired(conn, query, r.created_at, older_than_seconds, now)
+    return [(DueRun(*row[:6]), row.created_at) for row in stale]

@@ -1,10 +1,12 @@
 """A realistic, deterministic order history for demos, tests and benchmarks.
 
-Products follow one of seven patterns (smooth, seasonal, trending, intermittent, lumpy, new,
-discontinued). Each product sells to its own pool of customers; customers join at some date
-and many churn later, after which their orders stop, so demand reacts to churn the way a real
-book of customers does. Lines bought by one customer on one day form one order. A small share
-of lines have no product (freight, services), as in the legacy data. Same seed, same data.
+Products follow one of nine patterns (smooth, seasonal, trending, intermittent, lumpy, new,
+discontinued, erratic: regular orders of very uneven size, step: a lasting level shift of x0.3-0.6
+or x1.8-3 at a random week of the last two years). Each product sells to its own pool of
+customers; customers join at some date and many churn later, after which their orders stop, so
+demand reacts to churn the way a real book of customers does. Lines bought by one customer on one
+day form one order. A small share of lines have no product (freight, services), as in the legacy
+data. Same seed, same data.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ import sqlalchemy as sa
 
 from forecast_pipeline.source import source_schema
 
-PATTERNS = ("smooth", "seasonal", "trending", "intermittent", "lumpy", "new", "discontinued")
-PATTERN_SHARES = (0.30, 0.20, 0.12, 0.18, 0.10, 0.05, 0.05)
+PATTERNS = ("smooth", "seasonal", "trending", "intermittent", "lumpy", "new", "discontinued", "erratic", "step")
+PATTERN_SHARES = (0.25, 0.18, 0.10, 0.16, 0.09, 0.05, 0.05, 0.06, 0.06)
 NULL_PRODUCT_SHARE = 0.005
 
 
@@ -69,6 +71,10 @@ def generate(
     rate = np.where(is_["new"][:, None] & (weeks[None, :] < launch[:, None]), 0.0, rate)
     stop = n_weeks - rng.integers(4, 100, products)
     rate = np.where(is_["discontinued"][:, None] & (weeks[None, :] >= stop[:, None]), 0.0, rate)
+    # step: the level moves once, up or down, somewhere in the last two years, and stays
+    shift_week = n_weeks - rng.integers(4, 104, products)
+    factor = np.where(rng.random(products) < 0.5, rng.uniform(0.3, 0.6, products), rng.uniform(1.8, 3.0, products))
+    rate = np.where(is_["step"][:, None] & (weeks[None, :] >= shift_week[:, None]), rate * factor[:, None], rate)
 
     counts = rng.poisson(rate)
     product_idx, week_idx = np.nonzero(counts)
@@ -97,6 +103,8 @@ def generate(
     qty = 1 + rng.poisson(mean_size[line_product] - 1 + 1e-9)
     lumpy = is_["lumpy"][line_product]
     qty = np.where(lumpy, np.ceil(rng.lognormal(np.log(mean_size[line_product] * 3), 1.0)), qty)
+    erratic = is_["erratic"][line_product]
+    qty = np.where(erratic, np.ceil(rng.lognormal(np.log(mean_size[line_product] * 2), 1.2)), qty)
 
     # a customer's lines on one day form one order
     order_key = line_customer.astype(np.int64) * (n_days + 1) + line_day

@@ -1,7 +1,9 @@
 """Reading order history in bulk: eligibility, weekly quantities and customer activity.
 
-Everything is aggregated in the database with one query each. There are no per-product or
-per-customer round trips, which is what made the legacy worker slow. Queries run over an
+There are no per-product or per-customer round trips, which is what made the legacy worker slow.
+On PostgreSQL with psycopg2 the lines are copied out in bulk (binary COPY) and aggregated in numpy
+(see "the bulk read" below); elsewhere everything is aggregated in the database with one grouped
+query each (``sql_*``, also the reference the bulk read is tested against). Queries run over an
 ``order_lines`` relation with the columns ``order_id, customer_id, product_id, ordered_at,
 quantity``: by default a join of ``order_items`` and ``orders``, or the user's own
 ``FORECAST_SOURCE_QUERY``.
@@ -12,11 +14,11 @@ before it, the first forecast week starts on it. Orders on or after the as-of da
 Ids (product, customer, order) are read as Python ints and kept in int64 arrays: they are exact
 over the whole signed 64-bit range (a float64 round trip merges neighbours above 2**53).
 
-Rules for lines that are not plain sales, applied per line in SQL and counted per product
-(:class:`LineQuality`): a line without a customer is demand but no customer; a line whose quantity
-is unknown (NULL, NaN, infinite, or not a number) is left out of demand; a negative quantity is a
-return and nets against the week's sales, and a week whose net is negative counts as zero demand;
-a zero quantity is an order with no demand.
+Rules for lines that are not plain sales, applied per line (in SQL, or in numpy by the bulk read)
+and counted per product (:class:`LineQuality`): a line without a customer is demand but no
+customer; a line whose quantity is unknown (NULL, NaN, infinite, or not a number) is left out of
+demand; a negative quantity is a return and nets against the week's sales, and a week whose net is
+negative counts as zero demand; a zero quantity is an order with no demand.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import ColumnElement, FunctionElement
 
-from forecast_pipeline.source import source_schema
+from forecast_pipeline.source import pg_copy, source_schema
 
 
 class weeks_before(FunctionElement):
@@ -226,6 +228,16 @@ def fetch_eligible_products(
     conn: sa.Connection, window: HistoryWindow, source_query: str | None = None
 ) -> pd.DataFrame:
     """Eligible products with their order and customer counts, most orders first."""
+    if pg_copy.supported(conn):
+        since = dt.datetime.combine(window.history_start, dt.time())
+        lines = _read_lines(conn, since, window, None, source_query, quantities=False)
+        return _eligible_from_lines(lines, window)
+    return sql_eligible_products(conn, window, source_query)
+
+
+def sql_eligible_products(conn: sa.Connection, window: HistoryWindow, source_query: str | None = None) -> pd.DataFrame:
+    """:func:`fetch_eligible_products` as one grouped query (every database; the reference the
+    bulk read is tested against)."""
     query = _eligible_select(order_lines(source_query), window)
     query = query.order_by(sa.desc("order_count"), query.selected_columns.product_id)
     rows = conn.execute(query).all()
@@ -262,14 +274,45 @@ def _history_source(
     return lines, lines.join(eligible, lines.c.product_id == eligible.c.product_id), conditions
 
 
+def fetch_history(
+    conn: sa.Connection,
+    window: HistoryWindow,
+    product_ids: Sequence[int],
+    source_query: str | None = None,
+) -> tuple[WeeklyHistory, pd.DataFrame]:
+    """:func:`fetch_weekly_history` and :func:`fetch_customer_activity` of these products from
+    one read of their lines (on PostgreSQL with psycopg2; two grouped queries elsewhere)."""
+    if pg_copy.supported(conn) and product_ids and window.weeks:
+        lines = _read_lines(conn, window.window_start_ts, window, product_ids, source_query)
+        return _weekly_from_lines(lines, window, product_ids), _activity_from_lines(lines, product_ids)
+    return (
+        fetch_weekly_history(conn, window, product_ids, source_query),
+        fetch_customer_activity(conn, window, product_ids, source_query),
+    )
+
+
 def fetch_weekly_history(
     conn: sa.Connection,
     window: HistoryWindow,
     product_ids: Sequence[int],
     source_query: str | None = None,
 ) -> WeeklyHistory:
-    """Net weekly demand of these eligible products from one grouped query, with the line rules
-    of the module docstring applied and counted."""
+    """Net weekly demand of these eligible products, with the line rules of the module docstring
+    applied and counted."""
+    if pg_copy.supported(conn) and product_ids and window.weeks:
+        lines = _read_lines(conn, window.window_start_ts, window, product_ids, source_query)
+        return _weekly_from_lines(lines, window, product_ids)
+    return sql_weekly_history(conn, window, product_ids, source_query)
+
+
+def sql_weekly_history(
+    conn: sa.Connection,
+    window: HistoryWindow,
+    product_ids: Sequence[int],
+    source_query: str | None = None,
+) -> WeeklyHistory:
+    """:func:`fetch_weekly_history` as one grouped query (every database; the reference the bulk
+    read is tested against)."""
     matrix = np.zeros((len(product_ids), window.weeks))
     quality = LineQuality.empty(len(product_ids))
     if not product_ids or window.weeks == 0:
@@ -318,6 +361,23 @@ def fetch_customer_activity(
 ) -> pd.DataFrame:
     """Per (product, customer): distinct orders and the weeks since their first and last order,
     for these products (all eligible products if None)."""
+    if pg_copy.supported(conn) and window.weeks and (product_ids is None or product_ids):
+        if product_ids is None:
+            product_ids = fetch_eligible_products(conn, window, source_query)["product_id"].tolist()
+        if product_ids:
+            lines = _read_lines(conn, window.window_start_ts, window, product_ids, source_query)
+            return _activity_from_lines(lines, product_ids)
+    return sql_customer_activity(conn, window, product_ids, source_query)
+
+
+def sql_customer_activity(
+    conn: sa.Connection,
+    window: HistoryWindow,
+    product_ids: Sequence[int] | None = None,
+    source_query: str | None = None,
+) -> pd.DataFrame:
+    """:func:`fetch_customer_activity` as one grouped query (every database; the reference the
+    bulk read is tested against)."""
     columns = ["product_id", "customer_id", "orders", "first_week_back", "last_week_back"]
     if product_ids is not None and not product_ids:
         return pd.DataFrame(columns=columns, dtype="int64")
@@ -350,3 +410,236 @@ def _fetch_columns(conn: sa.Connection, query: sa.Select, dtypes: Sequence[type]
         np.fromiter(column, dtype=dtype, count=len(rows))
         for column, dtype in zip(zip(*rows, strict=True), dtypes, strict=True)
     ]
+
+
+# --- the bulk read (PostgreSQL with psycopg2) ---------------------------------------------------
+#
+# The grouped queries above spent most of their time joining order_items to orders and grouping
+# millions of rows in PostgreSQL, then building a Python tuple per group. The bulk read copies
+# the lines' few columns out with binary COPY and applies the same rules in numpy. With the
+# default schema the two tables are copied separately and joined here, which is several times
+# faster than PostgreSQL's hash join of the same rows on this kind of machine (benchmarks/RESULTS.md).
+
+
+@dataclass
+class _Lines:
+    """Order lines of one window, one array entry per line (no NULLs: flags say what was unknown)."""
+
+    product_id: np.ndarray  # int64
+    customer_id: np.ndarray  # int64, meaningless where not has_customer
+    has_customer: np.ndarray  # bool
+    order_code: np.ndarray  # int64: equal codes are the same order id; -1 for a line without one
+    orders: int  # codes are below this
+    days_back: np.ndarray  # int64: the as-of date minus the line's date, >= 1
+    quantity: np.ndarray  # float64, NaN where the quantity is NULL
+
+
+def _days_back(as_of: dt.date, ordered_at: ColumnElement) -> ColumnElement:
+    as_of_date = sa.cast(sa.literal(as_of.isoformat(), sa.String), sa.Date)
+    return sa.cast(as_of_date - sa.cast(ordered_at, sa.Date), sa.Integer)
+
+
+def _float_or_nan(quantity: ColumnElement) -> ColumnElement:
+    number = sa.cast(quantity, postgresql.DOUBLE_PRECISION)
+    return sa.func.coalesce(number, sa.cast(sa.literal("NaN", sa.String), postgresql.DOUBLE_PRECISION))
+
+
+def _ids_param(product_ids: Sequence[int]) -> sa.BindParameter:
+    return sa.bindparam("ids", [int(i) for i in product_ids], type_=postgresql.ARRAY(sa.BigInteger))
+
+
+def _read_lines(
+    conn: sa.Connection,
+    since: dt.datetime,
+    window: HistoryWindow,
+    product_ids: Sequence[int] | None,
+    source_query: str | None,
+    quantities: bool = True,
+) -> _Lines:
+    """Lines with a product, ``since <= ordered_at < as-of``, of ``product_ids`` (all if None);
+    without ``quantities`` (eligibility needs none) their quantity array is empty."""
+    conn.exec_driver_sql(f"SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'")
+    if source_query is None:
+        lines = _read_default_schema(conn, since, window, product_ids, quantities)
+        if lines is not None:
+            return lines
+    lines_rel = order_lines(source_query)
+    c = lines_rel.c
+    conditions = [c.ordered_at >= since, c.ordered_at < window.as_of_ts, c.product_id.is_not(None)]
+    if product_ids is not None:
+        conditions.append(c.product_id == sa.any_(_ids_param(product_ids)))
+    query = sa.select(
+        sa.cast(c.product_id, sa.BigInteger),
+        sa.func.coalesce(sa.cast(c.customer_id, sa.BigInteger), 0),
+        c.customer_id.is_not(None),
+        sa.func.coalesce(sa.cast(c.order_id, sa.BigInteger), 0),
+        c.order_id.is_not(None),
+        _days_back(window.as_of, c.ordered_at),
+        *([_float_or_nan(c.quantity)] if quantities else []),
+    ).where(*conditions)
+    kinds = ["int8", "int8", "bool", "int8", "bool", "int4"] + (["float8"] if quantities else [])
+    product, customer, has_customer, order, has_order, days, *quantity = pg_copy.copy_columns(conn, query, kinds)
+    quantity = quantity[0] if quantities else np.empty(0)
+    codes, uniques = pd.factorize(order[has_order])
+    order_code = np.full(len(order), -1, dtype=np.int64)
+    order_code[has_order] = codes
+    return _Lines(product, customer, has_customer, order_code, len(uniques), days.astype(np.int64), quantity)
+
+
+def _read_default_schema(
+    conn: sa.Connection,
+    since: dt.datetime,
+    window: HistoryWindow,
+    product_ids: Sequence[int] | None,
+    quantities: bool,
+) -> _Lines | None:
+    """The default tables copied one by one and joined on the order id in numpy (None if
+    ``orders.id`` is not unique, which only a table created outside ``init-db`` allows)."""
+    o, oi = source_schema.orders, source_schema.order_items
+    orders_query = sa.select(
+        sa.cast(o.c.id, sa.BigInteger),
+        sa.func.coalesce(sa.cast(o.c.customer_id, sa.BigInteger), 0),
+        o.c.customer_id.is_not(None),
+        _days_back(window.as_of, o.c.created_at),
+    ).where(o.c.created_at >= since, o.c.created_at < window.as_of_ts)
+    conditions = [oi.c.product_id.is_not(None), oi.c.order_id.is_not(None)]
+    if product_ids is not None:
+        conditions.append(oi.c.product_id == sa.any_(_ids_param(product_ids)))
+    items_query = sa.select(
+        sa.cast(oi.c.order_id, sa.BigInteger),
+        sa.cast(oi.c.product_id, sa.BigInteger),
+        *([_float_or_nan(oi.c.quantity)] if quantities else []),
+    ).where(*conditions)
+    item_kinds = ["int8", "int8"] + (["float8"] if quantities else [])
+    (order_id, customer, has_customer, days), (item_order, product, *quantity) = pg_copy.copy_columns_together(
+        conn, [(orders_query, ["int8", "int8", "bool", "int4"]), (items_query, item_kinds)], POSTGRES_WORK_MEM
+    )
+    position = _unique_positions(order_id)
+    if position is None:
+        return None
+    at = position(item_order)
+    found = at >= 0
+    at = at[found]
+    return _Lines(
+        product[found],
+        customer[at],
+        has_customer[at],
+        at,
+        len(order_id),
+        days[at].astype(np.int64),
+        quantity[0][found] if quantities else np.empty(0),
+    )
+
+
+def _unique_positions(keys: np.ndarray):
+    """A function mapping values to their index in ``keys`` (-1 when absent), or None when
+    ``keys`` has duplicates. Dense ids (serial keys) use a lookup table, others a binary search."""
+    n = len(keys)
+    if n == 0:
+        return lambda values: np.full(len(values), -1, dtype=np.int64)
+    low, high = int(keys.min()), int(keys.max())
+    span = high - low + 1
+    if span <= 4 * n + 1024:
+        table = np.full(span, -1, dtype=np.int64)
+        offsets = keys - low
+        table[offsets] = np.arange(n, dtype=np.int64)
+        if np.count_nonzero(table >= 0) != n:
+            return None
+
+        def lookup(values: np.ndarray) -> np.ndarray:
+            inside = (values >= low) & (values <= high)
+            result = np.full(len(values), -1, dtype=np.int64)
+            result[inside] = table[values[inside] - low]
+            return result
+
+        return lookup
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    if (ordered[1:] == ordered[:-1]).any():
+        return None
+
+    def search(values: np.ndarray) -> np.ndarray:
+        at = np.minimum(np.searchsorted(ordered, values), n - 1)
+        return np.where(ordered[at] == values, order[at], -1)
+
+    return search
+
+
+def _distinct_per_group(groups: np.ndarray, n_groups: int, codes: np.ndarray, n_codes: int) -> np.ndarray:
+    """How many distinct ``codes`` each group has (codes below 0 are not counted)."""
+    known = codes >= 0
+    n_codes = max(n_codes, 1)
+    if n_groups * n_codes <= 8 * len(codes) + 1024:  # few pairs possible: mark them in a table
+        seen = np.zeros(n_groups * n_codes, dtype=bool)
+        seen[groups[known] * np.int64(n_codes) + codes[known]] = True
+        return np.count_nonzero(seen.reshape(n_groups, n_codes), axis=1).astype(np.int64)
+    pairs = np.sort(groups[known] * np.int64(n_codes) + codes[known])
+    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))] if len(pairs) else pairs
+    return np.bincount(pairs // n_codes, minlength=n_groups).astype(np.int64)
+
+
+def _eligible_from_lines(lines: _Lines, window: HistoryWindow) -> pd.DataFrame:
+    product_code, products = pd.factorize(lines.product_id)
+    n = len(products)
+    order_count = _distinct_per_group(product_code, n, lines.order_code, lines.orders)
+    customer_code = np.full(len(product_code), -1, dtype=np.int64)
+    codes, customers = pd.factorize(lines.customer_id[lines.has_customer])
+    customer_code[lines.has_customer] = codes
+    customer_count = _distinct_per_group(product_code, n, customer_code, len(customers))
+    frame = pd.DataFrame(
+        {
+            "product_id": np.asarray(products, dtype=np.int64),
+            "order_count": order_count,
+            "customer_count": customer_count,
+        }
+    )
+    frame = frame[(frame["customer_count"] >= window.min_customers) & (frame["order_count"] >= window.min_orders)]
+    frame = frame.sort_values(["order_count", "product_id"], ascending=[False, True], kind="stable")
+    return frame.reset_index(drop=True).astype("int64")
+
+
+def _weekly_from_lines(lines: _Lines, window: HistoryWindow, product_ids: Sequence[int]) -> WeeklyHistory:
+    weeks = window.weeks
+    n = len(product_ids)
+    row = pd.Index(product_ids).get_indexer(lines.product_id)
+    col = weeks - 1 - (lines.days_back - 1) // 7
+    keep = (row >= 0) & (col >= 0) & (col < weeks)
+    row, col, quantity = row[keep], col[keep], lines.quantity[keep]
+    known = np.isfinite(quantity)
+    net = np.where(known, quantity, 0.0)
+    matrix = np.bincount(row * weeks + col, weights=net, minlength=n * weeks).reshape(n, weeks)
+    quality = LineQuality.empty(n)
+    flags = {
+        "lines_without_customer": ~lines.has_customer[keep],
+        "lines_unknown_quantity": ~known,
+        "return_lines": known & (net < 0),
+        "zero_quantity_lines": known & (net == 0),
+    }
+    for kind, flag in flags.items():
+        quality.counts[kind] = np.bincount(row[flag], minlength=n).astype(np.int64)
+    negative = matrix < 0
+    quality.counts["weeks_floored_at_zero"] = negative.sum(axis=1).astype(np.int64)
+    matrix[negative] = 0.0
+    return WeeklyHistory(matrix, quality)
+
+
+def _activity_from_lines(lines: _Lines, product_ids: Sequence[int]) -> pd.DataFrame:
+    row = pd.Index(product_ids).get_indexer(lines.product_id)
+    keep = (row >= 0) & lines.has_customer
+    row, customer = row[keep], lines.customer_id[keep]
+    week = (lines.days_back[keep] - 1) // 7
+    customer_code, customers = pd.factorize(customer)
+    pair_code, pairs = pd.factorize(row * np.int64(len(customers)) + customer_code)
+    orders = _distinct_per_group(pair_code, len(pairs), lines.order_code[keep], lines.orders)
+    weeks_back = pd.Series(week).groupby(pair_code).agg(["max", "min"])
+    pairs = np.asarray(pairs, dtype=np.int64)
+    n_customers = max(len(customers), 1)
+    return pd.DataFrame(
+        {
+            "product_id": np.asarray(product_ids, dtype=np.int64)[pairs // n_customers],
+            "customer_id": np.asarray(customers, dtype=np.int64)[pairs % n_customers],
+            "orders": orders,
+            "first_week_back": weeks_back["max"].to_numpy(dtype=np.int64),
+            "last_week_back": weeks_back["min"].to_numpy(dtype=np.int64),
+        }
+    )

@@ -42,7 +42,8 @@ from forecast_pipeline.alerts.health import health_values, record_pipeline_healt
 from forecast_pipeline.alerts.notify import deliver_pending
 from forecast_pipeline.alerts.retention import purge
 from forecast_pipeline.alerts.service import run_evaluation
-from forecast_pipeline.app_db.alert_tables import missing_tables, upgrade_schema
+from forecast_pipeline.app_db.alert_tables import missing_tables
+from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.defs.forecasts.assets import requested_products
 from forecast_pipeline.resources import AppDatabase
 
@@ -75,7 +76,7 @@ def _missing_tables_reason(app_db: AppDatabase) -> str | None:
     missing = missing_tables(app_db.engine())
     if not missing:
         if app_db.url not in _upgraded:
-            upgrade_schema(app_db.engine())
+            upgrade_app_schema(app_db.engine())
             _upgraded.add(app_db.url)
         return None
     return (

@@ -4,6 +4,11 @@ eligible products -> product forecasts (Redis) -> forecast predictions (applicat
 Each asset handles every as-of date of its run (``BackfillPolicy.single_run()``): a backfill of a
 date range, or a queue job for one, is one run that reads each date's history once. Values pass
 between steps as ``{partition_key: value}``.
+
+``product_forecasts`` is a graph: ``plan_forecast_shards`` cuts each date into shards of at most
+``FORECAST_SHARD_SIZE`` products, ``forecast_shard`` (one step per shard, retried alone) reads,
+models and stages them in Redis, and ``publish_forecasts`` gates and publishes the dates. A process
+(or pod) then holds one shard, never a whole date (see :mod:`forecast_pipeline.forecasting.shards`).
 """
 
 import datetime as dt
@@ -11,6 +16,7 @@ import time
 import warnings
 from typing import NoReturn
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from dagster import (
@@ -20,29 +26,51 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
     AssetObservation,
     AssetsDefinition,
     BackfillPolicy,
+    Backoff,
     BetaWarning,
     Config,
+    ConfigMapping,
+    DynamicOut,
+    DynamicOutput,
     Failure,
+    Jitter,
     MaterializeResult,
     MetadataValue,
+    OpExecutionContext,
+    Out,
     Output,
     PreviewWarning,
+    RetryPolicy,
+    RunsFilter,
     TableColumn,
     TableSchema,
     asset,
+    graph_asset,
+    op,
 )
+from dagster._core.storage.tags import ROOT_RUN_ID_TAG
 from pydantic import Field
 
 from forecast_pipeline.app_db import predictions_store, queue_tables
+from forecast_pipeline.app_db.schema import upgrade_app_schema
+from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline.defs.forecasts import forecast_view
 from forecast_pipeline.defs.forecasts.partitions import as_of_partitions
 from forecast_pipeline.forecast_queue.run_heartbeat import RunHeartbeat
+from forecast_pipeline.forecasting import shards as forecast_shards
 from forecast_pipeline.forecasting.batch import ForecastRun, run_forecasts
 from forecast_pipeline.forecasting.customers import active_customers
-from forecast_pipeline.resources import AppDatabase, ForecastParameters, SourceDatabase, raise_database_failure
+from forecast_pipeline.resources import (
+    AppDatabase,
+    ForecastParameters,
+    RedisStore,
+    SourceDatabase,
+    raise_database_failure,
+)
 from forecast_pipeline.source import order_history
 
 GROUP = "forecasts"
@@ -71,6 +99,7 @@ FORECAST_SCHEMA = TableSchema(
     ]
 )
 FAILURE_RATE_CHECK = "failure_rate_within_limit"
+FAILURE_RATE_OUTPUT = "product_forecasts_failure_rate_within_limit"  # the graph's output of the check
 # single-run backfills are "beta" in Dagster 1.13: a warning on every load that no user can act on
 warnings.filterwarnings("ignore", message="Parameter `backfill_policy` of function `asset`", category=BetaWarning)
 with warnings.catch_warnings():  # partitioned checks are "preview": nothing a user can act on
@@ -153,46 +182,136 @@ class ProductForecastsConfig(Config):
     )
 
 
-@asset(
-    partitions_def=as_of_partitions,
-    backfill_policy=BackfillPolicy.single_run(),
-    io_manager_key="forecast_io_manager",
-    group_name=GROUP,
-    kinds={"python", "redis"},
-    metadata={"dagster/column_schema": FORECAST_SCHEMA},
-    check_specs=[FAILURE_RATE_SPEC],
-    description=(
-        "12-week demand forecast per eligible product with 80% intervals, active customers and "
-        "model metadata, cached in Redis under forecast:{product_id}. Figures per as-of date: "
-        "mean_accuracy_estimate is the mean over forecast products of 1 - WAPE on their last "
-        "12 weeks held out (0 = no better than forecasting nothing); holdout_wape pools those "
-        "errors over all products; data_quality counts are the order lines each rule changed."
-    ),
+SHARD_RETRY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
+# Each shard step is its own pod under k8s_job_executor. Sized for FORECAST_SHARD_SIZE=25,000
+# products (measured peak 0.9-1.2 GiB per shard process, see benchmarks/RESULTS.md).
+SHARD_K8S_CONFIG = {
+    "container_config": {
+        "resources": {"requests": {"cpu": "1", "memory": "1536Mi"}, "limits": {"memory": "2Gi"}},
+    },
+}
+PUBLISH_K8S_CONFIG = {
+    "container_config": {"resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}}},
+}
+
+
+@op(
+    out=DynamicOut(io_manager_key="forecast_step_io_manager"),
+    tags={"dagster-k8s/config": PUBLISH_K8S_CONFIG},
+    description="Cuts each as-of date's eligible products into shards of at most FORECAST_SHARD_SIZE.",
 )
-def product_forecasts(
-    context: AssetExecutionContext,
+def plan_forecast_shards(
+    context: OpExecutionContext,
     config: ProductForecastsConfig,
     eligible_products: dict[str, pd.DataFrame],
+    forecast_params: ForecastParameters,
+    redis_store: RedisStore,
+    run_heartbeat: RunHeartbeat,
+):
+    for key in context.partition_keys:
+        product_ids, only = _products_to_forecast(config, eligible_products[key], key)
+        _delete_dead_staging(context, redis_store, key)
+        shards = forecast_shards.plan_shards(key, product_ids, forecast_params.shard_size, requested=only is not None)
+        context.log.info(
+            f"{key}: {len(product_ids)} products in {len(shards)} shard(s) of at most {forecast_params.shard_size}"
+        )
+        for spec in shards:
+            yield DynamicOutput(spec, mapping_key=spec.mapping_key)
+
+
+def _delete_dead_staging(context: OpExecutionContext, redis_store: RedisStore, as_of: str) -> None:
+    """Free staging hashes that finished or vanished runs left for the date (a live run's are
+    kept: its shards may be writing them). Their TTL would remove them within the hour."""
+    client, prefix = redis_store.client(), redis_store.key_prefix
+    mine = context.run.root_run_id or context.run_id
+    for token in forecast_cache.staging_tokens(client, prefix, as_of):
+        if token == mine:
+            continue
+        group = context.instance.get_runs(RunsFilter(run_ids=[token])) + context.instance.get_runs(
+            RunsFilter(tags={ROOT_RUN_ID_TAG: token})
+        )
+        if not any(not run.is_finished for run in group):
+            forecast_cache.delete_staging(client, prefix, as_of, token)
+            context.log.info(f"{as_of}: deleted the staging hash of finished or unknown run {token}")
+
+
+def _products_to_forecast(
+    config: ProductForecastsConfig, eligible: pd.DataFrame, key: str
+) -> tuple[list[int], list[int] | None]:
+    product_ids = eligible["product_id"].astype("int64").tolist()
+    if config.product_ids is None:
+        return product_ids, None
+    unknown = sorted(set(config.product_ids) - set(product_ids))
+    if unknown:
+        raise Failure(
+            description=f"Products not eligible for as-of {key} (unknown, or too few customers/orders "
+            f"before it): {unknown[:20]}{' ...' if len(unknown) > 20 else ''}",
+            metadata={"permanent": True},
+            allow_retries=False,
+        )
+    only = sorted(set(config.product_ids))
+    wanted = set(only)
+    return [p for p in product_ids if p in wanted], only
+
+
+@op(
+    out=Out(io_manager_key="forecast_shard_io_manager"),
+    retry_policy=SHARD_RETRY,
+    tags={"dagster-k8s/config": SHARD_K8S_CONFIG},
+    description="Reads one shard's history, models it and stages its forecasts in Redis.",
+)
+def forecast_shard(
+    context: OpExecutionContext,
+    spec: forecast_shards.ShardSpec,
     source_db: SourceDatabase,
     forecast_params: ForecastParameters,
     run_heartbeat: RunHeartbeat,
+) -> forecast_shards.StagedShard:
+    run, history = _forecast_shard(context, spec, source_db, forecast_params)
+    return forecast_shards.StagedShard(
+        result=forecast_shards.ShardResult.of(spec, run, history), payloads=run.payloads, product_ids=spec.product_ids
+    )
+
+
+@op(
+    out={
+        "result": Out(io_manager_key="forecast_io_manager"),
+        "failure_rate_check": Out(is_required=False),
+    },
+    tags={"dagster-k8s/config": PUBLISH_K8S_CONFIG},
+    description=(
+        "Adds up the shards' figures, applies the failure-rate gate over every product of the run, "
+        "and publishes each date (through the forecast IO manager) or nothing."
+    ),
+)
+def publish_forecasts(
+    context: OpExecutionContext,
+    shards: list[forecast_shards.ShardResult],
+    forecast_params: ForecastParameters,
+    redis_store: RedisStore,
+    run_heartbeat: RunHeartbeat,
 ):
-    dated = {
-        key: _forecast_one_date(context, config, eligible_products[key], key, source_db, forecast_params)
-        for key in context.partition_keys
-    }
-    runs = {key: run for key, (run, _) in dated.items()}
-    views = {key: view for key, (_, view) in dated.items()}  # each date's table and charts of its top forecasts
+    asset_key = AssetKey("product_forecasts")
+    token = context.run.root_run_id or context.run_id
+    keys = context.partition_keys
+    try:
+        runs = {key: forecast_shards.merge_shards(key, shards) for key in keys}
+    except forecast_shards.IncompleteShards as exc:
+        raise Failure(description=str(exc)) from exc
+    views = {}  # each date's table and charts of its top forecasts
+    for key in keys:
+        top, histories = forecast_shards.merged_top([r for r in shards if r.as_of == key])
+        views[key] = forecast_view.view_metadata(top, histories, dt.date.fromisoformat(key))
     for key, run in runs.items():
-        context.log_event(AssetObservation(asset_key=context.asset_key, partition=key, metadata=_run_figures(run)))
+        context.log_event(AssetObservation(asset_key=asset_key, partition=key, metadata=_run_figures(run)))
     total = sum(r.total for r in runs.values())
     failed = sum(r.failed for r in runs.values())
     rate, limit = (failed / total if total else 0.0), forecast_params.max_failure_rate
     errors = [(p, m) for r in runs.values() for p, m in r.errors][:ERRORS_LOGGED]
     passed = rate <= limit
-    checks = partition_check_results(
-        context.assets_def,
-        AssetCheckKey(context.asset_key, FAILURE_RATE_CHECK),
+    check_key = AssetCheckKey(asset_key, FAILURE_RATE_CHECK)
+    checks = _check_events(
+        check_key,
         {
             key: (
                 passed,  # the gate is the run's: a range run publishes all its dates or none
@@ -200,6 +319,7 @@ def product_forecasts(
                     "failure_rate": round(run.failure_rate, 4),
                     "max_failure_rate": limit,
                     "failed": run.failed,
+                    "shards": max((r.count for r in shards if r.as_of == key), default=0),
                     **({"run_failure_rate": round(rate, 4)} if len(runs) > 1 else {}),
                     **({"first_errors": MetadataValue.json(dict(_first_errors(run)))} if run.errors else {}),
                 },
@@ -211,6 +331,8 @@ def product_forecasts(
     if rate > limit:
         # Write-audit-publish: nothing is published, so Redis and forecast_predictions keep the
         # previous forecasts of these dates and agree with each other.
+        for key in keys:
+            forecast_cache.delete_staging(redis_store.client(), redis_store.key_prefix, key, token)
         yield from checks
         raise Failure(
             description=(
@@ -221,19 +343,80 @@ def product_forecasts(
             metadata={"failure_rate": rate, "failed": failed, "total_products": total},
         )
     for key, run in runs.items():  # each date's materialization carries that date's figures
-        context.add_asset_metadata(
+        context.get_step_execution_context().add_asset_metadata(
             {
                 **views[key],
                 **_run_figures(run),
                 "dagster/row_count": run.successful,
+                "shards": max(r.count for r in shards if r.as_of == key),
                 "models": MetadataValue.json(run.model_counts),
                 "demand_classes": MetadataValue.json(run.class_counts),
                 **{k: round(v, 3) for k, v in run.timings.items()},
             },
+            asset_key=asset_key,
             partition_key=key,
         )
-    yield Output(runs)
+        context.log.info(
+            f"{key}: {run.total} products in {max(r.count for r in shards if r.as_of == key)} shard(s): "
+            f"{run.successful} succeeded, {run.no_forecast} no forecast, {run.failed} failed"
+        )
+    published = {
+        key: forecast_shards.DatePublish(
+            run=run,
+            run_token=token,
+            product_ids=forecast_shards.success_ids([r for r in shards if r.as_of == key]),
+        )
+        for key, run in runs.items()
+    }
+    yield Output(published, output_name="result")
     yield from checks
+
+
+def _check_events(check_key: AssetCheckKey, results: dict[str, tuple[bool, dict]], description: str | None):
+    """One evaluation of the check per as-of date (each shows its date in the UI), then the
+    check's output of the publish step."""
+    events: list = [
+        AssetCheckEvaluation(
+            asset_key=check_key.asset_key,
+            check_name=check_key.name,
+            passed=passed,
+            metadata=metadata,
+            severity=AssetCheckSeverity.ERROR,
+            description=description,
+            blocking=True,
+            partition=key,
+        )
+        for key, (passed, metadata) in results.items()
+    ]
+    return [*events, Output(None, output_name="failure_rate_check")]
+
+
+@graph_asset(
+    name="product_forecasts",
+    partitions_def=as_of_partitions,
+    backfill_policy=BackfillPolicy.single_run(),
+    group_name=GROUP,
+    kinds={"python", "redis"},
+    metadata={"dagster/column_schema": FORECAST_SCHEMA},
+    check_specs=[FAILURE_RATE_SPEC],
+    config=ConfigMapping(
+        config_schema=ProductForecastsConfig.to_config_schema(),
+        config_fn=lambda cfg: {"plan_forecast_shards": {"config": cfg}},
+    ),
+    description=(
+        "12-week demand forecast per eligible product with 80% intervals, active customers and "
+        "model metadata, cached in Redis under forecast:{product_id}. Runs as shards of at most "
+        "FORECAST_SHARD_SIZE products (one step each, retried alone), then one publish step. "
+        "Figures per as-of date: mean_accuracy_estimate is the mean over forecast products of "
+        "1 - WAPE on their last 12 weeks held out (0 = no better than forecasting nothing); "
+        "holdout_wape pools those errors over all products; data_quality counts are the order "
+        "lines each rule changed; stage seconds are summed over shards."
+    ),
+)
+def product_forecasts(eligible_products):
+    shards = plan_forecast_shards(eligible_products).map(forecast_shard)
+    published = publish_forecasts(shards.collect())
+    return {"result": published.result, FAILURE_RATE_OUTPUT: published.failure_rate_check}
 
 
 def _first_errors(run: ForecastRun) -> list[tuple[str, str]]:
@@ -279,57 +462,44 @@ def partition_check_results(
     return [*events, Output(None, output_name=assets_def.get_output_name_for_asset_check_key(check_key))]
 
 
-def _forecast_one_date(
-    context: AssetExecutionContext,
-    config: ProductForecastsConfig,
-    eligible: pd.DataFrame,
-    key: str,
+def _forecast_shard(
+    context: OpExecutionContext,
+    spec: forecast_shards.ShardSpec,
     source_db: SourceDatabase,
     forecast_params: ForecastParameters,
-) -> tuple[ForecastRun, dict]:
-    """The date's forecasts, and the UI's table and charts of them (they need the history, which
-    the run does not keep; attached only if the date is published)."""
+) -> tuple[ForecastRun, np.ndarray]:
+    """One shard's forecasts, and its weekly history (rows align with the shard's products) for
+    the charts of its top forecasts."""
+    key = spec.as_of
+    where = f"{key} shard {spec.index + 1}/{spec.count}"
     window = forecast_params.window(dt.date.fromisoformat(key))
-    product_ids = eligible["product_id"].astype("int64").tolist()
-    only = None
-    if config.product_ids is not None:
-        unknown = sorted(set(config.product_ids) - set(product_ids))
-        if unknown:
-            raise Failure(
-                description=f"Products not eligible for as-of {key} (unknown, or too few customers/orders "
-                f"before it): {unknown[:20]}{' ...' if len(unknown) > 20 else ''}",
-                metadata={"permanent": True},
-                allow_retries=False,
-            )
-        only = sorted(set(config.product_ids))
-        product_ids = [p for p in product_ids if p in set(only)]
-
+    product_ids = spec.product_ids.tolist()
     timings: dict[str, float] = {}
-    context.log.info(f"{key}: reading the weekly history and customers of {len(product_ids)} products")
+    context.log.info(f"{where}: reading the weekly history and customers of {len(product_ids)} products")
     started = time.perf_counter()
     try:
         with source_db.engine().connect() as conn:
-            weekly = order_history.fetch_weekly_history(conn, window, product_ids, source_db.source_query)
-            activity = order_history.fetch_customer_activity(conn, window, product_ids, source_db.source_query)
+            weekly, activity = order_history.fetch_history(conn, window, product_ids, source_db.source_query)
     except sa.exc.SQLAlchemyError as exc:
         _source_failure(source_db, exc, key)
     timings["read_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
     active_count, weekly_buyers = active_customers(activity, product_ids)
+    del activity
     timings["aggregate_seconds"] = time.perf_counter() - started
     context.log.info(
-        f"{key}: read {window.weeks} weeks of history for {len(product_ids)} products "
-        f"({len(activity)} product-customer pairs) in {timings['read_seconds']:.2f}s"
+        f"{where}: read {window.weeks} weeks of history for {len(product_ids)} products in "
+        f"{timings['read_seconds']:.2f}s"
     )
 
     model_started = time.perf_counter()
     context.log.info(
-        f"{key}: fitting models for {len(product_ids)} products (FORECAST_WORKERS={forecast_params.workers})"
+        f"{where}: fitting models for {len(product_ids)} products (FORECAST_WORKERS={forecast_params.workers})"
     )
 
     def progress(done: int, total: int) -> None:
         context.log.info(
-            f"{key}: forecast progress {done}/{total} products ({done / total:.0%}), "
+            f"{where}: forecast progress {done}/{total} products ({done / total:.0%}), "
             f"{time.perf_counter() - model_started:.1f}s"
         )
 
@@ -345,15 +515,13 @@ def _forecast_one_date(
     )
     run.timings = {**timings, **run.timings}
     context.log.info(
-        f"{key}: models fitted in {run.timings['model_seconds']:.2f}s, "
+        f"{where}: models fitted in {run.timings['model_seconds']:.2f}s, "
         f"forecast documents built in {run.timings['payload_seconds']:.2f}s"
     )
-    view = forecast_view.forecast_view_metadata(run.payloads, product_ids, weekly.matrix, window.as_of)
-    run.requested_products = only
     run.data_quality = weekly.quality.summary()
     for kind, products in weekly.quality.examples(product_ids).items():
         context.log.warning(
-            f"{key}: {kind}: {run.data_quality[kind]} (most in "
+            f"{where}: {kind}: {run.data_quality[kind]} (most in "
             + ", ".join(f"product {p}" for p in products)
             + "); see 'Bad order lines' in the README for the rule"
         )
@@ -362,10 +530,10 @@ def _forecast_one_date(
     if len(run.errors) > ERRORS_LOGGED:
         context.log.error(f"... and {len(run.errors) - ERRORS_LOGGED} more failed products")
     context.log.info(
-        f"{key}: forecast {run.total} products: {run.successful} succeeded, {run.no_forecast} no forecast, "
+        f"{where}: forecast {run.total} products: {run.successful} succeeded, {run.no_forecast} no forecast, "
         f"{run.failed} failed"
     )
-    return run, view
+    return run, weekly.matrix
 
 
 @asset(
@@ -386,7 +554,7 @@ def _forecast_one_date(
 )
 def forecast_predictions(
     context: AssetExecutionContext,
-    product_forecasts: dict[str, dict[int, dict]],
+    product_forecasts: dict[str, forecast_cache.CachedForecasts],  # each date streamed from Redis
     app_db: AppDatabase,
     run_heartbeat: RunHeartbeat,
 ) -> MaterializeResult:
@@ -395,7 +563,7 @@ def forecast_predictions(
     requested = requested_products(context.run.run_config)
     rows = {}
     try:
-        predictions_store.create_table(engine)
+        upgrade_app_schema(engine)
     except sa.exc.SQLAlchemyError as exc:
         _app_db_failure(app_db, exc, "creating forecast_predictions")
     for key, docs in product_forecasts.items():

@@ -4,13 +4,14 @@ import warnings
 
 from dagster import AssetCheckExecutionContext, AssetCheckKey, MetadataValue, PreviewWarning, asset_check
 
+from forecast_pipeline.cache.forecast_cache import CachedForecasts
 from forecast_pipeline.defs.forecasts.assets import partition_check_results, product_forecasts
 from forecast_pipeline.defs.forecasts.partitions import as_of_partitions
 
 WELL_FORMED_CHECK = AssetCheckKey(product_forecasts.key, "cached_forecasts_well_formed")
 
 
-def _cached_forecasts_well_formed(context: AssetCheckExecutionContext, product_forecasts: dict[str, dict[int, dict]]):
+def _cached_forecasts_well_formed(context: AssetCheckExecutionContext, product_forecasts: dict[str, CachedForecasts]):
     """12 weeks each, quantities >= 0, lower <= predicted <= upper, the right as-of date."""
     results = {}
     for as_of, docs in product_forecasts.items():

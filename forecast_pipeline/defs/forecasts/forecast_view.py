@@ -148,6 +148,21 @@ def forecast_view_metadata(
     return metadata
 
 
+def view_metadata(top: Sequence[dict], histories: dict[int, Sequence[float]], as_of: dt.date) -> dict:
+    """Table and chart metadata from the date's largest forecasts (largest first) and the recent
+    weekly history of those charted (a sharded run gathers these from its shards)."""
+    if not top:
+        return {}
+    top = list(top[:TABLE_PRODUCTS])
+    metadata = {
+        TABLE_KEY: MetadataValue.table(records=table_records(top), schema=table_schema(len(top[0]["predictions"])))
+    }
+    for rank, doc in enumerate(top[:CHART_PRODUCTS], start=1):
+        recent = list(histories[doc["product_id"]])[-CHART_HISTORY_WEEKS:]
+        metadata[CHART_KEY.format(rank=rank)] = MetadataValue.md(chart_markdown(doc, recent, as_of))
+    return metadata
+
+
 def _rows_of(product_ids: Sequence[int], wanted: Sequence[int]) -> dict[int, int]:
     """Row index of each wanted product (a scan, not a dict of every product: few are wanted)."""
     wanted_set = set(wanted)

@@ -25,7 +25,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
-from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, in_process_executor, job, op
+from dagster import (
+    Config,
+    Failure,
+    MetadataValue,
+    OpExecutionContext,
+    Output,
+    get_dagster_logger,
+    in_process_executor,
+    job,
+    op,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from forecast_pipeline.resources import AppDatabase
@@ -48,7 +58,7 @@ from forecast_pipeline.reports.report import (
 from forecast_pipeline.app_db.report_tables import accounts, report_generations, report_schedules, schedule_runs
 from forecast_pipeline.resources import RedisStore, SourceDatabase
 
-log = logging.getLogger("forecast_pipeline.defs.reports.jobs")
+log = get_dagster_logger(__name__)
 
 OP_NAME = "build_scheduled_report"
 SCHEDULE_RUN_TAG = "report/schedule_run_id"
