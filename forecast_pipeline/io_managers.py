@@ -14,7 +14,7 @@ from dagster import ConfigurableIOManager, InputContext, OutputContext, Resource
 
 from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.forecasting.shards import DatePublish, StagedShard
-from forecast_pipeline.resources import RedisStore
+from forecast_pipeline.resources import RedisStore, redis_failures
 
 
 class RedisForecastIOManager(ConfigurableIOManager):
@@ -28,7 +28,8 @@ class RedisForecastIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj: dict[str, DatePublish]) -> None:
         for as_of in context.asset_partition_keys:
-            self._write(context, as_of, obj[as_of])
+            with redis_failures(self.redis_store.url, f"caching the forecasts of {as_of}"):
+                self._write(context, as_of, obj[as_of])
 
     def _write(self, context: OutputContext, as_of: str, published: DatePublish) -> None:
         client, prefix = self.redis_store.client(), self.redis_store.key_prefix
@@ -96,15 +97,17 @@ class RedisStepIOManager(ConfigurableIOManager):
 
     def handle_output(self, context: OutputContext, obj) -> None:
         key, field = self._location(context.run_id, context.get_identifier())
-        pipe = self.redis_store.binary_client().pipeline(transaction=True)
-        pipe.hset(key, field, pickle.dumps(obj))
-        pipe.expire(key, self.ttl)
-        pipe.execute()
+        with redis_failures(self.redis_store.url, f"storing {field}"):
+            pipe = self.redis_store.binary_client().pipeline(transaction=True)
+            pipe.hset(key, field, pickle.dumps(obj))
+            pipe.expire(key, self.ttl)
+            pipe.execute()
 
     def load_input(self, context: InputContext):
         upstream = context.upstream_output
         key, field = self._location(upstream.run_id, upstream.get_identifier())
-        raw = self.redis_store.binary_client().hget(key, field)
+        with redis_failures(self.redis_store.url, f"reading {field}"):
+            raw = self.redis_store.binary_client().hget(key, field)
         if raw is None:
             raise FileNotFoundError(
                 f"{field} is not in {key} (expired after {self.ttl}s, or Redis was flushed): rerun the date"
@@ -145,6 +148,10 @@ class RedisTableIOManager(ConfigurableIOManager):
     history_ttl: int = 7776000
 
     def handle_output(self, context: OutputContext, obj: dict[str, pd.DataFrame]) -> None:
+        with redis_failures(self.redis_store.url, "storing the eligible products"):
+            self._write(context, obj)
+
+    def _write(self, context: OutputContext, obj: dict[str, pd.DataFrame]) -> None:
         pipe = self.redis_store.client().pipeline(transaction=False)
         for as_of in context.asset_partition_keys:
             frame = obj[as_of]
@@ -155,6 +162,10 @@ class RedisTableIOManager(ConfigurableIOManager):
         pipe.execute()
 
     def load_input(self, context: InputContext) -> dict[str, pd.DataFrame]:
+        with redis_failures(self.redis_store.url, "reading the eligible products"):
+            return self._read(context)
+
+    def _read(self, context: InputContext) -> dict[str, pd.DataFrame]:
         tables = {}
         for as_of in context.asset_partition_keys:
             key = keys.eligible_key(self.redis_store.key_prefix, as_of)

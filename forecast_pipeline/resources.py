@@ -3,7 +3,10 @@
 :func:`forecast_pipeline.defs.resources.build_resources` builds them from the validated settings.
 """
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import redis
 import sqlalchemy as sa
@@ -34,6 +37,50 @@ class SourceDatabase(ConfigurableResource):
 
     def redacted_url(self) -> str:
         return redact_url(normalize_database_url(self.url))
+
+
+def raise_database_failure(
+    exc: sa.exc.SQLAlchemyError, url: str, variable: str, doing: str, holds: str, **metadata: Any
+) -> NoReturn:
+    """Raise a :class:`dagster.Failure` whose one-line description says what is wrong with the
+    database and what to do: it does not exist, does not answer, or lacks a table (``holds``: what
+    the right database holds, for the hint). The driver's
+    message goes to the metadata, and for these known cases the exception chain is dropped
+    (Dagster would print the driver's stack under the line, twice); an unknown error keeps it."""
+    reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    reason = reason.split("FATAL:", 1)[-1].strip()  # libpq: "connection to server at ... failed: FATAL: ..."
+    code = getattr(getattr(exc, "orig", None), "pgcode", None)
+    where = redact_url(normalize_database_url(url))
+    lowered = reason.lower()
+    known = True
+    if code == "3D000" or (lowered.startswith("database") and "does not exist" in lowered):
+        line = f"{where} does not exist: create it, or point {variable} at the database that holds {holds}"
+    elif (
+        code in ("42P01", "42703")
+        or any(h in lowered for h in ("no such table", "no such column"))
+        or ("relation" in lowered and "does not exist" in lowered)
+    ):
+        line = f"a table or column is missing in {where} ({reason}): " + (
+            "create the default tables with `forecast-pipeline init-db` or set FORECAST_SOURCE_QUERY for another schema"
+            if variable == "DATABASE_URL"
+            else "run `forecast-pipeline init-db`"
+        )
+    elif isinstance(exc, sa.exc.OperationalError) and any(
+        hint in lowered for hint in ("could not connect", "connection refused", "timeout expired", "unable to open")
+    ):
+        line = f"{where} does not answer ({reason}): is the server running and {variable} right? "
+        line += "`forecast-pipeline check` tests it"
+    else:
+        known = False
+        line = f"{where}: {type(exc).__name__}: {reason} (`forecast-pipeline check` tests the database)"
+    line = f"{doing.capitalize()} failed: {line}"
+    failure = Failure(
+        description=line,
+        metadata={"database": where, "variable": variable, "error": f"{type(exc).__name__}: {reason}", **metadata},
+    )
+    if known:
+        raise failure from None
+    raise failure from exc
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -122,11 +169,31 @@ def connect_redis(url: str, password: str | None = None) -> redis.Redis:
         client.ping()
     except redis.RedisError as exc:
         client.close()
-        raise Failure(
-            description=f"Redis at {redact_url(url)} is unreachable: {exc}",
+        reason = " ".join(str(exc).split())
+        raise Failure(  # the cause is in the line: its stack would only repeat it, twice
+            description=f"Redis at {redact_url(url)} is unreachable ({reason}): start it, or point REDIS_URL "
+            "(REDIS_PASSWORD) at a running Redis",
+            metadata={"redis": redact_url(url), "error": f"{type(exc).__name__}: {reason}"},
             allow_retries=True,
-        ) from exc
+        ) from None
     return client
+
+
+@contextlib.contextmanager
+def redis_failures(url: str, doing: str) -> Iterator[None]:
+    """Turn Redis going away in the middle of a step into a :class:`dagster.Failure` with one line
+    saying so and what to do, instead of redis-py's exception chain (printed twice by Dagster).
+    Other Redis errors (out of memory, a publish lease) keep their own messages."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        reason = " ".join(str(exc).split())
+        raise Failure(
+            description=f"Redis at {redact_url(url)} stopped answering while {doing} ({reason}): "
+            "start it or check REDIS_URL, then rerun the partition (a rerun replaces the date's forecasts)",
+            metadata={"redis": redact_url(url), "error": f"{type(exc).__name__}: {reason}"},
+            allow_retries=True,
+        ) from None
 
 
 class ForecastParameters(ConfigurableResource):

@@ -193,10 +193,10 @@ def test_the_statsforecast_comparison_reports_every_model_and_the_targets():
 def test_asking_for_statsforecast_without_the_extra_says_so_in_one_line(monkeypatch, capsys):
     import sys
 
-    from forecast_pipeline.cli import main as cli
+    from forecast_pipeline.cli.main import main
 
     monkeypatch.setitem(sys.modules, "statsforecast", None)  # import fails as if not installed
     assert not backtest.statsforecast_available()
-    code = cli.main(["backtest", "--products", "50", "--statsforecast", "5", "--no-real"])
+    code = main(["backtest", "--products", "50", "--statsforecast", "5", "--no-real"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "pip install" in err and "[backtest]" in err

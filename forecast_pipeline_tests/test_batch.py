@@ -1,6 +1,7 @@
 """Pure logic around the models: payload shape, sharding, failure isolation, active customers."""
 
 import datetime as dt
+import time
 
 import numpy as np
 import pandas as pd
@@ -149,3 +150,43 @@ def test_capped_outliers_are_counted_per_forecast_and_per_run():
     assert _run_figures(run)["outliers_capped"] == 3
     first = run.payloads[0]
     assert first["summary"]["avg_weekly_quantity"] < 20  # ~10 a week, not ~10,000
+
+
+def test_progress_is_reported_through_the_model_step_not_at_its_end():
+    """A 3,000-product run in one process: one progress call per shard as it finishes, the first
+    well before the step ends (all shards of a run used to finish together, at the end)."""
+    y = _steady(3000, weeks=160, seed=5)
+    zeros = np.zeros(3000)
+    calls = []
+    started = time.perf_counter()
+    run = run_forecasts(
+        y,
+        list(range(3000)),
+        zeros,
+        zeros,
+        dt.date(2025, 11, 10),
+        12,
+        workers=1,
+        progress=lambda done, total: calls.append((done, total, time.perf_counter() - started)),
+    )
+    elapsed = time.perf_counter() - started
+    assert [(done, total) for done, total, _ in calls] == [(1000, 3000), (2000, 3000), (3000, 3000)]
+    assert calls[0][2] < 0.6 * elapsed, (calls, elapsed)
+    assert run.successful == 3000
+
+
+def test_a_pool_run_reports_each_shard():
+    y = _steady(4000, weeks=120, seed=6)
+    zeros = np.zeros(4000)
+    calls = []
+    run_forecasts(
+        y,
+        list(range(4000)),
+        zeros,
+        zeros,
+        dt.date(2025, 11, 10),
+        12,
+        workers=2,
+        progress=lambda done, total: calls.append(done),
+    )
+    assert calls == [1000, 2000, 3000, 4000]

@@ -163,4 +163,4 @@ def test_jobs_enqueue_and_list(pg, tmp_path):
     assert '{"from": "2025-11-01", "to": "2025-11-10", "product_ids": [4, 5]}' in listed.stdout
     assert " queued " in listed.stdout
     refused = command([str(BIN / "forecast-pipeline"), "jobs", "enqueue", "--as-of", "2014-05-05"], tmp_path)
-    assert refused.returncode == 1 and "before the history start" in refused.stderr
+    assert refused.returncode == 2 and "before the history start" in refused.stderr  # a usage error

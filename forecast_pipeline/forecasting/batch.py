@@ -23,6 +23,9 @@ import numpy as np
 from forecast_pipeline.forecasting.engine import BatchForecast, forecast_batch
 
 MIN_SHARD_ROWS = 1000
+SHARDS_PER_WORKER = 4
+"""A run is cut into up to this many shards per worker (none under MIN_SHARD_ROWS), so shards
+finish one after another and progress is reported through the model step, not all at its end."""
 INTERVAL_LEVEL = 0.8
 
 log = logging.getLogger(__name__)
@@ -116,10 +119,11 @@ def run_forecasts(
     workers: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> ForecastRun:
-    """Forecast every row of ``history`` and build the cached JSON for each success."""
+    """Forecast every row of ``history`` and build the cached JSON for each success;
+    ``progress(done, total)`` is called as each shard finishes."""
     n = len(product_ids)
     started = time.perf_counter()
-    shards = split_rows(n, workers)
+    shards = split_rows(n, workers * SHARDS_PER_WORKER)
     results: dict[int, BatchForecast] = {}
     done = 0
     for index, result in _run_shards(history, shards, horizon, workers):

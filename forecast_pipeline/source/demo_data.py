@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,8 +141,13 @@ def generate(
     )
 
 
-def load(engine: sa.Engine, history: DemoHistory) -> dict[str, int]:
-    """Replace the default tables' contents with ``history`` (creating the tables if needed).
+LOAD_CHUNK_ROWS = 50_000
+COPY_CHUNK_ROWS = 500_000
+
+
+def load(engine: sa.Engine, history: DemoHistory, progress: Callable[[int, int], None] | None = None) -> dict[str, int]:
+    """Replace the default tables' contents with ``history`` (creating the tables if needed);
+    ``progress(rows_loaded, rows_total)`` is called after each chunk of rows.
 
     On PostgreSQL everything happens in one transaction: the tables are truncated, their foreign
     keys and secondary indexes dropped, the rows copied in with COPY, then the indexes rebuilt and
@@ -156,21 +162,31 @@ def load(engine: sa.Engine, history: DemoHistory) -> dict[str, int]:
         ("orders", history.orders),
         ("order_items", history.order_items),
     ]
+    total = sum(len(frame) for _, frame in tables)
+    loaded = 0
+
+    def advance(rows: int) -> None:
+        nonlocal loaded
+        loaded += rows
+        if progress is not None:
+            progress(loaded, total)
+
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
-            _load_postgres(conn, tables)
+            _load_postgres(conn, tables, advance)
         else:
             for name, _ in reversed(tables):
                 conn.execute(source_schema.metadata.tables[name].delete())
             for name, frame in tables:
                 table = source_schema.metadata.tables[name]
-                rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
-                for i in range(0, len(rows), 50_000):
-                    conn.execute(table.insert(), rows[i : i + 50_000])
+                for i in range(0, len(frame), LOAD_CHUNK_ROWS):
+                    chunk = frame.iloc[i : i + LOAD_CHUNK_ROWS]
+                    conn.execute(table.insert(), chunk.astype(object).where(chunk.notna(), None).to_dict("records"))
+                    advance(len(chunk))
     return {name: len(frame) for name, frame in tables}
 
 
-def _load_postgres(conn: sa.Connection, tables: list[tuple[str, pd.DataFrame]]) -> None:
+def _load_postgres(conn: sa.Connection, tables: list[tuple[str, pd.DataFrame]], advance: Callable[[int], None]) -> None:
     names = [name for name, _ in tables]
     foreign_keys = conn.execute(
         sa.text(
@@ -204,7 +220,9 @@ def _load_postgres(conn: sa.Connection, tables: list[tuple[str, pd.DataFrame]]) 
     else:
         conn.exec_driver_sql(f"TRUNCATE {', '.join(names)}")
     for name, frame in tables:
-        _copy_postgres(conn, name, frame)
+        for i in range(0, len(frame), COPY_CHUNK_ROWS):
+            _copy_postgres(conn, name, frame.iloc[i : i + COPY_CHUNK_ROWS])
+            advance(min(COPY_CHUNK_ROWS, len(frame) - i))
     for _, definition in indexes:
         conn.exec_driver_sql(definition)
     for table, constraint, definition in foreign_keys:

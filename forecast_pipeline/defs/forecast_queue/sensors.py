@@ -11,7 +11,8 @@
 - ``forecast_job_recovery``: finds active jobs whose run never came, finished unnoticed, or went
   silent (heartbeat stopped: the process died), and requeues or fails them with an audit entry.
 
-The queue lives in PostgreSQL (``APP_DATABASE_URL``); with any other database the sensors skip.
+The queue lives in PostgreSQL (``APP_DATABASE_URL``); with any other database (the embedded SQLite
+default) the sensors are off by default, their description says why, and started anyway they skip.
 """
 
 import contextlib
@@ -26,7 +27,6 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
-    DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
     RunsFilter,
@@ -40,14 +40,20 @@ from dagster import (
     validate_run_config,
 )
 
+from forecast_pipeline.app_db.postgres_only import postgres_only_reason, postgres_only_sensor
 from forecast_pipeline.defs.forecasts.partitions import as_of_partitions
 from forecast_pipeline.defs.forecasts.schedules import daily_forecast_job
 from forecast_pipeline.forecast_queue import job_queue
 from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.settings import Settings, get_settings
 
-NEEDS_POSTGRES = "the forecast job queue needs PostgreSQL: set APP_DATABASE_URL (now {url})"
+FEATURE = "the forecast job queue"
 QUEUE_SENSOR = "forecast_job_queue"
+
+
+def _postgres_only(description: str) -> dict:
+    """Off by default, with the reason in the UI, when the application database is not PostgreSQL."""
+    return postgres_only_sensor(get_settings().app_database_url, FEATURE, description)
 
 
 def today() -> dt.date:
@@ -136,14 +142,15 @@ def run_request_for(
     name=QUEUE_SENSOR,
     job=daily_forecast_job,
     minimum_interval_seconds=get_settings().job_sensor_seconds,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Cancels what was asked to be cancelled, then claims as many due forecast_jobs as can start "
-    "(priority, then age) and launches a run per job.",
+    **_postgres_only(
+        "Cancels what was asked to be cancelled, then claims as many due forecast_jobs as can start "
+        "(priority, then age) and launches a run per job."
+    ),
 )
 def forecast_job_queue(context: SensorEvaluationContext, app_db: AppDatabase):
     engine = app_db.locking_engine()
     if engine is None:
-        return SkipReason(NEEDS_POSTGRES.format(url=app_db.redacted_url()))
+        return SkipReason(postgres_only_reason(app_db.url, FEATURE))
     settings = get_settings()
     repository = context.repository_def
     forecast_job = repository.get_job(daily_forecast_job.name) if repository is not None else None
@@ -341,8 +348,7 @@ def _close(context: RunStatusSensorContext, app_db: AppDatabase):
     run_status=DagsterRunStatus.SUCCESS,
     monitored_jobs=[daily_forecast_job],
     minimum_interval_seconds=get_settings().job_sensor_seconds,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Marks a forecast job succeeded (duration, rows) when its run succeeds.",
+    **_postgres_only("Marks a forecast job succeeded (duration, rows) when its run succeeds."),
 )
 def forecast_job_succeeded(context: RunStatusSensorContext, app_db: AppDatabase):
     return _close(context, app_db)
@@ -351,8 +357,7 @@ def forecast_job_succeeded(context: RunStatusSensorContext, app_db: AppDatabase)
 @run_failure_sensor(
     monitored_jobs=[daily_forecast_job],
     minimum_interval_seconds=get_settings().job_sensor_seconds,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Requeues a forecast job with backoff when its run fails, or fails it after max_attempts.",
+    **_postgres_only("Requeues a forecast job with backoff when its run fails, or fails it after max_attempts."),
 )
 def forecast_job_failed(context: RunFailureSensorContext, app_db: AppDatabase):
     return _close(context, app_db)
@@ -362,8 +367,7 @@ def forecast_job_failed(context: RunFailureSensorContext, app_db: AppDatabase):
     run_status=DagsterRunStatus.CANCELED,
     monitored_jobs=[daily_forecast_job],
     minimum_interval_seconds=get_settings().job_sensor_seconds,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Marks a forecast job cancelled when its run is cancelled.",
+    **_postgres_only("Marks a forecast job cancelled when its run is cancelled."),
 )
 def forecast_job_cancelled(context: RunStatusSensorContext, app_db: AppDatabase):
     return _close(context, app_db)
@@ -434,13 +438,14 @@ def _end_orphaned_run(instance: DagsterInstance, run: DagsterRun, reason: str) -
 
 @sensor(
     minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Requeues or fails active forecast jobs whose run never came, ended unnoticed or went silent "
-    "(audit entry each).",
+    **_postgres_only(
+        "Requeues or fails active forecast jobs whose run never came, ended unnoticed or went silent "
+        "(audit entry each)."
+    ),
 )
 def forecast_job_recovery(context: SensorEvaluationContext, app_db: AppDatabase):
     engine = app_db.locking_engine()
     if engine is None:
-        return SkipReason(NEEDS_POSTGRES.format(url=app_db.redacted_url()))
+        return SkipReason(postgres_only_reason(app_db.url, FEATURE))
     counts = recover_stale_jobs(context.instance, engine, context.log)
     return SkipReason(", ".join(f"{k}: {v}" for k, v in counts.items()))

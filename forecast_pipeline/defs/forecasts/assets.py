@@ -14,6 +14,7 @@ models and stages them in Redis, and ``publish_forecasts`` gates and publishes t
 import datetime as dt
 import time
 import warnings
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -65,7 +66,13 @@ from forecast_pipeline.forecast_queue.run_heartbeat import RunHeartbeat
 from forecast_pipeline.forecasting import shards as forecast_shards
 from forecast_pipeline.forecasting.batch import ForecastRun, run_forecasts
 from forecast_pipeline.forecasting.customers import active_customers
-from forecast_pipeline.resources import AppDatabase, ForecastParameters, RedisStore, SourceDatabase
+from forecast_pipeline.resources import (
+    AppDatabase,
+    ForecastParameters,
+    RedisStore,
+    SourceDatabase,
+    raise_database_failure,
+)
 from forecast_pipeline.source import order_history
 
 GROUP = "forecasts"
@@ -109,14 +116,8 @@ with warnings.catch_warnings():  # partitioned checks are "preview": nothing a u
 ERRORS_LOGGED = 20
 
 
-def _source_failure(source_db: SourceDatabase, exc: Exception) -> Failure:
-    return Failure(
-        description=(
-            f"Reading order history from {source_db.redacted_url()} failed: {type(exc).__name__}: "
-            f"{getattr(exc, 'orig', None) or exc}. Create the default tables with "
-            "`forecast-pipeline init-db`, or set FORECAST_SOURCE_QUERY for another schema."
-        )
-    )
+def _source_failure(source_db: SourceDatabase, exc: sa.exc.SQLAlchemyError, as_of: str) -> NoReturn:
+    raise_database_failure(exc, source_db.url, "DATABASE_URL", "reading order history", "the orders", as_of_date=as_of)
 
 
 @asset(
@@ -145,7 +146,7 @@ def eligible_products(
             with source_db.engine().connect() as conn:
                 tables[key] = order_history.fetch_eligible_products(conn, window, source_db.source_query)
         except sa.exc.SQLAlchemyError as exc:
-            raise _source_failure(source_db, exc) from exc
+            _source_failure(source_db, exc, key)
         seconds = time.perf_counter() - started
         context.log.info(f"{len(tables[key])} eligible products for as-of {key} ({seconds:.2f}s)")
         context.add_asset_metadata(
@@ -488,12 +489,13 @@ def _forecast_shard(
     window = forecast_params.window(dt.date.fromisoformat(key))
     product_ids = spec.product_ids.tolist()
     timings: dict[str, float] = {}
+    context.log.info(f"{where}: reading the weekly history and customers of {len(product_ids)} products")
     started = time.perf_counter()
     try:
         with source_db.engine().connect() as conn:
             weekly, activity = order_history.fetch_history(conn, window, product_ids, source_db.source_query)
     except sa.exc.SQLAlchemyError as exc:
-        raise _source_failure(source_db, exc) from exc
+        _source_failure(source_db, exc, key)
     timings["read_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
     active_count, weekly_buyers = active_customers(activity, product_ids)
@@ -504,8 +506,16 @@ def _forecast_shard(
         f"{timings['read_seconds']:.2f}s"
     )
 
+    model_started = time.perf_counter()
+    context.log.info(
+        f"{where}: fitting models for {len(product_ids)} products (FORECAST_WORKERS={forecast_params.workers})"
+    )
+
     def progress(done: int, total: int) -> None:
-        context.log.info(f"{where}: forecast progress {done}/{total} products ({done / total:.0%})")
+        context.log.info(
+            f"{where}: forecast progress {done}/{total} products ({done / total:.0%}), "
+            f"{time.perf_counter() - model_started:.1f}s"
+        )
 
     run = run_forecasts(
         weekly.matrix,
@@ -518,6 +528,10 @@ def _forecast_shard(
         progress=progress,
     )
     run.timings = {**timings, **run.timings}
+    context.log.info(
+        f"{where}: models fitted in {run.timings['model_seconds']:.2f}s, "
+        f"forecast documents built in {run.timings['payload_seconds']:.2f}s"
+    )
     run.data_quality = weekly.quality.summary()
     for kind, products in weekly.quality.examples(product_ids).items():
         context.log.warning(
@@ -560,14 +574,20 @@ def forecast_predictions(
 ) -> MaterializeResult:
     started = time.perf_counter()
     engine = app_db.engine()
-    upgrade_app_schema(engine)
     requested = requested_products(context.run.run_config)
     rows = {}
+    try:
+        upgrade_app_schema(engine)
+    except sa.exc.SQLAlchemyError as exc:
+        _app_db_failure(app_db, exc, "creating forecast_predictions")
     for key, docs in product_forecasts.items():
         started_date = time.perf_counter()
         if requested is not None:
             docs = {p: doc for p, doc in docs.items() if p in requested}
-        rows[key] = predictions_store.replace(engine, dt.date.fromisoformat(key), docs.values(), requested)
+        try:
+            rows[key] = predictions_store.replace(engine, dt.date.fromisoformat(key), docs.values(), requested)
+        except sa.exc.SQLAlchemyError as exc:
+            _app_db_failure(app_db, exc, f"writing forecast_predictions of {key}", as_of_date=key)
         context.add_asset_metadata(
             {"rows": rows[key], "dagster/row_count": rows[key], "write_seconds": time.perf_counter() - started_date},
             partition_key=key,
@@ -578,6 +598,10 @@ def forecast_predictions(
         + ("" if requested is None else f" (products {sorted(requested)[:20]} only)")
     )
     return MaterializeResult()
+
+
+def _app_db_failure(app_db: AppDatabase, exc: sa.exc.SQLAlchemyError, doing: str, **metadata) -> NoReturn:
+    raise_database_failure(exc, app_db.url, "APP_DATABASE_URL", doing, "the application tables", **metadata)
 
 
 def requested_products(run_config: dict | None) -> set[int] | None:

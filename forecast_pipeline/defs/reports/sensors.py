@@ -1,4 +1,4 @@
-"""Report sensors, all using the ``app_db`` resource (PostgreSQL; elsewhere they skip):
+"""Report sensors, all using the ``app_db`` resource (PostgreSQL; elsewhere off by default, saying why):
 
 - ``report_schedule_tick`` (every 60 s, the legacy beat's ``schedules_tick``): runs
   :func:`~forecast_pipeline.reports.tick.tick` and requests one ``generate_report`` run per
@@ -17,7 +17,6 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
-    DefaultSensorStatus,
     RunFailureSensorContext,
     RunRequest,
     RunsFilter,
@@ -30,6 +29,7 @@ from dagster import (
     sensor,
 )
 
+from forecast_pipeline.app_db.postgres_only import postgres_only_reason, postgres_only_sensor
 from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.reports.config import get_report_settings
 from forecast_pipeline.defs.reports.jobs import (
@@ -42,10 +42,16 @@ from forecast_pipeline.defs.reports.jobs import (
     run_config_for,
 )
 from forecast_pipeline.reports.tick import DueRun, tick, unlaunched_runs
+from forecast_pipeline.settings import get_settings
 
-NEEDS_POSTGRES = "report schedules need PostgreSQL: set APP_DATABASE_URL (now {url})"
+FEATURE = "report scheduling"
 RUN_KEY_TAG = "dagster/run_key"
 GIVE_UP_SECONDS = 86400
+
+
+def _postgres_only(description: str) -> dict:
+    """Off by default, with the reason in the UI, when the application database is not PostgreSQL."""
+    return postgres_only_sensor(get_settings().app_database_url, FEATURE, description)
 
 
 def run_request_for(due: DueRun) -> RunRequest:
@@ -87,8 +93,7 @@ def recover_unlaunched(instance: DagsterInstance, engine: sa.Engine, grace_secon
 @sensor(
     job=generate_report,
     minimum_interval_seconds=60,
-    default_status=DefaultSensorStatus.RUNNING,
-    description=(
+    **_postgres_only(
         "Every minute: locks due report schedules (FOR UPDATE SKIP LOCKED), records one schedule run per slot, "
         "advances next_run_at by its cadence in its time zone and launches generate_report for the slot."
     ),
@@ -96,7 +101,7 @@ def recover_unlaunched(instance: DagsterInstance, engine: sa.Engine, grace_secon
 def report_schedule_tick(context: SensorEvaluationContext, app_db: AppDatabase):
     engine = app_db.locking_engine()
     if engine is None:
-        return SkipReason(NEEDS_POSTGRES.format(url=app_db.redacted_url()))
+        return SkipReason(postgres_only_reason(app_db.url, FEATURE))
     settings = get_report_settings()
     result = tick(engine, limit=settings.tick_limit, logger=context.log)
     requests = [run_request_for(due) for due in result.recorded]
@@ -127,8 +132,7 @@ def _close(context: RunStatusSensorContext, app_db: AppDatabase, reason: str):
 
 @run_failure_sensor(
     monitored_jobs=[generate_report],
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Marks a report slot failed when its generate_report run fails before recording it.",
+    **_postgres_only("Marks a report slot failed when its generate_report run fails before recording it."),
 )
 def report_run_failed(context: RunFailureSensorContext, app_db: AppDatabase):
     message = context.failure_event.message if context.failure_event else None
@@ -138,8 +142,7 @@ def report_run_failed(context: RunFailureSensorContext, app_db: AppDatabase):
 @run_status_sensor(
     run_status=DagsterRunStatus.CANCELED,
     monitored_jobs=[generate_report],
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Marks a report slot failed when its generate_report run is cancelled.",
+    **_postgres_only("Marks a report slot failed when its generate_report run is cancelled."),
 )
 def report_run_canceled(context: RunStatusSensorContext, app_db: AppDatabase):
     return _close(context, app_db, "report run was cancelled")

@@ -1,0 +1,107 @@
+"""Under ``dagster asset materialize`` (and so in the UI's run log) a failure's first line says
+what is wrong and what to do: a dagster Failure with a one-line description, not a driver's
+exception chain printed twice, and never the wrong hint."""
+
+import os
+import subprocess
+
+import pytest
+
+from forecast_pipeline_tests.conftest import BIN, POSTGRES_URL, REDIS_URL, command, private_redis
+
+pytestmark = pytest.mark.integration
+
+PARTITION = "2025-11-10"
+MATERIALIZE = [str(BIN / "dagster"), "asset", "materialize", "-m", "forecast_pipeline", "--select", "*"]
+
+
+def first_error(output: str) -> str:
+    """The message under the run's first ERROR event (Dagster prints it after a blank line)."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if " - ERROR - " in line)
+    return next(line for line in lines[start + 1 :] if line.strip())
+
+
+@pytest.fixture
+def demo_orders(tmp_path):
+    """A small demo history in SQLite, as the quickstart makes it."""
+    url = f"sqlite:///{tmp_path / 'orders.sqlite'}"
+    done = command([str(BIN / "forecast-pipeline"), "init-db"], tmp_path, DATABASE_URL=url)
+    assert done.returncode == 0, done.stderr
+    done = command(
+        [str(BIN / "forecast-pipeline"), "demo-data", "--products", "40", "--as-of", PARTITION],
+        tmp_path,
+        DATABASE_URL=url,
+    )
+    assert done.returncode == 0, done.stderr
+    return url
+
+
+def test_a_source_database_that_does_not_exist_says_so_without_the_init_db_hint(tmp_path):
+    url = POSTGRES_URL.rsplit("/", 1)[0] + "/ft_no_such_database"
+    done = command([*MATERIALIZE, "--partition", PARTITION], tmp_path, DATABASE_URL=url)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    line = first_error(output)
+    assert line.startswith("dagster._core.definitions.events.Failure: Reading order history failed: "), line
+    assert "ft_no_such_database does not exist: create it, or point DATABASE_URL at" in line, line
+    assert "init-db" not in output
+    assert "psycopg2.OperationalError" not in output  # the driver's chain is gone, its message is in the line
+
+
+def test_an_application_database_that_does_not_exist_names_app_database_url(tmp_path, demo_orders):
+    url = POSTGRES_URL.rsplit("/", 1)[0] + "/ft_no_such_app_database"
+    done = command([*MATERIALIZE, "--partition", PARTITION], tmp_path, DATABASE_URL=demo_orders, APP_DATABASE_URL=url)
+    assert done.returncode != 0
+    line = first_error(done.stdout + done.stderr)
+    assert "forecast_predictions failed: " in line and "ft_no_such_app_database does not exist" in line, line
+    assert "point APP_DATABASE_URL at" in line, line
+
+
+def test_redis_down_when_the_run_starts_is_one_line_naming_the_url(tmp_path, demo_orders):
+    with private_redis() as (url, process):
+        process.kill()
+        process.wait()
+        done = command([*MATERIALIZE, "--partition", PARTITION], tmp_path, DATABASE_URL=demo_orders, REDIS_URL=url)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    line = first_error(output)
+    assert f"Redis at {url} is unreachable (" in line and "start it, or point REDIS_URL" in line, line
+    assert "redis.exceptions.ConnectionError" not in output and "ConnectionRefusedError" not in output
+
+
+def test_redis_going_away_during_the_run_is_one_line_saying_to_rerun(tmp_path, demo_orders):
+    home = tmp_path / "dagster_home"  # made by the fixture's commands
+    with private_redis() as (url, redis_process):
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("FORECAST_", "REDIS_", "DATABASE_URL"))},
+            "DAGSTER_HOME": str(home),
+            "DATABASE_URL": demo_orders,
+            "REDIS_URL": url,
+            "FORECAST_WORKERS": "1",
+        }
+        run = subprocess.Popen(
+            [*MATERIALIZE, "--partition", PARTITION],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        seen = []
+        for line in run.stdout:  # the first step has read the products: now Redis goes away
+            seen.append(line)
+            if "eligible products for as-of" in line:
+                redis_process.kill()
+                redis_process.wait()
+                break
+        output = "".join(seen) + run.communicate(timeout=300)[0]
+    assert run.returncode != 0, output[-3000:]
+    line = first_error(output)
+    assert f"Redis at {url} stopped answering while " in line and "rerun the partition" in line, line
+    assert "redis.exceptions.ConnectionError" not in output, output[-3000:]
+
+
+def test_check_states_the_range_of_partitions(tmp_path):
+    done = command([str(BIN / "forecast-pipeline"), "check"], tmp_path, REDIS_URL=REDIS_URL)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("partitions: ")]
+    assert lines and "2019-01-01" in lines[0] and "FORECAST_HISTORY_START" in lines[0], done.stdout
