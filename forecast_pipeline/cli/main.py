@@ -24,8 +24,8 @@ from forecast_pipeline.settings import (
     ConfigError,
     Settings,
     load_all_settings,
-    load_settings,
     redact_url,
+    reveal,
     warn_unknown_variables,
 )
 from forecast_pipeline.source import demo_data, order_history, source_schema
@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     warn_unknown_variables(lambda warning: print(f"forecast-pipeline: warning: {warning}", file=sys.stderr))
     args = build_parser().parse_args(argv)
     try:
-        settings = load_all_settings() if args.command == "check" else load_settings()
+        settings = load_all_settings().forecasts  # every area's, as the code location validates them
     except ConfigError as exc:
         print(f"forecast-pipeline: {exc}", file=sys.stderr)
         return 2
@@ -507,7 +507,7 @@ def _database_reason(exc: sa.exc.SQLAlchemyError) -> str:
 def _url_named_in(reason: str, settings: Settings) -> str:
     """The redacted URL the error is about: the one whose database it names, else DATABASE_URL."""
     for url in (settings.app_database_url, settings.database_url):
-        name = sa.engine.make_url(url).database
+        name = sa.engine.make_url(reveal(url)).database
         if name and f'"{name}"' in reason:
             return redact_url(url)
     return redact_url(settings.database_url)
