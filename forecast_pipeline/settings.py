@@ -251,12 +251,12 @@ class AreaSettings(BaseSettings):
             return error["msg"]
         if kind == "setting_value":
             return f"{name}={error['msg']}"
-        field = cls.model_fields[cls.variables().get(name, name)]
-        if kind in ("greater_than_equal", "less_than_equal", "finite_number"):
+        field = cls.model_fields.get(cls.variables().get(name, name))
+        if field is not None and kind in ("greater_than_equal", "less_than_equal", "finite_number"):
             low, high = _bounds(field)
             bound = f"between {_number(low)} and {_number(high)}" if high is not None else f"at least {_number(low)}"
             return f"{name}={error['input']} must be {bound}"
-        if kind == "literal_error":
+        if field is not None and kind == "literal_error":
             choices = typing.get_args(_plain_type(field.annotation))
             return f"{name}={error['input']!r} must be one of {', '.join(choices)}"
         return f"{name}: {error['msg']}"  # never the input: it may be a secret
