@@ -456,7 +456,8 @@ def warn_unknown_variables(emit=logger.warning, environ: Mapping[str, str] | Non
 
 @functools.cache
 def get_settings() -> Settings:
-    """The process's settings, read once when the code location loads."""
-    settings = load_settings()
+    """The process's settings, read once when the code location loads. Every area is validated,
+    so whichever definition asks first, a bad variable of any area is named with all the others."""
+    settings = load_all_settings().forecasts
     warn_unknown_variables()
     return settings

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from pydantic import field_validator
 
-from forecast_pipeline.settings import AreaSettings, SecretUrl, env, redact_url, setting_error
+from forecast_pipeline.settings import AreaSettings, SecretUrl, env, load_all_settings, redact_url, setting_error
 
 MAX_WEBHOOK_TIMEOUT_SECONDS = 30
 """An attempt must fit well inside one delivery tick (see sensors.DELIVERY_BUDGET_SECONDS)."""
@@ -64,5 +64,6 @@ def load_alert_settings(environ: Mapping[str, str] | None = None) -> AlertSettin
 
 @functools.cache
 def get_alert_settings() -> AlertSettings:
-    """The process's alert settings, read once when the code location loads."""
-    return load_alert_settings()
+    """The process's alert settings, read once when the code location loads (with every other
+    area's: see :func:`~forecast_pipeline.settings.get_settings`)."""
+    return load_all_settings().alerts

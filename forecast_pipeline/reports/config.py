@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr, ValidationInfo, field_validator
 
-from forecast_pipeline.settings import PROJECT_ROOT, AreaSettings, env, rule_error, setting_error
+from forecast_pipeline.settings import PROJECT_ROOT, AreaSettings, env, load_all_settings, rule_error, setting_error
 
 SMTP_SECURITY_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 _ADDRESS = re.compile(r"^[^@\s,<>\"']+@[^@\s,<>\"']+\.[^@\s,<>\"'.]+$")
@@ -143,5 +143,6 @@ def load_report_settings(environ: Mapping[str, str] | None = None) -> ReportSett
 
 @functools.cache
 def get_report_settings() -> ReportSettings:
-    """The process's report settings, read once when the code location loads."""
-    return load_report_settings()
+    """The process's report settings, read once when the code location loads (with every other
+    area's: see :func:`~forecast_pipeline.settings.get_settings`)."""
+    return load_all_settings().reports
