@@ -1,10 +1,11 @@
-"""The code location: every area's definitions under ``forecast_pipeline/defs/``, loaded the way
-``dg`` loads a project (``dg list defs``, ``dg check defs``, ``dg launch``)."""
+"""The code location: every area's definitions under ``forecast_pipeline/defs/``, loaded as ``dg``
+loads the project (``dg list defs``, ``dg check defs``, ``dg launch``; ``[tool.dg]`` in pyproject.toml)."""
 
 import warnings
-from pathlib import Path
 
 import dagster as dg
+
+import forecast_pipeline.defs
 
 # Beta parameters Dagster passes itself (binding a sensor to its job; `--assets '*'` under `dg
 # launch`): nothing a user of this code location can act on, printed on every load otherwise.
@@ -14,4 +15,5 @@ for _message in ("Parameter `owners` of initializer `SensorDefinition.__init__`"
 
 @dg.definitions
 def defs() -> dg.Definitions:
-    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    # by module, not by path: an installed package (the Docker image) has no pyproject.toml above it
+    return dg.load_defs(defs_root=forecast_pipeline.defs)

@@ -18,7 +18,7 @@ from forecast_pipeline.alerts import notify
 from forecast_pipeline.alerts.config import load_alert_settings
 from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db.alert_tables import alert_events, readings
-from forecast_pipeline.cli.main import main as cli
+from forecast_pipeline.cli import main as cli
 from forecast_pipeline.defs.alerts.sensors import (
     alert_evaluation_sensor,
     alert_notification_sensor,

@@ -938,7 +938,7 @@ def test_an_existing_alerts_table_gets_the_finite_threshold_constraint(db):
 
 
 def test_cli_add_refuses_a_non_finite_threshold_and_adds_a_good_alert(db, capsys, monkeypatch):
-    from forecast_pipeline.cli.main import main as cli
+    from forecast_pipeline.cli import main as cli
 
     monkeypatch.setenv("DATABASE_URL", ALERTS_DB_URL)
     monkeypatch.delenv("APP_DATABASE_URL", raising=False)

@@ -62,18 +62,19 @@ def run_config_for(request: job_queue.JobRequest) -> dict:
 
 
 @functools.cache
-def _forecast_job_def():
+def _loaded_forecast_job():
     from forecast_pipeline.definitions import defs  # the code location imports this module first
 
-    return defs.resolve_job_def(daily_forecast_job.name)
+    return defs().resolve_job_def(daily_forecast_job.name)
 
 
-def validate_job(parameters: object, settings: Settings | None = None) -> job_queue.JobRequest:
+def validate_job(parameters: object, settings: Settings | None = None, job_def=None) -> job_queue.JobRequest:
     """A job's parameters as a request whose run config Dagster accepts, or BadJobParameters
-    with the reason: checked before the job is claimed, so no run is ever requested for it."""
+    with the reason: checked before the job is claimed, so no run is ever requested for it.
+    ``job_def``: the resolved forecast job (the sensor's repository has it; else it is loaded)."""
     settings = settings or get_settings()
     request = job_queue.parse_parameters(parameters, settings.history_start, today())
-    checked = validate_run_config(_forecast_job_def(), run_config_for(request))
+    checked = validate_run_config(job_def or _loaded_forecast_job(), run_config_for(request))
     if checked is None:  # pragma: no cover - validate_run_config raises on errors
         raise job_queue.BadJobParameters("the run config was rejected")
     return request
@@ -144,13 +145,15 @@ def forecast_job_queue(context: SensorEvaluationContext, app_db: AppDatabase):
     if engine is None:
         return SkipReason(NEEDS_POSTGRES.format(url=app_db.redacted_url()))
     settings = get_settings()
+    repository = context.repository_def
+    forecast_job = repository.get_job(daily_forecast_job.name) if repository is not None else None
     carry_out_cancel_requests(context.instance, engine, context.log, settings)
     claimed = job_queue.claim_due_jobs(
         engine,
         settings.job_claim_limit,
         capacity=queue_run_limit(context.instance, settings),
         ended=jobs_whose_runs_ended(context.instance, engine, settings),
-        validate=lambda parameters: validate_job(parameters, settings),
+        validate=lambda parameters: validate_job(parameters, settings, forecast_job),
     )
     timeout = queue_run_timeout(context.instance, settings)
     requests = []
