@@ -11,10 +11,10 @@ from typing import Any, NoReturn
 import redis
 import sqlalchemy as sa
 from dagster import ConfigurableResource, Failure, InitResourceContext
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, SecretStr
 
 from forecast_pipeline.app_db.schema import upgrade_app_schema
-from forecast_pipeline.settings import normalize_database_url, redact_url
+from forecast_pipeline.settings import normalize_database_url, redact_url, reveal
 from forecast_pipeline.source.order_history import HistoryWindow
 
 
@@ -83,7 +83,7 @@ def raise_database_failure(
     raise failure from exc
 
 
-def make_engine(url: str) -> sa.Engine:
+def make_engine(url: str | SecretStr) -> sa.Engine:
     """An engine for the source database (plain postgresql:// URLs use psycopg2)."""
     return sa.create_engine(normalize_database_url(url), pool_pre_ping=True)
 
@@ -160,9 +160,10 @@ class RedisStore(ConfigurableResource):
             self._binary.close()
 
 
-def connect_redis(url: str, password: str | None = None) -> redis.Redis:
+def connect_redis(url: str | SecretStr, password: str | SecretStr | None = None) -> redis.Redis:
     """A connected client; raises :class:`dagster.Failure` naming the (redacted) URL if Redis
     does not answer a PING within a few seconds."""
+    url, password = reveal(url), reveal(password)
     extra = {"password": password} if password else {}
     client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True, **extra)
     try:

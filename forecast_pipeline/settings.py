@@ -1,62 +1,46 @@
 """Configuration from environment variables: names and defaults from the legacy worker.
 
-:func:`load_settings` runs when the code location loads, so a bad value stops ``dagster dev``,
-``dagster asset materialize`` and the CLI at once with a message naming the variable, instead of
-failing half-way through a run. Secrets (passwords inside URLs) are never echoed back.
+Each area has one typed pydantic-settings model (:class:`Settings` here for the forecasts, the job
+queue, the databases and Redis; ``alerts.config.AlertSettings``; ``reports.config.ReportSettings``)
+whose fields name their variable. :func:`load_all_settings` validates every area at once when the
+code location loads and when the CLI starts, so a bad value stops ``dagster dev``, ``dagster asset
+materialize`` and ``forecast-pipeline`` with one error naming every bad variable, instead of
+failing half-way through a run. Passwords are ``SecretStr`` and URLs :class:`SecretUrl`, which
+print with their credentials hidden: neither the settings nor their errors ever show a secret.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import difflib
 import functools
 import logging
 import os
 import re
+import types
+import typing
 import urllib.parse
 import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
+import annotated_types
 import sqlalchemy as sa
 from dagster._utils.schedules import is_valid_cron_string
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from forecast_pipeline.alerts.config import AlertSettings
+    from forecast_pipeline.reports.config import ReportSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SQLITE_PATH = PROJECT_ROOT / "data" / "forecast_demo.sqlite"
-
-DEFAULTS: dict[str, str] = {
-    "DATABASE_URL": f"sqlite:///{DEFAULT_SQLITE_PATH}",
-    "FORECAST_SOURCE_QUERY": "",
-    "APP_DATABASE_URL": "",
-    "REDIS_URL": "",
-    "REDIS_HOST": "127.0.0.1",
-    "REDIS_PORT": "6379",
-    "REDIS_DB": "0",
-    "REDIS_PASSWORD": "",
-    "FORECAST_KEY_PREFIX": "forecast",
-    "FORECAST_CACHE_TTL": "604800",
-    "FORECAST_HISTORY_TTL": "7776000",
-    "FORECAST_WORKERS": "10",
-    "FORECAST_SHARD_SIZE": "25000",
-    "FORECAST_MIN_CUSTOMERS": "2",
-    "FORECAST_MIN_ORDERS": "3",
-    "FORECAST_HISTORY_START": "2019-01-01",
-    "FORECAST_WEEKS": "12",
-    "FORECAST_MAX_FAILURE_RATE": "0.05",
-    "FORECAST_SCHEDULE_CRON": "0 6 * * *",
-    "FORECAST_SCHEDULE_TIMEZONE": "UTC",
-    "FORECAST_EXECUTOR": "in_process",
-    "FORECAST_JOB_SENSOR_SECONDS": "15",
-    "FORECAST_JOB_CLAIM_LIMIT": "10",
-    "FORECAST_JOB_RETRY_BASE_SECONDS": "60",
-    "FORECAST_JOB_RETRY_MAX_SECONDS": "3600",
-    "FORECAST_JOB_TIMEOUT_SECONDS": "",
-    "FORECAST_JOB_HEARTBEAT_SECONDS": "15",
-    "FORECAST_JOB_LAUNCH_GRACE_SECONDS": "300",
-}
-EXECUTORS = ("in_process", "multiprocess", "k8s")
-
 
 DRIVER_PACKAGES = {"MySQLdb": "mysqlclient", "pymysql": "PyMySQL", "psycopg2": "psycopg2-binary", "psycopg": "psycopg"}
 """The pip package of each driver module SQLAlchemy tries to import, for the missing-driver error."""
@@ -74,47 +58,16 @@ class ConfigError(ValueError):
     """One or more environment variables are invalid; the message names each of them."""
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: str
-    app_database_url: str
-    source_query: str | None
-    redis_url: str
-    redis_password: str | None
-    key_prefix: str
-    cache_ttl: int
-    history_ttl: int
-    workers: int
-    min_customers: int
-    min_orders: int
-    history_start: dt.date
-    forecast_weeks: int
-    max_failure_rate: float
-    schedule_cron: str
-    schedule_timezone: str
-    executor: str
-    job_sensor_seconds: int = 15
-    job_claim_limit: int = 10
-    job_retry_base_seconds: int = 60
-    job_retry_max_seconds: int = 3600
-    job_timeout_seconds: int | None = None  # None: the instance's run_monitoring.max_runtime_seconds
-    job_heartbeat_seconds: int = 15
-    job_launch_grace_seconds: int = 300
-    job_finished_grace_seconds: int = 60  # after a run ends, its job is left to the run status sensors
-    shard_size: int = 25000  # most eligible products per forecast shard step
-
-    @property
-    def job_stale_after_seconds(self) -> int:
-        """A running job's run is presumed dead after this long without a heartbeat."""
-        return 4 * self.job_heartbeat_seconds
+# ---------------------------------------------------------------- secrets and URLs
 
 
-def normalize_database_url(url: str) -> str:
+def normalize_database_url(url: str | SecretStr) -> str:
     """Map a plain ``postgresql://`` (or ``postgres://``) URL to the psycopg2 driver.
 
     SQLAlchemy 2.1 maps the plain scheme to psycopg 3, which this project does not install;
     users keep writing the URL they already have.
     """
+    url = reveal(url)
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
             return "postgresql+psycopg2://" + url[len(plain) :]
@@ -124,10 +77,11 @@ def normalize_database_url(url: str) -> str:
 _SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
 
 
-def redact_url(url: str) -> str:
+def redact_url(url: str | SecretStr) -> str:
     """The URL with every credential replaced by ``***``: a password in the user part (with or
     without a scheme) and query parameters such as ``?password=`` or ``?token=``, which libpq and
     redis-py accept. Safe for logs and error messages; the URL need not be valid."""
+    url = reveal(url)
     scheme, separator, rest = url.partition("://")
     if not separator:
         scheme, rest = "", url
@@ -149,181 +103,326 @@ def redact_url(url: str) -> str:
     return f"{scheme}{separator}{before_query}{question}{query}"
 
 
-class EnvReader:
-    """Reads variables with their defaults and collects every problem, so that one error names
-    all the bad variables at once (used by the forecast, alert and report settings)."""
+class SecretUrl(SecretStr):
+    """A URL that may hold credentials: prints redacted (``redis://:***@cache:6379/0``) rather
+    than as ``**********``, so logs still say where it points; ``get_secret_value()`` (or
+    :func:`reveal`) gives the URL to connect with."""
 
-    def __init__(self, defaults: Mapping[str, str], environ: Mapping[str, str] | None = None):
-        self.env = os.environ if environ is None else environ
-        self.defaults = defaults
-        self.errors: list[str] = []
+    def __str__(self) -> str:
+        return redact_url(self.get_secret_value())
 
-    def raw(self, name: str) -> str:
-        value = self.env.get(name)
-        return self.defaults[name] if value is None or value.strip() == "" else value.strip()
+    def __repr__(self) -> str:
+        return f"SecretUrl({str(self)!r})"
 
-    def integer(self, name: str, minimum: int, maximum: int | None = None) -> int:
-        text = self.raw(name)
+
+@typing.overload
+def reveal(value: str | SecretStr) -> str: ...
+@typing.overload
+def reveal(value: str | SecretStr | None) -> str | None: ...
+def reveal(value: str | SecretStr | None) -> str | None:
+    """The plain value of a secret, for the one place that connects with it."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+# ---------------------------------------------------------------- one model per area
+
+_ENVIRON: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar("forecast_environ", default=None)
+
+
+class _Environ(PydanticBaseSettingsSource):
+    """Each field's variable (its alias) from ``os.environ`` or the mapping being loaded. An unset
+    or blank variable is left out, so the field keeps its default; values are stripped."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        env = _ENVIRON.get()
+        env = os.environ if env is None else env
+        alias = field.validation_alias
+        text = env.get(alias) if isinstance(alias, str) else None
+        return (text.strip() if text and text.strip() else None), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for name, field in self.settings_cls.model_fields.items():
+            value, _, _ = self.get_field_value(field, name)
+            if value is not None:
+                values[field.validation_alias] = value
+        return values
+
+
+def setting_error(shown: str, why: str) -> PydanticCustomError:
+    """A bad value, reported as ``VARIABLE=<shown> <why>`` (``shown`` must hold no secret)."""
+    return PydanticCustomError("setting_value", "{shown} {why}", {"shown": shown, "why": why})
+
+
+def rule_error(message: str) -> PydanticCustomError:
+    """A broken rule between variables, reported as the message itself (which names them)."""
+    return PydanticCustomError("setting_rule", "{message}", {"message": message})
+
+
+def _plain_type(annotation: Any) -> Any:
+    """``int`` for ``int | None`` and the like."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return inner[0] if len(inner) == 1 else annotation
+    return annotation
+
+
+def _bounds(field: FieldInfo) -> tuple[Any, Any]:
+    low = next((m.ge for m in field.metadata if isinstance(m, annotated_types.Ge)), None)
+    high = next((m.le for m in field.metadata if isinstance(m, annotated_types.Le)), None)
+    return low, high
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class AreaSettings(BaseSettings):
+    """One area's variables. Each field names its variable as ``validation_alias`` (the known
+    variables are exactly these); an unset or blank variable takes the field's default. Numbers
+    and dates are parsed strictly (no ``1.0`` for a whole number, no timestamp for a date)."""
+
+    model_config = SettingsConfigDict(frozen=True, hide_input_in_errors=True, allow_inf_nan=False)
+
+    what: ClassVar[str] = "configuration"
+    """How errors name the area: ``invalid <what>: ...``."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the variables (no .env file, no secrets directory): what the README documents."""
+        return (init_settings, _Environ(settings_cls))
+
+    @classmethod
+    def variables(cls) -> dict[str, str]:
+        """Variable name -> field name."""
+        return {f.validation_alias: n for n, f in cls.model_fields.items() if isinstance(f.validation_alias, str)}
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _parse_text(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        kind = _plain_type(cls.model_fields[info.field_name].annotation)
         try:
-            value = int(text)
+            if kind is int:
+                return int(value)
+            if kind is float:
+                return float(value)
+            if kind is dt.date:
+                return dt.date.fromisoformat(value)
         except ValueError:
-            self.errors.append(f"{name}={text!r} is not a whole number")
-            return int(self.defaults[name])
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-            self.errors.append(f"{name}={value} must be {bound}")
+            what = {int: "a whole number", float: "a number", dt.date: "a date in YYYY-MM-DD form"}[kind]
+            raise setting_error(repr(value), f"is not {what}") from None
         return value
 
-    def number(self, name: str, minimum: float, maximum: float, unit: str = "") -> float:
-        text = self.raw(name)
+    @classmethod
+    def read(cls, environ: Mapping[str, str] | None = None) -> tuple[Self | None, list[str]]:
+        """The settings, or ``None`` and one line per bad variable."""
+        token = _ENVIRON.set(environ)
         try:
-            value = float(text)
-        except ValueError:
-            self.errors.append(f"{name}={text!r} is not a number{' of' + unit if unit else ''}")
-            return float(self.defaults[name])
-        if not minimum <= value <= maximum:  # also rejects nan
-            self.errors.append(f"{name}={value} must be between {minimum:g} and {maximum:g}{unit}")
-        return value
+            return cls(), []
+        except ValidationError as exc:
+            return None, [cls._describe(error) for error in exc.errors(include_url=False)]
+        finally:
+            _ENVIRON.reset(token)
 
-    def date(self, name: str) -> dt.date:
-        text = self.raw(name)
-        try:
-            return dt.date.fromisoformat(text)
-        except ValueError:
-            self.errors.append(f"{name}={text!r} is not a date in YYYY-MM-DD form")
-            return dt.date.fromisoformat(self.defaults[name])
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Read and validate every variable of the area; raise :class:`ConfigError` listing all
+        bad ones (``environ`` defaults to ``os.environ``)."""
+        settings, problems = cls.read(environ)
+        if problems:
+            raise ConfigError(describe_problems(problems, cls.what))
+        return settings
 
-    def check(self, what: str = "configuration") -> None:
-        """Raise :class:`ConfigError` listing every problem found so far."""
-        if len(self.errors) == 1:  # one line, as the CLI's errors are
-            raise ConfigError(f"invalid {what}: {self.errors[0]}")
-        if self.errors:
-            raise ConfigError(
-                f"invalid {what}, {len(self.errors)} variables to fix:\n  - " + "\n  - ".join(self.errors)
-            )
+    @classmethod
+    def _describe(cls, error: Any) -> str:
+        """One pydantic error as ``VARIABLE=value must be ...``: the variable and why."""
+        name = error["loc"][0] if error["loc"] else "?"
+        kind = error["type"]
+        if kind == "setting_rule":
+            return error["msg"]
+        if kind == "setting_value":
+            return f"{name}={error['msg']}"
+        field = cls.model_fields.get(cls.variables().get(name, name))
+        if field is not None and kind in ("greater_than_equal", "less_than_equal", "finite_number"):
+            low, high = _bounds(field)
+            bound = f"between {_number(low)} and {_number(high)}" if high is not None else f"at least {_number(low)}"
+            return f"{name}={error['input']} must be {bound}"
+        if field is not None and kind == "literal_error":
+            choices = typing.get_args(_plain_type(field.annotation))
+            return f"{name}={error['input']!r} must be one of {', '.join(choices)}"
+        return f"{name}: {error['msg']}"  # never the input: it may be a secret
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every variable; raise :class:`ConfigError` listing all bad ones."""
-    env = os.environ if environ is None else environ
-    read = EnvReader(DEFAULTS, env)
-    errors, raw, integer, date = read.errors, read.raw, read.integer, read.date
+def describe_problems(problems: list[str], what: str = "configuration") -> str:
+    if len(problems) == 1:  # one line, as the CLI's errors are
+        return f"invalid {what}: {problems[0]}"
+    return f"invalid {what}, {len(problems)} variables to fix:\n  - " + "\n  - ".join(problems)
 
-    def database(name: str, text: str) -> str:
-        url = normalize_database_url(text)
+
+def env(name: str, default: Any = None, **constraints: Any) -> Any:
+    """A field read from the variable ``name``."""
+    return Field(default, validation_alias=name, **constraints)
+
+
+# ---------------------------------------------------------------- forecasts, job queue, databases, Redis
+
+
+class Settings(AreaSettings):
+    """The forecasts, the job queue, the databases and Redis."""
+
+    database_url: SecretUrl = env("DATABASE_URL", SecretUrl(f"sqlite:///{DEFAULT_SQLITE_PATH}"))
+    """Order history, any SQLAlchemy URL (plain ``postgresql://`` uses psycopg2)."""
+    app_database_url: SecretUrl = env("APP_DATABASE_URL", validate_default=True)
+    """Application tables (job queue, predictions, alerts, reports); default: ``DATABASE_URL``."""
+    source_query: str | None = env("FORECAST_SOURCE_QUERY")
+    redis_host: str = env("REDIS_HOST", "127.0.0.1")
+    redis_port: int = env("REDIS_PORT", 6379, ge=1, le=65535)
+    redis_db: int = env("REDIS_DB", 0, ge=0)
+    redis_url: SecretUrl = env("REDIS_URL", validate_default=True)
+    """``REDIS_URL`` when set, else composed from host, port and db (without the password)."""
+    redis_password: SecretStr | None = env("REDIS_PASSWORD")
+    key_prefix: str = env("FORECAST_KEY_PREFIX", "forecast")
+    cache_ttl: int = env("FORECAST_CACHE_TTL", 604800, ge=1)
+    history_ttl: int = env("FORECAST_HISTORY_TTL", 7776000, ge=1)
+    workers: int = env("FORECAST_WORKERS", 10, ge=1, le=256)
+    shard_size: int = env("FORECAST_SHARD_SIZE", 25000, ge=1, le=10_000_000)  # most products per shard step
+    min_customers: int = env("FORECAST_MIN_CUSTOMERS", 2, ge=1)
+    min_orders: int = env("FORECAST_MIN_ORDERS", 3, ge=1)
+    history_start: dt.date = env("FORECAST_HISTORY_START", dt.date(2019, 1, 1))
+    forecast_weeks: int = env("FORECAST_WEEKS", 12, ge=1, le=104)
+    max_failure_rate: float = env("FORECAST_MAX_FAILURE_RATE", 0.05, ge=0.0, le=1.0)
+    schedule_cron: str = env("FORECAST_SCHEDULE_CRON", "0 6 * * *")
+    schedule_timezone: str = env("FORECAST_SCHEDULE_TIMEZONE", "UTC")
+    executor: Literal["in_process", "multiprocess", "k8s"] = env("FORECAST_EXECUTOR", "in_process")
+    job_sensor_seconds: int = env("FORECAST_JOB_SENSOR_SECONDS", 15, ge=1, le=3600)
+    job_claim_limit: int = env("FORECAST_JOB_CLAIM_LIMIT", 10, ge=1, le=1000)
+    job_retry_base_seconds: int = env("FORECAST_JOB_RETRY_BASE_SECONDS", 60, ge=0)
+    job_retry_max_seconds: int = env("FORECAST_JOB_RETRY_MAX_SECONDS", 3600, ge=0)
+    job_timeout_seconds: int | None = env("FORECAST_JOB_TIMEOUT_SECONDS", None, ge=10)
+    """``None``: the instance's ``run_monitoring.max_runtime_seconds``."""
+    job_heartbeat_seconds: int = env("FORECAST_JOB_HEARTBEAT_SECONDS", 15, ge=1, le=600)
+    job_launch_grace_seconds: int = env("FORECAST_JOB_LAUNCH_GRACE_SECONDS", 300, ge=10)
+    job_finished_grace_seconds: int = 60
+    """After a run ends, its job is left to the run status sensors (no variable: tests change it)."""
+
+    @property
+    def job_stale_after_seconds(self) -> int:
+        """A running job's run is presumed dead after this long without a heartbeat."""
+        return 4 * self.job_heartbeat_seconds
+
+    @field_validator("database_url", "app_database_url", mode="before")
+    @classmethod
+    def _usable_database_url(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:  # APP_DATABASE_URL unset: the order database's
+            return info.data.get("database_url", cls.model_fields["database_url"].default)
+        url = normalize_database_url(value)
         try:
             sa.engine.make_url(url).get_dialect().import_dbapi()
         except ImportError as exc:  # the dialect is known, its driver package is not installed
             package = DRIVER_PACKAGES.get(exc.name or "", exc.name)
-            errors.append(
-                f"{name}={redact_url(url)!r} needs the database driver module {exc.name!r}, which is not "
-                f"installed: pip install {package} (or name an installed driver, e.g. postgresql+psycopg2://)"
-            )
+            raise setting_error(
+                repr(redact_url(url)),
+                f"needs the database driver module {exc.name!r}, which is not installed: pip install {package} "
+                "(or name an installed driver, e.g. postgresql+psycopg2://)",
+            ) from None
         except Exception as exc:  # noqa: BLE001 - any failure here means the URL cannot be used
-            errors.append(
-                f"{name}={redact_url(url)!r} cannot be used: {type(exc).__name__}: {exc} "
-                "(expected a SQLAlchemy URL such as postgresql://user@host/db or sqlite:///path)"
-            )
+            raise setting_error(
+                repr(redact_url(url)),
+                f"cannot be used: {type(exc).__name__}: {exc} "
+                "(expected a SQLAlchemy URL such as postgresql://user@host/db or sqlite:///path)",
+            ) from None
         return url
 
-    database_url = database("DATABASE_URL", raw("DATABASE_URL"))
-    app_database_url = database_url
-    if raw("APP_DATABASE_URL"):
-        app_database_url = database("APP_DATABASE_URL", raw("APP_DATABASE_URL"))
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            parts = ("redis_host", "redis_port", "redis_db")
+            host, port, db = (info.data.get(k, cls.model_fields[k].default) for k in parts)
+            return f"redis://{host}:{port}/{db}"
+        if not str(value).startswith(("redis://", "rediss://", "unix://")):
+            raise setting_error(repr(redact_url(value)), "must start with redis://, rediss:// or unix://")
+        return value
 
-    redis_url = raw("REDIS_URL") if env.get("REDIS_URL", "").strip() else ""
-    redis_port = integer("REDIS_PORT", 1, 65535)
-    redis_db = integer("REDIS_DB", 0)
-    if redis_url:
-        if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-            errors.append(f"REDIS_URL={redact_url(redis_url)!r} must start with redis://, rediss:// or unix://")
-    else:
-        redis_url = f"redis://{raw('REDIS_HOST')}:{redis_port}/{redis_db}"
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if ":" in value.strip(":") or not value.strip(":"):
+            raise setting_error(repr(value), "must be a non-empty word without ':'")
+        return value.strip(":")
 
-    timezone = raw("FORECAST_SCHEDULE_TIMEZONE")
-    try:
-        zoneinfo.ZoneInfo(timezone)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # "Europe" is a directory: OSError
-        errors.append(f"FORECAST_SCHEDULE_TIMEZONE={timezone!r} is not an IANA time zone (e.g. UTC, Europe/Berlin)")
-    cron = raw("FORECAST_SCHEDULE_CRON")
-    if not is_valid_cron_string(cron):
-        errors.append(f"FORECAST_SCHEDULE_CRON={cron!r} is not a valid cron expression")
-    executor = raw("FORECAST_EXECUTOR")
-    if executor not in EXECUTORS:
-        errors.append(f"FORECAST_EXECUTOR={executor!r} must be one of {', '.join(EXECUTORS)}")
-    prefix = raw("FORECAST_KEY_PREFIX")
-    if ":" in prefix.strip(":") or not prefix.strip(":"):
-        errors.append(f"FORECAST_KEY_PREFIX={prefix!r} must be a non-empty word without ':'")
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # "Europe" is a directory: OSError
+            raise setting_error(repr(value), "is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
+        return value
 
-    settings = Settings(
-        database_url=database_url,
-        app_database_url=app_database_url,
-        source_query=raw("FORECAST_SOURCE_QUERY") or None,
-        redis_url=redis_url,
-        redis_password=raw("REDIS_PASSWORD") or None,
-        key_prefix=prefix.strip(":"),
-        cache_ttl=integer("FORECAST_CACHE_TTL", 1),
-        history_ttl=integer("FORECAST_HISTORY_TTL", 1),
-        workers=integer("FORECAST_WORKERS", 1, 256),
-        shard_size=integer("FORECAST_SHARD_SIZE", 1, 10_000_000),
-        min_customers=integer("FORECAST_MIN_CUSTOMERS", 1),
-        min_orders=integer("FORECAST_MIN_ORDERS", 1),
-        history_start=date("FORECAST_HISTORY_START"),
-        forecast_weeks=integer("FORECAST_WEEKS", 1, 104),
-        max_failure_rate=read.number("FORECAST_MAX_FAILURE_RATE", 0.0, 1.0),
-        schedule_cron=cron,
-        schedule_timezone=timezone,
-        executor=executor,
-        job_sensor_seconds=integer("FORECAST_JOB_SENSOR_SECONDS", 1, 3600),
-        job_claim_limit=integer("FORECAST_JOB_CLAIM_LIMIT", 1, 1000),
-        job_retry_base_seconds=integer("FORECAST_JOB_RETRY_BASE_SECONDS", 0),
-        job_retry_max_seconds=integer("FORECAST_JOB_RETRY_MAX_SECONDS", 0),
-        job_timeout_seconds=(
-            integer("FORECAST_JOB_TIMEOUT_SECONDS", 10) if raw("FORECAST_JOB_TIMEOUT_SECONDS") else None
-        ),
-        job_heartbeat_seconds=integer("FORECAST_JOB_HEARTBEAT_SECONDS", 1, 600),
-        job_launch_grace_seconds=integer("FORECAST_JOB_LAUNCH_GRACE_SECONDS", 10),
-    )
-    read.check()
-    return settings
+    @field_validator("schedule_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if not is_valid_cron_string(value):
+            raise setting_error(repr(value), "is not a valid cron expression")
+        return value
 
 
-AREA_SETTINGS_LOADERS = (
-    "forecast_pipeline.alerts.config:load_alert_settings",
-    "forecast_pipeline.reports.config:load_report_settings",
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the forecast variables; raise :class:`ConfigError` listing all bad ones."""
+    return Settings.load(environ)
+
+
+# ---------------------------------------------------------------- every area at once
+
+AREA_SETTINGS = (
+    "forecast_pipeline.settings:Settings",
+    "forecast_pipeline.alerts.config:AlertSettings",
+    "forecast_pipeline.reports.config:ReportSettings",
 )
-"""Every area's loader, each run by its area's definitions when the code location loads. Add an
-area's here and ``forecast-pipeline check`` validates it the same way."""
+"""Every area's model. Add an area's here and the code location, ``forecast-pipeline check`` and
+the CLI validate it, and its variables are known to the misspelling warning."""
 
 
-def load_all_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Validate every setting of every area exactly as the code location's loaders do; raise one
-    :class:`ConfigError` listing the bad variables of all areas. Returns the forecast settings."""
+def area_models() -> list[type[AreaSettings]]:
     import importlib
 
-    problems: list[str] = []
-    settings: Settings | None = None
-    try:
-        settings = load_settings(environ)
-    except ConfigError as exc:
-        problems.append(str(exc))
-    for target in AREA_SETTINGS_LOADERS:
-        module, name = target.split(":")
-        try:
-            getattr(importlib.import_module(module), name)(environ)
-        except ConfigError as exc:
-            problems.append(str(exc))
+    return [getattr(importlib.import_module(m), n) for m, n in (t.split(":") for t in AREA_SETTINGS)]
+
+
+@dataclass(frozen=True)
+class AllSettings:
+    forecasts: Settings
+    alerts: AlertSettings
+    reports: ReportSettings
+
+
+def load_all_settings(environ: Mapping[str, str] | None = None) -> AllSettings:
+    """Validate every variable of every area; raise one :class:`ConfigError` listing the bad
+    variables of all areas. Used by the code location, ``forecast-pipeline check`` and every
+    other CLI command, so they accept and refuse the same environments."""
+    loaded, problems = [], []
+    for model in area_models():
+        settings, found = model.read(environ)
+        loaded.append(settings)
+        problems += found
     if problems:
-        raise ConfigError("\n".join(problems))
-    return settings
+        raise ConfigError(describe_problems(problems))
+    return AllSettings(*loaded)
 
 
 def known_variables() -> set[str]:
-    """Every variable any area of the project reads."""
-    from forecast_pipeline.alerts.config import ALERT_DEFAULTS
-    from forecast_pipeline.reports.config import REPORT_DEFAULTS
-
-    return {*DEFAULTS, *ALERT_DEFAULTS, *REPORT_DEFAULTS, *TOOLING_VARIABLES}
+    """Every variable any area of the project reads: the fields of the areas' models."""
+    return {name for model in area_models() for name in model.variables()} | set(TOOLING_VARIABLES)
 
 
 def unknown_variable_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
@@ -358,7 +457,8 @@ def warn_unknown_variables(emit=logger.warning, environ: Mapping[str, str] | Non
 
 @functools.cache
 def get_settings() -> Settings:
-    """The process's settings, read once when the code location loads."""
-    settings = load_settings()
+    """The process's settings, read once when the code location loads. Every area is validated,
+    so whichever definition asks first, a bad variable of any area is named with all the others."""
+    settings = load_all_settings().forecasts
     warn_unknown_variables()
     return settings

@@ -22,10 +22,13 @@ def test_check_refuses_what_the_code_location_refuses(tmp_path, pg):
     loaded = command(
         [str(BIN / "dagster"), "definitions", "validate", "-m", "forecast_pipeline.definitions"],
         tmp_path,
+        FORECAST_WORKERS="0",
         **BAD_AREA_SETTINGS,
     )
     assert loaded.returncode != 0
-    assert "ALERT_WEBHOOK_URL='ftp://x'" in loaded.stdout + loaded.stderr
+    output = loaded.stdout + loaded.stderr
+    assert "ALERT_WEBHOOK_URL='ftp://x'" in output and "REPORT_TOP_PRODUCTS=0" in output
+    assert "FORECAST_WORKERS=0" in output  # whichever definition reads its settings first
     # and both accept the same settings once they are fixed
     fine = {"ALERT_WEBHOOK_URL": "http://127.0.0.1:9/hook", "REPORT_TOP_PRODUCTS": "5"}
     ok = command([str(BIN / "forecast-pipeline"), "init-db"], tmp_path, **fine)
@@ -56,3 +59,12 @@ def test_check_reports_missing_application_tables(tmp_path, pg):
         assert "application tables: " in checked.stdout and "present" in checked.stdout
     finally:
         engine.dispose()
+
+
+def test_every_command_refuses_what_the_code_location_refuses(tmp_path):
+    """Not only ``check``: a command that runs with a bad ALERT_*/REPORT_* variable would act on
+    an environment the code location refuses to load."""
+    done = command([str(BIN / "forecast-pipeline"), "jobs", "list"], tmp_path, **BAD_AREA_SETTINGS)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.startswith("forecast-pipeline: invalid configuration, 2 variables to fix:"), done.stderr
+    assert "ALERT_WEBHOOK_URL='ftp://x' must be" in done.stderr and "REPORT_TOP_PRODUCTS=0 must be" in done.stderr

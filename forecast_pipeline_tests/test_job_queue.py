@@ -1,6 +1,5 @@
 """The forecast job queue against real PostgreSQL, a real Dagster instance and real run processes."""
 
-import dataclasses
 import datetime as dt
 import io
 import json
@@ -306,7 +305,7 @@ def test_an_unknown_product_fails_the_job_without_retries(small_book, redis_clie
 def test_a_run_that_never_launched_is_requeued_after_the_grace_period(queue):
     job_id = job_queue.enqueue(queue, as_of_date=AS_OF)
     job_queue.claim_due_jobs(queue, limit=1)
-    settings = dataclasses.replace(load_settings({}), job_launch_grace_seconds=10)
+    settings = load_settings({"FORECAST_JOB_LAUNCH_GRACE_SECONDS": "10"})
     with DagsterInstance.ephemeral() as instance:
         assert recover_stale_jobs(instance, queue, settings=settings)["no_run"] == 0  # still within grace
         with queue.begin() as conn:
@@ -332,7 +331,7 @@ def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book
         "FORECAST_WORKERS": "1",
         "FORECAST_JOB_HEARTBEAT_SECONDS": "1",
     }
-    settings = dataclasses.replace(load_settings({}), job_heartbeat_seconds=1, job_retry_base_seconds=0)
+    settings = load_settings({"FORECAST_JOB_HEARTBEAT_SECONDS": "1", "FORECAST_JOB_RETRY_BASE_SECONDS": "0"})
     os.environ["DAGSTER_HOME"] = str(home)
     try:
         with DagsterInstance.get() as instance:
@@ -425,7 +424,7 @@ def test_recovery_closes_a_finished_run_the_status_sensors_missed_after_a_grace(
         assert recover_stale_jobs(instance, small_book)["finished_unnoticed"] == 0
         assert job_row(small_book, job_id).status == "running"
         # the status sensor never came (daemon down): recovery closes it after the grace
-        missed = dataclasses.replace(load_settings({}), job_finished_grace_seconds=0)
+        missed = load_settings({}).model_copy(update={"job_finished_grace_seconds": 0})
         assert recover_stale_jobs(instance, small_book, settings=missed)["finished_unnoticed"] == 1
     row = job_row(small_book, job_id)
     assert row.status == "succeeded" and row.rows_written == 60

@@ -2,7 +2,6 @@
 start and enforced by Dagster, poison rows that fail alone, racing claimers, priorities, causes,
 deduplication and cancellation. Real PostgreSQL, real Dagster instances and run events."""
 
-import dataclasses
 import datetime as dt
 import threading
 
@@ -189,7 +188,7 @@ def test_concurrent_claimers_never_exceed_the_capacity(queue):
 def test_time_waiting_in_dagsters_run_queue_is_not_a_timeout(queue):
     job_id = job_queue.enqueue(queue, as_of_date=AS_OF)
     job_queue.claim_due_jobs(queue, limit=1)
-    settings = dataclasses.replace(load_settings({}), job_timeout_seconds=60)
+    settings = load_settings({"FORECAST_JOB_TIMEOUT_SECONDS": "60"})
     with DagsterInstance.ephemeral() as instance:
         run = queued_run(instance, job_tags(job_id))
         with queue.begin() as conn:  # claimed two hours ago; its run is still waiting for a slot

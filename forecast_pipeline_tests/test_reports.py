@@ -1327,6 +1327,7 @@ def test_smtp_settings_default_their_port_and_hide_the_password():
             "REPORT_SMTP_SECURITY": "ssl",
         }
     )
-    assert (settings.smtp.host, settings.smtp.port, settings.smtp.password) == ("mail.example", 465, "hunter2")
+    assert (settings.smtp.host, settings.smtp.port) == ("mail.example", 465)
+    assert settings.smtp.password.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(settings)
     assert load_report_settings({}).smtp is None

@@ -2,7 +2,8 @@
 
 Same rules as :mod:`forecast_pipeline.settings`: an unset or blank variable takes its default, and
 every bad value is reported at once in a :class:`~forecast_pipeline.settings.ConfigError` that
-names the variable. The webhook URL may carry credentials, so it is only ever shown redacted.
+names the variable. The webhook URL may carry credentials, so it is a
+:class:`~forecast_pipeline.settings.SecretUrl`: only ever shown redacted.
 """
 
 from __future__ import annotations
@@ -10,83 +11,59 @@ from __future__ import annotations
 import functools
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import ClassVar
 
-from forecast_pipeline.settings import EnvReader, redact_url
+from pydantic import field_validator
 
-ALERT_DEFAULTS: dict[str, str] = {
-    "ALERT_FRESHNESS_SECONDS": "300",
-    "ALERT_CLOCK_SKEW_SECONDS": "60",
-    "ALERT_WEBHOOK_URL": "",
-    "ALERT_WEBHOOK_TIMEOUT_SECONDS": "5",
-    "ALERT_WEBHOOK_BACKOFF_SECONDS": "5",
-    "ALERT_WEBHOOK_MAX_BACKOFF_SECONDS": "60",
-    "ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS": "3600",
-    "ALERT_NOTIFY_BATCH": "5000",
-    "ALERT_RETENTION_DAYS": "30",
-}
+from forecast_pipeline.settings import AreaSettings, SecretUrl, env, load_all_settings, redact_url, setting_error
+
 MAX_WEBHOOK_TIMEOUT_SECONDS = 30
 """An attempt must fit well inside one delivery tick (see sensors.DELIVERY_BUDGET_SECONDS)."""
 
 
-@dataclass(frozen=True)
-class AlertSettings:
-    freshness_seconds: int
+class AlertSettings(AreaSettings):
+    what: ClassVar[str] = "alert configuration"
+
+    freshness_seconds: int = env("ALERT_FRESHNESS_SECONDS", 300, ge=1, le=7 * 86400)
     """A polling source's latest reading older than this is stale: its alerts are skipped."""
-    webhook_url: str | None
+    webhook_url: SecretUrl | None = env("ALERT_WEBHOOK_URL")
     """Where events are POSTed as JSON; ``None`` sends nothing (notifications still queue)."""
-    webhook_timeout_seconds: float
+    webhook_timeout_seconds: float = env("ALERT_WEBHOOK_TIMEOUT_SECONDS", 5.0, ge=0.1, le=MAX_WEBHOOK_TIMEOUT_SECONDS)
     """Total time of one attempt: connect, send, and the whole answer."""
-    webhook_backoff_seconds: float
+    webhook_backoff_seconds: float = env("ALERT_WEBHOOK_BACKOFF_SECONDS", 5.0, ge=0, le=3600)
     """Wait after a notification's first failed attempt, doubled after each further one ..."""
-    webhook_max_backoff_seconds: float
+    webhook_max_backoff_seconds: float = env("ALERT_WEBHOOK_MAX_BACKOFF_SECONDS", 60.0, ge=1, le=3600)
     """... up to this, so a backlog drains soon after the webhook answers again."""
-    webhook_refusal_grace_seconds: float
+    webhook_refusal_grace_seconds: float = env("ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS", 3600.0, ge=0, le=7 * 86400)
     """How long refusals a config change can fix (3xx, 401, 403, 404, 407) are retried."""
-    notify_batch: int
+    notify_batch: int = env("ALERT_NOTIFY_BATCH", 5000, ge=1, le=100_000)
     """At most this many queued notifications are handled per delivery pass."""
-    clock_skew_seconds: int = 60
+    clock_skew_seconds: int = env("ALERT_CLOCK_SKEW_SECONDS", 60, ge=0, le=86400)
     """Readings dated further ahead than this are ignored (a wrong clock would hide newer ones)."""
-    retention_days: int = 30
+    retention_days: int = env("ALERT_RETENTION_DAYS", 30, ge=1, le=36500)
     """Readings and delivered notifications older than this are deleted (see retention.py)."""
 
     @property
     def notifications_enabled(self) -> bool:
         return self.webhook_url is not None
 
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _http_url(cls, value: object) -> object:
+        if isinstance(value, str):
+            parsed = urllib.parse.urlsplit(value)
+            if parsed.scheme not in ("http", "https") or not parsed.hostname:
+                raise setting_error(repr(redact_url(value)), "must be an http:// or https:// URL with a host")
+        return value
+
 
 def load_alert_settings(environ: Mapping[str, str] | None = None) -> AlertSettings:
     """Read and validate every ``ALERT_*`` variable; raise :class:`ConfigError` listing all bad ones."""
-    read = EnvReader(ALERT_DEFAULTS, environ)
-    errors, raw, integer = read.errors, read.raw, read.integer
-
-    def seconds(name: str, minimum: float, maximum: float) -> float:
-        return read.number(name, minimum, maximum, unit=" seconds")
-
-    webhook_url = raw("ALERT_WEBHOOK_URL") or None
-    if webhook_url is not None:
-        parsed = urllib.parse.urlsplit(webhook_url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            errors.append(
-                f"ALERT_WEBHOOK_URL={redact_url(webhook_url)!r} must be an http:// or https:// URL with a host"
-            )
-
-    settings = AlertSettings(
-        freshness_seconds=integer("ALERT_FRESHNESS_SECONDS", 1, 7 * 86400),
-        webhook_url=webhook_url,
-        webhook_timeout_seconds=seconds("ALERT_WEBHOOK_TIMEOUT_SECONDS", 0.1, MAX_WEBHOOK_TIMEOUT_SECONDS),
-        webhook_backoff_seconds=seconds("ALERT_WEBHOOK_BACKOFF_SECONDS", 0, 3600),
-        webhook_max_backoff_seconds=seconds("ALERT_WEBHOOK_MAX_BACKOFF_SECONDS", 1, 3600),
-        webhook_refusal_grace_seconds=seconds("ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS", 0, 7 * 86400),
-        notify_batch=integer("ALERT_NOTIFY_BATCH", 1, 100_000),
-        clock_skew_seconds=integer("ALERT_CLOCK_SKEW_SECONDS", 0, 86400),
-        retention_days=integer("ALERT_RETENTION_DAYS", 1, 36500),
-    )
-    read.check("alert configuration")
-    return settings
+    return AlertSettings.load(environ)
 
 
 @functools.cache
 def get_alert_settings() -> AlertSettings:
-    """The process's alert settings, read once when the code location loads."""
-    return load_alert_settings()
+    """The process's alert settings, read once when the code location loads (with every other
+    area's: see :func:`~forecast_pipeline.settings.get_settings`)."""
+    return load_all_settings().alerts

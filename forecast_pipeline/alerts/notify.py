@@ -311,7 +311,7 @@ def _attempt(settings: AlertSettings, item: _Claimed, now: dt.datetime, refusing
     """POST one notification; the outcome and the row's new values."""
     body = json.dumps(item.payload, default=str).encode()
     headers = {"X-Alert-Notification-Id": str(item.id), "X-Alert-Event": item.kind}
-    answer = post_once(settings.webhook_url, body, headers, settings.webhook_timeout_seconds)
+    answer = post_once(settings.webhook_url.get_secret_value(), body, headers, settings.webhook_timeout_seconds)
     outcome = classify(answer.status)
     attempts = item.attempts + 1
     values: dict = {

@@ -25,7 +25,7 @@ from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db import alert_tables as schema
 from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.resources import AppDatabase
-from forecast_pipeline.settings import ConfigError, Settings
+from forecast_pipeline.settings import ConfigError, Settings, reveal
 
 
 def finite_number(text: str) -> float:
@@ -88,7 +88,7 @@ def add_alert_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def _app_db(settings: Settings) -> AppDatabase:
-    return AppDatabase(url=settings.app_database_url)
+    return AppDatabase(url=reveal(settings.app_database_url))
 
 
 def cmd_alerts_init(settings: Settings, args: argparse.Namespace) -> int:

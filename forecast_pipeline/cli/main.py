@@ -25,8 +25,8 @@ from forecast_pipeline.settings import (
     ConfigError,
     Settings,
     load_all_settings,
-    load_settings,
     redact_url,
+    reveal,
     warn_unknown_variables,
 )
 from forecast_pipeline.source import demo_data, order_history, source_schema
@@ -547,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     log_json_lines()  # e.g. `jobs cancel` logs the transition as the sensors do
     args = build_parser().parse_args(argv)
     try:
-        settings = load_all_settings() if args.command == "check" else load_settings()
+        settings = load_all_settings().forecasts  # every area's, as the code location validates them
     except ConfigError as exc:
         print(f"forecast-pipeline: {exc}", file=sys.stderr)
         return 2
@@ -590,7 +590,7 @@ def _database_reason(exc: sa.exc.SQLAlchemyError) -> str:
 def _url_named_in(reason: str, settings: Settings) -> str:
     """The redacted URL the error is about: the one whose database it names, else DATABASE_URL."""
     for url in (settings.app_database_url, settings.database_url):
-        name = sa.engine.make_url(url).database
+        name = sa.engine.make_url(reveal(url)).database
         if name and f'"{name}"' in reason:
             return redact_url(url)
     return redact_url(settings.database_url)

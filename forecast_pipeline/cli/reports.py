@@ -36,7 +36,7 @@ from forecast_pipeline.reports.cadence import (
 from forecast_pipeline.reports.config import is_email_address, load_report_settings
 from forecast_pipeline.reports.tick import tick
 from forecast_pipeline.resources import AppDatabase
-from forecast_pipeline.settings import ConfigError, Settings
+from forecast_pipeline.settings import ConfigError, Settings, reveal
 
 
 class InputError(ValueError):
@@ -177,7 +177,7 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 
 def _engine(settings: Settings) -> sa.Engine:
-    return AppDatabase(url=settings.app_database_url).engine()
+    return AppDatabase(url=reveal(settings.app_database_url)).engine()
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, values: dict, conflict: list[str]) -> int:

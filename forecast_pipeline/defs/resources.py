@@ -4,8 +4,9 @@ A variable that is set in the environment is passed as ``EnvVar`` so that the UI
 value comes from and never displays a secret; an unset one passes its default.
 
 Loading this module validates every area's variables at once (see
-:func:`forecast_pipeline.settings.load_all_settings`): a bad variable stops the code location
-from loading with a message that names it.
+:func:`forecast_pipeline.settings.load_all_settings`, which ``forecast-pipeline`` runs too): a bad
+variable stops the code location from loading with a message that names it. Defaults are passed
+revealed: a secret only ever reaches a resource through ``EnvVar``, as no secret has a default.
 """
 
 import os
@@ -23,7 +24,7 @@ from forecast_pipeline.io_managers import (
     RedisTableIOManager,
 )
 from forecast_pipeline.resources import AppDatabase, ForecastParameters, RedisStore, SourceDatabase
-from forecast_pipeline.settings import Settings, load_all_settings
+from forecast_pipeline.settings import Settings, load_all_settings, reveal
 
 
 def _env_or(environ: Mapping[str, str], name: str, default: Any, kind: str = "str") -> Any:
@@ -47,18 +48,18 @@ def build_resources(settings: Settings, environ: Mapping[str, str] | None = None
         return _env_or(env, name, default, kind)
 
     store = RedisStore(
-        url=pick("REDIS_URL", settings.redis_url),
-        password=pick("REDIS_PASSWORD", settings.redis_password),
+        url=pick("REDIS_URL", reveal(settings.redis_url)),
+        password=pick("REDIS_PASSWORD", reveal(settings.redis_password)),
         key_prefix=pick("FORECAST_KEY_PREFIX", settings.key_prefix),
     )
     cache_ttl = pick("FORECAST_CACHE_TTL", settings.cache_ttl, "int")
     history_ttl = pick("FORECAST_HISTORY_TTL", settings.history_ttl, "int")
-    app_db = AppDatabase(url=pick("APP_DATABASE_URL", pick("DATABASE_URL", settings.app_database_url)))
+    app_db = AppDatabase(url=pick("APP_DATABASE_URL", pick("DATABASE_URL", reveal(settings.app_database_url))))
     return {
         "app_db": app_db,
         "run_heartbeat": RunHeartbeat(app_db=app_db, interval_seconds=settings.job_heartbeat_seconds),
         "source_db": SourceDatabase(
-            url=pick("DATABASE_URL", settings.database_url),
+            url=pick("DATABASE_URL", reveal(settings.database_url)),
             source_query=pick("FORECAST_SOURCE_QUERY", settings.source_query),
         ),
         "redis_store": store,
@@ -93,5 +94,5 @@ def executor_for(name: str) -> dg.ExecutorDefinition:
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    settings = load_all_settings()
+    settings = load_all_settings().forecasts
     return dg.Definitions(resources=build_resources(settings), executor=executor_for(settings.executor))

@@ -31,25 +31,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parseaddr
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
-from forecast_pipeline.settings import PROJECT_ROOT, EnvReader
+from pydantic import SecretStr, ValidationInfo, field_validator
 
-REPORT_DEFAULTS: dict[str, str] = {
-    "REPORTS_DIR": str(PROJECT_ROOT / "reports"),
-    "REPORT_TOP_PRODUCTS": "10",
-    "REPORT_HISTORY_WEEKS": "26",
-    "REPORT_MAX_FORECAST_AGE_DAYS": "8",
-    "REPORT_CACHE_TTL_SECONDS": "3600",
-    "REPORT_TICK_LIMIT": "100",
-    "REPORT_LAUNCH_GRACE_SECONDS": "300",
-    "REPORT_SMTP_HOST": "",
-    "REPORT_SMTP_PORT": "",
-    "REPORT_SMTP_SECURITY": "starttls",
-    "REPORT_SMTP_FROM": "",
-    "REPORT_SMTP_USER": "",
-    "REPORT_SMTP_PASSWORD": "",
-    "REPORT_SMTP_TIMEOUT_SECONDS": "30",
-}
+from forecast_pipeline.settings import PROJECT_ROOT, AreaSettings, env, load_all_settings, rule_error, setting_error
+
 SMTP_SECURITY_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
 _ADDRESS = re.compile(r"^[^@\s,<>\"']+@[^@\s,<>\"']+\.[^@\s,<>\"'.]+$")
 
@@ -66,71 +53,96 @@ class SmtpSettings:
     security: str  # starttls | ssl | none
     sender: str
     user: str | None
-    password: str | None = field(default=None, repr=False)  # a secret: never printed or logged
+    password: SecretStr | None = field(default=None, repr=False)  # a secret: never printed or logged
     timeout_seconds: int = 30
 
 
-@dataclass(frozen=True)
-class ReportSettings:
-    reports_dir: Path
-    top_products: int
-    cache_ttl_seconds: int
-    tick_limit: int
-    launch_grace_seconds: int
-    max_forecast_age_days: int = 8
-    history_weeks: int = 26
-    smtp: SmtpSettings | None = None  # None: reports are written, not e-mailed
+class ReportSettings(AreaSettings):
+    what: ClassVar[str] = "report configuration"
 
+    reports_dir: Path = env("REPORTS_DIR", PROJECT_ROOT / "reports")
+    top_products: int = env("REPORT_TOP_PRODUCTS", 10, ge=1, le=1000)
+    history_weeks: int = env("REPORT_HISTORY_WEEKS", 26, ge=0, le=156)
+    max_forecast_age_days: int = env("REPORT_MAX_FORECAST_AGE_DAYS", 8, ge=1, le=366)
+    cache_ttl_seconds: int = env("REPORT_CACHE_TTL_SECONDS", 3600, ge=1, le=30 * 86400)
+    tick_limit: int = env("REPORT_TICK_LIMIT", 100, ge=1, le=10_000)
+    launch_grace_seconds: int = env("REPORT_LAUNCH_GRACE_SECONDS", 300, ge=10, le=86400)
+    # SMTP: declared in this order because each rule below reads the fields before it
+    smtp_host: str | None = env("REPORT_SMTP_HOST")
+    smtp_security: Literal["starttls", "ssl", "none"] = env("REPORT_SMTP_SECURITY", "starttls")
+    smtp_port: int | None = env("REPORT_SMTP_PORT", None, ge=1, le=65535, validate_default=True)
+    """``None``: by ``REPORT_SMTP_SECURITY`` (see :attr:`smtp`)."""
+    smtp_timeout_seconds: int = env("REPORT_SMTP_TIMEOUT_SECONDS", 30, ge=1, le=600)
+    smtp_from: str | None = env("REPORT_SMTP_FROM", validate_default=True)
+    smtp_user: str | None = env("REPORT_SMTP_USER", validate_default=True)
+    smtp_password: SecretStr | None = env("REPORT_SMTP_PASSWORD", validate_default=True)
 
-def _smtp(read: EnvReader) -> SmtpSettings | None:
-    errors, raw = read.errors, read.raw
-    host = raw("REPORT_SMTP_HOST")
-    security = raw("REPORT_SMTP_SECURITY").lower()
-    if security not in SMTP_SECURITY_PORTS:
-        errors.append(f"REPORT_SMTP_SECURITY={security!r} must be one of {', '.join(SMTP_SECURITY_PORTS)}")
-        security = "starttls"
-    port = SMTP_SECURITY_PORTS[security]
-    if raw("REPORT_SMTP_PORT"):
-        port = read.integer("REPORT_SMTP_PORT", 1, 65535)
-    timeout = read.integer("REPORT_SMTP_TIMEOUT_SECONDS", 1, 600)
-    sender, user, password = raw("REPORT_SMTP_FROM"), raw("REPORT_SMTP_USER"), raw("REPORT_SMTP_PASSWORD")
-    if not host:
-        for name in ("REPORT_SMTP_FROM", "REPORT_SMTP_USER", "REPORT_SMTP_PASSWORD", "REPORT_SMTP_PORT"):
-            if raw(name):
-                errors.append(f"{name} is set but REPORT_SMTP_HOST is not: set the host or unset {name}")
-        return None
-    if any(c.isspace() for c in host) or "/" in host:
-        errors.append(f"REPORT_SMTP_HOST={host!r} is not a host name or address")
-    if not sender:
-        errors.append("REPORT_SMTP_FROM is required when REPORT_SMTP_HOST is set (the sender address)")
-    elif not is_email_address(parseaddr(sender)[1]):
-        errors.append(f"REPORT_SMTP_FROM={sender!r} is not an e-mail address")
-    if bool(user) != bool(password):
-        errors.append("REPORT_SMTP_USER and REPORT_SMTP_PASSWORD must be set together (password not shown)")
-    elif password and security == "none":
-        errors.append("REPORT_SMTP_PASSWORD with REPORT_SMTP_SECURITY=none would send it in clear: use starttls or ssl")
-    return SmtpSettings(host, port, security, sender, user or None, password or None, timeout)
+    @property
+    def smtp(self) -> SmtpSettings | None:
+        """How reports are e-mailed; ``None``: they are written, not e-mailed."""
+        if self.smtp_host is None:
+            return None
+        port = self.smtp_port or SMTP_SECURITY_PORTS[self.smtp_security]
+        return SmtpSettings(
+            self.smtp_host,
+            port,
+            self.smtp_security,
+            self.smtp_from or "",
+            self.smtp_user,
+            self.smtp_password,
+            self.smtp_timeout_seconds,
+        )
+
+    @field_validator("reports_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()  # never probed: see the module's docstring
+
+    @field_validator("smtp_security", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("smtp_host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is not None and (any(c.isspace() for c in value) or "/" in value):
+            raise setting_error(repr(value), "is not a host name or address")
+        return value
+
+    @field_validator("smtp_port", "smtp_from", "smtp_user", "smtp_password")
+    @classmethod
+    def _needs_the_host(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every SMTP variable is about the host: without one it would be silently ignored."""
+        if "smtp_host" not in info.data:  # the host itself is bad, and reported
+            return value
+        name = cls.model_fields[info.field_name].validation_alias
+        if info.data["smtp_host"] is None:
+            if value is not None:
+                raise rule_error(f"{name} is set but REPORT_SMTP_HOST is not: set the host or unset {name}")
+            return value
+        if info.field_name == "smtp_from":
+            if value is None:
+                raise rule_error("REPORT_SMTP_FROM is required when REPORT_SMTP_HOST is set (the sender address)")
+            if not is_email_address(parseaddr(value)[1]):
+                raise setting_error(repr(value), "is not an e-mail address")
+        if info.field_name == "smtp_password":
+            if (info.data.get("smtp_user") is None) != (value is None):
+                raise rule_error("REPORT_SMTP_USER and REPORT_SMTP_PASSWORD must be set together (password not shown)")
+            if value is not None and info.data.get("smtp_security") == "none":
+                raise rule_error(
+                    "REPORT_SMTP_PASSWORD with REPORT_SMTP_SECURITY=none would send it in clear: use starttls or ssl"
+                )
+        return value
 
 
 def load_report_settings(environ: Mapping[str, str] | None = None) -> ReportSettings:
     """Read and validate every report variable; raise :class:`ConfigError` listing all bad ones."""
-    read = EnvReader(REPORT_DEFAULTS, environ)
-    integer = read.integer
-    settings = ReportSettings(
-        reports_dir=Path(read.raw("REPORTS_DIR")).expanduser().resolve(),
-        top_products=integer("REPORT_TOP_PRODUCTS", 1, 1000),
-        cache_ttl_seconds=integer("REPORT_CACHE_TTL_SECONDS", 1, 30 * 86400),
-        tick_limit=integer("REPORT_TICK_LIMIT", 1, 10_000),
-        launch_grace_seconds=integer("REPORT_LAUNCH_GRACE_SECONDS", 10, 86400),
-        max_forecast_age_days=integer("REPORT_MAX_FORECAST_AGE_DAYS", 1, 366),
-        history_weeks=integer("REPORT_HISTORY_WEEKS", 0, 156),
-        smtp=_smtp(read),
-    )
-    read.check("report configuration")
-    return settings
+    return ReportSettings.load(environ)
 
 
 @functools.cache
 def get_report_settings() -> ReportSettings:
-    """The process's report settings, read once when the code location loads."""
-    return load_report_settings()
+    """The process's report settings, read once when the code location loads (with every other
+    area's: see :func:`~forecast_pipeline.settings.get_settings`)."""
+    return load_all_settings().reports

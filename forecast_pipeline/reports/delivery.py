@@ -54,7 +54,7 @@ def send(smtp: SmtpSettings, message: EmailMessage) -> None:
             if smtp.security == "starttls":
                 client.starttls(context=ssl.create_default_context())
             if smtp.user and smtp.password:
-                client.login(smtp.user, smtp.password)
+                client.login(smtp.user, smtp.password.get_secret_value())
             refused = client.send_message(message)
     except smtplib.SMTPRecipientsRefused as exc:
         raise DeliveryError(f"e-mail to {', '.join(recipients)} refused: {_reasons(exc.recipients)}") from None
