@@ -26,7 +26,7 @@ SENSORS = {
     # reports
     "report_schedule_tick",
     "report_run_failed",
-    "report_run_canceled",
+    "report_run_cancelled",
     # alerts
     "alert_evaluation_sensor",
     "alert_notification_sensor",
@@ -68,7 +68,7 @@ AREAS = {
     "forecasts": {"eligible_products", "product_forecasts", "forecast_predictions", "daily_forecast"}
     | {"daily_forecast_schedule", "cached_forecasts_well_formed"},
     "forecast_queue": {name for name in SENSORS if name.startswith("forecast_job_")},
-    "reports": {"generate_report", "report_schedule_tick", "report_run_failed", "report_run_canceled"},
+    "reports": {"generate_report", "report_schedule_tick", "report_run_failed", "report_run_cancelled"},
     "alerts": {name for name in SENSORS if "alert" in name or name == "pipeline_health_sensor"},
 }
 

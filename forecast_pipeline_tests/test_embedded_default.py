@@ -22,7 +22,7 @@ POSTGRES_ONLY_SENSORS = {
     "forecast_job_recovery",
     "report_schedule_tick",
     "report_run_failed",
-    "report_run_canceled",
+    "report_run_cancelled",
 }
 ALERT_SENSORS = {"alert_evaluation_sensor", "alert_notification_sensor", "alert_retention_sensor"}
 

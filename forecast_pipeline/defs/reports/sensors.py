@@ -6,7 +6,7 @@
   slot still ``queued`` ``REPORT_LAUNCH_GRACE_SECONDS`` after it was recorded with no Dagster run
   carrying its run key (the tick committed but its run request was lost), and fails such a slot
   after a day, or when its run ended without starting the step.
-- ``report_run_failed`` / ``report_run_canceled``: mark the slot ``failed`` when its run fails or
+- ``report_run_failed`` / ``report_run_cancelled``: mark the slot ``failed`` when its run fails or
   is cancelled before the step could record it (e.g. Redis unreachable at start).
 """
 
@@ -144,5 +144,5 @@ def report_run_failed(context: RunFailureSensorContext, app_db: AppDatabase):
     monitored_jobs=[generate_report],
     **_postgres_only("Marks a report slot failed when its generate_report run is cancelled."),
 )
-def report_run_canceled(context: RunStatusSensorContext, app_db: AppDatabase):
+def report_run_cancelled(context: RunStatusSensorContext, app_db: AppDatabase):
     return _close(context, app_db, "report run was cancelled")
