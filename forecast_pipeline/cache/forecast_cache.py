@@ -126,7 +126,7 @@ end
 return written
 """
 
-# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease.
+# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease, KEYS[4]: the hash's version.
 # ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history ttl.
 # A run for some products: their staged forecasts join the date's hash (which keeps the others).
 _MERGE = """

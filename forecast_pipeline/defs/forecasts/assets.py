@@ -381,7 +381,16 @@ def publish_forecasts(
 def _check_events(check_key: AssetCheckKey, results: dict[str, tuple[bool, dict]], description: str | None):
     """One evaluation of the check per as-of date (each shows its date in the UI), then the
     check's output of the publish step."""
-    events: list = [
+    return [
+        *_evaluations(check_key, results, description, blocking=True),
+        Output(None, output_name="failure_rate_check"),
+    ]
+
+
+def _evaluations(
+    check_key: AssetCheckKey, results: dict[str, tuple[bool, dict]], description: str | None, blocking: bool
+) -> list[AssetCheckEvaluation]:
+    return [
         AssetCheckEvaluation(
             asset_key=check_key.asset_key,
             check_name=check_key.name,
@@ -389,12 +398,11 @@ def _check_events(check_key: AssetCheckKey, results: dict[str, tuple[bool, dict]
             metadata=metadata,
             severity=AssetCheckSeverity.ERROR,
             description=description,
-            blocking=True,
+            blocking=blocking,
             partition=key,
         )
         for key, (passed, metadata) in results.items()
     ]
-    return [*events, Output(None, output_name="failure_rate_check")]
 
 
 @graph_asset(
@@ -460,19 +468,8 @@ def partition_check_results(
                 description=description,
             )
         ]
-    events: list = [
-        AssetCheckEvaluation(
-            asset_key=check_key.asset_key,
-            check_name=check_key.name,
-            passed=passed,
-            metadata=metadata,
-            severity=AssetCheckSeverity.ERROR,
-            description=description,
-            blocking=assets_def.get_spec_for_check_key(check_key).blocking,
-            partition=key,
-        )
-        for key, (passed, metadata) in results.items()
-    ]
+    blocking = assets_def.get_spec_for_check_key(check_key).blocking
+    events: list = _evaluations(check_key, results, description, blocking)
     return [*events, Output(None, output_name=assets_def.get_output_name_for_asset_check_key(check_key))]
 
 
