@@ -46,6 +46,7 @@ from dagster import (
     Output,
     PreviewWarning,
     RetryPolicy,
+    RetryRequested,
     RunsFilter,
     TableColumn,
     TableSchema,
@@ -185,6 +186,9 @@ class ProductForecastsConfig(Config):
 
 
 SHARD_POOL = "forecast_shards"
+# A failing shard is retried alone (RetryRequested from the op, with this policy's delays) rather
+# than with `retry_policy=`: Dagster applies an op's RetryPolicy to the interrupt that terminates a
+# run too, so a run past its max runtime or cancelled would retry the shard and carry on.
 SHARD_RETRY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 # Each shard step is its own pod under k8s_job_executor. Sized for FORECAST_SHARD_SIZE=25,000
 # products (measured peak 0.9-1.2 GiB per shard process, see benchmarks/RESULTS.md).
@@ -259,7 +263,6 @@ def _products_to_forecast(
 
 @op(
     out=Out(io_manager_key="forecast_shard_io_manager"),
-    retry_policy=SHARD_RETRY,
     # shards of every run share one pool: its limit (dagster.yaml) caps the shard steps (and their
     # memory) running at once across concurrent runs and backfills
     pool=SHARD_POOL,
@@ -273,7 +276,14 @@ def forecast_shard(
     forecast_params: ForecastParameters,
     run_heartbeat: RunHeartbeat,
 ) -> forecast_shards.StagedShard:
-    run, history = _forecast_shard(context, spec, source_db, forecast_params)
+    try:
+        run, history = _forecast_shard(context, spec, source_db, forecast_params)
+    except Exception as exc:  # not BaseException: a run being terminated is never retried
+        if isinstance(exc, Failure) and not exc.allow_retries:
+            raise
+        raise RetryRequested(
+            max_retries=SHARD_RETRY.max_retries, seconds_to_wait=SHARD_RETRY.calculate_delay(context.retry_number + 1)
+        ) from exc
     return forecast_shards.StagedShard(
         result=forecast_shards.ShardResult.of(spec, run, history), payloads=run.payloads, product_ids=spec.product_ids
     )
