@@ -476,7 +476,7 @@ def test_the_cli_refuses_tomorrow_in_the_schedules_time_zone(queue, tmp_path):
     today = dt.datetime.now(zoneinfo.ZoneInfo(zone)).date()
     env = {"FORECAST_SCHEDULE_TIMEZONE": zone}
     tomorrow = forecast_pipeline(tmp_path, "enqueue", "--as-of", (today + dt.timedelta(days=1)).isoformat(), **env)
-    assert tomorrow.returncode == 1 and "in the future" in tomorrow.stderr
+    assert tomorrow.returncode == 2 and "in the future" in tomorrow.stderr  # a usage error: exit 2
     ok = forecast_pipeline(tmp_path, "enqueue", "--as-of", today.isoformat(), **env)
     assert ok.returncode == 0, ok.stderr
 
