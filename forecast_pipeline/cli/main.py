@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -442,12 +443,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _iso_date(text: str) -> str:
     """An argparse type: the date as given, once it parses as YYYY-MM-DD (argparse names the option)."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):  # fromisoformat also takes 20251110 and week dates
+        raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date (e.g. 2025-11-10)")
     try:
         dt.date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date (e.g. 2025-11-10)") from None
-    if len(text) != 10:  # fromisoformat also takes 20251110 and week dates
-        raise argparse.ArgumentTypeError(f"{text!r} is not a YYYY-MM-DD date (e.g. 2025-11-10)")
+    except ValueError as exc:  # the form is right, the day is not: say why ("month must be in 1..12")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a calendar date (YYYY-MM-DD): {exc}") from None
     return text
 
 
@@ -455,7 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="forecast-pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--verbose", action="store_true", help="after an error's one line, print its traceback")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("init-db", help="create the default order tables (safe to repeat)")
+    sub.add_parser(
+        "init-db",
+        help="create the default order tables and upgrade the application tables to the latest migration "
+        "(safe to repeat)",
+    )
     demo = sub.add_parser("demo-data", help="replace the order tables' contents with generated history")
     demo.add_argument("--products", type=int, default=300, help="products to generate")
     demo.add_argument("--customers", type=int, default=400, help="customers to generate")
