@@ -37,6 +37,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 import redis
@@ -438,6 +439,23 @@ def read_forecasts_for(client: redis.Redis, prefix: str, as_of: str) -> dict[int
 
 class ChangedWhileReading(RuntimeError):
     """Another run published the date while its hash was being read in batches."""
+
+
+T = TypeVar("T")
+
+
+def read_consistently(consume: Callable[[], T], on_retry: Callable[[str], object], attempts: int = 3) -> T:
+    """``consume()`` (which streams a :class:`CachedForecasts`) again when another run published the
+    date meanwhile: what it returns then comes from one publish, the newest. Raises
+    :class:`ChangedWhileReading` if the date keeps changing."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return consume()
+        except ChangedWhileReading as exc:
+            if attempt == attempts:
+                raise
+            on_retry(f"{exc}: reading it again")
+    raise AssertionError("unreachable")
 
 
 class CachedForecasts(Mapping):

@@ -34,6 +34,7 @@ from dagster import (
     BetaWarning,
     Config,
     ConfigMapping,
+    DagsterRunStatus,
     DynamicOut,
     DynamicOutput,
     Failure,
@@ -279,7 +280,7 @@ def forecast_shard(
     try:
         run, history = _forecast_shard(context, spec, source_db, forecast_params)
     except Exception as exc:  # not BaseException: a run being terminated is never retried
-        if isinstance(exc, Failure) and not exc.allow_retries:
+        if (isinstance(exc, Failure) and not exc.allow_retries) or _run_is_ending(context):
             raise
         raise RetryRequested(
             max_retries=SHARD_RETRY.max_retries, seconds_to_wait=SHARD_RETRY.calculate_delay(context.retry_number + 1)
@@ -483,6 +484,17 @@ def partition_check_results(
     return [*events, Output(None, output_name=assets_def.get_output_name_for_asset_check_key(check_key))]
 
 
+def _run_is_ending(context: OpExecutionContext) -> bool:
+    """Whether the run is being terminated (cancelled, past its max runtime): an interrupt can
+    surface as an ordinary error (the database driver cancels its query), which must not be retried."""
+    run = context.instance.get_run_by_id(context.run_id)
+    return run is None or run.status in (
+        DagsterRunStatus.CANCELING,
+        DagsterRunStatus.CANCELED,
+        DagsterRunStatus.FAILURE,
+    )
+
+
 def _forecast_shard(
     context: OpExecutionContext,
     spec: forecast_shards.ShardSpec,
@@ -589,10 +601,14 @@ def forecast_predictions(
         _app_db_failure(app_db, exc, "creating forecast_predictions")
     for key, docs in product_forecasts.items():
         started_date = time.perf_counter()
-        if requested is not None:
-            docs = {p: doc for p, doc in docs.items() if p in requested}
+
+        def replace(docs=docs, key=key) -> int:
+            chosen = docs.values() if requested is None else (d for p, d in docs.items() if p in requested)
+            return predictions_store.replace(engine, dt.date.fromisoformat(key), chosen, requested)
+
         try:
-            rows[key] = predictions_store.replace(engine, dt.date.fromisoformat(key), docs.values(), requested)
+            # another run of the date may publish while this one reads it back: then write the newest
+            rows[key] = forecast_cache.read_consistently(replace, context.log.info)
         except sa.exc.SQLAlchemyError as exc:
             _app_db_failure(app_db, exc, f"writing forecast_predictions of {key}", as_of_date=key)
         context.add_asset_metadata(

@@ -4,7 +4,7 @@ import warnings
 
 from dagster import AssetCheckExecutionContext, AssetCheckKey, MetadataValue, PreviewWarning, asset_check
 
-from forecast_pipeline.cache.forecast_cache import CachedForecasts
+from forecast_pipeline.cache.forecast_cache import CachedForecasts, read_consistently
 from forecast_pipeline.defs.forecasts.assets import partition_check_results, product_forecasts
 from forecast_pipeline.defs.forecasts.partitions import as_of_partitions
 
@@ -15,11 +15,17 @@ def _cached_forecasts_well_formed(context: AssetCheckExecutionContext, product_f
     """12 weeks each, quantities >= 0, lower <= predicted <= upper, the right as-of date."""
     results = {}
     for as_of, docs in product_forecasts.items():
-        problems = {}
-        for product_id, doc in docs.items():
-            issue = forecast_problem(doc, as_of)
-            if issue:
-                problems[str(product_id)] = issue
+
+        def find_problems(docs=docs, as_of=as_of) -> dict[str, str]:
+            found = {}
+            for product_id, doc in docs.items():
+                issue = forecast_problem(doc, as_of)
+                if issue:
+                    found[str(product_id)] = issue
+            return found
+
+        # another run of the date may publish while this one reads it back: then check the newest
+        problems = read_consistently(find_problems, context.log.info)
         metadata = {"cached_forecasts": len(docs), "malformed": len(problems)}
         if problems:
             metadata["examples"] = MetadataValue.json(dict(list(problems.items())[:10]))
