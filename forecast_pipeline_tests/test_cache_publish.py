@@ -156,3 +156,43 @@ def test_a_subset_write_never_leaves_a_key_without_ttl(redis_client):
     forecast_cache.write_forecasts(redis_client, PREFIX, AS_OF, payloads(3, "s"), 600, 600, replace_history=False)
     assert forecast_cache.read_forecasts_for(redis_client, PREFIX, AS_OF).keys() == {0, 1, 2}
     assert not keys_without_ttl(redis_client)
+
+
+def test_a_reader_raced_by_another_publish_reads_the_newest_one_or_fails(redis_client):
+    """A run reading its date back while another run publishes it gets one publish, never a mix."""
+    prefix, as_of = "forecast", "2026-11-16"
+    redis_client.hset(keys.history_key(prefix, as_of), mapping={"1": json.dumps({"run": "a"})})
+    redis_client.set(keys.version_key(prefix, as_of), "a")
+    cached = forecast_cache.CachedForecasts(redis_client, prefix, as_of)
+    publishes = iter(["b", "c", "d"])
+
+    def read_while_another_run_publishes():
+        seen = []
+        for _, doc in cached.items():
+            seen.append(doc["run"])
+            run = next(publishes)
+            redis_client.hset(keys.history_key(prefix, as_of), "1", json.dumps({"run": run}))
+            redis_client.set(keys.version_key(prefix, as_of), run)
+        return seen
+
+    retries = []
+    with pytest.raises(forecast_cache.ChangedWhileReading):  # it kept changing: three reads, then fail
+        forecast_cache.read_consistently(read_while_another_run_publishes, retries.append)
+    assert len(retries) == 2
+
+    def read_quietly():
+        return [doc["run"] for _, doc in cached.items()]
+
+    retries.clear()
+    changed_once = iter([True])
+
+    def read_once_raced():
+        seen = read_quietly()
+        if next(changed_once, False):
+            redis_client.set(keys.version_key(prefix, as_of), "e")
+            redis_client.hset(keys.history_key(prefix, as_of), "1", json.dumps({"run": "e"}))
+            raise forecast_cache.ChangedWhileReading("raced")
+        return seen
+
+    assert forecast_cache.read_consistently(read_once_raced, retries.append) == ["e"]
+    assert len(retries) == 1
