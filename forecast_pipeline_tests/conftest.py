@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy as sa
+from dagster import DagsterInstance
 
 from forecast_pipeline.defs.resources import build_resources
 from forecast_pipeline.resources import make_engine
@@ -74,6 +75,13 @@ def sqlite_engine(tmp_path):
 def any_db(request):
     """Each test using this runs once on Postgres and once on SQLite."""
     return request.getfixturevalue("pg" if request.param == "postgres" else "sqlite_engine")
+
+
+@pytest.fixture
+def instance():
+    """An ephemeral Dagster instance for one test."""
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, DagsterInstance, materialize
+from dagster import AssetKey, materialize
 
 from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
@@ -15,12 +15,6 @@ from forecast_pipeline_tests.conftest import AS_OF, REDIS_URL, engine_url, forec
 ASSETS = [eligible_products, product_forecasts, cached_forecasts_well_formed]
 WITH_PREDICTIONS = [*ASSETS, forecast_predictions]
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey
 
 from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
@@ -20,12 +20,6 @@ from forecast_pipeline_tests.conftest import AS_OF, Orders, materialize_date
 ASSETS = [eligible_products, product_forecasts, forecast_predictions, cached_forecasts_well_formed]
 BIG_IDS = [2**53, 2**53 + 1, 2**63 - 1]
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
 
 
 def run(database, instance, **kwargs):

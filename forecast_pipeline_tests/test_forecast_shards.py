@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import redis
-from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster import DagsterEventType, DagsterRun, DagsterRunStatus
 
 from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.defs.forecasts import assets
@@ -21,12 +21,6 @@ ASSETS = [eligible_products, product_forecasts, forecast_predictions, cached_for
 DATE = AS_OF.isoformat()
 PREFIX = "forecast"
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
 
 
 @pytest.fixture

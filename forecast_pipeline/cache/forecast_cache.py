@@ -86,26 +86,38 @@ end
 return removed
 """
 
-# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease, KEYS[4]: the hash's version.
-# ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history ttl.
-_PUBLISH = """
+# The start both publishing scripts share: the lease must still be this run's (else nothing is
+# written), the date's version changes (streaming readers notice), `expected` is the staged count.
+_HOLD_LEASE = """
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('PUBLISH lease lost: another run took over this as-of date')
 end
 redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
 local expected = tonumber(ARGV[2])
+"""
+_CHECK_STAGED = """local staged = redis.call('HLEN', KEYS[1])
+if staged ~= expected then
+  return redis.error_reply('PUBLISH staging hash holds ' .. staged .. ' of ' .. expected .. ' forecasts')
+end
+"""
+
+# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease, KEYS[4]: the hash's version.
+# ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history ttl.
+_PUBLISH = (
+    _HOLD_LEASE
+    + """
 if expected == 0 then
   redis.call('DEL', KEYS[1], KEYS[2])
   return 0
 end
-local staged = redis.call('HLEN', KEYS[1])
-if staged ~= expected then
-  return redis.error_reply('PUBLISH staging hash holds ' .. staged .. ' of ' .. expected .. ' forecasts')
-end
+"""
+    + _CHECK_STAGED
+    + """
 redis.call('RENAME', KEYS[1], KEYS[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return staged
 """
+)
 
 
 # KEYS[1]: the date's hash, KEYS[2..]: latest keys; ARGV[1]: as-of date, ARGV[2]: ttl,
@@ -130,16 +142,10 @@ return written
 # KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease, KEYS[4]: the hash's version.
 # ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history ttl.
 # A run for some products: their staged forecasts join the date's hash (which keeps the others).
-_MERGE = """
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then
-  return redis.error_reply('PUBLISH lease lost: another run took over this as-of date')
-end
-redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
-local expected = tonumber(ARGV[2])
-local staged = redis.call('HLEN', KEYS[1])
-if staged ~= expected then
-  return redis.error_reply('PUBLISH staging hash holds ' .. staged .. ' of ' .. expected .. ' forecasts')
-end
+_MERGE = (
+    _HOLD_LEASE
+    + _CHECK_STAGED
+    + """
 if expected > 0 then
   local fields = redis.call('HGETALL', KEYS[1])
   for i = 1, #fields, 1000 do
@@ -150,6 +156,7 @@ end
 redis.call('DEL', KEYS[1])
 return staged
 """
+)
 
 
 class PublishError(RuntimeError):
