@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -192,8 +192,7 @@ def write_forecasts(
     told when another run holds the date's lease.
     """
     token = uuid.uuid4().hex
-    lease = _take_lease(client, prefix, as_of, token, lock_seconds, wait_seconds, on_wait)
-    try:
+    with _date_lease(client, prefix, as_of, token, lock_seconds, wait_seconds, on_wait) as lease:
         encoded = [(p["product_id"], json.dumps(p)) for p in payloads]
         if replace_history:
             dropped = _replace_history(client, prefix, as_of, encoded, history_ttl, lease, token)
@@ -201,11 +200,27 @@ def write_forecasts(
             dropped = _update_history(client, prefix, as_of, encoded, history_ttl, drop_products, lease)
         written = _write_latest(client, prefix, as_of, encoded, ttl, lease)
         removed = _remove_latest(client, prefix, as_of, dropped)
+    return {"latest_written": written, "latest_kept_newer": len(encoded) - written, "latest_removed": removed}
+
+
+@contextlib.contextmanager
+def _date_lease(
+    client: redis.Redis,
+    prefix: str,
+    as_of: str,
+    token: str,
+    lock_seconds: int,
+    wait_seconds: float,
+    on_wait: Callable[[str], None] | None,
+) -> Iterator[redis.lock.Lock]:
+    """Hold the date's publish lease for the block; released however the block ends."""
+    lease = _take_lease(client, prefix, as_of, token, lock_seconds, wait_seconds, on_wait)
+    try:
+        yield lease
     finally:
         # a lease that expired meanwhile: the publish already failed on it, or had finished
         with contextlib.suppress(redis.exceptions.LockError):
             lease.release()
-    return {"latest_written": written, "latest_kept_newer": len(encoded) - written, "latest_removed": removed}
 
 
 def _take_lease(
@@ -291,12 +306,7 @@ def publish_staged(
     token = uuid.uuid4().hex
     staging, target = staging_key(prefix, as_of, run_token), history_key(prefix, as_of)
     try:
-        lease = _take_lease(client, prefix, as_of, token, lock_seconds, wait_seconds, on_wait)
-    except BaseException:
-        client.delete(staging)
-        raise
-    try:
-        try:
+        with _date_lease(client, prefix, as_of, token, lock_seconds, wait_seconds, on_wait) as lease:
             if replace_history:
                 previous = client.hkeys(target)
                 previous_ids = np.fromiter((int(p) for p in previous), dtype=np.int64, count=len(previous))
@@ -312,14 +322,13 @@ def publish_staged(
                 dropped = sorted(set(int(p) for p in drop_products) - set(ids.tolist()))
                 if dropped:
                     client.hdel(target, *(str(pid) for pid in dropped))
-        except BaseException:
-            client.delete(staging)  # DEL is allowed even when Redis is out of memory
-            raise
-        written = _write_latest_from_hash(client, prefix, as_of, ids, ttl, lease)
-        removed = _remove_latest(client, prefix, as_of, dropped)
-    finally:
-        with contextlib.suppress(redis.exceptions.LockError):
-            lease.release()
+            written = _write_latest_from_hash(client, prefix, as_of, ids, ttl, lease)
+            removed = _remove_latest(client, prefix, as_of, dropped)
+    except BaseException:
+        # after the publish script the staging hash is gone (renamed), so this only frees a
+        # staging hash that was not published; DEL is allowed even when Redis is out of memory
+        client.delete(staging)
+        raise
     return {"latest_written": written, "latest_kept_newer": len(ids) - written, "latest_removed": removed}
 
 
