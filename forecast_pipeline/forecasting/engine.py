@@ -107,6 +107,9 @@ CANDIDATES = {
     "croston_sba": models.croston_sba,
     "tsb": models.tsb,
 }
+# Fitted once for all holdout windows (ModelFit.windows); the others once per window.
+SHARED_PASS_CANDIDATES = ("ses", "holt_damped", "croston_sba", "tsb", "tsb_fast")
+INITIALISED_CANDIDATES = ("croston_sba", "tsb", "tsb_fast")
 SEASONAL_CANDIDATES = ("seasonal_ses", "seasonal_holt", "seasonal_holt_raw")
 CLASS_CANDIDATES = {
     "smooth": ("ses", "holt_damped", "seasonal_ses", "seasonal_holt", "seasonal_holt_raw", "shift_ses"),
@@ -228,6 +231,9 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
             break
         # A dormant row is scored on the latest window only: earlier ones are from when it sold.
         windows.append((cut, (history_weeks >= base + (w + 1) * horizon) & ~dormant))
+    init_end = np.full(n, fit_cols)
+    for cut, has in windows:
+        init_end[has] = np.minimum(init_end[has], cut)
     scores = {}
     holdout_fc = {}
     for name, fn in CANDIDATES.items():
@@ -240,16 +246,27 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         if name in DORMANT_CANDIDATES:
             allowed = (allowed | dormant) & ~short
         fc = np.zeros_like(holdout)
+        shared = {}
         if allowed.any():
-            fit = fn(y[allowed, :fit_cols], start[allowed], horizon, paths=False)
-            fc[allowed] = fit.forecast[:, : holdout.shape[1]]
+            if name in SHARED_PASS_CANDIDATES:
+                # One pass gives every window's forecast (the recursions are causal); Croston and
+                # TSB start from the weeks before the row's earliest window.
+                kwargs = {"cuts": (fit_cols, *(cut for cut, _ in windows))}
+                if name in INITIALISED_CANDIDATES:
+                    kwargs["init_end"] = init_end[allowed]
+                fit = fn(y[allowed, :fit_cols], start[allowed], horizon, paths=False, **kwargs)
+                shared = {cut: _scatter(allowed, f) for cut, f in fit.windows.items()}
+                fc[allowed] = fit.windows[fit_cols][:, : holdout.shape[1]]
+            else:
+                fit = fn(y[allowed, :fit_cols], start[allowed], horizon, paths=False)
+                fc[allowed] = fit.forecast[:, : holdout.shape[1]]
         holdout_fc[name] = fc
         score = np.abs(holdout - np.clip(fc, 0, None)).mean(axis=1)
         used = np.ones(n)
         for cut, has in windows:
             rows = allowed & has
             if rows.any():
-                back = fn(y[rows, :cut], start[rows], horizon, paths=False).forecast
+                back = shared[cut][rows] if shared else fn(y[rows, :cut], start[rows], horizon, paths=False).forecast
                 score[rows] += np.abs(y[rows, cut : cut + horizon] - np.clip(back, 0, None)).mean(axis=1)
                 used[rows] += 1
         scores[name] = np.where(allowed, score / used, np.inf)
@@ -324,6 +341,13 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         holdout_actual=np.where(idle, 0.0, holdout_act),
         outliers_capped=np.where(idle, 0, outliers),
     )
+
+
+def _scatter(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` for the ``rows`` mask placed in a zero array with one row per mask entry."""
+    out = np.zeros((len(rows), values.shape[1]))
+    out[rows] = values
+    return out
 
 
 def _dormant(y: np.ndarray, start: np.ndarray) -> np.ndarray:
