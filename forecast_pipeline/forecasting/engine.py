@@ -121,6 +121,7 @@ CLASS_CANDIDATES = {
 # (rows with one, models.level_shift_week), TSB for dormant rows (no demand for DORMANT_WEEKS
 # weeks though they sold in at least DORMANT_SHARE of the year before).
 SHIFT_CANDIDATES = ("shift_ses",)
+COMBINED_CLASSES = ("smooth", "erratic")
 DORMANT_CANDIDATES = ("tsb", "tsb_fast")
 DORMANT_WEEKS = 8
 DORMANT_SHARE = 0.3
@@ -272,15 +273,31 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         scores[name] = np.where(allowed, score / used, np.inf)
     best = np.full(n, "ses", dtype=object)
     best_score = np.full(n, np.inf)
+    second = np.full(n, None, dtype=object)
+    second_score = np.full(n, np.inf)
     for name in CANDIDATES:
         better = scores[name] < best_score
+        runner_up = ~better & (scores[name] < second_score)
+        second[better], second_score[better] = best[better], best_score[better]
+        second[runner_up], second_score[runner_up] = name, scores[name][runner_up]
         best[better] = name
         best_score[better] = scores[name][better]
+    # Smooth and erratic rows get the mean of their two best candidates (model "a+b"): a simple
+    # combination beat picking one by holdout error on the demo and the real series.
+    combine = ~short & ~dormant & np.isin(demand_class, COMBINED_CLASSES) & np.isfinite(second_score)
+    second[~combine] = None
+    first = np.where(short, "recent_mean", best).astype(object)
     model[~short] = best[~short]
+    model[combine] = best[combine] + "+" + second[combine]
+    holdout_sum = np.zeros_like(holdout)  # the chosen forecast over the holdout
     for name in CANDIDATES:
-        rows = model == name
-        holdout_err[rows] = np.abs(holdout[rows] - np.clip(holdout_fc[name][rows], 0, None)).sum(axis=1)
-        holdout_act[rows] = holdout[rows].sum(axis=1)
+        rows = first == name
+        holdout_sum[rows] += np.where(combine[rows], 0.5, 1.0)[:, None] * np.clip(holdout_fc[name][rows], 0, None)
+        rows = second == name
+        holdout_sum[rows] += 0.5 * np.clip(holdout_fc[name][rows], 0, None)
+    rows = ~short
+    holdout_err[rows] = np.abs(holdout[rows] - holdout_sum[rows]).sum(axis=1)
+    holdout_act[rows] = holdout[rows].sum(axis=1)
 
     # Short histories: recent mean, scored on a shorter holdout.
     if short.any():
@@ -290,28 +307,32 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         holdout_err[short] = np.abs(actual - fc[:, : actual.shape[1]]).sum(axis=1)
         holdout_act[short] = actual.sum(axis=1)
 
-    # Refit the chosen model on the full history, then build intervals from its past errors.
+    # Refit the chosen models on the full history, then build intervals from their past errors; a
+    # combination's forecast and interval offsets are the means of its two models'.
     for name in (*CANDIDATES, "recent_mean"):
-        rows = model == name
+        rows = (first == name) | (second == name)
         if not rows.any():
             continue
         fn = models.recent_mean if name == "recent_mean" else CANDIDATES[name]
         fit = fn(y[rows], start[rows], horizon)
-        forecast[rows] = fit.forecast
         replay = fit
         if name in SEASONAL_CANDIDATES:
             replay = _season_out_of_sample(fn, fit, y[rows], start[rows], horizon)
         # A level-shift model's errors count only from origins after the shift.
         since = np.maximum(start[rows], shift[rows]) if name in SHIFT_CANDIDATES else start[rows]
         lo_off, hi_off = _empirical_error_quantiles(replay, y[rows], since, horizon, fit.forecast)
-        lower[rows] = fit.forecast + lo_off
-        upper[rows] = fit.forecast + hi_off
+        weight = np.where(combine[rows], 0.5, 1.0)[:, None]
+        forecast[rows] += weight * fit.forecast
+        lower[rows] += weight * lo_off
+        upper[rows] += weight * hi_off
+    lower += forecast
+    upper += forecast
 
     # Per-group width factors: the replayed errors understate the error of a season estimated from
     # few years, of a new level and of a short history (see INTERVAL_SCALE).
-    group = np.where(np.isin(model.astype(str), SEASONAL_CANDIDATES), "seasonal", demand_class).astype(object)
+    group = np.where(np.isin(first.astype(str), SEASONAL_CANDIDATES), "seasonal", demand_class).astype(object)
     group[(history_weeks < models.SEASON_LENGTH) & ~short] = "young"
-    group[np.isin(model.astype(str), SHIFT_CANDIDATES)] = "shift"
+    group[np.isin(first.astype(str), SHIFT_CANDIDATES)] = "shift"
     group[dormant & ~short] = "dormant"
     factor = np.array([INTERVAL_SCALE.get(g, 1.0) for g in group])[:, None]
     lower = forecast - factor * (forecast - lower)
