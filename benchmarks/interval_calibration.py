@@ -32,7 +32,8 @@ def main() -> None:
     from forecast_pipeline.forecasting import backtest, engine
 
     y, eligible_at, _ = backtest.demo_matrix(args.products, dt.date(2026, 11, 16), volume=0.9, seed=7)
-    engine.INTERVAL_SCALE = {}  # unit factors
+    profiled = dict(engine.PROFILED_CLASSES)
+    engine.INTERVAL_SCALE = {}  # unit factors, no profile: the profile is divided out below
     engine.PROFILED_CLASSES = {}
     lo_scores, hi_scores = {}, {}
     for k in range(args.origins):
@@ -49,14 +50,20 @@ def main() -> None:
             sel = group == g
             lo_scores.setdefault(g, []).append(s_lo[sel])
             hi_scores.setdefault(g, []).append(s_hi[sel])
-    print("| group | weeks | lower factor | upper factor | coverage with them | upper factor by step 1..12 |")
-    print("|---|---|---|---|---|---|")
+    print("| group | weeks | lower factor | upper factor | coverage with them | upper factor by step 1..12 | growth |")
+    print("|---|---|---|---|---|---|---|")
     for g in sorted(lo_scores):
         by_step_lo, by_step_hi = np.concatenate(lo_scores[g]), np.concatenate(hi_scores[g])
-        f_lo, f_hi = factors(by_step_lo.ravel(), by_step_hi.ravel())
-        coverage = float(np.mean((by_step_lo <= f_lo) & (by_step_hi <= f_hi)))
-        steps = " ".join(f"{factors(by_step_lo[:, h], by_step_hi[:, h])[1]:.2f}" for h in range(args.horizon))
-        print(f"| {g} | {by_step_lo.size:,} | {f_lo:.3f} | {f_hi:.3f} | {coverage:.1%} | {steps} |")
+        # upper factors for the profiled width (engine.PROFILED_CLASSES): scores relative to the profile
+        position = (np.arange(args.horizon) - (args.horizon - 1) / 2) / max(args.horizon - 1, 1)
+        profile = 1.0 + profiled.get(g, 0.0) * position
+        f_lo, f_hi = factors(by_step_lo.ravel(), (by_step_hi / profile).ravel())
+        coverage = float(np.mean((by_step_lo <= f_lo) & (by_step_hi <= f_hi * profile)))
+        step_hi = np.array([factors(by_step_lo[:, h], by_step_hi[:, h])[1] for h in range(args.horizon)])
+        # growth for engine.PROFILED_CLASSES: slope of the per-step factor over the horizon / its mean
+        growth = np.polyfit(position, step_hi, 1)[0] / max(step_hi.mean(), 1e-9)
+        steps = " ".join(f"{f:.2f}" for f in step_hi)
+        print(f"| {g} | {by_step_lo.size:,} | {f_lo:.3f} | {f_hi:.3f} | {coverage:.1%} | {steps} | {growth:+.3f} |")
 
 
 def factors(s_lo: np.ndarray, s_hi: np.ndarray) -> tuple[float, float]:

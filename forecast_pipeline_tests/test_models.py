@@ -577,3 +577,60 @@ def test_forecast_only_fits_give_the_same_forecasts():
     start = models.first_demand_week(y)
     for fn in engine.CANDIDATES.values():
         np.testing.assert_allclose(fn(y, start, H, paths=False).forecast, fn(y, start, H).forecast)
+
+
+def test_one_pass_with_cuts_gives_each_windows_own_fit():
+    # rows starting at different weeks (the models sort rows by first demand and update only the
+    # rows begun): every cut's forecast is the forecast of a fit on the weeks before it
+    rng = np.random.default_rng(5)
+    y = np.vstack([rng.poisson(lam, T).astype(float) for lam in (0.3, 4.0, 20.0, 1.5)])
+    y[1, :40], y[2, :90], y[3, :5] = 0.0, 0.0, 0.0
+    start = models.first_demand_week(y)
+    cuts = (T - 12, T - 36, T - 60)
+    for name in ("ses", "holt_damped"):
+        fn = engine.CANDIDATES[name]
+        windows = fn(y, start, H, paths=False, cuts=cuts).windows
+        for cut in cuts:
+            np.testing.assert_allclose(windows[cut], fn(y[:, :cut], start, H, paths=False).forecast, rtol=1e-12)
+    # Croston and TSB: the same, given the weeks their initial state comes from
+    init_end = np.full(len(y), T - 60)
+    for name in ("croston_sba", "tsb", "tsb_fast"):
+        fn = engine.CANDIDATES[name]
+        windows = fn(y, start, H, paths=False, cuts=cuts, init_end=init_end).windows
+        for cut in cuts:
+            alone = fn(y[:, :cut], start, H, paths=False, init_end=init_end).forecast
+            np.testing.assert_allclose(windows[cut], alone, rtol=1e-12)
+
+
+def test_sorted_in_place_recursions_match_a_row_by_row_fit():
+    # the batch fit of rows with different starts equals each row fitted alone
+    rng = np.random.default_rng(6)
+    y = np.vstack([rng.poisson(lam, T).astype(float) for lam in (0.5, 6.0, 2.0)])
+    y[0, :100], y[2, :30] = 0.0, 0.0
+    start = models.first_demand_week(y)
+    for fn in engine.CANDIDATES.values():
+        together = fn(y, start, H).forecast
+        for i in range(len(y)):
+            np.testing.assert_allclose(together[i], fn(y[i : i + 1], start[i : i + 1], H).forecast[0], rtol=1e-12)
+
+
+def test_smooth_rows_get_the_mean_of_their_two_best_candidates():
+    rng = np.random.default_rng(7)
+    y = np.vstack([50 + rng.normal(0, 5, T) + 0.05 * np.arange(T) for _ in range(3)])
+    out = engine.forecast_batch(y, H)
+    assert (out.demand_class == "smooth").all()
+    for model in out.model:
+        first, second = model.split("+")
+        assert first != second and {first, second} <= set(engine.CANDIDATES)
+    # the combination's forecast is the mean of its two models' forecasts on the (capped) history
+    start = models.first_demand_week(y)
+    for i, model in enumerate(out.model):
+        a, b = (engine.CANDIDATES[m](y[i : i + 1], start[i : i + 1], H).forecast[0] for m in model.split("+"))
+        np.testing.assert_allclose(out.forecast[i], np.clip((a + b) / 2, 0, None), rtol=1e-9)
+
+
+def test_every_model_name_fits_the_model_type_column():
+    from forecast_pipeline.app_db.queue_tables import forecast_predictions
+
+    names = [a + "+" + b for a in engine.CANDIDATES for b in engine.CANDIDATES if a != b]
+    assert max(len(n) for n in names) <= forecast_predictions.c.model_type.type.length
