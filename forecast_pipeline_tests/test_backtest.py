@@ -30,19 +30,29 @@ def test_mase_bias_and_coverage_are_computed_from_the_errors():
     assert table["smooth"]["mase"] == pytest.approx(0.5)  # 2 / 4
     assert table["lumpy"]["mase"] == pytest.approx(0.0)
     assert table["all"]["mase"] == pytest.approx(0.25)  # mean of the two series' MASE
-    assert table["all"]["bias"] == pytest.approx(24 / 144)  # forecasts 168 vs actuals 144
+    # bias is signed and scaled like MASE: row 0 +2 a week / 4, row 1 exact
+    assert table["all"]["bias"] == pytest.approx(0.25)
     assert table["all"]["coverage"] == pytest.approx(0.75)
     assert table["all"]["products"] == 2
 
 
-def test_series_that_never_change_are_left_out_of_mase_but_counted_in_bias():
+def test_series_that_never_change_are_left_out_of_mase_and_bias():
     scores = backtest.MethodScores()
     actual = np.full((2, H), 5.0)
     scores.add(np.ones((2, H)), np.array([0.0, 1.0]), actual + 1, actual, np.array(["smooth", "smooth"]))
     table = scores.table(H)
     assert table["all"]["products"] == 1 and table["all"]["mase"] == pytest.approx(1.0)
-    assert table["all"]["bias"] == pytest.approx(0.2)
+    assert table["all"]["bias"] == pytest.approx(1.0)  # +1 a week on a scale of 1
     assert np.isnan(table["all"]["coverage"])  # no interval given
+
+
+def test_bias_of_a_discontinued_series_stays_finite():
+    # a series that stopped selling: actuals all zero, a small forecast. As a share of actual
+    # demand this was +2e12 %; scaled like MASE it is the forecast over the series' weekly change.
+    scores = backtest.MethodScores()
+    actual, forecast = np.zeros((1, H)), np.full((1, H), 0.5)
+    scores.add(forecast - actual, np.array([2.0]), forecast, actual, np.array(["discontinued"]))
+    assert scores.table(H)["discontinued"]["bias"] == pytest.approx(0.25)
 
 
 def seasonal_rows(n_weeks: int) -> np.ndarray:

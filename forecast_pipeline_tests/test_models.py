@@ -11,6 +11,11 @@ H = 12
 T = 208  # four years of weeks
 
 
+def components(model_names) -> set[str]:
+    """The candidates behind a batch's model names (a combination is named ``a+b``)."""
+    return {part for name in model_names for part in name.split("+")}
+
+
 def rows(*series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.vstack(series).astype(float)
     return y, models.first_demand_week(y)
@@ -181,8 +186,9 @@ def test_seasonal_holt_per_row_phi_replays_each_rows_own_forecast():
 def test_forecast_batch_trending_seasonal_picks_seasonal_holt():
     full = np.vstack([trending_seasonal(horizon=H, phase=p) for p in (0, 13, 26, 39)])
     result = engine.forecast_batch(full[:, :T], H)
-    # either seasonal Holt (the season smoothed over 5 weeks or not: a sine is smooth either way)
-    assert set(result.model) <= {"seasonal_holt", "seasonal_holt_raw"}
+    # either seasonal Holt (the season smoothed over 5 weeks or not: a sine is smooth either way),
+    # or (smooth rows) the mean of the two
+    assert components(result.model) <= {"seasonal_holt", "seasonal_holt_raw"}
     assert (np.abs(result.forecast - full[:, T:]).mean(axis=1) < 0.5).all()
 
 
@@ -285,7 +291,7 @@ def test_forecast_batch_pure_seasonal_picks_a_seasonal_model():
     result = engine.forecast_batch(full[:, :T], H)
     # seasonal Holt (either season): its indices are not shrunk when the years agree, seasonal_ses's
     # lose 20%; the unsmoothed season is the exact one here
-    assert set(result.model) <= {"seasonal_holt", "seasonal_holt_raw"}
+    assert components(result.model) <= {"seasonal_holt", "seasonal_holt_raw"}
     errors = np.abs(result.forecast - full[:, T:]).mean(axis=1)
     assert (errors < 1.0).all()  # the season's amplitude is 5
     assert (result.accuracy > 0.85).all()
@@ -354,6 +360,7 @@ def test_intervals_of_zero_inflated_demand_are_zero_to_the_80th_percentile(monke
     rng = np.random.default_rng(11)
     y = ((rng.random((400, 300 + H)) < 0.5) * rng.poisson(20.0, (400, 300 + H))).astype(float)
     future = y[:, 300:]
+    monkeypatch.setattr(engine, "INTERVAL_SCALE", {})  # the replayed quantiles alone
 
     def coverage() -> tuple[float, float]:
         result = engine.forecast_batch(y[:, :300], H)
@@ -383,7 +390,8 @@ def test_seasonal_intervals_come_from_a_season_estimated_out_of_sample(monkeypat
 
     def coverage() -> float:
         result = engine.forecast_batch(y[:, :t], H)
-        assert (np.isin(result.model, engine.SEASONAL_CANDIDATES)).mean() > 0.5
+        first = np.array([m.split("+")[0] for m in result.model])
+        assert (np.isin(first, engine.SEASONAL_CANDIDATES)).mean() > 0.5
         return ((future >= result.lower) & (future <= result.upper)).mean()
 
     out_of_sample = coverage()
@@ -555,7 +563,9 @@ def test_the_engine_follows_a_new_level_at_once():
     full = np.vstack([stepped(horizon=H, seed=s) for s in range(4)])
     result = engine.forecast_batch(full[:, :T], H)
     # shift_ses for most; a plain SES that chose a large alpha ties with it on the windows before the step
-    assert set(result.model) <= {"shift_ses", "ses"} and (result.model == "shift_ses").sum() >= 2
+    # (smooth rows: the mean of the two best, the first of which is one of those)
+    first = [m.split("+")[0] for m in result.model]
+    assert set(first) <= {"shift_ses", "ses"} and first.count("shift_ses") >= 2
     # SES with a small alpha would still sit between the old level (10) and the new (30)
     level = result.forecast.mean(axis=1)
     assert np.abs(level - 30.0).max() < 5.0 and abs(level.mean() - 30.0) < 2.5
@@ -577,3 +587,60 @@ def test_forecast_only_fits_give_the_same_forecasts():
     start = models.first_demand_week(y)
     for fn in engine.CANDIDATES.values():
         np.testing.assert_allclose(fn(y, start, H, paths=False).forecast, fn(y, start, H).forecast)
+
+
+def test_one_pass_with_cuts_gives_each_windows_own_fit():
+    # rows starting at different weeks (the models sort rows by first demand and update only the
+    # rows begun): every cut's forecast is the forecast of a fit on the weeks before it
+    rng = np.random.default_rng(5)
+    y = np.vstack([rng.poisson(lam, T).astype(float) for lam in (0.3, 4.0, 20.0, 1.5)])
+    y[1, :40], y[2, :90], y[3, :5] = 0.0, 0.0, 0.0
+    start = models.first_demand_week(y)
+    cuts = (T - 12, T - 36, T - 60)
+    for name in ("ses", "holt_damped"):
+        fn = engine.CANDIDATES[name]
+        windows = fn(y, start, H, paths=False, cuts=cuts).windows
+        for cut in cuts:
+            np.testing.assert_allclose(windows[cut], fn(y[:, :cut], start, H, paths=False).forecast, rtol=1e-12)
+    # Croston and TSB: the same, given the weeks their initial state comes from
+    init_end = np.full(len(y), T - 60)
+    for name in ("croston_sba", "tsb", "tsb_fast"):
+        fn = engine.CANDIDATES[name]
+        windows = fn(y, start, H, paths=False, cuts=cuts, init_end=init_end).windows
+        for cut in cuts:
+            alone = fn(y[:, :cut], start, H, paths=False, init_end=init_end).forecast
+            np.testing.assert_allclose(windows[cut], alone, rtol=1e-12)
+
+
+def test_sorted_in_place_recursions_match_a_row_by_row_fit():
+    # the batch fit of rows with different starts equals each row fitted alone
+    rng = np.random.default_rng(6)
+    y = np.vstack([rng.poisson(lam, T).astype(float) for lam in (0.5, 6.0, 2.0)])
+    y[0, :100], y[2, :30] = 0.0, 0.0
+    start = models.first_demand_week(y)
+    for fn in engine.CANDIDATES.values():
+        together = fn(y, start, H).forecast
+        for i in range(len(y)):
+            np.testing.assert_allclose(together[i], fn(y[i : i + 1], start[i : i + 1], H).forecast[0], rtol=1e-12)
+
+
+def test_smooth_rows_get_the_mean_of_their_two_best_candidates():
+    rng = np.random.default_rng(7)
+    y = np.vstack([50 + rng.normal(0, 5, T) + 0.05 * np.arange(T) for _ in range(3)])
+    out = engine.forecast_batch(y, H)
+    assert (out.demand_class == "smooth").all()
+    for model in out.model:
+        first, second = model.split("+")
+        assert first != second and {first, second} <= set(engine.CANDIDATES)
+    # the combination's forecast is the mean of its two models' forecasts on the (capped) history
+    start = models.first_demand_week(y)
+    for i, model in enumerate(out.model):
+        a, b = (engine.CANDIDATES[m](y[i : i + 1], start[i : i + 1], H).forecast[0] for m in model.split("+"))
+        np.testing.assert_allclose(out.forecast[i], np.clip((a + b) / 2, 0, None), rtol=1e-9)
+
+
+def test_every_model_name_fits_the_model_type_column():
+    from forecast_pipeline.app_db.queue_tables import forecast_predictions
+
+    names = [a + "+" + b for a in engine.CANDIDATES for b in engine.CANDIDATES if a != b]
+    assert max(len(n) for n in names) <= forecast_predictions.c.model_type.type.length

@@ -6,7 +6,9 @@ to the origin is forecast for the next ``horizon`` weeks and compared with what 
 - **MASE**: mean absolute error over the horizon divided by the series' in-sample mean absolute
   one-week change (naive lag-1 scaling, as in M4/M5; series whose history never changes are left
   out). Averaged over products.
-- **Bias**: (sum of forecasts - sum of actuals) / sum of actuals.
+- **Bias**: (sum of forecasts - sum of actuals) / horizon, divided by the same scale as MASE and
+  averaged over products (signed: positive over-forecasts; a share of actual demand is
+  meaningless for a discontinued item that sells nothing).
 - **Coverage**: share of actual weeks inside the nominal 80% interval.
 - **MSIS**: the interval score (width + 2/alpha x each miss, alpha 0.2) averaged over the horizon
   and divided by the same scale as MASE.
@@ -102,7 +104,8 @@ class MethodScores:
             out[name] = {
                 "products": int(scored.sum()),
                 "mase": float(np.mean(abs_error[scored] / horizon / scale[scored])),
-                "bias": float((fc[rows].sum() - actual[rows].sum()) / max(actual[rows].sum(), 1e-9)),
+                # signed and scaled like MASE: a share of actual demand explodes where it is ~0
+                "bias": float(np.mean((fc[scored] - actual[scored]) / horizon / scale[scored])),
                 "coverage": float(np.nansum(covered[rows]) / (horizon * np.isfinite(covered[rows]).sum()))
                 if np.isfinite(covered[rows]).any()
                 else float("nan"),
@@ -617,7 +620,7 @@ def format_result(result: BacktestResult) -> str:
             coverage = "n/a" if np.isnan(row["coverage"]) else f"{row['coverage']:.1%}"
             msis = "n/a" if np.isnan(row["msis"]) else f"{row['msis']:.2f}"
             lines.append(
-                f"| {method} | {cls} | {row['products']:,} | {row['mase']:.3f} | {row['bias']:+.1%} "
+                f"| {method} | {cls} | {row['products']:,} | {row['mase']:.3f} | {row['bias']:+.3f} "
                 f"| {coverage} | {msis} |"
             )
     eng, naive = tables.get("engine", {}).get("all"), tables.get("seasonal_naive", {}).get("all")
@@ -695,7 +698,7 @@ def format_sf_comparison(result: BacktestResult) -> str:
     for r in rows:
         lines.append(
             f"| {r['class']} | {r['series']:,} | {r['engine_mase']:.3f} | {r['best_model']} ({r['best_mase']:.3f}) "
-            f"| {r['ensemble_mase']:.3f} | {r['engine_bias']:+.1%} | {r['coverage']:.1%} | {r['engine_msis']:.2f} "
+            f"| {r['ensemble_mase']:.3f} | {r['engine_bias']:+.3f} | {r['coverage']:.1%} | {r['engine_msis']:.2f} "
             f"| {r['best_msis_model']} ({r['best_msis']:.2f}) |"
         )
     tables = result.tables()

@@ -24,8 +24,15 @@ How a product's forecast is decided (the README repeats this for users):
    ``horizon`` weeks and scored on those weeks, and on up to ``SELECTION_WINDOWS - 1`` earlier
    ``horizon``-week windows where the product has the history for all its candidates (a dormant
    row uses the latest window only: the earlier ones are from when it sold); the product gets the
-   candidate with the lowest mean holdout MAE, refitted on the full history. One window let a
-   lucky flat forecast beat the right model (co2: MASE 2.92 with one window, 1.37 with two); four
+   candidate with the lowest mean holdout MAE, refitted on the full history; smooth and erratic
+   rows get the mean of their two best candidates (model ``a+b``; the longest name,
+   ``seasonal_holt_raw+seasonal_holt``, is 31 characters, within ``model_type``'s 40): a simple
+   combination beat picking one (demo backtest smooth 0.917 -> 0.906, real smooth 1.122 -> 1.086).
+   SES, damped Holt, Croston and TSB fit every holdout window in one pass (``cuts``: the
+   recursions are causal, so the state after each window's last week is that window's fit;
+   Croston and TSB start from the weeks before the row's earliest window); the seasonal and
+   level-shift candidates, whose season or shift depends on the window, are fitted per window.
+   One window let a lucky flat forecast beat the right model (co2: MASE 2.92 with one window, 1.37 with two); four
    cut the demo backtest's MASE from 0.985 to 0.971 and the real series' from 1.110 to 1.085 (the
    holdout fits keep only their last state, ``paths=False``, which pays for most of the extra fits).
    Seasonal SES deseasonalises with ``models.seasonal_indices`` (ratios to each calendar year's
@@ -49,11 +56,13 @@ How a product's forecast is decided (the README repeats this for users):
    Seasonal models are replayed with their season estimated only from the weeks before those
    origins (rows with 3 years there): errors replayed with a season fitted on the same weeks are
    too small (co2: 73% coverage, 76% out of sample). Rows with fewer than 10 past errors use
-   +-1.28 standard deviations of their weekly demand. Finally each interval's two half-widths are
-   multiplied by a factor per group (``INTERVAL_SCALE``: short 1.5, under a year 1.07, seasonal
-   models 1.14, level shift 1.1, the others 1.0-1.07), calibrated on earlier origins of the demo backtest so that
-   80% of actual weeks fall inside (replayed errors understate the error of a season, a new level
-   and a short history). Quantities and bounds are clipped at zero.
+   +-1.28 standard deviations of their weekly demand. Finally the lower and upper half-widths
+   are multiplied by a factor per group (``INTERVAL_SCALE``: the class; ``seasonal`` for rows on
+   a seasonal model, ``young`` under a year, ``shift``, ``dormant``), calibrated split-conformally
+   on 8 earlier origins of the demo data (``benchmarks/interval_calibration.py``; only data
+   before each origin), and for ``PROFILED_CLASSES`` (smooth, erratic) by a profile that widens
+   over the horizon (replayed errors pool all steps into one width). Quantities and bounds are
+   clipped at zero.
 """
 
 from __future__ import annotations
@@ -74,24 +83,32 @@ SEASON_PREFIX_WEEKS = 3 * models.SEASON_LENGTH
 BLOCK_ROWS = 5000
 INTERVAL_QUANTILES = (0.10, 0.90)
 UPPER_FROM_ZERO_QUANTILE = 0.80
-# Width factors applied to each row's interval by group (the engine's class; "seasonal" for rows
-# on a seasonal model, "young" under a year of history, "shift" on the level-shift model,
-# "dormant"). Calibrated as split
-# conformal factors: the 80th percentile of |actual - forecast| / (the interval's half-width on
-# that side) over the demo backtest's earlier origins (48-96 weeks before as-of 2026-11-16,
-# 3,000 products), so that 80% of those weeks fall inside; checked on the later origins and the
-# real series (benchmarks/RESULTS.md).
+# Width factors (lower, upper) applied to each row's interval half-widths by group (the engine's
+# class; "seasonal" for rows on a seasonal model, "young" under a year of history, "shift" on the
+# level-shift model, "dormant"). Split-conformal: benchmarks/interval_calibration.py runs the
+# engine with unit factors at 8 origins 60-102 weeks before the demo backtest's as-of (each seeing
+# only the weeks before it; 3,000 products) and takes, per group, the lower factor leaving 10% of
+# the actual weeks below and the upper factor leaving 20% outside in all (a zero lower bound
+# covers every zero week, so the upper side takes the rest). Upper factors are floored at 0.5: the
+# dormant rows' calibrated 0 would make the interval the forecast itself. Checked on the later
+# backtest origins and the real series (benchmarks/RESULTS.md).
 INTERVAL_SCALE = {
-    "short": 1.5,
-    "young": 1.07,  # 26-51 weeks of history
-    "seasonal": 1.14,
-    "shift": 1.1,  # 1.21 on the calibration origins, 0.62 on the later ones (~100 rows in all)
-    "smooth": 1.02,
-    "erratic": 1.03,
-    "intermittent": 1.04,
-    "lumpy": 1.07,
-    "dormant": 1.0,
+    "short": (1.064, 4.936),
+    "young": (1.001, 1.974),  # 26-51 weeks of history
+    "seasonal": (1.0, 1.108),
+    "shift": (1.127, 1.437),
+    "smooth": (1.0, 1.035),
+    "erratic": (1.0, 1.234),
+    "intermittent": (1.0, 1.286),
+    "lumpy": (1.0, 2.036),
+    "dormant": (1.0, 0.5),
 }
+# Groups whose interval widens over the horizon: the replayed errors pool steps 1..horizon into
+# one width, but a smooth series' error grows with the step (level uncertainty adds up). Upper
+# half-widths are multiplied by 1 + growth * (step position, -0.5 at step 1 .. +0.5 at the last
+# step); lower ones are not: narrowed, a lower bound at zero would leave zero weeks outside.
+# Growth from benchmarks/interval_calibration.py (slope of the per-step upper factor).
+PROFILED_CLASSES: dict[str, float] = {"smooth": 0.11, "erratic": 0.09}
 RELATIVE_FLOOR = 1.0
 ADI_CUTOFF = 1.32
 CV2_CUTOFF = 0.49
@@ -107,6 +124,9 @@ CANDIDATES = {
     "croston_sba": models.croston_sba,
     "tsb": models.tsb,
 }
+# Fitted once for all holdout windows (ModelFit.windows); the others once per window.
+SHARED_PASS_CANDIDATES = ("ses", "holt_damped", "croston_sba", "tsb", "tsb_fast")
+INITIALISED_CANDIDATES = ("croston_sba", "tsb", "tsb_fast")
 SEASONAL_CANDIDATES = ("seasonal_ses", "seasonal_holt", "seasonal_holt_raw")
 CLASS_CANDIDATES = {
     "smooth": ("ses", "holt_damped", "seasonal_ses", "seasonal_holt", "seasonal_holt_raw", "shift_ses"),
@@ -118,6 +138,7 @@ CLASS_CANDIDATES = {
 # (rows with one, models.level_shift_week), TSB for dormant rows (no demand for DORMANT_WEEKS
 # weeks though they sold in at least DORMANT_SHARE of the year before).
 SHIFT_CANDIDATES = ("shift_ses",)
+COMBINED_CLASSES = ("smooth", "erratic")
 DORMANT_CANDIDATES = ("tsb", "tsb_fast")
 DORMANT_WEEKS = 8
 DORMANT_SHARE = 0.3
@@ -139,6 +160,7 @@ class BatchForecast:
     holdout_abs_error: np.ndarray  # sum |actual - forecast| over the holdout, for run metrics
     holdout_actual: np.ndarray  # sum of actuals over the holdout
     outliers_capped: np.ndarray  # weeks replaced by models.cap_outliers before fitting
+    interval_group: np.ndarray | None = None  # the INTERVAL_SCALE group of each row
 
 
 def classify(y: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -228,6 +250,9 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
             break
         # A dormant row is scored on the latest window only: earlier ones are from when it sold.
         windows.append((cut, (history_weeks >= base + (w + 1) * horizon) & ~dormant))
+    init_end = np.full(n, fit_cols)
+    for cut, has in windows:
+        init_end[has] = np.minimum(init_end[has], cut)
     scores = {}
     holdout_fc = {}
     for name, fn in CANDIDATES.items():
@@ -240,30 +265,57 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         if name in DORMANT_CANDIDATES:
             allowed = (allowed | dormant) & ~short
         fc = np.zeros_like(holdout)
+        shared = {}
         if allowed.any():
-            fit = fn(y[allowed, :fit_cols], start[allowed], horizon, paths=False)
-            fc[allowed] = fit.forecast[:, : holdout.shape[1]]
+            if name in SHARED_PASS_CANDIDATES:
+                # One pass gives every window's forecast (the recursions are causal); Croston and
+                # TSB start from the weeks before the row's earliest window.
+                kwargs = {"cuts": (fit_cols, *(cut for cut, _ in windows))}
+                if name in INITIALISED_CANDIDATES:
+                    kwargs["init_end"] = init_end[allowed]
+                fit = fn(y[allowed, :fit_cols], start[allowed], horizon, paths=False, **kwargs)
+                shared = {cut: _scatter(allowed, f) for cut, f in fit.windows.items()}
+                fc[allowed] = fit.windows[fit_cols][:, : holdout.shape[1]]
+            else:
+                fit = fn(y[allowed, :fit_cols], start[allowed], horizon, paths=False)
+                fc[allowed] = fit.forecast[:, : holdout.shape[1]]
         holdout_fc[name] = fc
         score = np.abs(holdout - np.clip(fc, 0, None)).mean(axis=1)
         used = np.ones(n)
         for cut, has in windows:
             rows = allowed & has
             if rows.any():
-                back = fn(y[rows, :cut], start[rows], horizon, paths=False).forecast
+                back = shared[cut][rows] if shared else fn(y[rows, :cut], start[rows], horizon, paths=False).forecast
                 score[rows] += np.abs(y[rows, cut : cut + horizon] - np.clip(back, 0, None)).mean(axis=1)
                 used[rows] += 1
         scores[name] = np.where(allowed, score / used, np.inf)
     best = np.full(n, "ses", dtype=object)
     best_score = np.full(n, np.inf)
+    second = np.full(n, None, dtype=object)
+    second_score = np.full(n, np.inf)
     for name in CANDIDATES:
         better = scores[name] < best_score
+        runner_up = ~better & (scores[name] < second_score)
+        second[better], second_score[better] = best[better], best_score[better]
+        second[runner_up], second_score[runner_up] = name, scores[name][runner_up]
         best[better] = name
         best_score[better] = scores[name][better]
+    # Smooth and erratic rows get the mean of their two best candidates (model "a+b"): a simple
+    # combination beat picking one by holdout error on the demo and the real series.
+    combine = ~short & ~dormant & np.isin(demand_class, COMBINED_CLASSES) & np.isfinite(second_score)
+    second[~combine] = None
+    first = np.where(short, "recent_mean", best).astype(object)
     model[~short] = best[~short]
+    model[combine] = best[combine] + "+" + second[combine]
+    holdout_sum = np.zeros_like(holdout)  # the chosen forecast over the holdout
     for name in CANDIDATES:
-        rows = model == name
-        holdout_err[rows] = np.abs(holdout[rows] - np.clip(holdout_fc[name][rows], 0, None)).sum(axis=1)
-        holdout_act[rows] = holdout[rows].sum(axis=1)
+        rows = first == name
+        holdout_sum[rows] += np.where(combine[rows], 0.5, 1.0)[:, None] * np.clip(holdout_fc[name][rows], 0, None)
+        rows = second == name
+        holdout_sum[rows] += 0.5 * np.clip(holdout_fc[name][rows], 0, None)
+    rows = ~short
+    holdout_err[rows] = np.abs(holdout[rows] - holdout_sum[rows]).sum(axis=1)
+    holdout_act[rows] = holdout[rows].sum(axis=1)
 
     # Short histories: recent mean, scored on a shorter holdout.
     if short.any():
@@ -273,32 +325,41 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         holdout_err[short] = np.abs(actual - fc[:, : actual.shape[1]]).sum(axis=1)
         holdout_act[short] = actual.sum(axis=1)
 
-    # Refit the chosen model on the full history, then build intervals from its past errors.
+    # Refit the chosen models on the full history, then build intervals from their past errors; a
+    # combination's forecast and interval offsets are the means of its two models'.
     for name in (*CANDIDATES, "recent_mean"):
-        rows = model == name
+        rows = (first == name) | (second == name)
         if not rows.any():
             continue
         fn = models.recent_mean if name == "recent_mean" else CANDIDATES[name]
         fit = fn(y[rows], start[rows], horizon)
-        forecast[rows] = fit.forecast
         replay = fit
         if name in SEASONAL_CANDIDATES:
             replay = _season_out_of_sample(fn, fit, y[rows], start[rows], horizon)
         # A level-shift model's errors count only from origins after the shift.
         since = np.maximum(start[rows], shift[rows]) if name in SHIFT_CANDIDATES else start[rows]
         lo_off, hi_off = _empirical_error_quantiles(replay, y[rows], since, horizon, fit.forecast)
-        lower[rows] = fit.forecast + lo_off
-        upper[rows] = fit.forecast + hi_off
+        weight = np.where(combine[rows], 0.5, 1.0)[:, None]
+        forecast[rows] += weight * fit.forecast
+        lower[rows] += weight * lo_off
+        upper[rows] += weight * hi_off
+    lower += forecast
+    upper += forecast
 
     # Per-group width factors: the replayed errors understate the error of a season estimated from
     # few years, of a new level and of a short history (see INTERVAL_SCALE).
-    group = np.where(np.isin(model.astype(str), SEASONAL_CANDIDATES), "seasonal", demand_class).astype(object)
+    group = np.where(np.isin(first.astype(str), SEASONAL_CANDIDATES), "seasonal", demand_class).astype(object)
     group[(history_weeks < models.SEASON_LENGTH) & ~short] = "young"
-    group[np.isin(model.astype(str), SHIFT_CANDIDATES)] = "shift"
+    group[np.isin(first.astype(str), SHIFT_CANDIDATES)] = "shift"
     group[dormant & ~short] = "dormant"
-    factor = np.array([INTERVAL_SCALE.get(g, 1.0) for g in group])[:, None]
-    lower = forecast - factor * (forecast - lower)
-    upper = forecast + factor * (upper - forecast)
+    scale = np.array([INTERVAL_SCALE.get(g, (1.0, 1.0)) for g in group]).reshape(n, 2)
+    steps = np.arange(horizon)
+    position = (steps - steps.mean()) / max(horizon - 1, 1)  # -0.5 .. 0.5 over the horizon
+    profile = np.ones((n, horizon))
+    for name, growth in PROFILED_CLASSES.items():
+        profile[group == name] = 1.0 + growth * position
+    lower = forecast - scale[:, :1] * (forecast - lower)
+    upper = forecast + scale[:, 1:] * profile * (upper - forecast)
 
     forecast = np.clip(forecast, 0.0, None)
     lower = np.clip(np.minimum(lower, forecast), 0.0, None)
@@ -323,7 +384,15 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         holdout_abs_error=np.where(idle, 0.0, holdout_err),
         holdout_actual=np.where(idle, 0.0, holdout_act),
         outliers_capped=np.where(idle, 0, outliers),
+        interval_group=group,
     )
+
+
+def _scatter(rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``values`` for the ``rows`` mask placed in a zero array with one row per mask entry."""
+    out = np.zeros((len(rows), values.shape[1]))
+    out[rows] = values
+    return out
 
 
 def _dormant(y: np.ndarray, start: np.ndarray) -> np.ndarray:

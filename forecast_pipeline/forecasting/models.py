@@ -51,6 +51,7 @@ class ModelFit:
     season: np.ndarray | None
     forecast: np.ndarray
     phi: float | np.ndarray = 1.0  # one damping factor, or one per row
+    windows: dict[int, np.ndarray] | None = None  # cut -> forecast fitted on the weeks before it
 
     def forecast_from(self, origin: int, horizon: int, n_weeks: int) -> np.ndarray:
         """Forecasts made at column ``origin`` for the next ``horizon`` weeks, shape (n, horizon)."""
@@ -207,67 +208,141 @@ def _pick_best(sse: np.ndarray) -> np.ndarray:
     return np.argmin(sse, axis=1)
 
 
+def _by_start(start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row order by first demand week and the inverse permutation: sorted, the rows active at a
+    week are a prefix, so each week's update touches only those (no leading zeros, no mask)."""
+    order = np.argsort(start, kind="stable")
+    inverse = np.empty_like(order)
+    inverse[order] = np.arange(len(order))
+    return order, inverse
+
+
+def _active_counts(start_sorted: np.ndarray, t: int) -> np.ndarray:
+    """Number of rows (sorted by start) whose series has begun at each column."""
+    return np.searchsorted(start_sorted, np.arange(t), side="right")
+
+
+def _window_forecasts(snaps: dict, horizon: int, inverse: np.ndarray, make) -> dict[int, np.ndarray]:
+    """Per holdout cut: each row's forecast from the grid column with the lowest SSE before the cut
+    (``make(state, best)`` builds it from that cut's saved state), in the caller's row order."""
+    out = {}
+    rows = np.arange(len(inverse))
+    for cut, (sse, *state) in snaps.items():
+        best = _pick_best(sse)
+        out[cut] = make([s[rows, best] for s in state], horizon)[inverse]
+    return out
+
+
 def ses(
-    y: np.ndarray, start: np.ndarray, horizon: int, season: np.ndarray | None = None, paths: bool = True
+    y: np.ndarray,
+    start: np.ndarray,
+    horizon: int,
+    season: np.ndarray | None = None,
+    paths: bool = True,
+    cuts: tuple[int, ...] = (),
 ) -> ModelFit:
     """Simple exponential smoothing, alpha chosen per series from a grid by one-step SSE.
 
     With ``season`` given the series is deseasonalised first and the forecast reseasonalised.
     ``paths=False`` (every model takes it) keeps only the last week's state: enough for the
     forecast, which is all the engine's holdout windows need, at a fraction of the memory traffic.
+    ``cuts`` (SES, damped Holt, Croston and TSB take it): the same pass also gives the forecast a
+    fit on the weeks before each cut would (``ModelFit.windows``): the recursion is causal, so
+    the engine's holdout windows share one pass instead of one fit each.
     """
     n, t = y.shape
     if season is not None:
         y = y / season[:, np.arange(t) % SEASON_LENGTH]
+    order, inverse = _by_start(start)
+    start_s = start[order]
+    g = len(SES_ALPHAS)
     alphas = SES_ALPHAS[None, :]
-    level = np.repeat(_initial_level(y, start)[:, None], len(SES_ALPHAS), axis=1)
-    sse = np.zeros((n, len(SES_ALPHAS)))
-    path = np.empty((t if paths else 1, n, len(SES_ALPHAS)))  # week-major: contiguous writes
-    weeks = np.ascontiguousarray(y.T)
+    level = np.repeat(_initial_level(y[order], start_s)[:, None], g, axis=1)
+    sse = np.zeros((n, g))
+    err = np.empty((n, g))
+    path = np.empty((t if paths else 1, n, g))  # week-major: contiguous writes
+    weeks = np.ascontiguousarray(y[order].T)
+    active = _active_counts(start_s, t)
+    snaps = {}
     for col in range(t):
-        # err is zero before a row's start, which leaves its level and SSE as they are (the same
-        # numbers as np.where, with fewer temporaries: this loop is most of the engine's time)
-        err = (weeks[col, :, None] - level) * (col >= start)[:, None]
-        sse += err * err
-        level = level + alphas * err
+        k = active[col]
+        if k:  # in place on the rows begun so far: this loop is most of the engine's time
+            e, lv = err[:k], level[:k]
+            np.subtract(weeks[col, :k, None], lv, out=e)
+            sse[:k] += e * e
+            e *= alphas
+            lv += e
         if paths:
             path[col] = level
+        if col + 1 in cuts:
+            snaps[col + 1] = (sse.copy(), level.copy())
     if not paths:
         path[0] = level
     best = _pick_best(sse)
-    chosen = _chosen_path(path, best)
-    return _flat_fit(chosen, horizon, season, t)
+    chosen = _chosen_path(path, best)[inverse]
+    fit = _flat_fit(chosen, horizon, season, t)
+    if snaps:
+
+        def flat(state, h, season=season):
+            return np.repeat(state[0][:, None], h, axis=1)
+
+        windows = _window_forecasts(snaps, horizon, inverse, flat)
+        if season is not None:
+            windows = {c: f * season[:, (c + np.arange(horizon)) % SEASON_LENGTH] for c, f in windows.items()}
+        fit = ModelFit(fit.level, fit.trend, fit.season, fit.forecast, fit.phi, windows)
+    return fit
 
 
-def holt_damped(y: np.ndarray, start: np.ndarray, horizon: int, paths: bool = True) -> ModelFit:
+def holt_damped(
+    y: np.ndarray, start: np.ndarray, horizon: int, paths: bool = True, cuts: tuple[int, ...] = ()
+) -> ModelFit:
     """Additive damped-trend Holt smoothing (phi 0.9), alpha chosen per series by one-step SSE."""
     n, t = y.shape
+    order, inverse = _by_start(start)
+    start_s = start[order]
+    g = len(SES_ALPHAS)
     alphas = SES_ALPHAS[None, :]
-    level = np.repeat(_initial_level(y, start)[:, None], len(SES_ALPHAS), axis=1)
+    gain = HOLT_BETA * alphas
+    level = np.repeat(_initial_level(y[order], start_s)[:, None], g, axis=1)
     trend = np.zeros_like(level)
-    sse = np.zeros((n, len(SES_ALPHAS)))
-    level_path = np.empty((t if paths else 1, n, len(SES_ALPHAS)))
+    sse = np.zeros((n, g))
+    err, damped = np.empty((n, g)), np.empty((n, g))
+    level_path = np.empty((t if paths else 1, n, g))
     trend_path = np.empty_like(level_path)
+    weeks = np.ascontiguousarray(y[order].T)
+    active = _active_counts(start_s, t)
+    snaps = {}
     for col in range(t):
-        active = (col >= start)[:, None]
-        obs = y[:, col, None]
-        predicted = level + HOLT_PHI * trend
-        err = obs - predicted
-        sse += np.where(active, err * err, 0.0)
-        new_level = predicted + alphas * err
-        new_trend = HOLT_PHI * trend + HOLT_BETA * alphas * err
-        level = np.where(active, new_level, level)
-        trend = np.where(active, new_trend, trend)
+        k = active[col]
+        if k:
+            e, d, lv, tr = err[:k], damped[:k], level[:k], trend[:k]
+            np.multiply(tr, HOLT_PHI, out=d)
+            lv += d  # the one-step prediction
+            np.subtract(weeks[col, :k, None], lv, out=e)
+            sse[:k] += e * e
+            np.multiply(gain, e, out=tr)
+            tr += d
+            e *= alphas
+            lv += e
         if paths:
             level_path[col] = level
             trend_path[col] = trend
+        if col + 1 in cuts:
+            snaps[col + 1] = (sse.copy(), level.copy(), trend.copy())
     if not paths:
         level_path[0], trend_path[0] = level, trend
     best = _pick_best(sse)
-    lv, tr = _chosen_path(level_path, best), _chosen_path(trend_path, best)
+    lv, tr = _chosen_path(level_path, best)[inverse], _chosen_path(trend_path, best)[inverse]
     steps = np.arange(1, horizon + 1)
     forecast = lv[:, -1, None] + tr[:, -1, None] * _damped_sums(HOLT_PHI, steps)[None, :]
-    return ModelFit(level=lv, trend=tr, season=None, forecast=forecast, phi=HOLT_PHI)
+    windows = None
+    if snaps:
+
+        def damped_trend(state, h):
+            return state[0][:, None] + state[1][:, None] * _damped_sums(HOLT_PHI, np.arange(1, h + 1))[None, :]
+
+        windows = _window_forecasts(snaps, horizon, inverse, damped_trend)
+    return ModelFit(level=lv, trend=tr, season=None, forecast=forecast, phi=HOLT_PHI, windows=windows)
 
 
 def seasonal_indices(y: np.ndarray, start: np.ndarray, max_years: int = 3) -> np.ndarray:
@@ -432,26 +507,42 @@ def _holt_pass(z, start, level0, alphas, betas, phis, paths: bool = False):
     """
     n, t = z.shape
     g = alphas.shape[1]
-    level = np.repeat(level0[:, None], g, axis=1)
+    order, inverse = _by_start(start)
+    start_s = start[order]
+
+    def rows(p):
+        return p[order] if p.shape[0] == n and n > 1 else p
+
+    alphas, betas, phis = rows(alphas), rows(betas), rows(phis)
+    level = np.repeat(level0[order][:, None], g, axis=1)
     trend = np.zeros_like(level)
     sse = np.zeros((n, g))
-    level_path = np.empty((n, t)) if paths else None
-    trend_path = np.empty((n, t)) if paths else None
+    err, damped = np.empty((n, g)), np.empty((n, g))
+    level_path = np.empty((t, n)) if paths else None
+    trend_path = np.empty((t, n)) if paths else None
     gain_trend = betas * alphas
+    weeks = np.ascontiguousarray(z[order].T)
+    active = _active_counts(start_s, t)
+    per_row = alphas.shape[0] == n and n > 1
     for col in range(t):
-        active = (col >= start)[:, None]
-        damped = phis * trend
-        predicted = level + damped
-        err = z[:, col, None] - predicted
-        sse += np.where(active, err * err, 0.0)
-        level = np.where(active, predicted + alphas * err, level)
-        trend = np.where(active, damped + gain_trend * err, trend)
+        k = active[col]
+        if k:
+            e, d, lv, tr = err[:k], damped[:k], level[:k], trend[:k]
+            a, b, p = (alphas[:k], gain_trend[:k], phis[:k]) if per_row else (alphas, gain_trend, phis)
+            np.multiply(p, tr, out=d)
+            lv += d
+            np.subtract(weeks[col, :k, None], lv, out=e)
+            sse[:k] += e * e
+            np.multiply(b, e, out=tr)
+            tr += d
+            e *= a
+            lv += e
         if paths:
-            level_path[:, col] = level[:, 0]
-            trend_path[:, col] = trend[:, 0]
+            level_path[col] = level[:, 0]
+            trend_path[col] = trend[:, 0]
     if not paths:
-        return sse, level, trend  # the last week's state of every grid column
-    return sse, level_path, trend_path
+        return sse[inverse], level[inverse], trend[inverse]  # the last week's state of every grid column
+    return sse[inverse], np.ascontiguousarray(level_path.T[inverse]), np.ascontiguousarray(trend_path.T[inverse])
 
 
 SHIFT_SEARCH_WEEKS = 52  # a new level may start in any of the last 52 weeks ...
@@ -504,10 +595,17 @@ def shift_ses(y: np.ndarray, start: np.ndarray, horizon: int, paths: bool = True
     return ses(y, np.maximum(start, shift), horizon, paths=paths)
 
 
-def tsb_fast(y: np.ndarray, start: np.ndarray, horizon: int, paths: bool = True) -> ModelFit:
+def tsb_fast(
+    y: np.ndarray,
+    start: np.ndarray,
+    horizon: int,
+    paths: bool = True,
+    cuts: tuple[int, ...] = (),
+    init_end: np.ndarray | None = None,
+) -> ModelFit:
     """TSB with the demand probability's beta fixed at 0.3: for an item that has stopped selling
     the in-sample error (years of steady sales) picks a slow beta that keeps forecasting demand."""
-    return tsb(y, start, horizon, betas=TSB_FAST_BETA, paths=paths)
+    return tsb(y, start, horizon, betas=TSB_FAST_BETA, paths=paths, cuts=cuts, init_end=init_end)
 
 
 def trailing_zero_weeks(y: np.ndarray, start: np.ndarray) -> np.ndarray:
@@ -518,70 +616,136 @@ def trailing_zero_weeks(y: np.ndarray, start: np.ndarray) -> np.ndarray:
     return np.where(last >= 0, t - 1 - last, t - start)
 
 
-def croston_sba(y: np.ndarray, start: np.ndarray, horizon: int, paths: bool = True) -> ModelFit:
+def croston_sba(
+    y: np.ndarray,
+    start: np.ndarray,
+    horizon: int,
+    paths: bool = True,
+    cuts: tuple[int, ...] = (),
+    init_end: np.ndarray | None = None,
+) -> ModelFit:
     """Croston's method with the Syntetos-Boylan bias correction, for intermittent demand.
 
     Demand sizes and intervals between demands are smoothed separately and only when demand
     occurs; the forecast is ``(1 - alpha/2) * size / interval``. Alpha is picked per series.
+    The initial size and interval come from the weeks before ``init_end`` (per row; default all):
+    holdout windows sharing one pass (``cuts``) start from the weeks before the earliest of them.
     """
     n, t = y.shape
+    order, inverse = _by_start(start)
+    start_s = start[order]
+    y_s = y[order]
+    end = None if init_end is None else init_end[order]
     alphas = CROSTON_ALPHAS[None, :]
     g = len(CROSTON_ALPHAS)
-    size = np.repeat(_initial_size(y, start)[:, None], g, axis=1)
-    interval = np.repeat(_initial_interval(y, start)[:, None], g, axis=1)
+    size = np.repeat(_initial_size(y_s, start_s, end)[:, None], g, axis=1)
+    interval = np.repeat(_initial_interval(y_s, start_s, end)[:, None], g, axis=1)
     since = np.ones((n, g))
     correction = 1 - alphas / 2
     sse = np.zeros((n, g))
-    weeks = np.ascontiguousarray(y.T)
+    err, tmp = np.empty((n, g)), np.empty((n, g))
+    weeks = np.ascontiguousarray(y_s.T)
+    hits = weeks > 0
     path = np.empty((t if paths else 1, n, g))
     rate = correction * size / interval  # the forecast: one division a week serves the error and the path
+    active = _active_counts(start_s, t)
+    snaps = {}
     for col in range(t):
-        active = (col >= start)[:, None]
-        obs = weeks[col, :, None]
-        err = (obs - rate) * active
-        sse += err * err
-        demand = active & (obs > 0)
-        hit = demand.astype(float)
-        size = size + alphas * ((obs - size) * hit)
-        interval = interval + alphas * ((since - interval) * hit)
-        since = np.where(demand, 1.0, since + active)
-        rate = correction * size / interval
+        k = active[col]
+        if k:
+            obs = weeks[col, :k, None]
+            hit = hits[col, :k, None]
+            e, w, sz, iv, sn, rt = err[:k], tmp[:k], size[:k], interval[:k], since[:k], rate[:k]
+            np.subtract(obs, rt, out=e)
+            sse[:k] += e * e
+            if hit.any():
+                np.subtract(obs, sz, out=w)
+                w *= hit
+                w *= alphas
+                sz += w
+                np.subtract(sn, iv, out=w)
+                w *= hit
+                w *= alphas
+                iv += w
+                sn += 1.0
+                np.copyto(sn, 1.0, where=hit)
+                np.multiply(correction, sz, out=rt)
+                rt /= iv
+            else:
+                sn += 1.0
         if paths:
             path[col] = rate
+        if col + 1 in cuts:
+            snaps[col + 1] = (sse.copy(), rate.copy())
     if not paths:
         path[0] = rate
     best = _pick_best(sse)
-    return _flat_fit(_chosen_path(path, best), horizon, None)
+    fit = _flat_fit(_chosen_path(path, best)[inverse], horizon, None)
+    if snaps:
+        windows = _window_forecasts(snaps, horizon, inverse, lambda s, h: np.repeat(s[0][:, None], h, axis=1))
+        fit = ModelFit(fit.level, fit.trend, fit.season, fit.forecast, fit.phi, windows)
+    return fit
 
 
-def tsb(y: np.ndarray, start: np.ndarray, horizon: int, betas: np.ndarray = TSB_BETAS, paths: bool = True) -> ModelFit:
+def tsb(
+    y: np.ndarray,
+    start: np.ndarray,
+    horizon: int,
+    betas: np.ndarray = TSB_BETAS,
+    paths: bool = True,
+    cuts: tuple[int, ...] = (),
+    init_end: np.ndarray | None = None,
+) -> ModelFit:
     """Teunter-Syntetos-Babai: smooths demand probability every week, so dying items decay.
 
-    Size uses alpha 0.1; the probability's beta is picked per series from a grid.
+    Size uses alpha 0.1; the probability's beta is picked per series from a grid. ``cuts`` and
+    ``init_end`` as for :func:`croston_sba`.
     """
     n, t = y.shape
     g = len(betas)
     betas = np.asarray(betas, dtype=float)[None, :]
     alpha = 0.1
-    size = np.repeat(_initial_size(y, start)[:, None], g, axis=1)
-    prob = np.repeat((1.0 / _initial_interval(y, start))[:, None], g, axis=1)
+    order, inverse = _by_start(start)
+    start_s = start[order]
+    y_s = y[order]
+    end = None if init_end is None else init_end[order]
+    size = np.repeat(_initial_size(y_s, start_s, end)[:, None], g, axis=1)
+    prob = np.repeat((1.0 / _initial_interval(y_s, start_s, end))[:, None], g, axis=1)
     sse = np.zeros((n, g))
+    err, tmp, rate = np.empty((n, g)), np.empty((n, g)), prob * size
     path = np.empty((t if paths else 1, n, g))
-    weeks = np.ascontiguousarray(y.T)
+    weeks = np.ascontiguousarray(y_s.T)
+    hits = (weeks > 0).astype(float)
+    active = _active_counts(start_s, t)
+    snaps = {}
     for col in range(t):
-        active = (col >= start)[:, None]
-        obs = weeks[col, :, None]
-        err = (obs - prob * size) * active
-        sse += err * err
-        demand = obs > 0
-        prob = prob + betas * ((demand - prob) * active)
-        size = size + alpha * ((obs - size) * (active & demand))
+        k = active[col]
+        if k:
+            obs = weeks[col, :k, None]
+            hit = hits[col, :k, None]
+            e, w, pr, sz, rt = err[:k], tmp[:k], prob[:k], size[:k], rate[:k]
+            np.subtract(obs, rt, out=e)
+            sse[:k] += e * e
+            np.subtract(hit, pr, out=w)
+            w *= betas
+            pr += w
+            np.subtract(obs, sz, out=w)
+            w *= hit
+            w *= alpha
+            sz += w
+            np.multiply(pr, sz, out=rt)
         if paths:
-            path[col] = prob * size
+            path[col] = rate
+        if col + 1 in cuts:
+            snaps[col + 1] = (sse.copy(), rate.copy())
     if not paths:
-        path[0] = prob * size
+        path[0] = rate
     best = _pick_best(sse)
-    return _flat_fit(_chosen_path(path, best), horizon, None)
+    fit = _flat_fit(_chosen_path(path, best)[inverse], horizon, None)
+    if snaps:
+        windows = _window_forecasts(snaps, horizon, inverse, lambda s, h: np.repeat(s[0][:, None], h, axis=1))
+        fit = ModelFit(fit.level, fit.trend, fit.season, fit.forecast, fit.phi, windows)
+    return fit
 
 
 def recent_mean(y: np.ndarray, start: np.ndarray, horizon: int, window: int = 12) -> ModelFit:
@@ -605,19 +769,24 @@ def seasonal_naive(y: np.ndarray, start: np.ndarray, horizon: int) -> np.ndarray
     return y[:, cols]
 
 
-def _initial_size(y: np.ndarray, start: np.ndarray) -> np.ndarray:
+def _initial_size(y: np.ndarray, start: np.ndarray, end: np.ndarray | None = None) -> np.ndarray:
+    """Mean demand size of each series over its weeks before ``end`` (default all)."""
     n, t = y.shape
     window = np.arange(t)[None, :] >= start[:, None]
+    if end is not None:
+        window &= np.arange(t)[None, :] < end[:, None]
     positive = (y > 0) & window
     total = np.where(positive, y, 0.0).sum(axis=1)
     return np.where(positive.any(axis=1), total / np.maximum(positive.sum(axis=1), 1), 1.0)
 
 
-def _initial_interval(y: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """Average weeks between demands over each series' history (at least 1)."""
+def _initial_interval(y: np.ndarray, start: np.ndarray, end: np.ndarray | None = None) -> np.ndarray:
+    """Average weeks between demands over each series' history before ``end`` (at least 1)."""
     t = y.shape[1]
-    positive = (y > 0) & (np.arange(t)[None, :] >= start[:, None])
-    span = np.maximum(t - start, 1)
+    end = np.full(len(y), t) if end is None else np.minimum(end, t)
+    cols = np.arange(t)[None, :]
+    positive = (y > 0) & (cols >= start[:, None]) & (cols < end[:, None])
+    span = np.maximum(end - start, 1)
     return np.maximum(span / np.maximum(positive.sum(axis=1), 1), 1.0)
 
 
