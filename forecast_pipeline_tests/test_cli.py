@@ -140,7 +140,7 @@ def test_a_partition_range_runs_once_and_show_reads_each_date(demo_book, redis_c
 
 def test_jobs_enqueue_and_list(pg, tmp_path):
     with pg.begin() as conn:
-        conn.execute(sa.text("DROP TABLE IF EXISTS forecast_job_audit, forecast_jobs"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS forecast_request_audit, forecast_requests"))
     queued = command(
         [
             str(BIN / "forecast-pipeline"),
@@ -158,7 +158,7 @@ def test_jobs_enqueue_and_list(pg, tmp_path):
         tmp_path,
     )
     assert queued.returncode == 0, queued.stderr
-    assert queued.stdout.startswith("queued forecast job ")
+    assert queued.stdout.startswith("queued forecast request ")
     listed = command([str(BIN / "forecast-pipeline"), "jobs", "list"], tmp_path)
     assert '{"from": "2025-11-01", "to": "2025-11-10", "product_ids": [4, 5]}' in listed.stdout
     assert " queued " in listed.stdout

@@ -18,11 +18,11 @@ JOBS = {"daily_forecast", "generate_report"}
 SCHEDULES = {"daily_forecast_schedule"}
 SENSORS = {
     # forecast queue
-    "forecast_job_queue",
-    "forecast_job_succeeded",
-    "forecast_job_failed",
-    "forecast_job_cancelled",
-    "forecast_job_recovery",
+    "forecast_request_queue",
+    "forecast_request_succeeded",
+    "forecast_request_failed",
+    "forecast_request_cancelled",
+    "forecast_request_recovery",
     # reports
     "report_schedule_tick",
     "report_run_failed",
@@ -67,7 +67,7 @@ def test_the_code_location_holds_exactly_these_definitions(defs):
 AREAS = {
     "forecasts": {"eligible_products", "product_forecasts", "forecast_predictions", "daily_forecast"}
     | {"daily_forecast_schedule", "cached_forecasts_well_formed"},
-    "forecast_queue": {name for name in SENSORS if name.startswith("forecast_job_")},
+    "forecast_queue": {name for name in SENSORS if name.startswith("forecast_request_")},
     "reports": {"generate_report", "report_schedule_tick", "report_run_failed", "report_run_cancelled"},
     "alerts": {name for name in SENSORS if "alert" in name or name == "pipeline_health_sensor"},
 }

@@ -173,15 +173,15 @@ def test_values_are_parsed_as_strictly_as_the_legacy_worker_did():
     with pytest.raises(ConfigError, match="FORECAST_MAX_FAILURE_RATE=inf must be between 0 and 1"):
         load_settings({"FORECAST_MAX_FAILURE_RATE": "inf"})
     # blank is unset, and values are stripped
-    s = load_settings({"FORECAST_WORKERS": " 4 ", "FORECAST_WEEKS": "  ", "FORECAST_JOB_TIMEOUT_SECONDS": ""})
-    assert (s.workers, s.forecast_weeks, s.job_timeout_seconds) == (4, 12, None)
+    s = load_settings({"FORECAST_WORKERS": " 4 ", "FORECAST_WEEKS": "  ", "FORECAST_REQUEST_TIMEOUT_SECONDS": ""})
+    assert (s.workers, s.forecast_weeks, s.request_timeout_seconds) == (4, 12, None)
 
 
 def test_the_known_variables_are_the_fields_of_the_area_models():
     known = known_variables()
     for model in (Settings, AlertSettings, ReportSettings):
         for name, field in model.model_fields.items():
-            if name != "job_finished_grace_seconds":  # the one field without a variable
+            if name != "request_finished_grace_seconds":  # the one field without a variable
                 assert field.validation_alias in known, name
     assert {"FORECAST_WORKERS", "ALERT_WEBHOOK_URL", "REPORT_SMTP_PASSWORD", "REPORTS_DIR", "REDIS_PASSWORD"} <= known
     assert unknown_variable_warnings({"ALERT_RETENTION_DAY": "3"}) == [
