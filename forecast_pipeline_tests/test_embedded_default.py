@@ -71,9 +71,9 @@ def test_an_app_database_url_on_postgres_turns_them_on_with_sqlite_orders(tmp_pa
 @pytest.mark.parametrize(
     "args",
     [
-        ["jobs", "enqueue", "--as-of", "2025-11-10"],
-        ["jobs", "list"],
-        ["jobs", "cancel", "1"],
+        ["requests", "enqueue", "--as-of", "2025-11-10"],
+        ["requests", "list"],
+        ["requests", "cancel", "1"],
         ["reports", "add-plan", "--name", "pro", "--monthly-limit", "30"],
         ["reports", "list"],
         ["reports", "tick", "--dry-run"],
@@ -95,10 +95,10 @@ def test_on_sqlite_queue_and_report_commands_refuse_in_one_line(tmp_path, args):
 
 
 def test_on_postgres_enqueue_still_queues(tmp_path, pg):
-    done = command([CLI, "jobs", "enqueue", "--as-of", "2025-11-10"], tmp_path)
+    done = command([CLI, "requests", "enqueue", "--as-of", "2025-11-10"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("queued forecast request ")
-    listed = command([CLI, "jobs", "list"], tmp_path)
+    listed = command([CLI, "requests", "list"], tmp_path)
     assert listed.returncode == 0 and "2025-11-10" in listed.stdout
 
 

@@ -35,7 +35,8 @@ def empty_queue(pg):
     """The application tables, empty, in the Postgres test database."""
     with pg.begin() as conn:
         for table in ("forecast_request_audit", "forecast_requests", "forecast_predictions"):
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+            # CASCADE: the compatibility views (forecast_jobs, forecast_job_audit) depend on them
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     upgrade_app_schema(pg)
     return pg
 
