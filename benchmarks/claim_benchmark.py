@@ -1,4 +1,4 @@
-"""Claiming from the forecast request queue: 2,000 queued jobs (priorities 0-4, one in ten with one
+"""Claiming from the forecast request queue: 2,000 queued requests (priorities 0-4, one in ten with one
 of 40 concurrency keys) claimed 50 at a time with ``claim_due_requests``, the queue sensor's path,
 each batch closed before the next so the capacity and key checks see a live queue.
 

@@ -1,17 +1,17 @@
 """Soak benchmark of the forecast request queue under the daemon, with random kills and poison rows.
 
 Starts ``dagster-daemon`` with ``deploy/dagster.yaml`` (Postgres storage; two queue runs at once)
-on fresh databases, queues ``--jobs`` valid single-date jobs (random priorities, some sharing
+on fresh databases, queues ``--jobs`` valid single-date requests (random priorities, some sharing
 concurrency keys) and ``--poison`` bad rows, SIGKILLs a random executing queue run every
-``--kill-every`` seconds, and waits until every job is closed. Then it checks, from Dagster's run
+``--kill-every`` seconds, and waits until every request is closed. Then it checks, from Dagster's run
 records rather than the queue's own table:
 
-- every valid job is ``succeeded`` and has exactly one successful run (jobs still open when
+- every valid request is ``succeeded`` and has exactly one successful run (requests still open when
   ``--max-minutes`` ran out are counted apart, as unfinished);
-- no two runs of one job executed at the same time, and at most two queue runs executed at once;
+- no two runs of one request executed at the same time, and at most two queue runs executed at once;
 - every poison row is ``failed`` with its reason and never had a run;
 
-and prints the figures (wall time, jobs per minute, kills, retried jobs, queue latency) as JSON.
+and prints the figures (wall time, requests per minute, kills, retried requests, queue latency) as JSON.
 
 Usage (from the repository root)::
 

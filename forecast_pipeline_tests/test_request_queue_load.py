@@ -470,7 +470,7 @@ def test_a_job_inserted_by_sql_gets_its_queued_audit_row(queue):
 
 
 def forecast_pipeline(tmp_path, *args, **env):
-    return command([str(BIN / "forecast-pipeline"), "jobs", *args], tmp_path, **env)
+    return command([str(BIN / "forecast-pipeline"), "requests", *args], tmp_path, **env)
 
 
 def test_the_cli_refuses_tomorrow_in_the_schedules_time_zone(queue, tmp_path):
@@ -488,7 +488,7 @@ def test_the_cli_refuses_tomorrow_in_the_schedules_time_zone(queue, tmp_path):
 def test_the_cli_rejects_zero_attempts_in_one_line(queue, tmp_path):
     done = forecast_pipeline(tmp_path, "enqueue", "--as-of", AS_OF.isoformat(), "--max-attempts", "0")
     assert done.returncode == 2
-    assert done.stderr.strip() == "forecast-pipeline jobs enqueue: --max-attempts must be at least 1, got 0"
+    assert done.stderr.strip() == "forecast-pipeline requests enqueue: --max-attempts must be at least 1, got 0"
 
 
 def test_the_cli_deduplicates_and_cancels(queue, tmp_path):
