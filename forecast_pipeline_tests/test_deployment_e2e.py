@@ -1,7 +1,7 @@
 """End to end, as deployed: dagster-webserver and dagster-daemon on Postgres storage (deploy/dagster.yaml).
 
 A partition backfill of two as-of dates goes through the webserver's GraphQL API (what the UI's
-backfill button sends); the daily schedule is turned on and the daemon runs it; queued jobs are
+backfill button sends); the daily schedule is turned on and the daemon runs it; queued requests are
 claimed by the daemon's sensor and closed by the run status sensors: a success, a failure, a
 timeout that run monitoring terminates, a cancel, and a backlog larger than the run capacity with
 a poison row in it; the asset page is loaded in headless Chromium and kept as a screenshot.
@@ -220,7 +220,7 @@ def test_the_daemon_runs_the_daily_schedule_once_turned_on(deployment, redis_cli
     assert redis_client.hlen(f"forecast:asof:{deployment['today'].isoformat()}") > 20
 
 
-def test_the_daemon_claims_a_queued_job_and_closes_it(deployment, redis_client):
+def test_the_daemon_claims_a_queued_request_and_closes_it(deployment, redis_client):
     as_of = (deployment["today"] - dt.timedelta(days=3)).isoformat()
     engine = deployment["orders"]
     request_id = request_queue.enqueue(engine, as_of_date=as_of)
@@ -230,21 +230,21 @@ def test_the_daemon_claims_a_queued_job_and_closes_it(deployment, redis_client):
             row = conn.execute(sa.select(forecast_requests).where(forecast_requests.c.id == request_id)).one()
         return row if row.status in ("succeeded", "failed", "cancelled") else None
 
-    row = _wait(closed, 180, f"job {request_id} to be closed by the sensors", every=2)
+    row = _wait(closed, 180, f"request {request_id} to be closed by the sensors", every=2)
     assert row.status == "succeeded", row.error
     assert row.rows_written > 200 and row.dagster_run_id
     events = [a.event for a in request_queue.audit_entries(engine, request_id)]
     assert events == ["queued", "claimed", "started", "succeeded"]
 
 
-def _job(engine, request_id):
+def _request(engine, request_id):
     with engine.connect() as conn:
         return conn.execute(sa.select(forecast_requests).where(forecast_requests.c.id == request_id)).one()
 
 
-def _closed(engine, *job_ids):
+def _closed(engine, *request_ids):
     def check():
-        rows = [_job(engine, j) for j in job_ids]
+        rows = [_request(engine, j) for j in request_ids]
         return rows if all(r.status in ("succeeded", "failed", "cancelled") for r in rows) else None
 
     return check
@@ -257,23 +257,25 @@ def _queue_runs(deployment, request_id):
         return instance.get_run_records(RunsFilter(tags={request_queue.REQUEST_ID_TAG: str(request_id)}))
 
 
-def test_the_daemon_fails_a_job_with_its_runs_real_error(deployment):
+def test_the_daemon_fails_a_request_with_its_runs_real_error(deployment):
     engine = deployment["orders"]
     as_of = (deployment["today"] - dt.timedelta(days=4)).isoformat()
     request_id = request_queue.enqueue(engine, as_of_date=as_of, product_ids=[999_999], max_attempts=3)
-    (row,) = _wait(_closed(engine, request_id), 180, f"job {request_id} to be closed", every=2)
+    (row,) = _wait(_closed(engine, request_id), 180, f"request {request_id} to be closed", every=2)
     assert row.status == "failed" and "999999" in row.error and "not eligible" in row.error
     assert row.attempts == 1  # a permanent failure is not retried
     (record,) = _queue_runs(deployment, request_id)
     assert record.dagster_run.status.value == "FAILURE"
 
 
-def test_the_daemon_terminates_a_run_past_its_timeout_and_then_closes_the_job(deployment):
+def test_the_daemon_terminates_a_run_past_its_timeout_and_then_closes_the_request(deployment):
     engine = deployment["orders"]
     last = deployment["today"] - dt.timedelta(days=20)
     first = last - dt.timedelta(days=400)  # far longer than the timeout
     request_id = request_queue.enqueue(engine, date_range=(first, last), max_attempts=1)
-    (row,) = _wait(_closed(engine, request_id), QUEUE_TIMEOUT_SECONDS + 180, f"job {request_id} to time out", every=2)
+    (row,) = _wait(
+        _closed(engine, request_id), QUEUE_TIMEOUT_SECONDS + 180, f"request {request_id} to time out", every=2
+    )
     assert row.status == "failed", row.error
     assert f"Exceeded maximum runtime of {QUEUE_TIMEOUT_SECONDS} seconds" in row.error
     assert row.heartbeat_at is None  # closed only once the run's process had stopped
@@ -288,17 +290,17 @@ def test_the_daemon_terminates_a_run_past_its_timeout_and_then_closes_the_job(de
     assert written == 0
 
 
-def test_jobs_cancel_terminates_a_running_run_through_the_daemon(deployment):
+def test_requests_cancel_terminates_a_running_run_through_the_daemon(deployment):
     engine = deployment["orders"]
     last = deployment["today"] - dt.timedelta(days=500)
     request_id = request_queue.enqueue(engine, date_range=(last - dt.timedelta(days=400), last))
 
     def running():
-        return _job(engine, request_id).status == "running"
+        return _request(engine, request_id).status == "running"
 
-    _wait(running, 180, f"job {request_id} to start", every=1)
+    _wait(running, 180, f"request {request_id} to start", every=1)
     done = subprocess.run(
-        [str(BIN / "forecast-pipeline"), "jobs", "cancel", str(request_id)],
+        [str(BIN / "forecast-pipeline"), "requests", "cancel", str(request_id)],
         env=deployment["env"],
         cwd=ROOT,
         capture_output=True,
@@ -306,14 +308,14 @@ def test_jobs_cancel_terminates_a_running_run_through_the_daemon(deployment):
         timeout=60,
     )
     assert done.returncode == 0 and "cancel requested" in done.stdout, done.stdout + done.stderr
-    (row,) = _wait(_closed(engine, request_id), 120, f"job {request_id} to be cancelled", every=2)
+    (row,) = _wait(_closed(engine, request_id), 120, f"request {request_id} to be cancelled", every=2)
     assert row.status == "cancelled" and row.attempts == 1
     (record,) = _queue_runs(deployment, request_id)
     assert record.dagster_run.status.value in ("CANCELED", "FAILURE")  # terminated, not finished
     assert "cancel_requested" in [a.event for a in request_queue.audit_entries(engine, request_id)]
 
 
-def test_a_backlog_beyond_the_run_capacity_with_a_poison_row_runs_each_job_once(deployment):
+def test_a_backlog_beyond_the_run_capacity_with_a_poison_row_runs_each_request_once(deployment):
     engine = deployment["orders"]
     with engine.begin() as conn:
         poison = conn.execute(
@@ -330,7 +332,7 @@ def test_a_backlog_beyond_the_run_capacity_with_a_poison_row_runs_each_job_once(
     def all_closed():
         nonlocal most_running
         with engine.connect() as conn:
-            # executing: its run's process started and has not reported its exit (a job whose run
+            # executing: its run's process started and has not reported its exit (a request whose run
             # ended stays 'running' until the status sensor closes it, holding no run slot)
             running = conn.execute(
                 sa.text("SELECT count(*) FROM forecast_requests WHERE status = 'running' AND heartbeat_at IS NOT NULL")
@@ -349,9 +351,9 @@ def test_a_backlog_beyond_the_run_capacity_with_a_poison_row_runs_each_job_once(
     assert not _queue_runs(deployment, poison)  # no run was ever requested for it
     assert [r.status for r in good] == ["succeeded"] * len(good), [r.error for r in good]
     for request_id in backlog:
-        (record,) = _queue_runs(deployment, request_id)  # exactly one run per job
+        (record,) = _queue_runs(deployment, request_id)  # exactly one run per request
         assert record.dagster_run.status.value == "SUCCESS"
-        assert record.dagster_run.tags["dagster/priority"] == str(_job(engine, request_id).priority)
+        assert record.dagster_run.tags["dagster/priority"] == str(_request(engine, request_id).priority)
 
 
 def test_the_daemon_is_live(deployment):

@@ -46,7 +46,7 @@ def queue(pg):
     return empty_queue(pg)
 
 
-def job_row(engine, request_id):
+def request_row(engine, request_id):
     with engine.connect() as conn:
         return conn.execute(sa.select(forecast_requests).where(forecast_requests.c.id == request_id)).one()
 
@@ -94,7 +94,7 @@ def test_backoff_doubles_with_jitter_and_is_capped():
 # ---- claiming -------------------------------------------------------------------------------
 
 
-def test_a_thousand_jobs_four_claimers_each_claimed_exactly_once(queue):
+def test_a_thousand_requests_four_claimers_each_claimed_exactly_once(queue):
     with queue.begin() as conn:
         conn.execute(
             forecast_requests.insert(),
@@ -107,7 +107,7 @@ def test_a_thousand_jobs_four_claimers_each_claimed_exactly_once(queue):
     def claimer(n: int) -> None:
         barrier.wait()
         while batch := request_queue.claim_due_requests(engines[n], limit=7):
-            claimed[n].extend(job.id for job in batch)
+            claimed[n].extend(request.id for request in batch)
 
     threads = [threading.Thread(target=claimer, args=(n,)) for n in range(4)]
     for t in threads:
@@ -129,7 +129,7 @@ def test_priority_first_then_age(queue):
     high = request_queue.enqueue(queue, as_of_date=AS_OF, priority=5)
     low_new = request_queue.enqueue(queue, as_of_date=AS_OF, priority=0)
     mid = request_queue.enqueue(queue, as_of_date=AS_OF, priority=2)
-    order = [job.id for job in request_queue.claim_due_requests(queue, limit=10)]
+    order = [request.id for request in request_queue.claim_due_requests(queue, limit=10)]
     assert order == [high, mid, low_old, low_new]
 
 
@@ -141,25 +141,25 @@ def test_only_forecast_requests_are_claimed(queue):
             .values(request_type="report", parameters={"as_of_date": AS_OF.isoformat()})
             .returning(forecast_requests.c.id)
         ).scalar_one()
-    assert [job.id for job in request_queue.claim_due_requests(queue, limit=10)] == [forecast]
+    assert [request.id for request in request_queue.claim_due_requests(queue, limit=10)] == [forecast]
     with queue.connect() as conn:
         status = conn.execute(sa.select(forecast_requests.c.status).where(forecast_requests.c.id == other)).scalar_one()
     assert status == "queued"  # left for its own consumer, not failed
 
 
-def test_not_before_holds_a_job_back(queue):
+def test_not_before_holds_a_request_back(queue):
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
     request_queue.enqueue(queue, as_of_date=AS_OF, not_before=later)
     assert request_queue.claim_due_requests(queue, limit=10) == []
 
 
-def test_jobs_sharing_a_concurrency_key_never_run_together(queue):
+def test_requests_sharing_a_concurrency_key_never_run_together(queue):
     first = request_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-a")
     second = request_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-a")
     other = request_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-b")
     assert [j.id for j in request_queue.claim_due_requests(queue, limit=10)] == [first, other]
     assert request_queue.claim_due_requests(queue, limit=10) == []  # tenant-a is busy
-    # the database itself refuses a second running job with the key
+    # the database itself refuses a second running request with the key
     with pytest.raises(sa.exc.IntegrityError), queue.begin() as conn:
         conn.execute(forecast_requests.update().where(forecast_requests.c.id == second).values(status="running"))
     request_queue.mark_succeeded(queue, first, "run-1", 12)
@@ -171,7 +171,7 @@ def test_a_failed_run_is_retried_with_backoff_then_failed(queue):
     request_queue.claim_due_requests(queue, limit=1)
     before = dt.datetime.now(dt.UTC)
     assert request_queue.mark_failed(queue, request_id, "boom", base_seconds=100, max_seconds=1000) == "queued"
-    row = job_row(queue, request_id)
+    row = request_row(queue, request_id)
     wait = (row.not_before - before).total_seconds()
     assert 49 <= wait <= 101, wait
     assert row.error == "boom" and row.attempts == 1
@@ -179,7 +179,7 @@ def test_a_failed_run_is_retried_with_backoff_then_failed(queue):
         conn.execute(forecast_requests.update().values(not_before=sa.func.now()))
     assert request_queue.claim_due_requests(queue, limit=1)[0].attempts == 2
     assert request_queue.mark_failed(queue, request_id, "boom again", base_seconds=100) == "failed"
-    row = job_row(queue, request_id)
+    row = request_row(queue, request_id)
     assert row.status == "failed" and row.finished_at is not None and row.error == "boom again"
     events = [a.event for a in request_queue.audit_entries(queue, request_id)]
     assert events == ["queued", "claimed", "run_failed", "claimed", "failed"]
@@ -192,7 +192,7 @@ def test_a_stale_close_for_an_old_attempt_is_ignored(queue):
     request_queue.claim_due_requests(queue, limit=1)  # attempt 2 running
     assert request_queue.mark_failed(queue, request_id, "late news about attempt 1", attempt=1) is None
     assert not request_queue.mark_succeeded(queue, request_id, "run-1", 10, attempt=1)
-    assert job_row(queue, request_id).status == "claimed"
+    assert request_row(queue, request_id).status == "claimed"
 
 
 # ---- sensors against a real instance --------------------------------------------------------
@@ -204,7 +204,7 @@ def evaluate_queue_sensor(instance, engine):
         return forecast_request_queue(context)
 
 
-def test_the_queue_sensor_launches_one_run_per_job_and_fails_bad_rows(queue, redis_client):
+def test_the_queue_sensor_launches_one_run_per_request_and_fails_bad_rows(queue, redis_client):
     good = request_queue.enqueue(queue, as_of_date=AS_OF, product_ids=[3, 4])
     span = request_queue.enqueue(queue, date_range=("2025-11-03", "2025-11-10"), priority=1)
     with queue.begin() as conn:
@@ -223,10 +223,10 @@ def test_the_queue_sensor_launches_one_run_per_job_and_fails_bad_rows(queue, red
     assert requests[str(good)].run_config["ops"]["product_forecasts"]["config"]["product_ids"] == [3, 4]
     assert requests[str(span)].tags["dagster/asset_partition_range_start"] == "2025-11-03"
     assert requests[str(span)].tags["dagster/asset_partition_range_end"] == "2025-11-10"
-    assert "is not a YYYY-MM-DD date" in job_row(queue, malformed).error
-    assert job_row(queue, malformed).status == "failed" and job_row(queue, early).status == "failed"
-    assert "before the history start" in job_row(queue, early).error
-    assert job_row(queue, good).status == "claimed" and job_row(queue, span).status == "claimed"
+    assert "is not a YYYY-MM-DD date" in request_row(queue, malformed).error
+    assert request_row(queue, malformed).status == "failed" and request_row(queue, early).status == "failed"
+    assert "before the history start" in request_row(queue, early).error
+    assert request_row(queue, good).status == "claimed" and request_row(queue, span).status == "claimed"
     with DagsterInstance.ephemeral() as instance:  # the next tick finds nothing new
         assert not evaluate_queue_sensor(instance, queue).run_requests
 
@@ -260,7 +260,7 @@ def small_book(queue, pg_orders):
     return queue
 
 
-def test_job_run_success_closes_the_job_with_rows_and_duration(small_book, redis_client):
+def test_request_run_success_closes_the_request_with_rows_and_duration(small_book, redis_client):
     request_id = request_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2, 3])
     with DagsterInstance.ephemeral() as instance:
         (request,) = evaluate_queue_sensor(instance, small_book).run_requests
@@ -269,7 +269,7 @@ def test_job_run_success_closes_the_job_with_rows_and_duration(small_book, redis
         run = instance.get_run_by_id(result.run_id)
         assert finish_request_for_run(instance, small_book, run) == "succeeded"
         assert finish_request_for_run(instance, small_book, run) is None  # idempotent
-    row = job_row(small_book, request_id)
+    row = request_row(small_book, request_id)
     assert row.status == "succeeded" and row.rows_written == 24 and row.dagster_run_id == result.run_id
     assert row.duration_seconds > 0 and row.started_at is not None
     assert row.heartbeat_at is None  # the run's process has exited
@@ -293,7 +293,7 @@ def test_reruns_upsert_predictions_without_duplicates(small_book, redis_client):
     assert rows == [120, 120]
 
 
-def test_an_unknown_product_fails_the_job_without_retries(small_book, redis_client):
+def test_an_unknown_product_fails_the_request_without_retries(small_book, redis_client):
     request_id = request_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2, 999], max_attempts=3)
     other = request_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2])
     with DagsterInstance.ephemeral() as instance:
@@ -301,10 +301,10 @@ def test_an_unknown_product_fails_the_job_without_retries(small_book, redis_clie
         for request in requests:
             result = _execute(request, small_book, instance)
             finish_request_for_run(instance, small_book, instance.get_run_by_id(result.run_id))
-    row = job_row(small_book, request_id)
+    row = request_row(small_book, request_id)
     assert row.status == "failed" and row.attempts == 1
     assert "999" in row.error and "not eligible" in row.error
-    assert job_row(small_book, other).status == "succeeded"
+    assert request_row(small_book, other).status == "succeeded"
 
 
 def test_a_run_that_never_launched_is_requeued_after_the_grace_period(queue):
@@ -316,14 +316,14 @@ def test_a_run_that_never_launched_is_requeued_after_the_grace_period(queue):
         with queue.begin() as conn:
             conn.execute(forecast_requests.update().values(claimed_at=sa.func.now() - dt.timedelta(minutes=5)))
         assert recover_stale_requests(instance, queue, settings=settings)["no_run"] == 1
-    row = job_row(queue, request_id)
+    row = request_row(queue, request_id)
     assert row.status == "queued" and "no Dagster run was launched" in row.error
     assert [a.event for a in request_queue.audit_entries(queue, request_id)][-1] == "stale_no_run"
 
 
 def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book, redis_client, tmp_path):
     """The run's process is killed with SIGKILL mid-run; its heartbeats stop; recovery requeues
-    the job and marks the orphaned Dagster run failed; the next attempt completes."""
+    the request and marks the orphaned Dagster run failed; the next attempt completes."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -360,7 +360,7 @@ def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book
                 start_new_session=True,
             )
             deadline = time.monotonic() + 120
-            while job_row(small_book, request_id).heartbeat_at is None:
+            while request_row(small_book, request_id).heartbeat_at is None:
                 assert process.poll() is None, "the run ended before it could be killed"
                 assert time.monotonic() < deadline, "the run never sent a heartbeat"
                 time.sleep(0.05)
@@ -374,7 +374,7 @@ def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book
             time.sleep(settings.request_stale_after_seconds + 1)
             assert recover_stale_requests(instance, small_book, settings=settings)["dead_process"] == 1
             assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
-            row = job_row(small_book, request_id)
+            row = request_row(small_book, request_id)
             assert row.status == "queued" and "stopped sending heartbeats" in row.error
             assert "stale_dead_process" in [a.event for a in request_queue.audit_entries(small_book, request_id)]
 
@@ -388,7 +388,7 @@ def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book
             assert finish_request_for_run(instance, small_book, finished, settings) == "succeeded"
     finally:
         del os.environ["DAGSTER_HOME"]
-    row = job_row(small_book, request_id)
+    row = request_row(small_book, request_id)
     assert row.status == "succeeded" and row.attempts == 2 and row.rows_written == 60
 
 
@@ -433,10 +433,10 @@ def test_recovery_closes_a_finished_run_the_status_sensors_missed_after_a_grace(
         assert _execute(request, small_book, instance).success
         # just finished: left to forecast_request_succeeded
         assert recover_stale_requests(instance, small_book)["finished_unnoticed"] == 0
-        assert job_row(small_book, request_id).status == "running"
+        assert request_row(small_book, request_id).status == "running"
         # the status sensor never came (daemon down): recovery closes it after the grace
         missed = load_settings({}).model_copy(update={"request_finished_grace_seconds": 0})
         assert recover_stale_requests(instance, small_book, settings=missed)["finished_unnoticed"] == 1
-    row = job_row(small_book, request_id)
+    row = request_row(small_book, request_id)
     assert row.status == "succeeded" and row.rows_written == 60
     assert [a.event for a in request_queue.audit_entries(small_book, request_id)][-2:] == ["succeeded", "recovered"]

@@ -38,7 +38,7 @@ from forecast_pipeline_tests.test_request_queue import (
     add_small_book,
     empty_queue,
     evaluate_queue_sensor,
-    job_row,
+    request_row,
 )
 
 QUEUE_RUN_LIMIT = {
@@ -69,12 +69,12 @@ QUEUE_ORIGIN = RemoteRepositoryOrigin(
 
 
 def insert_raw(engine, **values) -> int:
-    """A job inserted by SQL, as another system would."""
+    """A request inserted by SQL, as another system would."""
     with engine.begin() as conn:
         return conn.execute(forecast_requests.insert().values(**values).returning(forecast_requests.c.id)).scalar_one()
 
 
-def job_tags(request_id: int, attempt: int = 1) -> dict:
+def request_tags(request_id: int, attempt: int = 1) -> dict:
     return {request_queue.REQUEST_ID_TAG: str(request_id), request_queue.ATTEMPT_TAG: str(attempt)}
 
 
@@ -97,9 +97,9 @@ def start_heartbeat(resource: RunHeartbeat, instance, run) -> InitResourceContex
 
 
 def started_run(instance, request_id: int, attempt: int = 1):
-    """A run record in status STARTED for a job attempt (its process is simulated by the test)."""
+    """A run record in status STARTED for a request attempt (its process is simulated by the test)."""
     return create_run_for_test(
-        instance, job_name="daily_forecast", status=DagsterRunStatus.STARTED, tags=job_tags(request_id, attempt)
+        instance, job_name="daily_forecast", status=DagsterRunStatus.STARTED, tags=request_tags(request_id, attempt)
     )
 
 
@@ -119,41 +119,41 @@ def run_event(instance, run_id: str, event_type: DagsterEventType):
 
 
 def test_the_sensor_claims_no_more_than_the_run_queue_can_start(queue):
-    jobs = [request_queue.enqueue(queue, as_of_date=AS_OF) for _ in range(5)]
+    requests = [request_queue.enqueue(queue, as_of_date=AS_OF) for _ in range(5)]
     with instance_for_test(overrides=QUEUE_RUN_LIMIT) as instance:
         first = evaluate_queue_sensor(instance, queue).run_requests
         assert len(first) == 2  # the instance lets two queue runs execute at once
         assert not evaluate_queue_sensor(instance, queue).run_requests  # both still in flight
         request_queue.mark_succeeded(queue, int(first[0].tags[request_queue.REQUEST_ID_TAG]), "run-x", 1)
         assert len(evaluate_queue_sensor(instance, queue).run_requests) == 1
-    statuses = [job_row(queue, j).status for j in jobs]
+    statuses = [request_row(queue, j).status for j in requests]
     assert statuses.count("queued") == 2
 
 
-def test_a_job_whose_run_has_ended_frees_its_slot_before_it_is_closed(queue):
+def test_a_request_whose_run_has_ended_frees_its_slot_before_it_is_closed(queue):
     """Capacity counts runs that are waiting or executing: a run that finished frees its slot at
-    once, not when the status sensor gets round to closing its job."""
-    jobs = [request_queue.enqueue(queue, as_of_date=AS_OF) for _ in range(4)]
+    once, not when the status sensor gets round to closing its request."""
+    requests = [request_queue.enqueue(queue, as_of_date=AS_OF) for _ in range(4)]
     with instance_for_test(overrides=QUEUE_RUN_LIMIT) as instance:
         first = evaluate_queue_sensor(instance, queue).run_requests
         assert len(first) == 2
         done = int(first[0].tags[request_queue.REQUEST_ID_TAG])
         run = started_run(instance, done)
-        instance.report_run_failed(run, "boom")  # its process exited; the job is not closed yet
-        assert job_row(queue, done).status == "claimed"
+        instance.report_run_failed(run, "boom")  # its process exited; the request is not closed yet
+        assert request_row(queue, done).status == "claimed"
         assert len(evaluate_queue_sensor(instance, queue).run_requests) == 1
-    assert [job_row(queue, j).status for j in jobs].count("queued") == 1
+    assert [request_row(queue, j).status for j in requests].count("queued") == 1
 
 
-def test_a_claimed_job_is_not_running_until_its_run_starts(small_book, redis_client):
+def test_a_claimed_request_is_not_running_until_its_run_starts(small_book, redis_client):
     request_id = request_queue.enqueue(small_book, as_of_date=AS_OF)
     with DagsterInstance.ephemeral() as instance:
         (request,) = evaluate_queue_sensor(instance, small_book).run_requests
-        claimed = job_row(small_book, request_id)
+        claimed = request_row(small_book, request_id)
         assert claimed.status == "claimed" and claimed.started_at is None and claimed.claimed_at is not None
         result = _execute(request, small_book, instance)
         assert result.success
-        started = job_row(small_book, request_id)
+        started = request_row(small_book, request_id)
         assert started.status == "running" and started.started_at is not None
         assert started.dagster_run_id == result.run_id
         assert finish_request_for_run(instance, small_book, instance.get_run_by_id(result.run_id)) == "succeeded"
@@ -172,7 +172,9 @@ def test_concurrent_claimers_never_exceed_the_capacity(queue):
 
             def claimer(n: int, barrier=barrier, taken=taken) -> None:
                 barrier.wait()
-                taken.extend(job.id for job in request_queue.claim_due_requests(engines[n], limit=5, capacity=2))
+                taken.extend(
+                    request.id for request in request_queue.claim_due_requests(engines[n], limit=5, capacity=2)
+                )
 
             threads = [threading.Thread(target=claimer, args=(n,)) for n in range(3)]
             for t in threads:
@@ -190,7 +192,7 @@ def test_time_waiting_in_dagsters_run_queue_is_not_a_timeout(queue):
     request_queue.claim_due_requests(queue, limit=1)
     settings = load_settings({"FORECAST_REQUEST_TIMEOUT_SECONDS": "60"})
     with DagsterInstance.ephemeral() as instance:
-        run = queued_run(instance, job_tags(request_id))
+        run = queued_run(instance, request_tags(request_id))
         with queue.begin() as conn:  # claimed two hours ago; its run is still waiting for a slot
             conn.execute(
                 forecast_requests.update().values(
@@ -200,7 +202,7 @@ def test_time_waiting_in_dagsters_run_queue_is_not_a_timeout(queue):
         counts = recover_stale_requests(instance, queue, settings=settings)
         assert sum(counts.values()) == 0, counts
         assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.QUEUED
-    assert job_row(queue, request_id).status == "claimed"
+    assert request_row(queue, request_id).status == "claimed"
 
 
 def test_queue_runs_carry_priority_and_the_timeout_as_dagster_tags(queue):
@@ -227,7 +229,7 @@ def test_the_queue_timeout_setting_overrides_the_instance_default():
 
 
 def test_a_failed_run_whose_process_still_lives_is_requeued_only_once_it_ended(queue):
-    """Run monitoring marks an overrunning run failed as it terminates it; the job goes back to
+    """Run monitoring marks an overrunning run failed as it terminates it; the request goes back to
     the queue only when the run's process has really stopped (its heartbeat resource tore down)."""
     request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
     request_queue.claim_due_requests(queue, limit=1)
@@ -239,11 +241,11 @@ def test_a_failed_run_whose_process_still_lives_is_requeued_only_once_it_ended(q
             instance.report_run_failed(run, "Exceeded maximum runtime of 60 seconds.")
             failed = instance.get_run_by_id(run.run_id)
             assert finish_request_for_run(instance, queue, failed) is None  # its process is still beating
-            assert job_row(queue, request_id).status == "running"
+            assert request_row(queue, request_id).status == "running"
         finally:
             heartbeat.teardown_after_execution(context)
         assert finish_request_for_run(instance, queue, failed) == "queued"
-    row = job_row(queue, request_id)
+    row = request_row(queue, request_id)
     assert row.status == "queued" and "Exceeded maximum runtime of 60 seconds" in row.error
 
 
@@ -255,19 +257,19 @@ def test_heartbeats_go_on_while_the_run_lives_and_stop_at_teardown(queue):
         run = started_run(instance, request_id)
         context = start_heartbeat(heartbeat, instance, run)
         try:
-            first = job_row(queue, request_id).heartbeat_at
+            first = request_row(queue, request_id).heartbeat_at
             assert first is not None
             deadline = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
-            while job_row(queue, request_id).heartbeat_at == first:
+            while request_row(queue, request_id).heartbeat_at == first:
                 assert dt.datetime.now(dt.UTC) < deadline, "no heartbeat after the first"
                 threading.Event().wait(0.2)
         finally:
             heartbeat.teardown_after_execution(context)
-    assert job_row(queue, request_id).heartbeat_at is None  # the process is gone: nothing to wait for
+    assert request_row(queue, request_id).heartbeat_at is None  # the process is gone: nothing to wait for
 
 
 def test_a_run_whose_attempt_is_no_longer_current_refuses_to_start(queue):
-    """A run that starts after its job moved on (requeued, cancelled) must not execute it again."""
+    """A run that starts after its request moved on (requeued, cancelled) must not execute it again."""
     request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
     request_queue.claim_due_requests(queue, limit=1)
     request_queue.mark_failed(queue, request_id, "no run came", base_seconds=0)  # requeued: attempt 1 is over
@@ -275,7 +277,7 @@ def test_a_run_whose_attempt_is_no_longer_current_refuses_to_start(queue):
         late = started_run(instance, request_id)
         with pytest.raises(Exception, match="no longer current"):
             start_heartbeat(heartbeat_resource(queue), instance, late)
-    assert job_row(queue, request_id).status == "queued"
+    assert request_row(queue, request_id).status == "queued"
 
 
 # ---- poison rows ----------------------------------------------------------------------------
@@ -288,10 +290,10 @@ def test_a_poison_row_fails_alone_with_its_reason_and_takes_no_capacity(queue):
     with instance_for_test(overrides=QUEUE_RUN_LIMIT) as instance:
         requests = evaluate_queue_sensor(instance, queue).run_requests
     assert sorted(int(r.tags[request_queue.REQUEST_ID_TAG]) for r in requests) == good
-    bad = job_row(queue, poison)
+    bad = request_row(queue, poison)
     assert bad.status == "failed" and "product_ids must be a non-empty list of integers" in bad.error
     assert bad.attempts == 0  # never claimed, never launched
-    wrong = job_row(queue, string)
+    wrong = request_row(queue, string)
     assert wrong.status == "failed" and "must be a JSON object, got a JSON string" in wrong.error
     assert [a.event for a in request_queue.audit_entries(queue, poison)] == ["queued", "bad_parameters"]
 
@@ -321,7 +323,7 @@ def test_two_claimers_sharing_a_concurrency_key_skip_instead_of_crashing(queue):
             def claimer(n: int, barrier=barrier, taken=taken) -> None:
                 barrier.wait()
                 try:
-                    taken.extend(job.id for job in request_queue.claim_due_requests(engines[n], limit=1))
+                    taken.extend(request.id for request in request_queue.claim_due_requests(engines[n], limit=1))
                 except BaseException as exc:  # noqa: BLE001 - collected and asserted below
                     errors.append(exc)
 
@@ -384,7 +386,7 @@ def test_a_run_level_failure_records_its_cause_through_the_failure_sensor(small_
             resources={"app_db": AppDatabase(url=engine_url(small_book))},
         ).for_run_failure() as context:
             forecast_request_failed(context)
-    row = job_row(small_book, request_id)
+    row = request_row(small_book, request_id)
     assert row.status == "queued", row.error
     assert "Redis at redis://127.0.0.1:1/0 is unreachable" in row.error
 
@@ -394,31 +396,31 @@ def test_the_duration_counts_only_the_runs_own_time(small_book, redis_client):
     with DagsterInstance.ephemeral() as instance:
         (request,) = evaluate_queue_sensor(instance, small_book).run_requests
         result = _execute(request, small_book, instance)
-        threading.Event().wait(4)  # the daemon was down for a while before closing the job
+        threading.Event().wait(4)  # the daemon was down for a while before closing the request
         record = instance.get_run_record_by_id(result.run_id)
         finish_request_for_run(instance, small_book, record.dagster_run)
     ran = record.end_time - record.start_time
-    assert job_row(small_book, request_id).duration_seconds == pytest.approx(ran, abs=0.01)
+    assert request_row(small_book, request_id).duration_seconds == pytest.approx(ran, abs=0.01)
 
 
 # ---- cancellation ---------------------------------------------------------------------------
 
 
-def test_cancelling_a_queued_job_closes_it_at_once(queue):
+def test_cancelling_a_queued_request_closes_it_at_once(queue):
     request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
     assert request_queue.request_cancel(queue, request_id) == "cancelled"
-    assert job_row(queue, request_id).status == "cancelled"
+    assert request_row(queue, request_id).status == "cancelled"
     assert request_queue.claim_due_requests(queue, limit=5) == []
     assert request_queue.request_cancel(queue, request_id) == "already cancelled"
 
 
-def test_cancelling_a_claimed_job_cancels_its_queued_run_through_the_sensor(queue):
+def test_cancelling_a_claimed_request_cancels_its_queued_run_through_the_sensor(queue):
     request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
     with DagsterInstance.ephemeral() as instance:
         evaluate_queue_sensor(instance, queue)
-        run = queued_run(instance, job_tags(request_id))
+        run = queued_run(instance, request_tags(request_id))
         assert request_queue.request_cancel(queue, request_id) == "cancel requested"
-        assert job_row(queue, request_id).status == "claimed"  # its run still exists
+        assert request_row(queue, request_id).status == "claimed"  # its run still exists
         evaluate_queue_sensor(instance, queue)  # the next tick cancels the Dagster run
         cancelled = instance.get_run_by_id(run.run_id)
         assert cancelled.status == DagsterRunStatus.CANCELED
@@ -430,7 +432,7 @@ def test_cancelling_a_claimed_job_cancels_its_queued_run_through_the_sensor(queu
             resources={"app_db": AppDatabase(url=engine_url(queue))},
         ) as context:
             forecast_request_cancelled(context)
-    row = job_row(queue, request_id)
+    row = request_row(queue, request_id)
     assert row.status == "cancelled" and "cancel" in row.error
 
 
@@ -449,7 +451,7 @@ def test_a_cancel_requested_while_the_run_fails_cancels_instead_of_retrying(queu
 # ---- deduplication and audit ----------------------------------------------------------------
 
 
-def test_the_same_idempotency_key_gives_the_same_job(queue):
+def test_the_same_idempotency_key_gives_the_same_request(queue):
     first = request_queue.enqueue(queue, as_of_date=AS_OF, idempotency_key="order-sync-2025-11-10")
     again = request_queue.enqueue(queue, as_of_date=AS_OF, idempotency_key="order-sync-2025-11-10")
     other = request_queue.enqueue(queue, as_of_date=AS_OF, idempotency_key="order-sync-2025-11-11")
@@ -460,13 +462,13 @@ def test_the_same_idempotency_key_gives_the_same_job(queue):
         insert_raw(queue, parameters={"as_of_date": AS_OF.isoformat()}, idempotency_key="order-sync-2025-11-10")
 
 
-def test_a_job_inserted_by_sql_gets_its_queued_audit_row(queue):
+def test_a_request_inserted_by_sql_gets_its_queued_audit_row(queue):
     request_id = insert_raw(queue, parameters={"as_of_date": AS_OF.isoformat()}, priority=3)
     (entry,) = request_queue.audit_entries(queue, request_id)
     assert entry.event == "queued" and entry.detail["priority"] == 3
 
 
-# ---- the jobs command -----------------------------------------------------------------------
+# ---- the requests command -----------------------------------------------------------------------
 
 
 def forecast_pipeline(tmp_path, *args, **env):
@@ -496,9 +498,9 @@ def test_the_cli_deduplicates_and_cancels(queue, tmp_path):
     assert first.returncode == 0, first.stderr
     request_id = int(first.stdout.split()[-1])
     again = forecast_pipeline(tmp_path, "enqueue", "--as-of", AS_OF.isoformat(), "--idempotency-key", "k1")
-    assert again.returncode == 0 and f"job {request_id}" in again.stdout and "already" in again.stdout
+    assert again.returncode == 0 and f"request {request_id}" in again.stdout and "already" in again.stdout
     cancelled = forecast_pipeline(tmp_path, "cancel", str(request_id))
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
-    assert job_row(queue, request_id).status == "cancelled"
+    assert request_row(queue, request_id).status == "cancelled"
     unknown = forecast_pipeline(tmp_path, "cancel", "999999")
     assert unknown.returncode == 1 and "no forecast request 999999" in unknown.stderr
