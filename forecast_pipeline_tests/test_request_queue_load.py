@@ -408,10 +408,10 @@ def test_the_duration_counts_only_the_runs_own_time(small_book, redis_client):
 
 def test_cancelling_a_queued_request_closes_it_at_once(queue):
     request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
-    assert request_queue.request_cancel(queue, request_id) == "cancelled"
+    assert request_queue.cancel_request(queue, request_id) == "cancelled"
     assert request_row(queue, request_id).status == "cancelled"
     assert request_queue.claim_due_requests(queue, limit=5) == []
-    assert request_queue.request_cancel(queue, request_id) == "already cancelled"
+    assert request_queue.cancel_request(queue, request_id) == "already cancelled"
 
 
 def test_cancelling_a_claimed_request_cancels_its_queued_run_through_the_sensor(queue):
@@ -419,7 +419,7 @@ def test_cancelling_a_claimed_request_cancels_its_queued_run_through_the_sensor(
     with DagsterInstance.ephemeral() as instance:
         evaluate_queue_sensor(instance, queue)
         run = queued_run(instance, request_tags(request_id))
-        assert request_queue.request_cancel(queue, request_id) == "cancel requested"
+        assert request_queue.cancel_request(queue, request_id) == "cancel requested"
         assert request_row(queue, request_id).status == "claimed"  # its run still exists
         evaluate_queue_sensor(instance, queue)  # the next tick cancels the Dagster run
         cancelled = instance.get_run_by_id(run.run_id)
@@ -443,7 +443,7 @@ def test_a_cancel_requested_while_the_run_fails_cancels_instead_of_retrying(queu
         run = started_run(instance, request_id)
         heartbeat = heartbeat_resource(queue)
         heartbeat.teardown_after_execution(start_heartbeat(heartbeat, instance, run))
-        assert request_queue.request_cancel(queue, request_id) == "cancel requested"
+        assert request_queue.cancel_request(queue, request_id) == "cancel requested"
         instance.report_run_failed(run, "interrupted")
         assert finish_request_for_run(instance, queue, instance.get_run_by_id(run.run_id)) == "cancelled"
 

@@ -254,7 +254,7 @@ def cmd_requests(settings: Settings, args: argparse.Namespace) -> int:
         return _enqueue_request(settings, args, engine)
     if args.requests_command == "cancel":
         try:
-            outcome = request_queue.request_cancel(engine, args.request_id)
+            outcome = request_queue.cancel_request(engine, args.request_id)
         except request_queue.UnknownRequest as exc:
             return _fail(str(exc))
         if outcome == "cancel requested":

@@ -433,7 +433,7 @@ class UnknownRequest(LookupError):
     """No forecast request has this id."""
 
 
-def request_cancel(engine: sa.Engine, request_id: int, reason: str = "cancelled on request") -> str:
+def cancel_request(engine: sa.Engine, request_id: int, reason: str = "cancelled on request") -> str:
     """Cancel a request: a queued one at once (``"cancelled"``); an active one is marked and its
     Dagster run cancelled or terminated by the queue sensor, the request closing when the run has
     ended (``"cancel requested"``). ``"already <status>"`` for a finished request."""

@@ -11,6 +11,10 @@
 - ``forecast_request_recovery``: finds active requests whose run never came, finished unnoticed, or went
   silent (heartbeat stopped: the process died), and requeues or fails them with an audit entry.
 
+Runs launched before the queue's rename carry ``forecast/job_id`` and ``forecast/job_attempt``
+instead of ``forecast/request_*``: the status and recovery sensors read both, so runs in flight
+during an upgrade are closed.
+
 The queue lives in PostgreSQL (``APP_DATABASE_URL``); with any other database (the embedded SQLite
 default) the sensors are off by default, their description says why, and started anyway they skip.
 """
