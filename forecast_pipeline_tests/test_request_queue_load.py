@@ -26,6 +26,7 @@ from forecast_pipeline.defs.forecast_queue.sensors import (
     forecast_request_failed,
     queue_run_timeout,
     recover_stale_requests,
+    run_of,
 )
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.forecast_queue import request_queue
@@ -401,6 +402,38 @@ def test_the_duration_counts_only_the_runs_own_time(small_book, redis_client):
         finish_request_for_run(instance, small_book, record.dagster_run)
     ran = record.end_time - record.start_time
     assert request_row(small_book, request_id).duration_seconds == pytest.approx(ran, abs=0.01)
+
+
+# ---- runs launched before the rename --------------------------------------------------------
+
+
+def test_a_run_tagged_before_the_rename_is_still_started_found_and_closed(queue):
+    """A run launched by ``forecast_job_queue`` before the upgrade carries ``forecast/job_id`` and
+    ``forecast/job_attempt``: its process still marks the request running, the sensors still find
+    its run, and the failure sensor still closes it."""
+    request_id = request_queue.enqueue(queue, as_of_date=AS_OF, max_attempts=2)
+    request_queue.claim_due_requests(queue, limit=1)
+    legacy = {"forecast/job_id": str(request_id), "forecast/job_attempt": "1"}
+    with DagsterInstance.ephemeral() as instance:
+        run = create_run_for_test(instance, job_name="daily_forecast", status=DagsterRunStatus.STARTED, tags=legacy)
+        heartbeat = heartbeat_resource(queue)
+        context = start_heartbeat(heartbeat, instance, run)
+        assert request_row(queue, request_id).status == "running"
+        assert run_of(instance, request_id, 1).dagster_run.run_id == run.run_id
+        heartbeat.teardown_after_execution(context)  # the process exits
+        instance.report_run_failed(run, "boom")
+        failed = instance.get_run_by_id(run.run_id)
+        with build_run_status_sensor_context(
+            sensor_name="forecast_request_failed",
+            dagster_event=run_event(instance, run.run_id, DagsterEventType.RUN_FAILURE),
+            dagster_instance=instance,
+            dagster_run=failed,
+            resources={"app_db": AppDatabase(url=engine_url(queue))},
+        ).for_run_failure() as sensor_context:
+            skipped = forecast_request_failed(sensor_context)
+    assert f"forecast request {request_id}: queued" in skipped.skip_message
+    row = request_row(queue, request_id)
+    assert (row.status, row.dagster_run_id) == ("queued", run.run_id)
 
 
 # ---- cancellation ---------------------------------------------------------------------------
