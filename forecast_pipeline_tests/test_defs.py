@@ -3,6 +3,8 @@
 Adding or removing a definition is a deliberate change: update the lists here with it.
 """
 
+from pathlib import Path
+
 import pytest
 from dagster import Definitions
 
@@ -155,3 +157,26 @@ def test_dg_check_defs_passes(tmp_path):
     checked = command([str(BIN / "dg"), "check", "defs"], tmp_path)
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
     assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+
+
+def _sensor_name_limits(node) -> list:
+    """Every run-queue limit keyed by ``dagster/sensor_name`` in a loaded YAML document."""
+    if isinstance(node, dict):
+        found = [node["value"]] if node.get("key") == "dagster/sensor_name" else []
+        return found + [v for child in node.values() for v in _sensor_name_limits(child)]
+    if isinstance(node, list):
+        return [v for child in node for v in _sensor_name_limits(child)]
+    return []
+
+
+def test_the_deployed_run_queue_limits_name_the_queue_sensor():
+    """The queue reads its run limit from the limit on its sensor's name: a limit still keyed by a
+    former name (forecast_job_queue) would silently stop applying."""
+    import yaml
+
+    from forecast_pipeline.defs.forecast_queue.sensors import QUEUE_SENSOR
+
+    root = Path(__file__).resolve().parents[1] / "deploy"
+    for path in (root / "dagster.yaml", root / "helm" / "values.yaml"):
+        assert _sensor_name_limits(yaml.safe_load(path.read_text())) == [QUEUE_SENSOR], path
+    assert QUEUE_SENSOR == "forecast_request_queue"
