@@ -1,5 +1,5 @@
-"""Claiming from the forecast job queue: 2,000 queued jobs (priorities 0-4, one in ten with one
-of 40 concurrency keys) claimed 50 at a time with ``claim_due_jobs``, the queue sensor's path,
+"""Claiming from the forecast request queue: 2,000 queued requests (priorities 0-4, one in ten with one
+of 40 concurrency keys) claimed 50 at a time with ``claim_due_requests``, the queue sensor's path,
 each batch closed before the next so the capacity and key checks see a live queue.
 
 The database named on the command line is used for it (its queue tables are dropped). Usage
@@ -14,19 +14,19 @@ import time
 import sqlalchemy as sa
 
 from forecast_pipeline.app_db.schema import upgrade_app_schema
-from forecast_pipeline.forecast_queue import job_queue
+from forecast_pipeline.forecast_queue import request_queue
 from forecast_pipeline.resources import make_engine
 
 url = sys.argv[1]
 engine = make_engine(url)
 with engine.begin() as conn:
-    for t in ("forecast_job_audit", "forecast_jobs", "forecast_predictions"):
+    for t in ("forecast_request_audit", "forecast_requests", "forecast_predictions"):
         conn.execute(sa.text(f"DROP TABLE IF EXISTS {t} CASCADE"))
 upgrade_app_schema(engine)
 with engine.begin() as conn:
     conn.execute(
         sa.text(
-            "INSERT INTO forecast_jobs (parameters, priority, concurrency_key) "
+            "INSERT INTO forecast_requests (parameters, priority, concurrency_key) "
             "SELECT json_build_object('as_of_date','2025-11-10'), i % 5, CASE WHEN i % 10 = 0 THEN 'k' || (i % 40) END "
             "FROM generate_series(1, 2000) i"
         )
@@ -34,11 +34,11 @@ with engine.begin() as conn:
 start = time.perf_counter()
 n = 0
 while True:
-    got = job_queue.claim_due_jobs(engine, 50)
+    got = request_queue.claim_due_requests(engine, 50)
     if not got:
         break
     n += len(got)
     with engine.begin() as conn:  # close them so the capacity/key checks see what a live queue sees
-        conn.execute(sa.text("UPDATE forecast_jobs SET status='succeeded' WHERE status='claimed'"))
+        conn.execute(sa.text("UPDATE forecast_requests SET status='succeeded' WHERE status='claimed'"))
 queue_s = time.perf_counter() - start
 print(f"queue: {n} jobs claimed in {queue_s:.3f} s")

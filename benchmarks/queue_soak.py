@@ -1,17 +1,17 @@
-"""Soak benchmark of the forecast job queue under the daemon, with random kills and poison rows.
+"""Soak benchmark of the forecast request queue under the daemon, with random kills and poison rows.
 
 Starts ``dagster-daemon`` with ``deploy/dagster.yaml`` (Postgres storage; two queue runs at once)
-on fresh databases, queues ``--jobs`` valid single-date jobs (random priorities, some sharing
+on fresh databases, queues ``--jobs`` valid single-date requests (random priorities, some sharing
 concurrency keys) and ``--poison`` bad rows, SIGKILLs a random executing queue run every
-``--kill-every`` seconds, and waits until every job is closed. Then it checks, from Dagster's run
+``--kill-every`` seconds, and waits until every request is closed. Then it checks, from Dagster's run
 records rather than the queue's own table:
 
-- every valid job is ``succeeded`` and has exactly one successful run (jobs still open when
+- every valid request is ``succeeded`` and has exactly one successful run (requests still open when
   ``--max-minutes`` ran out are counted apart, as unfinished);
-- no two runs of one job executed at the same time, and at most two queue runs executed at once;
+- no two runs of one request executed at the same time, and at most two queue runs executed at once;
 - every poison row is ``failed`` with its reason and never had a run;
 
-and prints the figures (wall time, jobs per minute, kills, retried jobs, queue latency) as JSON.
+and prints the figures (wall time, requests per minute, kills, retried requests, queue latency) as JSON.
 
 Usage (from the repository root)::
 
@@ -44,15 +44,15 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from forecast_pipeline.app_db.queue_tables import forecast_jobs  # noqa: E402
+from forecast_pipeline.app_db.queue_tables import forecast_requests  # noqa: E402
 from forecast_pipeline.app_db.schema import upgrade_app_schema  # noqa: E402
-from forecast_pipeline.forecast_queue import job_queue  # noqa: E402
+from forecast_pipeline.forecast_queue import request_queue  # noqa: E402
 from forecast_pipeline.resources import make_engine  # noqa: E402
 from forecast_pipeline.source import demo_data  # noqa: E402
 
 BIN = Path(sys.executable).parent
 OWN_VARIABLES = ("FORECAST_", "REDIS_", "DATABASE_URL", "DAGSTER_")  # the soak sets its own
-QUEUE_RUNS = {"dagster/sensor_name": "forecast_job_queue"}
+QUEUE_RUNS = {"dagster/sensor_name": "forecast_request_queue"}
 POISON = [
     ({"as_of_date": "{today}", "product_ids": [True]}, "product_ids must be a non-empty list of integers"),
     ("{today}", "must be a JSON object, got a JSON string"),
@@ -135,10 +135,10 @@ def main() -> int:
         "REDIS_URL": args.redis_url,
         "FORECAST_KEY_PREFIX": "soak",
         "FORECAST_WORKERS": "1",
-        "FORECAST_JOB_SENSOR_SECONDS": "2",
-        "FORECAST_JOB_HEARTBEAT_SECONDS": "2",
-        "FORECAST_JOB_RETRY_BASE_SECONDS": "1",
-        "FORECAST_JOB_RETRY_MAX_SECONDS": "10",
+        "FORECAST_REQUEST_SENSOR_SECONDS": "2",
+        "FORECAST_REQUEST_HEARTBEAT_SECONDS": "2",
+        "FORECAST_REQUEST_RETRY_BASE_SECONDS": "1",
+        "FORECAST_REQUEST_RETRY_MAX_SECONDS": "10",
     }
 
     valid: list[int] = []
@@ -146,7 +146,9 @@ def main() -> int:
         as_of = today - dt.timedelta(days=rng.randrange(1, 60))
         key = f"tenant-{rng.randrange(5)}" if rng.random() < 0.2 else None
         valid.append(
-            job_queue.enqueue(engine, as_of_date=as_of, priority=rng.randrange(10), max_attempts=6, concurrency_key=key)
+            request_queue.enqueue(
+                engine, as_of_date=as_of, priority=rng.randrange(10), max_attempts=6, concurrency_key=key
+            )
         )
     poison: dict[int, str] = {}
     for n in range(args.poison):
@@ -154,10 +156,12 @@ def main() -> int:
         text = json.dumps(parameters).replace("{today}", today.isoformat())
         text = text.replace("{yesterday}", (today - dt.timedelta(days=1)).isoformat())
         with engine.begin() as conn:
-            job_id = conn.execute(
-                forecast_jobs.insert().values(parameters=json.loads(text), priority=9).returning(forecast_jobs.c.id)
+            request_id = conn.execute(
+                forecast_requests.insert()
+                .values(parameters=json.loads(text), priority=9)
+                .returning(forecast_requests.c.id)
             ).scalar_one()
-        poison[job_id] = reason
+        poison[request_id] = reason
 
     log = open(home / "daemon.log", "w")  # noqa: SIM115 - open for the daemon's whole life
     daemon = subprocess.Popen(
@@ -177,7 +181,9 @@ def main() -> int:
         with DagsterInstance.get() as instance:
             while True:
                 with engine.connect() as conn:
-                    counts = dict(conn.execute(sa.text("SELECT status, count(*) FROM forecast_jobs GROUP BY 1")).all())
+                    counts = dict(
+                        conn.execute(sa.text("SELECT status, count(*) FROM forecast_requests GROUP BY 1")).all()
+                    )
                 active = counts.get("claimed", 0) + counts.get("running", 0)
                 most_active = max(most_active, active)
                 if counts.get("queued", 0) + active == 0:
@@ -189,7 +195,7 @@ def main() -> int:
                     next_kill = time.monotonic() + args.kill_every
                     executing = instance.get_runs(
                         RunsFilter(
-                            statuses=[DagsterRunStatus.STARTED], tags={"dagster/sensor_name": "forecast_job_queue"}
+                            statuses=[DagsterRunStatus.STARTED], tags={"dagster/sensor_name": "forecast_request_queue"}
                         )
                     )
                     ours = descendants(daemon.pid)
@@ -213,28 +219,28 @@ def main() -> int:
         log.close()
 
     with engine.connect() as conn:
-        rows = {r.id: r for r in conn.execute(sa.select(forecast_jobs))}
+        rows = {r.id: r for r in conn.execute(sa.select(forecast_requests))}
     runs_by_job: dict[int, list] = {}
     for record in records:
-        runs_by_job.setdefault(int(record.dagster_run.tags[job_queue.JOB_ID_TAG]), []).append(record)
+        runs_by_job.setdefault(int(record.dagster_run.tags[request_queue.REQUEST_ID_TAG]), []).append(record)
 
     problems, unfinished = [], []
-    for job_id in valid:
-        row, runs = rows[job_id], runs_by_job.get(job_id, [])
+    for request_id in valid:
+        row, runs = rows[request_id], runs_by_job.get(request_id, [])
         successes = [r for r in runs if r.dagster_run.status == DagsterRunStatus.SUCCESS]
         if row.status in ("queued", "claimed", "running") and not successes:
-            unfinished.append(job_id)  # only when the soak gave up before the end
+            unfinished.append(request_id)  # only when the soak gave up before the end
         elif row.status != "succeeded" or len(successes) != 1:
-            problems.append(f"job {job_id}: {row.status}, {len(successes)} successful runs, error {row.error!r}")
+            problems.append(f"job {request_id}: {row.status}, {len(successes)} successful runs, error {row.error!r}")
         spans = sorted((r.start_time, r.end_time or time.time()) for r in runs if r.start_time)
         for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
             if start < end:
-                problems.append(f"job {job_id}: two runs executed at the same time")
-    for job_id, reason in poison.items():
-        row = rows[job_id]
-        if row.status != "failed" or reason not in (row.error or "") or runs_by_job.get(job_id):
+                problems.append(f"job {request_id}: two runs executed at the same time")
+    for request_id, reason in poison.items():
+        row = rows[request_id]
+        if row.status != "failed" or reason not in (row.error or "") or runs_by_job.get(request_id):
             problems.append(
-                f"poison job {job_id}: {row.status}, {row.error!r}, {len(runs_by_job.get(job_id, []))} runs"
+                f"poison job {request_id}: {row.status}, {row.error!r}, {len(runs_by_job.get(request_id, []))} runs"
             )
     events = sorted(
         [(r.start_time, 1) for r in records if r.start_time]
@@ -259,7 +265,7 @@ def main() -> int:
         "runs": len(records),
         "kills": len(kills),
         "jobs_retried": sum(1 for j in valid if rows[j].attempts > 1),
-        "most_active_jobs": most_active,
+        "most_active_requests": most_active,
         "most_runs_executing_at_once": most_executing,
         "run_seconds_median": round(statistics.median(run_seconds), 1) if run_seconds else None,
         "queue_to_done_seconds_median": round(statistics.median(latencies), 1) if latencies else None,

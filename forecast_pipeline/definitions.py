@@ -15,7 +15,7 @@ for _message in ("Parameter `owners` of initializer `SensorDefinition.__init__`"
     warnings.filterwarnings("ignore", message=_message, category=dg.BetaWarning)
 
 
-# the library's log records (the job queue's transitions, in the sensors) as JSON lines; in a run,
+# the library's log records (the request queue's transitions, in the sensors) as JSON lines; in a run,
 # dagster.yaml's python_logs formats them instead
 log_json_lines()
 

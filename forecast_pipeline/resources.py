@@ -109,7 +109,7 @@ class AppDatabase(ConfigurableResource):
 
     def locking_engine(self) -> sa.Engine | None:
         """The engine with every application table in place (created once per process), or None
-        when the database is not PostgreSQL: the job queue and the schedule tick claim rows with
+        when the database is not PostgreSQL: the request queue and the schedule tick claim rows with
         ``FOR UPDATE SKIP LOCKED``."""
         if not self.is_postgres:
             return None

@@ -1,6 +1,6 @@
 """Configuration from environment variables: names and defaults from the legacy worker.
 
-Each area has one typed pydantic-settings model (:class:`Settings` here for the forecasts, the job
+Each area has one typed pydantic-settings model (:class:`Settings` here for the forecasts, the request
 queue, the databases and Redis; ``alerts.config.AlertSettings``; ``reports.config.ReportSettings``)
 whose fields name their variable. :func:`load_all_settings` validates every area at once when the
 code location loads and when the CLI starts, so a bad value stops ``dagster dev``, ``dagster asset
@@ -50,6 +50,23 @@ KNOWN_PREFIXES = ("FORECAST_", "ALERT_", "REPORT_")
 
 TOOLING_VARIABLES = ("FORECAST_SCREENSHOT_PATH",)
 """Read by the tests and scripts, not the code location: known, so never warned about."""
+
+RENAMED_VARIABLES = {
+    f"FORECAST_JOB_{suffix}": f"FORECAST_REQUEST_{suffix}"
+    for suffix in (
+        "SENSOR_SECONDS",
+        "CLAIM_LIMIT",
+        "RETRY_BASE_SECONDS",
+        "RETRY_MAX_SECONDS",
+        "TIMEOUT_SECONDS",
+        "HEARTBEAT_SECONDS",
+        "LAUNCH_GRACE_SECONDS",
+    )
+}
+"""Old name -> new name. The forecast job queue became the forecast request queue ("job" also
+means a Dagster job); an old name is still read, with a warning naming the new one."""
+
+_OLD_NAME = {new: old for old, new in RENAMED_VARIABLES.items()}
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +154,14 @@ class _Environ(PydanticBaseSettingsSource):
         env = _ENVIRON.get()
         env = os.environ if env is None else env
         alias = field.validation_alias
-        text = env.get(alias) if isinstance(alias, str) else None
-        return (text.strip() if text and text.strip() else None), field_name, False
+        value = _set(env, alias) if isinstance(alias, str) else None
+        old = _OLD_NAME.get(alias)
+        if old is not None and _set(env, old) is not None:
+            if value is None:
+                value = _set(env, old)
+            elif value != _set(env, old):
+                value = _Conflict(old, alias)
+        return value, field_name, False
 
     def __call__(self) -> dict[str, Any]:
         values = {}
@@ -147,6 +170,19 @@ class _Environ(PydanticBaseSettingsSource):
             if value is not None:
                 values[field.validation_alias] = value
         return values
+
+
+def _set(env: Mapping[str, str], name: str) -> str | None:
+    text = env.get(name)
+    return text.strip() if text and text.strip() else None
+
+
+@dataclass(frozen=True)
+class _Conflict:
+    """A renamed variable set under both names, to different values: which one was meant?"""
+
+    old: str
+    new: str
 
 
 def setting_error(shown: str, why: str) -> PydanticCustomError:
@@ -207,6 +243,11 @@ class AreaSettings(BaseSettings):
     @field_validator("*", mode="before")
     @classmethod
     def _parse_text(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, _Conflict):
+            raise rule_error(
+                f"{value.old} and {value.new} are both set, to different values: {value.old} is the old "
+                f"name of {value.new}, set only {value.new}"
+            )
         if not isinstance(value, str):
             return value
         kind = _plain_type(cls.model_fields[info.field_name].annotation)
@@ -273,16 +314,16 @@ def env(name: str, default: Any = None, **constraints: Any) -> Any:
     return Field(default, validation_alias=name, **constraints)
 
 
-# ---------------------------------------------------------------- forecasts, job queue, databases, Redis
+# ---------------------------------------------------------------- forecasts, request queue, databases, Redis
 
 
 class Settings(AreaSettings):
-    """The forecasts, the job queue, the databases and Redis."""
+    """The forecasts, the request queue, the databases and Redis."""
 
     database_url: SecretUrl = env("DATABASE_URL", SecretUrl(f"sqlite:///{DEFAULT_SQLITE_PATH}"))
     """Order history, any SQLAlchemy URL (plain ``postgresql://`` uses psycopg2)."""
     app_database_url: SecretUrl = env("APP_DATABASE_URL", validate_default=True)
-    """Application tables (job queue, predictions, alerts, reports); default: ``DATABASE_URL``."""
+    """Application tables (request queue, predictions, alerts, reports); default: ``DATABASE_URL``."""
     source_query: str | None = env("FORECAST_SOURCE_QUERY")
     redis_host: str = env("REDIS_HOST", "127.0.0.1")
     redis_port: int = env("REDIS_PORT", 6379, ge=1, le=65535)
@@ -303,21 +344,21 @@ class Settings(AreaSettings):
     schedule_cron: str = env("FORECAST_SCHEDULE_CRON", "0 6 * * *")
     schedule_timezone: str = env("FORECAST_SCHEDULE_TIMEZONE", "UTC")
     executor: Literal["in_process", "multiprocess", "k8s"] = env("FORECAST_EXECUTOR", "in_process")
-    job_sensor_seconds: int = env("FORECAST_JOB_SENSOR_SECONDS", 15, ge=1, le=3600)
-    job_claim_limit: int = env("FORECAST_JOB_CLAIM_LIMIT", 10, ge=1, le=1000)
-    job_retry_base_seconds: int = env("FORECAST_JOB_RETRY_BASE_SECONDS", 60, ge=0)
-    job_retry_max_seconds: int = env("FORECAST_JOB_RETRY_MAX_SECONDS", 3600, ge=0)
-    job_timeout_seconds: int | None = env("FORECAST_JOB_TIMEOUT_SECONDS", None, ge=10)
+    request_sensor_seconds: int = env("FORECAST_REQUEST_SENSOR_SECONDS", 15, ge=1, le=3600)
+    request_claim_limit: int = env("FORECAST_REQUEST_CLAIM_LIMIT", 10, ge=1, le=1000)
+    request_retry_base_seconds: int = env("FORECAST_REQUEST_RETRY_BASE_SECONDS", 60, ge=0)
+    request_retry_max_seconds: int = env("FORECAST_REQUEST_RETRY_MAX_SECONDS", 3600, ge=0)
+    request_timeout_seconds: int | None = env("FORECAST_REQUEST_TIMEOUT_SECONDS", None, ge=10)
     """``None``: the instance's ``run_monitoring.max_runtime_seconds``."""
-    job_heartbeat_seconds: int = env("FORECAST_JOB_HEARTBEAT_SECONDS", 15, ge=1, le=600)
-    job_launch_grace_seconds: int = env("FORECAST_JOB_LAUNCH_GRACE_SECONDS", 300, ge=10)
-    job_finished_grace_seconds: int = 60
-    """After a run ends, its job is left to the run status sensors (no variable: tests change it)."""
+    request_heartbeat_seconds: int = env("FORECAST_REQUEST_HEARTBEAT_SECONDS", 15, ge=1, le=600)
+    request_launch_grace_seconds: int = env("FORECAST_REQUEST_LAUNCH_GRACE_SECONDS", 300, ge=10)
+    request_finished_grace_seconds: int = 60
+    """After a run ends, its request is left to the run status sensors (no variable: tests change it)."""
 
     @property
-    def job_stale_after_seconds(self) -> int:
-        """A running job's run is presumed dead after this long without a heartbeat."""
-        return 4 * self.job_heartbeat_seconds
+    def request_stale_after_seconds(self) -> int:
+        """A running request's run is presumed dead after this long without a heartbeat."""
+        return 4 * self.request_heartbeat_seconds
 
     @field_validator("database_url", "app_database_url", mode="before")
     @classmethod
@@ -433,6 +474,9 @@ def unknown_variable_warnings(environ: Mapping[str, str] | None = None) -> list[
     known = known_variables()
     warnings = []
     for name in sorted(env):
+        if name in RENAMED_VARIABLES:
+            warnings.append(f"{name} is deprecated: it is read for now, rename it {RENAMED_VARIABLES[name]}")
+            continue
         if name in known:
             continue
         closest = difflib.get_close_matches(name, known, n=1, cutoff=0.8)

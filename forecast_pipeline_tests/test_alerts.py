@@ -70,11 +70,18 @@ def alerts_engine():
 
 
 def _fresh(engine: sa.Engine) -> sa.Engine:
-    """The alert tables as the release before migrations made them: the next upgrade adopts them."""
-    app_metadata.drop_all(engine, tables=list(reversed(TABLES)), checkfirst=True)
+    """The alert tables as the release before migrations made them: the next upgrade adopts them.
+    On PostgreSQL the whole schema goes: an earlier upgrade left the other tables and the queue's
+    compatibility views, which the baseline cannot adopt (it would create forecast_jobs again)."""
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+            conn.execute(sa.text("CREATE SCHEMA public"))
+    else:
+        app_metadata.drop_all(engine, tables=list(reversed(TABLES)), checkfirst=True)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
     app_metadata.create_all(engine, tables=TABLES)
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"DROP TABLE IF EXISTS {VERSION_TABLE}"))
     return engine
 
 

@@ -64,7 +64,7 @@ def test_check_reports_missing_application_tables(tmp_path, pg):
 def test_every_command_refuses_what_the_code_location_refuses(tmp_path):
     """Not only ``check``: a command that runs with a bad ALERT_*/REPORT_* variable would act on
     an environment the code location refuses to load."""
-    done = command([str(BIN / "forecast-pipeline"), "jobs", "list"], tmp_path, **BAD_AREA_SETTINGS)
+    done = command([str(BIN / "forecast-pipeline"), "requests", "list"], tmp_path, **BAD_AREA_SETTINGS)
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("forecast-pipeline: invalid configuration, 2 variables to fix:"), done.stderr
     assert "ALERT_WEBHOOK_URL='ftp://x' must be" in done.stderr and "REPORT_TOP_PRODUCTS=0 must be" in done.stderr

@@ -138,13 +138,13 @@ def test_a_partition_range_runs_once_and_show_reads_each_date(demo_book, redis_c
     assert bad.returncode == 2 and "not a YYYY-MM-DD date" in bad.stderr and bad.stdout == ""  # usage error
 
 
-def test_jobs_enqueue_and_list(pg, tmp_path):
+def test_requests_enqueue_and_list(pg, tmp_path):
     with pg.begin() as conn:
-        conn.execute(sa.text("DROP TABLE IF EXISTS forecast_job_audit, forecast_jobs"))
+        conn.execute(sa.text("DROP TABLE IF EXISTS forecast_request_audit, forecast_requests CASCADE"))
     queued = command(
         [
             str(BIN / "forecast-pipeline"),
-            "jobs",
+            "requests",
             "enqueue",
             "--from",
             "2025-11-01",
@@ -158,9 +158,29 @@ def test_jobs_enqueue_and_list(pg, tmp_path):
         tmp_path,
     )
     assert queued.returncode == 0, queued.stderr
-    assert queued.stdout.startswith("queued forecast job ")
-    listed = command([str(BIN / "forecast-pipeline"), "jobs", "list"], tmp_path)
+    assert "deprecated" not in queued.stderr
+    assert queued.stdout.startswith("queued forecast request ")
+    listed = command([str(BIN / "forecast-pipeline"), "requests", "list"], tmp_path)
     assert '{"from": "2025-11-01", "to": "2025-11-10", "product_ids": [4, 5]}' in listed.stdout
     assert " queued " in listed.stdout
-    refused = command([str(BIN / "forecast-pipeline"), "jobs", "enqueue", "--as-of", "2014-05-05"], tmp_path)
+    refused = command([str(BIN / "forecast-pipeline"), "requests", "enqueue", "--as-of", "2014-05-05"], tmp_path)
     assert refused.returncode == 2 and "before the history start" in refused.stderr  # a usage error
+
+
+def test_jobs_is_the_deprecated_name_of_requests(pg, tmp_path):
+    """``jobs`` (the name before the rename) still works, saying once on stderr what to use."""
+    with pg.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS forecast_request_audit, forecast_requests CASCADE"))
+    notice = "forecast-pipeline: `jobs` is deprecated, use `requests` (same subcommands and options)"
+    queued = command([str(BIN / "forecast-pipeline"), "jobs", "enqueue", "--as-of", "2025-11-10"], tmp_path)
+    assert queued.returncode == 0, queued.stderr
+    assert queued.stdout.startswith("queued forecast request ")
+    assert queued.stderr.splitlines().count(notice) == 1
+    request_id = int(queued.stdout.split()[-1])
+    listed = command([str(BIN / "forecast-pipeline"), "requests", "list"], tmp_path)
+    assert any(line.split()[:2] == [str(request_id), "queued"] for line in listed.stdout.splitlines())
+    cancelled = command([str(BIN / "forecast-pipeline"), "jobs", "cancel", str(request_id)], tmp_path)
+    assert cancelled.returncode == 0 and cancelled.stdout.strip() == f"forecast request {request_id}: cancelled"
+    assert notice in cancelled.stderr
+    refused = command([str(BIN / "forecast-pipeline"), "jobs", "enqueue"], tmp_path)
+    assert refused.returncode == 2 and "forecast-pipeline jobs enqueue: give --as-of DATE" in refused.stderr

@@ -117,7 +117,7 @@ def test_show_tells_an_unknown_product_from_one_without_a_forecast(cached_run, p
 
 
 def _every_parser(parser, name="forecast-pipeline"):
-    """The command's parser and every sub-command's, nested ones included (jobs, alerts, reports)."""
+    """The command's parser and every sub-command's, nested ones included (requests, alerts, reports)."""
     yield name, parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -141,23 +141,23 @@ def test_every_option_has_help_text_showing_its_default():
             elif action.default not in (None, False) and f"(default: {action.default})" not in shown:
                 problems.append(f"{name} {label}: default {action.default} not shown")
     assert not problems, "\n".join(problems)
-    assert seen > 60  # jobs, alerts and reports (and their nested commands) were walked too
+    assert seen > 60  # requests, alerts and reports (and their nested commands) were walked too
 
 
 @pytest.mark.parametrize(
     ("args", "exit_code", "phrase"),
     [
-        (["jobs", "enqueue"], 2, "give --as-of DATE, or --from DATE --to DATE"),
-        (["jobs", "enqueue", "--as-of", "2014-05-05"], 2, "before the history start"),
-        (["jobs", "enqueue", "--as-of", "2025-11-10", "--max-attempts", "0"], 2, "--max-attempts"),
-        (["jobs", "list", "--status", "done"], 2, "invalid choice: 'done'"),
+        (["requests", "enqueue"], 2, "give --as-of DATE, or --from DATE --to DATE"),
+        (["requests", "enqueue", "--as-of", "2014-05-05"], 2, "before the history start"),
+        (["requests", "enqueue", "--as-of", "2025-11-10", "--max-attempts", "0"], 2, "--max-attempts"),
+        (["requests", "list", "--status", "done"], 2, "invalid choice: 'done'"),
         (["alerts", "add", "--source", "s", "--metric", "m", "--operator", ">", "--threshold", "nan"], 2, "finite"),
         (["alerts", "notifications", "resend"], 2, "give the ids"),
         (["reports", "add-schedule", "--account", "a", "--name", "n", "--cadence", "hourly"], 2, "invalid choice"),
         (["reports", "add-plan", "--name", "pro", "--monthly-limit", "-3"], 2, "must be 0 or more"),
     ],
 )
-def test_usage_errors_of_jobs_alerts_and_reports_exit_2_in_one_line(tmp_path, args, exit_code, phrase):
+def test_usage_errors_of_requests_alerts_and_reports_exit_2_in_one_line(tmp_path, args, exit_code, phrase):
     done = command([CLI, *args], tmp_path)
     assert_one_line_error(done, exit_code, phrase)
 

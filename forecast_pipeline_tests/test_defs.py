@@ -3,6 +3,8 @@
 Adding or removing a definition is a deliberate change: update the lists here with it.
 """
 
+from pathlib import Path
+
 import pytest
 from dagster import Definitions
 
@@ -18,11 +20,11 @@ JOBS = {"daily_forecast", "generate_report"}
 SCHEDULES = {"daily_forecast_schedule"}
 SENSORS = {
     # forecast queue
-    "forecast_job_queue",
-    "forecast_job_succeeded",
-    "forecast_job_failed",
-    "forecast_job_cancelled",
-    "forecast_job_recovery",
+    "forecast_request_queue",
+    "forecast_request_succeeded",
+    "forecast_request_failed",
+    "forecast_request_cancelled",
+    "forecast_request_recovery",
     # reports
     "report_schedule_tick",
     "report_run_failed",
@@ -67,7 +69,7 @@ def test_the_code_location_holds_exactly_these_definitions(defs):
 AREAS = {
     "forecasts": {"eligible_products", "product_forecasts", "forecast_predictions", "daily_forecast"}
     | {"daily_forecast_schedule", "cached_forecasts_well_formed"},
-    "forecast_queue": {name for name in SENSORS if name.startswith("forecast_job_")},
+    "forecast_queue": {name for name in SENSORS if name.startswith("forecast_request_")},
     "reports": {"generate_report", "report_schedule_tick", "report_run_failed", "report_run_cancelled"},
     "alerts": {name for name in SENSORS if "alert" in name or name == "pipeline_health_sensor"},
 }
@@ -155,3 +157,26 @@ def test_dg_check_defs_passes(tmp_path):
     checked = command([str(BIN / "dg"), "check", "defs"], tmp_path)
     assert checked.returncode == 0, checked.stdout[-2000:] + checked.stderr[-2000:]
     assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+
+
+def _sensor_name_limits(node) -> list:
+    """Every run-queue limit keyed by ``dagster/sensor_name`` in a loaded YAML document."""
+    if isinstance(node, dict):
+        found = [node["value"]] if node.get("key") == "dagster/sensor_name" else []
+        return found + [v for child in node.values() for v in _sensor_name_limits(child)]
+    if isinstance(node, list):
+        return [v for child in node for v in _sensor_name_limits(child)]
+    return []
+
+
+def test_the_deployed_run_queue_limits_name_the_queue_sensor():
+    """The queue reads its run limit from the limit on its sensor's name: a limit still keyed by a
+    former name (forecast_job_queue) would silently stop applying."""
+    import yaml
+
+    from forecast_pipeline.defs.forecast_queue.sensors import QUEUE_SENSOR
+
+    root = Path(__file__).resolve().parents[1] / "deploy"
+    for path in (root / "dagster.yaml", root / "helm" / "values.yaml"):
+        assert _sensor_name_limits(yaml.safe_load(path.read_text())) == [QUEUE_SENSOR], path
+    assert QUEUE_SENSOR == "forecast_request_queue"

@@ -1,7 +1,7 @@
 """End to end, as deployed: dagster-webserver and dagster-daemon on Postgres storage (deploy/dagster.yaml).
 
 A partition backfill of two as-of dates goes through the webserver's GraphQL API (what the UI's
-backfill button sends); the daily schedule is turned on and the daemon runs it; queued jobs are
+backfill button sends); the daily schedule is turned on and the daemon runs it; queued requests are
 claimed by the daemon's sensor and closed by the run status sensors: a success, a failure, a
 timeout that run monitoring terminates, a cancel, and a backlog larger than the run capacity with
 a poison row in it; the asset page is loaded in headless Chromium and kept as a screenshot.
@@ -28,9 +28,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from forecast_pipeline.app_db.queue_tables import forecast_jobs
+from forecast_pipeline.app_db.queue_tables import forecast_requests
 from forecast_pipeline.app_db.schema import upgrade_app_schema
-from forecast_pipeline.forecast_queue import job_queue
+from forecast_pipeline.forecast_queue import request_queue
 from forecast_pipeline.resources import make_engine
 from forecast_pipeline.source import demo_data
 from forecast_pipeline_tests.conftest import BIN, POSTGRES_URL, REDIS_URL, _ensure_postgres_database
@@ -76,7 +76,7 @@ def deployment(tmp_path_factory):
     today = dt.datetime.now(dt.UTC).date()
     demo_data.load(orders, demo_data.generate(products=40, customers=60, end=today, seed=3))
     with orders.begin() as conn:
-        for table in ("forecast_job_audit", "forecast_jobs", "forecast_predictions"):
+        for table in ("forecast_request_audit", "forecast_requests", "forecast_predictions"):
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
     upgrade_app_schema(orders)
 
@@ -93,10 +93,10 @@ def deployment(tmp_path_factory):
         "REDIS_URL": REDIS_URL,
         "FORECAST_WORKERS": "1",
         "FORECAST_SCHEDULE_CRON": "* * * * *",
-        "FORECAST_JOB_SENSOR_SECONDS": "3",
-        "FORECAST_JOB_TIMEOUT_SECONDS": str(QUEUE_TIMEOUT_SECONDS),
-        "FORECAST_JOB_HEARTBEAT_SECONDS": "2",
-        "FORECAST_JOB_RETRY_BASE_SECONDS": "2",
+        "FORECAST_REQUEST_SENSOR_SECONDS": "3",
+        "FORECAST_REQUEST_TIMEOUT_SECONDS": str(QUEUE_TIMEOUT_SECONDS),
+        "FORECAST_REQUEST_HEARTBEAT_SECONDS": "2",
+        "FORECAST_REQUEST_RETRY_BASE_SECONDS": "2",
     }
     port = _free_port()
     logs = home / "logs"
@@ -220,64 +220,66 @@ def test_the_daemon_runs_the_daily_schedule_once_turned_on(deployment, redis_cli
     assert redis_client.hlen(f"forecast:asof:{deployment['today'].isoformat()}") > 20
 
 
-def test_the_daemon_claims_a_queued_job_and_closes_it(deployment, redis_client):
+def test_the_daemon_claims_a_queued_request_and_closes_it(deployment, redis_client):
     as_of = (deployment["today"] - dt.timedelta(days=3)).isoformat()
     engine = deployment["orders"]
-    job_id = job_queue.enqueue(engine, as_of_date=as_of)
+    request_id = request_queue.enqueue(engine, as_of_date=as_of)
 
     def closed():
         with engine.connect() as conn:
-            row = conn.execute(sa.select(forecast_jobs).where(forecast_jobs.c.id == job_id)).one()
+            row = conn.execute(sa.select(forecast_requests).where(forecast_requests.c.id == request_id)).one()
         return row if row.status in ("succeeded", "failed", "cancelled") else None
 
-    row = _wait(closed, 180, f"job {job_id} to be closed by the sensors", every=2)
+    row = _wait(closed, 180, f"request {request_id} to be closed by the sensors", every=2)
     assert row.status == "succeeded", row.error
     assert row.rows_written > 200 and row.dagster_run_id
-    events = [a.event for a in job_queue.audit_entries(engine, job_id)]
+    events = [a.event for a in request_queue.audit_entries(engine, request_id)]
     assert events == ["queued", "claimed", "started", "succeeded"]
 
 
-def _job(engine, job_id):
+def _request(engine, request_id):
     with engine.connect() as conn:
-        return conn.execute(sa.select(forecast_jobs).where(forecast_jobs.c.id == job_id)).one()
+        return conn.execute(sa.select(forecast_requests).where(forecast_requests.c.id == request_id)).one()
 
 
-def _closed(engine, *job_ids):
+def _closed(engine, *request_ids):
     def check():
-        rows = [_job(engine, j) for j in job_ids]
+        rows = [_request(engine, j) for j in request_ids]
         return rows if all(r.status in ("succeeded", "failed", "cancelled") for r in rows) else None
 
     return check
 
 
-def _queue_runs(deployment, job_id):
+def _queue_runs(deployment, request_id):
     from dagster import RunsFilter
 
     with _instance(deployment) as instance:
-        return instance.get_run_records(RunsFilter(tags={job_queue.JOB_ID_TAG: str(job_id)}))
+        return instance.get_run_records(RunsFilter(tags={request_queue.REQUEST_ID_TAG: str(request_id)}))
 
 
-def test_the_daemon_fails_a_job_with_its_runs_real_error(deployment):
+def test_the_daemon_fails_a_request_with_its_runs_real_error(deployment):
     engine = deployment["orders"]
     as_of = (deployment["today"] - dt.timedelta(days=4)).isoformat()
-    job_id = job_queue.enqueue(engine, as_of_date=as_of, product_ids=[999_999], max_attempts=3)
-    (row,) = _wait(_closed(engine, job_id), 180, f"job {job_id} to be closed", every=2)
+    request_id = request_queue.enqueue(engine, as_of_date=as_of, product_ids=[999_999], max_attempts=3)
+    (row,) = _wait(_closed(engine, request_id), 180, f"request {request_id} to be closed", every=2)
     assert row.status == "failed" and "999999" in row.error and "not eligible" in row.error
     assert row.attempts == 1  # a permanent failure is not retried
-    (record,) = _queue_runs(deployment, job_id)
+    (record,) = _queue_runs(deployment, request_id)
     assert record.dagster_run.status.value == "FAILURE"
 
 
-def test_the_daemon_terminates_a_run_past_its_timeout_and_then_closes_the_job(deployment):
+def test_the_daemon_terminates_a_run_past_its_timeout_and_then_closes_the_request(deployment):
     engine = deployment["orders"]
     last = deployment["today"] - dt.timedelta(days=20)
     first = last - dt.timedelta(days=400)  # far longer than the timeout
-    job_id = job_queue.enqueue(engine, date_range=(first, last), max_attempts=1)
-    (row,) = _wait(_closed(engine, job_id), QUEUE_TIMEOUT_SECONDS + 180, f"job {job_id} to time out", every=2)
+    request_id = request_queue.enqueue(engine, date_range=(first, last), max_attempts=1)
+    (row,) = _wait(
+        _closed(engine, request_id), QUEUE_TIMEOUT_SECONDS + 180, f"request {request_id} to time out", every=2
+    )
     assert row.status == "failed", row.error
     assert f"Exceeded maximum runtime of {QUEUE_TIMEOUT_SECONDS} seconds" in row.error
     assert row.heartbeat_at is None  # closed only once the run's process had stopped
-    (record,) = _queue_runs(deployment, job_id)
+    (record,) = _queue_runs(deployment, request_id)
     assert record.dagster_run.status.value == "FAILURE"
     assert record.dagster_run.tags["dagster/max_runtime"] == str(QUEUE_TIMEOUT_SECONDS)
     with engine.connect() as conn:  # the terminated run never got to write its predictions
@@ -288,17 +290,17 @@ def test_the_daemon_terminates_a_run_past_its_timeout_and_then_closes_the_job(de
     assert written == 0
 
 
-def test_jobs_cancel_terminates_a_running_run_through_the_daemon(deployment):
+def test_requests_cancel_terminates_a_running_run_through_the_daemon(deployment):
     engine = deployment["orders"]
     last = deployment["today"] - dt.timedelta(days=500)
-    job_id = job_queue.enqueue(engine, date_range=(last - dt.timedelta(days=400), last))
+    request_id = request_queue.enqueue(engine, date_range=(last - dt.timedelta(days=400), last))
 
     def running():
-        return _job(engine, job_id).status == "running"
+        return _request(engine, request_id).status == "running"
 
-    _wait(running, 180, f"job {job_id} to start", every=1)
+    _wait(running, 180, f"request {request_id} to start", every=1)
     done = subprocess.run(
-        [str(BIN / "forecast-pipeline"), "jobs", "cancel", str(job_id)],
+        [str(BIN / "forecast-pipeline"), "requests", "cancel", str(request_id)],
         env=deployment["env"],
         cwd=ROOT,
         capture_output=True,
@@ -306,23 +308,23 @@ def test_jobs_cancel_terminates_a_running_run_through_the_daemon(deployment):
         timeout=60,
     )
     assert done.returncode == 0 and "cancel requested" in done.stdout, done.stdout + done.stderr
-    (row,) = _wait(_closed(engine, job_id), 120, f"job {job_id} to be cancelled", every=2)
+    (row,) = _wait(_closed(engine, request_id), 120, f"request {request_id} to be cancelled", every=2)
     assert row.status == "cancelled" and row.attempts == 1
-    (record,) = _queue_runs(deployment, job_id)
+    (record,) = _queue_runs(deployment, request_id)
     assert record.dagster_run.status.value in ("CANCELED", "FAILURE")  # terminated, not finished
-    assert "cancel_requested" in [a.event for a in job_queue.audit_entries(engine, job_id)]
+    assert "cancel_requested" in [a.event for a in request_queue.audit_entries(engine, request_id)]
 
 
-def test_a_backlog_beyond_the_run_capacity_with_a_poison_row_runs_each_job_once(deployment):
+def test_a_backlog_beyond_the_run_capacity_with_a_poison_row_runs_each_request_once(deployment):
     engine = deployment["orders"]
     with engine.begin() as conn:
         poison = conn.execute(
-            forecast_jobs.insert()
+            forecast_requests.insert()
             .values(parameters={"as_of_date": deployment["today"].isoformat(), "product_ids": [True]}, priority=9)
-            .returning(forecast_jobs.c.id)
+            .returning(forecast_requests.c.id)
         ).scalar_one()
     backlog = [
-        job_queue.enqueue(engine, as_of_date=deployment["today"] - dt.timedelta(days=30 + n), priority=n % 3)
+        request_queue.enqueue(engine, as_of_date=deployment["today"] - dt.timedelta(days=30 + n), priority=n % 3)
         for n in range(6)
     ]
     most_running = 0
@@ -330,17 +332,17 @@ def test_a_backlog_beyond_the_run_capacity_with_a_poison_row_runs_each_job_once(
     def all_closed():
         nonlocal most_running
         with engine.connect() as conn:
-            # executing: its run's process started and has not reported its exit (a job whose run
+            # executing: its run's process started and has not reported its exit (a request whose run
             # ended stays 'running' until the status sensor closes it, holding no run slot)
             running = conn.execute(
-                sa.text("SELECT count(*) FROM forecast_jobs WHERE status = 'running' AND heartbeat_at IS NOT NULL")
+                sa.text("SELECT count(*) FROM forecast_requests WHERE status = 'running' AND heartbeat_at IS NOT NULL")
             ).scalar_one()
         most_running = max(most_running, running)
         return _closed(engine, poison, *backlog)()
 
     rows = _wait(all_closed, 400, "the backlog to drain", every=1)
     assert most_running <= 2  # deploy/dagster.yaml lets two queue runs execute at once
-    runs = [record for job_id in backlog for record in _queue_runs(deployment, job_id) if record.start_time]
+    runs = [record for request_id in backlog for record in _queue_runs(deployment, request_id) if record.start_time]
     starts_and_ends = sorted([(r.start_time, 1) for r in runs] + [(r.end_time, -1) for r in runs])
     executing = [sum(step for _, step in starts_and_ends[: i + 1]) for i in range(len(starts_and_ends))]
     assert max(executing) <= 2, starts_and_ends  # from Dagster's own run records
@@ -348,10 +350,10 @@ def test_a_backlog_beyond_the_run_capacity_with_a_poison_row_runs_each_job_once(
     assert bad.status == "failed" and "product_ids must be a non-empty list of integers" in bad.error
     assert not _queue_runs(deployment, poison)  # no run was ever requested for it
     assert [r.status for r in good] == ["succeeded"] * len(good), [r.error for r in good]
-    for job_id in backlog:
-        (record,) = _queue_runs(deployment, job_id)  # exactly one run per job
+    for request_id in backlog:
+        (record,) = _queue_runs(deployment, request_id)  # exactly one run per request
         assert record.dagster_run.status.value == "SUCCESS"
-        assert record.dagster_run.tags["dagster/priority"] == str(_job(engine, job_id).priority)
+        assert record.dagster_run.tags["dagster/priority"] == str(_request(engine, request_id).priority)
 
 
 def test_the_daemon_is_live(deployment):

@@ -1,5 +1,5 @@
 """On the embedded SQLite default, nothing accepts work it can never do: the sensors that need
-PostgreSQL (job queue, report schedules) are off by default with the reason in their description,
+PostgreSQL (request queue, report schedules) are off by default with the reason in their description,
 and the commands that feed them refuse in one line naming APP_DATABASE_URL. On PostgreSQL they
 stay on and the commands work."""
 
@@ -15,11 +15,11 @@ pytestmark = pytest.mark.integration
 
 CLI = str(BIN / "forecast-pipeline")
 POSTGRES_ONLY_SENSORS = {
-    "forecast_job_queue",
-    "forecast_job_succeeded",
-    "forecast_job_failed",
-    "forecast_job_cancelled",
-    "forecast_job_recovery",
+    "forecast_request_queue",
+    "forecast_request_succeeded",
+    "forecast_request_failed",
+    "forecast_request_cancelled",
+    "forecast_request_recovery",
     "report_schedule_tick",
     "report_run_failed",
     "report_run_cancelled",
@@ -71,9 +71,9 @@ def test_an_app_database_url_on_postgres_turns_them_on_with_sqlite_orders(tmp_pa
 @pytest.mark.parametrize(
     "args",
     [
-        ["jobs", "enqueue", "--as-of", "2025-11-10"],
-        ["jobs", "list"],
-        ["jobs", "cancel", "1"],
+        ["requests", "enqueue", "--as-of", "2025-11-10"],
+        ["requests", "list"],
+        ["requests", "cancel", "1"],
         ["reports", "add-plan", "--name", "pro", "--monthly-limit", "30"],
         ["reports", "list"],
         ["reports", "tick", "--dry-run"],
@@ -91,14 +91,14 @@ def test_on_sqlite_queue_and_report_commands_refuse_in_one_line(tmp_path, args):
     assert f"sqlite:///{database}" in lines[0]
     if database.exists():  # nothing was written: no queue table, no plan
         tables = {row[0] for row in sqlite3.connect(database).execute("SELECT name FROM sqlite_master")}
-        assert "forecast_jobs" not in tables and "plans" not in tables
+        assert "forecast_requests" not in tables and "plans" not in tables
 
 
 def test_on_postgres_enqueue_still_queues(tmp_path, pg):
-    done = command([CLI, "jobs", "enqueue", "--as-of", "2025-11-10"], tmp_path)
+    done = command([CLI, "requests", "enqueue", "--as-of", "2025-11-10"], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("queued forecast job ")
-    listed = command([CLI, "jobs", "list"], tmp_path)
+    assert done.stdout.startswith("queued forecast request ")
+    listed = command([CLI, "requests", "list"], tmp_path)
     assert listed.returncode == 0 and "2025-11-10" in listed.stdout
 
 

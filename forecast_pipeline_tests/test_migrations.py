@@ -69,20 +69,22 @@ def schema_differences(engine: sa.Engine) -> list:
         context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
         diffs = compare_metadata(context, app_metadata)
     if engine.dialect.name == "sqlite":
-        # SQLite reflects the expression column of ix_forecast_jobs_due (priority DESC) as a plain
+        # SQLite reflects the expression column of ix_forecast_requests_due (priority DESC) as a plain
         # column, so autogenerate always sees that index as changed; its definition is checked below.
         diffs = [
-            d for d in diffs if not (d[0] in ("add_index", "remove_index") and d[1].name == "ix_forecast_jobs_due")
+            d for d in diffs if not (d[0] in ("add_index", "remove_index") and d[1].name == "ix_forecast_requests_due")
         ]
         with engine.connect() as conn:
-            sql = conn.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = 'ix_forecast_jobs_due'")).scalar()
+            sql = conn.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE name = 'ix_forecast_requests_due'")
+            ).scalar()
         assert sql is not None and "priority DESC" in sql
     return diffs
 
 
 def has_queued_trigger(engine: sa.Engine) -> bool:
     with engine.connect() as conn:
-        return conn.execute(sa.text("SELECT 1 FROM pg_trigger WHERE tgname = 'forecast_jobs_queued_audit'")).first()
+        return conn.execute(sa.text("SELECT 1 FROM pg_trigger WHERE tgname = 'forecast_requests_queued_audit'")).first()
 
 
 def test_head_is_exactly_the_table_modules(empty_db):
@@ -213,20 +215,27 @@ def _rows_in_every_table(engine: sa.Engine, nan_threshold: bool) -> None:
     }
     if nan_threshold:
         rows["alerts"].append({"id": 3, "device_id": 1, "metric": "temp", "operator": ">", "threshold_value": math.nan})
-    tables = baseline.baseline_metadata().tables
     with engine.begin() as conn:
-        for table in app_metadata.sorted_tables:
+        for table in baseline.baseline_metadata().sorted_tables:
             for row in rows[table.name]:
-                conn.execute(tables[table.name].insert().values(row))
+                conn.execute(table.insert().values(row))
 
 
-def _snapshot(engine: sa.Engine) -> dict[str, list[tuple]]:
-    """Every row of every application table as sorted (column, repr(value)) pairs (NaN equals NaN)."""
+RENAMED_TABLES = {"forecast_requests": "forecast_jobs", "forecast_request_audit": "forecast_job_audit"}
+RENAMED_COLUMNS = {"request_type": "job_type", "request_id": "job_id"}
+"""Head's names -> the names before revision 0002 (the forecast job queue's)."""
+
+
+def _snapshot(engine: sa.Engine, old_names: bool = False) -> dict[str, list[tuple]]:
+    """Every row of every application table as sorted (column, repr(value)) pairs (NaN equals NaN),
+    under head's table and column names; ``old_names``: read a database before revision 0002 (or
+    the compatibility views) and name what it holds as head does."""
     snapshot = {}
+    columns = {old: new for new, old in RENAMED_COLUMNS.items()} if old_names else {}
     with engine.connect() as conn:
         for name in app_metadata.tables:
-            result = conn.execute(sa.text(f"SELECT * FROM {name}"))
-            keys = list(result.keys())
+            result = conn.execute(sa.text(f"SELECT * FROM {RENAMED_TABLES.get(name, name) if old_names else name}"))
+            keys = [columns.get(k, k) for k in result.keys()]  # noqa: SIM118 - a Result, not a dict
             snapshot[name] = sorted(
                 tuple(sorted((k, repr(v)) for k, v in zip(keys, row, strict=True))) for row in result
             )
@@ -238,7 +247,7 @@ def test_a_database_made_before_migrations_is_upgraded_keeping_every_row(empty_d
     pg = empty_db.dialect.name == "postgresql"
     (_make_last_release if made_by == "last_release" else _make_older_release)(empty_db)
     _rows_in_every_table(empty_db, nan_threshold=pg and made_by == "older_release")
-    before = _snapshot(empty_db)
+    before = _snapshot(empty_db, old_names=True)
     assert set(before) == set(app_metadata.tables) and all(before.values())  # rows in every table
     assert current_revision(empty_db) is None
 
@@ -249,27 +258,27 @@ def test_a_database_made_before_migrations_is_upgraded_keeping_every_row(empty_d
     if made_by == "last_release":
         assert after == before
     else:  # the same rows, each now with the added columns as well (NULL)
-        added = {"forecast_jobs": ("idempotency_key", "claimed_at", "cancel_requested_at")}
+        added = {"forecast_requests": ("idempotency_key", "claimed_at", "cancel_requested_at")}
         added["alert_notifications"] = ("next_attempt_at", "last_status", "refused_since")
         for name in app_metadata.tables:
             kept = sorted(tuple(p for p in row if p[0] not in added.get(name, ())) for row in after[name])
             assert kept == before[name], name
-            assert all(("idempotency_key", "None") in row for row in after["forecast_jobs"])
+            assert all(("idempotency_key", "None") in row for row in after["forecast_requests"])
     assert schema_differences(empty_db) == []
     upgrade_app_schema(empty_db)  # safe to repeat
     assert _snapshot(empty_db) == after
     if not pg:
         return
     assert has_queued_trigger(empty_db)
-    with empty_db.begin() as conn:
+    with empty_db.begin() as conn:  # written by SQL under the old names: the compatibility views
         job = conn.execute(
             sa.text("INSERT INTO forecast_jobs (id, parameters) VALUES (10, '{}') RETURNING id")
         ).scalar_one()
         audit = conn.execute(sa.text("SELECT event FROM forecast_job_audit WHERE job_id = :id"), {"id": job}).all()
         assert audit == [("queued",)]
         conn.execute(sa.text("UPDATE forecast_jobs SET status = 'claimed' WHERE id = 1"))
-        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("forecast_jobs")}
-        assert "ux_forecast_jobs_running_key" not in indexes and "ux_forecast_jobs_active_key" in indexes
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("forecast_requests")}
+        assert "ux_forecast_jobs_running_key" not in indexes and "ux_forecast_requests_active_key" in indexes
     with pytest.raises(sa.exc.IntegrityError, match="ck_alerts_threshold_finite"), empty_db.begin() as conn:
         conn.execute(sa.text("UPDATE alerts SET threshold_value = 'Infinity' WHERE id = 1"))
     with empty_db.connect() as conn:
@@ -350,5 +359,182 @@ def test_the_migrations_ship_in_the_wheel(tmp_path):
     assert built.returncode == 0, built.stderr
     [wheel] = tmp_path.glob("forecast_pipeline-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in ("env.py", "script.py.mako", "versions/0001_baseline.py"):
+    for name in ("env.py", "script.py.mako", "versions/0001_baseline.py", "versions/0002_forecast_requests.py"):
         assert f"forecast_pipeline/app_db/migrations/{name}" in names
+
+
+# ---------------------------------------------------------------- 0002: forecast jobs -> forecast requests
+
+QUEUE_ROWS = [  # every column set, in every status, so a dropped or shifted column shows
+    {
+        "id": 3,
+        "job_type": "forecast",
+        "parameters": {"as_of_date": "2025-11-10", "product_ids": [4, 5]},
+        "priority": 7,
+        "status": "succeeded",
+        "attempts": 2,
+        "max_attempts": 4,
+        "not_before": NOW,
+        "concurrency_key": "tenant-1",
+        "idempotency_key": "nightly-2025-11-10",
+        "run_key": "forecast-job-3-attempt-2",
+        "dagster_run_id": "0b1c2d3e",
+        "created_at": NOW - dt.timedelta(hours=2),
+        "updated_at": NOW,
+        "claimed_at": NOW - dt.timedelta(hours=1),
+        "started_at": NOW - dt.timedelta(minutes=50),
+        "heartbeat_at": None,
+        "cancel_requested_at": None,
+        "finished_at": NOW,
+        "duration_seconds": 3000.25,
+        "error": None,
+        "rows_written": 36,
+    },
+    {"id": 4, "job_type": "other", "parameters": {"from": "2025-11-01", "to": "2025-11-03"}, "status": "queued"},
+    {"id": 9, "parameters": "not an object", "status": "failed", "error": "parameters must be a JSON object"},
+    {
+        "id": 12,
+        "parameters": {"as_of_date": "2025-11-09"},
+        "status": "running",
+        "attempts": 1,
+        "concurrency_key": "tenant-2",
+        "claimed_at": NOW,
+        "started_at": NOW,
+        "heartbeat_at": NOW,
+        "cancel_requested_at": NOW,
+    },
+]
+AUDIT_ROWS = [  # ids past those of the rows PostgreSQL's trigger writes for the inserts above
+    {"id": 101, "job_id": 3, "at": NOW, "event": "claimed", "detail": {"attempt": 1}},
+    {"id": 102, "job_id": 3, "at": NOW, "event": "succeeded", "detail": {"rows": 36, "run_id": "0b1c2d3e"}},
+    {"id": 107, "job_id": 12, "at": NOW, "event": "cancel_requested", "detail": None},
+]
+
+
+def _at_revision_0001_with_rows(engine: sa.Engine) -> dict[str, list[tuple]]:
+    from alembic import command
+
+    from forecast_pipeline.app_db.schema import alembic_config
+
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0001")
+    tables = baseline.baseline_metadata().tables
+    with engine.begin() as conn:
+        for row in QUEUE_ROWS:  # one by one: each row sets other columns
+            conn.execute(tables["forecast_jobs"].insert().values(row))
+        for row in AUDIT_ROWS:
+            conn.execute(tables["forecast_job_audit"].insert().values(row))
+    assert current_revision(engine) == "0001"
+    return _snapshot(engine, old_names=True)
+
+
+def test_0002_renames_the_queue_keeping_every_value(empty_db):
+    before = _at_revision_0001_with_rows(empty_db)
+    queued_by_trigger = len(QUEUE_ROWS) if empty_db.dialect.name == "postgresql" else 0
+    assert len(before["forecast_requests"]) == len(QUEUE_ROWS)
+    assert len(before["forecast_request_audit"]) == len(AUDIT_ROWS) + queued_by_trigger
+
+    upgrade_app_schema(empty_db)
+
+    assert current_revision(empty_db) == head_revision()
+    assert _snapshot(empty_db) == before  # value by value, under the new names
+    assert _snapshot(empty_db, old_names=True) == before  # and through the compatibility views
+    assert schema_differences(empty_db) == []
+    names = set(sa.inspect(empty_db).get_table_names())
+    assert {"forecast_requests", "forecast_request_audit"} <= names and "forecast_jobs" not in names
+    assert {"forecast_jobs", "forecast_job_audit"} <= set(sa.inspect(empty_db).get_view_names())
+    with empty_db.connect() as conn:
+        if empty_db.dialect.name == "postgresql":
+            assert has_queued_trigger(empty_db)
+            objects = conn.execute(
+                sa.text(
+                    "SELECT relname FROM pg_class WHERE relname LIKE '%forecast_job%' AND relkind <> 'v' "
+                    "UNION ALL SELECT conname FROM pg_constraint WHERE conname LIKE '%forecast_job%' "
+                    "UNION ALL SELECT tgname FROM pg_trigger WHERE tgname LIKE '%forecast_job%' "
+                    "UNION ALL SELECT proname FROM pg_proc WHERE proname LIKE '%forecast_job%'"
+                )
+            ).all()
+            assert objects == []  # no index, sequence, constraint, trigger or function keeps the old name
+            sequence = conn.execute(sa.text("SELECT pg_get_serial_sequence('forecast_requests', 'id')")).scalar()
+            assert sequence == "public.forecast_requests_id_seq"
+
+    with empty_db.begin() as conn:  # downgrade: the old tables again, every value kept
+        from alembic import command
+
+        from forecast_pipeline.app_db.schema import alembic_config
+
+        command.downgrade(alembic_config(conn), "0001")
+    assert current_revision(empty_db) == "0001"
+    assert _snapshot(empty_db, old_names=True) == before
+    assert not {"forecast_jobs", "forecast_job_audit"} & set(sa.inspect(empty_db).get_view_names())
+    upgrade_app_schema(empty_db)
+    assert _snapshot(empty_db) == before
+
+
+def test_the_old_names_stay_writable_by_sql_on_postgres(migrations_pg):
+    """A system that inserts into forecast_jobs keeps working: the view takes the insert (ids,
+    defaults and the audit trigger of the table), with the grants the old table had, and the
+    queue claims what it inserted."""
+    from forecast_pipeline.forecast_queue import request_queue
+
+    engine = _empty_pg(migrations_pg)
+    _make_last_release(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP ROLE IF EXISTS ft_rename_writer"))
+        conn.execute(sa.text("CREATE ROLE ft_rename_writer"))
+        conn.execute(sa.text("GRANT USAGE ON SCHEMA public TO ft_rename_writer"))  # a recreated schema has none
+        conn.execute(sa.text("GRANT SELECT, INSERT ON forecast_jobs, forecast_job_audit TO ft_rename_writer"))
+        conn.execute(
+            sa.text("GRANT USAGE ON SEQUENCE forecast_jobs_id_seq, forecast_job_audit_id_seq TO ft_rename_writer")
+        )
+    try:
+        with engine.begin() as conn:  # what the role could do before the rename
+            conn.execute(sa.text("SET LOCAL ROLE ft_rename_writer"))
+            conn.execute(sa.text("""INSERT INTO forecast_jobs (parameters) VALUES ('{"as_of_date": "2025-11-09"}')"""))
+        upgrade_app_schema(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("SET LOCAL ROLE ft_rename_writer"))  # only the old table's grants
+            inserted = conn.execute(
+                sa.text(
+                    "INSERT INTO forecast_jobs (parameters, priority) "
+                    """VALUES ('{"as_of_date": "2025-11-10"}', 4) RETURNING id, job_type, status, max_attempts"""
+                )
+            ).one()
+        assert inserted[1:] == ("forecast", "queued", 3)
+        claimed = request_queue.claim_due_requests(engine, limit=5)
+        assert [c.id for c in claimed] == [inserted.id, 1]  # priority first; the row from before the upgrade too
+        assert (claimed[0].request_type, claimed[0].priority, claimed[0].parameters) == (
+            "forecast",
+            4,
+            {"as_of_date": "2025-11-10"},
+        )
+        events = [e.event for e in request_queue.audit_entries(engine, inserted.id)]
+        assert events == ["queued", "claimed"]  # the table's trigger fired for the view's insert
+        with engine.connect() as conn:
+            old = conn.execute(
+                sa.text("SELECT status, attempts FROM forecast_jobs WHERE id = :id"), {"id": inserted.id}
+            ).one()
+            audit = conn.execute(
+                sa.text("SELECT event FROM forecast_job_audit WHERE job_id = :id ORDER BY id"), {"id": inserted.id}
+            ).all()
+        assert tuple(old) == ("claimed", 1) and audit == [("queued",), ("claimed",)]
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA public CASCADE"))
+            conn.execute(sa.text("CREATE SCHEMA public"))
+            conn.execute(sa.text("DROP ROLE IF EXISTS ft_rename_writer"))
+
+
+def test_the_old_names_are_read_only_views_on_sqlite(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'app.sqlite'}")
+    try:
+        _at_revision_0001_with_rows(engine)
+        upgrade_app_schema(engine)
+        with engine.connect() as conn:
+            ids = conn.execute(sa.text("SELECT id FROM forecast_jobs WHERE job_type = 'forecast' ORDER BY id")).all()
+        assert ids == [(3,), (9,), (12,)]
+        refused = pytest.raises(sa.exc.OperationalError, match="cannot modify forecast_jobs because it is a view")
+        with refused, engine.begin() as conn:
+            conn.execute(sa.text("""INSERT INTO forecast_jobs (parameters) VALUES ('{"as_of_date": "2025-11-10"}')"""))
+    finally:
+        engine.dispose()

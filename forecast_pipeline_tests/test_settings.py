@@ -8,6 +8,7 @@ import pytest
 from forecast_pipeline.alerts.config import AlertSettings
 from forecast_pipeline.reports.config import ReportSettings
 from forecast_pipeline.settings import (
+    RENAMED_VARIABLES,
     ConfigError,
     Settings,
     known_variables,
@@ -17,6 +18,7 @@ from forecast_pipeline.settings import (
     redact_url,
     unknown_variable_warnings,
 )
+from forecast_pipeline_tests.conftest import BIN, command
 
 
 def test_defaults_match_the_legacy_worker():
@@ -173,17 +175,60 @@ def test_values_are_parsed_as_strictly_as_the_legacy_worker_did():
     with pytest.raises(ConfigError, match="FORECAST_MAX_FAILURE_RATE=inf must be between 0 and 1"):
         load_settings({"FORECAST_MAX_FAILURE_RATE": "inf"})
     # blank is unset, and values are stripped
-    s = load_settings({"FORECAST_WORKERS": " 4 ", "FORECAST_WEEKS": "  ", "FORECAST_JOB_TIMEOUT_SECONDS": ""})
-    assert (s.workers, s.forecast_weeks, s.job_timeout_seconds) == (4, 12, None)
+    s = load_settings({"FORECAST_WORKERS": " 4 ", "FORECAST_WEEKS": "  ", "FORECAST_REQUEST_TIMEOUT_SECONDS": ""})
+    assert (s.workers, s.forecast_weeks, s.request_timeout_seconds) == (4, 12, None)
 
 
 def test_the_known_variables_are_the_fields_of_the_area_models():
     known = known_variables()
     for model in (Settings, AlertSettings, ReportSettings):
         for name, field in model.model_fields.items():
-            if name != "job_finished_grace_seconds":  # the one field without a variable
+            if name != "request_finished_grace_seconds":  # the one field without a variable
                 assert field.validation_alias in known, name
     assert {"FORECAST_WORKERS", "ALERT_WEBHOOK_URL", "REPORT_SMTP_PASSWORD", "REPORTS_DIR", "REDIS_PASSWORD"} <= known
     assert unknown_variable_warnings({"ALERT_RETENTION_DAY": "3"}) == [
         "unknown variable ALERT_RETENTION_DAY (did you mean ALERT_RETENTION_DAYS?)"
     ]
+
+
+def test_the_old_forecast_job_variables_are_read_with_a_warning_naming_the_new_one():
+    settings = load_settings({"FORECAST_JOB_CLAIM_LIMIT": "3", "FORECAST_JOB_TIMEOUT_SECONDS": "600"})
+    assert (settings.request_claim_limit, settings.request_timeout_seconds) == (3, 600)
+    assert unknown_variable_warnings({"FORECAST_JOB_CLAIM_LIMIT": "3"}) == [
+        "FORECAST_JOB_CLAIM_LIMIT is deprecated: it is read for now, rename it FORECAST_REQUEST_CLAIM_LIMIT"
+    ]
+    # the new name alone, or both with the same value, are fine; every old name has its new field
+    assert load_settings({"FORECAST_REQUEST_CLAIM_LIMIT": "4"}).request_claim_limit == 4
+    both = {"FORECAST_JOB_CLAIM_LIMIT": "4", "FORECAST_REQUEST_CLAIM_LIMIT": " 4 "}
+    assert load_settings(both).request_claim_limit == 4
+    assert set(RENAMED_VARIABLES.values()) <= known_variables()
+    assert not set(RENAMED_VARIABLES) & known_variables()  # never suggested as a spelling
+
+
+def test_an_old_and_a_new_variable_that_disagree_are_refused_naming_both():
+    env = {"FORECAST_JOB_HEARTBEAT_SECONDS": "10", "FORECAST_REQUEST_HEARTBEAT_SECONDS": "20", "FORECAST_WEEKS": "0"}
+    with pytest.raises(ConfigError) as raised:
+        load_settings(env)
+    assert "FORECAST_WEEKS=0 must be between 1 and 104" in str(raised.value)  # listed with the others
+    assert (
+        "FORECAST_JOB_HEARTBEAT_SECONDS and FORECAST_REQUEST_HEARTBEAT_SECONDS are both set, to different values"
+    ) in str(raised.value)
+
+
+def test_the_cli_warns_about_an_old_variable_and_refuses_a_conflict_with_exit_2(tmp_path):
+    sqlite = {"DATABASE_URL": f"sqlite:///{tmp_path / 'orders.sqlite'}"}
+    warned = command([str(BIN / "forecast-pipeline"), "init-db"], tmp_path, FORECAST_JOB_CLAIM_LIMIT="3", **sqlite)
+    assert warned.returncode == 0, warned.stderr
+    assert (
+        "forecast-pipeline: warning: FORECAST_JOB_CLAIM_LIMIT is deprecated: it is read for now, "
+        "rename it FORECAST_REQUEST_CLAIM_LIMIT"
+    ) in warned.stderr
+    refused = command(
+        [str(BIN / "forecast-pipeline"), "init-db"],
+        tmp_path,
+        FORECAST_JOB_CLAIM_LIMIT="3",
+        FORECAST_REQUEST_CLAIM_LIMIT="5",
+        **sqlite,
+    )
+    assert refused.returncode == 2
+    assert "FORECAST_JOB_CLAIM_LIMIT and FORECAST_REQUEST_CLAIM_LIMIT are both set" in refused.stderr

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the Docker image: build it, then run its three roles (code location gRPC server,
 # webserver, daemon) against a local PostgreSQL and Redis, load demo data, materialize one
-# partition inside the image and let the daemon run one forecast job from the queue.
+# partition inside the image and let the daemon run one forecast request from the queue.
 #
 #   scripts/image_smoke.sh [CONTEXT_DIR]        (default: the repository this script is in)
 #
@@ -189,18 +189,18 @@ print(len(keys), 'forecast:* keys; last_run:', meta)
 assert meta['as_of_date'] == '$PARTITION' and meta['successful'] > 0 and meta['failed'] == 0
 "
 
-log "daemon: liveness, then one job from the queue launched by its sensor"
+log "daemon: liveness, then one request from the queue launched by its sensor"
 for _ in $(seq 45); do
     "$ENGINE" exec "$C_DAEMON" dagster-daemon liveness-check >/dev/null 2>&1 && break
     sleep 2
 done
 "$ENGINE" exec "$C_DAEMON" dagster-daemon liveness-check
 JOB_DATE=$(date -u -d "$PARTITION - 7 days" +%F)
-in_image forecast-pipeline jobs enqueue --as-of "$JOB_DATE"
+in_image forecast-pipeline requests enqueue --as-of "$JOB_DATE"
 for _ in $(seq 60); do
-    status=$(in_image forecast-pipeline jobs list | awk '$1 == 1 {print $2}')
-    case "$status" in succeeded) break ;; failed) fail "queued job failed" ;; esac
+    status=$(in_image forecast-pipeline requests list | awk '$1 == 1 {print $2}')
+    case "$status" in succeeded) break ;; failed) fail "queued request failed" ;; esac
     sleep 3
 done
-in_image forecast-pipeline jobs list
-[ "$status" = succeeded ] || fail "queued job still '$status'"
+in_image forecast-pipeline requests list
+[ "$status" = succeeded ] || fail "queued request still '$status'"

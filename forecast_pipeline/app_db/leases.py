@@ -1,6 +1,6 @@
 """Leasing rows of a work table: claim, heartbeat, release, find expired leases.
 
-The forecast queue (``forecast_jobs``), the report tick (``report_schedules``) and the notification
+The forecast queue (``forecast_requests``), the report tick (``report_schedules``) and the notification
 outbox (``alert_notifications``) all hand rows to one worker at a time the same way, through here:
 
 - :func:`claim`: in the caller's transaction, lock the candidate rows with ``FOR UPDATE SKIP

@@ -1,4 +1,4 @@
-"""Features that need PostgreSQL for the application tables (the job queue and the report tick
+"""Features that need PostgreSQL for the application tables (the request queue and the report tick
 claim rows with ``FOR UPDATE SKIP LOCKED``). On any other database (the embedded SQLite default)
 their sensors are off by default with the reason in their description, and their commands refuse
 in one line naming ``APP_DATABASE_URL``: nothing accepts work it could never do."""

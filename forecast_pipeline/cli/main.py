@@ -17,7 +17,7 @@ import traceback
 
 import sqlalchemy as sa
 
-from forecast_pipeline.app_db.queue_tables import JOB_STATUSES
+from forecast_pipeline.app_db.queue_tables import REQUEST_STATUSES
 from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.cli.alerts import ALERT_COMMANDS, add_alert_commands
 from forecast_pipeline.cli.reports import REPORT_COMMANDS, add_report_commands
@@ -57,7 +57,7 @@ def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
     print(f"Tables {', '.join(source_schema.SOURCE_TABLES)} are ready in {redact_url(settings.database_url)}")
     upgrade_app_schema(_engine_for(settings.app_database_url))
     print(
-        f"Application tables (job queue, predictions, alerts, reports) are ready in "
+        f"Application tables (request queue, predictions, alerts, reports) are ready in "
         f"{redact_url(settings.app_database_url)}"
     )
     return 0
@@ -238,34 +238,36 @@ def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: s
     )
 
 
-def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
-    """Enqueue, cancel or list forecast jobs (the application database's forecast_jobs)."""
+def cmd_requests(settings: Settings, args: argparse.Namespace) -> int:
+    """Enqueue, cancel or list forecast requests (the application database's forecast_requests)."""
     from forecast_pipeline.app_db.postgres_only import postgres_only_reason
     from forecast_pipeline.app_db.schema import upgrade_app_schema
-    from forecast_pipeline.forecast_queue import job_queue
+    from forecast_pipeline.forecast_queue import request_queue
 
-    refused = postgres_only_reason(settings.app_database_url, "the forecast job queue")
-    if refused:  # nothing could ever claim a job here: accept none
-        print(f"forecast-pipeline jobs {args.jobs_command}: {refused}", file=sys.stderr)
+    refused = postgres_only_reason(settings.app_database_url, "the forecast request queue")
+    if refused:  # nothing could ever claim a request here: accept none
+        print(f"forecast-pipeline {args.command} {args.requests_command}: {refused}", file=sys.stderr)
         return 1
     engine = _engine_for(settings.app_database_url)
     upgrade_app_schema(engine)
-    if args.jobs_command == "enqueue":
-        return _enqueue_job(settings, args, engine)
-    if args.jobs_command == "cancel":
+    if args.requests_command == "enqueue":
+        return _enqueue_request(settings, args, engine)
+    if args.requests_command == "cancel":
         try:
-            outcome = job_queue.request_cancel(engine, args.job_id)
-        except job_queue.UnknownJob as exc:
+            outcome = request_queue.cancel_request(engine, args.request_id)
+        except request_queue.UnknownRequest as exc:
             return _fail(str(exc))
         if outcome == "cancel requested":
-            outcome += ": the queue sensor cancels or terminates its Dagster run, and the job closes when it has ended"
-        print(f"forecast job {args.job_id}: {outcome}")
+            outcome += (
+                ": the queue sensor cancels or terminates its Dagster run, and the request closes when it has ended"
+            )
+        print(f"forecast request {args.request_id}: {outcome}")
         return 0
-    from forecast_pipeline.app_db.queue_tables import forecast_jobs
+    from forecast_pipeline.app_db.queue_tables import forecast_requests
 
-    query = sa.select(forecast_jobs).order_by(forecast_jobs.c.id.desc()).limit(args.limit)
+    query = sa.select(forecast_requests).order_by(forecast_requests.c.id.desc()).limit(args.limit)
     if args.status:
-        query = query.where(forecast_jobs.c.status == args.status)
+        query = query.where(forecast_requests.c.status == args.status)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     print(f"{'id':>6} {'status':<10} {'pri':>3} {'try':>5}  {'parameters':<48} {'rows':>7}  error")
@@ -279,13 +281,13 @@ def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _enqueue_job(settings: Settings, args: argparse.Namespace, engine: sa.Engine) -> int:
+def _enqueue_request(settings: Settings, args: argparse.Namespace, engine: sa.Engine) -> int:
     import zoneinfo
 
-    from forecast_pipeline.forecast_queue import job_queue
+    from forecast_pipeline.forecast_queue import request_queue
 
     def usage(message: str) -> int:
-        print(f"forecast-pipeline jobs enqueue: {message}", file=sys.stderr)
+        print(f"forecast-pipeline {args.command} enqueue: {message}", file=sys.stderr)
         return 2
 
     if args.max_attempts < 1:
@@ -294,23 +296,24 @@ def _enqueue_job(settings: Settings, args: argparse.Namespace, engine: sa.Engine
         return usage("give --as-of DATE, or --from DATE --to DATE")
     try:
         # the sensor's rules, with its today (the newest partition, in the schedule's time zone)
-        job_queue.parse_parameters(
+        request_queue.parse_parameters(
             {"as_of_date": args.as_of} if args.as_of else {"from": args.date_from, "to": args.date_to},
             settings.history_start,
             # the newest as-of partition is today in the schedule's time zone (end_offset=1)
             dt.datetime.now(zoneinfo.ZoneInfo(settings.schedule_timezone)).date(),
         )
-    except job_queue.BadJobParameters as exc:  # a date that is malformed, too early or in the future
+    except request_queue.BadRequestParameters as exc:  # a date that is malformed, too early or in the future
         return usage(str(exc))
     if args.idempotency_key:
         with engine.connect() as conn:
             existing = conn.execute(
-                sa.text("SELECT id, status FROM forecast_jobs WHERE idempotency_key = :k"), {"k": args.idempotency_key}
+                sa.text("SELECT id, status FROM forecast_requests WHERE idempotency_key = :k"),
+                {"k": args.idempotency_key},
             ).first()
         if existing is not None:
-            print(f"already queued as forecast job {existing.id} ({existing.status}) under this idempotency key")
+            print(f"already queued as forecast request {existing.id} ({existing.status}) under this idempotency key")
             return 0
-    job_id = job_queue.enqueue(
+    request_id = request_queue.enqueue(
         engine,
         as_of_date=args.as_of,
         date_range=(args.date_from, args.date_to) if args.date_from else None,
@@ -320,7 +323,7 @@ def _enqueue_job(settings: Settings, args: argparse.Namespace, engine: sa.Engine
         concurrency_key=args.concurrency_key,
         idempotency_key=args.idempotency_key,
     )
-    print(f"queued forecast job {job_id}")
+    print(f"queued forecast request {request_id}")
     return 0
 
 
@@ -474,21 +477,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-of", type=_iso_date, help="a past as-of date's metadata and forecast, YYYY-MM-DD (default: the last run)"
     )
     show.add_argument("--json", action="store_true", help="print one JSON document with both")
-    jobs = sub.add_parser("jobs", help="the forecast job queue: enqueue, cancel or list jobs")
-    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
-    enqueue = jobs_sub.add_parser("enqueue", help="queue a forecast of one as-of date or a range")
+    # `jobs` is the name before the queue's rename ("job" also means a Dagster job): still accepted
+    requests = sub.add_parser(
+        "requests", aliases=["jobs"], help="the forecast request queue: enqueue, cancel or list requests"
+    )
+    requests_sub = requests.add_subparsers(dest="requests_command", required=True)
+    enqueue = requests_sub.add_parser("enqueue", help="queue a forecast of one as-of date or a range")
     enqueue.add_argument("--as-of", help="the as-of date to forecast, YYYY-MM-DD (or give --from and --to)")
     enqueue.add_argument("--from", dest="date_from", help="first as-of date of a range")
     enqueue.add_argument("--to", dest="date_to", help="last as-of date of a range")
     enqueue.add_argument("--products", type=_id_list, help="comma list of product ids (default: all eligible)")
     enqueue.add_argument("--priority", type=int, default=0, help="higher runs first")
-    enqueue.add_argument("--max-attempts", type=int, default=3, help="runs tried before the job fails (at least 1)")
-    enqueue.add_argument("--concurrency-key", help="jobs sharing it never run at once")
-    enqueue.add_argument("--idempotency-key", help="a key naming this work: enqueueing it again returns the same job")
-    cancel = jobs_sub.add_parser("cancel", help="cancel a queued job, or cancel/terminate a claimed or running one")
-    cancel.add_argument("job_id", type=int, help="the job's id (see `jobs list`)")
-    listing = jobs_sub.add_parser("list", help="recent jobs, newest first")
-    listing.add_argument("--status", choices=JOB_STATUSES, help="only jobs in this status (default: any)")
+    enqueue.add_argument("--max-attempts", type=int, default=3, help="runs tried before the request fails (at least 1)")
+    enqueue.add_argument("--concurrency-key", help="requests sharing it never run at once")
+    enqueue.add_argument(
+        "--idempotency-key", help="a key naming this work: enqueueing it again returns the same request"
+    )
+    cancel = requests_sub.add_parser(
+        "cancel", help="cancel a queued request, or cancel/terminate a claimed or running one"
+    )
+    cancel.add_argument("request_id", type=int, help="the request's id (see `requests list`)")
+    listing = requests_sub.add_parser("list", help="recent requests, newest first")
+    listing.add_argument("--status", choices=REQUEST_STATUSES, help="only requests in this status (default: any)")
     listing.add_argument("--limit", type=int, default=20, help="at most this many")
     bt = sub.add_parser("backtest", help="rolling-origin accuracy vs seasonal naive and Holt-Winters")
     bt.add_argument("--source", choices=("demo", "database"), default="demo", help="demo: generated in memory")
@@ -532,12 +542,15 @@ def _id_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of product ids") from exc
 
 
+DEPRECATED_JOBS_NOTICE = "forecast-pipeline: `jobs` is deprecated, use `requests` (same subcommands and options)"
+
 COMMANDS = {
     "init-db": cmd_init_db,
     "demo-data": cmd_demo_data,
     "check": cmd_check,
     "show": cmd_show,
-    "jobs": cmd_jobs,
+    "requests": cmd_requests,
+    "jobs": cmd_requests,  # the deprecated name: main() says so
     "backtest": cmd_backtest,
     **ALERT_COMMANDS,
     **REPORT_COMMANDS,
@@ -549,8 +562,10 @@ def main(argv: list[str] | None = None) -> int:
     or configuration mistake, 1 for the environment (database, Redis) or a failed command;
     ``--verbose`` adds the traceback after it."""
     warn_unknown_variables(lambda warning: print(f"forecast-pipeline: warning: {warning}", file=sys.stderr))
-    log_json_lines()  # e.g. `jobs cancel` logs the transition as the sensors do
+    log_json_lines()  # e.g. `requests cancel` logs the transition as the sensors do
     args = build_parser().parse_args(argv)
+    if args.command == "jobs":
+        print(DEPRECATED_JOBS_NOTICE, file=sys.stderr)
     try:
         settings = load_all_settings().forecasts  # every area's, as the code location validates them
     except ConfigError as exc:

@@ -57,7 +57,7 @@ def build_resources(settings: Settings, environ: Mapping[str, str] | None = None
     app_db = AppDatabase(url=pick("APP_DATABASE_URL", pick("DATABASE_URL", reveal(settings.app_database_url))))
     return {
         "app_db": app_db,
-        "run_heartbeat": RunHeartbeat(app_db=app_db, interval_seconds=settings.job_heartbeat_seconds),
+        "run_heartbeat": RunHeartbeat(app_db=app_db, interval_seconds=settings.request_heartbeat_seconds),
         "source_db": SourceDatabase(
             url=pick("DATABASE_URL", reveal(settings.database_url)),
             source_query=pick("FORECAST_SOURCE_QUERY", settings.source_query),

@@ -1,13 +1,14 @@
-"""Marks a queue job ``running`` when its Dagster run's process starts, and keeps its lease alive.
+"""Marks a queue request ``running`` when its Dagster run's process starts, and keeps its lease alive.
 
-A run launched for a ``forecast_jobs`` row (tagged ``forecast/job_id``) marks its job attempt
-started when its resources are set up, then writes ``heartbeat_at`` every
-``FORECAST_JOB_HEARTBEAT_SECONDS`` from a background thread, and clears it when the resources are
-torn down (the process is done with the job). If the process dies (killed, out of memory, node
-lost) the heartbeats stop and the recovery sensor requeues the job. A run whose job attempt is no
-longer current (requeued or cancelled meanwhile, e.g. a run that waited long in Dagster's queue)
-fails at once instead of executing the job again. Works with every run launcher; Dagster's own
-worker health checks exist only for Kubernetes. Runs without the tag do nothing here.
+A run launched for a ``forecast_requests`` row (tagged ``forecast/request_id``, or ``forecast/job_id``
+if launched before the rename) marks its request attempt started when its resources are set up,
+then writes ``heartbeat_at`` every ``FORECAST_REQUEST_HEARTBEAT_SECONDS`` from a background thread,
+and clears it when the resources are torn down (the process is done with the request). If the
+process dies (killed, out of memory, node lost) the heartbeats stop and the recovery sensor
+requeues the request. A run whose request attempt is no longer current (requeued or cancelled
+meanwhile, e.g. a run that waited long in Dagster's queue) fails at once instead of executing the
+request again. Works with every run launcher; Dagster's own worker health checks exist only for
+Kubernetes. Runs without the tag do nothing here.
 """
 
 import threading
@@ -15,7 +16,7 @@ import threading
 from dagster import ConfigurableResource, Failure, InitResourceContext, ResourceDependency
 from pydantic import PrivateAttr
 
-from forecast_pipeline.forecast_queue import job_queue
+from forecast_pipeline.forecast_queue import request_queue
 from forecast_pipeline.resources import AppDatabase
 
 
@@ -25,31 +26,32 @@ class RunHeartbeat(ConfigurableResource):
 
     _stop: threading.Event | None = PrivateAttr(default=None)
     _thread: threading.Thread | None = PrivateAttr(default=None)
-    _job: tuple[int, int] | None = PrivateAttr(default=None)
+    _request: tuple[int, int] | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         run = context.run
         tags = run.tags if run is not None else {}
-        if job_queue.JOB_ID_TAG not in tags:
+        tagged = request_queue.tagged_attempt(tags, default_attempt="1")
+        if tagged is None:
             return
-        job_id, attempt = int(tags[job_queue.JOB_ID_TAG]), int(tags.get(job_queue.ATTEMPT_TAG, "1"))
+        request_id, attempt = tagged
         engine = self.app_db.engine()
         try:
-            job_queue.mark_run_started(engine, job_id, attempt, run.run_id)
-        except job_queue.StaleAttempt as exc:
+            request_queue.mark_run_started(engine, request_id, attempt, run.run_id)
+        except request_queue.StaleAttempt as exc:
             raise Failure(description=str(exc), metadata={"permanent": True}) from exc
-        self._job = (job_id, attempt)
+        self._request = (request_id, attempt)
         self._stop = threading.Event()
 
         def beat() -> None:
             while not self._stop.wait(self.interval_seconds):
                 try:
-                    job_queue.heartbeat(engine, job_id, attempt)
+                    request_queue.heartbeat(engine, request_id, attempt)
                 except Exception as exc:  # noqa: BLE001 - a missed beat is retried next interval
                     if context.log:
-                        context.log.warning(f"heartbeat for job {job_id} failed: {exc}")
+                        context.log.warning(f"heartbeat for request {request_id} failed: {exc}")
 
-        self._thread = threading.Thread(target=beat, name=f"job-{job_id}-heartbeat", daemon=True)
+        self._thread = threading.Thread(target=beat, name=f"request-{request_id}-heartbeat", daemon=True)
         self._thread.start()
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
@@ -58,7 +60,7 @@ class RunHeartbeat(ConfigurableResource):
         self._stop.set()
         self._thread.join(timeout=5)
         try:
-            job_queue.mark_process_exited(self.app_db.engine(), *self._job)
+            request_queue.mark_process_exited(self.app_db.engine(), *self._request)
         except Exception as exc:  # noqa: BLE001 - then the silent heartbeat tells the same, later
             if context.log:
-                context.log.warning(f"could not record the end of job {self._job[0]}'s run: {exc}")
+                context.log.warning(f"could not record the end of request {self._request[0]}'s run: {exc}")

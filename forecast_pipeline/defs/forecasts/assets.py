@@ -2,7 +2,7 @@
 eligible products -> product forecasts (Redis) -> forecast predictions (application database).
 
 Each asset handles every as-of date of its run (``BackfillPolicy.single_run()``): a backfill of a
-date range, or a queue job for one, is one run that reads each date's history once. Values pass
+date range, or a queued forecast request for one, is one run that reads each date's history once. Values pass
 between steps as ``{partition_key: value}``.
 
 ``product_forecasts`` is a graph: ``plan_forecast_shards`` cuts each date into shards of at most

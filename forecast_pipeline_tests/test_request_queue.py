@@ -1,4 +1,4 @@
-"""The forecast job queue against real PostgreSQL, a real Dagster instance and real run processes."""
+"""The forecast request queue against real PostgreSQL, a real Dagster instance and real run processes."""
 
 import datetime as dt
 import io
@@ -14,11 +14,15 @@ import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_context, materialize
 
-from forecast_pipeline.app_db.queue_tables import forecast_jobs
+from forecast_pipeline.app_db.queue_tables import forecast_requests
 from forecast_pipeline.app_db.schema import upgrade_app_schema
-from forecast_pipeline.defs.forecast_queue.sensors import finish_job_for_run, forecast_job_queue, recover_stale_jobs
+from forecast_pipeline.defs.forecast_queue.sensors import (
+    finish_request_for_run,
+    forecast_request_queue,
+    recover_stale_requests,
+)
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
-from forecast_pipeline.forecast_queue import job_queue
+from forecast_pipeline.forecast_queue import request_queue
 from forecast_pipeline.json_logging import log_json_lines
 from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.settings import load_settings
@@ -30,8 +34,9 @@ HISTORY_START = dt.date(2019, 1, 1)
 def empty_queue(pg):
     """The application tables, empty, in the Postgres test database."""
     with pg.begin() as conn:
-        for table in ("forecast_job_audit", "forecast_jobs", "forecast_predictions"):
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        for table in ("forecast_request_audit", "forecast_requests", "forecast_predictions"):
+            # CASCADE: the compatibility views (forecast_jobs, forecast_job_audit) depend on them
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))
     upgrade_app_schema(pg)
     return pg
 
@@ -41,9 +46,9 @@ def queue(pg):
     return empty_queue(pg)
 
 
-def job_row(engine, job_id):
+def request_row(engine, request_id):
     with engine.connect() as conn:
-        return conn.execute(sa.select(forecast_jobs).where(forecast_jobs.c.id == job_id)).one()
+        return conn.execute(sa.select(forecast_requests).where(forecast_requests.c.id == request_id)).one()
 
 
 # ---- parameters and backoff (pure) ----------------------------------------------------------
@@ -65,13 +70,13 @@ def job_row(engine, job_id):
     ],
 )
 def test_bad_parameters_say_what_is_wrong(parameters, message):
-    with pytest.raises(job_queue.BadJobParameters) as info:
-        job_queue.parse_parameters(parameters, HISTORY_START, dt.date(2026, 11, 23))
+    with pytest.raises(request_queue.BadRequestParameters) as info:
+        request_queue.parse_parameters(parameters, HISTORY_START, dt.date(2026, 11, 23))
     assert message in str(info.value)
 
 
 def test_parameters_give_partitions_and_products():
-    request = job_queue.parse_parameters(
+    request = request_queue.parse_parameters(
         {"from": "2025-11-08", "to": "2025-11-10", "product_ids": [5, 3, 5]}, HISTORY_START, dt.date(2026, 1, 1)
     )
     assert request.partition_keys == ["2025-11-08", "2025-11-09", "2025-11-10"]
@@ -81,7 +86,7 @@ def test_parameters_give_partitions_and_products():
 def test_backoff_doubles_with_jitter_and_is_capped():
     rng = random.Random(1)
     for attempt, (low, high) in {1: (30, 60), 2: (60, 120), 3: (120, 240), 10: (1800, 3600)}.items():
-        delays = [job_queue.retry_delay(attempt, 60, 3600, rng) for _ in range(200)]
+        delays = [request_queue.retry_delay(attempt, 60, 3600, rng) for _ in range(200)]
         assert low <= min(delays) and max(delays) <= high
         assert max(delays) - min(delays) > (high - low) * 0.5  # jittered, not constant
 
@@ -89,10 +94,10 @@ def test_backoff_doubles_with_jitter_and_is_capped():
 # ---- claiming -------------------------------------------------------------------------------
 
 
-def test_a_thousand_jobs_four_claimers_each_claimed_exactly_once(queue):
+def test_a_thousand_requests_four_claimers_each_claimed_exactly_once(queue):
     with queue.begin() as conn:
         conn.execute(
-            forecast_jobs.insert(),
+            forecast_requests.insert(),
             [{"parameters": {"as_of_date": "2025-11-10"}, "priority": i % 3} for i in range(1000)],
         )
     claimed: list[list[int]] = [[] for _ in range(4)]
@@ -101,8 +106,8 @@ def test_a_thousand_jobs_four_claimers_each_claimed_exactly_once(queue):
 
     def claimer(n: int) -> None:
         barrier.wait()
-        while batch := job_queue.claim_due_jobs(engines[n], limit=7):
-            claimed[n].extend(job.id for job in batch)
+        while batch := request_queue.claim_due_requests(engines[n], limit=7):
+            claimed[n].extend(request.id for request in batch)
 
     threads = [threading.Thread(target=claimer, args=(n,)) for n in range(4)]
     for t in threads:
@@ -113,81 +118,81 @@ def test_a_thousand_jobs_four_claimers_each_claimed_exactly_once(queue):
     assert len(everything) == 1000 and len(set(everything)) == 1000
     assert all(len(ids) > 50 for ids in claimed), [len(ids) for ids in claimed]  # all four took part
     with queue.connect() as conn:
-        statuses = conn.execute(sa.text("SELECT status, count(*) FROM forecast_jobs GROUP BY status")).all()
+        statuses = conn.execute(sa.text("SELECT status, count(*) FROM forecast_requests GROUP BY status")).all()
     assert dict(statuses) == {"claimed": 1000}
     for engine in engines:
         engine.dispose()
 
 
 def test_priority_first_then_age(queue):
-    low_old = job_queue.enqueue(queue, as_of_date=AS_OF, priority=0)
-    high = job_queue.enqueue(queue, as_of_date=AS_OF, priority=5)
-    low_new = job_queue.enqueue(queue, as_of_date=AS_OF, priority=0)
-    mid = job_queue.enqueue(queue, as_of_date=AS_OF, priority=2)
-    order = [job.id for job in job_queue.claim_due_jobs(queue, limit=10)]
+    low_old = request_queue.enqueue(queue, as_of_date=AS_OF, priority=0)
+    high = request_queue.enqueue(queue, as_of_date=AS_OF, priority=5)
+    low_new = request_queue.enqueue(queue, as_of_date=AS_OF, priority=0)
+    mid = request_queue.enqueue(queue, as_of_date=AS_OF, priority=2)
+    order = [request.id for request in request_queue.claim_due_requests(queue, limit=10)]
     assert order == [high, mid, low_old, low_new]
 
 
-def test_only_forecast_jobs_are_claimed(queue):
-    forecast = job_queue.enqueue(queue, as_of_date=AS_OF)
+def test_only_forecast_requests_are_claimed(queue):
+    forecast = request_queue.enqueue(queue, as_of_date=AS_OF)
     with queue.begin() as conn:
         other = conn.execute(
-            forecast_jobs.insert()
-            .values(job_type="report", parameters={"as_of_date": AS_OF.isoformat()})
-            .returning(forecast_jobs.c.id)
+            forecast_requests.insert()
+            .values(request_type="report", parameters={"as_of_date": AS_OF.isoformat()})
+            .returning(forecast_requests.c.id)
         ).scalar_one()
-    assert [job.id for job in job_queue.claim_due_jobs(queue, limit=10)] == [forecast]
+    assert [request.id for request in request_queue.claim_due_requests(queue, limit=10)] == [forecast]
     with queue.connect() as conn:
-        status = conn.execute(sa.select(forecast_jobs.c.status).where(forecast_jobs.c.id == other)).scalar_one()
+        status = conn.execute(sa.select(forecast_requests.c.status).where(forecast_requests.c.id == other)).scalar_one()
     assert status == "queued"  # left for its own consumer, not failed
 
 
-def test_not_before_holds_a_job_back(queue):
+def test_not_before_holds_a_request_back(queue):
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    job_queue.enqueue(queue, as_of_date=AS_OF, not_before=later)
-    assert job_queue.claim_due_jobs(queue, limit=10) == []
+    request_queue.enqueue(queue, as_of_date=AS_OF, not_before=later)
+    assert request_queue.claim_due_requests(queue, limit=10) == []
 
 
-def test_jobs_sharing_a_concurrency_key_never_run_together(queue):
-    first = job_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-a")
-    second = job_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-a")
-    other = job_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-b")
-    assert [j.id for j in job_queue.claim_due_jobs(queue, limit=10)] == [first, other]
-    assert job_queue.claim_due_jobs(queue, limit=10) == []  # tenant-a is busy
-    # the database itself refuses a second running job with the key
+def test_requests_sharing_a_concurrency_key_never_run_together(queue):
+    first = request_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-a")
+    second = request_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-a")
+    other = request_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-b")
+    assert [j.id for j in request_queue.claim_due_requests(queue, limit=10)] == [first, other]
+    assert request_queue.claim_due_requests(queue, limit=10) == []  # tenant-a is busy
+    # the database itself refuses a second running request with the key
     with pytest.raises(sa.exc.IntegrityError), queue.begin() as conn:
-        conn.execute(forecast_jobs.update().where(forecast_jobs.c.id == second).values(status="running"))
-    job_queue.mark_succeeded(queue, first, "run-1", 12)
-    assert [j.id for j in job_queue.claim_due_jobs(queue, limit=10)] == [second]
+        conn.execute(forecast_requests.update().where(forecast_requests.c.id == second).values(status="running"))
+    request_queue.mark_succeeded(queue, first, "run-1", 12)
+    assert [j.id for j in request_queue.claim_due_requests(queue, limit=10)] == [second]
 
 
 def test_a_failed_run_is_retried_with_backoff_then_failed(queue):
-    job_id = job_queue.enqueue(queue, as_of_date=AS_OF, max_attempts=2)
-    job_queue.claim_due_jobs(queue, limit=1)
+    request_id = request_queue.enqueue(queue, as_of_date=AS_OF, max_attempts=2)
+    request_queue.claim_due_requests(queue, limit=1)
     before = dt.datetime.now(dt.UTC)
-    assert job_queue.mark_failed(queue, job_id, "boom", base_seconds=100, max_seconds=1000) == "queued"
-    row = job_row(queue, job_id)
+    assert request_queue.mark_failed(queue, request_id, "boom", base_seconds=100, max_seconds=1000) == "queued"
+    row = request_row(queue, request_id)
     wait = (row.not_before - before).total_seconds()
     assert 49 <= wait <= 101, wait
     assert row.error == "boom" and row.attempts == 1
     with queue.begin() as conn:  # time passes
-        conn.execute(forecast_jobs.update().values(not_before=sa.func.now()))
-    assert job_queue.claim_due_jobs(queue, limit=1)[0].attempts == 2
-    assert job_queue.mark_failed(queue, job_id, "boom again", base_seconds=100) == "failed"
-    row = job_row(queue, job_id)
+        conn.execute(forecast_requests.update().values(not_before=sa.func.now()))
+    assert request_queue.claim_due_requests(queue, limit=1)[0].attempts == 2
+    assert request_queue.mark_failed(queue, request_id, "boom again", base_seconds=100) == "failed"
+    row = request_row(queue, request_id)
     assert row.status == "failed" and row.finished_at is not None and row.error == "boom again"
-    events = [a.event for a in job_queue.audit_entries(queue, job_id)]
+    events = [a.event for a in request_queue.audit_entries(queue, request_id)]
     assert events == ["queued", "claimed", "run_failed", "claimed", "failed"]
 
 
 def test_a_stale_close_for_an_old_attempt_is_ignored(queue):
-    job_id = job_queue.enqueue(queue, as_of_date=AS_OF)
-    job_queue.claim_due_jobs(queue, limit=1)
-    job_queue.mark_failed(queue, job_id, "first attempt died", base_seconds=0)
-    job_queue.claim_due_jobs(queue, limit=1)  # attempt 2 running
-    assert job_queue.mark_failed(queue, job_id, "late news about attempt 1", attempt=1) is None
-    assert not job_queue.mark_succeeded(queue, job_id, "run-1", 10, attempt=1)
-    assert job_row(queue, job_id).status == "claimed"
+    request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
+    request_queue.claim_due_requests(queue, limit=1)
+    request_queue.mark_failed(queue, request_id, "first attempt died", base_seconds=0)
+    request_queue.claim_due_requests(queue, limit=1)  # attempt 2 running
+    assert request_queue.mark_failed(queue, request_id, "late news about attempt 1", attempt=1) is None
+    assert not request_queue.mark_succeeded(queue, request_id, "run-1", 10, attempt=1)
+    assert request_row(queue, request_id).status == "claimed"
 
 
 # ---- sensors against a real instance --------------------------------------------------------
@@ -196,32 +201,32 @@ def test_a_stale_close_for_an_old_attempt_is_ignored(queue):
 def evaluate_queue_sensor(instance, engine):
     resources = {"app_db": AppDatabase(url=engine_url(engine))}
     with build_sensor_context(instance=instance, resources=resources) as context:
-        return forecast_job_queue(context)
+        return forecast_request_queue(context)
 
 
-def test_the_queue_sensor_launches_one_run_per_job_and_fails_bad_rows(queue, redis_client):
-    good = job_queue.enqueue(queue, as_of_date=AS_OF, product_ids=[3, 4])
-    span = job_queue.enqueue(queue, date_range=("2025-11-03", "2025-11-10"), priority=1)
+def test_the_queue_sensor_launches_one_run_per_request_and_fails_bad_rows(queue, redis_client):
+    good = request_queue.enqueue(queue, as_of_date=AS_OF, product_ids=[3, 4])
+    span = request_queue.enqueue(queue, date_range=("2025-11-03", "2025-11-10"), priority=1)
     with queue.begin() as conn:
         malformed = conn.execute(
-            forecast_jobs.insert().values(parameters={"as_of_date": "yesterday"}).returning(forecast_jobs.c.id)
+            forecast_requests.insert().values(parameters={"as_of_date": "yesterday"}).returning(forecast_requests.c.id)
         ).scalar_one()
         early = conn.execute(
-            forecast_jobs.insert().values(parameters={"as_of_date": "2015-01-01"}).returning(forecast_jobs.c.id)
+            forecast_requests.insert().values(parameters={"as_of_date": "2015-01-01"}).returning(forecast_requests.c.id)
         ).scalar_one()
     with DagsterInstance.ephemeral() as instance:
         result = evaluate_queue_sensor(instance, queue)
-    requests = {r.tags[job_queue.JOB_ID_TAG]: r for r in result.run_requests}
+    requests = {r.tags[request_queue.REQUEST_ID_TAG]: r for r in result.run_requests}
     assert set(requests) == {str(good), str(span)}
     assert requests[str(good)].partition_key == "2025-11-10"
-    assert requests[str(good)].run_key == f"forecast-job-{good}-attempt-1"
+    assert requests[str(good)].run_key == f"forecast-request-{good}-attempt-1"
     assert requests[str(good)].run_config["ops"]["product_forecasts"]["config"]["product_ids"] == [3, 4]
     assert requests[str(span)].tags["dagster/asset_partition_range_start"] == "2025-11-03"
     assert requests[str(span)].tags["dagster/asset_partition_range_end"] == "2025-11-10"
-    assert "is not a YYYY-MM-DD date" in job_row(queue, malformed).error
-    assert job_row(queue, malformed).status == "failed" and job_row(queue, early).status == "failed"
-    assert "before the history start" in job_row(queue, early).error
-    assert job_row(queue, good).status == "claimed" and job_row(queue, span).status == "claimed"
+    assert "is not a YYYY-MM-DD date" in request_row(queue, malformed).error
+    assert request_row(queue, malformed).status == "failed" and request_row(queue, early).status == "failed"
+    assert "before the history start" in request_row(queue, early).error
+    assert request_row(queue, good).status == "claimed" and request_row(queue, span).status == "claimed"
     with DagsterInstance.ephemeral() as instance:  # the next tick finds nothing new
         assert not evaluate_queue_sensor(instance, queue).run_requests
 
@@ -255,16 +260,16 @@ def small_book(queue, pg_orders):
     return queue
 
 
-def test_job_run_success_closes_the_job_with_rows_and_duration(small_book, redis_client):
-    job_id = job_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2, 3])
+def test_request_run_success_closes_the_request_with_rows_and_duration(small_book, redis_client):
+    request_id = request_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2, 3])
     with DagsterInstance.ephemeral() as instance:
         (request,) = evaluate_queue_sensor(instance, small_book).run_requests
         result = _execute(request, small_book, instance)
         assert result.success
         run = instance.get_run_by_id(result.run_id)
-        assert finish_job_for_run(instance, small_book, run) == "succeeded"
-        assert finish_job_for_run(instance, small_book, run) is None  # idempotent
-    row = job_row(small_book, job_id)
+        assert finish_request_for_run(instance, small_book, run) == "succeeded"
+        assert finish_request_for_run(instance, small_book, run) is None  # idempotent
+    row = request_row(small_book, request_id)
     assert row.status == "succeeded" and row.rows_written == 24 and row.dagster_run_id == result.run_id
     assert row.duration_seconds > 0 and row.started_at is not None
     assert row.heartbeat_at is None  # the run's process has exited
@@ -276,62 +281,62 @@ def test_job_run_success_closes_the_job_with_rows_and_duration(small_book, redis
 def test_reruns_upsert_predictions_without_duplicates(small_book, redis_client):
     with DagsterInstance.ephemeral() as instance:
         for _ in range(2):
-            job_queue.enqueue(small_book, date_range=("2025-11-09", "2025-11-10"))
+            request_queue.enqueue(small_book, date_range=("2025-11-09", "2025-11-10"))
             (request,) = evaluate_queue_sensor(instance, small_book).run_requests
             result = _execute(request, small_book, instance)
             assert result.success
-            finish_job_for_run(instance, small_book, instance.get_run_by_id(result.run_id))
+            finish_request_for_run(instance, small_book, instance.get_run_by_id(result.run_id))
     with small_book.connect() as conn:
         count = conn.execute(sa.text("SELECT count(*) FROM forecast_predictions")).scalar_one()
-        rows = conn.execute(sa.text("SELECT rows_written FROM forecast_jobs ORDER BY id")).scalars().all()
+        rows = conn.execute(sa.text("SELECT rows_written FROM forecast_requests ORDER BY id")).scalars().all()
     assert count == 2 * 5 * 12  # two as-of dates x five products x twelve weeks, whatever the reruns
     assert rows == [120, 120]
 
 
-def test_an_unknown_product_fails_the_job_without_retries(small_book, redis_client):
-    job_id = job_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2, 999], max_attempts=3)
-    other = job_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2])
+def test_an_unknown_product_fails_the_request_without_retries(small_book, redis_client):
+    request_id = request_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2, 999], max_attempts=3)
+    other = request_queue.enqueue(small_book, as_of_date=AS_OF, product_ids=[2])
     with DagsterInstance.ephemeral() as instance:
         requests = evaluate_queue_sensor(instance, small_book).run_requests
         for request in requests:
             result = _execute(request, small_book, instance)
-            finish_job_for_run(instance, small_book, instance.get_run_by_id(result.run_id))
-    row = job_row(small_book, job_id)
+            finish_request_for_run(instance, small_book, instance.get_run_by_id(result.run_id))
+    row = request_row(small_book, request_id)
     assert row.status == "failed" and row.attempts == 1
     assert "999" in row.error and "not eligible" in row.error
-    assert job_row(small_book, other).status == "succeeded"
+    assert request_row(small_book, other).status == "succeeded"
 
 
 def test_a_run_that_never_launched_is_requeued_after_the_grace_period(queue):
-    job_id = job_queue.enqueue(queue, as_of_date=AS_OF)
-    job_queue.claim_due_jobs(queue, limit=1)
-    settings = load_settings({"FORECAST_JOB_LAUNCH_GRACE_SECONDS": "10"})
+    request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
+    request_queue.claim_due_requests(queue, limit=1)
+    settings = load_settings({"FORECAST_REQUEST_LAUNCH_GRACE_SECONDS": "10"})
     with DagsterInstance.ephemeral() as instance:
-        assert recover_stale_jobs(instance, queue, settings=settings)["no_run"] == 0  # still within grace
+        assert recover_stale_requests(instance, queue, settings=settings)["no_run"] == 0  # still within grace
         with queue.begin() as conn:
-            conn.execute(forecast_jobs.update().values(claimed_at=sa.func.now() - dt.timedelta(minutes=5)))
-        assert recover_stale_jobs(instance, queue, settings=settings)["no_run"] == 1
-    row = job_row(queue, job_id)
+            conn.execute(forecast_requests.update().values(claimed_at=sa.func.now() - dt.timedelta(minutes=5)))
+        assert recover_stale_requests(instance, queue, settings=settings)["no_run"] == 1
+    row = request_row(queue, request_id)
     assert row.status == "queued" and "no Dagster run was launched" in row.error
-    assert [a.event for a in job_queue.audit_entries(queue, job_id)][-1] == "stale_no_run"
+    assert [a.event for a in request_queue.audit_entries(queue, request_id)][-1] == "stale_no_run"
 
 
 def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book, redis_client, tmp_path):
     """The run's process is killed with SIGKILL mid-run; its heartbeats stop; recovery requeues
-    the job and marks the orphaned Dagster run failed; the next attempt completes."""
+    the request and marks the orphaned Dagster run failed; the next attempt completes."""
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    job_id = job_queue.enqueue(small_book, as_of_date=AS_OF)
+    request_id = request_queue.enqueue(small_book, as_of_date=AS_OF)
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
         "DATABASE_URL": POSTGRES_URL,
         "REDIS_URL": REDIS_URL,
         "FORECAST_WORKERS": "1",
-        "FORECAST_JOB_HEARTBEAT_SECONDS": "1",
+        "FORECAST_REQUEST_HEARTBEAT_SECONDS": "1",
     }
-    settings = load_settings({"FORECAST_JOB_HEARTBEAT_SECONDS": "1", "FORECAST_JOB_RETRY_BASE_SECONDS": "0"})
+    settings = load_settings({"FORECAST_REQUEST_HEARTBEAT_SECONDS": "1", "FORECAST_REQUEST_RETRY_BASE_SECONDS": "0"})
     os.environ["DAGSTER_HOME"] = str(home)
     try:
         with DagsterInstance.get() as instance:
@@ -355,56 +360,62 @@ def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book
                 start_new_session=True,
             )
             deadline = time.monotonic() + 120
-            while job_row(small_book, job_id).heartbeat_at is None:
+            while request_row(small_book, request_id).heartbeat_at is None:
                 assert process.poll() is None, "the run ended before it could be killed"
                 assert time.monotonic() < deadline, "the run never sent a heartbeat"
                 time.sleep(0.05)
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
-            (run,) = instance.get_runs(RunsFilter(tags={job_queue.JOB_ID_TAG: str(job_id)}))
+            (run,) = instance.get_runs(RunsFilter(tags={request_queue.REQUEST_ID_TAG: str(request_id)}))
             assert run.status == DagsterRunStatus.STARTED  # orphaned: nothing will ever finish it
-            assert recover_stale_jobs(instance, small_book, settings=settings)["dead_process"] == 0  # not silent yet
-            time.sleep(settings.job_stale_after_seconds + 1)
-            assert recover_stale_jobs(instance, small_book, settings=settings)["dead_process"] == 1
+            assert (
+                recover_stale_requests(instance, small_book, settings=settings)["dead_process"] == 0
+            )  # not silent yet
+            time.sleep(settings.request_stale_after_seconds + 1)
+            assert recover_stale_requests(instance, small_book, settings=settings)["dead_process"] == 1
             assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
-            row = job_row(small_book, job_id)
+            row = request_row(small_book, request_id)
             assert row.status == "queued" and "stopped sending heartbeats" in row.error
-            assert "stale_dead_process" in [a.event for a in job_queue.audit_entries(small_book, job_id)]
+            assert "stale_dead_process" in [a.event for a in request_queue.audit_entries(small_book, request_id)]
 
             (retry,) = evaluate_queue_sensor(instance, small_book).run_requests
-            assert retry.tags[job_queue.ATTEMPT_TAG] == "2"
+            assert retry.tags[request_queue.ATTEMPT_TAG] == "2"
             result = _execute(retry, small_book, instance)
             assert result.success
             # the orphaned run's failure does not touch the new attempt
-            assert finish_job_for_run(instance, small_book, instance.get_run_by_id(run.run_id), settings) is None
+            assert finish_request_for_run(instance, small_book, instance.get_run_by_id(run.run_id), settings) is None
             finished = instance.get_run_by_id(result.run_id)
-            assert finish_job_for_run(instance, small_book, finished, settings) == "succeeded"
+            assert finish_request_for_run(instance, small_book, finished, settings) == "succeeded"
     finally:
         del os.environ["DAGSTER_HOME"]
-    row = job_row(small_book, job_id)
+    row = request_row(small_book, request_id)
     assert row.status == "succeeded" and row.attempts == 2 and row.rows_written == 60
 
 
 def test_each_transition_logs_one_json_line_with_the_legacy_fields(queue, caplog):
-    caplog.set_level("INFO", logger=job_queue.log.name)
+    caplog.set_level("INFO", logger=request_queue.log.name)
     handler = log_json_lines()  # as the code location and the CLI configure it
     stream = io.StringIO()
     previous = handler.setStream(stream)
     try:
-        job_id = job_queue.enqueue(queue, date_range=("2025-11-03", "2025-11-10"))
-        job_queue.claim_due_jobs(queue, limit=1)
-        job_queue.mark_run_started(queue, job_id, 1, "run-9")
-        job_queue.mark_succeeded(queue, job_id, "run-9", 96)
+        request_id = request_queue.enqueue(queue, date_range=("2025-11-03", "2025-11-10"))
+        request_queue.claim_due_requests(queue, limit=1)
+        request_queue.mark_run_started(queue, request_id, 1, "run-9")
+        request_queue.mark_succeeded(queue, request_id, "run-9", 96)
     finally:
         handler.setStream(previous)
     # the record carries plain text and its fields; JSON is written once, by the formatter
-    assert [r.getMessage() for r in caplog.records if r.name == job_queue.log.name] == ["Job claimed", "Job completed"]
+    assert [r.getMessage() for r in caplog.records if r.name == request_queue.log.name] == [
+        "Job claimed",
+        "Job completed",
+    ]
     docs = [json.loads(line) for line in stream.getvalue().splitlines()]  # one object per line
-    lines = [doc for doc in docs if doc["logger"] == job_queue.log.name]
+    lines = [doc for doc in docs if doc["logger"] == request_queue.log.name]
     assert [line["message"] for line in lines] == ["Job claimed", "Job completed"]
     done = lines[-1]
+    # the legacy log format's field names (a contract), although the concept is now a request
     assert {k: done[k] for k in ("job_id", "job_type", "from", "to", "rows", "error")} == {
-        "job_id": job_id,
+        "job_id": request_id,
         "job_type": "forecast",
         "from": "2025-11-03",
         "to": "2025-11-10",
@@ -416,16 +427,16 @@ def test_each_transition_logs_one_json_line_with_the_legacy_fields(queue, caplog
 
 
 def test_recovery_closes_a_finished_run_the_status_sensors_missed_after_a_grace(small_book, redis_client):
-    job_id = job_queue.enqueue(small_book, as_of_date=AS_OF)
+    request_id = request_queue.enqueue(small_book, as_of_date=AS_OF)
     with DagsterInstance.ephemeral() as instance:
         (request,) = evaluate_queue_sensor(instance, small_book).run_requests
         assert _execute(request, small_book, instance).success
-        # just finished: left to forecast_job_succeeded
-        assert recover_stale_jobs(instance, small_book)["finished_unnoticed"] == 0
-        assert job_row(small_book, job_id).status == "running"
+        # just finished: left to forecast_request_succeeded
+        assert recover_stale_requests(instance, small_book)["finished_unnoticed"] == 0
+        assert request_row(small_book, request_id).status == "running"
         # the status sensor never came (daemon down): recovery closes it after the grace
-        missed = load_settings({}).model_copy(update={"job_finished_grace_seconds": 0})
-        assert recover_stale_jobs(instance, small_book, settings=missed)["finished_unnoticed"] == 1
-    row = job_row(small_book, job_id)
+        missed = load_settings({}).model_copy(update={"request_finished_grace_seconds": 0})
+        assert recover_stale_requests(instance, small_book, settings=missed)["finished_unnoticed"] == 1
+    row = request_row(small_book, request_id)
     assert row.status == "succeeded" and row.rows_written == 60
-    assert [a.event for a in job_queue.audit_entries(small_book, job_id)][-2:] == ["succeeded", "recovered"]
+    assert [a.event for a in request_queue.audit_entries(small_book, request_id)][-2:] == ["succeeded", "recovered"]
