@@ -213,25 +213,8 @@ def _date_lease(
     wait_seconds: float,
     on_wait: Callable[[str], None] | None,
 ) -> Iterator[redis.lock.Lock]:
-    """Hold the date's publish lease for the block; released however the block ends."""
-    lease = _take_lease(client, prefix, as_of, token, lock_seconds, wait_seconds, on_wait)
-    try:
-        yield lease
-    finally:
-        # a lease that expired meanwhile: the publish already failed on it, or had finished
-        with contextlib.suppress(redis.exceptions.LockError):
-            lease.release()
-
-
-def _take_lease(
-    client: redis.Redis,
-    prefix: str,
-    as_of: str,
-    token: str,
-    lock_seconds: int,
-    wait_seconds: float,
-    on_wait: Callable[[str], None] | None,
-) -> redis.lock.Lock:
+    """Hold the date's publish lease for the block (waiting up to ``wait_seconds`` for another
+    run's, telling ``on_wait``); released however the block ends."""
     lease = client.lock(lease_key(prefix, as_of), timeout=lock_seconds, blocking_timeout=wait_seconds)
     acquired = lease.acquire(token=token, blocking=False)
     if not acquired:
@@ -243,7 +226,12 @@ def _take_lease(
             f"Another run has been publishing as-of {as_of} for over {wait_seconds:.0f}s "
             f"(lease {lease_key(prefix, as_of)}); retry when it has finished"
         )
-    return lease
+    try:
+        yield lease
+    finally:
+        # a lease that expired meanwhile: the publish already failed on it, or had finished
+        with contextlib.suppress(redis.exceptions.LockError):
+            lease.release()
 
 
 def stage_forecasts(
