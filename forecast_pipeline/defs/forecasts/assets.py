@@ -138,8 +138,12 @@ def eligible_products(
     context: AssetExecutionContext,
     source_db: SourceDatabase,
     forecast_params: ForecastParameters,
+    redis_store: RedisStore,
     run_heartbeat: RunHeartbeat,
 ) -> Output[dict[str, pd.DataFrame]]:
+    # the run's first step: an unreachable Redis (where every step's output goes) fails it here,
+    # in one line, before any query (the resource itself does not connect when it is set up)
+    redis_store.ensure_reachable()
     tables: dict[str, pd.DataFrame] = {}
     for key in context.partition_keys:
         window = forecast_params.window(dt.date.fromisoformat(key))
