@@ -74,6 +74,7 @@ from forecast_pipeline.resources import (
     RedisStore,
     SourceDatabase,
     raise_database_failure,
+    redis_failures,
 )
 from forecast_pipeline.source import order_history
 
@@ -593,6 +594,7 @@ def forecast_predictions(
     context: AssetExecutionContext,
     product_forecasts: dict[str, forecast_cache.CachedForecasts],  # each date streamed from Redis
     app_db: AppDatabase,
+    redis_store: RedisStore,
     run_heartbeat: RunHeartbeat,
 ) -> MaterializeResult:
     started = time.perf_counter()
@@ -612,7 +614,8 @@ def forecast_predictions(
 
         try:
             # another run of the date may publish while this one reads it back: then write the newest
-            rows[key] = forecast_cache.read_consistently(replace, context.log.info)
+            with redis_failures(redis_store.url, f"reading the forecasts of {key} back"):
+                rows[key] = forecast_cache.read_consistently(replace, context.log.info)
         except sa.exc.SQLAlchemyError as exc:
             _app_db_failure(app_db, exc, f"writing forecast_predictions of {key}", as_of_date=key)
         context.add_asset_metadata(
