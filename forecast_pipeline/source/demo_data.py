@@ -208,11 +208,11 @@ def _load_sqlite(conn: sa.Connection, tables: list[tuple[str, pd.DataFrame]], ad
         conn.exec_driver_sql(f'DROP INDEX "{index}"')
     cursor = conn.connection.dbapi_connection.cursor()
     for name, frame in tables:
-        columns = [_sqlite_values(frame[column]) for column in frame.columns]
-        statement = f"INSERT INTO {name} ({', '.join(frame.columns)}) VALUES ({', '.join('?' for _ in columns)})"
-        for i in range(0, len(frame), SQLITE_CHUNK_ROWS):
-            cursor.executemany(statement, zip(*(v[i : i + SQLITE_CHUNK_ROWS] for v in columns), strict=True))
-            advance(min(SQLITE_CHUNK_ROWS, len(frame) - i))
+        statement = f"INSERT INTO {name} ({', '.join(frame.columns)}) VALUES ({', '.join('?' for _ in frame.columns)})"
+        for i in range(0, len(frame), SQLITE_CHUNK_ROWS):  # Python values for one chunk at a time
+            chunk = frame.iloc[i : i + SQLITE_CHUNK_ROWS]
+            cursor.executemany(statement, zip(*(_sqlite_values(chunk[c]) for c in frame.columns), strict=True))
+            advance(len(chunk))
     cursor.close()
     for _, definition in indexes:
         conn.exec_driver_sql(definition)
