@@ -223,7 +223,8 @@ def plan_forecast_shards(
 ):
     for key in context.partition_keys:
         product_ids, only = _products_to_forecast(config, eligible_products[key], key)
-        _delete_dead_staging(context, redis_store, key)
+        with redis_failures(redis_store.url, f"cleaning up finished runs' staging of {key}"):
+            _delete_dead_staging(context, redis_store, key)
         shards = forecast_shards.plan_shards(key, product_ids, forecast_params.shard_size, requested=only is not None)
         context.log.info(
             f"{key}: {len(product_ids)} products in {len(shards)} shard(s) of at most {forecast_params.shard_size}"
@@ -353,8 +354,9 @@ def publish_forecasts(
     if rate > limit:
         # Write-audit-publish: nothing is published, so Redis and forecast_predictions keep the
         # previous forecasts of these dates and agree with each other.
-        for key in keys:
-            forecast_cache.delete_staging(redis_store.client(), redis_store.key_prefix, key, token)
+        with redis_failures(redis_store.url, "deleting the unpublished staging"):
+            for key in keys:
+                forecast_cache.delete_staging(redis_store.client(), redis_store.key_prefix, key, token)
         yield from checks
         raise Failure(
             description=(
