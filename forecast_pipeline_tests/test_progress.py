@@ -50,6 +50,12 @@ def test_without_a_terminal_the_final_state_is_printed_once():
     ]
 
 
+def test_the_share_is_rounded_down_so_100_percent_means_done():
+    out = io.StringIO()
+    Progress("fits", 611, stream=out, tty=False)(608, 611)
+    assert out.getvalue() == "fits: 99% (608/611, 0s)\n"
+
+
 def test_on_a_terminal_one_bar_redrawn_in_place():
     out, clock = io.StringIO(), Clock()
     progress = Progress("load", 4, "origins", stream=out, tty=True, clock=clock)

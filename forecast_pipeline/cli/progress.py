@@ -66,12 +66,13 @@ class Progress:
         self._shown_at, self._shown_done = now, self.done
         elapsed = now - self.started
         share = self.done / self.total if self.total else 1.0
+        percent = f"{int(share * 100)}%"  # rounded down: 100% only when all is done (608/611 is 99%)
         count = f"{self.done:,}/{self.total:,}{' ' + self.unit if self.unit else ''}"
         tail = f"{count}, {elapsed:.0f}s{'; ' + note if note else ''}"
         if self.tty:
             filled = int(round(share * BAR_WIDTH))
             bar = "#" * filled + "." * (BAR_WIDTH - filled)
-            self.stream.write(f"\r{self.label} [{bar}] {share:4.0%} {tail}\033[K")
+            self.stream.write(f"\r{self.label} [{bar}] {percent:>4} {tail}\033[K")
         else:
-            self.stream.write(f"{self.label}: {share:.0%} ({tail})\n")
+            self.stream.write(f"{self.label}: {percent} ({tail})\n")
         self.stream.flush()
