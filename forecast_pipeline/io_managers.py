@@ -124,9 +124,11 @@ class RedisShardIOManager(RedisStepIOManager):
         started = time.perf_counter()
         result = obj.result
         token = _run_token(context)
-        staged = forecast_cache.stage_forecasts(
-            self.redis_store.client(), self.redis_store.key_prefix, result.as_of, token, obj.payloads, obj.product_ids
-        )
+        store = self.redis_store
+        with redis_failures(store.url, f"staging shard {result.index + 1}/{result.count} of {result.as_of}"):
+            staged = forecast_cache.stage_forecasts(
+                store.client(), store.key_prefix, result.as_of, token, obj.payloads, obj.product_ids
+            )
         result.timings["write_seconds"] = result.timings.get("write_seconds", 0.0) + time.perf_counter() - started
         context.log.info(
             f"{result.as_of} shard {result.index + 1}/{result.count}: staged {staged} forecasts "

@@ -128,8 +128,10 @@ class AppDatabase(ConfigurableResource):
 
 
 class RedisStore(ConfigurableResource):
-    """The Redis that serves forecasts. Pinged when a step starts, so an unreachable Redis fails
-    the run before any forecasting work, with the URL (password hidden) in the error."""
+    """The Redis that serves forecasts. Not contacted when the resource is set up: Dagster would
+    report an unreachable Redis as a resource-initialisation failure, its line twice in ~140 lines.
+    The run's first step calls :meth:`ensure_reachable` instead, which fails that step in one line
+    naming the URL (password hidden), before any work."""
 
     url: str
     password: str | None = None
@@ -138,13 +140,14 @@ class RedisStore(ConfigurableResource):
     _client: redis.Redis | None = PrivateAttr(default=None)
     _binary: redis.Redis | None = PrivateAttr(default=None)
 
-    def setup_for_execution(self, context: InitResourceContext) -> None:
-        self._client = connect_redis(self.url, self.password)
-
     def client(self) -> redis.Redis:
         if self._client is None:
-            self._client = connect_redis(self.url, self.password)
+            self._client = redis_client(self.url, self.password)
         return self._client
+
+    def ensure_reachable(self) -> None:
+        """PING; raises :class:`dagster.Failure` (one line, URL and what to do) if Redis does not answer."""
+        ping_redis(self.client(), self.url)
 
     def binary_client(self) -> redis.Redis:
         """A client that returns bytes, for pickled step values."""
@@ -160,16 +163,19 @@ class RedisStore(ConfigurableResource):
             self._binary.close()
 
 
-def connect_redis(url: str | SecretStr, password: str | SecretStr | None = None) -> redis.Redis:
-    """A connected client; raises :class:`dagster.Failure` naming the (redacted) URL if Redis
-    does not answer a PING within a few seconds."""
+def redis_client(url: str | SecretStr, password: str | SecretStr | None = None) -> redis.Redis:
+    """A client (connects on first use)."""
     url, password = reveal(url), reveal(password)
     extra = {"password": password} if password else {}
-    client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True, **extra)
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True, **extra)
+
+
+def ping_redis(client: redis.Redis, url: str | SecretStr) -> None:
+    """Raise :class:`dagster.Failure` naming the (redacted) URL if Redis does not answer a PING
+    within a few seconds."""
     try:
         client.ping()
     except redis.RedisError as exc:
-        client.close()
         reason = " ".join(str(exc).split())
         raise Failure(  # the cause is in the line: its stack would only repeat it, twice
             description=f"Redis at {redact_url(url)} is unreachable ({reason}): start it, or point REDIS_URL "
@@ -177,6 +183,17 @@ def connect_redis(url: str | SecretStr, password: str | SecretStr | None = None)
             metadata={"redis": redact_url(url), "error": f"{type(exc).__name__}: {reason}"},
             allow_retries=True,
         ) from None
+
+
+def connect_redis(url: str | SecretStr, password: str | SecretStr | None = None) -> redis.Redis:
+    """A connected client; raises :class:`dagster.Failure` naming the (redacted) URL if Redis
+    does not answer a PING within a few seconds."""
+    client = redis_client(url, password)
+    try:
+        ping_redis(client, url)
+    except Failure:
+        client.close()
+        raise
     return client
 
 

@@ -210,3 +210,27 @@ def test_asking_for_statsforecast_without_the_extra_says_so_in_one_line(monkeypa
     code = main(["backtest", "--products", "50", "--statsforecast", "5", "--no-real"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "pip install" in err and "[backtest]" in err
+
+
+# --- issue 16: progress within an origin -----------------------------------------------------------
+
+
+def test_the_engine_in_chunks_gives_identical_results_and_reports_each_chunk_and_fit():
+    rng = np.random.default_rng(3)
+    y = rng.poisson(5.0, size=(45, 3 * models.SEASON_LENGTH)).astype(float)
+    y[::4, :60] = 0.0  # some shorter histories, some sparse ones
+    y[::7] *= rng.random((7, y.shape[1])) < 0.3
+    options = {"label": "noise", "origins": 2, "step": H, "horizon": H, "hw_sample": 3}
+    whole = backtest.run_backtest(y, **options, chunk_rows=10_000)
+    calls = []
+    chunked = backtest.run_backtest(
+        y, **options, chunk_rows=10, progress=lambda done, total: calls.append((done, total))
+    )
+    np.testing.assert_equal(chunked.tables(), whole.tables())  # NaN (no intervals) equal to NaN
+    for name, scores in whole.methods.items():
+        assert chunked.methods[name].fits == scores.fits
+        assert chunked.methods[name].outliers_capped == scores.outliers_capped
+    # at once (0 done), then 5 engine chunks and 3 Holt-Winters fits per origin: 45 + 3 series each
+    assert calls[0] == (0, 2 * (45 + 3))
+    assert [done for done, _ in calls[1:]] == [10, 20, 30, 40, 45, 46, 47, 48, 58, 68, 78, 88, 93, 94, 95, 96]
+    assert calls[-1] == (96, 96)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, materialize
+from dagster import AssetKey, AssetSelection, materialize
 
 from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
@@ -126,8 +126,12 @@ def test_redis_down_fails_at_once_naming_the_url_without_the_password(book, redi
     errors = " ".join(str(getattr(e.event_specific_data, "error", "")) for e in result.all_events)
     assert "Redis at redis://:***@127.0.0.1:6390/0 is unreachable" in errors
     assert "hunter2" not in errors + " ".join(e.message or "" for e in result.all_events)
-    # resources are set up before any step, so no forecasting work was done
-    assert not [e for e in result.all_events if e.event_type_value == "STEP_START"]
+    # the first step pings Redis before its query, so no forecasting work was done
+    started = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
+    assert started == ["eligible_products"]
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "eligible_products" and failure.step_failure_data.error.cause is None
+    assert not [e for e in result.all_events if e.event_type_value == "RESOURCE_INIT_FAILURE"]
     # nothing claims success in the real Redis
     assert redis_client.get("forecast:metadata:last_run") is None
     assert not result.asset_materializations_for_node("product_forecasts")
@@ -215,3 +219,29 @@ def test_each_partition_of_a_range_run_carries_its_own_figures(book, pg_orders, 
     for asset_def in (eligible_products, product_forecasts, forecast_predictions):
         schema = asset_def.specs_by_key[asset_def.key].metadata["dagster/column_schema"]
         assert "product_id" in [c.name for c in schema.columns]
+
+
+def test_redis_unreachable_while_reading_a_date_back_fails_in_one_line(book, redis_client, instance):
+    """forecast_predictions and the well-formed check stream the date back from Redis: a Redis
+    that does not answer then is a one-line Failure naming it, not redis-py's exception chain."""
+    assert materialize_date(WITH_PREDICTIONS, book, instance).success
+    result = materialize(
+        WITH_PREDICTIONS,
+        selection=AssetSelection.assets(forecast_predictions) | AssetSelection.checks(cached_forecasts_well_formed),
+        partition_key=AS_OF.isoformat(),
+        resources=forecast_resources(engine_url(book), redis_url="redis://:hunter2@127.0.0.1:6399/0"),
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert not result.success
+    failures = {
+        e.step_key: e.step_failure_data.error for e in result.all_events if e.event_type_value == "STEP_FAILURE"
+    }
+    assert len(failures) == 2 and "forecast_predictions" in failures, failures
+    for step, error in failures.items():
+        assert error.cls_name == "Failure" and error.cause is None, (step, error.message)
+        line = error.message.splitlines()[0]
+        assert "Redis at redis://:***@127.0.0.1:6399/0 stopped answering while reading the forecasts of 2025-11-10" in (
+            line
+        ), line
+        assert "hunter2" not in error.message

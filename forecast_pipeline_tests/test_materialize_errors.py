@@ -2,8 +2,11 @@
 what is wrong and what to do: a dagster Failure with a one-line description, not a driver's
 exception chain printed twice, and never the wrong hint."""
 
+import datetime as dt
 import os
+import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,11 @@ pytestmark = pytest.mark.integration
 
 PARTITION = "2025-11-10"
 MATERIALIZE = [str(BIN / "dagster"), "asset", "materialize", "-m", "forecast_pipeline", "--select", "*"]
+LAUNCH = [str(BIN / "dg"), "launch", "--assets", "*"]
+README_WARNING_FILTER = re.search(
+    r"PYTHONWARNINGS='(ignore:Function `asset_materialize_command` is superseded)'",
+    (Path(__file__).parents[1] / "README.md").read_text(),
+).group(1)
 
 
 def first_error(output: str) -> str:
@@ -58,16 +66,26 @@ def test_an_application_database_that_does_not_exist_names_app_database_url(tmp_
     assert "point APP_DATABASE_URL at" in line, line
 
 
-def test_redis_down_when_the_run_starts_is_one_line_naming_the_url(tmp_path, demo_orders):
+@pytest.mark.parametrize("launch", [MATERIALIZE, LAUNCH], ids=["dagster-asset-materialize", "dg-launch"])
+def test_redis_down_when_the_run_starts_fails_the_first_step_in_one_line(tmp_path, demo_orders, launch):
+    """Not Dagster's RESOURCE_INIT_FAILURE with the line twice in ~140 lines: the first step
+    (eligible_products) pings Redis before any work and fails with the URL, password hidden."""
     with private_redis() as (url, process):
         process.kill()
         process.wait()
-        done = command([*MATERIALIZE, "--partition", PARTITION], tmp_path, DATABASE_URL=demo_orders, REDIS_URL=url)
+    secret_url = url.replace("redis://", "redis://:s3cret@")
+    done = command([*launch, "--partition", PARTITION], tmp_path, DATABASE_URL=demo_orders, REDIS_URL=secret_url)
     output = done.stdout + done.stderr
     assert done.returncode != 0
+    assert "RESOURCE_INIT_FAILURE" not in output, output
+    failure = next(line for line in output.splitlines() if " - ERROR - " in line)
+    assert " - eligible_products - " in failure and "STEP_FAILURE" in failure, failure
     line = first_error(output)
-    assert f"Redis at {url} is unreachable (" in line and "start it, or point REDIS_URL" in line, line
+    assert line.startswith("dagster._core.definitions.events.Failure: Redis at redis://:***@127.0.0.1:"), line
+    assert " is unreachable (" in line and "start it, or point REDIS_URL" in line, line
+    assert "s3cret" not in output
     assert "redis.exceptions.ConnectionError" not in output and "ConnectionRefusedError" not in output
+    assert len(output.splitlines()) < 100, len(output.splitlines())  # was 136 (dg launch) and 157
 
 
 def test_redis_going_away_during_the_run_is_one_line_saying_to_rerun(tmp_path, demo_orders):
@@ -105,3 +123,22 @@ def test_check_states_the_range_of_partitions(tmp_path):
     done = command([str(BIN / "forecast-pipeline"), "check"], tmp_path, REDIS_URL=REDIS_URL)
     lines = [line for line in done.stdout.splitlines() if line.startswith("partitions: ")]
     assert lines and "2019-01-01" in lines[0] and "FORECAST_HISTORY_START" in lines[0], done.stdout
+
+
+@pytest.mark.parametrize(
+    ("launch", "key"),
+    [(MATERIALIZE, "2031-01-01"), (LAUNCH, "2025/11/10")],
+    ids=["dagster-asset-materialize-future", "dg-launch-wrong-format"],
+)
+def test_a_partition_outside_the_range_states_the_valid_range_and_format(tmp_path, launch, key):
+    # the older CLI with the README's filter for Dagster's superseded-command warning
+    done = command([*launch, "--partition", key], tmp_path, PYTHONWARNINGS=README_WARNING_FILTER)
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "SupersessionWarning" not in output and "Invalid -W option" not in output, output[:500]
+    today = dt.date.today()  # the last partition is today (end_offset=1), in the schedule's zone
+    last = {(today + dt.timedelta(days=d)).isoformat() for d in (-1, 0, 1)}
+    line = next((li for li in output.splitlines() if "is not an as-of date of forecast_pipeline" in li), None)
+    assert line is not None, output[-3000:]
+    assert f"`{key}`" in line and "2019-01-01" in line and "YYYY-MM-DD" in line, line
+    assert any(f"to {d}" in line for d in last), line

@@ -35,6 +35,27 @@ def test_without_a_terminal_a_line_at_most_every_interval_and_one_at_the_end():
     ]
 
 
+def test_without_a_terminal_the_final_state_is_printed_once():
+    out, clock = io.StringIO(), Clock()
+    progress = Progress("backtest", 4, "origins", stream=out, every=10, tty=False, clock=clock)
+    for now, done in [(0, 0), (20, 2), (40, 4)]:
+        clock.now = now
+        progress(done, 4)
+    clock.now = 41
+    progress.finish()
+    assert out.getvalue().splitlines() == [
+        "backtest: 0% (0/4 origins, 0s)",
+        "backtest: 50% (2/4 origins, 20s)",
+        "backtest: 100% (4/4 origins, 40s)",
+    ]
+
+
+def test_the_share_is_rounded_down_so_100_percent_means_done():
+    out = io.StringIO()
+    Progress("fits", 611, stream=out, tty=False)(608, 611)
+    assert out.getvalue() == "fits: 99% (608/611, 0s)\n"
+
+
 def test_on_a_terminal_one_bar_redrawn_in_place():
     out, clock = io.StringIO(), Clock()
     progress = Progress("load", 4, "origins", stream=out, tty=True, clock=clock)
@@ -93,4 +114,10 @@ def test_backtest_reports_its_stages_and_origins(tmp_path):
     lines = done.stderr.splitlines()
     assert lines[0].startswith("backtest: generating 150 demo products' history")
     assert any(line.startswith("backtest: 150 products x ") for line in lines)
-    assert lines[-1].startswith("backtest: 150 demo products: 100% (2/2 origins, "), lines
+    ready = next(i for i, line in enumerate(lines) if line.startswith("backtest: 150 products x "))
+    # at once, not after the first origin: the count is of series fitted, engine chunks and
+    # Holt-Winters fits alike, at most every 10 s when not on a terminal
+    assert lines[ready + 1].startswith("backtest: 150 demo products (2 origins): 0% (0/"), lines
+    assert lines[-1].startswith("backtest: 150 demo products (2 origins): 100% ("), lines
+    assert " series fits, " in lines[-1], lines
+    assert len([line for line in lines if "100% (" in line]) == 1, lines  # the final line once

@@ -574,12 +574,44 @@ def test_nothing_cached_fails_the_run_and_the_slot_with_a_clear_error(db, rclien
         assert check_report_limit(conn, account).allowed
 
 
+def test_redis_unreachable_fails_the_step_and_the_slot_in_one_line(db, tmp_path):
+    account = add_account(db, parameters={"product_ids": [1]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        result = execute(request, db, instance, tmp_path, redis_url="redis://:pw@127.0.0.1:1/0")  # nothing listens
+        assert not result.success
+        (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        error = failure.step_failure_data.error
+        expected = "dagster._core.definitions.events.Failure: Redis at redis://:***@127.0.0.1:1/0 is unreachable ("
+        assert error.message.startswith(expected), error.message
+        assert error.cause is None  # no driver chain under the line
+    (run,) = runs_of(db, schedule_id)
+    assert run.status == "failed" and run.error.startswith("Redis at redis://:***@127.0.0.1:1/0 is unreachable (")
+    assert generation_of(db, run.id).status == "failed"
+
+
+class UnstartableRedisStore(RedisStore):
+    """A resource that fails while Dagster sets the run up, before the step starts."""
+
+    def setup_for_execution(self, context) -> None:
+        raise RuntimeError("cannot set up")
+
+
 def test_a_run_that_fails_before_the_step_is_marked_failed_by_the_failure_sensor(db, tmp_path):
     account = add_account(db)
     schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
     with DagsterInstance.ephemeral() as instance:
         (request,) = evaluate_tick(instance, db).run_requests
-        result = execute(request, db, instance, tmp_path, redis_url="redis://127.0.0.1:1/0")  # nothing listens
+        run_config = copy.deepcopy(request.run_config)
+        run_config["ops"][OP_NAME]["config"]["reports_dir"] = str(tmp_path)
+        result = generate_report.execute_in_process(
+            run_config=run_config,
+            resources={**resources(db), "redis_store": UnstartableRedisStore(url=REPORTS_REDIS_URL)},
+            instance=instance,
+            tags={**request.tags, "dagster/run_key": request.run_key},
+            raise_on_error=False,
+        )
         assert not result.success
         (run,) = runs_of(db, schedule_id)
         assert run.status == "queued"  # the step never started

@@ -28,11 +28,10 @@ echo "==> checking configuration, database and Redis"
 .venv/bin/forecast-pipeline check
 
 echo "==> materializing eligible_products, product_forecasts and forecast_predictions for as-of $AS_OF"
-# (Dagster's notice that this command is superseded by `dg launch` is not printed: both work)
-PYTHONWARNINGS='ignore:Function `asset_materialize_command` is superseded' \
-  .venv/bin/dagster asset materialize -m forecast_pipeline --select '*' --partition "$AS_OF"
+# (`dagster asset materialize` does the same; Dagster warns that it is superseded by `dg launch`)
+.venv/bin/dg launch --assets '*' --partition "$AS_OF"
 
 echo "==> the cached result"
 .venv/bin/forecast-pipeline show
 echo
-echo "Next: DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dagster dev   (then open http://127.0.0.1:3000)"
+echo "Next: DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dg dev   (then open http://127.0.0.1:3000)"

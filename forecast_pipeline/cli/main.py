@@ -367,7 +367,8 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     from forecast_pipeline.cli.progress import Progress
 
     def origins(what: str, total: int) -> Progress:
-        return Progress(f"backtest: {what}", total, "origins")
+        """Counts series fits (engine chunks, Holt-Winters fits): a long origin is not silent."""
+        return Progress(f"backtest: {what} ({total} origins)", 0, "series fits")
 
     results = []
     started = time.perf_counter()

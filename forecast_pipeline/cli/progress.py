@@ -36,6 +36,7 @@ class Progress:
         self.started = clock()
         self.done = 0
         self._shown_at: float | None = None
+        self._shown_done: int | None = None
         self._finished = False
 
     def __call__(self, done: int, total: int | None = None) -> None:
@@ -54,21 +55,24 @@ class Progress:
         if self._finished:
             return
         self._finished = True
+        if not self.tty and not note and self._shown_done == self.done:
+            return  # the last line printed is the final state already: not twice in a log
         self._show(self.clock(), note)
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
 
     def _show(self, now: float, note: str = "") -> None:
-        self._shown_at = now
+        self._shown_at, self._shown_done = now, self.done
         elapsed = now - self.started
         share = self.done / self.total if self.total else 1.0
+        percent = f"{int(share * 100)}%"  # rounded down: 100% only when all is done (608/611 is 99%)
         count = f"{self.done:,}/{self.total:,}{' ' + self.unit if self.unit else ''}"
         tail = f"{count}, {elapsed:.0f}s{'; ' + note if note else ''}"
         if self.tty:
             filled = int(round(share * BAR_WIDTH))
             bar = "#" * filled + "." * (BAR_WIDTH - filled)
-            self.stream.write(f"\r{self.label} [{bar}] {share:4.0%} {tail}\033[K")
+            self.stream.write(f"\r{self.label} [{bar}] {percent:>4} {tail}\033[K")
         else:
-            self.stream.write(f"{self.label}: {share:.0%} ({tail})\n")
+            self.stream.write(f"{self.label}: {percent} ({tail})\n")
         self.stream.flush()

@@ -191,9 +191,10 @@ def naive_scale(y: np.ndarray, start: np.ndarray) -> np.ndarray:
     return np.where(count > 0, np.where(usable, diffs, 0.0).sum(axis=1) / np.maximum(count, 1), 0.0)
 
 
-def holt_winters(y: np.ndarray, horizon: int) -> np.ndarray:
+def holt_winters(y: np.ndarray, horizon: int, on_fit: Callable[[], None] | None = None) -> np.ndarray:
     """statsmodels ExponentialSmoothing (additive trend, additive season 52), default fit, one
-    series at a time; a series whose fit fails gets the seasonal naive forecast."""
+    series at a time; a series whose fit fails gets the seasonal naive forecast. ``on_fit()``
+    after each series (a fit takes about a second)."""
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
     out = np.empty((y.shape[0], horizon))
@@ -209,7 +210,26 @@ def holt_winters(y: np.ndarray, horizon: int) -> np.ndarray:
             out[i] = models.seasonal_naive(series[None, :], np.zeros(1, dtype=int), horizon)[0]
         if not np.isfinite(out[i]).all():
             out[i] = models.seasonal_naive(series[None, :], np.zeros(1, dtype=int), horizon)[0]
+        if on_fit is not None:
+            on_fit()
     return np.clip(out, 0.0, None)
+
+
+ENGINE_CHUNK_ROWS = 1000  # ~1 s of engine time: progress within an origin, same results
+
+
+def engine_in_chunks(history: np.ndarray, horizon: int, chunk_rows: int, on_chunk: Callable[[int], None]):
+    """:func:`engine.forecast_batch` over ``chunk_rows`` rows at a time (rows are forecast
+    independently, so the result is the same), calling ``on_chunk(rows)`` after each."""
+    if len(history) <= chunk_rows:
+        batch = engine.forecast_batch(history, horizon)
+        on_chunk(len(history))
+        return batch
+    parts = []
+    for i in range(0, len(history), chunk_rows):
+        parts.append(engine.forecast_batch(history[i : i + chunk_rows], horizon))
+        on_chunk(len(parts[-1].status))
+    return engine.concat_batches(parts)
 
 
 def run_backtest(
@@ -227,6 +247,7 @@ def run_backtest(
     origin_label: Callable[[int], str] | None = None,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    chunk_rows: int = ENGINE_CHUNK_ROWS,
 ) -> BacktestResult:
     """Backtest over ``origins`` cut points of the matrix ``y`` (products x weeks, oldest first).
 
@@ -236,8 +257,11 @@ def run_backtest(
     mask of the products eligible at that origin (default: all rows). With ``sf_per_class``,
     statsforecast's models (:data:`SF_MODELS`, needs the ``backtest`` extra) are fitted series by
     series on a random sample of up to that many series per report class and origin, and the
-    engine is scored again on the same sample (``engine_on_sf_sample``). ``progress(done, total)``
-    is called after each origin.
+    engine is scored again on the same sample (``engine_on_sf_sample``).
+
+    ``progress(done, total)`` counts series fitted: at once (0), after each engine chunk of
+    ``chunk_rows`` rows and after each Holt-Winters or statsforecast fit, so a long origin is not
+    silent. ``total`` plans every sample at its full size and shrinks when a sample is smaller.
     """
     n, t = y.shape
     last_cut = t - horizon if last_origin_week is None else last_origin_week
@@ -248,12 +272,27 @@ def run_backtest(
         names += ["engine_on_sf_sample", *SF_MODELS, SF_ENSEMBLE]
     methods = {name: MethodScores() for name in names}
     labels = []
-    for cut in cuts:
+    masks = [eligible_at(cut) if eligible_at else np.ones(n, dtype=bool) for cut in cuts]
+
+    def planned(rows: int) -> tuple[int, int]:
+        """Holt-Winters and statsforecast fits of an origin at most (their samples' full size)."""
+        return min(hw_sample, rows), min(sf_per_class * len(CLASSES), rows)
+
+    counts = {"done": 0, "total": sum(int(m.sum()) + sum(planned(int(m.sum()))) for m in masks)}
+
+    def advance(fits: int = 1, unplanned: int = 0) -> None:
+        counts["done"] += fits
+        counts["total"] -= unplanned
+        if progress is not None:
+            progress(counts["done"], counts["total"])
+
+    advance(0)
+    for cut, rows in zip(cuts, masks, strict=True):
         labels.append(origin_label(cut) if origin_label else f"week {cut}")
-        rows = eligible_at(cut) if eligible_at else np.ones(n, dtype=bool)
         history, actual = y[rows, :cut], y[rows, cut : cut + horizon]
+        hw_planned, sf_planned = planned(len(history))
         started = time.process_time()
-        batch = engine.forecast_batch(history, horizon)
+        batch = engine_in_chunks(history, horizon, chunk_rows, advance)
         methods["engine"].seconds += time.process_time() - started
         methods["engine"].fits += len(history)
         ok = batch.status == "success"
@@ -275,10 +314,13 @@ def run_backtest(
         methods["seasonal_naive"].add((naive - actual)[ok], scale[ok], naive[ok], actual[ok], classes[ok])
 
         two_years = np.flatnonzero(ok & (cut - start >= 2 * models.SEASON_LENGTH + horizon))
-        if hw_sample and len(two_years):
-            pick = np.sort(rng.choice(two_years, size=min(hw_sample, len(two_years)), replace=False))
+        hw_size = min(hw_sample, len(two_years))
+        if hw_size != hw_planned:
+            advance(0, unplanned=hw_planned - hw_size)
+        if hw_size:
+            pick = np.sort(rng.choice(two_years, size=hw_size, replace=False))
             started = time.process_time()
-            hw = holt_winters(history[pick], horizon)
+            hw = holt_winters(history[pick], horizon, on_fit=advance)
             methods["holt_winters"].seconds += time.process_time() - started
             methods["holt_winters"].fits += len(pick)
             cls = classes[pick]
@@ -303,8 +345,11 @@ def run_backtest(
                     or [np.zeros(0, dtype=int)]
                 )
             ).astype(int)
+            if len(pick) != sf_planned:
+                advance(0, unplanned=sf_planned - len(pick))
             if len(pick):
                 fits = statsforecast_forecasts([history[i, start[i] :] for i in pick], horizon, n_jobs=sf_jobs)
+                advance(len(pick))
                 cls, a, sc = classes[pick], actual[pick], scale[pick]
                 for name, (mean, lo, hi, seconds) in fits.items():
                     methods[name].seconds += seconds
@@ -319,8 +364,6 @@ def run_backtest(
                     lower=batch.lower[pick],
                     upper=batch.upper[pick],
                 )
-        if progress is not None:
-            progress(len(labels), len(cuts))
     notes = [
         f"Holt-Winters fitted on a random sample of up to {hw_sample} products per origin with 2+ years of history"
         if hw_sample

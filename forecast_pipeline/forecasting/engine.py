@@ -195,7 +195,11 @@ def forecast_batch(y: np.ndarray, horizon: int = 12) -> BatchForecast:
     y = np.asarray(y, dtype=float)
     if y.shape[0] <= BLOCK_ROWS:
         return _forecast_block(y, horizon)
-    parts = [_forecast_block(y[i : i + BLOCK_ROWS], horizon) for i in range(0, y.shape[0], BLOCK_ROWS)]
+    return concat_batches([_forecast_block(y[i : i + BLOCK_ROWS], horizon) for i in range(0, y.shape[0], BLOCK_ROWS)])
+
+
+def concat_batches(parts: list[BatchForecast]) -> BatchForecast:
+    """The forecasts of consecutive row blocks as one (rows are forecast independently)."""
     return BatchForecast(
         **{
             name: [e for p in parts for e in p.error]

@@ -74,6 +74,7 @@ from forecast_pipeline.resources import (
     RedisStore,
     SourceDatabase,
     raise_database_failure,
+    redis_failures,
 )
 from forecast_pipeline.source import order_history
 
@@ -138,8 +139,12 @@ def eligible_products(
     context: AssetExecutionContext,
     source_db: SourceDatabase,
     forecast_params: ForecastParameters,
+    redis_store: RedisStore,
     run_heartbeat: RunHeartbeat,
 ) -> Output[dict[str, pd.DataFrame]]:
+    # the run's first step: an unreachable Redis (where every step's output goes) fails it here,
+    # in one line, before any query (the resource itself does not connect when it is set up)
+    redis_store.ensure_reachable()
     tables: dict[str, pd.DataFrame] = {}
     for key in context.partition_keys:
         window = forecast_params.window(dt.date.fromisoformat(key))
@@ -218,7 +223,8 @@ def plan_forecast_shards(
 ):
     for key in context.partition_keys:
         product_ids, only = _products_to_forecast(config, eligible_products[key], key)
-        _delete_dead_staging(context, redis_store, key)
+        with redis_failures(redis_store.url, f"cleaning up finished runs' staging of {key}"):
+            _delete_dead_staging(context, redis_store, key)
         shards = forecast_shards.plan_shards(key, product_ids, forecast_params.shard_size, requested=only is not None)
         context.log.info(
             f"{key}: {len(product_ids)} products in {len(shards)} shard(s) of at most {forecast_params.shard_size}"
@@ -348,8 +354,9 @@ def publish_forecasts(
     if rate > limit:
         # Write-audit-publish: nothing is published, so Redis and forecast_predictions keep the
         # previous forecasts of these dates and agree with each other.
-        for key in keys:
-            forecast_cache.delete_staging(redis_store.client(), redis_store.key_prefix, key, token)
+        with redis_failures(redis_store.url, "deleting the unpublished staging"):
+            for key in keys:
+                forecast_cache.delete_staging(redis_store.client(), redis_store.key_prefix, key, token)
         yield from checks
         raise Failure(
             description=(
@@ -589,6 +596,7 @@ def forecast_predictions(
     context: AssetExecutionContext,
     product_forecasts: dict[str, forecast_cache.CachedForecasts],  # each date streamed from Redis
     app_db: AppDatabase,
+    redis_store: RedisStore,
     run_heartbeat: RunHeartbeat,
 ) -> MaterializeResult:
     started = time.perf_counter()
@@ -608,7 +616,8 @@ def forecast_predictions(
 
         try:
             # another run of the date may publish while this one reads it back: then write the newest
-            rows[key] = forecast_cache.read_consistently(replace, context.log.info)
+            with redis_failures(redis_store.url, f"reading the forecasts of {key} back"):
+                rows[key] = forecast_cache.read_consistently(replace, context.log.info)
         except sa.exc.SQLAlchemyError as exc:
             _app_db_failure(app_db, exc, f"writing forecast_predictions of {key}", as_of_date=key)
         context.add_asset_metadata(

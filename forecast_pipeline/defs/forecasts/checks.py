@@ -7,11 +7,14 @@ from dagster import AssetCheckExecutionContext, AssetCheckKey, MetadataValue, Pr
 from forecast_pipeline.cache.forecast_cache import CachedForecasts, read_consistently
 from forecast_pipeline.defs.forecasts.assets import partition_check_results, product_forecasts
 from forecast_pipeline.defs.forecasts.partitions import as_of_partitions
+from forecast_pipeline.resources import RedisStore, redis_failures
 
 WELL_FORMED_CHECK = AssetCheckKey(product_forecasts.key, "cached_forecasts_well_formed")
 
 
-def _cached_forecasts_well_formed(context: AssetCheckExecutionContext, product_forecasts: dict[str, CachedForecasts]):
+def _cached_forecasts_well_formed(
+    context: AssetCheckExecutionContext, product_forecasts: dict[str, CachedForecasts], redis_store: RedisStore
+):
     """12 weeks each, quantities >= 0, lower <= predicted <= upper, the right as-of date."""
     results = {}
     for as_of, docs in product_forecasts.items():
@@ -25,8 +28,9 @@ def _cached_forecasts_well_formed(context: AssetCheckExecutionContext, product_f
             return found
 
         # another run of the date may publish while this one reads it back: then check the newest
-        problems = read_consistently(find_problems, context.log.info)
-        metadata = {"cached_forecasts": len(docs), "malformed": len(problems)}
+        with redis_failures(redis_store.url, f"reading the forecasts of {as_of} back"):
+            problems = read_consistently(find_problems, context.log.info)
+            metadata = {"cached_forecasts": len(docs), "malformed": len(problems)}
         if problems:
             metadata["examples"] = MetadataValue.json(dict(list(problems.items())[:10]))
         results[as_of] = (not problems, metadata)

@@ -14,7 +14,7 @@
 The plan is charged only for ``succeeded`` reports: a ``running`` row holds its place while it
 runs, and a failed or refused one gives it back. ``schedule_runs.status`` follows: ``queued``
 (tick) -> ``running`` -> ``succeeded`` / ``skipped_limit`` / ``failed``. A run that fails before
-the step starts (Redis unreachable, say) is marked ``failed`` by the ``report_run_failed`` sensor.
+the step starts (its run worker lost, say) is marked ``failed`` by the ``report_run_failed`` sensor.
 Re-executing a run regenerates (and re-sends) its report and updates the same generation row
 (unique per schedule run): it is never counted twice.
 """
@@ -212,6 +212,7 @@ def produce_report(
                 "set the SMTP settings, or remove the recipients to keep files only"
             )
         top_n = _top_n(top_products, row.schedule_parameters, settings.top_products)
+        redis_store.ensure_reachable()  # a Failure naming the URL, recorded as the slot's error
         client = redis_store.client()
         cache = RedisJsonCache(client, keys.report_prefix(redis_store.key_prefix), settings.cache_ttl_seconds)
 
@@ -260,6 +261,8 @@ def produce_report(
     except Exception as exc:
         known = isinstance(exc, (ReportError, DeliveryError))
         error = str(exc) if known else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, Failure):
+            error = exc.description or error
         if written:
             error += f" (report written to {written[0]})"
         mark_failed(engine, schedule_run_id, error, run_id=run_id, written=written)
