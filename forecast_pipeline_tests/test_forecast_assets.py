@@ -241,6 +241,9 @@ def prediction_docs(as_of: dt.date, products, level: float) -> list[dict]:
     ]
 
 
+GENERATED = dt.datetime(2025, 11, 10, 3, tzinfo=dt.UTC)
+
+
 def prediction_rows(engine: sa.Engine, as_of: dt.date) -> list[tuple]:
     with engine.connect() as conn:
         return conn.execute(
@@ -262,6 +265,7 @@ def test_forecast_predictions_rewrites_a_date_with_the_same_rows(pg):
     assert predictions_store.replace(pg, AS_OF, prediction_docs(AS_OF, range(1, 6), 1.0)) == 15
     first = prediction_rows(pg, AS_OF)
     assert len(first) == 15
+    assert first[0][1:] == (AS_OF, AS_OF + dt.timedelta(days=6), 1.0, 0.0, 2.5, 2, "holt_winters", GENERATED)
     assert predictions_store.replace(pg, AS_OF, prediction_docs(AS_OF, range(1, 6), 1.0)) == 15
     assert prediction_rows(pg, AS_OF) == first
     # some products: only theirs are replaced, docs of other products are ignored
