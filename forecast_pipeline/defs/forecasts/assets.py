@@ -160,7 +160,7 @@ def eligible_products(
                         conn, window, forecast_params.shard_size
                     )
                     if lines is not None:
-                        kept_lines.keep(context.run_id, key, lines)
+                        kept_lines.keep(context.run.run_id, key, lines)
                 else:
                     tables[key] = order_history.fetch_eligible_products(conn, window, source_db.source_query)
         except sa.exc.SQLAlchemyError as exc:
