@@ -34,8 +34,8 @@ def defs() -> dg.Definitions:
     """The code location, built once per environment.
 
     Dagster calls this several times in one process for one materialization (the CLI, the job,
-    each step's reconstruction); building imports and validates every area each time (~1 s on this
-    machine). Resources and the executor are built from environment variables, so a changed
+    each step's reconstruction); building imports and validates every area each time (figures in
+    benchmarks/RESULTS.md). Resources and the executor are built from environment variables, so a changed
     environment builds anew.
     """
     key = tuple(sorted(os.environ.items()))

@@ -1,10 +1,10 @@
 """Order lines handed from the eligibility step to a one-shard date's shard step in one process.
 
 With the in-process executor both steps run in the run's process, and the eligibility read has
-already copied every line the shard would copy again (benchmarks/RESULTS.md: the second read was a
-third of a 10,000-product run). The lines are kept under (run id, as-of date), one date at a time
-(keeping another date drops the first), and taken once: a retried shard, another process or another
-run finds nothing and reads the database as before.
+already copied every line the shard would copy again (benchmarks/RESULTS.md, "Speed: read once").
+The lines are kept under (run id, as-of date), one date at a time (keeping another date drops the
+first), and taken once: a retried shard, another process or another run finds nothing and reads
+the database as before.
 """
 
 from __future__ import annotations
