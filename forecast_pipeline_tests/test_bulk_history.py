@@ -216,3 +216,38 @@ def test_a_missing_table_raises_sqlalchemys_error(pg):
         conn.execute(sa.text("DROP TABLE order_items"))
     with pg.connect() as conn, pytest.raises(sa.exc.ProgrammingError, match="order_items"):
         order_history.fetch_eligible_products(conn, window(dt.date(2021, 6, 25)))
+
+
+# --- the eligibility read's lines reused by a one-shard date (in-process executor) ------------
+
+
+@pytest.mark.parametrize("as_of", [dt.date(2021, 6, 23), dt.date(2021, 7, 1), dt.date(2019, 1, 20)], ids=str)
+def test_history_from_the_eligibility_lines_equals_reading_it_again(demo_pg, as_of):
+    w = window(as_of)
+    with demo_pg.connect() as conn:
+        eligible, kept = order_history.fetch_eligible_keeping_lines(conn, w, max_products=1000)
+        pd.testing.assert_frame_equal(eligible, order_history.fetch_eligible_products(conn, w))
+        ids = eligible["product_id"].tolist()
+        weekly, activity = order_history.fetch_history(conn, w, ids)
+    assert kept is not None and ids
+    for products in (ids, ids[3:30:4]):  # the date, and a run for some of its products
+        reused, reused_activity = order_history.history_from_lines(kept, w, products)
+        rows = [ids.index(p) for p in products]
+        np.testing.assert_array_equal(reused.matrix, weekly.matrix[rows])
+        for kind in order_history.QUALITY_KINDS:
+            np.testing.assert_array_equal(reused.quality.counts[kind], weekly.quality.counts[kind][rows], err_msg=kind)
+        expected = activity[activity["product_id"].isin(products)]
+        pd.testing.assert_frame_equal(by_pair(reused_activity), by_pair(expected))
+    with pytest.raises(ValueError):  # lines of one date never serve another
+        order_history.history_from_lines(kept, window(as_of - dt.timedelta(days=1)), ids)
+
+
+def test_no_lines_are_kept_for_a_date_of_several_shards_or_a_large_table(demo_pg, monkeypatch):
+    w = window(dt.date(2021, 6, 23))
+    with demo_pg.connect() as conn:
+        eligible, kept = order_history.fetch_eligible_keeping_lines(conn, w, max_products=10)
+        assert len(eligible) > 10 and kept is None
+        pd.testing.assert_frame_equal(eligible, order_history.fetch_eligible_products(conn, w))
+        monkeypatch.setattr(order_history, "KEEP_LINES_LIMIT", 1000)  # fewer than the table holds
+        eligible, kept = order_history.fetch_eligible_keeping_lines(conn, w, max_products=1000)
+        assert len(eligible) > 10 and kept is None

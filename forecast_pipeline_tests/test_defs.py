@@ -180,3 +180,16 @@ def test_the_deployed_run_queue_limits_name_the_queue_sensor():
     for path in (root / "dagster.yaml", root / "helm" / "values.yaml"):
         assert _sensor_name_limits(yaml.safe_load(path.read_text())) == [QUEUE_SENSOR], path
     assert QUEUE_SENSOR == "forecast_request_queue"
+
+
+def test_the_code_location_is_built_once_per_environment(monkeypatch):
+    """Dagster loads the code location several times per run: the same environment gives the same
+    object (built once); a changed variable builds it anew, with that variable's value."""
+    first = load_defs()
+    assert load_defs() is first
+    assert first.executor.name != "multiprocess"
+    monkeypatch.setenv("FORECAST_EXECUTOR", "multiprocess")
+    changed = load_defs()
+    assert changed is not first
+    assert changed.executor.name == "multiprocess"
+    assert load_defs() is changed

@@ -7,6 +7,8 @@ import pytest
 import sqlalchemy as sa
 from dagster import AssetKey, AssetSelection, materialize
 
+from forecast_pipeline.app_db import predictions_store
+from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
@@ -245,3 +247,64 @@ def test_redis_unreachable_while_reading_a_date_back_fails_in_one_line(book, red
             line
         ), line
         assert "hunter2" not in error.message
+
+
+def prediction_docs(as_of: dt.date, products, level: float) -> list[dict]:
+    return [
+        {
+            "product_id": p,
+            "as_of_date": as_of.isoformat(),
+            "predictions": [
+                {
+                    "week_start": (as_of + dt.timedelta(weeks=w)).isoformat(),
+                    "week_end": (as_of + dt.timedelta(weeks=w, days=6)).isoformat(),
+                    "predicted_quantity": level * p + w,
+                    "confidence_lower": 0.0,
+                    "confidence_upper": level * p + w + 1.5,
+                    "active_customers": 2,
+                }
+                for w in range(3)
+            ],
+            "model_metadata": {"model_type": "holt_winters", "generated_at": "2025-11-10T03:00:00Z"},
+        }
+        for p in products
+    ]
+
+
+GENERATED = dt.datetime(2025, 11, 10, 3, tzinfo=dt.UTC)
+
+
+def prediction_rows(engine: sa.Engine, as_of: dt.date) -> list[tuple]:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT product_id, week_start, week_end, predicted_quantity, confidence_lower, confidence_upper, "
+                "active_customers, model_type, generated_at FROM forecast_predictions WHERE as_of_date = :d "
+                "ORDER BY product_id, week_start"
+            ),
+            {"d": as_of},
+        ).all()
+
+
+def test_forecast_predictions_rewrites_a_date_with_the_same_rows(pg):
+    """Written by COPY after deleting what is replaced: a rerun (the whole date or some products)
+    leaves the same rows, never a duplicate or a conflict, and other dates untouched."""
+    upgrade_app_schema(pg)
+    other = AS_OF - dt.timedelta(weeks=1)
+    assert predictions_store.replace(pg, other, prediction_docs(other, [1, 2], 9.0)) == 6
+    assert predictions_store.replace(pg, AS_OF, prediction_docs(AS_OF, range(1, 6), 1.0)) == 15
+    first = prediction_rows(pg, AS_OF)
+    assert len(first) == 15
+    assert first[0][1:] == (AS_OF, AS_OF + dt.timedelta(days=6), 1.0, 0.0, 2.5, 2, "holt_winters", GENERATED)
+    assert predictions_store.replace(pg, AS_OF, prediction_docs(AS_OF, range(1, 6), 1.0)) == 15
+    assert prediction_rows(pg, AS_OF) == first
+    # some products: only theirs are replaced, docs of other products are ignored
+    assert predictions_store.replace(pg, AS_OF, prediction_docs(AS_OF, [2, 3, 7], 2.0), {2, 3}) == 6
+    assert predictions_store.replace(pg, AS_OF, prediction_docs(AS_OF, [2, 3, 7], 2.0), {2, 3}) == 6
+    subset = prediction_rows(pg, AS_OF)
+    assert [r for r in subset if r[0] not in (2, 3)] == [r for r in first if r[0] not in (2, 3)]
+    assert [r[3] for r in subset if r[0] == 2] == [4.0, 5.0, 6.0]
+    # a product no longer forecast loses its rows
+    assert predictions_store.replace(pg, AS_OF, prediction_docs(AS_OF, [1, 2], 1.0)) == 6
+    assert {r[0] for r in prediction_rows(pg, AS_OF)} == {1, 2}
+    assert len(prediction_rows(pg, other)) == 6

@@ -15,6 +15,7 @@ from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_
 from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
 from forecast_pipeline.forecasting import batch
 from forecast_pipeline.forecasting import shards as forecast_shards
+from forecast_pipeline.source import kept_lines, order_history
 from forecast_pipeline_tests.conftest import AS_OF, REDIS_URL, materialize_date
 
 ASSETS = [eligible_products, product_forecasts, forecast_predictions, cached_forecasts_well_formed]
@@ -97,6 +98,33 @@ def test_a_sharded_run_publishes_what_one_shard_publishes(book, redis_client, in
     assert checks == {"failure_rate_within_limit": True, "cached_forecasts_well_formed": True}
     # nothing of the run is left staged
     assert not forecast_cache.staging_tokens(redis_client, PREFIX, DATE)
+
+
+def test_a_one_shard_date_forecasts_from_the_eligibility_read_with_the_same_results(
+    book, redis_client, instance, monkeypatch
+):
+    """In process, a one-shard date's shard uses the lines eligible_products read instead of
+    reading them again; the forecasts are those of a run that reads them again."""
+    monkeypatch.setattr(order_history, "KEEP_LINES_LIMIT", 0)  # nothing kept: the shard reads
+    again = run(book, instance)
+    assert again.success
+    read_again = {p: without_generated_at(redis_client.get(f"forecast:{p}")) for p in range(1, 23)}
+    meta_again = json.loads(redis_client.get("forecast:metadata:last_run"))
+    redis_client.flushdb()
+
+    monkeypatch.undo()
+
+    def no_second_read(*args, **kwargs):
+        raise AssertionError("the shard read the history again")
+
+    monkeypatch.setattr(order_history, "fetch_history", no_second_read)
+    reused = run(book, instance)
+    assert reused.success
+    assert {p: without_generated_at(redis_client.get(f"forecast:{p}")) for p in range(1, 23)} == read_again
+    meta = json.loads(redis_client.get("forecast:metadata:last_run"))
+    for figure in ("total_products", "successful", "no_forecast", "mean_accuracy_estimate"):
+        assert meta[figure] == meta_again[figure], figure
+    assert kept_lines.take(reused.run_id, DATE) is None  # taken by the shard, nothing left held
 
 
 def _fail_products(monkeypatch, quantities: set[float]) -> None:

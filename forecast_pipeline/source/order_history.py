@@ -24,6 +24,7 @@ negative counts as zero demand; a zero quantity is an order with no demand.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -235,6 +236,66 @@ def fetch_eligible_products(
     return sql_eligible_products(conn, window, source_query)
 
 
+KEEP_LINES_LIMIT = 20_000_000
+"""Most order lines (the planner's estimate) the eligibility read keeps for the history read:
+~41 bytes a line in memory, 20M lines ~0.8 GB, the memory a one-shard date needs anyway."""
+
+
+def fetch_eligible_keeping_lines(
+    conn: sa.Connection, window: HistoryWindow, max_products: int
+) -> tuple[pd.DataFrame, OrderLines | None]:
+    """:func:`fetch_eligible_products`, and the lines it read (with quantities) when the date can
+    be forecast from them: the default tables, at most ``max_products`` eligible products (one
+    shard) and a planner estimate of at most :data:`KEEP_LINES_LIMIT` lines. Otherwise (or where
+    bulk COPY is unavailable) the lines are None and the history read queries the database itself.
+    """
+    if not pg_copy.supported(conn) or not window.weeks or _estimated_items(conn) > KEEP_LINES_LIMIT:
+        return fetch_eligible_products(conn, window), None
+    since = dt.datetime.combine(window.history_start, dt.time())
+    conn.exec_driver_sql(f"SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'")
+    lines = _read_default_schema(conn, since, window, None, quantities=True)
+    if lines is None:  # orders.id not unique: the general read, which keeps nothing
+        return fetch_eligible_products(conn, window), None
+    eligible = _eligible_from_lines(lines, window)
+    if len(eligible) > max_products:
+        return eligible, None
+    return eligible, OrderLines(window, lines.since_days(7 * window.weeks))
+
+
+def _estimated_items(conn: sa.Connection) -> float:
+    """The planner's estimate of the order_items rows (EXPLAIN: no scan, works unanalysed too)."""
+    plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {source_schema.order_items.name}").scalar()
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    return float(plan[0]["Plan"]["Plan Rows"])
+
+
+@dataclass(frozen=True)
+class OrderLines:
+    """A date's order lines inside its weekly window, as the eligibility read copied them, for
+    :func:`history_from_lines`.
+
+    Why forecasting from them is consistent: they are the lines the history read would copy (the
+    same tables, columns and NULL rules, restricted below to the window and the shard's products),
+    taken in one statement snapshot. Reading again would use a later snapshot, so lines committed
+    in between (orders dated before the as-of date, written late) could reach the history but not
+    the eligibility counts; with these lines both come from the same snapshot, as one transaction
+    reading both would give. Lines on or after the as-of date are in neither.
+    """
+
+    window: HistoryWindow
+    lines: _Lines
+
+
+def history_from_lines(
+    kept: OrderLines, window: HistoryWindow, product_ids: Sequence[int]
+) -> tuple[WeeklyHistory, pd.DataFrame]:
+    """:func:`fetch_history` of some products (at least one) from lines the eligibility read
+    kept: the same results, without a query."""
+    if kept.window != window or not product_ids:
+        raise ValueError(f"lines kept for {kept.window} cannot serve {window} and {len(product_ids)} products")
+    return _weekly_from_lines(kept.lines, window, product_ids), _activity_from_lines(kept.lines, product_ids)
+
+
 def sql_eligible_products(conn: sa.Connection, window: HistoryWindow, source_query: str | None = None) -> pd.DataFrame:
     """:func:`fetch_eligible_products` as one grouped query (every database; the reference the
     bulk read is tested against)."""
@@ -432,6 +493,21 @@ class _Lines:
     orders: int  # codes are below this
     days_back: np.ndarray  # int64: the as-of date minus the line's date, >= 1
     quantity: np.ndarray  # float64, NaN where the quantity is NULL
+
+    def since_days(self, days: int) -> _Lines:
+        """The lines at most ``days`` days before the as-of date (the weekly window)."""
+        keep = self.days_back <= days
+        if keep.all():
+            return self
+        return _Lines(
+            self.product_id[keep],
+            self.customer_id[keep],
+            self.has_customer[keep],
+            self.order_code[keep],
+            self.orders,
+            self.days_back[keep],
+            self.quantity[keep] if len(self.quantity) else self.quantity,
+        )
 
 
 def _days_back(as_of: dt.date, ordered_at: ColumnElement) -> ColumnElement:

@@ -54,6 +54,7 @@ from dagster import (
     apply_freshness_policy,
     asset,
     graph_asset,
+    in_process_executor,
     op,
 )
 from dagster._core.storage.tags import ROOT_RUN_ID_TAG
@@ -76,7 +77,7 @@ from forecast_pipeline.resources import (
     raise_database_failure,
     redis_failures,
 )
-from forecast_pipeline.source import order_history
+from forecast_pipeline.source import kept_lines, order_history
 
 GROUP = "forecasts"
 ELIGIBLE_SCHEMA = TableSchema(
@@ -123,6 +124,10 @@ def _source_failure(source_db: SourceDatabase, exc: sa.exc.SQLAlchemyError, as_o
     raise_database_failure(exc, source_db.url, "DATABASE_URL", "reading order history", "the orders", as_of_date=as_of)
 
 
+# the executor of FORECAST_EXECUTOR=in_process, and the one of Dagster's `materialize()`
+IN_PROCESS_EXECUTORS = {in_process_executor.name, "execute_in_process_executor"}
+
+
 @asset(
     partitions_def=as_of_partitions,
     backfill_policy=BackfillPolicy.single_run(),
@@ -146,12 +151,23 @@ def eligible_products(
     # in one line, before any query (the resource itself does not connect when it is set up)
     redis_store.ensure_reachable()
     tables: dict[str, pd.DataFrame] = {}
+    # the shard of a one-shard date runs in this process too: it can reuse the lines read here
+    # (the last date's only: one date's lines at a time are held)
+    in_process = context.job_def.executor_def.name in IN_PROCESS_EXECUTORS
     for key in context.partition_keys:
         window = forecast_params.window(dt.date.fromisoformat(key))
+        keep = in_process and source_db.source_query is None and key == context.partition_keys[-1]
         started = time.perf_counter()
         try:
             with source_db.engine().connect() as conn:
-                tables[key] = order_history.fetch_eligible_products(conn, window, source_db.source_query)
+                if keep:
+                    tables[key], lines = order_history.fetch_eligible_keeping_lines(
+                        conn, window, forecast_params.shard_size
+                    )
+                    if lines is not None:
+                        kept_lines.keep(context.run.run_id, key, lines)
+                else:
+                    tables[key] = order_history.fetch_eligible_products(conn, window, source_db.source_query)
         except sa.exc.SQLAlchemyError as exc:
             _source_failure(source_db, exc, key)
         seconds = time.perf_counter() - started
@@ -517,11 +533,17 @@ def _forecast_shard(
     timings: dict[str, float] = {}
     context.log.info(f"{where}: reading the weekly history and customers of {len(product_ids)} products")
     started = time.perf_counter()
-    try:
-        with source_db.engine().connect() as conn:
-            weekly, activity = order_history.fetch_history(conn, window, product_ids, source_db.source_query)
-    except sa.exc.SQLAlchemyError as exc:
-        _source_failure(source_db, exc, key)
+    kept = kept_lines.take(context.run_id, key) if product_ids and spec.count == 1 else None
+    if kept is not None:
+        context.log.info(f"{where}: using the order lines the eligible_products step read")
+        weekly, activity = order_history.history_from_lines(kept, window, product_ids)
+        del kept
+    else:
+        try:
+            with source_db.engine().connect() as conn:
+                weekly, activity = order_history.fetch_history(conn, window, product_ids, source_db.source_query)
+        except sa.exc.SQLAlchemyError as exc:
+            _source_failure(source_db, exc, key)
     timings["read_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
     active_count, weekly_buyers = active_customers(activity, product_ids)
