@@ -93,10 +93,10 @@ UPPER_FROM_ZERO_QUANTILE = 0.80
 # dormant rows' calibrated 0 would make the interval the forecast itself. Checked on the later
 # backtest origins and the real series (benchmarks/RESULTS.md).
 INTERVAL_SCALE = {
-    "short": (1.064, 4.936),
-    "young": (1.001, 1.974),  # 26-51 weeks of history
+    "short": (1.064, 1.865),
+    "young": (1.001, 1.704),  # 26-51 weeks of history
     "seasonal": (1.0, 1.108),
-    "shift": (1.127, 1.437),
+    "shift": (1.127, 1.193),
     "smooth": (1.0, 1.035),
     "erratic": (1.0, 1.234),
     "intermittent": (1.0, 1.286),
@@ -109,6 +109,8 @@ INTERVAL_SCALE = {
 # step); lower ones are not: narrowed, a lower bound at zero would leave zero weeks outside.
 # Growth from benchmarks/interval_calibration.py (slope of the per-step upper factor).
 PROFILED_CLASSES: dict[str, float] = {"smooth": 0.11, "erratic": 0.09}
+# Groups whose upper half-width blends the replayed errors with the weekly spread (few origins).
+SPREAD_BLENDED_GROUPS = ("short", "young", "shift")
 RELATIVE_FLOOR = 1.0
 ADI_CUTOFF = 1.32
 CV2_CUTOFF = 0.49
@@ -356,6 +358,12 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     group[(history_weeks < models.SEASON_LENGTH) & ~short] = "young"
     group[np.isin(first.astype(str), SHIFT_CANDIDATES)] = "shift"
     group[dormant & ~short] = "dormant"
+    # Short, young and level-shift rows have few replayed origins (since first demand or since the
+    # shift): their upper half-width is the mean of the replayed one and the spread of the weeks.
+    blend = np.isin(group, SPREAD_BLENDED_GROUPS)
+    if blend.any():
+        spread = _weekly_sd(y[blend], start[blend])[:, None]
+        upper[blend] = forecast[blend] + 0.5 * (np.maximum(upper[blend] - forecast[blend], 0.0) + spread)
     scale = np.array([INTERVAL_SCALE.get(g, (1.0, 1.0)) for g in group]).reshape(n, 2)
     steps = np.arange(horizon)
     position = (steps - steps.mean()) / max(horizon - 1, 1)  # -0.5 .. 0.5 over the horizon
@@ -489,8 +497,13 @@ def _row_quantiles(values: np.ndarray, qs: tuple[float, ...]):
 
 def _spread_fallback(y: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Offsets of +-1.28 standard deviations of the weeks since first demand (normal 80%)."""
+    sd = _weekly_sd(y, start)
+    return -1.2816 * sd, 1.2816 * sd
+
+
+def _weekly_sd(y: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """Standard deviation of each row's weeks since its first demand."""
     mask = np.arange(y.shape[1])[None, :] >= start[:, None]
     count = np.maximum(mask.sum(axis=1), 1)
     mean = np.where(mask, y, 0).sum(axis=1) / count
-    sd = np.sqrt(np.where(mask, (y - mean[:, None]) ** 2, 0).sum(axis=1) / count)
-    return -1.2816 * sd, 1.2816 * sd
+    return np.sqrt(np.where(mask, (y - mean[:, None]) ** 2, 0).sum(axis=1) / count)
