@@ -99,8 +99,8 @@ INTERVAL_SCALE = {
     "shift": (1.127, 1.193),
     "smooth": (1.0, 1.035),
     "erratic": (1.0, 1.234),
-    "intermittent": (1.0, 1.286),
-    "lumpy": (1.0, 2.036),
+    "intermittent": (1.0, 1.263),
+    "lumpy": (1.0, 1.052),
     "dormant": (1.0, 0.5),
 }
 # Groups whose interval widens over the horizon: the replayed errors pool steps 1..horizon into
@@ -110,7 +110,7 @@ INTERVAL_SCALE = {
 # Growth from benchmarks/interval_calibration.py (slope of the per-step upper factor).
 PROFILED_CLASSES: dict[str, float] = {"smooth": 0.11, "erratic": 0.09}
 # Groups whose upper half-width blends the replayed errors with the weekly spread (few origins).
-SPREAD_BLENDED_GROUPS = ("short", "young", "shift")
+SPREAD_BLENDED_GROUPS = ("short", "young", "shift", "intermittent", "lumpy")
 RELATIVE_FLOOR = 1.0
 ADI_CUTOFF = 1.32
 CV2_CUTOFF = 0.49
@@ -359,7 +359,8 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     group[np.isin(first.astype(str), SHIFT_CANDIDATES)] = "shift"
     group[dormant & ~short] = "dormant"
     # Short, young and level-shift rows have few replayed origins (since first demand or since the
-    # shift): their upper half-width is the mean of the replayed one and the spread of the weeks.
+    # shift), intermittent and lumpy rows few nonzero errors among them: their upper half-width is
+    # the mean of the replayed one and the spread of the weeks (lower MSIS, benchmarks/RESULTS.md).
     blend = np.isin(group, SPREAD_BLENDED_GROUPS)
     if blend.any():
         spread = _weekly_sd(y[blend], start[blend])[:, None]
