@@ -644,3 +644,22 @@ def test_every_model_name_fits_the_model_type_column():
 
     names = [a + "+" + b for a in engine.CANDIDATES for b in engine.CANDIDATES if a != b]
     assert max(len(n) for n in names) <= forecast_predictions.c.model_type.type.length
+
+
+def test_new_products_upper_half_width_blends_the_replayed_errors_with_the_weekly_spread(monkeypatch):
+    # Under 26 weeks a product has few past origins, so its replayed error percentiles are noisy:
+    # the upper half-width is the mean of the replayed one and the weekly standard deviation.
+    rng = np.random.default_rng(13)
+    y = np.maximum(rng.poisson(10.0, (50, 20)), 1).astype(float)
+    monkeypatch.setattr(engine, "INTERVAL_SCALE", {})  # unit factors: the widths alone
+    blended = engine.forecast_batch(y, H)
+    assert set(blended.interval_group) == {"short"}
+    monkeypatch.setattr(engine, "SPREAD_BLENDED_GROUPS", ())
+    replayed = engine.forecast_batch(y, H)
+    spread = y.std(axis=1)[:, None]
+    assert (spread > 0).all() and (replayed.upper > replayed.forecast).all()
+    np.testing.assert_allclose(
+        blended.upper - blended.forecast, 0.5 * (replayed.upper - replayed.forecast) + 0.5 * spread
+    )
+    np.testing.assert_allclose(blended.lower, replayed.lower)
+    np.testing.assert_allclose(blended.forecast, replayed.forecast)
