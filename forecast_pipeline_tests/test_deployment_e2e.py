@@ -77,7 +77,7 @@ def deployment(tmp_path_factory):
     demo_data.load(orders, demo_data.generate(products=40, customers=60, end=today, seed=3))
     with orders.begin() as conn:
         for table in ("forecast_request_audit", "forecast_requests", "forecast_predictions"):
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table} CASCADE"))  # and the compatibility views
     upgrade_app_schema(orders)
 
     url = sa.engine.make_url(storage_url)
