@@ -30,8 +30,8 @@ from forecast_pipeline.alerts.notify import deliver_pending
 from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications, alerts, devices, readings
 from forecast_pipeline.app_db.metadata import app_metadata
+from forecast_pipeline.connections import make_engine
 from forecast_pipeline.defs.alerts.sensors import DELIVERY_BUDGET_SECONDS
-from forecast_pipeline.resources import make_engine
 
 TABLES = [devices, readings, alerts, alert_events, alert_notifications]
 

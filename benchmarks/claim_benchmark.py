@@ -14,8 +14,8 @@ import time
 import sqlalchemy as sa
 
 from forecast_pipeline.app_db.schema import upgrade_app_schema
+from forecast_pipeline.connections import make_engine
 from forecast_pipeline.forecast_queue import request_queue
-from forecast_pipeline.resources import make_engine
 
 url = sys.argv[1]
 engine = make_engine(url)

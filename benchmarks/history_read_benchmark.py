@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from forecast_pipeline.resources import make_engine
+from forecast_pipeline.connections import make_engine
 from forecast_pipeline.source import order_history
 
 

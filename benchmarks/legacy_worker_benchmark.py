@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-job", action="store_true", help="only the legacy worker")
     args = parser.parse_args(argv)
 
-    from forecast_pipeline.resources import ForecastParameters, make_engine
+    from forecast_pipeline.connections import make_engine
+    from forecast_pipeline.resources import ForecastParameters
     from forecast_pipeline.source import order_history
 
     window = ForecastParameters().window(dt.date.fromisoformat(args.as_of))

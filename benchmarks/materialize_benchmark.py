@@ -57,7 +57,7 @@ def ensure_database(url: str) -> None:
 
 
 def load_demo(url: str, products: int, customers: int, volume: float, as_of: dt.date, seed: int) -> dict:
-    from forecast_pipeline.resources import make_engine
+    from forecast_pipeline.connections import make_engine
     from forecast_pipeline.source import demo_data
 
     started = time.perf_counter()

@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT))
 
 from forecast_pipeline.app_db.queue_tables import forecast_requests  # noqa: E402
 from forecast_pipeline.app_db.schema import upgrade_app_schema  # noqa: E402
+from forecast_pipeline.connections import make_engine  # noqa: E402
 from forecast_pipeline.forecast_queue import request_queue  # noqa: E402
-from forecast_pipeline.resources import make_engine  # noqa: E402
 from forecast_pipeline.source import demo_data  # noqa: E402
 
 BIN = Path(sys.executable).parent

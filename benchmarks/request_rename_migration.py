@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from alembic import command
 
 from forecast_pipeline.app_db.schema import alembic_config, upgrade_app_schema
-from forecast_pipeline.resources import make_engine
+from forecast_pipeline.connections import make_engine
 
 PARAMETERS = '{"as_of_date": "2025-11-10"}'
 

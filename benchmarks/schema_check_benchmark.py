@@ -17,7 +17,7 @@ import time
 
 from forecast_pipeline.app_db.queue_tables import forecast_predictions
 from forecast_pipeline.app_db.schema import upgrade_app_schema
-from forecast_pipeline.resources import make_engine
+from forecast_pipeline.connections import make_engine
 
 
 def per_call_ms(call, calls: int) -> float:

@@ -11,10 +11,11 @@ from typing import Any, NoReturn
 import redis
 import sqlalchemy as sa
 from dagster import ConfigurableResource, Failure, InitResourceContext
-from pydantic import PrivateAttr, SecretStr
+from pydantic import PrivateAttr
 
 from forecast_pipeline.app_db.schema import upgrade_app_schema
-from forecast_pipeline.settings import normalize_database_url, redact_url, reveal
+from forecast_pipeline.connections import RedisUnreachable, make_engine, ping_redis, redis_client
+from forecast_pipeline.settings import normalize_database_url, redact_url
 from forecast_pipeline.source.order_history import HistoryWindow
 
 
@@ -83,11 +84,6 @@ def raise_database_failure(
     raise failure from exc
 
 
-def make_engine(url: str | SecretStr) -> sa.Engine:
-    """An engine for the source database (plain postgresql:// URLs use psycopg2)."""
-    return sa.create_engine(normalize_database_url(url), pool_pre_ping=True)
-
-
 _schema_created_for: set[str] = set()
 
 
@@ -100,7 +96,7 @@ class AppDatabase(ConfigurableResource):
 
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = sa.create_engine(normalize_database_url(self.url), pool_pre_ping=True)
+            self._engine = make_engine(self.url)
         return self._engine
 
     @property
@@ -147,7 +143,12 @@ class RedisStore(ConfigurableResource):
 
     def ensure_reachable(self) -> None:
         """PING; raises :class:`dagster.Failure` (one line, URL and what to do) if Redis does not answer."""
-        ping_redis(self.client(), self.url)
+        try:
+            ping_redis(self.client(), self.url)
+        except RedisUnreachable as exc:
+            raise Failure(
+                description=exc.line, metadata={"redis": exc.url, "error": exc.error}, allow_retries=True
+            ) from None
 
     def binary_client(self) -> redis.Redis:
         """A client that returns bytes, for pickled step values."""
@@ -161,40 +162,6 @@ class RedisStore(ConfigurableResource):
             self._client.close()
         if self._binary is not None:
             self._binary.close()
-
-
-def redis_client(url: str | SecretStr, password: str | SecretStr | None = None) -> redis.Redis:
-    """A client (connects on first use)."""
-    url, password = reveal(url), reveal(password)
-    extra = {"password": password} if password else {}
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True, **extra)
-
-
-def ping_redis(client: redis.Redis, url: str | SecretStr) -> None:
-    """Raise :class:`dagster.Failure` naming the (redacted) URL if Redis does not answer a PING
-    within a few seconds."""
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        reason = " ".join(str(exc).split())
-        raise Failure(  # the cause is in the line: its stack would only repeat it, twice
-            description=f"Redis at {redact_url(url)} is unreachable ({reason}): start it, or point REDIS_URL "
-            "(REDIS_PASSWORD) at a running Redis",
-            metadata={"redis": redact_url(url), "error": f"{type(exc).__name__}: {reason}"},
-            allow_retries=True,
-        ) from None
-
-
-def connect_redis(url: str | SecretStr, password: str | SecretStr | None = None) -> redis.Redis:
-    """A connected client; raises :class:`dagster.Failure` naming the (redacted) URL if Redis
-    does not answer a PING within a few seconds."""
-    client = redis_client(url, password)
-    try:
-        ping_redis(client, url)
-    except Failure:
-        client.close()
-        raise
-    return client
 
 
 @contextlib.contextmanager

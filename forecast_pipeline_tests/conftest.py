@@ -20,8 +20,8 @@ import redis
 import sqlalchemy as sa
 from dagster import DagsterInstance
 
+from forecast_pipeline.connections import make_engine
 from forecast_pipeline.defs.resources import build_resources
-from forecast_pipeline.resources import make_engine
 from forecast_pipeline.settings import load_settings
 from forecast_pipeline.source import source_schema
 

@@ -32,9 +32,10 @@ from forecast_pipeline.app_db.alert_tables import alert_events, alert_notificati
 from forecast_pipeline.app_db.metadata import app_metadata
 from forecast_pipeline.app_db.schema import VERSION_TABLE
 from forecast_pipeline.cli import alerts as alerts_cli
+from forecast_pipeline.connections import make_engine
 from forecast_pipeline.defs.alerts.sensors import alert_evaluation_sensor, pipeline_health_sensor
 from forecast_pipeline.defs.forecasts.assets import ProductForecastsConfig
-from forecast_pipeline.resources import AppDatabase, make_engine
+from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.settings import ConfigError, load_settings
 from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database
 

@@ -4,7 +4,7 @@ application tables (subprocesses, as an operator runs them)."""
 import pytest
 import sqlalchemy as sa
 
-from forecast_pipeline.resources import make_engine
+from forecast_pipeline.connections import make_engine
 from forecast_pipeline_tests.conftest import BIN, command
 
 pytestmark = pytest.mark.integration

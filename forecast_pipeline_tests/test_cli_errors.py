@@ -199,3 +199,18 @@ def test_verbose_adds_the_traceback_after_the_one_line(tmp_path):
     assert done.returncode == 1
     assert "does not exist" in first_line(done.stderr)
     assert "Traceback (most recent call last)" in done.stderr.splitlines()[1]
+
+
+def test_commands_that_touch_no_dagster_run_do_not_import_dagster(tmp_path):
+    """Importing Dagster costs seconds before a command's first line; only the commands that
+    need it (none of these) may pay for it. Guards the start-up of every `forecast-pipeline` call."""
+    probe = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('HEAVY', sorted(m for m in ('dagster', 'pandas') if m in sys.modules)))\n"
+        "sys.argv = ['forecast-pipeline', *sys.argv[1:]]\n"
+        "from forecast_pipeline.cli.main import main\n"
+        "sys.exit(main())\n"
+    )
+    for args in (["--help"], ["show"], ["requests", "list"], ["alerts", "evaluate", "--help"], ["reports", "list"]):
+        done = command([str(BIN / "python"), "-c", probe, *args], tmp_path, REDIS_URL="redis://127.0.0.1:1/0")
+        assert "HEAVY []" in done.stdout, (args, done.stdout[-500:], done.stderr[-2000:])

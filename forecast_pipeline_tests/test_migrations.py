@@ -28,7 +28,7 @@ from forecast_pipeline.app_db.schema import (
     head_revision,
     upgrade_app_schema,
 )
-from forecast_pipeline.resources import make_engine
+from forecast_pipeline.connections import make_engine
 from forecast_pipeline_tests.conftest import BIN, POSTGRES_URL, _ensure_postgres_database, command, engine_url
 
 pytestmark = pytest.mark.integration

@@ -48,6 +48,7 @@ from forecast_pipeline.app_db.report_tables import (
 from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline.cache.report_cache import RedisJsonCache
 from forecast_pipeline.cli import reports as reports_cli
+from forecast_pipeline.connections import make_engine
 from forecast_pipeline.defs.reports.jobs import (
     OP_NAME,
     SCHEDULE_RUN_TAG,
@@ -60,7 +61,7 @@ from forecast_pipeline.reports.config import get_report_settings, load_report_se
 from forecast_pipeline.reports.limits import check_report_limit, month_start
 from forecast_pipeline.reports.report import compute_figures, report_paths
 from forecast_pipeline.reports.tick import run_key_for, tick
-from forecast_pipeline.resources import AppDatabase, RedisStore, SourceDatabase, make_engine
+from forecast_pipeline.resources import AppDatabase, RedisStore, SourceDatabase
 from forecast_pipeline.settings import ConfigError, load_settings
 from forecast_pipeline.source import source_schema
 from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database
@@ -1051,7 +1052,8 @@ Definitions.validate_loadable(loaded)
 assert loaded.resolve_job_def("daily_forecast") is not None
 print("code location loaded")
 from forecast_pipeline.defs.reports.jobs import produce_report
-from forecast_pipeline.resources import RedisStore, make_engine
+from forecast_pipeline.connections import make_engine
+from forecast_pipeline.resources import RedisStore
 try:
     produce_report(make_engine(sys.argv[1]), RedisStore(url=sys.argv[2]), int(sys.argv[3]))
 except PermissionError as exc:

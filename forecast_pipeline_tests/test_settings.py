@@ -232,3 +232,12 @@ def test_the_cli_warns_about_an_old_variable_and_refuses_a_conflict_with_exit_2(
     )
     assert refused.returncode == 2
     assert "FORECAST_JOB_CLAIM_LIMIT and FORECAST_REQUEST_CLAIM_LIMIT are both set" in refused.stderr
+
+
+def test_the_default_schedule_is_a_cron_expression_dagster_accepts():
+    """The settings skip validating the default (Dagster's validator costs the CLI an import)."""
+    from dagster._utils.schedules import is_valid_cron_string
+
+    from forecast_pipeline.settings import DEFAULT_SCHEDULE_CRON
+
+    assert is_valid_cron_string(DEFAULT_SCHEDULE_CRON)

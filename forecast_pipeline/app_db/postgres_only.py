@@ -4,7 +4,6 @@ their sensors are off by default with the reason in their description, and their
 in one line naming ``APP_DATABASE_URL``: nothing accepts work it could never do."""
 
 import sqlalchemy as sa
-from dagster import DefaultSensorStatus
 
 from forecast_pipeline.settings import normalize_database_url, redact_url
 
@@ -23,13 +22,3 @@ def postgres_only_reason(url: str, feature: str) -> str | None:
         f"{feature} needs PostgreSQL (it claims rows with FOR UPDATE SKIP LOCKED): set APP_DATABASE_URL "
         f"to a postgresql:// URL (now {redact_url(normalize_database_url(url))})"
     )
-
-
-def postgres_only_sensor(url: str, feature: str, description: str) -> dict:
-    """``default_status`` and ``description`` for a sensor that needs PostgreSQL: on by default
-    there; elsewhere (the embedded SQLite default) off, with the reason first in its description,
-    so the UI says why instead of the sensor skipping every tick forever."""
-    reason = postgres_only_reason(url, feature)
-    if reason is None:
-        return {"default_status": DefaultSensorStatus.RUNNING, "description": description}
-    return {"default_status": DefaultSensorStatus.STOPPED, "description": f"Off by default: {reason}. {description}"}

@@ -24,8 +24,8 @@ from forecast_pipeline.alerts.config import load_alert_settings
 from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db import alert_tables as schema
 from forecast_pipeline.app_db.schema import upgrade_app_schema
-from forecast_pipeline.resources import AppDatabase
-from forecast_pipeline.settings import ConfigError, Settings, reveal
+from forecast_pipeline.connections import make_engine
+from forecast_pipeline.settings import ConfigError, Settings, redact_url
 
 
 def finite_number(text: str) -> float:
@@ -87,20 +87,19 @@ def add_alert_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
     return alerts
 
 
-def _app_db(settings: Settings) -> AppDatabase:
-    return AppDatabase(url=reveal(settings.app_database_url))
+def _app_engine(settings: Settings) -> sa.Engine:
+    return make_engine(settings.app_database_url)
 
 
 def cmd_alerts_init(settings: Settings, args: argparse.Namespace) -> int:
-    app_db = _app_db(settings)
-    engine = app_db.engine()
+    engine = _app_engine(settings)
     try:
         upgrade_app_schema(engine)
         with engine.begin() as conn:
             created = defaults.ensure_defaults(conn)
     finally:
         engine.dispose()
-    print(f"Tables {', '.join(schema.ALERT_TABLES)} are ready in {app_db.redacted_url()}")
+    print(f"Tables {', '.join(schema.ALERT_TABLES)} are ready in {redact_url(settings.app_database_url)}")
     if created:
         print("Created default alerts: " + "; ".join(created))
     else:
@@ -113,11 +112,11 @@ def _usage_error(message: str) -> int:
     return 2
 
 
-def _missing_tables(app_db: AppDatabase, engine: sa.Engine) -> bool:
+def _missing_tables(settings: Settings, engine: sa.Engine) -> bool:
     missing = schema.missing_tables(engine)
     if missing:
         print(
-            f"Alert tables missing in {app_db.redacted_url()} ({', '.join(missing)}): "
+            f"Alert tables missing in {redact_url(settings.app_database_url)} ({', '.join(missing)}): "
             "run `forecast-pipeline alerts init`",
             file=sys.stderr,
         )
@@ -125,10 +124,9 @@ def _missing_tables(app_db: AppDatabase, engine: sa.Engine) -> bool:
 
 
 def cmd_alerts_add(settings: Settings, args: argparse.Namespace) -> int:
-    app_db = _app_db(settings)
-    engine = app_db.engine()
+    engine = _app_engine(settings)
     try:
-        if _missing_tables(app_db, engine):
+        if _missing_tables(settings, engine):
             return 1
         with engine.begin() as conn:
             source_id = store.ensure_source(conn, args.source)
@@ -163,10 +161,9 @@ def cmd_alerts_notifications(settings: Settings, args: argparse.Namespace) -> in
         return _usage_error(str(exc))
     if args.notifications_command == "resend" and bool(args.ids) == bool(args.all):
         return _usage_error("give the ids of the notifications to resend, or --all")
-    app_db = _app_db(settings)
-    engine = app_db.engine()
+    engine = _app_engine(settings)
     try:
-        if _missing_tables(app_db, engine):
+        if _missing_tables(settings, engine):
             return 1
         if args.notifications_command == "list":
             with engine.connect() as conn:
@@ -216,10 +213,9 @@ def cmd_alerts_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"forecast-pipeline alerts: {exc}", file=sys.stderr)
         return 2
-    app_db = _app_db(settings)
-    engine = app_db.engine()
+    engine = _app_engine(settings)
     try:
-        if _missing_tables(app_db, engine):
+        if _missing_tables(settings, engine):
             return 1
         result = run_evaluation(engine, alert_settings, dry_run=args.dry_run)
     finally:

@@ -30,7 +30,7 @@ from forecast_pipeline.settings import (
     reveal,
     warn_unknown_variables,
 )
-from forecast_pipeline.source import demo_data, order_history, source_schema
+from forecast_pipeline.source import source_schema
 
 
 def _engine(settings: Settings) -> sa.Engine:
@@ -38,13 +38,13 @@ def _engine(settings: Settings) -> sa.Engine:
 
 
 def _engine_for(url: str) -> sa.Engine:
-    from forecast_pipeline.resources import make_engine
+    from forecast_pipeline.connections import make_engine
 
     return make_engine(url)
 
 
 def _redis(settings: Settings):
-    from forecast_pipeline.resources import connect_redis
+    from forecast_pipeline.connections import connect_redis
 
     return connect_redis(settings.redis_url, settings.redis_password)
 
@@ -65,6 +65,7 @@ def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
     from forecast_pipeline.cli.progress import Progress
+    from forecast_pipeline.source import demo_data  # pandas: only this command needs it
 
     end = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
     engine = _engine(settings)
@@ -105,6 +106,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     """Check each dependency and say what is wrong; exit 1 if anything is. (``main`` has validated
     every area's settings through the code location's own loaders: exit 2 for any bad one.)"""
     import zoneinfo
+
+    from forecast_pipeline.source import order_history
 
     ok = True
     print("configuration: ok")
@@ -589,9 +592,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(exc: Exception, settings: Settings) -> str:
     """What went wrong and what to do, in one line, for any error a command lets through."""
-    from dagster import Failure
+    from forecast_pipeline.connections import RedisUnreachable
 
-    if isinstance(exc, Failure):
+    if isinstance(exc, RedisUnreachable):
+        return exc.line
+    failure = getattr(sys.modules.get("dagster"), "Failure", None)  # only raised once Dagster is loaded
+    if failure is not None and isinstance(exc, failure):
         return exc.description or str(exc)
     if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None:
         reason = _database_reason(exc)

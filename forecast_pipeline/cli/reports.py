@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql
 from forecast_pipeline.app_db import report_tables as schema
 from forecast_pipeline.app_db.postgres_only import postgres_only_reason
 from forecast_pipeline.app_db.schema import upgrade_app_schema
+from forecast_pipeline.connections import make_engine
 from forecast_pipeline.reports.cadence import (
     CADENCES,
     ScheduleDefinitionError,
@@ -35,8 +36,7 @@ from forecast_pipeline.reports.cadence import (
 )
 from forecast_pipeline.reports.config import is_email_address, load_report_settings
 from forecast_pipeline.reports.tick import tick
-from forecast_pipeline.resources import AppDatabase
-from forecast_pipeline.settings import ConfigError, Settings, reveal
+from forecast_pipeline.settings import ConfigError, Settings
 
 
 class InputError(ValueError):
@@ -177,7 +177,7 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 
 def _engine(settings: Settings) -> sa.Engine:
-    return AppDatabase(url=reveal(settings.app_database_url)).engine()
+    return make_engine(settings.app_database_url)
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, values: dict, conflict: list[str]) -> int:

@@ -553,7 +553,7 @@ def demo_matrix(
 
 def database_matrix(settings, as_of: dt.date) -> tuple[np.ndarray, Callable[[int], str]]:
     """Weekly history of the products eligible at ``as_of`` in the configured database."""
-    from forecast_pipeline.resources import make_engine
+    from forecast_pipeline.connections import make_engine
     from forecast_pipeline.source import order_history
 
     window = order_history.HistoryWindow(

@@ -44,9 +44,10 @@ from dagster import (
     validate_run_config,
 )
 
-from forecast_pipeline.app_db.postgres_only import postgres_only_reason, postgres_only_sensor
+from forecast_pipeline.app_db.postgres_only import postgres_only_reason
 from forecast_pipeline.defs.forecasts.partitions import as_of_partitions
 from forecast_pipeline.defs.forecasts.schedules import daily_forecast_job
+from forecast_pipeline.defs.postgres_only import postgres_only_sensor
 from forecast_pipeline.forecast_queue import request_queue
 from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.settings import Settings, get_settings

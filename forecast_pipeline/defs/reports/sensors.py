@@ -29,7 +29,8 @@ from dagster import (
     sensor,
 )
 
-from forecast_pipeline.app_db.postgres_only import postgres_only_reason, postgres_only_sensor
+from forecast_pipeline.app_db.postgres_only import postgres_only_reason
+from forecast_pipeline.defs.postgres_only import postgres_only_sensor
 from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.reports.config import get_report_settings
 from forecast_pipeline.defs.reports.jobs import (
