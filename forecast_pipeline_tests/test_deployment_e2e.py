@@ -30,8 +30,8 @@ import sqlalchemy as sa
 
 from forecast_pipeline.app_db.queue_tables import forecast_requests
 from forecast_pipeline.app_db.schema import upgrade_app_schema
+from forecast_pipeline.connections import make_engine
 from forecast_pipeline.forecast_queue import request_queue
-from forecast_pipeline.resources import make_engine
 from forecast_pipeline.source import demo_data
 from forecast_pipeline_tests.conftest import BIN, POSTGRES_URL, REDIS_URL, _ensure_postgres_database
 
@@ -195,7 +195,11 @@ def test_a_backfill_launched_through_graphql_caches_both_dates(deployment, redis
 
 START_SCHEDULE = """
 mutation Start($selector: ScheduleSelector!) {
-  startSchedule(scheduleSelector: $selector) { __typename ... on ScheduleStateResult { scheduleState { status } } }
+  startSchedule(scheduleSelector: $selector) { __typename ... on ScheduleStateResult { scheduleState { id status } } }
+}"""
+STOP_SCHEDULE = """
+mutation Stop($id: String!) {
+  stopRunningSchedule(id: $id) { __typename ... on ScheduleStateResult { scheduleState { status } } }
 }"""
 
 
@@ -215,7 +219,11 @@ def test_the_daemon_runs_the_daily_schedule_once_turned_on(deployment, redis_cli
             runs = instance.get_runs(RunsFilter(tags={"dagster/schedule_name": "daily_forecast_schedule"}))
         return [r for r in runs if r.status == DagsterRunStatus.SUCCESS]
 
-    (run, *_) = _wait(scheduled_run_succeeded, 180, "a successful scheduled run", every=3)
+    try:
+        (run, *_) = _wait(scheduled_run_succeeded, 180, "a successful scheduled run", every=3)
+    finally:  # the test's cron is every minute: left on, it would launch a run a minute for the rest of the module
+        stopped = graphql(deployment["base"], STOP_SCHEDULE, {"id": started["scheduleState"]["id"]})
+    assert stopped["stopRunningSchedule"]["scheduleState"]["status"] == "STOPPED", stopped
     assert run.tags["dagster/partition"] == deployment["today"].isoformat()
     assert redis_client.hlen(f"forecast:asof:{deployment['today'].isoformat()}") > 20
 
@@ -399,16 +407,16 @@ def test_the_asset_page_renders_the_forecasts_in_headless_chromium(deployment):
 
     from dagster import DagsterRunStatus, RunsFilter
 
-    def idle_with_time_to_spare():
-        """No run in progress, half a minute after the every-minute schedule's tick (its run done)
-        and before the next: the page then shows settled check results, not a new run's planned ones."""
+    def idle():
+        """No run in progress (the schedule test stopped its every-minute schedule): the page then
+        shows settled check results, not a new run's planned ones."""
         with _instance(deployment) as instance:
             busy = instance.get_runs(
                 RunsFilter(statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED])
             )
-        return not busy and 25 <= dt.datetime.now().second < 35
+        return not busy
 
-    _wait(idle_with_time_to_spare, 180, "no run in progress", every=1)
+    _wait(idle, 180, "no run in progress", every=1)
     dom = chromium("--dump-dom").stdout
     assert "top_forecasts" in dom and "week_12" in dom, dom[-2000:]
     charts = re.findall(r'<img[^>]+src="data:image/svg\+xml;utf8,[^"]+"', dom)
