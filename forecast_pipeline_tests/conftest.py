@@ -2,7 +2,8 @@
 
 Services come from the environment (``.ci/run`` starts them when they are not answering):
 ``TEST_POSTGRES_URL`` (default postgresql://postgres@127.0.0.1:5432/forecast_test, created if
-missing) and ``TEST_REDIS_URL`` (default redis://127.0.0.1:6379/1, flushed per test).
+missing) and ``TEST_REDIS_URL`` (default redis://127.0.0.1:6379/1, flushed per test); under
+pytest-xdist each worker after the first gets its own (see :func:`worker_database`).
 """
 
 import contextlib
@@ -25,8 +26,31 @@ from forecast_pipeline.defs.resources import build_resources
 from forecast_pipeline.settings import load_settings
 from forecast_pipeline.source import source_schema
 
-POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/forecast_test")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/1")
+# pytest-xdist runs the suite in worker processes gw0, gw1, ... (scripts/test.sh: two): worker n > 0
+# uses its own databases (name + "_w<n>") and Redis databases (number + n), so workers never share one.
+XDIST_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+if XDIST_WORKER > 5:
+    raise RuntimeError("at most 6 pytest-xdist workers: Redis databases 1-6 and 7-12 would overlap")
+
+
+def worker_database(url: str) -> str:
+    """``url`` with this worker's own database name (unchanged for the first worker)."""
+    if not XDIST_WORKER:
+        return url
+    parsed = sa.engine.make_url(url)
+    return parsed.set(database=f"{parsed.database}_w{XDIST_WORKER}").render_as_string(hide_password=False)
+
+
+def worker_redis(url: str) -> str:
+    """``url`` with this worker's own Redis database number (unchanged for the first worker)."""
+    base, _, number = url.rpartition("/")
+    return f"{base}/{int(number or 0) + XDIST_WORKER}"
+
+
+POSTGRES_URL = worker_database(
+    os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/forecast_test")
+)
+REDIS_URL = worker_redis(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/1"))
 AS_OF = dt.date(2025, 11, 10)
 BIN = Path(sys.executable).parent  # the venv's console scripts: dagster, forecast-pipeline, ...
 

@@ -37,11 +37,13 @@ from forecast_pipeline.defs.alerts.sensors import alert_evaluation_sensor, pipel
 from forecast_pipeline.defs.forecasts.assets import ProductForecastsConfig
 from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.settings import ConfigError, load_settings
-from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database
+from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database, worker_database
 
-ALERTS_DB_URL = os.environ.get(
-    "TEST_ALERTS_POSTGRES_URL",
-    sa.engine.make_url(POSTGRES_URL).set(database="forecast_test_alerts").render_as_string(False),
+ALERTS_DB_URL = worker_database(
+    os.environ.get(
+        "TEST_ALERTS_POSTGRES_URL",
+        sa.engine.make_url(POSTGRES_URL).set(database="forecast_test_alerts").render_as_string(False),
+    )
 )
 TABLES = [devices, readings, alerts, alert_events, alert_notifications]
 NOW = dt.datetime(2025, 11, 10, 12, 0, tzinfo=dt.UTC)

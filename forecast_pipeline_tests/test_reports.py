@@ -64,13 +64,15 @@ from forecast_pipeline.reports.tick import run_key_for, tick
 from forecast_pipeline.resources import AppDatabase, RedisStore, SourceDatabase
 from forecast_pipeline.settings import ConfigError, load_settings
 from forecast_pipeline.source import source_schema
-from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database
+from forecast_pipeline_tests.conftest import POSTGRES_URL, _ensure_postgres_database, worker_database, worker_redis
 
-REPORTS_DB_URL = os.environ.get(
-    "TEST_REPORTS_POSTGRES_URL",
-    sa.engine.make_url(POSTGRES_URL).set(database="forecast_test_reports").render_as_string(False),
+REPORTS_DB_URL = worker_database(
+    os.environ.get(
+        "TEST_REPORTS_POSTGRES_URL",
+        sa.engine.make_url(POSTGRES_URL).set(database="forecast_test_reports").render_as_string(False),
+    )
 )
-REPORTS_REDIS_URL = os.environ.get("TEST_REPORTS_REDIS_URL", "redis://127.0.0.1:6379/7")
+REPORTS_REDIS_URL = worker_redis(os.environ.get("TEST_REPORTS_REDIS_URL", "redis://127.0.0.1:6379/7"))
 UTC = dt.UTC
 AS_OF = (dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)).isoformat()  # fresh: reports refuse stale ones
 
