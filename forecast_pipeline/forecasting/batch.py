@@ -136,13 +136,17 @@ def run_forecasts(
 
     started = time.perf_counter()
     generated_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    # every product shares the weeks' dates; the arrays become Python floats in one call each
+    weeks = week_dates(as_of, horizon)
+    rows = np.flatnonzero(batch.status == "success")
+    forecast, lower, upper = (batch.forecast[rows].tolist(), batch.lower[rows].tolist(), batch.upper[rows].tolist())
     payloads = [
         forecast_payload(
             product_id=int(product_ids[i]),
             as_of=as_of,
-            forecast=batch.forecast[i],
-            lower=batch.lower[i],
-            upper=batch.upper[i],
+            forecast=forecast[k],
+            lower=lower[k],
+            upper=upper[k],
             active_count=int(active_counts[i]),
             weekly_buyers=float(weekly_buyers[i]),
             model_type=str(batch.model[i]),
@@ -151,8 +155,9 @@ def run_forecasts(
             historical_weeks=int(batch.history_weeks[i]),
             generated_at=generated_at,
             outliers_capped=int(batch.outliers_capped[i]),
+            weeks=weeks,
         )
-        for i in np.flatnonzero(batch.status == "success")
+        for k, i in enumerate(rows)
     ]
     success = batch.status == "success"
     holdout_actual = batch.holdout_actual[success].sum()
@@ -194,13 +199,19 @@ def _run_shards(
             yield futures[future], future.result()
 
 
+def week_dates(as_of: dt.date, horizon: int) -> list[tuple[str, str]]:
+    """(week_start, week_end) of each forecast week, as the payload writes them."""
+    starts = [as_of + dt.timedelta(weeks=week) for week in range(horizon)]
+    return [(start.isoformat(), (start + dt.timedelta(days=6)).isoformat()) for start in starts]
+
+
 def forecast_payload(
     *,
     product_id: int,
     as_of: dt.date,
-    forecast: np.ndarray,
-    lower: np.ndarray,
-    upper: np.ndarray,
+    forecast: Sequence[float],
+    lower: Sequence[float],
+    upper: Sequence[float],
     active_count: int,
     weekly_buyers: float,
     model_type: str,
@@ -209,24 +220,25 @@ def forecast_payload(
     historical_weeks: int,
     generated_at: str,
     outliers_capped: int = 0,
+    weeks: Sequence[tuple[str, str]] | None = None,
 ) -> dict:
     """The legacy worker's cached JSON, field for field, plus ``demand_class``,
     ``interval_level`` and ``outliers_capped`` (weeks of history capped before fitting) in
-    ``model_metadata``."""
-    predictions = []
+    ``model_metadata``. ``weeks``: :func:`week_dates` of the run, computed once for all products."""
+    if weeks is None:
+        weeks = week_dates(as_of, len(forecast))
     weekly_active = int(round(weekly_buyers))
-    for week, (point, lo, hi) in enumerate(zip(forecast, lower, upper, strict=True)):
-        start = as_of + dt.timedelta(weeks=week)
-        predictions.append(
-            {
-                "week_start": start.isoformat(),
-                "week_end": (start + dt.timedelta(days=6)).isoformat(),
-                "predicted_quantity": round(float(point), 2),
-                "confidence_lower": round(float(lo), 2),
-                "confidence_upper": round(float(hi), 2),
-                "active_customers": weekly_active,
-            }
-        )
+    predictions = [
+        {
+            "week_start": start,
+            "week_end": end,
+            "predicted_quantity": round(float(point), 2),
+            "confidence_lower": round(float(lo), 2),
+            "confidence_upper": round(float(hi), 2),
+            "active_customers": weekly_active,
+        }
+        for (start, end), point, lo, hi in zip(weeks, forecast, lower, upper, strict=True)
+    ]
     total = round(sum(p["predicted_quantity"] for p in predictions), 2)
     return {
         "product_id": product_id,
