@@ -8,10 +8,13 @@ bad product never costs the others their forecast.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
 import multiprocessing
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -194,7 +197,8 @@ def _run_shards(
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["forecast_pipeline.forecasting.engine"])
     with ProcessPoolExecutor(max_workers=min(workers, len(shards)), mp_context=context) as pool:
-        futures = {pool.submit(_shard_task, history[rows], horizon): index for index, rows in enumerate(shards)}
+        with _workers_without_main():  # the pool starts its processes as tasks are submitted
+            futures = {pool.submit(_shard_task, history[rows], horizon): index for index, rows in enumerate(shards)}
         for future in as_completed(futures):
             yield futures[future], future.result()
 
@@ -203,6 +207,39 @@ def week_dates(as_of: dt.date, horizon: int) -> list[tuple[str, str]]:
     """(week_start, week_end) of each forecast week, as the payload writes them."""
     starts = [as_of + dt.timedelta(weeks=week) for week in range(horizon)]
     return [(start.isoformat(), (start + dt.timedelta(days=6)).isoformat()) for start in starts]
+
+
+_main_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _workers_without_main() -> Iterator[None]:
+    """Start pool processes that do not run the launching program's main module again.
+
+    multiprocessing re-imports ``__main__`` in every worker (by path, or by name under ``-m``) so
+    that functions defined there can be unpickled. The workers' task lives in this module, and
+    under ``dagster asset materialize`` that main module is Dagster's command line: each worker
+    imported all of Dagster before its first product (~2 s of CPU a worker; benchmarks/RESULTS.md).
+    While the processes start, ``__main__`` shows neither its path nor its name.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    with _main_lock:
+        missing = object()
+        saved = {name: getattr(main, name, missing) for name in ("__file__", "__spec__")}
+        try:
+            main.__spec__ = None
+            if saved["__file__"] is not missing:
+                del main.__file__
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is missing:
+                    vars(main).pop(name, None)
+                else:
+                    setattr(main, name, value)
 
 
 def forecast_payload(
