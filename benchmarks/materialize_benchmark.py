@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             f"loaded into Postgres in {loaded['load_seconds']:.1f}s"
         )
 
+    if args.runs < 1:  # --runs 0: load the data only
+        return 0
     dagster_home = args.dagster_home or tempfile.mkdtemp(prefix="forecast_bench_home_")
     Path(dagster_home).mkdir(parents=True, exist_ok=True)
     (Path(dagster_home) / "dagster.yaml").write_text(DAGSTER_YAML)

@@ -1,7 +1,12 @@
 """Pure logic around the models: payload shape, sharding, failure isolation, active customers."""
 
 import datetime as dt
+import os
+import subprocess
+import sys
+import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -190,3 +195,34 @@ def test_a_pool_run_reports_each_shard():
         progress=lambda done, total: calls.append(done),
     )
     assert calls == [1000, 2000, 3000, 4000]
+
+
+def test_model_workers_do_not_run_the_launching_program_again(tmp_path):
+    """Pool workers start without re-running the main module that launched them: under
+    `dagster asset materialize` that is Dagster's command line, which each worker imported anew
+    (seconds of CPU each) before its first product."""
+    ran = tmp_path / "ran"
+    launcher = tmp_path / "launcher.py"
+    launcher.write_text(
+        textwrap.dedent(
+            f"""
+            import datetime as dt, os
+            with open({str(ran)!r}, "a") as fh:
+                fh.write(f"{{os.getpid()}} {{__name__}}\\n")
+            if __name__ == "__main__":
+                import numpy as np
+                from forecast_pipeline.forecasting.batch import run_forecasts
+                y = np.random.default_rng(0).poisson(3.0, size=(2400, 120)).astype(float)
+                z = np.zeros(2400)
+                run = run_forecasts(y, list(range(2400)), z, z, dt.date(2025, 11, 10), 12, workers=2)
+                assert run.successful == 2400, run.errors[:3]
+                print(__spec__, __file__)
+            """
+        )
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(launcher)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert ran.read_text().split()[1::2] == ["__main__"]  # once, in the launcher itself
+    assert done.stdout.split() == ["None", str(launcher)]  # and __main__ is as it was

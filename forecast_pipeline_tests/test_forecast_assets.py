@@ -308,3 +308,22 @@ def test_forecast_predictions_rewrites_a_date_with_the_same_rows(pg):
     assert predictions_store.replace(pg, AS_OF, prediction_docs(AS_OF, [1, 2], 1.0)) == 6
     assert {r[0] for r in prediction_rows(pg, AS_OF)} == {1, 2}
     assert len(prediction_rows(pg, other)) == 6
+
+
+def test_forecast_predictions_stream_is_all_or_nothing(pg):
+    """The rows go to PostgreSQL in one COPY fed a few hundred forecasts at a time: many pieces
+    give every row once, and an error while reading the documents (another run publishing the
+    date) after some pieces were sent raises that error and leaves the date's previous rows."""
+    upgrade_app_schema(pg)
+    n = 3 * predictions_store.DOCS_PER_READ + 7
+    assert predictions_store.replace(pg, AS_OF, prediction_docs(AS_OF, range(1, n + 1), 1.0)) == 3 * n
+    before = prediction_rows(pg, AS_OF)
+    assert len(before) == 3 * n and len({(r[0], r[1]) for r in before}) == 3 * n
+
+    def raced():
+        yield from prediction_docs(AS_OF, range(1, 2 * predictions_store.DOCS_PER_READ + 2), 2.0)
+        raise forecast_cache.ChangedWhileReading("another run published as-of 2025-11-10")
+
+    with pytest.raises(forecast_cache.ChangedWhileReading):
+        predictions_store.replace(pg, AS_OF, raced())
+    assert prediction_rows(pg, AS_OF) == before

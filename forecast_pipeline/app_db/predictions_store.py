@@ -10,7 +10,6 @@ run's rows, never a mix or a duplicate. SQLite (one writer at a time) upserts wi
 """
 
 import datetime as dt
-import io
 from collections.abc import Iterable, Iterator
 
 import sqlalchemy as sa
@@ -48,8 +47,8 @@ KEYS = ("as_of_date", "product_id", "week_start")
 
 def replace(engine: sa.Engine, as_of: dt.date, docs: Iterable[dict], products: set[int] | None = None) -> int:
     """Make ``as_of``'s rows exactly these forecasts' weeks (with ``products``: only those
-    products' rows). Returns how many rows were written. ``docs`` is consumed once, in chunks of
-    ``CHUNK_DOCS``: a million forecasts (12 million rows) never sit in memory at once."""
+    products' rows). Returns how many rows were written. ``docs`` is consumed once, a few hundred
+    at a time: a million forecasts (12 million rows) never sit in memory at once."""
     if engine.dialect.name not in ("postgresql", "sqlite"):
         raise ValueError(f"forecast_predictions needs PostgreSQL or SQLite, not {engine.dialect.name}")
     table = forecast_predictions
@@ -102,34 +101,55 @@ COPY_COLUMNS = (
 
 
 def _copy_postgres(conn: sa.Connection, docs: Iterable[dict]) -> int:
-    """COPY the rows into the table, ``CHUNK_DOCS`` forecasts at a time, after :func:`replace`
-    deleted the ones they replace. The CSV is written straight from the documents' strings and
-    numbers (PostgreSQL parses the ISO dates and timestamps), not through a dict and date objects
-    per row, which cost more than the COPY (benchmarks/RESULTS.md)."""
+    """COPY the rows into the table after :func:`replace` deleted the ones they replace, as one
+    statement fed :data:`DOCS_PER_READ` forecasts at a time: PostgreSQL parses and inserts the
+    rows sent so far while the next ones are read and written here (the two overlap on two cores),
+    and only one small piece is ever in memory. The CSV is written straight from the documents'
+    strings and numbers (PostgreSQL parses the ISO dates and timestamps), not through a dict and
+    date objects per row, which cost more than the COPY (benchmarks/RESULTS.md)."""
     cursor = conn.connection.dbapi_connection.cursor()
     statement = f"COPY forecast_predictions ({', '.join(COPY_COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
-    written = 0
-    buffer, docs_in_buffer = io.StringIO(), 0
-    for doc in docs:
-        meta = doc["model_metadata"]
-        head = f"{_csv_text(doc['as_of_date'])},{int(doc['product_id'])},"
-        tail = f",{_csv_text(meta['model_type'])},{_csv_text(meta['generated_at'])}\n"
-        for week in doc["predictions"]:
-            buffer.write(
-                f"{head}{_csv_text(week['week_start'])},{_csv_text(week['week_end'])},"
-                f"{float(week['predicted_quantity'])!r},{float(week['confidence_lower'])!r},"
-                f"{float(week['confidence_upper'])!r},{int(week['active_customers'])}{tail}"
-            )
-            written += 1
-        docs_in_buffer += 1
-        if docs_in_buffer == CHUNK_DOCS:
-            buffer.seek(0)
-            cursor.copy_expert(statement, buffer)
-            buffer, docs_in_buffer = io.StringIO(), 0
-    if docs_in_buffer:
-        buffer.seek(0)
-        cursor.copy_expert(statement, buffer)
-    return written
+    stream = _CsvStream(docs)
+    cursor.copy_expert(statement, stream)
+    if stream.error is not None:  # the caller's transaction rolls the rows back
+        raise stream.error
+    return stream.rows
+
+
+DOCS_PER_READ = 250
+
+
+class _CsvStream:
+    """A file for ``copy_expert`` whose ``read()`` writes the CSV rows of the next
+    :data:`DOCS_PER_READ` documents. An error while reading the documents (e.g. the date was
+    published again meanwhile) ends the COPY and is kept in ``error`` for the caller to raise
+    (the driver would replace it with its own)."""
+
+    def __init__(self, docs: Iterable[dict]):
+        self._docs = iter(docs)
+        self.rows = 0
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> str:
+        if self.error is not None:
+            return ""
+        lines: list[str] = []
+        try:
+            for _, doc in zip(range(DOCS_PER_READ), self._docs, strict=False):
+                meta = doc["model_metadata"]
+                head = f"{_csv_text(doc['as_of_date'])},{int(doc['product_id'])},"
+                tail = f",{_csv_text(meta['model_type'])},{_csv_text(meta['generated_at'])}\n"
+                for week in doc["predictions"]:
+                    lines.append(
+                        f"{head}{_csv_text(week['week_start'])},{_csv_text(week['week_end'])},"
+                        f"{float(week['predicted_quantity'])!r},{float(week['confidence_lower'])!r},"
+                        f"{float(week['confidence_upper'])!r},{int(week['active_customers'])}{tail}"
+                    )
+        except Exception as exc:  # noqa: BLE001 - raised by _copy_postgres once the driver is done
+            self.error = exc
+            return ""
+        self.rows += len(lines)
+        return "".join(lines)
 
 
 def _csv_text(value: str) -> str:

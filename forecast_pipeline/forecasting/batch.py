@@ -8,10 +8,13 @@ bad product never costs the others their forecast.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
 import multiprocessing
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -136,13 +139,17 @@ def run_forecasts(
 
     started = time.perf_counter()
     generated_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    # every product shares the weeks' dates; the arrays become Python floats in one call each
+    weeks = week_dates(as_of, horizon)
+    rows = np.flatnonzero(batch.status == "success")
+    forecast, lower, upper = (batch.forecast[rows].tolist(), batch.lower[rows].tolist(), batch.upper[rows].tolist())
     payloads = [
         forecast_payload(
             product_id=int(product_ids[i]),
             as_of=as_of,
-            forecast=batch.forecast[i],
-            lower=batch.lower[i],
-            upper=batch.upper[i],
+            forecast=forecast[k],
+            lower=lower[k],
+            upper=upper[k],
             active_count=int(active_counts[i]),
             weekly_buyers=float(weekly_buyers[i]),
             model_type=str(batch.model[i]),
@@ -151,8 +158,9 @@ def run_forecasts(
             historical_weeks=int(batch.history_weeks[i]),
             generated_at=generated_at,
             outliers_capped=int(batch.outliers_capped[i]),
+            weeks=weeks,
         )
-        for i in np.flatnonzero(batch.status == "success")
+        for k, i in enumerate(rows)
     ]
     success = batch.status == "success"
     holdout_actual = batch.holdout_actual[success].sum()
@@ -189,18 +197,58 @@ def _run_shards(
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["forecast_pipeline.forecasting.engine"])
     with ProcessPoolExecutor(max_workers=min(workers, len(shards)), mp_context=context) as pool:
-        futures = {pool.submit(_shard_task, history[rows], horizon): index for index, rows in enumerate(shards)}
+        with _workers_without_main():  # the pool starts its processes as tasks are submitted
+            futures = {pool.submit(_shard_task, history[rows], horizon): index for index, rows in enumerate(shards)}
         for future in as_completed(futures):
             yield futures[future], future.result()
+
+
+def week_dates(as_of: dt.date, horizon: int) -> list[tuple[str, str]]:
+    """(week_start, week_end) of each forecast week, as the payload writes them."""
+    starts = [as_of + dt.timedelta(weeks=week) for week in range(horizon)]
+    return [(start.isoformat(), (start + dt.timedelta(days=6)).isoformat()) for start in starts]
+
+
+_main_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _workers_without_main() -> Iterator[None]:
+    """Start pool processes that do not run the launching program's main module again.
+
+    multiprocessing re-imports ``__main__`` in every worker (by path, or by name under ``-m``) so
+    that functions defined there can be unpickled. The workers' task lives in this module, and
+    under ``dagster asset materialize`` that main module is Dagster's command line: each worker
+    imported all of Dagster before its first product (~2 s of CPU a worker; benchmarks/RESULTS.md).
+    While the processes start, ``__main__`` shows neither its path nor its name.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    with _main_lock:
+        missing = object()
+        saved = {name: getattr(main, name, missing) for name in ("__file__", "__spec__")}
+        try:
+            main.__spec__ = None
+            if saved["__file__"] is not missing:
+                del main.__file__
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is missing:
+                    vars(main).pop(name, None)
+                else:
+                    setattr(main, name, value)
 
 
 def forecast_payload(
     *,
     product_id: int,
     as_of: dt.date,
-    forecast: np.ndarray,
-    lower: np.ndarray,
-    upper: np.ndarray,
+    forecast: Sequence[float],
+    lower: Sequence[float],
+    upper: Sequence[float],
     active_count: int,
     weekly_buyers: float,
     model_type: str,
@@ -209,24 +257,25 @@ def forecast_payload(
     historical_weeks: int,
     generated_at: str,
     outliers_capped: int = 0,
+    weeks: Sequence[tuple[str, str]] | None = None,
 ) -> dict:
     """The legacy worker's cached JSON, field for field, plus ``demand_class``,
     ``interval_level`` and ``outliers_capped`` (weeks of history capped before fitting) in
-    ``model_metadata``."""
-    predictions = []
+    ``model_metadata``. ``weeks``: :func:`week_dates` of the run, computed once for all products."""
+    if weeks is None:
+        weeks = week_dates(as_of, len(forecast))
     weekly_active = int(round(weekly_buyers))
-    for week, (point, lo, hi) in enumerate(zip(forecast, lower, upper, strict=True)):
-        start = as_of + dt.timedelta(weeks=week)
-        predictions.append(
-            {
-                "week_start": start.isoformat(),
-                "week_end": (start + dt.timedelta(days=6)).isoformat(),
-                "predicted_quantity": round(float(point), 2),
-                "confidence_lower": round(float(lo), 2),
-                "confidence_upper": round(float(hi), 2),
-                "active_customers": weekly_active,
-            }
-        )
+    predictions = [
+        {
+            "week_start": start,
+            "week_end": end,
+            "predicted_quantity": round(float(point), 2),
+            "confidence_lower": round(float(lo), 2),
+            "confidence_upper": round(float(hi), 2),
+            "active_customers": weekly_active,
+        }
+        for (start, end), point, lo, hi in zip(weeks, forecast, lower, upper, strict=True)
+    ]
     total = round(sum(p["predicted_quantity"] for p in predictions), 2)
     return {
         "product_id": product_id,
