@@ -80,10 +80,9 @@ def load_demo(url: str, products: int, customers: int, volume: float, as_of: dt.
     return {**counts, "generate_seconds": generate_seconds, "load_seconds": load_seconds}
 
 
-def _tree_rss_bytes(root: int) -> tuple[int, int]:
-    """Sum of VmRSS over ``root`` and all its descendants, and the largest single one, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+def _processes() -> dict[int, tuple[int, int]]:
+    """``{pid: (ppid, VmRSS bytes)}`` of every process, from /proc."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -92,16 +91,36 @@ def _tree_rss_bytes(root: int) -> tuple[int, int]:
                 fields = dict(line.split(":", 1) for line in fh if ":" in line)
         except OSError:
             continue
-        pid, ppid = int(entry), int(fields.get("PPid", "0").strip())
+        found[int(entry)] = (int(fields.get("PPid", "0").strip()), int(fields.get("VmRSS", "0 kB").split()[0]) * 1024)
+    return found
+
+
+def _tree(root: int, processes: dict[int, tuple[int, int]]) -> dict[int, int]:
+    """``{pid: rss}`` of ``root`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in processes.items():
         children.setdefault(ppid, []).append(pid)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    total, largest, stack = 0, 0, [root]
+    tree, stack = {}, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
-        largest = max(largest, rss.get(pid, 0))
+        if pid in processes:
+            tree[pid] = processes[pid][1]
         stack.extend(children.get(pid, []))
-    return total, largest
+    return tree
+
+
+def _tree_rss_bytes(root: int) -> tuple[int, int]:
+    """Sum of VmRSS over ``root`` and all its descendants, and the largest single one, from /proc."""
+    tree = _tree(root, _processes())
+    return sum(tree.values()), max(tree.values(), default=0)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+    except OSError:
+        return ""
 
 
 def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
@@ -118,6 +137,10 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
         as_of.isoformat(),
     ]
     peak = peak_process = 0
+    per_process: dict[int, int] = {}  # peak RSS of every process of the run's tree
+    commands: dict[int, str] = {}
+    redis_pid, redis_peak = _redis_pid(env.get("REDIS_URL")), 0
+    load_start = os.getloadavg()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -125,8 +148,15 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
     reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
-        tree, largest = _tree_rss_bytes(proc.pid)
-        peak, peak_process = max(peak, tree), max(peak_process, largest)
+        processes = _processes()
+        tree = _tree(proc.pid, processes)
+        peak, peak_process = max(peak, sum(tree.values())), max(peak_process, max(tree.values(), default=0))
+        for pid, rss in tree.items():
+            per_process[pid] = max(per_process.get(pid, 0), rss)
+            if pid not in commands:
+                commands[pid] = _cmdline(pid)
+        if redis_pid in processes:
+            redis_peak = max(redis_peak, processes[redis_pid][1])
         time.sleep(0.05)
     wall = time.perf_counter() - started
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -142,7 +172,25 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
         "cpu_seconds": cpu,
         "peak_rss_mib": peak / 2**20,
         "peak_process_mib": peak_process / 2**20,
+        "per_process_mib": {pid: rss / 2**20 for pid, rss in per_process.items()},
+        "commands": commands,
+        "cli_pid": proc.pid,
+        "redis_peak_rss_mib": redis_peak / 2**20,
+        "load_start": load_start,
+        "load_end": os.getloadavg(),
     }
+
+
+def _redis_pid(url: str | None) -> int | None:
+    """The Redis server's pid when it runs on this machine (its RSS is sampled with the run's)."""
+    if not url:
+        return None
+    import redis
+
+    try:
+        return int(redis.Redis.from_url(url).info("server")["process_id"])
+    except Exception:  # noqa: BLE001 - a remote Redis: not sampled
+        return None
 
 
 def latest_figures(dagster_home: str) -> dict:
@@ -158,7 +206,49 @@ def latest_figures(dagster_home: str) -> dict:
         meta["eligible_query_seconds"] = eligible.asset_materialization.metadata["query_seconds"].value
         stats = instance.get_run_stats(forecasts.run_id)
         meta["run_seconds"] = (stats.end_time or 0) - (stats.start_time or 0)
+        meta["steps"] = _step_figures(instance, forecasts.run_id)
     return meta
+
+
+def _step_figures(instance, run_id: str) -> dict[str, dict]:
+    """Each step's wall seconds (start to success or failure) and the pid it ran in."""
+    from dagster import DagsterEventType
+
+    steps: dict[str, dict] = {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or not event.step_key:
+            continue
+        step = steps.setdefault(event.step_key, {})
+        if event.event_type == DagsterEventType.STEP_START:
+            step["start"], step["pid"] = entry.timestamp, event.pid
+        elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
+            step["end"] = entry.timestamp
+    for step in steps.values():
+        step["seconds"] = step.get("end", 0) - step.get("start", 0)
+    return steps
+
+
+def step_memory_report(result: dict) -> list[str]:
+    """One line per step (wall seconds, peak RSS of the process it ran in), then the processes
+    no step ran in (the CLI that coordinates the run, forkserver, resource trackers)."""
+    lines, step_pids = [], set()
+    cli = result.get("cli_pid")
+    for key, step in sorted(result.get("steps", {}).items(), key=lambda kv: kv[1].get("start", 0)):
+        pid = step.get("pid")
+        step_pids.add(pid)
+        mib = result["per_process_mib"].get(pid)
+        where = "in the CLI process" if pid == cli else f"pid {pid}"
+        lines.append(
+            f"    step {key}: {step['seconds']:.1f}s, {where}, peak RSS "
+            + (f"{mib:,.0f} MiB" if mib is not None else "not sampled")
+        )
+    for pid, mib in sorted(result["per_process_mib"].items()):
+        if pid not in step_pids or pid == cli:
+            label = "CLI (run coordinator)" if pid == cli else result["commands"].get(pid, "?")
+            lines.append(f"    process {pid} {label[:90]}: peak RSS {mib:,.0f} MiB")
+    lines.append(f"    Redis server peak RSS during the run: {result.get('redis_peak_rss_mib', 0):,.0f} MiB")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,9 +307,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{result['cpu_seconds']:.1f}s CPU, "
                     f"{result['total_products']} products, peak {result['peak_rss_mib']:.0f} MiB "
                     f"(largest process {result['peak_process_mib']:.0f} MiB), "
-                    + ", ".join(f"{s.removesuffix('_seconds')} {result[s]:.2f}s" for s in STAGES),
+                    + ", ".join(f"{s.removesuffix('_seconds')} {result[s]:.2f}s" for s in STAGES)
+                    + f"; load average {result['load_start'][0]:.1f} at start, {result['load_end'][0]:.1f} at end",
                     flush=True,
                 )
+                print("\n".join(step_memory_report(result)), flush=True)
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if isinstance(runs[0][k], int | float)}
             rows.append((executor, workers, med, max(r["peak_rss_mib"] for r in runs)))
 

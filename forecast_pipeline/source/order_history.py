@@ -581,6 +581,10 @@ def _read_default_schema(
     conditions = [oi.c.product_id.is_not(None), oi.c.order_id.is_not(None)]
     if product_ids is not None:
         conditions.append(oi.c.product_id == sa.any_(_ids_param(product_ids)))
+        # only the orders holding one of these products' lines: a shard's memory (and what it
+        # copies) then follows its own products, not the catalogue's orders
+        own_orders = sa.select(oi.c.order_id).where(oi.c.product_id == sa.any_(_ids_param(product_ids)))
+        orders_query = orders_query.where(o.c.id.in_(own_orders))
     items_query = sa.select(
         sa.cast(oi.c.order_id, sa.BigInteger),
         sa.cast(oi.c.product_id, sa.BigInteger),
