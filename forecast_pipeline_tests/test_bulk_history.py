@@ -277,3 +277,31 @@ def test_no_lines_are_kept_for_a_date_of_several_shards_or_a_large_table(demo_pg
         monkeypatch.setattr(order_history, "KEEP_LINES_LIMIT", 1000)  # fewer than the table holds
         eligible, kept = order_history.fetch_eligible_keeping_lines(conn, w, max_products=1000)
         assert len(eligible) > 10 and kept is None
+
+
+# --- the eligibility read of a large catalogue, in parts -----------------------------------------
+
+
+@pytest.mark.parametrize("source_query", [None, LEFT_JOIN_QUERY], ids=["default tables", "source query"])
+def test_a_large_catalogue_is_checked_for_eligibility_in_parts(demo_pg, monkeypatch, source_query):
+    """The eligibility step's memory follows ELIGIBLE_PART_LINES, not the catalogue: the lines are
+    copied and counted a part of the products at a time (every product in exactly one part), and
+    the table is the grouped query's."""
+    w = window(dt.date(2021, 6, 23))
+    with demo_pg.connect() as conn:
+        whole = order_history.fetch_eligible_products(conn, w, source_query)
+        lines = conn.execute(sa.text("SELECT count(*) FROM order_items")).scalar()
+        counted = []
+        count_part = order_history._eligible_from_lines
+
+        def spy(part, window):
+            counted.append(len(part.product_id))
+            return count_part(part, window)
+
+        monkeypatch.setattr(order_history, "_eligible_from_lines", spy)
+        monkeypatch.setattr(order_history, "ELIGIBLE_PART_LINES", lines // 5)
+        in_parts = order_history.fetch_eligible_products(conn, w, source_query)
+        expected = order_history.sql_eligible_products(conn, w, source_query)
+    assert len(counted) >= 5 and max(counted) < lines / 3, counted
+    pd.testing.assert_frame_equal(in_parts, expected)
+    pd.testing.assert_frame_equal(in_parts, whole)
