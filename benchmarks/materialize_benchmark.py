@@ -10,7 +10,9 @@ in a subprocess with ``DATABASE_URL``, ``REDIS_URL`` and ``DAGSTER_HOME`` set. A
 stage timings recorded in the ``product_forecasts`` materialization (read, aggregate, model,
 payload, write) are read back from the Dagster instance in ``DAGSTER_HOME``. Peak memory is the
 largest sum of resident set sizes over the run's whole process tree, sampled every 50 ms from
-``/proc`` (Linux only). Each configuration runs ``--runs`` times; medians are reported.
+``/proc`` (Linux only); every process's own peak is kept too and printed per step (each step's
+process is found by the pid of its STEP_START event), with each step's wall time, the local Redis
+server's peak RSS and the load average. Each configuration runs ``--runs`` times; medians are reported.
 
 Usage (from the repository root)::
 
@@ -80,6 +82,9 @@ def load_demo(url: str, products: int, customers: int, volume: float, as_of: dt.
     return {**counts, "generate_seconds": generate_seconds, "load_seconds": load_seconds}
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
 def _processes() -> dict[int, tuple[int, int]]:
     """``{pid: (ppid, VmRSS bytes)}`` of every process, from /proc."""
     found = {}
@@ -93,6 +98,16 @@ def _processes() -> dict[int, tuple[int, int]]:
             continue
         found[int(entry)] = (int(fields.get("PPid", "0").strip()), int(fields.get("VmRSS", "0 kB").split()[0]) * 1024)
     return found
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far (/proc/pid/stat), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def _tree(root: int, processes: dict[int, tuple[int, int]]) -> dict[int, int]:
@@ -139,6 +154,7 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
     peak = peak_process = 0
     per_process: dict[int, int] = {}  # peak RSS of every process of the run's tree
     commands: dict[int, str] = {}
+    cpu_seen: dict[int, float] = {}  # CPU seconds of every process of the tree, last sampled
     redis_pid, redis_peak = _redis_pid(env.get("REDIS_URL")), 0
     load_start = os.getloadavg()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -155,6 +171,9 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
             per_process[pid] = max(per_process.get(pid, 0), rss)
             if pid not in commands:
                 commands[pid] = _cmdline(pid)
+            used = _cpu_seconds(pid)
+            if used is not None:
+                cpu_seen[pid] = used
         if redis_pid in processes:
             redis_peak = max(redis_peak, processes[redis_pid][1])
         time.sleep(0.05)
@@ -165,11 +184,14 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
     if proc.returncode != 0:
         sys.stderr.write("".join(output[-60:]))
         raise SystemExit(f"dagster asset materialize exited with {proc.returncode}")
-    # CPU seconds of the run's whole process tree (the CLI waits for its children): on a loaded
-    # shared machine a steadier measure of the work done than wall time
+    # CPU seconds of the run's whole process tree: on a loaded shared machine a steadier
+    # measure of the work done than wall time (PostgreSQL's and Redis's are not in it)
     return {
         "wall_seconds": wall,
-        "cpu_seconds": cpu,
+        # the sum over every process of the tree as last sampled: with the forkserver, step
+        # processes are not the CLI's waited children, so getrusage misses them
+        "cpu_seconds": sum(cpu_seen.values()),
+        "cpu_rusage_seconds": cpu,
         "peak_rss_mib": peak / 2**20,
         "peak_process_mib": peak_process / 2**20,
         "per_process_mib": {pid: rss / 2**20 for pid, rss in per_process.items()},
@@ -243,10 +265,14 @@ def step_memory_report(result: dict) -> list[str]:
             f"    step {key}: {step['seconds']:.1f}s, {where}, peak RSS "
             + (f"{mib:,.0f} MiB" if mib is not None else "not sampled")
         )
+    others: dict[str, list[float]] = {}  # the other processes, by what they run
     for pid, mib in sorted(result["per_process_mib"].items()):
-        if pid not in step_pids or pid == cli:
-            label = "CLI (run coordinator)" if pid == cli else result["commands"].get(pid, "?")
-            lines.append(f"    process {pid} {label[:90]}: peak RSS {mib:,.0f} MiB")
+        if pid == cli:
+            lines.append(f"    CLI (runs the run, launches the step processes) pid {pid}: peak RSS {mib:,.0f} MiB")
+        elif pid not in step_pids:
+            others.setdefault(" ".join(result["commands"].get(pid, "?").split()[:3])[:70], []).append(mib)
+    for command, mibs in sorted(others.items()):
+        lines.append(f"    {len(mibs)} x {command}: peak RSS {max(mibs):,.0f} MiB (largest)")
     lines.append(f"    Redis server peak RSS during the run: {result.get('redis_peak_rss_mib', 0):,.0f} MiB")
     return lines
 
@@ -304,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(result)
                 print(
                     f"  {executor} workers={workers} run {i + 1}: {result['wall_seconds']:.1f}s wall, "
-                    f"{result['cpu_seconds']:.1f}s CPU, "
+                    f"{result['cpu_seconds']:.1f}s CPU (getrusage {result['cpu_rusage_seconds']:.1f}s), "
                     f"{result['total_products']} products, peak {result['peak_rss_mib']:.0f} MiB "
                     f"(largest process {result['peak_process_mib']:.0f} MiB), "
                     + ", ".join(f"{s.removesuffix('_seconds')} {result[s]:.2f}s" for s in STAGES)
