@@ -10,7 +10,9 @@ in a subprocess with ``DATABASE_URL``, ``REDIS_URL`` and ``DAGSTER_HOME`` set. A
 stage timings recorded in the ``product_forecasts`` materialization (read, aggregate, model,
 payload, write) are read back from the Dagster instance in ``DAGSTER_HOME``. Peak memory is the
 largest sum of resident set sizes over the run's whole process tree, sampled every 50 ms from
-``/proc`` (Linux only). Each configuration runs ``--runs`` times; medians are reported.
+``/proc`` (Linux only); every process's own peak is kept too and printed per step (each step's
+process is found by the pid of its STEP_START event), with each step's wall time, the local Redis
+server's peak RSS and the load average. Each configuration runs ``--runs`` times; medians are reported.
 
 Usage (from the repository root)::
 
@@ -80,10 +82,12 @@ def load_demo(url: str, products: int, customers: int, volume: float, as_of: dt.
     return {**counts, "generate_seconds": generate_seconds, "load_seconds": load_seconds}
 
 
-def _tree_rss_bytes(root: int) -> tuple[int, int]:
-    """Sum of VmRSS over ``root`` and all its descendants, and the largest single one, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """``{pid: (ppid, VmRSS bytes)}`` of every process, from /proc."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -92,16 +96,46 @@ def _tree_rss_bytes(root: int) -> tuple[int, int]:
                 fields = dict(line.split(":", 1) for line in fh if ":" in line)
         except OSError:
             continue
-        pid, ppid = int(entry), int(fields.get("PPid", "0").strip())
+        found[int(entry)] = (int(fields.get("PPid", "0").strip()), int(fields.get("VmRSS", "0 kB").split()[0]) * 1024)
+    return found
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of one process so far (/proc/pid/stat), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _tree(root: int, processes: dict[int, tuple[int, int]]) -> dict[int, int]:
+    """``{pid: rss}`` of ``root`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in processes.items():
         children.setdefault(ppid, []).append(pid)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    total, largest, stack = 0, 0, [root]
+    tree, stack = {}, [root]
     while stack:
         pid = stack.pop()
-        total += rss.get(pid, 0)
-        largest = max(largest, rss.get(pid, 0))
+        if pid in processes:
+            tree[pid] = processes[pid][1]
         stack.extend(children.get(pid, []))
-    return total, largest
+    return tree
+
+
+def _tree_rss_bytes(root: int) -> tuple[int, int]:
+    """Sum of VmRSS over ``root`` and all its descendants, and the largest single one, from /proc."""
+    tree = _tree(root, _processes())
+    return sum(tree.values()), max(tree.values(), default=0)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+    except OSError:
+        return ""
 
 
 def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
@@ -118,6 +152,11 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
         as_of.isoformat(),
     ]
     peak = peak_process = 0
+    per_process: dict[int, int] = {}  # peak RSS of every process of the run's tree
+    commands: dict[int, str] = {}
+    cpu_seen: dict[int, float] = {}  # CPU seconds of every process of the tree, last sampled
+    redis_pid, redis_peak = _redis_pid(env.get("REDIS_URL")), 0
+    load_start = os.getloadavg()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -125,8 +164,18 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
     reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)
     reader.start()
     while proc.poll() is None:
-        tree, largest = _tree_rss_bytes(proc.pid)
-        peak, peak_process = max(peak, tree), max(peak_process, largest)
+        processes = _processes()
+        tree = _tree(proc.pid, processes)
+        peak, peak_process = max(peak, sum(tree.values())), max(peak_process, max(tree.values(), default=0))
+        for pid, rss in tree.items():
+            per_process[pid] = max(per_process.get(pid, 0), rss)
+            if pid not in commands:
+                commands[pid] = _cmdline(pid)
+            used = _cpu_seconds(pid)
+            if used is not None:
+                cpu_seen[pid] = used
+        if redis_pid in processes:
+            redis_peak = max(redis_peak, processes[redis_pid][1])
         time.sleep(0.05)
     wall = time.perf_counter() - started
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -135,14 +184,35 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
     if proc.returncode != 0:
         sys.stderr.write("".join(output[-60:]))
         raise SystemExit(f"dagster asset materialize exited with {proc.returncode}")
-    # CPU seconds of the run's whole process tree (the CLI waits for its children): on a loaded
-    # shared machine a steadier measure of the work done than wall time
+    # CPU seconds of the run's whole process tree: on a loaded shared machine a steadier
+    # measure of the work done than wall time (PostgreSQL's and Redis's are not in it)
     return {
         "wall_seconds": wall,
-        "cpu_seconds": cpu,
+        # the sum over every process of the tree as last sampled: with the forkserver, step
+        # processes are not the CLI's waited children, so getrusage misses them
+        "cpu_seconds": sum(cpu_seen.values()),
+        "cpu_rusage_seconds": cpu,
         "peak_rss_mib": peak / 2**20,
         "peak_process_mib": peak_process / 2**20,
+        "per_process_mib": {pid: rss / 2**20 for pid, rss in per_process.items()},
+        "commands": commands,
+        "cli_pid": proc.pid,
+        "redis_peak_rss_mib": redis_peak / 2**20,
+        "load_start": load_start,
+        "load_end": os.getloadavg(),
     }
+
+
+def _redis_pid(url: str | None) -> int | None:
+    """The Redis server's pid when it runs on this machine (its RSS is sampled with the run's)."""
+    if not url:
+        return None
+    import redis
+
+    try:
+        return int(redis.Redis.from_url(url).info("server")["process_id"])
+    except Exception:  # noqa: BLE001 - a remote Redis: not sampled
+        return None
 
 
 def latest_figures(dagster_home: str) -> dict:
@@ -158,7 +228,53 @@ def latest_figures(dagster_home: str) -> dict:
         meta["eligible_query_seconds"] = eligible.asset_materialization.metadata["query_seconds"].value
         stats = instance.get_run_stats(forecasts.run_id)
         meta["run_seconds"] = (stats.end_time or 0) - (stats.start_time or 0)
+        meta["steps"] = _step_figures(instance, forecasts.run_id)
     return meta
+
+
+def _step_figures(instance, run_id: str) -> dict[str, dict]:
+    """Each step's wall seconds (start to success or failure) and the pid it ran in."""
+    from dagster import DagsterEventType
+
+    steps: dict[str, dict] = {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or not event.step_key:
+            continue
+        step = steps.setdefault(event.step_key, {})
+        if event.event_type == DagsterEventType.STEP_START:
+            step["start"], step["pid"] = entry.timestamp, event.pid
+        elif event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
+            step["end"] = entry.timestamp
+    for step in steps.values():
+        step["seconds"] = step.get("end", 0) - step.get("start", 0)
+    return steps
+
+
+def step_memory_report(result: dict) -> list[str]:
+    """One line per step (wall seconds, peak RSS of the process it ran in), then the processes
+    no step ran in (the CLI that coordinates the run, forkserver, resource trackers)."""
+    lines, step_pids = [], set()
+    cli = result.get("cli_pid")
+    for key, step in sorted(result.get("steps", {}).items(), key=lambda kv: kv[1].get("start", 0)):
+        pid = step.get("pid")
+        step_pids.add(pid)
+        mib = result["per_process_mib"].get(pid)
+        where = "in the CLI process" if pid == cli else f"pid {pid}"
+        lines.append(
+            f"    step {key}: {step['seconds']:.1f}s, {where}, peak RSS "
+            + (f"{mib:,.0f} MiB" if mib is not None else "not sampled")
+        )
+    others: dict[str, list[float]] = {}  # the other processes, by what they run
+    for pid, mib in sorted(result["per_process_mib"].items()):
+        if pid == cli:
+            lines.append(f"    CLI (runs the run, launches the step processes) pid {pid}: peak RSS {mib:,.0f} MiB")
+        elif pid not in step_pids:
+            others.setdefault(" ".join(result["commands"].get(pid, "?").split()[:3])[:70], []).append(mib)
+    for command, mibs in sorted(others.items()):
+        lines.append(f"    {len(mibs)} x {command}: peak RSS {max(mibs):,.0f} MiB (largest)")
+    lines.append(f"    Redis server peak RSS during the run: {result.get('redis_peak_rss_mib', 0):,.0f} MiB")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,12 +332,14 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(result)
                 print(
                     f"  {executor} workers={workers} run {i + 1}: {result['wall_seconds']:.1f}s wall, "
-                    f"{result['cpu_seconds']:.1f}s CPU, "
+                    f"{result['cpu_seconds']:.1f}s CPU (getrusage {result['cpu_rusage_seconds']:.1f}s), "
                     f"{result['total_products']} products, peak {result['peak_rss_mib']:.0f} MiB "
                     f"(largest process {result['peak_process_mib']:.0f} MiB), "
-                    + ", ".join(f"{s.removesuffix('_seconds')} {result[s]:.2f}s" for s in STAGES),
+                    + ", ".join(f"{s.removesuffix('_seconds')} {result[s]:.2f}s" for s in STAGES)
+                    + f"; load average {result['load_start'][0]:.1f} at start, {result['load_end'][0]:.1f} at end",
                     flush=True,
                 )
+                print("\n".join(step_memory_report(result)), flush=True)
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0] if isinstance(runs[0][k], int | float)}
             rows.append((executor, workers, med, max(r["peak_rss_mib"] for r in runs)))
 

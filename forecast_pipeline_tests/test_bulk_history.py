@@ -141,6 +141,32 @@ def test_a_subset_of_products_reads_only_theirs(demo_pg):
     pd.testing.assert_frame_equal(by_pair(part_activity), by_pair(expected))
 
 
+def test_a_shard_copies_only_its_own_products_orders(demo_pg):
+    """A shard's memory is bounded by its products, not the catalogue: the orders copied out
+    are those holding one of its products' lines, not every order of the window (at 1,000,000
+    products every shard copied all ~20M orders)."""
+    w = window(dt.date(2021, 6, 22))
+    since = dt.datetime.combine(HISTORY_START, dt.time())
+    with demo_pg.connect() as conn:
+        ids = order_history.fetch_eligible_products(conn, w)["product_id"].tolist()
+        subset = ids[5:40:3]
+        lines = order_history._read_lines(conn, since, w, subset, None)
+        own_orders = conn.execute(
+            sa.text(
+                "SELECT count(DISTINCT o.id) FROM orders o JOIN order_items oi ON oi.order_id = o.id "
+                "WHERE oi.product_id = ANY(:ids) AND o.created_at >= :since AND o.created_at < :as_of"
+            ),
+            {"ids": subset, "since": since, "as_of": w.as_of_ts},
+        ).scalar()
+        all_orders = conn.execute(
+            sa.text("SELECT count(*) FROM orders WHERE created_at >= :since AND created_at < :as_of"),
+            {"since": since, "as_of": w.as_of_ts},
+        ).scalar()
+    assert own_orders < all_orders / 2  # the subset is a small part of the catalogue
+    assert lines.orders == own_orders
+    assert set(np.unique(lines.product_id)) <= set(subset)
+
+
 def test_a_late_line_is_read_for_every_date_it_belongs_to(demo_pg):
     """A line entered today for an order dated last year changes every as-of date after it, and
     the bulk read sees it as the grouped query does (nothing is cached between reads)."""
@@ -251,3 +277,31 @@ def test_no_lines_are_kept_for_a_date_of_several_shards_or_a_large_table(demo_pg
         monkeypatch.setattr(order_history, "KEEP_LINES_LIMIT", 1000)  # fewer than the table holds
         eligible, kept = order_history.fetch_eligible_keeping_lines(conn, w, max_products=1000)
         assert len(eligible) > 10 and kept is None
+
+
+# --- the eligibility read of a large catalogue, in parts -----------------------------------------
+
+
+@pytest.mark.parametrize("source_query", [None, LEFT_JOIN_QUERY], ids=["default tables", "source query"])
+def test_a_large_catalogue_is_checked_for_eligibility_in_parts(demo_pg, monkeypatch, source_query):
+    """The eligibility step's memory follows ELIGIBLE_PART_LINES, not the catalogue: the lines are
+    copied and counted a part of the products at a time (every product in exactly one part), and
+    the table is the grouped query's."""
+    w = window(dt.date(2021, 6, 23))
+    with demo_pg.connect() as conn:
+        whole = order_history.fetch_eligible_products(conn, w, source_query)
+        lines = conn.execute(sa.text("SELECT count(*) FROM order_items")).scalar()
+        counted = []
+        count_part = order_history._eligible_from_lines
+
+        def spy(part, window):
+            counted.append(len(part.product_id))
+            return count_part(part, window)
+
+        monkeypatch.setattr(order_history, "_eligible_from_lines", spy)
+        monkeypatch.setattr(order_history, "ELIGIBLE_PART_LINES", lines // 5)
+        in_parts = order_history.fetch_eligible_products(conn, w, source_query)
+        expected = order_history.sql_eligible_products(conn, w, source_query)
+    assert len(counted) >= 5 and max(counted) < lines / 3, counted
+    pd.testing.assert_frame_equal(in_parts, expected)
+    pd.testing.assert_frame_equal(in_parts, whole)

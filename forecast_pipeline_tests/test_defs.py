@@ -139,7 +139,8 @@ def test_library_code_never_imports_the_definitions():
     offenders = []
     for path in package.rglob("*.py"):
         relative = path.relative_to(package).as_posix()
-        if relative.startswith("defs/") or relative in ("definitions.py", "__init__.py"):
+        # forkserver_preload.py is the definitions' side too: the executor's forkserver imports it
+        if relative.startswith("defs/") or relative in ("definitions.py", "__init__.py", "forkserver_preload.py"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
@@ -193,3 +194,23 @@ def test_the_code_location_is_built_once_per_environment(monkeypatch):
     assert changed is not first
     assert changed.executor.name == "multiprocess"
     assert load_defs() is changed
+
+
+def test_the_forkserver_preload_builds_the_code_location():
+    """FORECAST_EXECUTOR=multiprocess forks each step from a forkserver that imported
+    forkserver_preload (``MULTIPROCESS_EXECUTOR``): importing it must leave the code location built,
+    so a forked step process finds it in the cache instead of importing and validating every area
+    again (the end-to-end effect, CPU per run, is measured in benchmarks/RESULTS.md)."""
+    import importlib
+    import sys
+
+    import forecast_pipeline.definitions as definitions
+    from forecast_pipeline.defs.resources import MULTIPROCESS_EXECUTOR, executor_for
+
+    assert executor_for("multiprocess") is MULTIPROCESS_EXECUTOR
+    assert MULTIPROCESS_EXECUTOR.name == "multiprocess"
+    definitions._built.clear()
+    sys.modules.pop("forecast_pipeline.forkserver_preload", None)
+    importlib.import_module("forecast_pipeline.forkserver_preload")
+    assert len(definitions._built) == 1
+    assert definitions.defs() is next(iter(definitions._built.values()))

@@ -89,7 +89,15 @@ def executor_for(name: str) -> dg.ExecutorDefinition:
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor
-    return dg.multiprocess_executor if name == "multiprocess" else dg.in_process_executor
+    return MULTIPROCESS_EXECUTOR if name == "multiprocess" else dg.in_process_executor
+
+
+# A step process forked from a server that has built the code location already, instead of a
+# new interpreter importing Dagster, pandas and every area for every step (Dagster's default,
+# `spawn`): a date of many shards starts one process per shard.
+MULTIPROCESS_EXECUTOR = dg.multiprocess_executor.configured(
+    {"start_method": {"forkserver": {"preload_modules": ["forecast_pipeline.forkserver_preload"]}}}
+)
 
 
 @dg.definitions

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -228,12 +229,48 @@ def _eligible_select(lines: sa.Subquery, window: HistoryWindow) -> sa.Select:
 def fetch_eligible_products(
     conn: sa.Connection, window: HistoryWindow, source_query: str | None = None
 ) -> pd.DataFrame:
-    """Eligible products with their order and customer counts, most orders first."""
+    """Eligible products with their order and customer counts, most orders first.
+
+    With the bulk read a large catalogue is read in parts of about :data:`ELIGIBLE_PART_LINES`
+    lines (every product in one part, by its id modulo the number of parts), so the step's
+    memory stays bounded however many products there are."""
     if pg_copy.supported(conn):
         since = dt.datetime.combine(window.history_start, dt.time())
-        lines = _read_lines(conn, since, window, None, source_query, quantities=False)
-        return _eligible_from_lines(lines, window)
+        parts = max(1, math.ceil(_estimated_lines(conn, source_query) / ELIGIBLE_PART_LINES))
+        if parts == 1:
+            return _eligible_from_lines(_read_lines(conn, since, window, None, source_query, quantities=False), window)
+        frames = [
+            _eligible_from_lines(
+                _read_lines(conn, since, window, None, source_query, quantities=False, part=(i, parts)), window
+            )
+            for i in range(parts)
+        ]
+        frame = pd.concat(frames, ignore_index=True)
+        frame = frame.sort_values(["order_count", "product_id"], ascending=[False, True], kind="stable")
+        return frame.reset_index(drop=True).astype("int64")
     return sql_eligible_products(conn, window, source_query)
+
+
+ELIGIBLE_PART_LINES = 5_000_000
+"""Most order lines (the planner's estimate) the eligibility read copies at once: a part of
+~5M lines peaks at ~0.5 GB in the step's process (benchmarks/RESULTS.md, 1,000,000 products).
+More parts cost PostgreSQL one scan of the lines each."""
+
+
+def _estimated_lines(conn: sa.Connection, source_query: str | None) -> float:
+    """The planner's estimate of the order lines (EXPLAIN: no scan)."""
+    if source_query is None:
+        return _estimated_items(conn)
+    sql = pg_copy.render(conn, sa.select(sa.literal(1)).select_from(order_lines(source_query)))
+    plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}").scalar()
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    return float(plan[0]["Plan"]["Plan Rows"])
+
+
+def _in_part(product_id: ColumnElement, part: tuple[int, int]) -> ColumnElement:
+    """Whether a product falls in part ``part[0]`` of ``part[1]`` (negative ids too)."""
+    index, parts = part
+    return sa.func.abs(product_id % parts) == index
 
 
 KEEP_LINES_LIMIT = 20_000_000
@@ -531,12 +568,14 @@ def _read_lines(
     product_ids: Sequence[int] | None,
     source_query: str | None,
     quantities: bool = True,
+    part: tuple[int, int] | None = None,
 ) -> _Lines:
-    """Lines with a product, ``since <= ordered_at < as-of``, of ``product_ids`` (all if None);
+    """Lines with a product, ``since <= ordered_at < as-of``, of ``product_ids`` (all if None)
+    and of part ``part[0]`` of ``part[1]`` of the products (see :func:`_in_part`) if given;
     without ``quantities`` (eligibility needs none) their quantity array is empty."""
     conn.exec_driver_sql(f"SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'")
     if source_query is None:
-        lines = _read_default_schema(conn, since, window, product_ids, quantities)
+        lines = _read_default_schema(conn, since, window, product_ids, quantities, part)
         if lines is not None:
             return lines
     lines_rel = order_lines(source_query)
@@ -544,6 +583,8 @@ def _read_lines(
     conditions = [c.ordered_at >= since, c.ordered_at < window.as_of_ts, c.product_id.is_not(None)]
     if product_ids is not None:
         conditions.append(c.product_id == sa.any_(_ids_param(product_ids)))
+    if part is not None:
+        conditions.append(_in_part(c.product_id, part))
     query = sa.select(
         sa.cast(c.product_id, sa.BigInteger),
         sa.func.coalesce(sa.cast(c.customer_id, sa.BigInteger), 0),
@@ -568,6 +609,7 @@ def _read_default_schema(
     window: HistoryWindow,
     product_ids: Sequence[int] | None,
     quantities: bool,
+    part: tuple[int, int] | None = None,
 ) -> _Lines | None:
     """The default tables copied one by one and joined on the order id in numpy (None if
     ``orders.id`` is not unique, which only a table created outside ``init-db`` allows)."""
@@ -581,6 +623,12 @@ def _read_default_schema(
     conditions = [oi.c.product_id.is_not(None), oi.c.order_id.is_not(None)]
     if product_ids is not None:
         conditions.append(oi.c.product_id == sa.any_(_ids_param(product_ids)))
+    if part is not None:
+        conditions.append(_in_part(oi.c.product_id, part))
+    if product_ids is not None or part is not None:
+        # only the orders holding one of these products' lines: a shard's memory (and what it
+        # copies) then follows its own products, not the catalogue's orders
+        orders_query = orders_query.where(o.c.id.in_(sa.select(oi.c.order_id).where(*conditions)))
     items_query = sa.select(
         sa.cast(oi.c.order_id, sa.BigInteger),
         sa.cast(oi.c.product_id, sa.BigInteger),
