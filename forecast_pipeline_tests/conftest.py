@@ -33,12 +33,15 @@ if XDIST_WORKER > 5:
     raise RuntimeError("at most 6 pytest-xdist workers: Redis databases 1-6 and 7-12 would overlap")
 
 
+def worker_database_name(name: str) -> str:
+    """This worker's own copy of database ``name`` (``name`` itself for the first worker)."""
+    return f"{name}_w{XDIST_WORKER}" if XDIST_WORKER else name
+
+
 def worker_database(url: str) -> str:
     """``url`` with this worker's own database name (unchanged for the first worker)."""
-    if not XDIST_WORKER:
-        return url
     parsed = sa.engine.make_url(url)
-    return parsed.set(database=f"{parsed.database}_w{XDIST_WORKER}").render_as_string(hide_password=False)
+    return parsed.set(database=worker_database_name(parsed.database)).render_as_string(hide_password=False)
 
 
 def worker_redis(url: str) -> str:

@@ -33,13 +33,17 @@ from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.connections import make_engine
 from forecast_pipeline.forecast_queue import request_queue
 from forecast_pipeline.source import demo_data
-from forecast_pipeline_tests.conftest import BIN, POSTGRES_URL, REDIS_URL, XDIST_WORKER, _ensure_postgres_database
+from forecast_pipeline_tests.conftest import (
+    BIN,
+    POSTGRES_URL,
+    REDIS_URL,
+    _ensure_postgres_database,
+    worker_database_name,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
-STORAGE_DB = os.environ.get("TEST_DAGSTER_STORAGE_DB", "forecast_test_dagster_storage") + (
-    f"_w{XDIST_WORKER}" if XDIST_WORKER else ""
-)
+STORAGE_DB = worker_database_name(os.environ.get("TEST_DAGSTER_STORAGE_DB", "forecast_test_dagster_storage"))
 QUEUE_TIMEOUT_SECONDS = 40
 
 

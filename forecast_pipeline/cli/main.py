@@ -21,6 +21,7 @@ from forecast_pipeline.app_db.queue_tables import REQUEST_STATUSES
 from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.cli.alerts import ALERT_COMMANDS, add_alert_commands
 from forecast_pipeline.cli.reports import REPORT_COMMANDS, add_report_commands
+from forecast_pipeline.connections import RedisUnreachable, connect_redis, make_engine
 from forecast_pipeline.json_logging import log_json_lines
 from forecast_pipeline.settings import (
     ConfigError,
@@ -38,14 +39,10 @@ def _engine(settings: Settings) -> sa.Engine:
 
 
 def _engine_for(url: str) -> sa.Engine:
-    from forecast_pipeline.connections import make_engine
-
     return make_engine(url)
 
 
 def _redis(settings: Settings):
-    from forecast_pipeline.connections import connect_redis
-
     return connect_redis(settings.redis_url, settings.redis_password)
 
 
@@ -592,8 +589,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(exc: Exception, settings: Settings) -> str:
     """What went wrong and what to do, in one line, for any error a command lets through."""
-    from forecast_pipeline.connections import RedisUnreachable
-
     if isinstance(exc, RedisUnreachable):
         return exc.line
     failure = getattr(sys.modules.get("dagster"), "Failure", None)  # only raised once Dagster is loaded

@@ -141,7 +141,8 @@ def run_forecasts(
     generated_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     # every product shares the weeks' dates; the arrays become Python floats in one call each
     weeks = week_dates(as_of, horizon)
-    rows = np.flatnonzero(batch.status == "success")
+    success = batch.status == "success"
+    rows = np.flatnonzero(success)
     forecast, lower, upper = (batch.forecast[rows].tolist(), batch.lower[rows].tolist(), batch.upper[rows].tolist())
     payloads = [
         forecast_payload(
@@ -162,7 +163,6 @@ def run_forecasts(
         )
         for k, i in enumerate(rows)
     ]
-    success = batch.status == "success"
     holdout_actual = batch.holdout_actual[success].sum()
     return ForecastRun(
         as_of=as_of,

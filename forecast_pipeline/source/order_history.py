@@ -261,10 +261,7 @@ def _estimated_lines(conn: sa.Connection, source_query: str | None) -> float:
     """The planner's estimate of the order lines (EXPLAIN: no scan)."""
     if source_query is None:
         return _estimated_items(conn)
-    sql = pg_copy.render(conn, sa.select(sa.literal(1)).select_from(order_lines(source_query)))
-    plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}").scalar()
-    plan = json.loads(plan) if isinstance(plan, str) else plan
-    return float(plan[0]["Plan"]["Plan Rows"])
+    return _planned_rows(conn, pg_copy.render(conn, sa.select(sa.literal(1)).select_from(order_lines(source_query))))
 
 
 def _in_part(product_id: ColumnElement, part: tuple[int, int]) -> ColumnElement:
@@ -300,8 +297,13 @@ def fetch_eligible_keeping_lines(
 
 
 def _estimated_items(conn: sa.Connection) -> float:
-    """The planner's estimate of the order_items rows (EXPLAIN: no scan, works unanalysed too)."""
-    plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {source_schema.order_items.name}").scalar()
+    """The planner's estimate of the order_items rows."""
+    return _planned_rows(conn, f"SELECT 1 FROM {source_schema.order_items.name}")
+
+
+def _planned_rows(conn: sa.Connection, sql: str) -> float:
+    """The planner's row estimate for ``sql`` (EXPLAIN: no scan, works unanalysed too)."""
+    plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}").scalar()
     plan = json.loads(plan) if isinstance(plan, str) else plan
     return float(plan[0]["Plan"]["Plan Rows"])
 
