@@ -14,6 +14,11 @@ largest sum of resident set sizes over the run's whole process tree, sampled eve
 process is found by the pid of its STEP_START event), with each step's wall time, the local Redis
 server's peak RSS and the load average. Each configuration runs ``--runs`` times; medians are reported.
 
+Machines of one kind differ by more than twofold (benchmarks/RESULTS.md), so the script first
+times a fixed pure-Python loop (``machine_yardstick``) and prints each run's CPU steal (time the
+hypervisor gave to other guests, from ``/proc/stat``): quote both with the figures, and compare
+trees only within one session, alternated.
+
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/materialize_benchmark.py --products 10000
@@ -48,8 +53,11 @@ DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 
 
 def ensure_database(url: str) -> None:
-    """Create the benchmark database if it does not exist (connects to ``postgres`` to do so)."""
+    """Create the benchmark database if it does not exist (connects to ``postgres`` to do so; a
+    SQLite file is created by its first connection)."""
     target = sa.engine.make_url(url)
+    if target.get_backend_name() != "postgresql":
+        return
     admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": target.database}).first()
@@ -76,13 +84,40 @@ def load_demo(url: str, products: int, customers: int, volume: float, as_of: dt.
     started = time.perf_counter()
     counts = demo_data.load(engine, history)
     load_seconds = time.perf_counter() - started
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("ANALYZE")
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE")
     engine.dispose()
     return {**counts, "generate_seconds": generate_seconds, "load_seconds": load_seconds}
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+YARDSTICK_LOOPS = 10_000_000
+
+
+def machine_yardstick() -> float:
+    """Seconds for a fixed single-core pure-Python loop (best of 3): the machine's speed, to set
+    beside figures measured on another machine."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(YARDSTICK_LOOPS):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(all, steal) CPU ticks since boot from /proc/stat; (0, 0) where there is none."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
 
 
 def _processes() -> dict[int, tuple[int, int]]:
@@ -157,6 +192,7 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
     cpu_seen: dict[int, float] = {}  # CPU seconds of every process of the tree, last sampled
     redis_pid, redis_peak = _redis_pid(env.get("REDIS_URL")), 0
     load_start = os.getloadavg()
+    ticks_before = _cpu_ticks()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -178,6 +214,7 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
             redis_peak = max(redis_peak, processes[redis_pid][1])
         time.sleep(0.05)
     wall = time.perf_counter() - started
+    ticks_after = _cpu_ticks()
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_after.ru_utime + cpu_after.ru_stime) - (cpu_before.ru_utime + cpu_before.ru_stime)
     reader.join()
@@ -200,6 +237,8 @@ def run_once(env: dict[str, str], as_of: dt.date, select: str = "*") -> dict:
         "redis_peak_rss_mib": redis_peak / 2**20,
         "load_start": load_start,
         "load_end": os.getloadavg(),
+        # the share of the machine's CPU time the hypervisor gave to other guests during the run
+        "steal_share": (ticks_after[1] - ticks_before[1]) / max(1, ticks_after[0] - ticks_before[0]),
     }
 
 
@@ -313,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import redis
 
+    print(f"machine yardstick: {machine_yardstick():.2f}s for {YARDSTICK_LOOPS:,} Python loop iterations", flush=True)
     rows = []
     for executor in args.executors.split(","):
         for workers in args.workers.split(","):
@@ -336,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"{result['total_products']} products, peak {result['peak_rss_mib']:.0f} MiB "
                     f"(largest process {result['peak_process_mib']:.0f} MiB), "
                     + ", ".join(f"{s.removesuffix('_seconds')} {result[s]:.2f}s" for s in STAGES)
-                    + f"; load average {result['load_start'][0]:.1f} at start, {result['load_end'][0]:.1f} at end",
+                    + f"; load average {result['load_start'][0]:.1f} at start, {result['load_end'][0]:.1f} at end"
+                    + f", CPU steal {100 * result['steal_share']:.1f}%",
                     flush=True,
                 )
                 print("\n".join(step_memory_report(result)), flush=True)
