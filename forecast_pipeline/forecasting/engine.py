@@ -27,14 +27,14 @@ How a product's forecast is decided (the README repeats this for users):
    candidate with the lowest mean holdout MAE, refitted on the full history; smooth and erratic
    rows get the mean of their two best candidates (model ``a+b``; the longest name,
    ``seasonal_holt_raw+seasonal_holt``, is 31 characters, within ``model_type``'s 40): a simple
-   combination beat picking one (demo backtest smooth 0.917 -> 0.906, real smooth 1.122 -> 1.086).
+   combination beat picking one in the backtest (figures: benchmarks/RESULTS.md).
    SES, damped Holt, Croston and TSB fit every holdout window in one pass (``cuts``: the
    recursions are causal, so the state after each window's last week is that window's fit;
    Croston and TSB start from the weeks before the row's earliest window); the seasonal and
    level-shift candidates, whose season or shift depends on the window, are fitted per window.
-   One window let a lucky flat forecast beat the right model (co2: MASE 2.92 with one window, 1.37 with two); four
-   cut the demo backtest's MASE from 0.985 to 0.971 and the real series' from 1.110 to 1.085 (the
-   holdout fits keep only their last state, ``paths=False``, which pays for most of the extra fits).
+   One window let a lucky flat forecast beat the right model (co2), and four beat two on the demo
+   and real series (the holdout fits keep only their last state, ``paths=False``, which pays for
+   most of the extra fits).
    Seasonal SES deseasonalises with ``models.seasonal_indices`` (ratios to each calendar year's
    mean, averaged over up to 3 years, smoothed over 5 weeks, shrunk 20% towards 1): a mild
    smoother that suits sparse series. Seasonal Holt (``models.seasonal_holt``) uses
@@ -43,8 +43,7 @@ How a product's forecast is decided (the README repeats this for users):
    and phi chosen per row by one-step SSE: it is for regular seasons under a trend;
    ``seasonal_holt_raw`` leaves each year's ratios unsmoothed, which keeps sharp recurring weeks
    (holiday closures in the Chicago ridership series). Seasonal Holt is not offered to
-   intermittent/lumpy rows, where it only added selection noise (backtest MASE 1.094 -> 1.105
-   intermittent, 1.100 -> 1.113 lumpy).
+   intermittent/lumpy rows, where it only added selection noise (the backtest's MASE rose).
 4. **Accuracy estimate** = 1 - WAPE of that holdout forecast (floored at 0).
 5. **Intervals.** The chosen model (refitted on the full history) is replayed from each of the
    last 52 origins; every 1..horizon-week error is divided by the larger of the forecast it
