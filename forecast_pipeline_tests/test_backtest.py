@@ -142,6 +142,24 @@ def test_interval_score_is_the_width_plus_five_times_each_miss():
     assert table["all"]["coverage"] == pytest.approx(1 / 3)
 
 
+def test_zero_weeks_bound_the_coverage_an_interval_from_zero_can_have():
+    # a stopped item: 11 of 12 weeks without demand. Any interval starting at zero covers them, so
+    # its coverage is at least 11/12 and "78-82%" is out of reach; the table and the check say so.
+    actual = np.zeros((2, 12))
+    actual[0, 3] = 4.0
+    actual[1, :] = 5.0
+    lower, upper = np.zeros((2, 12)), np.full((2, 12), 1.0)
+    scores = backtest.MethodScores()
+    classes = np.array(["discontinued", "smooth"], dtype=object)
+    scores.add(np.zeros((2, 12)), np.array([1.0, 1.0]), actual, actual, classes, lower=lower, upper=upper)
+    table = scores.table(12)
+    assert table["discontinued"]["zero_share"] == pytest.approx(11 / 12)
+    assert table["smooth"]["zero_share"] == 0.0
+    assert table["all"]["zero_share"] == pytest.approx(11 / 24)
+    assert backtest.coverage_target_reachable(table["discontinued"]["zero_share"]) is False
+    assert backtest.coverage_target_reachable(table["smooth"]["zero_share"]) is True
+
+
 def test_report_classes_from_the_history_alone():
     rng = np.random.default_rng(0)
     t = 4 * models.SEASON_LENGTH
