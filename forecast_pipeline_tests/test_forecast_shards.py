@@ -2,12 +2,24 @@
 final step. On real Postgres and Redis; Dagster runs in process (a shard step per product group)."""
 
 import json
+import os
 import threading
 
 import numpy as np
 import pytest
 import redis
-from dagster import DagsterEventType, DagsterRun, DagsterRunStatus
+from dagster import (
+    DagsterEventType,
+    DagsterRun,
+    DagsterRunStatus,
+    Definitions,
+    ReexecutionOptions,
+    RetryPolicy,
+    define_asset_job,
+    execute_job,
+    in_process_executor,
+    reconstructable,
+)
 
 from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.defs.forecasts import assets
@@ -16,7 +28,7 @@ from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
 from forecast_pipeline.forecasting import batch
 from forecast_pipeline.forecasting import shards as forecast_shards
 from forecast_pipeline.source import kept_lines, order_history
-from forecast_pipeline_tests.conftest import AS_OF, REDIS_URL, materialize_date
+from forecast_pipeline_tests.conftest import AS_OF, REDIS_URL, engine_url, forecast_resources, materialize_date
 
 ASSETS = [eligible_products, product_forecasts, forecast_predictions, cached_forecasts_well_formed]
 DATE = AS_OF.isoformat()
@@ -180,6 +192,63 @@ def test_a_failing_shard_is_retried_alone_and_the_date_is_published_whole(book, 
     assert starts["product_forecasts.publish_forecasts"] == 1
     assert sorted(forecast_cache.read_forecasts_for(redis_client, PREFIX, DATE)) == list(range(1, 23))
     assert json.loads(redis_client.get("forecast:metadata:last_run"))["total_products"] == 22
+
+
+REEXECUTION_DATABASE = "FORECAST_TEST_REEXECUTION_DATABASE_URL"
+
+
+def forecast_date_job():
+    """The forecast assets as one job that Dagster can rebuild by name, as it does to re-execute a
+    run (``reconstructable``); its database comes from the test's environment."""
+    definitions = Definitions(
+        assets=[eligible_products, product_forecasts, forecast_predictions],
+        asset_checks=[cached_forecasts_well_formed],
+        jobs=[define_asset_job("forecast_date")],
+        resources=forecast_resources(os.environ[REEXECUTION_DATABASE], FORECAST_SHARD_SIZE="5"),
+        executor=in_process_executor,
+    )
+    return definitions.resolve_job_def("forecast_date")
+
+
+def test_a_run_whose_shard_kept_failing_is_reexecuted_from_failure_and_publishes_the_whole_date(
+    book, redis_client, instance, monkeypatch
+):
+    # A shard that fails every attempt (or whose process or pod is killed: Dagster does not retry
+    # a crash) fails the run before anything is published. "Re-execute from failure" in the UI
+    # then runs that shard again and the publish, loading the other shards' results from the
+    # failed run: the date is published whole and the shards that succeeded are not redone.
+    monkeypatch.setenv(REEXECUTION_DATABASE, engine_url(book))
+    monkeypatch.setattr(assets, "SHARD_RETRY", RetryPolicy(max_retries=2, delay=0))
+    real = assets.run_forecasts
+    broken = {"on": True}
+
+    def failing(history, product_ids, *args, **kwargs):
+        if broken["on"] and 7 in product_ids:
+            raise ConnectionResetError("the shard's database connection keeps dropping")
+        return real(history, product_ids, *args, **kwargs)
+
+    monkeypatch.setattr(assets, "run_forecasts", failing)
+    job = reconstructable(forecast_date_job)
+    tags = {"dagster/partition": DATE}
+    failed = execute_job(job, instance=instance, tags=tags)
+    assert not failed.success
+    assert redis_client.get("forecast:metadata:last_run") is None  # nothing published
+    failed_steps = step_starts(instance, failed.run_id)
+    assert sorted(n for k, n in failed_steps.items() if ".forecast_shard[" in k) == [1, 1, 1, 1, 3]
+
+    broken["on"] = False
+    options = ReexecutionOptions.from_failure(failed.run_id, instance)
+    rerun = execute_job(job, instance=instance, tags=tags, reexecution_options=options)
+    assert rerun.success
+    rerun_steps = step_starts(instance, rerun.run_id)
+    shard_steps = [k for k in rerun_steps if ".forecast_shard[" in k]
+    assert len(shard_steps) == 1 and failed_steps[shard_steps[0]] == 3  # only the shard that failed
+    assert "eligible_products" not in rerun_steps and "product_forecasts.plan_forecast_shards" not in rerun_steps
+    assert rerun_steps["product_forecasts.publish_forecasts"] == 1
+    assert sorted(forecast_cache.read_forecasts_for(redis_client, PREFIX, DATE)) == list(range(1, 23))
+    meta = json.loads(redis_client.get("forecast:metadata:last_run"))
+    assert meta["total_products"] == 22 and meta["successful"] == 22
+    assert not forecast_cache.staging_tokens(redis_client, PREFIX, DATE)
 
 
 # --- the staging protocol on real Redis ----------------------------------------------------------

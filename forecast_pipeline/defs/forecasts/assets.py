@@ -213,7 +213,7 @@ SHARD_POOL = "forecast_shards"
 # run too, so a run past its max runtime or cancelled would retry the shard and carry on.
 SHARD_RETRY = RetryPolicy(max_retries=2, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS)
 # Each shard step is its own pod under k8s_job_executor. Sized for FORECAST_SHARD_SIZE=25,000
-# products (measured peak 0.9-1.2 GiB per shard process, see benchmarks/RESULTS.md).
+# products with room to spare (measured peaks per shard process: benchmarks/RESULTS.md).
 SHARD_K8S_CONFIG = {
     "container_config": {
         "resources": {"requests": {"cpu": "1", "memory": "1536Mi"}, "limits": {"memory": "2Gi"}},
