@@ -22,11 +22,15 @@ def make_engine(url: str | SecretStr) -> sa.Engine:
     return sa.create_engine(normalize_database_url(url), pool_pre_ping=True)
 
 
-def redis_client(url: str | SecretStr, password: str | SecretStr | None = None) -> redis.Redis:
-    """A client (connects on first use)."""
+def redis_client(
+    url: str | SecretStr, password: str | SecretStr | None = None, *, decode_responses: bool = True
+) -> redis.Redis:
+    """A client (connects on first use); ``decode_responses=False`` returns bytes (pickled values)."""
     url, password = reveal(url), reveal(password)
     extra = {"password": password} if password else {}
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True, **extra)
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=5, socket_timeout=30, decode_responses=decode_responses, **extra
+    )
 
 
 def ping_redis(client: redis.Redis, url: str | SecretStr) -> None:

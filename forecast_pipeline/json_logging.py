@@ -55,7 +55,26 @@ class _NotCapturedByDagster(logging.Filter):
 
 
 class _JsonLinesHandler(logging.StreamHandler):
-    pass
+    """Writes to the stream it was given or, given none, to whatever ``sys.stderr`` is when a
+    record comes: the handler is added once per process, and a process that swaps stderr (pytest's
+    capture, a daemon redirecting it) would otherwise keep writing to a closed stream. A stream set
+    later with ``setStream`` is kept until the stderr it replaced is set back."""
+
+    def __init__(self, stream=None) -> None:
+        super().__init__(stream or sys.stderr)
+        self._stderr = None if stream else self.stream  # the stderr it writes to, while it follows it
+
+    def _follow_stderr(self) -> None:
+        if self._stderr is not None and self.stream is self._stderr and sys.stderr is not self._stderr:
+            self.stream = self._stderr = sys.stderr
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._follow_stderr()
+        super().emit(record)
+
+    def setStream(self, stream):  # noqa: N802 (logging's name)
+        self._follow_stderr()  # the stream it replaces (and flushes) is the stderr of the moment
+        return super().setStream(stream)
 
 
 def log_json_lines(level: int = logging.INFO, stream=None) -> logging.Handler:
@@ -65,7 +84,7 @@ def log_json_lines(level: int = logging.INFO, stream=None) -> logging.Handler:
     for handler in logger.handlers:
         if isinstance(handler, _JsonLinesHandler):
             return handler
-    handler = _JsonLinesHandler(stream or sys.stderr)
+    handler = _JsonLinesHandler(stream)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(_NotCapturedByDagster())
     logger.addHandler(handler)

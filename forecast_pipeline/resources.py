@@ -153,8 +153,7 @@ class RedisStore(ConfigurableResource):
     def binary_client(self) -> redis.Redis:
         """A client that returns bytes, for pickled step values."""
         if self._binary is None:
-            extra = {"password": self.password} if self.password else {}
-            self._binary = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=30, **extra)
+            self._binary = redis_client(self.url, self.password, decode_responses=False)
         return self._binary
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:

@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import sys
 
 from dagster import DagsterEventType, asset, instance_for_test, materialize
 
@@ -52,3 +53,19 @@ def test_a_run_captures_library_records_and_the_process_handler_writes_them_once
     assert "inside the run" in logged  # in the run's own logs (dagster.yaml's python_logs formats it)
     docs = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [(d["message"], d["rows"]) for d in docs if d["logger"] == log.name] == [("outside any run", 4)]
+
+
+def test_the_process_handler_writes_to_the_stderr_of_the_moment(monkeypatch):
+    # added once per process: a later swap of stderr (pytest's capture, a redirect) must not leave
+    # it writing to the old, closed stream ("--- Logging error ---" and the record lost)
+    handler = log_json_lines()
+    before = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", before)
+    log.info("first")
+    before.close()
+    after = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", after)
+    log.info("second", extra={FIELDS: {"rows": 2}})
+    docs = [json.loads(line) for line in after.getvalue().splitlines()]
+    assert [(d["message"], d["rows"]) for d in docs if d["logger"] == log.name] == [("second", 2)]
+    assert handler.stream is after

@@ -714,10 +714,10 @@ def test_cli_adds_plans_accounts_schedules_and_ticks(db, capsys):
     reports_cli.add_report_commands(parser.add_subparsers(dest="command", required=True))
     settings = load_settings({"DATABASE_URL": REPORTS_DB_URL})
 
-    def run(*argv: str) -> tuple[int, str]:
+    def run(*argv: str, stdout_only: bool = False) -> tuple[int, str]:
         code = reports_cli.cmd_reports(settings, parser.parse_args(["reports", *argv]))
         captured = capsys.readouterr()
-        return code, captured.out + captured.err
+        return code, captured.out if stdout_only else captured.out + captured.err
 
     assert run("init")[0] == 0
     for _ in range(2):  # repeatable
@@ -750,7 +750,7 @@ def test_cli_adds_plans_accounts_schedules_and_ticks(db, capsys):
     assert code == 0 and "'month-end': monthly Europe/Berlin" in out and "active" in out
     with db.begin() as conn:
         conn.execute(report_schedules.update().values(next_run_at=now() - dt.timedelta(minutes=1)))
-    code, out = run("tick", "--dry-run", "--json")
+    code, out = run("tick", "--dry-run", "--json", stdout_only=True)  # the JSON; log lines go to stderr
     assert code == 0 and json.loads(out)["dry_run"] is True and len(json.loads(out)["recorded"]) == 1
     assert runs_of(db) == []
     code, out = run("tick")

@@ -87,12 +87,8 @@ def add_alert_commands(subparsers: argparse._SubParsersAction) -> argparse.Argum
     return alerts
 
 
-def _app_engine(settings: Settings) -> sa.Engine:
-    return make_engine(settings.app_database_url)
-
-
 def cmd_alerts_init(settings: Settings, args: argparse.Namespace) -> int:
-    engine = _app_engine(settings)
+    engine = make_engine(settings.app_database_url)
     try:
         upgrade_app_schema(engine)
         with engine.begin() as conn:
@@ -124,7 +120,7 @@ def _missing_tables(settings: Settings, engine: sa.Engine) -> bool:
 
 
 def cmd_alerts_add(settings: Settings, args: argparse.Namespace) -> int:
-    engine = _app_engine(settings)
+    engine = make_engine(settings.app_database_url)
     try:
         if _missing_tables(settings, engine):
             return 1
@@ -161,7 +157,7 @@ def cmd_alerts_notifications(settings: Settings, args: argparse.Namespace) -> in
         return _usage_error(str(exc))
     if args.notifications_command == "resend" and bool(args.ids) == bool(args.all):
         return _usage_error("give the ids of the notifications to resend, or --all")
-    engine = _app_engine(settings)
+    engine = make_engine(settings.app_database_url)
     try:
         if _missing_tables(settings, engine):
             return 1
@@ -213,7 +209,7 @@ def cmd_alerts_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"forecast-pipeline alerts: {exc}", file=sys.stderr)
         return 2
-    engine = _app_engine(settings)
+    engine = make_engine(settings.app_database_url)
     try:
         if _missing_tables(settings, engine):
             return 1

@@ -34,14 +34,6 @@ from forecast_pipeline.settings import (
 from forecast_pipeline.source import source_schema
 
 
-def _engine(settings: Settings) -> sa.Engine:
-    return _engine_for(settings.database_url)
-
-
-def _engine_for(url: str) -> sa.Engine:
-    return make_engine(url)
-
-
 def _redis(settings: Settings):
     return connect_redis(settings.redis_url, settings.redis_password)
 
@@ -49,10 +41,10 @@ def _redis(settings: Settings):
 def cmd_init_db(settings: Settings, args: argparse.Namespace) -> int:
     from forecast_pipeline.app_db.schema import upgrade_app_schema
 
-    engine = _engine(settings)
+    engine = make_engine(settings.database_url)
     source_schema.create_schema(engine)
     print(f"Tables {', '.join(source_schema.SOURCE_TABLES)} are ready in {redact_url(settings.database_url)}")
-    upgrade_app_schema(_engine_for(settings.app_database_url))
+    upgrade_app_schema(make_engine(settings.app_database_url))
     print(
         f"Application tables (request queue, predictions, alerts, reports) are ready in "
         f"{redact_url(settings.app_database_url)}"
@@ -65,7 +57,7 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
     from forecast_pipeline.source import demo_data  # pandas: only this command needs it
 
     end = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
-    engine = _engine(settings)
+    engine = make_engine(settings.database_url)
     with engine.connect():  # an unreachable database fails now, in one line, not after generating
         pass
     started = time.perf_counter()
@@ -113,7 +105,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
         f"partitions: as-of dates {settings.history_start} to {today} (FORECAST_HISTORY_START to today in "
         f"FORECAST_SCHEDULE_TIMEZONE {settings.schedule_timezone}); Dagster refuses a --partition outside them"
     )
-    engine = _engine(settings)
+    engine = make_engine(settings.database_url)
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
@@ -148,7 +140,7 @@ def _check_app_tables(settings: Settings) -> bool:
     from forecast_pipeline.app_db.schema import current_revision, head_revision, missing_app_tables
 
     url = redact_url(settings.app_database_url)
-    engine = _engine_for(settings.app_database_url)
+    engine = make_engine(settings.app_database_url)
     try:
         missing = missing_app_tables(engine)
         revision = current_revision(engine)
@@ -222,7 +214,7 @@ def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: s
     if settings.source_query:  # a custom source: no products table to look in
         return f"{missing}: check the product id, or run that date for it"
     try:
-        engine = _engine(settings)
+        engine = make_engine(settings.database_url)
         with engine.connect() as conn:
             lines = source_schema.order_items
             known = conn.execute(sa.select(lines.c.product_id).where(lines.c.product_id == product_id).limit(1)).first()
@@ -248,7 +240,7 @@ def cmd_requests(settings: Settings, args: argparse.Namespace) -> int:
     if refused:  # nothing could ever claim a request here: accept none
         print(f"forecast-pipeline {args.command} {args.requests_command}: {refused}", file=sys.stderr)
         return 1
-    engine = _engine_for(settings.app_database_url)
+    engine = make_engine(settings.app_database_url)
     upgrade_app_schema(engine)
     if args.requests_command == "enqueue":
         return _enqueue_request(settings, args, engine)

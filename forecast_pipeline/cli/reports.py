@@ -176,10 +176,6 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     return reports
 
 
-def _engine(settings: Settings) -> sa.Engine:
-    return make_engine(settings.app_database_url)
-
-
 def _upsert(conn: sa.Connection, table: sa.Table, values: dict, conflict: list[str]) -> int:
     statement = postgresql.insert(table).values(**values)
     update = {k: statement.excluded[k] for k in values if k not in conflict}
@@ -189,7 +185,7 @@ def _upsert(conn: sa.Connection, table: sa.Table, values: dict, conflict: list[s
 
 
 def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
-    engine = _engine(settings)
+    engine = make_engine(settings.app_database_url)
     upgrade_app_schema(engine)
     print(f"Tables {', '.join(schema.REPORT_TABLES)} are ready")
     refused = postgres_only_reason(settings.app_database_url, "report scheduling")
@@ -199,7 +195,7 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_add_plan(settings: Settings, args: argparse.Namespace) -> int:
-    with _engine(settings).begin() as conn:
+    with make_engine(settings.app_database_url).begin() as conn:
         plan_id = _upsert(conn, schema.plans, {"name": args.name, "monthly_report_limit": args.monthly_limit}, ["name"])
     limit = "unlimited" if args.monthly_limit is None else f"{args.monthly_limit} reports a month"
     print(f"plan {plan_id} {args.name!r}: {limit}")
@@ -208,7 +204,7 @@ def cmd_add_plan(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_add_account(settings: Settings, args: argparse.Namespace) -> int:
     load_timezone(args.timezone)
-    with _engine(settings).begin() as conn:
+    with make_engine(settings.app_database_url).begin() as conn:
         plan_id = None
         if args.plan:
             plan_id = conn.execute(sa.select(schema.plans.c.id).where(schema.plans.c.name == args.plan)).scalar()
@@ -250,7 +246,7 @@ def cmd_add_schedule(settings: Settings, args: argparse.Namespace) -> int:
         parameters["top_products"] = args.top_products
     if args.email:
         parameters["email_to"] = args.email
-    with _engine(settings).begin() as conn:
+    with make_engine(settings.app_database_url).begin() as conn:
         account = conn.execute(
             sa.select(schema.accounts.c.id, schema.accounts.c.parameters).where(schema.accounts.c.name == args.account)
         ).one_or_none()
@@ -311,7 +307,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
         .select_from(schema.report_schedules.outerjoin(last, sa.true()))
         .order_by(s.id)
     )
-    with _engine(settings).connect() as conn:
+    with make_engine(settings.app_database_url).connect() as conn:
         rows = conn.execute(query).all()
     if not rows:
         print("No report schedules (add one with `forecast-pipeline reports add-schedule`)")
@@ -327,7 +323,7 @@ def cmd_list(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_tick(settings: Settings, args: argparse.Namespace) -> int:
     report_settings = load_report_settings()
-    result = tick(_engine(settings), limit=report_settings.tick_limit, dry_run=args.dry_run)
+    result = tick(make_engine(settings.app_database_url), limit=report_settings.tick_limit, dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, **result.as_dict()}, indent=2))
         return 0
