@@ -18,7 +18,7 @@ How a product's forecast is decided (the README repeats this for users):
    recent mean). Two candidates depend on the history rather than the class: ``shift_ses`` (SES
    from the start of a level shift found by ``models.level_shift_week``: a lasting step of 1.6x
    or more with a t-statistic of 6 or more in the last 52 weeks) for rows with such a shift, and
-   TSB plus ``tsb_fast`` (TSB with beta 0.3) for dormant rows (``DORMANT_WEEKS`` weeks without
+   TSB plus ``tsb_fast`` (TSB with beta 0.5) for dormant rows (``DORMANT_WEEKS`` weeks without
    demand after selling in ``DORMANT_SHARE`` of the year before: a discontinued item). Every
    candidate is fitted, on the rows allowed to choose it, on the history minus the last
    ``horizon`` weeks and scored on those weeks, and on up to ``SELECTION_WINDOWS - 1`` earlier

@@ -20,7 +20,7 @@ SEASON_LENGTH = 52
 SES_ALPHAS = np.array([0.05, 0.1, 0.2, 0.3, 0.5])
 CROSTON_ALPHAS = np.array([0.05, 0.1, 0.2, 0.3])
 TSB_BETAS = np.array([0.02, 0.05, 0.1, 0.2])
-TSB_FAST_BETA = np.array([0.3])
+TSB_FAST_BETA = np.array([0.5])
 HOLT_BETA = 0.05
 HOLT_PHI = 0.9
 DECOMP_YEARS = 4
@@ -603,7 +603,7 @@ def tsb_fast(
     cuts: tuple[int, ...] = (),
     init_end: np.ndarray | None = None,
 ) -> ModelFit:
-    """TSB with the demand probability's beta fixed at 0.3: for an item that has stopped selling
+    """TSB with the demand probability's beta fixed at 0.5: for an item that has stopped selling
     the in-sample error (years of steady sales) picks a slow beta that keeps forecasting demand."""
     return tsb(y, start, horizon, betas=TSB_FAST_BETA, paths=paths, cuts=cuts, init_end=init_end)
 
