@@ -216,6 +216,12 @@ def test_the_statsforecast_comparison_reports_every_model_and_the_targets():
     assert "best statsforecast" in text and "Engine vs AutoETS" in text
     checks = dict(backtest.summary_checks(result))
     assert "MASE at most 0.95x the best statsforecast model and the ensemble (all)" in checks
+    # the best MSIS peer is shown with its own coverage: an interval score is only comparable
+    # next to what the interval covers
+    (overall,) = [r for r in backtest.sf_comparison(result) if r["class"] == "all"]
+    peer = overall["best_msis_model"]
+    assert overall["best_msis_coverage"] == tables[peer]["all"]["coverage"]
+    assert f"{peer} ({overall['best_msis']:.2f}, covers {overall['best_msis_coverage']:.1%})" in text
 
 
 def test_asking_for_statsforecast_without_the_extra_says_so_in_one_line(monkeypatch, capsys):

@@ -734,6 +734,7 @@ def sf_comparison(result: BacktestResult) -> list[dict]:
                 "engine_msis": eng[cls]["msis"],
                 "best_msis_model": best_msis,
                 "best_msis": with_interval[best_msis]["msis"] if best_msis else float("nan"),
+                "best_msis_coverage": with_interval[best_msis]["coverage"] if best_msis else float("nan"),
                 "autoets_coverage": peers.get("AutoETS", {}).get("coverage", float("nan")),
                 "zero_share": eng[cls]["zero_share"],
             }
@@ -755,7 +756,8 @@ def format_sf_comparison(result: BacktestResult) -> str:
         lines.append(
             f"| {r['class']} | {r['series']:,} | {r['engine_mase']:.3f} | {r['best_model']} ({r['best_mase']:.3f}) "
             f"| {r['ensemble_mase']:.3f} | {r['engine_bias']:+.3f} | {r['coverage']:.1%} | {r['zero_share']:.1%} "
-            f"| {r['engine_msis']:.2f} | {r['best_msis_model']} ({r['best_msis']:.2f}) |"
+            f"| {r['engine_msis']:.2f} "
+            f"| {r['best_msis_model']} ({r['best_msis']:.2f}, covers {r['best_msis_coverage']:.1%}) |"
         )
     tables = result.tables()
     detail = ["", "| model | " + " | ".join(c for c in (*CLASSES, "all")) + " |", "|---|" + "---|" * (len(CLASSES) + 1)]
