@@ -192,6 +192,7 @@ class ForecastParameters(ConfigurableResource):
     max_failure_rate: float = 0.05
     cache_ttl: int = 604800
     history_ttl: int = 7776000
+    predictions_keep_days: int = 0  # 0: forecast_predictions keeps every as-of date
 
     def window(self, as_of: dt.date) -> HistoryWindow:
         return HistoryWindow(

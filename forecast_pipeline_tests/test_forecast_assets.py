@@ -327,3 +327,42 @@ def test_forecast_predictions_stream_is_all_or_nothing(pg):
     with pytest.raises(forecast_cache.ChangedWhileReading):
         predictions_store.replace(pg, AS_OF, raced())
     assert prediction_rows(pg, AS_OF) == before
+
+
+def _prediction_dates(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT as_of_date, count(*) FROM forecast_predictions GROUP BY as_of_date ORDER BY 1")
+        ).all()
+    return {d.isoformat(): n for d, n in rows}
+
+
+def test_forecast_predictions_keeps_the_days_it_is_told_to_and_every_date_by_default(book, redis_client, instance):
+    # nothing else deletes old as-of dates: without the setting every date stays (nothing lost)
+    older, old, newest = AS_OF - dt.timedelta(days=14), AS_OF - dt.timedelta(days=7), AS_OF
+    for day in (older, old, newest):
+        assert materialize_date(WITH_PREDICTIONS, book, instance, as_of=day).success
+    assert set(_prediction_dates(book)) == {older.isoformat(), old.isoformat(), newest.isoformat()}
+
+    # keep 7 days: the run of the newest date removes the dates more than 7 days before it
+    result = materialize_date(WITH_PREDICTIONS, book, instance, as_of=newest, FORECAST_PREDICTIONS_KEEP_DAYS="7")
+    assert result.success
+    kept = _prediction_dates(book)
+    assert set(kept) == {old.isoformat(), newest.isoformat()}
+    (materialization,) = result.asset_materializations_for_node("forecast_predictions")
+    assert materialization.metadata["rows_removed"].value == 12 * 22
+    assert materialization.metadata["kept_since"].value == old.isoformat()
+
+    # a backfill of an older date is written, and removes only dates older than its own window
+    result = materialize_date(WITH_PREDICTIONS, book, instance, as_of=older, FORECAST_PREDICTIONS_KEEP_DAYS="7")
+    assert result.success and set(_prediction_dates(book)) == {older.isoformat(), old.isoformat(), newest.isoformat()}
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon"])
+def test_a_bad_predictions_retention_is_refused_naming_the_variable(value):
+    from forecast_pipeline.settings import ConfigError, load_settings
+
+    assert load_settings({}).predictions_keep_days is None  # keep every date
+    assert load_settings({"FORECAST_PREDICTIONS_KEEP_DAYS": "90"}).predictions_keep_days == 90
+    with pytest.raises(ConfigError, match="FORECAST_PREDICTIONS_KEEP_DAYS=.*(must be at least 1|not a whole number)"):
+        load_settings({"FORECAST_PREDICTIONS_KEEP_DAYS": value})

@@ -75,6 +75,13 @@ def replace(engine: sa.Engine, as_of: dt.date, docs: Iterable[dict], products: s
 CHUNK_DOCS = 5000
 
 
+def delete_before(engine: sa.Engine, before: dt.date) -> int:
+    """Delete the rows of every as-of date before ``before`` (retention); returns how many."""
+    table = forecast_predictions
+    with engine.begin() as conn:
+        return conn.execute(table.delete().where(table.c.as_of_date < before)).rowcount
+
+
 def _row_chunks(docs: Iterable[dict]) -> Iterator[list[dict]]:
     chunk: list[dict] = []
     for i, doc in enumerate(docs, start=1):

@@ -73,6 +73,7 @@ def build_resources(settings: Settings, environ: Mapping[str, str] | None = None
             max_failure_rate=settings.max_failure_rate,
             cache_ttl=cache_ttl,
             history_ttl=history_ttl,
+            predictions_keep_days=pick("FORECAST_PREDICTIONS_KEEP_DAYS", settings.predictions_keep_days or 0, "int"),
         ),
         "forecast_io_manager": RedisForecastIOManager(redis_store=store, cache_ttl=cache_ttl, history_ttl=history_ttl),
         "table_io_manager": RedisTableIOManager(redis_store=store, history_ttl=history_ttl),

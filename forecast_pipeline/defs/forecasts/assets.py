@@ -619,6 +619,7 @@ def forecast_predictions(
     product_forecasts: dict[str, forecast_cache.CachedForecasts],  # each date streamed from Redis
     app_db: AppDatabase,
     redis_store: RedisStore,
+    forecast_params: ForecastParameters,
     run_heartbeat: RunHeartbeat,
 ) -> MaterializeResult:
     started = time.perf_counter()
@@ -651,7 +652,24 @@ def forecast_predictions(
         f"Wrote {sum(rows.values())} prediction rows in {seconds:.2f}s into {app_db.redacted_url()}"
         + ("" if requested is None else f" (products {sorted(requested)[:20]} only)")
     )
+    if forecast_params.predictions_keep_days and rows:
+        _remove_old_dates(context, app_db, max(rows), forecast_params.predictions_keep_days)
     return MaterializeResult()
+
+
+def _remove_old_dates(context: AssetExecutionContext, app_db: AppDatabase, newest: str, keep_days: int) -> None:
+    """Retention: the as-of dates more than ``keep_days`` before the run's newest date go. Relative
+    to the run, not today, so a backfill of an old date keeps what it wrote."""
+    kept_since = dt.date.fromisoformat(newest) - dt.timedelta(days=keep_days)
+    try:
+        removed = predictions_store.delete_before(app_db.engine(), kept_since)
+    except sa.exc.SQLAlchemyError as exc:
+        _app_db_failure(app_db, exc, f"removing forecast_predictions before {kept_since}")
+    context.log.info(
+        f"Removed {removed} prediction rows of as-of dates before {kept_since} "
+        f"(FORECAST_PREDICTIONS_KEEP_DAYS={keep_days})"
+    )
+    context.add_asset_metadata({"rows_removed": removed, "kept_since": kept_since.isoformat()}, partition_key=newest)
 
 
 def _app_db_failure(app_db: AppDatabase, exc: sa.exc.SQLAlchemyError, doing: str, **metadata) -> NoReturn:
