@@ -56,7 +56,7 @@ def ensure_database(url: str) -> None:
     """Create the benchmark database if it does not exist (connects to ``postgres`` to do so; a
     SQLite file is created by its first connection)."""
     target = sa.engine.make_url(url)
-    if target.get_backend_name() != "postgresql":
+    if target.get_backend_name() == "sqlite":
         return
     admin = sa.create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:

@@ -65,16 +65,19 @@ class _JsonLinesHandler(logging.StreamHandler):
         self._stderr = None if stream else self.stream  # the stderr it writes to, while it follows it
 
     def _follow_stderr(self) -> None:
-        if self._stderr is not None and self.stream is self._stderr and sys.stderr is not self._stderr:
-            self.stream = self._stderr = sys.stderr
+        current = sys.stderr  # None in a process detached from any stderr: keep the old stream
+        following = self._stderr is not None and self.stream is self._stderr
+        if following and current is not None and current is not self._stderr:
+            self.stream = self._stderr = current
 
     def emit(self, record: logging.LogRecord) -> None:
         self._follow_stderr()
         super().emit(record)
 
     def setStream(self, stream):  # noqa: N802 (logging's name)
-        self._follow_stderr()  # the stream it replaces (and flushes) is the stderr of the moment
-        return super().setStream(stream)
+        with self.lock:  # reentrant: the base class takes it again
+            self._follow_stderr()  # the stream it replaces (and flushes) is the stderr of the moment
+            return super().setStream(stream)
 
 
 def log_json_lines(level: int = logging.INFO, stream=None) -> logging.Handler:

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 import redis
 import sqlalchemy as sa
 from dagster import ConfigurableResource, Failure, InitResourceContext
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.connections import RedisUnreachable, make_engine, ping_redis, redis_client
@@ -192,7 +192,8 @@ class ForecastParameters(ConfigurableResource):
     max_failure_rate: float = 0.05
     cache_ttl: int = 604800
     history_ttl: int = 7776000
-    predictions_keep_days: int = 0  # 0: forecast_predictions keeps every as-of date
+    # 0: forecast_predictions keeps every as-of date; bounded here too, as run config can set it
+    predictions_keep_days: int = Field(default=0, ge=0, le=36500)
 
     def window(self, as_of: dt.date) -> HistoryWindow:
         return HistoryWindow(

@@ -336,7 +336,7 @@ class Settings(AreaSettings):
     key_prefix: str = env("FORECAST_KEY_PREFIX", "forecast")
     cache_ttl: int = env("FORECAST_CACHE_TTL", 604800, ge=1)
     history_ttl: int = env("FORECAST_HISTORY_TTL", 7776000, ge=1)
-    predictions_keep_days: int | None = env("FORECAST_PREDICTIONS_KEEP_DAYS", None, ge=1)
+    predictions_keep_days: int | None = env("FORECAST_PREDICTIONS_KEEP_DAYS", None, ge=1, le=36500)
     """forecast_predictions keeps the as-of dates within this many days of a run's newest date
     (unset: every date)."""
     workers: int = env("FORECAST_WORKERS", 10, ge=1, le=256)

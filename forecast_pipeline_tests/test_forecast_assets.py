@@ -339,23 +339,55 @@ def _prediction_dates(engine) -> dict[str, int]:
 
 def test_forecast_predictions_keeps_the_days_it_is_told_to_and_every_date_by_default(book, redis_client, instance):
     # nothing else deletes old as-of dates: without the setting every date stays (nothing lost)
-    older, old, newest = AS_OF - dt.timedelta(days=14), AS_OF - dt.timedelta(days=7), AS_OF
-    for day in (older, old, newest):
+    ancient, older, old, newest = (AS_OF - dt.timedelta(days=d) for d in (28, 14, 7, 0))
+    for day in (ancient, older, old, newest):
         assert materialize_date(WITH_PREDICTIONS, book, instance, as_of=day).success
-    assert set(_prediction_dates(book)) == {older.isoformat(), old.isoformat(), newest.isoformat()}
+    assert set(_prediction_dates(book)) == {d.isoformat() for d in (ancient, older, old, newest)}
+    per_date = _prediction_dates(book)[newest.isoformat()]
 
     # keep 7 days: the run of the newest date removes the dates more than 7 days before it
     result = materialize_date(WITH_PREDICTIONS, book, instance, as_of=newest, FORECAST_PREDICTIONS_KEEP_DAYS="7")
     assert result.success
-    kept = _prediction_dates(book)
-    assert set(kept) == {old.isoformat(), newest.isoformat()}
+    assert set(_prediction_dates(book)) == {old.isoformat(), newest.isoformat()}
     (materialization,) = result.asset_materializations_for_node("forecast_predictions")
-    assert materialization.metadata["rows_removed"].value == 12 * 22
+    assert materialization.metadata["rows"].value == per_date  # what it wrote, as without retention
+    assert materialization.metadata["rows_removed"].value == 2 * per_date
     assert materialization.metadata["kept_since"].value == old.isoformat()
 
-    # a backfill of an older date is written, and removes only dates older than its own window
+    # a backfill of an older date keeps what it writes and the newer dates, and removes only the
+    # dates more than 7 days before its own date
+    assert materialize_date(WITH_PREDICTIONS, book, instance, as_of=ancient).success  # no retention: kept
     result = materialize_date(WITH_PREDICTIONS, book, instance, as_of=older, FORECAST_PREDICTIONS_KEEP_DAYS="7")
-    assert result.success and set(_prediction_dates(book)) == {older.isoformat(), old.isoformat(), newest.isoformat()}
+    assert result.success
+    assert set(_prediction_dates(book)) == {older.isoformat(), old.isoformat(), newest.isoformat()}
+    (materialization,) = result.asset_materializations_for_node("forecast_predictions")
+    assert materialization.metadata["rows_removed"].value == _prediction_dates(book)[older.isoformat()]
+
+
+def test_a_failing_retention_warns_and_keeps_the_run_and_its_rows(book, redis_client, instance, monkeypatch):
+    # the run's own rows are written by then: a retention that cannot delete is not the run's failure
+    def unreachable(engine, before):
+        raise sa.exc.OperationalError("DELETE", {}, Exception("server closed the connection unexpectedly"))
+
+    monkeypatch.setattr(predictions_store, "delete_before", unreachable)
+    result = materialize_date(WITH_PREDICTIONS, book, instance, FORECAST_PREDICTIONS_KEEP_DAYS="7")
+    assert result.success
+    assert set(_prediction_dates(book)) == {AS_OF.isoformat()}
+    (materialization,) = result.asset_materializations_for_node("forecast_predictions")
+    assert "server closed the connection" in materialization.metadata["retention_error"].value
+
+
+@pytest.mark.parametrize("days", [-5, 36501])
+def test_the_forecast_parameters_refuse_a_retention_out_of_range(days):
+    # run config can set the resource past the settings' check: a negative number of days would
+    # put the cut-off after the run's own date (every date deleted, the one just written included)
+    from pydantic import ValidationError
+
+    from forecast_pipeline.resources import ForecastParameters
+
+    with pytest.raises(ValidationError, match="predictions_keep_days"):
+        ForecastParameters(predictions_keep_days=days)
+    assert ForecastParameters(predictions_keep_days=0).predictions_keep_days == 0  # 0: keep every date
 
 
 @pytest.mark.parametrize("value", ["0", "-3", "soon"])
@@ -364,5 +396,7 @@ def test_a_bad_predictions_retention_is_refused_naming_the_variable(value):
 
     assert load_settings({}).predictions_keep_days is None  # keep every date
     assert load_settings({"FORECAST_PREDICTIONS_KEEP_DAYS": "90"}).predictions_keep_days == 90
-    with pytest.raises(ConfigError, match="FORECAST_PREDICTIONS_KEEP_DAYS=.*(must be at least 1|not a whole number)"):
+    with pytest.raises(ConfigError, match="FORECAST_PREDICTIONS_KEEP_DAYS=1000000 must be between 1 and 36500"):
+        load_settings({"FORECAST_PREDICTIONS_KEEP_DAYS": "1000000"})  # would overflow the date arithmetic
+    with pytest.raises(ConfigError, match="FORECAST_PREDICTIONS_KEEP_DAYS=.*(between 1 and 36500|not a whole number)"):
         load_settings({"FORECAST_PREDICTIONS_KEEP_DAYS": value})

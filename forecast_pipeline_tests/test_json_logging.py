@@ -69,3 +69,15 @@ def test_the_process_handler_writes_to_the_stderr_of_the_moment(monkeypatch):
     docs = [json.loads(line) for line in after.getvalue().splitlines()]
     assert [(d["message"], d["rows"]) for d in docs if d["logger"] == log.name] == [("second", 2)]
     assert handler.stream is after
+
+
+def test_the_process_handler_keeps_its_stream_when_the_process_has_no_stderr(monkeypatch):
+    handler = log_json_lines()
+    kept = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", kept)
+    log.info("before")
+    monkeypatch.setattr(sys, "stderr", None)  # e.g. a process started without one
+    log.info("detached", extra={FIELDS: {"rows": 5}})
+    assert handler.stream is kept
+    docs = [json.loads(line) for line in kept.getvalue().splitlines()]
+    assert [d["message"] for d in docs if d["logger"] == log.name] == ["before", "detached"]

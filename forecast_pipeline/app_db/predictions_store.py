@@ -76,10 +76,18 @@ CHUNK_DOCS = 5000
 
 
 def delete_before(engine: sa.Engine, before: dt.date) -> int:
-    """Delete the rows of every as-of date before ``before`` (retention); returns how many."""
+    """Delete the rows of every as-of date before ``before`` (retention); returns how many. One
+    date per transaction: turning retention on over a year of a large catalogue's dates must not
+    be one statement of billions of rows."""
     table = forecast_predictions
-    with engine.begin() as conn:
-        return conn.execute(table.delete().where(table.c.as_of_date < before)).rowcount
+    with engine.connect() as conn:
+        dates = conn.execute(sa.select(table.c.as_of_date).distinct().where(table.c.as_of_date < before)).scalars()
+        dates = sorted(dates)
+    removed = 0
+    for as_of in dates:
+        with engine.begin() as conn:
+            removed += conn.execute(table.delete().where(table.c.as_of_date == as_of)).rowcount
+    return removed
 
 
 def _row_chunks(docs: Iterable[dict]) -> Iterator[list[dict]]:

@@ -611,7 +611,8 @@ def _forecast_shard(
     description=(
         "Every weekly prediction of product_forecasts as rows of forecast_predictions in the "
         "application database. A run replaces its as-of dates' rows wholly; a run for some "
-        "products replaces only theirs."
+        "products replaces only theirs. With FORECAST_PREDICTIONS_KEEP_DAYS, a run also deletes "
+        "the as-of dates more than that many days before its newest date."
     ),
 )
 def forecast_predictions(
@@ -652,19 +653,25 @@ def forecast_predictions(
         f"Wrote {sum(rows.values())} prediction rows in {seconds:.2f}s into {app_db.redacted_url()}"
         + ("" if requested is None else f" (products {sorted(requested)[:20]} only)")
     )
-    if forecast_params.predictions_keep_days and rows:
+    if forecast_params.predictions_keep_days > 0 and rows:
         _remove_old_dates(context, app_db, max(rows), forecast_params.predictions_keep_days)
     return MaterializeResult()
 
 
 def _remove_old_dates(context: AssetExecutionContext, app_db: AppDatabase, newest: str, keep_days: int) -> None:
     """Retention: the as-of dates more than ``keep_days`` before the run's newest date go. Relative
-    to the run, not today, so a backfill of an old date keeps what it wrote."""
+    to the run, not today, so a backfill of an old date keeps what it wrote. A failure here is a
+    warning, not the run's: its own rows are written, and the next run removes the old dates."""
     kept_since = dt.date.fromisoformat(newest) - dt.timedelta(days=keep_days)
     try:
         removed = predictions_store.delete_before(app_db.engine(), kept_since)
     except sa.exc.SQLAlchemyError as exc:
-        _app_db_failure(app_db, exc, f"removing forecast_predictions before {kept_since}")
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        context.log.warning(
+            f"Could not remove forecast_predictions before {kept_since} (the next run retries): {reason}"
+        )
+        context.add_asset_metadata({"retention_error": reason}, partition_key=newest)
+        return
     context.log.info(
         f"Removed {removed} prediction rows of as-of dates before {kept_since} "
         f"(FORECAST_PREDICTIONS_KEEP_DAYS={keep_days})"
