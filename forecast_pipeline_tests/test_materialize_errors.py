@@ -5,6 +5,7 @@ exception chain printed twice, and never the wrong hint."""
 import datetime as dt
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -86,6 +87,31 @@ def test_redis_down_when_the_run_starts_fails_the_first_step_in_one_line(tmp_pat
     assert "s3cret" not in output
     assert "redis.exceptions.ConnectionError" not in output and "ConnectionRefusedError" not in output
     assert len(output.splitlines()) < 100, len(output.splitlines())  # was 136 (dg launch) and 157
+
+
+def quickstart_launch() -> list[str]:
+    """The quickstart's own `dg launch` command line, as scripts/quickstart.sh runs it."""
+    script = (Path(__file__).parents[1] / "scripts" / "quickstart.sh").read_text()
+    line = next(line for line in script.splitlines() if line.startswith(".venv/bin/dg launch "))
+    args = shlex.split(line.replace('"$AS_OF"', PARTITION))
+    return [str(BIN / "dg"), *args[1:]]
+
+
+def test_the_quickstart_run_prints_its_progress_without_dagsters_debug_events(tmp_path, demo_orders):
+    """A first run shows what the pipeline did (a dozen INFO lines), not ~45 DEBUG events about
+    resources, inputs and outputs; a failure is still printed (ERROR, see the tests above)."""
+    done = command(quickstart_launch(), tmp_path, DATABASE_URL=demo_orders)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert " - DEBUG - " not in output, output[:3000]
+    assert "eligible products for as-of 2025-11-10" in output, output[:3000]
+    assert re.search(r"Published \d+ forecasts for 2025-11-10", output), output[-3000:]
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:  # the UI's run log
+        (run,) = instance.get_runs()
+        events = [e.dagster_event.event_type_value for e in instance.all_logs(run.run_id) if e.dagster_event]
+    assert events.count("STEP_START") == 6 and "RESOURCE_INIT_SUCCESS" in events, events
 
 
 def test_redis_going_away_during_the_run_is_one_line_saying_to_rerun(tmp_path, demo_orders):

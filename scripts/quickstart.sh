@@ -28,8 +28,10 @@ echo "==> checking configuration, database and Redis"
 .venv/bin/forecast-pipeline check
 
 echo "==> materializing eligible_products, product_forecasts and forecast_predictions for as-of $AS_OF"
-# (`dagster asset materialize` does the same; Dagster warns that it is superseded by `dg launch`)
-.venv/bin/dg launch --assets '*' --partition "$AS_OF"
+# (`dagster asset materialize` does the same; Dagster warns that it is superseded by `dg launch`).
+# The console shows the pipeline's INFO lines and any ERROR, not Dagster's DEBUG events (the UI's
+# run log keeps every event).
+.venv/bin/dg launch --assets '*' --partition "$AS_OF" --config-json '{"loggers": {"console": {"config": {"log_level": "INFO"}}}}'
 
 echo "==> the cached result"
 .venv/bin/forecast-pipeline show
