@@ -52,6 +52,8 @@ How a product's forecast is decided (the README repeats this for users):
    nominal 80% interval (relative errors carry over when the level moves; the mean floor keeps
    near-zero forecasts from producing huge ratios). Where the 10th percentile falls at or below
    zero the interval is [0, 80th percentile]: a zero lower bound already covers every zero week.
+   For intermittent and lumpy rows on a level model a replayed zero week counts as the lowest
+   error, so the lower bound is zero wherever 10% or more of those weeks sold nothing.
    Seasonal models are replayed with their season estimated only from the weeks before those
    origins (rows with 3 years there): errors replayed with a season fitted on the same weeks are
    too small (co2: 73% coverage, 76% out of sample). Rows with fewer than 10 past errors use
@@ -95,13 +97,13 @@ UPPER_FROM_ZERO_QUANTILE = 0.80
 # backtest origins and the real series (benchmarks/RESULTS.md).
 INTERVAL_SCALE = {
     "short": (1.064, 1.865),
-    "young": (1.001, 1.704),  # 26-51 weeks of history
+    "young": (1.0, 0.889),  # 26-51 weeks of history
     "seasonal": (1.0, 1.108),
-    "shift": (1.127, 1.193),
+    "shift": (1.0, 0.953),
     "smooth": (1.0, 1.035),
-    "erratic": (1.0, 0.905),
-    "intermittent": (1.0, 1.263),
-    "lumpy": (1.0, 1.052),
+    "erratic": (1.0, 0.907),
+    "intermittent": (1.0, 0.788),
+    "lumpy": (1.0, 0.445),
     "dormant": (1.0, 0.5),
 }
 # Groups whose interval widens over the horizon: the replayed errors pool steps 1..horizon into
@@ -113,6 +115,10 @@ PROFILED_CLASSES: dict[str, float] = {"smooth": 0.11, "erratic": 0.10}
 # Groups whose upper half-width blends the replayed errors with the weekly spread (see below).
 SPREAD_BLENDED_GROUPS = ("short", "young", "shift", "intermittent", "lumpy", "erratic")
 RELATIVE_FLOOR = 1.0
+# A zero week's replayed error for ZERO_FLOOR_CLASSES rows: below any real relative error, so the
+# 10th percentile is zero wherever 10% of the replayed weeks sold nothing.
+ZERO_WEEK_ERROR = -1e6
+ZERO_FLOOR_CLASSES = ("intermittent", "lumpy")
 ADI_CUTOFF = 1.32
 CV2_CUTOFF = 0.49
 
@@ -345,7 +351,11 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
             replay = _season_out_of_sample(fn, fit, y[rows], start[rows], horizon)
         # A level-shift model's errors count only from origins after the shift.
         since = np.maximum(start[rows], shift[rows]) if name in SHIFT_CANDIDATES else start[rows]
-        lo_off, hi_off = _empirical_error_quantiles(replay, y[rows], since, horizon, fit.forecast)
+        # Intermittent and lumpy rows on a level model: a zero week's error puts the lower bound at
+        # zero (see _empirical_error_quantiles). Seasonal models keep the plain errors: their rows
+        # share the "seasonal" width factor with regular seasonal items, which it would narrow.
+        zero_weeks_at_zero = np.isin(demand_class[rows], ZERO_FLOOR_CLASSES) & (name not in SEASONAL_CANDIDATES)
+        lo_off, hi_off = _empirical_error_quantiles(replay, y[rows], since, horizon, fit.forecast, zero_weeks_at_zero)
         weight = np.where(combine[rows], 0.5, 1.0)[:, None]
         forecast[rows] += weight * fit.forecast
         lower[rows] += weight * lo_off
@@ -442,7 +452,12 @@ def _season_out_of_sample(fn, fit: models.ModelFit, y: np.ndarray, start: np.nda
 
 
 def _empirical_error_quantiles(
-    fit: models.ModelFit, y: np.ndarray, start: np.ndarray, horizon: int, final: np.ndarray
+    fit: models.ModelFit,
+    y: np.ndarray,
+    start: np.ndarray,
+    horizon: int,
+    final: np.ndarray,
+    zero_weeks_at_zero: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lower/upper interval offsets from each row's 1..horizon-week errors over recent origins.
 
@@ -452,6 +467,13 @@ def _empirical_error_quantiles(
     when the level moves (a seasonal peak, a declining item): with absolute errors a zero week of
     an intermittent item falls below a raised lower bound. Falls back to the spread of the weekly
     values when a row has too few past origins.
+
+    For ``zero_weeks_at_zero`` rows a week without demand counts as an error below every other
+    (``ZERO_WEEK_ERROR``): where 10% or more of the replayed weeks sold nothing, the 10th
+    percentile of demand is zero and so is the lower bound. Relative errors alone miss that
+    when the zero weeks came at forecasts below the series' mean (their error is above -1): a
+    Croston row whose forecast has since risen got a lower bound of 0.01-0.5 units, above every
+    zero week of an item that sells in one week of four.
     """
     n, t = y.shape
     mask = np.arange(t)[None, :] >= start[:, None]
@@ -464,6 +486,8 @@ def _empirical_error_quantiles(
         predicted = np.clip(fit.forecast_from(origin, steps, t), 0, None)
         actual = y[:, origin + 1 : origin + 1 + steps]
         err = (actual - predicted) / np.maximum(predicted, floor[:, None])
+        if zero_weeks_at_zero is not None:
+            err = np.where((actual <= 0) & zero_weeks_at_zero[:, None], ZERO_WEEK_ERROR, err)
         usable = origin >= start + SHORT_HOLDOUT_WEEKS
         errors.append(np.where(usable[:, None], err, np.nan))
     fb_lo, fb_hi = _spread_fallback(y, start)
