@@ -65,6 +65,11 @@ class MethodScores:
     covered: list[np.ndarray] = field(default_factory=list)  # (n,) weeks inside the interval
     interval_score: list[np.ndarray] = field(default_factory=list)  # (n,) sum of the interval scores
     zero_weeks: list[np.ndarray] = field(default_factory=list)  # (n,) test weeks without demand
+    # (n,) weeks whose lower bound is above zero, and how many of them the interval covered: an
+    # interval above zero misses every zero week, so a class's coverage can average rows that
+    # cover a third with rows from zero that over-cover
+    weeks_above_zero: list[np.ndarray] = field(default_factory=list)
+    covered_above_zero: list[np.ndarray] = field(default_factory=list)
     demand_class: list[np.ndarray] = field(default_factory=list)
     seconds: float = 0.0
     fits: int = 0
@@ -80,8 +85,14 @@ class MethodScores:
         if lower is not None:
             covered = interval_covered(actual, lower, upper)
             self.interval_score.append(interval_score(actual, lower, upper).sum(axis=1))
+            above = lower > 0
+            inside = (actual >= lower - 1e-9) & (actual <= upper + 1e-9)
+            self.weeks_above_zero.append(above.sum(axis=1).astype(float))
+            self.covered_above_zero.append((above & inside).sum(axis=1).astype(float))
         else:
             self.interval_score.append(np.full(len(scale), np.nan))
+            self.weeks_above_zero.append(np.full(len(scale), np.nan))
+            self.covered_above_zero.append(np.full(len(scale), np.nan))
         self.abs_error.append(np.abs(err).sum(axis=1))
         self.scale.append(scale)
         self.forecast_sum.append(fc.sum(axis=1))
@@ -99,6 +110,7 @@ class MethodScores:
         fc, actual = np.concatenate(self.forecast_sum), np.concatenate(self.actual_sum)
         covered, classes = np.concatenate(self.covered), np.concatenate(self.demand_class)
         zero_weeks = np.concatenate(self.zero_weeks)
+        above, covered_above = np.concatenate(self.weeks_above_zero), np.concatenate(self.covered_above_zero)
         out = {}
         for name in (*CLASSES, "all"):
             rows = (classes == name) if name != "all" else np.ones(len(classes), dtype=bool)
@@ -117,6 +129,12 @@ class MethodScores:
                 if np.isfinite(iscore[scored]).all()
                 else float("nan"),
                 "zero_share": float(zero_weeks[rows].sum() / (horizon * rows.sum())),
+                "coverage_above_zero": float(np.nansum(covered_above[rows]) / np.nansum(above[rows]))
+                if np.nansum(above[rows]) > 0
+                else float("nan"),
+                "above_zero_share": float(np.nansum(above[rows]) / (horizon * np.isfinite(above[rows]).sum()))
+                if np.isfinite(above[rows]).any()
+                else float("nan"),
             }
         return out
 
@@ -665,8 +683,8 @@ def format_result(result: BacktestResult) -> str:
         f"{result.products:,} series, {_origins_text(result.origins)}, horizon {result.horizon} weeks. "
         f"{result.sample_note}.",
         "",
-        "| method | class | series x origins | MASE | bias | 80% coverage | MSIS |",
-        "|---|---|---|---|---|---|---|",
+        "| method | class | series x origins | MASE | bias | 80% coverage | coverage where lower > 0 | MSIS |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method, table in tables.items():
         if method in SF_MODELS or method in (SF_ENSEMBLE, "engine_on_sf_sample"):
@@ -674,9 +692,14 @@ def format_result(result: BacktestResult) -> str:
         for cls, row in table.items():
             coverage = "n/a" if np.isnan(row["coverage"]) else f"{row['coverage']:.1%}"
             msis = "n/a" if np.isnan(row["msis"]) else f"{row['msis']:.2f}"
+            above = "n/a"
+            if not np.isnan(row["above_zero_share"]):
+                share = f"({row['above_zero_share']:.1%} of weeks)"
+                above = "-" if np.isnan(row["coverage_above_zero"]) else f"{row['coverage_above_zero']:.1%}"
+                above = f"{above} {share}"
             lines.append(
                 f"| {method} | {cls} | {row['products']:,} | {row['mase']:.3f} | {row['bias']:+.3f} "
-                f"| {coverage} | {msis} |"
+                f"| {coverage} | {above} | {msis} |"
             )
     eng, naive = tables.get("engine", {}).get("all"), tables.get("seasonal_naive", {}).get("all")
     lines.append("")
@@ -689,8 +712,8 @@ def format_result(result: BacktestResult) -> str:
     if eng and naive:
         lines.append(f"Engine vs seasonal naive, all series: MASE {eng['mase'] / naive['mase'] - 1:+.1%}.")
     on_sample, hw = tables.get("engine_on_hw_sample", {}).get("all"), tables.get("holt_winters", {}).get("all")
-    e, h = result.methods["engine"], result.methods["holt_winters"]
-    if on_sample and hw and e.fits and h.fits:
+    e, h = result.methods.get("engine"), result.methods.get("holt_winters")
+    if on_sample and hw and e and h and e.fits and h.fits:
         per_engine, per_hw = e.seconds / e.fits, h.seconds / h.fits
         speed = (
             f"time per series {per_engine * 1000:.2f} ms vs {per_hw * 1000:.1f} ms ({per_hw / per_engine:,.0f}x faster)"
@@ -811,8 +834,8 @@ def summary_checks(result: BacktestResult) -> list[tuple[str, bool]]:
         )
         checks.append(("80% interval coverage within 75%-85%", 0.75 <= eng["all"]["coverage"] <= 0.85))
     on_sample, hw = tables.get("engine_on_hw_sample", {}).get("all"), tables.get("holt_winters", {}).get("all")
-    e, h = result.methods["engine"], result.methods["holt_winters"]
-    if on_sample and hw and e.fits and h.fits:
+    e, h = result.methods.get("engine"), result.methods.get("holt_winters")
+    if on_sample and hw and e and h and e.fits and h.fits:
         checks.append(("MASE no worse than Holt-Winters (same sample)", on_sample["mase"] <= hw["mase"]))
         if _speed_comparable(result):
             faster = (h.seconds / h.fits) >= 20 * (e.seconds / e.fits)
