@@ -52,16 +52,16 @@ How a product's forecast is decided (the README repeats this for users):
    nominal 80% interval (relative errors carry over when the level moves; the mean floor keeps
    near-zero forecasts from producing huge ratios). Where the 10th percentile falls at or below
    zero the interval is [0, 80th percentile]: a zero lower bound already covers every zero week.
-   For intermittent and lumpy rows on a level model a replayed zero week counts as the lowest
-   error, so the lower bound is zero wherever 10% or more of those weeks sold nothing.
+   For intermittent and lumpy rows a replayed zero week counts as the lowest error, so the lower
+   bound is zero wherever 10% or more of those weeks sold nothing.
    Seasonal models are replayed with their season estimated only from the weeks before those
    origins (rows with 3 years there): errors replayed with a season fitted on the same weeks are
    too small (co2: 73% coverage, 76% out of sample). Rows with fewer than 10 past errors use
    +-1.28 standard deviations of their weekly demand. For ``SPREAD_BLENDED_GROUPS`` (short,
    young, shift, intermittent, lumpy, erratic: few past origins or few nonzero errors) the upper
    half-width is the mean of that and the weekly standard deviation. Finally the half-widths
-   are multiplied by a factor per group (``INTERVAL_SCALE``: the class; ``seasonal`` for rows on
-   a seasonal model, ``young`` under a year, ``shift``, ``dormant``), calibrated split-conformally
+   are multiplied by a factor per group (``INTERVAL_SCALE``: the class, whatever the model;
+   ``young`` under a year, ``shift``, ``dormant``), calibrated split-conformally
    on 8 earlier origins of the demo data (``benchmarks/interval_calibration.py``; only data
    before each origin), and for ``PROFILED_CLASSES`` (smooth, erratic) by a profile that widens
    over the horizon (replayed errors pool all steps into one width). Quantities and bounds are
@@ -87,23 +87,22 @@ BLOCK_ROWS = 5000
 INTERVAL_QUANTILES = (0.10, 0.90)
 UPPER_FROM_ZERO_QUANTILE = 0.80
 # Width factors (lower, upper) applied to each row's interval half-widths by group (the engine's
-# class; "seasonal" for rows on a seasonal model, "young" under a year of history, "shift" on the
-# level-shift model, "dormant"). Split-conformal: benchmarks/interval_calibration.py runs the
+# class, whatever the model; "young" under a year of history, "shift" on the level-shift model,
+# "dormant"). Split-conformal: benchmarks/interval_calibration.py runs the
 # engine with unit factors at 8 origins 60-102 weeks before the demo backtest's as-of (each seeing
 # only the weeks before it; 3,000 products) and takes, per group, the lower factor leaving 10% of
 # the actual weeks below and the upper factor leaving 20% outside in all (a zero lower bound
-# covers every zero week, so the upper side takes the rest). Upper factors are floored at 0.5: the
-# dormant rows' calibrated 0 would make the interval the forecast itself. Checked on the later
+# covers every zero week, so the upper side takes the rest). The dormant group's upper factor is
+# 0.5, not its calibrated 0, which would make the interval the forecast itself. Checked on the later
 # backtest origins and the real series (benchmarks/RESULTS.md).
 INTERVAL_SCALE = {
     "short": (1.064, 1.865),
     "young": (1.0, 0.889),  # 26-51 weeks of history
-    "seasonal": (1.0, 1.108),
     "shift": (1.0, 0.953),
-    "smooth": (1.0, 1.035),
-    "erratic": (1.0, 0.907),
-    "intermittent": (1.0, 0.788),
-    "lumpy": (1.0, 0.445),
+    "smooth": (1.0, 1.155),
+    "erratic": (1.0, 1.065),
+    "intermittent": (1.0, 0.68),
+    "lumpy": (1.0, 0.347),
     "dormant": (1.0, 0.5),
 }
 # Groups whose interval widens over the horizon: the replayed errors pool steps 1..horizon into
@@ -351,10 +350,9 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
             replay = _season_out_of_sample(fn, fit, y[rows], start[rows], horizon)
         # A level-shift model's errors count only from origins after the shift.
         since = np.maximum(start[rows], shift[rows]) if name in SHIFT_CANDIDATES else start[rows]
-        # Intermittent and lumpy rows on a level model: a zero week's error puts the lower bound at
-        # zero (see _empirical_error_quantiles). Seasonal models keep the plain errors: their rows
-        # share the "seasonal" width factor with regular seasonal items, which it would narrow.
-        zero_weeks_at_zero = np.isin(demand_class[rows], ZERO_FLOOR_CLASSES) & (name not in SEASONAL_CANDIDATES)
+        # Intermittent and lumpy rows: a zero week's error puts the lower bound at zero (see
+        # _empirical_error_quantiles).
+        zero_weeks_at_zero = np.isin(demand_class[rows], ZERO_FLOOR_CLASSES)
         lo_off, hi_off = _empirical_error_quantiles(replay, y[rows], since, horizon, fit.forecast, zero_weeks_at_zero)
         weight = np.where(combine[rows], 0.5, 1.0)[:, None]
         forecast[rows] += weight * fit.forecast
@@ -363,9 +361,11 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     lower += forecast
     upper += forecast
 
-    # Per-group width factors: the replayed errors understate the error of a season estimated from
-    # few years, of a new level and of a short history (see INTERVAL_SCALE).
-    group = np.where(np.isin(first.astype(str), SEASONAL_CANDIDATES), "seasonal", demand_class).astype(object)
+    # Per-group width factors: the replayed errors understate the error of a new level and of a
+    # short history, and differ by class (see INTERVAL_SCALE). Rows on a seasonal model take their
+    # class's factor: a "seasonal" group was mostly sparse rows that chose a seasonal model, and
+    # its factor suited neither them nor regular seasonal items (benchmarks/RESULTS.md).
+    group = demand_class.copy()
     group[(history_weeks < models.SEASON_LENGTH) & ~short] = "young"
     group[np.isin(first.astype(str), SHIFT_CANDIDATES)] = "shift"
     group[dormant & ~short] = "dormant"
