@@ -180,9 +180,26 @@ def test_coverage_is_also_told_apart_for_weeks_whose_lower_bound_is_above_zero()
         )
     )
     assert "| engine | intermittent | 2 | 0.000 | +0.000 | 62.5% | 25.0% (50.0% of weeks) |" in text
-    without = backtest.MethodScores()
-    without.add(np.zeros((2, 12)), np.array([1.0, 1.0]), actual, actual, classes)
+    without = backtest.MethodScores()  # no interval: n/a, not "0% of weeks"
+    without.add(np.ones((2, 12)), np.array([1.0, 1.0]), actual, actual, classes)
     assert np.isnan(without.table(12)["intermittent"]["coverage_above_zero"])
+    assert np.isnan(without.table(12)["intermittent"]["above_zero_share"])
+    from_zero = backtest.MethodScores()  # intervals, none above zero
+    from_zero.add(
+        np.zeros((1, 12)), np.array([1.0]), actual[1:], actual[1:], classes[1:], lower=lower[1:], upper=upper[1:]
+    )
+    text = backtest.format_result(
+        backtest.BacktestResult(
+            label="t",
+            horizon=12,
+            origins=["o"],
+            products=2,
+            methods={"engine": from_zero, "seasonal_naive": without},
+            sample_note="n",
+        )
+    )
+    assert "| engine | intermittent | 1 | 0.000 | +0.000 | 100.0% | - (0.0% of weeks) |" in text
+    assert "| seasonal_naive | intermittent | 2 | 1.000 | +0.000 | n/a | n/a | n/a |" in text
 
 
 def test_report_classes_from_the_history_alone():

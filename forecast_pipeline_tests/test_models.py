@@ -381,9 +381,14 @@ def test_an_item_without_demand_in_most_weeks_gets_a_zero_lower_bound_on_every_m
     # Croston or seasonal SES row whose forecast had risen got a lower bound of ~0.02-0.5: above
     # every zero week (such rows covered 3-35% of the weeks in the backtests).
     rng = np.random.default_rng(3)
-    y = ((rng.random((400, 160 + H)) < 0.3) * rng.integers(1, 4, (400, 160 + H))).astype(float)
+    sells = rng.random((400, 160 + H)) < 0.3
+    sizes = np.vstack(
+        [rng.integers(1, 4, (200, 160 + H)), np.ceil(rng.lognormal(0.5, 1.2, (200, 160 + H)))]
+    )  # steady sizes (intermittent) and lumpy ones
+    y = (sells * sizes).astype(float)
     result = engine.forecast_batch(y[:, :160], H)
-    assert set(result.demand_class) <= {"intermittent", "lumpy"}
+    classes = dict(zip(*np.unique(result.demand_class.astype(str), return_counts=True), strict=True))
+    assert set(classes) <= {"intermittent", "lumpy"} and min(classes.values()) > 50, classes
     seasonal = np.isin(result.model, engine.SEASONAL_CANDIDATES)
     assert seasonal.sum() > 50 and (~seasonal).sum() > 50  # both kinds of model are checked
     above = (result.lower > 0).any(axis=1)

@@ -115,7 +115,7 @@ PROFILED_CLASSES: dict[str, float] = {"smooth": 0.11, "erratic": 0.10}
 SPREAD_BLENDED_GROUPS = ("short", "young", "shift", "intermittent", "lumpy", "erratic")
 RELATIVE_FLOOR = 1.0
 # A zero week's replayed error for ZERO_FLOOR_CLASSES rows: below any real relative error, so the
-# 10th percentile is zero wherever 10% of the replayed weeks sold nothing.
+# lower bound is zero wherever 10% of the replayed (origin, step) errors are zero weeks.
 ZERO_WEEK_ERROR = -1e6
 ZERO_FLOOR_CLASSES = ("intermittent", "lumpy")
 ADI_CUTOFF = 1.32
@@ -499,7 +499,9 @@ def _empirical_error_quantiles(
     lo_off, hi_off = lo[:, None] * scale, hi[:, None] * scale
     # Where the 10th percentile is at or below zero, the lower bound is zero and covers every
     # zero week (often far more than 10% of an intermittent item's weeks): the 80% interval is
-    # then [0, 80th percentile], not [0, 90th], which covered ~84-86% on the demo backtest.
+    # then [0, 80th percentile], not [0, 90th], which covered ~84-86% on the demo backtest. Where
+    # 80% of a sparse row's errors are zero weeks that percentile is ZERO_WEEK_ERROR too: the
+    # upper bound then comes from the weekly spread (SPREAD_BLENDED_GROUPS) or is the forecast.
     hi_off = np.where(final + lo_off <= 0, hi_from_zero[:, None] * scale, hi_off)
     few = (count < 10)[:, None]
     return np.where(few, fb_lo[:, None], lo_off), np.where(few, fb_hi[:, None], hi_off)
