@@ -223,6 +223,45 @@ def test_each_partition_of_a_range_run_carries_its_own_figures(book, pg_orders, 
         assert "product_id" in [c.name for c in schema.columns]
 
 
+def test_a_run_being_cancelled_stops_at_the_next_date_even_if_its_interrupt_is_lost(
+    book, redis_client, instance, monkeypatch
+):
+    """Dagster terminates a run with a signal; one that lands while Python runs a weakref callback
+    is dropped ("Exception ignored in ..."), and a cancelled run went on for minutes (seen in CI).
+    Here the run is marked cancelling with no signal at all: it must stop before the next date."""
+    from dagster import DagsterRunStatus
+
+    from forecast_pipeline.source import order_history
+
+    days = [AS_OF - dt.timedelta(days=2), AS_OF - dt.timedelta(days=1), AS_OF]
+    read = []
+    fetch = order_history.fetch_eligible_products
+
+    def fetch_then_cancel(*args, **kwargs):
+        if not read:
+            (running,) = [r for r in instance.get_runs() if r.status == DagsterRunStatus.STARTED]
+            instance.report_run_canceling(running)  # what `requests cancel` and max_runtime do, minus the signal
+        read.append(args)
+        return fetch(*args, **kwargs)
+
+    monkeypatch.setattr(order_history, "fetch_eligible_products", fetch_then_cancel)
+    result = materialize(
+        ASSETS,
+        resources=forecast_resources(engine_url(book)),
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": days[0].isoformat(),
+            "dagster/asset_partition_range_end": days[-1].isoformat(),
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert len(read) == 1  # the second and third dates were not read
+    started = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]
+    assert started == ["eligible_products"], started
+    assert redis_client.get("forecast:1") is None
+
+
 def test_redis_unreachable_while_reading_a_date_back_fails_in_one_line(book, redis_client, instance):
     """forecast_predictions and the well-formed check stream the date back from Redis: a Redis
     that does not answer then is a one-line Failure naming it, not redis-py's exception chain."""

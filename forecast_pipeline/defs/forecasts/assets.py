@@ -34,6 +34,7 @@ from dagster import (
     BetaWarning,
     Config,
     ConfigMapping,
+    DagsterExecutionInterruptedError,
     DagsterRunStatus,
     DynamicOut,
     DynamicOutput,
@@ -155,6 +156,7 @@ def eligible_products(
     # (the last date's only: one date's lines at a time are held)
     in_process = context.job_def.executor_def.name in IN_PROCESS_EXECUTORS
     for key in context.partition_keys:
+        stop_if_run_is_ending(context)
         window = forecast_params.window(dt.date.fromisoformat(key))
         keep = in_process and source_db.source_query is None and key == context.partition_keys[-1]
         started = time.perf_counter()
@@ -299,6 +301,7 @@ def forecast_shard(
     forecast_params: ForecastParameters,
     run_heartbeat: RunHeartbeat,
 ) -> forecast_shards.StagedShard:
+    stop_if_run_is_ending(context)
     try:
         run, history = _forecast_shard(context, spec, source_db, forecast_params)
     except Exception as exc:  # not BaseException: a run being terminated is never retried
@@ -505,6 +508,18 @@ def partition_check_results(
     blocking = assets_def.get_spec_for_check_key(check_key).blocking
     events: list = _evaluations(check_key, results, description, blocking)
     return [*events, Output(None, output_name=assets_def.get_output_name_for_asset_check_key(check_key))]
+
+
+def stop_if_run_is_ending(context: OpExecutionContext) -> None:
+    """Stop here if the run is being cancelled or timed out but its interrupt never arrived.
+
+    Dagster terminates a run with a signal, and one that lands while Python runs a weakref
+    callback or finalizer is dropped ("Exception ignored in ..."): a cancelled run then went on
+    computing for minutes. Checked before each date's read and each shard, it stops within one."""
+    run = context.instance.get_run_by_id(context.run.run_id)
+    if run is not None and run.status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
+        context.log.info(f"the run is {run.status.value.lower()}: stopping before the next date or shard")
+        raise DagsterExecutionInterruptedError()
 
 
 def _run_is_ending(context: OpExecutionContext) -> bool:
