@@ -517,7 +517,11 @@ def stop_if_run_is_ending(context: OpExecutionContext) -> None:
     callback or finalizer is dropped ("Exception ignored in ..."): a cancelled run then went on
     computing for minutes. Checked before each date's read and each shard, it stops within one."""
     run = context.instance.get_run_by_id(context.run.run_id)
-    if run is not None and run.status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
+    if run is not None and run.status in (
+        DagsterRunStatus.CANCELING,
+        DagsterRunStatus.CANCELED,
+        DagsterRunStatus.FAILURE,
+    ):
         context.log.info(f"the run is {run.status.value.lower()}: stopping before the next date or shard")
         raise DagsterExecutionInterruptedError()
 
