@@ -205,6 +205,24 @@ def materialize_date(assets: list, database: sa.Engine, instance, as_of: dt.date
     )
 
 
+def materialize_range(assets: list, database: sa.Engine, instance, first: dt.date, last: dt.date, **kwargs):
+    """:func:`materialize_date` for the as-of dates ``first``..``last`` in one run (a backfill's
+    single-run range, as the UI and the request queue launch it)."""
+    from dagster import materialize
+
+    options = {k: kwargs.pop(k) for k in ("raise_on_error", "run_config") if k in kwargs}
+    return materialize(
+        assets,
+        resources=forecast_resources(engine_url(database), **kwargs),
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": first.isoformat(),
+            "dagster/asset_partition_range_end": last.isoformat(),
+        },
+        **{"raise_on_error": True, **options},
+    )
+
+
 def engine_url(engine: sa.Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 

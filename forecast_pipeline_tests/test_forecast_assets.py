@@ -12,7 +12,14 @@ from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
-from forecast_pipeline_tests.conftest import AS_OF, REDIS_URL, engine_url, forecast_resources, materialize_date
+from forecast_pipeline_tests.conftest import (
+    AS_OF,
+    REDIS_URL,
+    engine_url,
+    forecast_resources,
+    materialize_date,
+    materialize_range,
+)
 
 ASSETS = [eligible_products, product_forecasts, cached_forecasts_well_formed]
 WITH_PREDICTIONS = [*ASSETS, forecast_predictions]
@@ -191,15 +198,7 @@ def test_each_partition_of_a_range_run_carries_its_own_figures(book, pg_orders, 
     days = [AS_OF - dt.timedelta(days=2), AS_OF - dt.timedelta(days=1), AS_OF]
     for customer, day in ((1, 9), (2, 5), (1, 1)):  # the third order the day before the last date
         pg_orders.add(customer, 30, AS_OF - dt.timedelta(days=day))
-    result = materialize(
-        WITH_PREDICTIONS,
-        resources=forecast_resources(engine_url(book)),
-        instance=instance,
-        tags={
-            "dagster/asset_partition_range_start": days[0].isoformat(),
-            "dagster/asset_partition_range_end": days[-1].isoformat(),
-        },
-    )
+    result = materialize_range(WITH_PREDICTIONS, book, instance, days[0], days[-1])
     assert result.success
     figures = {
         m.partition: {k: v.value for k, v in m.metadata.items()}
@@ -245,16 +244,7 @@ def test_a_run_being_cancelled_stops_at_the_next_date_even_if_its_interrupt_is_l
         return fetch(*args, **kwargs)
 
     monkeypatch.setattr(order_history, "fetch_eligible_products", fetch_then_cancel)
-    result = materialize(
-        ASSETS,
-        resources=forecast_resources(engine_url(book)),
-        instance=instance,
-        tags={
-            "dagster/asset_partition_range_start": days[0].isoformat(),
-            "dagster/asset_partition_range_end": days[-1].isoformat(),
-        },
-        raise_on_error=False,
-    )
+    result = materialize_range(ASSETS, book, instance, days[0], days[-1], raise_on_error=False)
     assert not result.success
     assert len(read) == 1  # the second and third dates were not read
     started = [e.step_key for e in result.all_events if e.event_type_value == "STEP_START"]

@@ -13,7 +13,7 @@ from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline.defs.forecasts import forecast_view
 from forecast_pipeline.defs.forecasts.assets import eligible_products, product_forecasts
 from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
-from forecast_pipeline_tests.conftest import AS_OF, engine_url, forecast_resources
+from forecast_pipeline_tests.conftest import AS_OF, engine_url, forecast_resources, materialize_range
 
 SVG = "{http://www.w3.org/2000/svg}"
 SPIKE_PRODUCT = 40
@@ -100,14 +100,8 @@ def book(pg, pg_orders):
 def test_each_date_of_a_range_run_shows_its_top_forecasts_and_their_charts(book, redis_client):
     days = [AS_OF - dt.timedelta(days=1), AS_OF]
     with DagsterInstance.ephemeral() as instance:
-        result = materialize(
-            [eligible_products, product_forecasts, cached_forecasts_well_formed],
-            resources=forecast_resources(engine_url(book)),
-            instance=instance,
-            tags={
-                "dagster/asset_partition_range_start": days[0].isoformat(),
-                "dagster/asset_partition_range_end": days[-1].isoformat(),
-            },
+        result = materialize_range(
+            [eligible_products, product_forecasts, cached_forecasts_well_formed], book, instance, days[0], days[-1]
         )
         history = {
             name: instance.event_log_storage.get_asset_check_execution_history(
