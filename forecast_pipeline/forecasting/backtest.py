@@ -83,10 +83,10 @@ class MethodScores:
     def add(self, err, scale, fc, actual, demand_class, covered=None, lower=None, upper=None) -> None:
         """``lower``/``upper`` (n, horizon) give the interval; then ``covered`` is derived from it."""
         if lower is not None:
-            covered = interval_covered(actual, lower, upper)
+            inside = interval_inside(actual, lower, upper)
+            covered = inside.sum(axis=1).astype(float)
             self.interval_score.append(interval_score(actual, lower, upper).sum(axis=1))
             above = lower > 0
-            inside = (actual >= lower - 1e-9) & (actual <= upper + 1e-9)
             self.weeks_above_zero.append(above.sum(axis=1).astype(float))
             self.covered_above_zero.append((above & inside).sum(axis=1).astype(float))
         else:
@@ -159,9 +159,9 @@ class BacktestResult:
         return {name: scores.table(self.horizon) for name, scores in self.methods.items()}
 
 
-def interval_covered(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
-    """Weeks of each row inside its interval (bounds included)."""
-    return ((actual >= lower - 1e-9) & (actual <= upper + 1e-9)).sum(axis=1).astype(float)
+def interval_inside(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """Whether each week is inside its interval (bounds included)."""
+    return (actual >= lower - 1e-9) & (actual <= upper + 1e-9)
 
 
 def interval_score(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
