@@ -457,7 +457,7 @@ def _empirical_error_quantiles(
     start: np.ndarray,
     horizon: int,
     final: np.ndarray,
-    zero_weeks_at_zero: np.ndarray | None = None,
+    zero_weeks_at_zero: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lower/upper interval offsets from each row's 1..horizon-week errors over recent origins.
 
@@ -486,8 +486,7 @@ def _empirical_error_quantiles(
         predicted = np.clip(fit.forecast_from(origin, steps, t), 0, None)
         actual = y[:, origin + 1 : origin + 1 + steps]
         err = (actual - predicted) / np.maximum(predicted, floor[:, None])
-        if zero_weeks_at_zero is not None:
-            err = np.where((actual <= 0) & zero_weeks_at_zero[:, None], ZERO_WEEK_ERROR, err)
+        err = np.where((actual <= 0) & zero_weeks_at_zero[:, None], ZERO_WEEK_ERROR, err)
         usable = origin >= start + SHORT_HOLDOUT_WEEKS
         errors.append(np.where(usable[:, None], err, np.nan))
     fb_lo, fb_hi = _spread_fallback(y, start)

@@ -510,6 +510,10 @@ def partition_check_results(
     return [*events, Output(None, output_name=assets_def.get_output_name_for_asset_check_key(check_key))]
 
 
+# A run being terminated (cancelled, past its max runtime) or already given up by run monitoring.
+RUN_ENDING_STATUSES = (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED, DagsterRunStatus.FAILURE)
+
+
 def stop_if_run_is_ending(context: OpExecutionContext) -> None:
     """Stop here if the run is being cancelled or timed out but its interrupt never arrived.
 
@@ -517,11 +521,7 @@ def stop_if_run_is_ending(context: OpExecutionContext) -> None:
     callback or finalizer is dropped ("Exception ignored in ..."): a cancelled run then went on
     computing for minutes. Checked before each date's read and each shard, it stops within one."""
     run = context.instance.get_run_by_id(context.run.run_id)
-    if run is not None and run.status in (
-        DagsterRunStatus.CANCELING,
-        DagsterRunStatus.CANCELED,
-        DagsterRunStatus.FAILURE,
-    ):
+    if run is not None and run.status in RUN_ENDING_STATUSES:
         context.log.info(f"the run is {run.status.value.lower()}: stopping before the next date or shard")
         raise DagsterExecutionInterruptedError()
 
@@ -530,11 +530,7 @@ def _run_is_ending(context: OpExecutionContext) -> bool:
     """Whether the run is being terminated (cancelled, past its max runtime): an interrupt can
     surface as an ordinary error (the database driver cancels its query), which must not be retried."""
     run = context.instance.get_run_by_id(context.run_id)
-    return run is None or run.status in (
-        DagsterRunStatus.CANCELING,
-        DagsterRunStatus.CANCELED,
-        DagsterRunStatus.FAILURE,
-    )
+    return run is None or run.status in RUN_ENDING_STATUSES
 
 
 def _forecast_shard(
