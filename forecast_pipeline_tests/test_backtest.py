@@ -300,3 +300,78 @@ def test_the_engine_in_chunks_gives_identical_results_and_reports_each_chunk_and
     assert calls[0] == (0, 2 * (45 + 3))
     assert [done for done, _ in calls[1:]] == [10, 20, 30, 40, 45, 46, 47, 48, 58, 68, 78, 88, 93, 94, 95, 96]
     assert calls[-1] == (96, 96)
+
+
+def test_a_paired_bootstrap_tells_a_real_difference_from_the_noise_of_the_sample():
+    rng = np.random.default_rng(3)
+    peer = rng.gamma(2.0, 0.5, 400)  # per-series scores of 400 series x origins
+    exact = backtest.paired_ratio_interval(0.9 * peer, peer)
+    assert exact.ratio == pytest.approx(0.9) and exact.low == pytest.approx(0.9) and exact.high == pytest.approx(0.9)
+    assert exact.verdict == "ahead"
+    # the same mean, each series off by noise as large as the scores: the ratio is not 1, the interval holds 1
+    noisy = backtest.paired_ratio_interval(peer + rng.normal(0.0, 1.0, 400), peer)
+    assert noisy.ratio != pytest.approx(1.0, abs=1e-3) and noisy.low < 1.0 < noisy.high
+    assert noisy.verdict == "within the sample's noise"
+    # 5% worse on every series, with the same noise: the interval is above 1
+    worse = backtest.paired_ratio_interval(1.05 * peer + rng.normal(0.0, 0.02, 400), peer)
+    assert worse.low > 1.0 and worse.verdict == "behind"
+    # pairs, not two samples: series that differ 100-fold hide a 2% gap between two independent
+    # samples, not between the same series scored twice
+    spread = rng.lognormal(0.0, 2.0, 400)
+    paired = backtest.paired_ratio_interval(0.98 * spread + rng.normal(0.0, 0.001, 400), spread)
+    assert paired.high < 1.0 and paired.verdict == "ahead"
+    assert backtest.paired_ratio_interval(0.98 * spread, spread) == backtest.paired_ratio_interval(
+        0.98 * spread, spread
+    )
+
+
+def test_the_statsforecast_comparison_says_which_verdicts_are_within_the_samples_noise():
+    # 300 level-shift series x origins: the engine 0.4% behind ADIDA on average, each series off by
+    # noise; 300 smooth ones where it is 10% ahead of ADIDA on every series
+    rng = np.random.default_rng(8)
+    n = 300
+    actual = rng.gamma(2.0, 2.0, (2 * n, H))
+    classes = np.array(["level_shift"] * n + ["smooth"] * n, dtype=object)
+    peer_error = rng.gamma(2.0, 1.0, (2 * n, H))
+    off = rng.lognormal(0.0, 0.3, (n, 1)) / np.exp(0.3**2 / 2)  # each series' own luck, mean 1
+    engine_error = np.vstack([1.004 * off * peer_error[:n], 0.9 * peer_error[n:]])
+    scale = np.ones(2 * n)
+
+    def scored(error, interval=True):
+        scores = backtest.MethodScores()
+        bounds = {"lower": actual - 2 * np.abs(error), "upper": actual + 1.0} if interval else {}
+        scores.add(error, scale, actual + error, actual, classes, **bounds)
+        return scores
+
+    methods = {
+        "engine": scored(engine_error),
+        "seasonal_naive": scored(2 * peer_error, interval=False),
+        "engine_on_sf_sample": scored(engine_error),
+        "ADIDA": scored(peer_error, interval=False),
+        "AutoETS": scored(1.01 * peer_error),  # intervals, MASE 1% behind ADIDA
+        backtest.SF_ENSEMBLE: scored(peer_error, interval=False),
+    }
+    result = backtest.BacktestResult(label="t", horizon=H, origins=["o"], products=2 * n, methods=methods)
+    rows = {r["class"]: r for r in backtest.sf_comparison(result)}
+    shift, smooth = rows["level_shift"]["mase_vs_best"], rows["smooth"]["mase_vs_best"]
+    assert shift.ratio > 1.0 and shift.low < 1.0 < shift.high
+    assert smooth.ratio == pytest.approx(0.9) and smooth.high < 1.0
+    msis = rows["smooth"]["msis_vs_best"]  # against AutoETS, the one peer with intervals
+    assert msis.verdict == "ahead"  # narrower on every series
+    tables = result.tables()  # the ratios are those of the class means the tables print
+    assert shift.ratio == pytest.approx(
+        tables["engine_on_sf_sample"]["level_shift"]["mase"] / tables["ADIDA"]["level_shift"]["mase"]
+    )
+    assert msis.ratio == pytest.approx(
+        tables["engine_on_sf_sample"]["smooth"]["msis"] / tables["AutoETS"]["smooth"]["msis"]
+    )
+    text = backtest.format_result(result)
+    assert f"| level_shift | {shift} (vs ADIDA) |" in text and "within the sample's noise" in text
+    assert f"| smooth | {smooth} (vs ADIDA) | {msis} (vs AutoETS) |" in text
+    checks = backtest.format_checks(backtest.summary_checks(result))
+    assert f"- [ ] MASE at most the best statsforecast model's (level_shift): engine / ADIDA {shift}" in checks
+    assert f"- [x] MASE at most the best statsforecast model's (smooth): engine / ADIDA {smooth}" in checks
+    assert f"- [x] MSIS no worse than the best peer with intervals (smooth): engine / AutoETS {msis}" in checks
+    with pytest.raises(ValueError, match="not scored on the engine's statsforecast sample"):
+        methods["AutoETS"].actual_sum[0] = methods["AutoETS"].actual_sum[0] + 1.0
+        backtest.sf_comparison(result)
