@@ -323,6 +323,16 @@ def test_a_paired_bootstrap_tells_a_real_difference_from_the_noise_of_the_sample
     assert backtest.paired_ratio_interval(0.98 * spread, spread) == backtest.paired_ratio_interval(
         0.98 * spread, spread
     )
+    # 2,000 resamples in pairs, the 2.5th and 97.5th percentiles of the ratio of their means (the
+    # resamples of a large class are drawn in several chunks)
+    e, q = rng.gamma(2.0, 0.5, 2500), rng.gamma(2.0, 0.5, 2500)
+    idx = np.random.default_rng(0).integers(0, 2500, (2000, 2500))
+    expected = np.quantile(e[idx].mean(axis=1) / q[idx].mean(axis=1), (0.025, 0.975))
+    big = backtest.paired_ratio_interval(e, q)
+    assert (big.low, big.high) == pytest.approx(tuple(expected)) and big.ratio == pytest.approx(e.mean() / q.mean())
+    # no verdict where there is nothing to go on
+    assert backtest.paired_ratio_interval(0.5 * peer[:5], peer[:5]).verdict == "too few series to tell"
+    assert backtest.paired_ratio_interval(peer[:20], np.zeros(20)).verdict == "no ratio (a mean of zero)"
 
 
 def test_the_statsforecast_comparison_says_which_verdicts_are_within_the_samples_noise():
@@ -336,6 +346,7 @@ def test_the_statsforecast_comparison_says_which_verdicts_are_within_the_samples
     off = rng.lognormal(0.0, 0.3, (n, 1)) / np.exp(0.3**2 / 2)  # each series' own luck, mean 1
     engine_error = np.vstack([1.004 * off * peer_error[:n], 0.9 * peer_error[n:]])
     scale = np.ones(2 * n)
+    scale[0] = 0.0  # a series that never changed: out of MASE and MSIS, as in the tables
 
     def scored(error, interval=True):
         scores = backtest.MethodScores()
@@ -344,7 +355,7 @@ def test_the_statsforecast_comparison_says_which_verdicts_are_within_the_samples
         return scores
 
     methods = {
-        "engine": scored(engine_error),
+        "engine": scored(2 * engine_error),  # all the engine's series; the ratios read the sample's
         "seasonal_naive": scored(2 * peer_error, interval=False),
         "engine_on_sf_sample": scored(engine_error),
         "ADIDA": scored(peer_error, interval=False),

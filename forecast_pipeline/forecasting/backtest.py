@@ -56,6 +56,7 @@ SPEED_MIN_SERIES = 100
 # class's series x origins in pairs (issue 17's verdicts flipped between samples by 0.2-0.8%).
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_LEVEL = 0.95
+BOOTSTRAP_MIN_SERIES = 10  # fewer, and a resample repeats a handful of series: no verdict
 
 
 @dataclass
@@ -105,14 +106,13 @@ class MethodScores:
         self.demand_class.append(np.asarray(demand_class, dtype=object))
         self.covered.append(np.full(len(scale), np.nan) if covered is None else covered)
 
-    def series_scores(self, horizon: int, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per-series MASE and MSIS of the series x origins of class ``name`` (or "all") that
-        :meth:`table` scores, in the order they were added (MSIS NaN without an interval)."""
-        abs_error, scale = np.concatenate(self.abs_error), np.concatenate(self.scale)
-        classes = np.concatenate(self.demand_class)
+    def series_scores(self, horizon: int, name: str, metric: str) -> np.ndarray:
+        """Per-series ``metric`` ("mase" or "msis", NaN without an interval) of the series x
+        origins of class ``name`` (or "all") that :meth:`table` scores, in the order added."""
+        scale, classes = np.concatenate(self.scale), np.concatenate(self.demand_class)
         scored = (scale > 0) & ((classes == name) if name != "all" else True)
-        per_week = horizon * scale[scored]
-        return abs_error[scored] / per_week, np.concatenate(self.interval_score)[scored] / per_week
+        totals = {"mase": self.abs_error, "msis": self.interval_score}[metric]
+        return np.concatenate(totals)[scored] / (horizon * scale[scored])
 
     def table(self, horizon: int) -> dict[str, dict[str, float]]:
         """{class or 'all': {mase, bias, coverage, msis, products}}."""
@@ -180,9 +180,14 @@ class PairedRatio:
     ratio: float
     low: float
     high: float
+    pairs: int  # series x origins
 
     @property
     def verdict(self) -> str:
+        if self.pairs < BOOTSTRAP_MIN_SERIES:
+            return "too few series to tell"
+        if not np.isfinite([self.ratio, self.low, self.high]).all():
+            return "no ratio (a mean of zero)"
         if self.high < 1.0:
             return "ahead"
         if self.low > 1.0:
@@ -210,9 +215,9 @@ def paired_ratio_interval(
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios.append(a[idx].mean(axis=1) / b[idx].mean(axis=1))
     tail = (1.0 - BOOTSTRAP_LEVEL) / 2
-    low, high = np.quantile(np.concatenate(ratios), (tail, 1.0 - tail))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return PairedRatio(ratio=float(a.mean() / b.mean()), low=float(low), high=float(high))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a peer mean of zero: no ratio (the verdict says so)
+        low, high = np.quantile(np.concatenate(ratios), (tail, 1.0 - tail))
+        return PairedRatio(ratio=float(a.mean() / b.mean()), low=float(low), high=float(high), pairs=len(a))
 
 
 def interval_inside(actual: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -817,21 +822,22 @@ def sf_comparison(result: BacktestResult) -> list[dict]:
                 "best_msis_coverage": with_interval[best_msis]["coverage"] if best_msis else float("nan"),
                 "autoets_coverage": peers.get("AutoETS", {}).get("coverage", float("nan")),
                 "zero_share": eng[cls]["zero_share"],
-                "mase_vs_best": _paired(result, on_sample, best, cls, metric=0),
-                "msis_vs_best": _paired(result, on_sample, best_msis, cls, metric=1) if best_msis else None,
+                "mase_vs_best": _paired(result, on_sample, best, cls, "mase"),
+                "msis_vs_best": _paired(result, on_sample, best_msis, cls, "msis") if best_msis else None,
             }
         )
     return rows
 
 
-def _paired(result: BacktestResult, on_sample: MethodScores, peer: str, cls: str, metric: int) -> PairedRatio:
-    """The engine against ``peer`` on class ``cls`` (metric 0 MASE, 1 MSIS), series x origins in
-    pairs: the statsforecast models and ``engine_on_sf_sample`` are added with the same rows."""
+def _paired(result: BacktestResult, on_sample: MethodScores, peer: str, cls: str, metric: str) -> PairedRatio:
+    """The engine against ``peer`` on class ``cls`` by ``metric``, series x origins in pairs: the
+    statsforecast models and ``engine_on_sf_sample`` are added with the same rows."""
     theirs = result.methods[peer]
-    if not all(np.array_equal(x, y) for x, y in zip(on_sample.actual_sum, theirs.actual_sum, strict=True)):
+    mine_added, theirs_added = on_sample.actual_sum, theirs.actual_sum
+    if len(mine_added) != len(theirs_added) or not all(map(np.array_equal, mine_added, theirs_added)):
         raise ValueError(f"{peer} was not scored on the engine's statsforecast sample")
-    mine = on_sample.series_scores(result.horizon, cls)[metric]
-    return paired_ratio_interval(mine, theirs.series_scores(result.horizon, cls)[metric])
+    mine = on_sample.series_scores(result.horizon, cls, metric)
+    return paired_ratio_interval(mine, theirs.series_scores(result.horizon, cls, metric))
 
 
 def format_sf_comparison(result: BacktestResult) -> str:
@@ -861,7 +867,7 @@ def format_sf_comparison(result: BacktestResult) -> str:
         "|---|---|---|",
     ]
     for r in rows:
-        msis = f"{r['msis_vs_best']} (vs {r['best_msis_model']})" if r["msis_vs_best"] else "-"
+        msis = f"{r['msis_vs_best']} (vs {r['best_msis_model']})" if r["msis_vs_best"] is not None else "-"
         lines.append(f"| {r['class']} | {r['mase_vs_best']} (vs {r['best_model']}) | {msis} |")
     tables = result.tables()
     detail = ["", "| model | " + " | ".join(c for c in (*CLASSES, "all")) + " |", "|---|" + "---|" * (len(CLASSES) + 1)]
@@ -944,7 +950,7 @@ def summary_checks(result: BacktestResult) -> list[tuple[str, bool]]:
             checks.append((name, low <= r["coverage"] <= high))
             met = r["engine_msis"] <= r["best_msis"]
             name = f"MSIS no worse than the best peer with intervals ({cls})"
-            if r["msis_vs_best"]:
+            if r["msis_vs_best"] is not None:
                 name += f": engine / {r['best_msis_model']} {r['msis_vs_best']}"
             checks.append((name, met))
         a = result.methods.get("AutoETS")
