@@ -612,8 +612,9 @@ def test_forecast_only_fits_give_the_same_forecasts():
 
 
 def test_one_pass_with_cuts_gives_each_windows_own_fit():
-    # rows starting at different weeks (the models sort rows by first demand and update only the
-    # rows begun): every cut's forecast is the forecast of a fit on the weeks before it
+    # rows starting at different weeks (the models update every row every week, a row's weeks
+    # before its first demand leaving it as it was): every cut's forecast is the forecast of a fit
+    # on the weeks before it
     rng = np.random.default_rng(5)
     y = np.vstack([rng.poisson(lam, T).astype(float) for lam in (0.3, 4.0, 20.0, 1.5)])
     y[1, :40], y[2, :90], y[3, :5] = 0.0, 0.0, 0.0
@@ -634,7 +635,7 @@ def test_one_pass_with_cuts_gives_each_windows_own_fit():
             np.testing.assert_allclose(windows[cut], alone, rtol=1e-12)
 
 
-def test_sorted_in_place_recursions_match_a_row_by_row_fit():
+def test_batch_recursions_match_a_row_by_row_fit():
     # the batch fit of rows with different starts equals each row fitted alone
     rng = np.random.default_rng(6)
     y = np.vstack([rng.poisson(lam, T).astype(float) for lam in (0.5, 6.0, 2.0)])
@@ -644,6 +645,28 @@ def test_sorted_in_place_recursions_match_a_row_by_row_fit():
         together = fn(y, start, H).forecast
         for i in range(len(y)):
             np.testing.assert_allclose(together[i], fn(y[i : i + 1], start[i : i + 1], H).forecast[0], rtol=1e-12)
+
+
+def test_weeks_before_a_rows_first_demand_change_nothing_in_its_fit():
+    # The recursions update every row every week; a row's weeks before its start must leave its
+    # state alone (no error counted, no decay of a demand probability, no interval counted). The
+    # same series behind a year of zeros (a year keeps the season positions) is fitted the same.
+    rng = np.random.default_rng(11)
+    series = [rng.poisson(lam, T).astype(float) * (rng.random(T) < share) for lam, share in ((3.0, 0.3), (8.0, 1.0))]
+    series += [pure_seasonal() + rng.normal(0, 0.5, T), rng.poisson(1.0, T) * (rng.random(T) < 0.5)]
+    for s in series:
+        s[0] = max(s[0], 1.0)  # demand in the first week: its start is week 0
+    alone = np.vstack(series)
+    behind = np.hstack([np.zeros((len(series), models.SEASON_LENGTH)), alone])
+    # and where the caller's start is later than the first demand, the weeks before it are ignored
+    ignored = behind.copy()
+    ignored[:, : models.SEASON_LENGTH] = rng.poisson(5.0, (len(series), models.SEASON_LENGTH))
+    for name, fn in engine.CANDIDATES.items():
+        a = fn(alone, models.first_demand_week(alone), H)
+        for padded in (behind, ignored):
+            b = fn(padded, np.full(len(series), models.SEASON_LENGTH), H)
+            np.testing.assert_allclose(b.forecast, a.forecast, rtol=1e-12, err_msg=name)
+            np.testing.assert_allclose(b.level[:, models.SEASON_LENGTH :], a.level, rtol=1e-12, err_msg=name)
 
 
 def test_smooth_rows_get_the_mean_of_their_two_best_candidates():

@@ -198,38 +198,46 @@ def _initial_level(y: np.ndarray, start: np.ndarray, weeks: int = 8) -> np.ndarr
     return vals.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
 
 
+# The recursions below keep their state grid-major, (grid, rows), and update every row every week:
+# numpy's inner loops then run along the rows in one contiguous pass. A row's weeks before its first
+# demand must leave its state as it was: SES and Holt read them as their initial level (a zero
+# error, a zero step), Croston and TSB multiply their updates by ``_started`` (1 or 0).
+
+
+def _weeks_from_start(y: np.ndarray, start: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+    """(t, n) contiguous copy of ``y``, each week's values for all rows side by side, with the weeks
+    before each row's ``start`` set to ``fill`` (per row) where given."""
+    weeks = np.ascontiguousarray(y.T)
+    if fill is not None:
+        before = np.arange(y.shape[1])[:, None] < start[None, :]
+        np.copyto(weeks, np.broadcast_to(fill[None, :], weeks.shape), where=before)
+    return weeks
+
+
+def _started(start: np.ndarray, t: int) -> np.ndarray:
+    """(t, n): 1.0 from each row's ``start`` on, 0.0 before."""
+    return (np.arange(t)[:, None] >= start[None, :]).astype(float)
+
+
 def _chosen_path(path: np.ndarray, best: np.ndarray) -> np.ndarray:
-    """(n, t) path of each row's chosen grid column from a week-major (t, n, grid) path array."""
-    return np.ascontiguousarray(path[:, np.arange(path.shape[1]), best].T)
+    """(n, t) path of each row's chosen grid entry from a week-major (t, grid, n) path array."""
+    return np.ascontiguousarray(path[:, best, np.arange(path.shape[2])].T)
 
 
 def _pick_best(sse: np.ndarray) -> np.ndarray:
-    """Index of the lowest in-sample squared error per row (ties -> first, the smoothest)."""
-    return np.argmin(sse, axis=1)
+    """Index of the lowest in-sample squared error per row of a grid-major (grid, n) array (ties
+    -> first, the smoothest)."""
+    return np.argmin(sse, axis=0)
 
 
-def _by_start(start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row order by first demand week and the inverse permutation: sorted, the rows active at a
-    week are a prefix, so each week's update touches only those (no leading zeros, no mask)."""
-    order = np.argsort(start, kind="stable")
-    inverse = np.empty_like(order)
-    inverse[order] = np.arange(len(order))
-    return order, inverse
-
-
-def _active_counts(start_sorted: np.ndarray, t: int) -> np.ndarray:
-    """Number of rows (sorted by start) whose series has begun at each column."""
-    return np.searchsorted(start_sorted, np.arange(t), side="right")
-
-
-def _window_forecasts(snaps: dict, horizon: int, inverse: np.ndarray, make) -> dict[int, np.ndarray]:
-    """Per holdout cut: each row's forecast from the grid column with the lowest SSE before the cut
-    (``make(state, best)`` builds it from that cut's saved state), in the caller's row order."""
+def _window_forecasts(snaps: dict, horizon: int, make) -> dict[int, np.ndarray]:
+    """Per holdout cut: each row's forecast from the grid entry with the lowest SSE before the cut
+    (``make(state, horizon)`` builds it from that cut's saved grid-major state)."""
     out = {}
-    rows = np.arange(len(inverse))
     for cut, (sse, *state) in snaps.items():
         best = _pick_best(sse)
-        out[cut] = make([s[rows, best] for s in state], horizon)[inverse]
+        rows = np.arange(sse.shape[1])
+        out[cut] = make([st[best, rows] for st in state], horizon)
     return out
 
 
@@ -253,25 +261,20 @@ def ses(
     n, t = y.shape
     if season is not None:
         y = y / season[:, np.arange(t) % SEASON_LENGTH]
-    order, inverse = _by_start(start)
-    start_s = start[order]
     g = len(SES_ALPHAS)
-    alphas = SES_ALPHAS[None, :]
-    level = np.repeat(_initial_level(y[order], start_s)[:, None], g, axis=1)
-    sse = np.zeros((n, g))
-    err = np.empty((n, g))
-    path = np.empty((t if paths else 1, n, g))  # week-major: contiguous writes
-    weeks = np.ascontiguousarray(y[order].T)
-    active = _active_counts(start_s, t)
+    alphas = SES_ALPHAS[:, None]
+    level0 = _initial_level(y, start)
+    level = np.repeat(level0[None, :], g, axis=0)  # grid-major (see above)
+    sse = np.zeros((g, n))
+    err, square = np.empty((g, n)), np.empty((g, n))
+    path = np.empty((t if paths else 1, g, n))  # week-major: contiguous writes
+    weeks = _weeks_from_start(y, start, fill=level0)
     snaps = {}
-    for col in range(t):
-        k = active[col]
-        if k:  # in place on the rows begun so far: this loop is most of the engine's time
-            e, lv = err[:k], level[:k]
-            np.subtract(weeks[col, :k, None], lv, out=e)
-            sse[:k] += e * e
-            e *= alphas
-            lv += e
+    for col in range(t):  # in place: this loop is most of the engine's time
+        np.subtract(weeks[col], level, out=err)
+        sse += np.multiply(err, err, out=square)
+        err *= alphas
+        level += err
         if paths:
             path[col] = level
         if col + 1 in cuts:
@@ -279,14 +282,14 @@ def ses(
     if not paths:
         path[0] = level
     best = _pick_best(sse)
-    chosen = _chosen_path(path, best)[inverse]
+    chosen = _chosen_path(path, best)
     fit = _flat_fit(chosen, horizon, season, t)
     if snaps:
 
         def flat(state, h, season=season):
             return np.repeat(state[0][:, None], h, axis=1)
 
-        windows = _window_forecasts(snaps, horizon, inverse, flat)
+        windows = _window_forecasts(snaps, horizon, flat)
         if season is not None:
             windows = {c: f * season[:, (c + np.arange(horizon)) % SEASON_LENGTH] for c, f in windows.items()}
         fit = ModelFit(fit.level, fit.trend, fit.season, fit.forecast, fit.phi, windows)
@@ -298,32 +301,27 @@ def holt_damped(
 ) -> ModelFit:
     """Additive damped-trend Holt smoothing (phi 0.9), alpha chosen per series by one-step SSE."""
     n, t = y.shape
-    order, inverse = _by_start(start)
-    start_s = start[order]
     g = len(SES_ALPHAS)
-    alphas = SES_ALPHAS[None, :]
+    alphas = SES_ALPHAS[:, None]
     gain = HOLT_BETA * alphas
-    level = np.repeat(_initial_level(y[order], start_s)[:, None], g, axis=1)
+    level0 = _initial_level(y, start)
+    level = np.repeat(level0[None, :], g, axis=0)  # grid-major, as in ses
     trend = np.zeros_like(level)
-    sse = np.zeros((n, g))
-    err, damped = np.empty((n, g)), np.empty((n, g))
-    level_path = np.empty((t if paths else 1, n, g))
+    sse = np.zeros((g, n))
+    err, damped, square = np.empty((g, n)), np.empty((g, n)), np.empty((g, n))
+    level_path = np.empty((t if paths else 1, g, n))
     trend_path = np.empty_like(level_path)
-    weeks = np.ascontiguousarray(y[order].T)
-    active = _active_counts(start_s, t)
+    weeks = _weeks_from_start(y, start, fill=level0)
     snaps = {}
     for col in range(t):
-        k = active[col]
-        if k:
-            e, d, lv, tr = err[:k], damped[:k], level[:k], trend[:k]
-            np.multiply(tr, HOLT_PHI, out=d)
-            lv += d  # the one-step prediction
-            np.subtract(weeks[col, :k, None], lv, out=e)
-            sse[:k] += e * e
-            np.multiply(gain, e, out=tr)
-            tr += d
-            e *= alphas
-            lv += e
+        np.multiply(trend, HOLT_PHI, out=damped)
+        level += damped  # the one-step prediction
+        np.subtract(weeks[col], level, out=err)
+        sse += np.multiply(err, err, out=square)
+        np.multiply(gain, err, out=trend)
+        trend += damped
+        err *= alphas
+        level += err
         if paths:
             level_path[col] = level
             trend_path[col] = trend
@@ -332,7 +330,7 @@ def holt_damped(
     if not paths:
         level_path[0], trend_path[0] = level, trend
     best = _pick_best(sse)
-    lv, tr = _chosen_path(level_path, best)[inverse], _chosen_path(trend_path, best)[inverse]
+    lv, tr = _chosen_path(level_path, best), _chosen_path(trend_path, best)
     steps = np.arange(1, horizon + 1)
     forecast = lv[:, -1, None] + tr[:, -1, None] * _damped_sums(HOLT_PHI, steps)[None, :]
     windows = None
@@ -341,7 +339,7 @@ def holt_damped(
         def damped_trend(state, h):
             return state[0][:, None] + state[1][:, None] * _damped_sums(HOLT_PHI, np.arange(1, h + 1))[None, :]
 
-        windows = _window_forecasts(snaps, horizon, inverse, damped_trend)
+        windows = _window_forecasts(snaps, horizon, damped_trend)
     return ModelFit(level=lv, trend=tr, season=None, forecast=forecast, phi=HOLT_PHI, windows=windows)
 
 
@@ -480,7 +478,7 @@ def seasonal_holt(
         _, lv, tr = _holt_pass(z, start, level0, alpha, beta, phi, paths=True)
     else:
         rows = np.arange(n)
-        lv, tr = last_level[rows, best][:, None], last_trend[rows, best][:, None]
+        lv, tr = last_level[best, rows][:, None], last_trend[best, rows][:, None]
     phi = phi[:, 0]
     steps = np.arange(1, horizon + 1)
     forecast = (lv[:, -1, None] + tr[:, -1, None] * _damp_matrix(phi, steps)) * season[
@@ -501,48 +499,35 @@ def seasonal_holt_raw(
 def _holt_pass(z, start, level0, alphas, betas, phis, paths: bool = False):
     """One damped-trend Holt recursion per column of the parameter arrays (each (1 or n, g)).
 
-    Returns the one-step SSE (n, g) and, with ``paths``, the level and trend after every week
-    (without, the last week's level and trend (n, g));
-    for g == 1 (n, t).
+    Returns the one-step SSE (g, n) and, with ``paths``, the level and trend after every week,
+    (n, t) for g == 1 (without, the last week's level and trend of every grid entry, (g, n)).
     """
     n, t = z.shape
     g = alphas.shape[1]
-    order, inverse = _by_start(start)
-    start_s = start[order]
-
-    def rows(p):
-        return p[order] if p.shape[0] == n and n > 1 else p
-
-    alphas, betas, phis = rows(alphas), rows(betas), rows(phis)
-    level = np.repeat(level0[order][:, None], g, axis=1)
+    alphas, phis = alphas.T, phis.T  # grid-major, as in ses: (g, 1) for a shared grid, (1, n) per row
+    gain_trend = betas.T * alphas
+    level = np.repeat(level0[None, :], g, axis=0)
     trend = np.zeros_like(level)
-    sse = np.zeros((n, g))
-    err, damped = np.empty((n, g)), np.empty((n, g))
+    sse = np.zeros((g, n))
+    err, damped, square = np.empty((g, n)), np.empty((g, n)), np.empty((g, n))
     level_path = np.empty((t, n)) if paths else None
     trend_path = np.empty((t, n)) if paths else None
-    gain_trend = betas * alphas
-    weeks = np.ascontiguousarray(z[order].T)
-    active = _active_counts(start_s, t)
-    per_row = alphas.shape[0] == n and n > 1
+    weeks = _weeks_from_start(z, start, fill=level0)
     for col in range(t):
-        k = active[col]
-        if k:
-            e, d, lv, tr = err[:k], damped[:k], level[:k], trend[:k]
-            a, b, p = (alphas[:k], gain_trend[:k], phis[:k]) if per_row else (alphas, gain_trend, phis)
-            np.multiply(p, tr, out=d)
-            lv += d
-            np.subtract(weeks[col, :k, None], lv, out=e)
-            sse[:k] += e * e
-            np.multiply(b, e, out=tr)
-            tr += d
-            e *= a
-            lv += e
+        np.multiply(phis, trend, out=damped)
+        level += damped
+        np.subtract(weeks[col], level, out=err)
+        sse += np.multiply(err, err, out=square)
+        np.multiply(gain_trend, err, out=trend)
+        trend += damped
+        err *= alphas
+        level += err
         if paths:
-            level_path[col] = level[:, 0]
-            trend_path[col] = trend[:, 0]
+            level_path[col] = level[0]
+            trend_path[col] = trend[0]
     if not paths:
-        return sse[inverse], level[inverse], trend[inverse]  # the last week's state of every grid column
-    return sse[inverse], np.ascontiguousarray(level_path.T[inverse]), np.ascontiguousarray(trend_path.T[inverse])
+        return sse, level, trend
+    return sse, np.ascontiguousarray(level_path.T), np.ascontiguousarray(trend_path.T)
 
 
 SHIFT_SEARCH_WEEKS = 52  # a new level may start in any of the last 52 weeks ...
@@ -632,47 +617,40 @@ def croston_sba(
     holdout windows sharing one pass (``cuts``) start from the weeks before the earliest of them.
     """
     n, t = y.shape
-    order, inverse = _by_start(start)
-    start_s = start[order]
-    y_s = y[order]
-    end = None if init_end is None else init_end[order]
-    alphas = CROSTON_ALPHAS[None, :]
+    alphas = CROSTON_ALPHAS[:, None]
     g = len(CROSTON_ALPHAS)
-    size = np.repeat(_initial_size(y_s, start_s, end)[:, None], g, axis=1)
-    interval = np.repeat(_initial_interval(y_s, start_s, end)[:, None], g, axis=1)
-    since = np.ones((n, g))
+    size = np.repeat(_initial_size(y, start, init_end)[None, :], g, axis=0)  # grid-major, as in ses
+    interval = np.repeat(_initial_interval(y, start, init_end)[None, :], g, axis=0)
+    since = np.ones((g, n))
     correction = 1 - alphas / 2
-    sse = np.zeros((n, g))
-    err, tmp = np.empty((n, g)), np.empty((n, g))
-    weeks = np.ascontiguousarray(y_s.T)
-    hits = weeks > 0
-    path = np.empty((t if paths else 1, n, g))
+    sse = np.zeros((g, n))
+    err, tmp, square = np.empty((g, n)), np.empty((g, n)), np.empty((g, n))
+    weeks = _weeks_from_start(y, start)
+    started = _started(start, t)
+    hits = (weeks > 0) & (started > 0)
+    path = np.empty((t if paths else 1, g, n))
     rate = correction * size / interval  # the forecast: one division a week serves the error and the path
-    active = _active_counts(start_s, t)
     snaps = {}
     for col in range(t):
-        k = active[col]
-        if k:
-            obs = weeks[col, :k, None]
-            hit = hits[col, :k, None]
-            e, w, sz, iv, sn, rt = err[:k], tmp[:k], size[:k], interval[:k], since[:k], rate[:k]
-            np.subtract(obs, rt, out=e)
-            sse[:k] += e * e
-            if hit.any():
-                np.subtract(obs, sz, out=w)
-                w *= hit
-                w *= alphas
-                sz += w
-                np.subtract(sn, iv, out=w)
-                w *= hit
-                w *= alphas
-                iv += w
-                sn += 1.0
-                np.copyto(sn, 1.0, where=hit)
-                np.multiply(correction, sz, out=rt)
-                rt /= iv
-            else:
-                sn += 1.0
+        obs, hit, on = weeks[col], hits[col], started[col]
+        np.subtract(obs, rate, out=err)
+        err *= on
+        sse += np.multiply(err, err, out=square)
+        if hit.any():
+            np.subtract(obs, size, out=tmp)
+            tmp *= hit
+            tmp *= alphas
+            size += tmp
+            np.subtract(since, interval, out=tmp)
+            tmp *= hit
+            tmp *= alphas
+            interval += tmp
+            since += on
+            np.copyto(since, 1.0, where=hit)
+            np.multiply(correction, size, out=rate)
+            rate /= interval
+        else:
+            since += on
         if paths:
             path[col] = rate
         if col + 1 in cuts:
@@ -680,9 +658,9 @@ def croston_sba(
     if not paths:
         path[0] = rate
     best = _pick_best(sse)
-    fit = _flat_fit(_chosen_path(path, best)[inverse], horizon, None)
+    fit = _flat_fit(_chosen_path(path, best), horizon, None)
     if snaps:
-        windows = _window_forecasts(snaps, horizon, inverse, lambda s, h: np.repeat(s[0][:, None], h, axis=1))
+        windows = _window_forecasts(snaps, horizon, lambda s, h: np.repeat(s[0][:, None], h, axis=1))
         fit = ModelFit(fit.level, fit.trend, fit.season, fit.forecast, fit.phi, windows)
     return fit
 
@@ -703,37 +681,31 @@ def tsb(
     """
     n, t = y.shape
     g = len(betas)
-    betas = np.asarray(betas, dtype=float)[None, :]
+    betas = np.asarray(betas, dtype=float)[:, None]
     alpha = 0.1
-    order, inverse = _by_start(start)
-    start_s = start[order]
-    y_s = y[order]
-    end = None if init_end is None else init_end[order]
-    size = np.repeat(_initial_size(y_s, start_s, end)[:, None], g, axis=1)
-    prob = np.repeat((1.0 / _initial_interval(y_s, start_s, end))[:, None], g, axis=1)
-    sse = np.zeros((n, g))
-    err, tmp, rate = np.empty((n, g)), np.empty((n, g)), prob * size
-    path = np.empty((t if paths else 1, n, g))
-    weeks = np.ascontiguousarray(y_s.T)
-    hits = (weeks > 0).astype(float)
-    active = _active_counts(start_s, t)
+    size = np.repeat(_initial_size(y, start, init_end)[None, :], g, axis=0)  # grid-major, as in ses
+    prob = np.repeat((1.0 / _initial_interval(y, start, init_end))[None, :], g, axis=0)
+    sse = np.zeros((g, n))
+    err, tmp, square, rate = np.empty((g, n)), np.empty((g, n)), np.empty((g, n)), prob * size
+    path = np.empty((t if paths else 1, g, n))
+    weeks = _weeks_from_start(y, start)
+    started = _started(start, t)
+    hits = ((weeks > 0) & (started > 0)).astype(float)
     snaps = {}
     for col in range(t):
-        k = active[col]
-        if k:
-            obs = weeks[col, :k, None]
-            hit = hits[col, :k, None]
-            e, w, pr, sz, rt = err[:k], tmp[:k], prob[:k], size[:k], rate[:k]
-            np.subtract(obs, rt, out=e)
-            sse[:k] += e * e
-            np.subtract(hit, pr, out=w)
-            w *= betas
-            pr += w
-            np.subtract(obs, sz, out=w)
-            w *= hit
-            w *= alpha
-            sz += w
-            np.multiply(pr, sz, out=rt)
+        obs, hit, on = weeks[col], hits[col], started[col]
+        np.subtract(obs, rate, out=err)
+        err *= on
+        sse += np.multiply(err, err, out=square)
+        np.subtract(hit, prob, out=tmp)
+        tmp *= betas
+        tmp *= on
+        prob += tmp
+        np.subtract(obs, size, out=tmp)
+        tmp *= hit
+        tmp *= alpha
+        size += tmp
+        np.multiply(prob, size, out=rate)
         if paths:
             path[col] = rate
         if col + 1 in cuts:
@@ -741,9 +713,9 @@ def tsb(
     if not paths:
         path[0] = rate
     best = _pick_best(sse)
-    fit = _flat_fit(_chosen_path(path, best)[inverse], horizon, None)
+    fit = _flat_fit(_chosen_path(path, best), horizon, None)
     if snaps:
-        windows = _window_forecasts(snaps, horizon, inverse, lambda s, h: np.repeat(s[0][:, None], h, axis=1))
+        windows = _window_forecasts(snaps, horizon, lambda s, h: np.repeat(s[0][:, None], h, axis=1))
         fit = ModelFit(fit.level, fit.trend, fit.season, fit.forecast, fit.phi, windows)
     return fit
 
