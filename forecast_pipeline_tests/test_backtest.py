@@ -386,3 +386,44 @@ def test_the_statsforecast_comparison_says_which_verdicts_are_within_the_samples
     with pytest.raises(ValueError, match="not scored on the engine's statsforecast sample"):
         methods["AutoETS"].actual_sum[0] = methods["AutoETS"].actual_sum[0] + 1.0
         backtest.sf_comparison(result)
+
+
+def test_a_class_coverage_comes_with_an_interval_that_tells_a_miss_from_the_samples_noise():
+    rng = np.random.default_rng(9)
+    exact = backtest.coverage_interval(np.full(200, 0.8))  # every series x origin covers 80% of its weeks
+    assert (exact.share, exact.low, exact.high) == pytest.approx((0.8, 0.8, 0.8)) and exact.verdict == "inside"
+    few = backtest.coverage_interval(np.repeat([0.6, 0.94], 20))  # 77% over 40 series: a few points either way
+    assert few.low < backtest.COVERAGE_TARGET[0] < few.high and few.verdict == "within the sample's noise"
+    lucky = backtest.coverage_interval(np.repeat([0.65, 0.95], 20))  # 80% on the nose, but as noisy
+    assert lucky.share == pytest.approx(0.8) and lucky.verdict == "within the sample's noise"
+    over = backtest.coverage_interval(rng.binomial(H, 0.92, 400) / H)  # an interval from zero on stopped items
+    assert over.low > backtest.COVERAGE_TARGET[1] and over.verdict == "outside"
+    # the class's share of weeks covered, and the 2.5th/97.5th percentiles of 2,000 resampled means
+    shares = rng.binomial(H, 0.8, 300) / H
+    idx = np.random.default_rng(0).integers(0, 300, (2000, 300))
+    got = backtest.coverage_interval(shares)
+    assert got.share == pytest.approx(shares.mean())
+    assert (got.low, got.high) == pytest.approx(tuple(np.quantile(shares[idx].mean(axis=1), (0.025, 0.975))))
+    assert backtest.coverage_interval(shares[:5]).verdict == "too few series to tell"
+
+    # in the comparison: the table's coverage, its interval in the "How sure" table and on the check line
+    actual = rng.poisson(5.0, (400, H)).astype(float)
+    lower, upper = actual - 1.0, actual + 1.0
+    upper[:60] = actual[:60] - 0.5  # 60 of 300 seasonal series miss every week: 80% covered
+    scores = backtest.MethodScores()
+    classes = np.array(["seasonal"] * 300 + ["smooth"] * 100, dtype=object)  # smooth: all covered
+    scores.add(np.ones((400, H)), np.ones(400), actual + 1, actual, classes, lower=lower, upper=upper)
+    peer = backtest.MethodScores()
+    peer.add(np.ones((400, H)), np.ones(400), actual + 1, actual, classes, lower=lower - 1, upper=upper + 1)
+    methods = {"engine": scores, "seasonal_naive": peer, "engine_on_sf_sample": scores, "AutoETS": peer}
+    methods[backtest.SF_ENSEMBLE] = peer
+    result = backtest.BacktestResult(label="t", horizon=H, origins=["o"], products=400, methods=methods)
+    row = {r["class"]: r for r in backtest.sf_comparison(result)}["seasonal"]
+    assert row["coverage_interval"].share == pytest.approx(
+        result.tables()["engine_on_sf_sample"]["seasonal"]["coverage"]
+    )
+    assert row["coverage_interval"].share == pytest.approx(0.8)
+    text = backtest.format_result(result)
+    assert f"| {row['coverage_interval']} |" in text
+    checks = backtest.format_checks(backtest.summary_checks(result))
+    assert f"- [x] 80% coverage within 78%-82% (seasonal): {row['coverage_interval']}" in checks
