@@ -657,12 +657,7 @@ def croston_sba(
             snaps[col + 1] = (sse.copy(), rate.copy())
     if not paths:
         path[0] = rate
-    best = _pick_best(sse)
-    fit = _flat_fit(_chosen_path(path, best), horizon, None)
-    if snaps:
-        windows = _window_forecasts(snaps, horizon, lambda s, h: np.repeat(s[0][:, None], h, axis=1))
-        fit = ModelFit(fit.level, fit.trend, fit.season, fit.forecast, fit.phi, windows)
-    return fit
+    return _rate_fit(path, sse, snaps, horizon)
 
 
 def tsb(
@@ -712,8 +707,13 @@ def tsb(
             snaps[col + 1] = (sse.copy(), rate.copy())
     if not paths:
         path[0] = rate
-    best = _pick_best(sse)
-    fit = _flat_fit(_chosen_path(path, best), horizon, None)
+    return _rate_fit(path, sse, snaps, horizon)
+
+
+def _rate_fit(path: np.ndarray, sse: np.ndarray, snaps: dict, horizon: int) -> ModelFit:
+    """Croston's and TSB's fit: each row's best grid entry's demand rate, flat over the horizon,
+    and the same for each holdout cut in ``snaps``."""
+    fit = _flat_fit(_chosen_path(path, _pick_best(sse)), horizon, None)
     if snaps:
         windows = _window_forecasts(snaps, horizon, lambda s, h: np.repeat(s[0][:, None], h, axis=1))
         fit = ModelFit(fit.level, fit.trend, fit.season, fit.forecast, fit.phi, windows)
