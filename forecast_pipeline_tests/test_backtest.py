@@ -427,3 +427,24 @@ def test_a_class_coverage_comes_with_an_interval_that_tells_a_miss_from_the_samp
     assert f"| {row['coverage_interval']} |" in text
     checks = backtest.format_checks(backtest.summary_checks(result))
     assert f"- [x] 80% coverage within 78%-82% (seasonal): {row['coverage_interval']}" in checks
+
+
+def test_statsforecasts_cost_per_series_weights_each_class_by_its_share_of_all_series():
+    # The sample holds as many short series as intermittent ones, the data nine intermittent for one
+    # short; AutoETS takes 1 ms on a short series and 12 ms on an intermittent one.
+    actual = np.ones((100, H))
+    sample_classes = np.array(["short"] * 50 + ["intermittent"] * 50, dtype=object)
+    ets = backtest.MethodScores()
+    ets.add(np.zeros((100, H)), np.ones(100), actual, actual, sample_classes, seconds=np.repeat([0.001, 0.012], 50))
+    ets.seconds, ets.fits = 0.65, 100
+    engine_scores = backtest.MethodScores()
+    all_classes = np.array(["short"] * 100 + ["intermittent"] * 900, dtype=object)
+    engine_scores.add(np.zeros((1000, H)), np.ones(1000), np.ones((1000, H)), np.ones((1000, H)), all_classes)
+    engine_scores.seconds, engine_scores.fits = 0.2, 1000  # 0.2 ms a series
+    result = backtest.BacktestResult(
+        label="t", horizon=H, origins=["o"], products=1000, methods={"engine": engine_scores, "AutoETS": ets}
+    )
+    weighted = backtest.seconds_per_series(result, "AutoETS")
+    assert weighted == pytest.approx(0.1 * 0.001 + 0.9 * 0.012)  # not the sample's 0.0065
+    assert backtest.seconds_per_series(result, "engine") == pytest.approx(0.0002)
+    assert backtest.engine_speedup(result, "AutoETS") == pytest.approx(0.0109 / 0.0002)  # 54.5x, not 32.5x
