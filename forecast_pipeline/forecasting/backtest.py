@@ -366,7 +366,9 @@ def holt_winters(y: np.ndarray, horizon: int, on_fit: Callable[[], None] | None 
     return np.clip(out, 0.0, None)
 
 
-ENGINE_CHUNK_ROWS = 1000  # ~1 s of engine time: progress within an origin, same results
+# The engine's own block: progress within an origin every ~1-2 s, same results, and the cost per
+# series of a production run (1,000-row chunks cost ~30% more per series).
+ENGINE_CHUNK_ROWS = engine.BLOCK_ROWS
 
 
 def engine_in_chunks(history: np.ndarray, horizon: int, chunk_rows: int, on_chunk: Callable[[int], None]):
