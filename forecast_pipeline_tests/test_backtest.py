@@ -254,6 +254,8 @@ def test_the_statsforecast_comparison_reports_every_model_and_the_targets():
     for name in (*backtest.SF_MODELS, backtest.SF_ENSEMBLE, "engine_on_sf_sample"):
         assert tables[name]["all"]["products"] == result.methods["engine_on_sf_sample"].fits_in_table()
     assert np.isfinite(tables["AutoETS"]["all"]["msis"]) and np.isnan(tables["TSB"]["all"]["msis"])
+    for name in backtest.SF_MODELS:  # each series' own fitting time, for the cost per class
+        assert np.isfinite(np.concatenate(result.methods[name].series_seconds)).all()
     text = backtest.format_result(result)
     assert "best statsforecast" in text and "Engine vs AutoETS" in text
     checks = dict(backtest.summary_checks(result))
@@ -448,3 +450,6 @@ def test_statsforecasts_cost_per_series_weights_each_class_by_its_share_of_all_s
     assert weighted == pytest.approx(0.1 * 0.001 + 0.9 * 0.012)  # not the sample's 0.0065
     assert backtest.seconds_per_series(result, "engine") == pytest.approx(0.0002)
     assert backtest.engine_speedup(result, "AutoETS") == pytest.approx(0.0109 / 0.0002)  # 54.5x, not 32.5x
+    # a class the sample lacks: the others' shares are rescaled, not left short of one
+    engine_scores.add(np.zeros((500, H)), np.ones(500), np.ones((500, H)), np.ones((500, H)), ["lumpy"] * 500)
+    assert backtest.seconds_per_series(result, "AutoETS") == pytest.approx(0.0109)

@@ -669,6 +669,17 @@ def test_weeks_before_a_rows_first_demand_change_nothing_in_its_fit():
             np.testing.assert_allclose(b.level[:, models.SEASON_LENGTH :], a.level, rtol=1e-12, err_msg=name)
 
 
+def test_tsb_updates_from_its_first_week_on_as_the_recursion_says():
+    # sizes 3 and 6: initial size 4.5, one demand every 1.5 weeks (probability 2/3). Week 0 sells
+    # 3: probability 2/3 + 0.5 (1 - 2/3) = 5/6, size 4.5 + 0.1 (3 - 4.5) = 4.35, rate 3.625
+    fit = models.tsb_fast(np.array([[3.0, 0.0, 6.0]]), np.array([0]), 1)
+    assert fit.level[0, 0] == pytest.approx(5 / 6 * 4.35)
+    # the same weeks behind an ignored week of demand (a start the caller set later) or a NaN
+    for first in (9.0, np.nan):
+        later = models.tsb_fast(np.array([[first, 3.0, 0.0, 6.0]]), np.array([1]), 1)
+        np.testing.assert_allclose(later.level[0, 1:], fit.level[0], rtol=1e-12)
+
+
 def test_smooth_rows_get_the_mean_of_their_two_best_candidates():
     rng = np.random.default_rng(7)
     y = np.vstack([50 + rng.normal(0, 5, T) + 0.05 * np.arange(T) for _ in range(3)])

@@ -647,9 +647,10 @@ def statsforecast_forecasts(series: list[np.ndarray], horizon: int, n_jobs: int 
 
 def seconds_per_series(result: BacktestResult, name: str) -> float:
     """``name``'s CPU seconds per series. For a model fitted on the statsforecast sample (up to N
-    series of every class), the mean per class weighted by that class's share of all the series
-    the engine forecast: AutoETS takes a few ms on a short series and several times that on a long
-    intermittent one, so the sample's plain mean is not the cost of forecasting the data."""
+    series of every class), the mean per class weighted by that class's share of the series the
+    engine forecast: AutoETS takes a few ms on a short series and several times that on a long
+    intermittent one, so the sample's plain mean is not the cost of forecasting the data. A class
+    the sample lacks is left out and the others' shares rescaled (a run samples every class)."""
     scores = result.methods[name]
     seconds = np.concatenate(scores.series_seconds) if scores.series_seconds else np.zeros(0)
     if not np.isfinite(seconds).any():

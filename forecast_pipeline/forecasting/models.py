@@ -625,7 +625,7 @@ def croston_sba(
     correction = 1 - alphas / 2
     sse = np.zeros((g, n))
     err, tmp, square = np.empty((g, n)), np.empty((g, n)), np.empty((g, n))
-    weeks = _weeks_from_start(y, start)
+    weeks = _weeks_from_start(y, start, fill=np.zeros(n))  # ignored weeks: finite, then masked
     started = _started(start, t)
     hits = (weeks > 0) & (started > 0)
     path = np.empty((t if paths else 1, g, n))
@@ -683,7 +683,7 @@ def tsb(
     sse = np.zeros((g, n))
     err, tmp, square, rate = np.empty((g, n)), np.empty((g, n)), np.empty((g, n)), prob * size
     path = np.empty((t if paths else 1, g, n))
-    weeks = _weeks_from_start(y, start)
+    weeks = _weeks_from_start(y, start, fill=np.zeros(n))  # ignored weeks: finite, then masked
     started = _started(start, t)
     hits = ((weeks > 0) & (started > 0)).astype(float)
     snaps = {}
