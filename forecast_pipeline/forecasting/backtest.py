@@ -52,8 +52,9 @@ COVERAGE_TARGET = (0.78, 0.82)  # issue 17: 80% intervals should cover 78-82% of
 # The engine's cost is per batch (a loop over weeks, vectorised over series): its time per series
 # is only compared with Holt-Winters' when each origin forecasts at least this many series.
 SPEED_MIN_SERIES = 100
-# The engine against a peer per class: a ratio of mean scores, with an interval from resampling the
-# class's series x origins in pairs (issue 17's verdicts flipped between samples by 0.2-0.8%).
+# Per class, the engine against a peer (a ratio of mean scores) and its coverage, each with an
+# interval from resampling the class's series x origins (issue 17's verdicts flipped between
+# samples by 0.2-0.8%).
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_LEVEL = 0.95
 BOOTSTRAP_MIN_SERIES = 10  # fewer, and a resample repeats a handful of series: no verdict
