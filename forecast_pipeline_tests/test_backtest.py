@@ -453,3 +453,45 @@ def test_statsforecasts_cost_per_series_weights_each_class_by_its_share_of_all_s
     # a class the sample lacks: the others' shares are rescaled, not left short of one
     engine_scores.add(np.zeros((500, H)), np.ones(500), np.ones((500, H)), np.ones((500, H)), ["lumpy"] * 500)
     assert backtest.seconds_per_series(result, "AutoETS") == pytest.approx(0.0109)
+
+
+def test_a_products_origins_are_resampled_together(monkeypatch):
+    # 60 products, each scored at 4 origins with the same result: 240 rows but 60 independent draws.
+    rng = np.random.default_rng(12)
+    engine_each, peer_each = rng.gamma(2.0, 0.5, 60), rng.gamma(2.0, 0.5, 60)
+    engine_rows, peer_rows, products = np.tile(engine_each, 4), np.tile(peer_each, 4), np.tile(np.arange(60), 4)
+    rows = backtest.paired_ratio_interval(engine_rows, peer_rows)
+    clustered = backtest.paired_ratio_interval(engine_rows, peer_rows, clusters=products)
+    alone = backtest.paired_ratio_interval(engine_each, peer_each)  # the 60 products once each
+    assert clustered.ratio == pytest.approx(rows.ratio) and rows.ratio == pytest.approx(alone.ratio)
+    assert clustered.high - clustered.low > 1.6 * (rows.high - rows.low)  # ~2x: 4 copies are not 4 draws
+    assert clustered.high - clustered.low == pytest.approx(alone.high - alone.low, rel=0.25)
+    shares = np.tile(rng.binomial(H, 0.8, 60) / H, 4)
+    wide, narrow = backtest.coverage_interval(shares, clusters=products), backtest.coverage_interval(shares)
+    assert wide.high - wide.low > 1.6 * (narrow.high - narrow.low)
+
+    # in a run, the comparison resamples by product: a product sampled at several origins is one draw
+    def last_value(series, horizon, n_jobs=2):  # a stand-in for statsforecast's fits (minutes)
+        mean = np.vstack([np.full(horizon, s[-1]) for s in series])
+        out = {m: (mean, None, None, np.full(len(series), 0.01)) for m in backtest.SF_MODELS}
+        out[backtest.SF_ENSEMBLE] = (mean, None, None, np.full(len(series), 0.03))
+        return out
+
+    clusters_seen = []
+    paired = backtest.paired_ratio_interval
+
+    def spy(engine_scores, peer_scores, clusters=None, **kwargs):
+        clusters_seen.append(clusters)
+        return paired(engine_scores, peer_scores, clusters=clusters, **kwargs)
+
+    monkeypatch.setattr(backtest, "statsforecast_forecasts", last_value)
+    monkeypatch.setattr(backtest, "paired_ratio_interval", spy)
+    y = rng.poisson(5.0, (30, 3 * models.SEASON_LENGTH)).astype(float)
+    result = backtest.run_backtest(y, label="c", origins=3, horizon=H, hw_sample=0, sf_per_class=40)
+    rows_by_class = {r["class"]: r for r in backtest.sf_comparison(result)}
+    ids = np.concatenate(result.methods["engine_on_sf_sample"].series_ids)
+    assert len(ids) == 3 * 30 and set(ids) == set(range(30))  # every product at every origin
+    assert all(c is not None for c in clusters_seen)
+    overall = clusters_seen[-1]  # the last class compared is "all"
+    assert len(overall) == 90 and len(np.unique(overall)) == 30
+    assert rows_by_class["all"]["coverage_interval"].series == 90

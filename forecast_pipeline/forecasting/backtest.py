@@ -78,6 +78,7 @@ class MethodScores:
     covered_above_zero: list[np.ndarray] = field(default_factory=list)
     demand_class: list[np.ndarray] = field(default_factory=list)
     series_seconds: list[np.ndarray] = field(default_factory=list)  # (n,) CPU seconds per series, where known
+    series_ids: list[np.ndarray] = field(default_factory=list)  # (n,) the product of each row, where known
     seconds: float = 0.0
     fits: int = 0
     outliers_capped: int = 0  # weeks the engine capped as one-off spikes, over all origins
@@ -87,9 +88,12 @@ class MethodScores:
         """Series x origins added so far."""
         return int(sum(len(s) for s in self.scale))
 
-    def add(self, err, scale, fc, actual, demand_class, covered=None, lower=None, upper=None, seconds=None) -> None:
+    def add(
+        self, err, scale, fc, actual, demand_class, covered=None, lower=None, upper=None, seconds=None, ids=None
+    ) -> None:
         """``lower``/``upper`` (n, horizon) give the interval; then ``covered`` is derived from it.
-        ``seconds`` (n,): each series' fitting time, for the cost per series by class."""
+        ``seconds`` (n,): each series' fitting time, for the cost per series by class. ``ids``
+        (n,): each row's product, so that its origins are resampled together."""
         if lower is not None:
             inside = interval_inside(actual, lower, upper)
             covered = inside.sum(axis=1).astype(float)
@@ -108,22 +112,31 @@ class MethodScores:
         self.zero_weeks.append((actual == 0).sum(axis=1))
         self.demand_class.append(np.asarray(demand_class, dtype=object))
         self.series_seconds.append(np.full(len(scale), np.nan) if seconds is None else np.asarray(seconds, dtype=float))
+        self.series_ids.append(np.full(len(scale), -1) if ids is None else np.asarray(ids, dtype=np.int64))
         self.covered.append(np.full(len(scale), np.nan) if covered is None else covered)
 
-    def series_scores(self, horizon: int, name: str, metric: str) -> np.ndarray:
+    def series_scores(self, horizon: int, name: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
         """Per-series ``metric`` ("mase" or "msis", NaN without an interval) of the series x
-        origins of class ``name`` (or "all") that :meth:`table` scores, in the order added."""
+        origins of class ``name`` (or "all") that :meth:`table` scores, in the order added, and
+        their clusters for resampling (:meth:`clusters`)."""
         scale, classes = np.concatenate(self.scale), np.concatenate(self.demand_class)
         scored = (scale > 0) & ((classes == name) if name != "all" else True)
         totals = {"mase": self.abs_error, "msis": self.interval_score}[metric]
-        return np.concatenate(totals)[scored] / (horizon * scale[scored])
+        return np.concatenate(totals)[scored] / (horizon * scale[scored]), self.clusters()[scored]
 
-    def series_coverage(self, horizon: int, name: str) -> np.ndarray:
+    def series_coverage(self, horizon: int, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Per series x origin of class ``name`` (or "all"), the share of its weeks inside the
-        interval: the rows :meth:`table`'s coverage counts (those given an interval)."""
+        interval: the rows :meth:`table`'s coverage counts (those given an interval); and their
+        clusters (:meth:`clusters`)."""
         covered, classes = np.concatenate(self.covered), np.concatenate(self.demand_class)
         rows = np.isfinite(covered) & ((classes == name) if name != "all" else True)
-        return covered[rows] / horizon
+        return covered[rows] / horizon, self.clusters()[rows]
+
+    def clusters(self) -> np.ndarray:
+        """A resampling cluster per row: its product where known (one product's origins move
+        together), else the row alone."""
+        ids = np.concatenate(self.series_ids)
+        return np.where(ids >= 0, ids, -1 - np.arange(len(ids)))
 
     def table(self, horizon: int) -> dict[str, dict[str, float]]:
         """{class or 'all': {mase, bias, coverage, msis, products}}."""
@@ -210,15 +223,20 @@ class PairedRatio:
 
 
 def paired_ratio_interval(
-    engine_scores: np.ndarray, peer_scores: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+    engine_scores: np.ndarray,
+    peer_scores: np.ndarray,
+    clusters: np.ndarray | None = None,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
 ) -> PairedRatio:
     """Ratio of the mean scores, with a percentile bootstrap interval over the series x origins
     resampled in pairs: both methods' scores of one series move together, so the spread between
-    series (MASE 0.01-3 in one class) does not drown a gap of a few percent between methods."""
+    series (MASE 0.01-3 in one class) does not drown a gap of a few percent between methods.
+    ``clusters`` (one label per row, e.g. the product) resamples a cluster's rows together."""
     a, b = np.asarray(engine_scores, dtype=float), np.asarray(peer_scores, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired scores need two equal arrays, got {a.shape} and {b.shape}")
-    mine, theirs = _resampled_means((a, b), resamples, seed)
+    mine, theirs = _resampled_means((a, b), resamples, seed, clusters)
     with np.errstate(divide="ignore", invalid="ignore"):  # a peer mean of zero: no ratio (the verdict says so)
         low, high = _percentiles(mine / theirs)
         return PairedRatio(ratio=float(a.mean() / b.mean()), low=low, high=high, pairs=len(a))
@@ -249,28 +267,41 @@ class CoverageInterval:
         return f"{self.share:.1%} ({self.low:.1%}-{self.high:.1%}), {self.verdict}"
 
 
-def coverage_interval(shares: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> CoverageInterval:
+def coverage_interval(
+    shares: np.ndarray, clusters: np.ndarray | None = None, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> CoverageInterval:
     """The mean of per-series shares of weeks covered (every series has the same horizon, so this is
-    the share of all weeks), with a percentile bootstrap interval over the series x origins."""
+    the share of all weeks), with a percentile bootstrap interval over the series x origins
+    (``clusters`` as for :func:`paired_ratio_interval`)."""
     shares = np.asarray(shares, dtype=float)
-    (means,) = _resampled_means((shares,), resamples, seed)
+    (means,) = _resampled_means((shares,), resamples, seed, clusters)
     low, high = _percentiles(means)
     return CoverageInterval(share=float(shares.mean()), low=low, high=high, series=len(shares))
 
 
-def _resampled_means(arrays: tuple[np.ndarray, ...], resamples: int, seed: int) -> list[np.ndarray]:
-    """For ``resamples`` draws of the same rows (with replacement) from equal 1-d arrays, each
-    array's mean over the drawn rows."""
+def _resampled_means(
+    arrays: tuple[np.ndarray, ...], resamples: int, seed: int, clusters: np.ndarray | None = None
+) -> list[np.ndarray]:
+    """For ``resamples`` draws of the same clusters (with replacement; each row its own cluster
+    without ``clusters``) from equal 1-d arrays, each array's mean over the drawn clusters' rows."""
     n = len(arrays[0])
     if not n or any(a.ndim != 1 or len(a) != n for a in arrays):
         raise ValueError(f"resampling needs equal, non-empty 1-d arrays, got {[a.shape for a in arrays]}")
+    labels = np.arange(n) if clusters is None else np.asarray(clusters)
+    if labels.shape != (n,):
+        raise ValueError(f"one cluster label per row needed, got {labels.shape} for {n} rows")
+    _, member = np.unique(labels, return_inverse=True)
+    k = member.max() + 1
+    counts = np.bincount(member, minlength=k).astype(float)
+    sums = [np.bincount(member, weights=a, minlength=k) for a in arrays]
     rng = np.random.default_rng(seed)
     means = [[] for _ in arrays]
-    per_chunk = max(1, 2_000_000 // n)  # index arrays of ~16 MB
+    per_chunk = max(1, 2_000_000 // k)  # index arrays of ~16 MB
     for done in range(0, resamples, per_chunk):
-        idx = rng.integers(0, n, (min(per_chunk, resamples - done), n))
-        for out, a in zip(means, arrays, strict=True):
-            out.append(a[idx].mean(axis=1))
+        idx = rng.integers(0, k, (min(per_chunk, resamples - done), k))
+        drawn = counts[idx].sum(axis=1)
+        for out, total in zip(means, sums, strict=True):
+            out.append(total[idx].sum(axis=1) / drawn)
     return [np.concatenate(m) for m in means]
 
 
@@ -505,10 +536,11 @@ def run_backtest(
                 fits = statsforecast_forecasts([history[i, start[i] :] for i in pick], horizon, n_jobs=sf_jobs)
                 advance(len(pick))
                 cls, a, sc = classes[pick], actual[pick], scale[pick]
+                ids = np.flatnonzero(rows)[pick]  # the products: their origins are resampled together
                 for name, (mean, lo, hi, seconds) in fits.items():
                     methods[name].seconds += float(np.sum(seconds))
                     methods[name].fits += len(pick)
-                    methods[name].add(mean - a, sc, mean, a, cls, lower=lo, upper=hi, seconds=seconds)
+                    methods[name].add(mean - a, sc, mean, a, cls, lower=lo, upper=hi, seconds=seconds, ids=ids)
                 methods["engine_on_sf_sample"].add(
                     batch.forecast[pick] - a,
                     sc,
@@ -517,6 +549,7 @@ def run_backtest(
                     cls,
                     lower=batch.lower[pick],
                     upper=batch.upper[pick],
+                    ids=ids,
                 )
     notes = [
         f"Holt-Winters fitted on a random sample of up to {hw_sample} products per origin with 2+ years of history"
@@ -906,7 +939,7 @@ def sf_comparison(result: BacktestResult) -> list[dict]:
                 "best_msis_coverage": with_interval[best_msis]["coverage"] if best_msis else float("nan"),
                 "autoets_coverage": peers.get("AutoETS", {}).get("coverage", float("nan")),
                 "zero_share": eng[cls]["zero_share"],
-                "coverage_interval": coverage_interval(on_sample.series_coverage(result.horizon, cls)),
+                "coverage_interval": coverage_interval(*on_sample.series_coverage(result.horizon, cls)),
                 "mase_vs_best": _paired(result, on_sample, best, cls, "mase"),
                 "msis_vs_best": _paired(result, on_sample, best_msis, cls, "msis") if best_msis else None,
             }
@@ -921,8 +954,8 @@ def _paired(result: BacktestResult, on_sample: MethodScores, peer: str, cls: str
     mine_added, theirs_added = on_sample.actual_sum, theirs.actual_sum
     if len(mine_added) != len(theirs_added) or not all(map(np.array_equal, mine_added, theirs_added)):
         raise ValueError(f"{peer} was not scored on the engine's statsforecast sample")
-    mine = on_sample.series_scores(result.horizon, cls, metric)
-    return paired_ratio_interval(mine, theirs.series_scores(result.horizon, cls, metric))
+    mine, clusters = on_sample.series_scores(result.horizon, cls, metric)
+    return paired_ratio_interval(mine, theirs.series_scores(result.horizon, cls, metric)[0], clusters=clusters)
 
 
 def format_sf_comparison(result: BacktestResult) -> str:
