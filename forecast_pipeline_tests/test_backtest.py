@@ -469,6 +469,10 @@ def test_a_products_origins_are_resampled_together(monkeypatch):
     shares = np.tile(rng.binomial(H, 0.8, 60) / H, 4)
     wide, narrow = backtest.coverage_interval(shares, clusters=products), backtest.coverage_interval(shares)
     assert wide.high - wide.low > 1.6 * (narrow.high - narrow.low)
+    # a handful of products is too few to tell, however many origins each has
+    few = backtest.paired_ratio_interval(engine_rows[:80], peer_rows[:80], clusters=np.arange(80) % 5)
+    assert few.pairs == 80 and few.draws == 5 and few.verdict == "too few series to tell"
+    assert backtest.coverage_interval(shares[:80], clusters=np.arange(80) % 5).verdict == "too few series to tell"
 
     # in a run, the comparison resamples by product: a product sampled at several origins is one draw
     def last_value(series, horizon, n_jobs=2):  # a stand-in for statsforecast's fits (minutes)

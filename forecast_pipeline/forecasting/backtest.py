@@ -57,7 +57,7 @@ SPEED_MIN_SERIES = 100
 # samples by 0.2-0.8%).
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_LEVEL = 0.95
-BOOTSTRAP_MIN_SERIES = 10  # fewer, and a resample repeats a handful of series: no verdict
+BOOTSTRAP_MIN_SERIES = 10  # fewer products (or rows), and a resample repeats a handful: no verdict
 
 
 @dataclass
@@ -205,10 +205,11 @@ class PairedRatio:
     low: float
     high: float
     pairs: int  # series x origins
+    draws: int  # what was resampled: the products (or rows) behind them
 
     @property
     def verdict(self) -> str:
-        if self.pairs < BOOTSTRAP_MIN_SERIES:
+        if self.draws < BOOTSTRAP_MIN_SERIES:
             return "too few series to tell"
         if not np.isfinite([self.ratio, self.low, self.high]).all():
             return "no ratio (a mean of zero)"
@@ -239,7 +240,9 @@ def paired_ratio_interval(
     mine, theirs = _resampled_means((a, b), resamples, seed, clusters)
     with np.errstate(divide="ignore", invalid="ignore"):  # a peer mean of zero: no ratio (the verdict says so)
         low, high = _percentiles(mine / theirs)
-        return PairedRatio(ratio=float(a.mean() / b.mean()), low=low, high=high, pairs=len(a))
+        return PairedRatio(
+            ratio=float(a.mean() / b.mean()), low=low, high=high, pairs=len(a), draws=_draws(clusters, len(a))
+        )
 
 
 @dataclass(frozen=True)
@@ -251,11 +254,12 @@ class CoverageInterval:
     low: float
     high: float
     series: int  # series x origins
+    draws: int  # what was resampled: the products (or rows) behind them
 
     @property
     def verdict(self) -> str:
         target_low, target_high = COVERAGE_TARGET
-        if self.series < BOOTSTRAP_MIN_SERIES:
+        if self.draws < BOOTSTRAP_MIN_SERIES:
             return "too few series to tell"
         if target_low <= self.low and self.high <= target_high:
             return "inside"
@@ -276,7 +280,14 @@ def coverage_interval(
     shares = np.asarray(shares, dtype=float)
     (means,) = _resampled_means((shares,), resamples, seed, clusters)
     low, high = _percentiles(means)
-    return CoverageInterval(share=float(shares.mean()), low=low, high=high, series=len(shares))
+    return CoverageInterval(
+        share=float(shares.mean()), low=low, high=high, series=len(shares), draws=_draws(clusters, len(shares))
+    )
+
+
+def _draws(clusters: np.ndarray | None, rows: int) -> int:
+    """How many independent units a resample draws: the clusters, or the rows without them."""
+    return rows if clusters is None else len(np.unique(clusters))
 
 
 def _resampled_means(
