@@ -7,9 +7,14 @@ factor is the 90th percentile of (forecast - actual) / (forecast - lower) and th
 quantile of (actual - forecast) / (upper - forecast) that leaves 20% of the weeks outside in all
 (a zero lower bound already covers every zero week, so the upper side takes the rest).
 
+``--check`` instead scores the engine as it is (its factors) at the backtest's origins (the last
+``--origins`` 12-week windows before the as-of, after every calibration week): coverage and MSIS
+per interval group, over every eligible product.
+
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/interval_calibration.py --products 3000
+    .venv/bin/python benchmarks/interval_calibration.py --products 10000 --check --origins 4
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=6)
     parser.add_argument("--gap", type=int, default=60, help="weeks between the latest origin and the as-of")
     parser.add_argument("--horizon", type=int, default=12)
+    parser.add_argument("--check", action="store_true", help="score the engine's factors at the backtest's origins")
     args = parser.parse_args()
 
     from forecast_pipeline.forecasting import backtest, engine
 
     y, eligible_at, _ = backtest.demo_matrix(args.products, dt.date(2026, 11, 16), volume=0.9, seed=7)
+    if args.check:
+        check(y, eligible_at, args.origins, args.horizon)
+        return
     profiled = dict(engine.PROFILED_CLASSES)
     engine.INTERVAL_SCALE = {}  # unit factors, no profile: the profile is divided out below
     engine.PROFILED_CLASSES = {}
@@ -64,6 +73,33 @@ def main() -> None:
         growth = np.polyfit(position, step_hi, 1)[0] / max(step_hi.mean(), 1e-9)
         steps = " ".join(f"{f:.2f}" for f in step_hi)
         print(f"| {g} | {by_step_lo.size:,} | {f_lo:.3f} | {f_hi:.3f} | {coverage:.1%} | {steps} | {growth:+.3f} |")
+
+
+def check(y: np.ndarray, eligible_at, origins: int, horizon: int) -> None:
+    """Coverage and MSIS per interval group at the backtest's origins (the last ``origins``
+    ``horizon``-week windows), the engine's factors as they are."""
+    from forecast_pipeline.forecasting import backtest, engine, models
+
+    covered, weeks, scores = {}, {}, {}
+    for k in range(origins):
+        cut = y.shape[1] - horizon - k * horizon
+        rows = eligible_at(cut)
+        history, actual = y[rows, :cut], y[rows, cut : cut + horizon]
+        run = engine.forecast_batch(history, horizon)
+        scale = backtest.naive_scale(history, models.first_demand_week(history))
+        ok = (run.status == "success") & (scale > 0)
+        inside = backtest.interval_inside(actual, run.lower, run.upper)[ok]
+        score = backtest.interval_score(actual, run.lower, run.upper)[ok].mean(axis=1) / scale[ok]
+        for g in np.unique(run.interval_group[ok]):
+            sel = run.interval_group[ok] == g
+            covered[g] = covered.get(g, 0) + int(inside[sel].sum())
+            weeks[g] = weeks.get(g, 0) + int(inside[sel].size)
+            scores.setdefault(g, []).append(score[sel])
+    print("| group | series x origins | coverage | MSIS |")
+    print("|---|---|---|---|")
+    for g in sorted(weeks):
+        msis = np.concatenate(scores[g]).mean()
+        print(f"| {g} | {weeks[g] // horizon:,} | {covered[g] / weeks[g]:.1%} | {msis:.2f} |")
 
 
 def factors(s_lo: np.ndarray, s_hi: np.ndarray) -> tuple[float, float]:

@@ -57,11 +57,13 @@ How a product's forecast is decided (the README repeats this for users):
    Seasonal models are replayed with their season estimated only from the weeks before those
    origins (rows with 3 years there): errors replayed with a season fitted on the same weeks are
    too small (co2: 73% coverage, 76% out of sample). Rows with fewer than 10 past errors use
-   +-1.28 standard deviations of their weekly demand. For ``SPREAD_BLENDED_GROUPS`` (short,
-   young, shift, intermittent, lumpy, erratic: few past origins or few nonzero errors) the upper
-   half-width is the mean of that and the weekly standard deviation. Finally the half-widths
-   are multiplied by a factor per group (``INTERVAL_SCALE``: the class, whatever the model;
-   ``young`` under a year, ``shift``, ``dormant``), calibrated split-conformally
+   +-1.28 standard deviations of their weekly demand, and so do new products (under a year)
+   with regular demand (``SPREAD_GROUPS``): their few past origins replay too few errors. For
+   ``SPREAD_BLENDED_GROUPS`` (new intermittent or lumpy products, shift, intermittent, lumpy,
+   erratic: few past origins or few nonzero errors) the upper half-width is the mean of the
+   replayed one and the weekly standard deviation. Finally the half-widths are multiplied by a
+   factor per group (``INTERVAL_SCALE``: the class, whatever the model; ``new_regular``,
+   ``short_sparse`` and ``young_sparse`` under a year, ``shift``, ``dormant``), calibrated split-conformally
    on 8 earlier origins of the demo data (``benchmarks/interval_calibration.py``; only data
    before each origin), and for ``PROFILED_CLASSES`` (smooth, erratic) by a profile that widens
    over the horizon (replayed errors pool all steps into one width). Quantities and bounds are
@@ -87,17 +89,19 @@ BLOCK_ROWS = 5000
 INTERVAL_QUANTILES = (0.10, 0.90)
 UPPER_FROM_ZERO_QUANTILE = 0.80
 # Width factors (lower, upper) applied to each row's interval half-widths by group (the engine's
-# class, whatever the model; "young" under a year of history, "shift" on the level-shift model,
+# class, whatever the model; under a year of history "new_regular", or "short_sparse" (under 26
+# weeks) and "young_sparse" for intermittent or lumpy demand; "shift" on the level-shift model,
 # "dormant"). Split-conformal: benchmarks/interval_calibration.py runs the
 # engine with unit factors at 8 origins 60-102 weeks before the demo backtest's as-of (each seeing
 # only the weeks before it; 3,000 products) and takes, per group, the lower factor leaving 10% of
 # the actual weeks below and the upper factor leaving 20% outside in all (a zero lower bound
 # covers every zero week, so the upper side takes the rest). The dormant group's upper factor is
 # 0.5, not its calibrated 0, which would make the interval the forecast itself. Checked on the later
-# backtest origins and the real series (benchmarks/RESULTS.md).
+# backtest origins per group (interval_calibration.py --check) and the real series (benchmarks/RESULTS.md).
 INTERVAL_SCALE = {
-    "short": (1.064, 1.865),
-    "young": (1.0, 0.889),  # 26-51 weeks of history
+    "new_regular": (1.041, 1.168),  # under a year of history, regular demand: +-z x the weekly sd
+    "short_sparse": (1.0, 1.806),  # under 26 weeks, intermittent or lumpy demand
+    "young_sparse": (1.0, 0.803),  # 26-51 weeks, intermittent or lumpy demand
     "shift": (1.0, 0.953),
     "smooth": (1.0, 1.155),
     "erratic": (1.0, 1.065),
@@ -112,7 +116,11 @@ INTERVAL_SCALE = {
 # Growth from benchmarks/interval_calibration.py (slope of the per-step upper factor).
 PROFILED_CLASSES: dict[str, float] = {"smooth": 0.11, "erratic": 0.10}
 # Groups whose upper half-width blends the replayed errors with the weekly spread (see below).
-SPREAD_BLENDED_GROUPS = ("short", "young", "shift", "intermittent", "lumpy", "erratic")
+SPREAD_BLENDED_GROUPS = ("short_sparse", "young_sparse", "shift", "intermittent", "lumpy", "erratic")
+# Groups whose interval is the forecast +-NORMAL_80 weekly standard deviations (before their factor):
+# a new product with regular demand has too few past errors for their percentiles.
+SPREAD_GROUPS = ("new_regular",)
+NORMAL_80 = 1.2816
 RELATIVE_FLOOR = 1.0
 # A zero week's replayed error for ZERO_FLOOR_CLASSES rows: below any real relative error, so the
 # lower bound is zero wherever 10% of the replayed (origin, step) errors are zero weeks.
@@ -234,6 +242,7 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         error[i] = "order history contains a non-finite quantity (NaN or infinity)"
 
     demand_class = classify(y, start)
+    sparse = np.isin(demand_class, ZERO_FLOOR_CLASSES)  # the pattern, also of a short history
     short = history_weeks < SHORT_HISTORY_WEEKS
     demand_class[short] = "short"
     long_enough = history_weeks >= SEASONAL_MIN_WEEKS + horizon
@@ -366,10 +375,13 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     # class's factor: a "seasonal" group was mostly sparse rows that chose a seasonal model, and
     # its factor suited neither them nor regular seasonal items (benchmarks/RESULTS.md).
     group = demand_class.copy()
-    group[(history_weeks < models.SEASON_LENGTH) & ~short] = "young"
+    new_product = history_weeks < models.SEASON_LENGTH
+    group[new_product & ~sparse] = "new_regular"
+    group[short & sparse] = "short_sparse"
+    group[new_product & ~short & sparse] = "young_sparse"
     group[np.isin(first.astype(str), SHIFT_CANDIDATES)] = "shift"
     group[dormant & ~short] = "dormant"
-    # Short, young and level-shift rows have few replayed origins (since first demand or since the
+    # New and level-shift rows have few replayed origins (since first demand or since the
     # shift); intermittent, lumpy and erratic rows' replayed quantiles rest on a few large weeks:
     # their upper half-width is the mean of the replayed one and the spread of the weeks (lower
     # interval score at the same coverage, benchmarks/RESULTS.md).
@@ -377,6 +389,14 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     if blend.any():
         spread = _weekly_sd(y[blend], start[blend])[:, None]
         upper[blend] = forecast[blend] + 0.5 * (np.maximum(upper[blend] - forecast[blend], 0.0) + spread)
+    # A new product with regular demand: the percentiles of its few replayed errors gave intervals
+    # that covered too little (benchmarks/RESULTS.md); the spread of its weeks, as ETS uses the
+    # spread of its residuals, holds.
+    spread_rows = np.isin(group, SPREAD_GROUPS)
+    if spread_rows.any():
+        half = NORMAL_80 * _weekly_sd(y[spread_rows], start[spread_rows])[:, None]
+        lower[spread_rows] = forecast[spread_rows] - half
+        upper[spread_rows] = forecast[spread_rows] + half
     scale = np.array([INTERVAL_SCALE.get(g, (1.0, 1.0)) for g in group]).reshape(n, 2)
     steps = np.arange(horizon)
     position = (steps - steps.mean()) / max(horizon - 1, 1)  # -0.5 .. 0.5 over the horizon
@@ -526,7 +546,7 @@ def _row_quantiles(values: np.ndarray, qs: tuple[float, ...]):
 def _spread_fallback(y: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Offsets of +-1.28 standard deviations of the weeks since first demand (normal 80%)."""
     sd = _weekly_sd(y, start)
-    return -1.2816 * sd, 1.2816 * sd
+    return -NORMAL_80 * sd, NORMAL_80 * sd
 
 
 def _weekly_sd(y: np.ndarray, start: np.ndarray) -> np.ndarray:
