@@ -346,6 +346,18 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         holdout_err[short] = np.abs(actual - fc[:, : actual.shape[1]]).sum(axis=1)
         holdout_act[short] = actual.sum(axis=1)
 
+    # Interval groups, for the width factors below: the replayed errors understate the error of a
+    # new level and of a short history, and differ by class (see INTERVAL_SCALE). Rows on a seasonal model take their
+    # class's factor: a "seasonal" group was mostly sparse rows that chose a seasonal model, and
+    # its factor suited neither them nor regular seasonal items (benchmarks/RESULTS.md).
+    group = demand_class.copy()
+    new_product = history_weeks < models.SEASON_LENGTH
+    group[new_product & ~sparse] = "new_regular"
+    group[short & sparse] = "short_sparse"
+    group[new_product & ~short & sparse] = "young_sparse"
+    group[np.isin(first.astype(str), SHIFT_CANDIDATES)] = "shift"
+    group[dormant & ~short] = "dormant"
+
     # Refit the chosen models on the full history, then build intervals from their past errors; a
     # combination's forecast and interval offsets are the means of its two models'.
     for name in (*CANDIDATES, "recent_mean"):
@@ -362,7 +374,13 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         # Intermittent and lumpy rows: a zero week's error puts the lower bound at zero (see
         # _empirical_error_quantiles).
         zero_weeks_at_zero = np.isin(demand_class[rows], ZERO_FLOOR_CLASSES)
-        lo_off, hi_off = _empirical_error_quantiles(replay, y[rows], since, horizon, fit.forecast, zero_weeks_at_zero)
+        # A new product with regular demand: the percentiles of its few replayed errors gave
+        # intervals that covered too little (benchmarks/RESULTS.md); it takes the weekly spread, as
+        # ETS takes its residuals' (and as rows with under 10 past errors do).
+        spread_only = np.isin(group[rows], SPREAD_GROUPS)
+        lo_off, hi_off = _empirical_error_quantiles(
+            replay, y[rows], since, horizon, fit.forecast, zero_weeks_at_zero, spread_only
+        )
         weight = np.where(combine[rows], 0.5, 1.0)[:, None]
         forecast[rows] += weight * fit.forecast
         lower[rows] += weight * lo_off
@@ -370,17 +388,6 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     lower += forecast
     upper += forecast
 
-    # Per-group width factors: the replayed errors understate the error of a new level and of a
-    # short history, and differ by class (see INTERVAL_SCALE). Rows on a seasonal model take their
-    # class's factor: a "seasonal" group was mostly sparse rows that chose a seasonal model, and
-    # its factor suited neither them nor regular seasonal items (benchmarks/RESULTS.md).
-    group = demand_class.copy()
-    new_product = history_weeks < models.SEASON_LENGTH
-    group[new_product & ~sparse] = "new_regular"
-    group[short & sparse] = "short_sparse"
-    group[new_product & ~short & sparse] = "young_sparse"
-    group[np.isin(first.astype(str), SHIFT_CANDIDATES)] = "shift"
-    group[dormant & ~short] = "dormant"
     # New and level-shift rows have few replayed origins (since first demand or since the
     # shift); intermittent, lumpy and erratic rows' replayed quantiles rest on a few large weeks:
     # their upper half-width is the mean of the replayed one and the spread of the weeks (lower
@@ -389,14 +396,6 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     if blend.any():
         spread = _weekly_sd(y[blend], start[blend])[:, None]
         upper[blend] = forecast[blend] + 0.5 * (np.maximum(upper[blend] - forecast[blend], 0.0) + spread)
-    # A new product with regular demand: the percentiles of its few replayed errors gave intervals
-    # that covered too little (benchmarks/RESULTS.md); the spread of its weeks, as ETS uses the
-    # spread of its residuals, holds.
-    spread_rows = np.isin(group, SPREAD_GROUPS)
-    if spread_rows.any():
-        half = NORMAL_80 * _weekly_sd(y[spread_rows], start[spread_rows])[:, None]
-        lower[spread_rows] = forecast[spread_rows] - half
-        upper[spread_rows] = forecast[spread_rows] + half
     scale = np.array([INTERVAL_SCALE.get(g, (1.0, 1.0)) for g in group]).reshape(n, 2)
     steps = np.arange(horizon)
     position = (steps - steps.mean()) / max(horizon - 1, 1)  # -0.5 .. 0.5 over the horizon
@@ -478,6 +477,7 @@ def _empirical_error_quantiles(
     horizon: int,
     final: np.ndarray,
     zero_weeks_at_zero: np.ndarray,
+    spread_only: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lower/upper interval offsets from each row's 1..horizon-week errors over recent origins.
 
@@ -486,7 +486,7 @@ def _empirical_error_quantiles(
     10th/90th percentiles are applied to the current forecast's scale. Relative errors carry over
     when the level moves (a seasonal peak, a declining item): with absolute errors a zero week of
     an intermittent item falls below a raised lower bound. Falls back to the spread of the weekly
-    values when a row has too few past origins.
+    values when a row has too few past origins, and for ``spread_only`` rows.
 
     For ``zero_weeks_at_zero`` rows a week without demand counts as an error below every other
     (``ZERO_WEEK_ERROR``): where 10% or more of the replayed weeks sold nothing, the 10th
@@ -522,7 +522,7 @@ def _empirical_error_quantiles(
     # 80% of a sparse row's errors are zero weeks that percentile is ZERO_WEEK_ERROR too: the
     # upper bound then comes from the weekly spread (SPREAD_BLENDED_GROUPS) or is the forecast.
     hi_off = np.where(final + lo_off <= 0, hi_from_zero[:, None] * scale, hi_off)
-    few = (count < 10)[:, None]
+    few = ((count < 10) | spread_only)[:, None]
     return np.where(few, fb_lo[:, None], lo_off), np.where(few, fb_hi[:, None], hi_off)
 
 
