@@ -10,6 +10,7 @@ import datetime as dt
 import importlib
 import math
 import shutil
+import sqlite3
 import subprocess
 import sys
 import time
@@ -322,6 +323,37 @@ def test_processes_upgrading_at_once_all_succeed(request, tmp_path, kind, made_b
     assert [p.returncode for p in processes] == [0, 0, 0, 0], "\n".join(errors)
     assert current_revision(engine) == head_revision()
     assert schema_differences(engine) == []
+
+
+def test_an_upgrade_on_sqlite_waits_out_a_writer_slower_than_the_busy_timeout(tmp_path):
+    """On a loaded machine the winner of the race can hold SQLite's write lock for longer than
+    the driver's 5 s busy timeout: the others must wait for it, not fail at their first read."""
+    path = tmp_path / "app.sqlite"
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN EXCLUSIVE")  # the winner, mid-migration: even reads wait
+        upgrading = subprocess.Popen(
+            [sys.executable, "-c", UPGRADE, f"sqlite:///{path}", str(time.time())],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(8)  # past the busy timeout and the old 5 retries (~2 s) together
+        assert upgrading.poll() is None, "gave up while the writer held the lock:\n" + upgrading.stderr.read()
+        writer.execute("COMMIT")
+        error = upgrading.communicate(timeout=120)[1]
+        assert upgrading.returncode == 0, error
+    finally:
+        writer.close()
+    engine = make_engine(f"sqlite:///{path}")
+    assert current_revision(engine) == head_revision()
+    assert schema_differences(engine) == []
+
+
+def test_an_sqlite_database_that_cannot_be_opened_fails_at_once_not_after_the_wait(tmp_path):
+    began = time.monotonic()
+    with pytest.raises(sa.exc.OperationalError, match="unable to open database file"):
+        upgrade_app_schema(make_engine(f"sqlite:///{tmp_path / 'no such directory' / 'app.sqlite'}"))
+    assert time.monotonic() - began < 5
 
 
 def test_init_db_upgrades_the_application_database_to_head(tmp_path, pg):

@@ -60,35 +60,51 @@ def upgrade_app_schema(engine: sa.Engine) -> None:
 
     On PostgreSQL the migrations run in one transaction under an advisory lock, so two processes
     upgrading at once migrate once. SQLite has no such lock: a process that loses the race (the
-    database is locked, or a table it was about to create appeared) looks again and retries.
-    A table dropped by hand from a database at head is created again from the table modules,
+    database is locked, or a table it was about to create appeared) looks again and retries,
+    for up to :data:`SQLITE_UPGRADE_WAIT` seconds, so a slow winner on a loaded machine is waited
+    for. A table dropped by hand from a database at head is created again from the table modules,
     which describe head exactly (``test_migrations`` compares them)."""
+    if engine.dialect.name == "postgresql":
+        _upgrade(engine)
+        return
+    deadline = time.monotonic() + SQLITE_UPGRADE_WAIT
+    while True:
+        try:
+            _upgrade(engine)
+            return
+        except (sa.exc.OperationalError, sa.exc.IntegrityError) as exc:
+            if not _lost_race(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+SQLITE_UPGRADE_WAIT = 60.0
+"""Seconds a SQLite upgrade keeps retrying while another process holds the database."""
+
+
+def _lost_race(exc: sa.exc.DBAPIError) -> bool:
+    """Whether another process upgrading at the same time explains the error: the database is
+    locked, or a table or the version stamp it was about to write appeared (a missing directory
+    or a read-only file fails at once)."""
+    if isinstance(exc, sa.exc.IntegrityError):
+        return True
+    message = str(exc.orig).lower()
+    return "locked" in message or "busy" in message or "already exists" in message
+
+
+def _upgrade(engine: sa.Engine) -> None:
     with engine.connect() as conn:  # one catalogue query and one read in the usual case
         tables = set(sa.inspect(conn).get_table_names())
         revision = _revision(conn, tables)
         missing = [name for name in app_metadata.tables if name not in tables]
     if revision != head_revision():
-        _migrate(engine)
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "head")
         missing = missing_app_tables(engine)
     if missing:
         with engine.begin() as conn:
             lock(conn)
             app_metadata.create_all(conn, tables=[app_metadata.tables[name] for name in missing], checkfirst=True)
-
-
-def _migrate(engine: sa.Engine) -> None:
-    attempts = 1 if engine.dialect.name == "postgresql" else 5
-    for attempt in range(1, attempts + 1):
-        try:
-            with engine.begin() as conn:
-                command.upgrade(alembic_config(conn), "head")
-            return
-        except (sa.exc.OperationalError, sa.exc.IntegrityError):  # locked; a table or the stamp appeared
-            if attempt == attempts:
-                raise
-            time.sleep(0.2 * attempt)
-            if current_revision(engine) == head_revision():
-                return
 
 
 def lock(conn: sa.Connection) -> None:
