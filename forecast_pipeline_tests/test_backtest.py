@@ -266,6 +266,8 @@ def test_the_statsforecast_comparison_reports_every_model_and_the_targets():
     peer = overall["best_msis_model"]
     assert overall["best_msis_coverage"] == tables[peer]["all"]["coverage"]
     assert f"{peer} ({overall['best_msis']:.2f}, covers {overall['best_msis_coverage']:.1%})" in text
+    assert overall["msis_at_peer_coverage"].coverage >= overall["best_msis_coverage"]
+    assert f"| all | {peer} ({overall['best_msis_coverage']:.1%}) | {overall['msis_at_peer_coverage']} |" in text
 
 
 def test_asking_for_statsforecast_without_the_extra_says_so_in_one_line(monkeypatch, capsys):
@@ -388,6 +390,53 @@ def test_the_statsforecast_comparison_says_which_verdicts_are_within_the_samples
     with pytest.raises(ValueError, match="not scored on the engine's statsforecast sample"):
         methods["AutoETS"].actual_sum[0] = methods["AutoETS"].actual_sum[0] + 1.0
         backtest.sf_comparison(result)
+
+
+def test_the_engine_is_also_scored_at_the_peers_coverage_where_zero_weeks_reward_covering_more():
+    # counts of 0 (70% of weeks), 1 or 2: the engine's upper bound 0.5 covers the zero weeks, the
+    # peer's 1.0 the ones too; moved out by x6 from the forecast 0.4 the engine's interval is the
+    # peer's, so at the peer's coverage their scores are equal
+    rng = np.random.default_rng(10)
+    n = 200
+    actual = rng.choice([0.0, 1.0, 2.0], p=[0.7, 0.2, 0.1], size=(n, H))
+    classes = np.array(["intermittent"] * n, dtype=object)
+    ids = np.arange(n)
+
+    def scored(upper, keep_weeks=False):
+        scores = backtest.MethodScores(keep_weeks=keep_weeks)
+        fc = np.full((n, H), 0.4)
+        scores.add(fc - actual, np.ones(n), fc, actual, classes, lower=np.zeros((n, H)), upper=upper, ids=ids)
+        return scores
+
+    engine = scored(np.full((n, H), 0.5), keep_weeks=True)
+    peer = scored(np.full((n, H), 1.0))
+    methods = {"engine": engine, "seasonal_naive": peer, "engine_on_sf_sample": engine, "AutoETS": peer}
+    methods[backtest.SF_ENSEMBLE] = peer
+    result = backtest.BacktestResult(label="t", horizon=H, origins=["o"], products=n, methods=methods)
+    row = {r["class"]: r for r in backtest.sf_comparison(result)}["intermittent"]
+    assert row["msis_vs_best"].verdict == "behind"  # as calibrated to what it covers, behind
+    at = row["msis_at_peer_coverage"]
+    assert at.factor == pytest.approx(6.0, abs=1e-6)
+    assert at.coverage == at.peer_coverage == pytest.approx((actual <= 1).mean())
+    assert at.vs_peer.ratio == pytest.approx(1.0, abs=1e-6)
+    checks = backtest.format_checks(backtest.summary_checks(result))
+    line = f"(intermittent): engine / AutoETS {row['msis_vs_best']}; at its {at.peer_coverage:.1%} coverage {at}"
+    assert line in checks
+    assert "x6.00, covering" in str(at)
+    # where the engine's upper bounds are already wider than the peer's, they are moved in
+    wide = scored(np.full((n, H), 1.5), keep_weeks=True)
+    result.methods.update(engine=wide, engine_on_sf_sample=wide)
+    at = backtest.widened_to_peer_coverage(result, "AutoETS", "intermittent")
+    assert at.factor == pytest.approx(0.6 / 1.1, abs=1e-6) and at.vs_peer.ratio == pytest.approx(1.0, abs=1e-6)
+    # an engine whose weeks were not kept (or a lower bound above the weeks it misses): no figure
+    assert (
+        backtest.widened_to_peer_coverage(
+            backtest.BacktestResult("t", H, ["o"], n, {**methods, "engine_on_sf_sample": scored(np.full((n, H), 0.5))}),
+            "AutoETS",
+            "intermittent",
+        )
+        is None
+    )
 
 
 def test_a_class_coverage_comes_with_an_interval_that_tells_a_miss_from_the_samples_noise():
