@@ -12,9 +12,13 @@ from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
+from forecast_pipeline.defs.resources import build_resources
+from forecast_pipeline.settings import load_settings
 from forecast_pipeline_tests.conftest import (
     AS_OF,
+    BIN,
     REDIS_URL,
+    command,
     engine_url,
     forecast_resources,
     materialize_date,
@@ -188,6 +192,27 @@ def test_forecasts_use_the_configured_key_prefix_and_ttl(book, redis_client, ins
     assert redis_client.get("forecast:1") is None
     assert 0 < redis_client.ttl("fc:1") <= 3600
     assert json.loads(redis_client.get("fc:metadata:last_run"))["successful"] == 22
+
+
+def test_a_key_prefix_with_a_trailing_colon_is_written_where_show_reads_it(
+    book, redis_client, instance, monkeypatch, tmp_path
+):
+    """FORECAST_KEY_PREFIX=forecast: passes the settings check as ``forecast``, which ``show`` and
+    the reports read under. The run's resources, built as the code location builds them (from the
+    process's variables, a set one passed as ``EnvVar``), must write there too, not ``forecast::22``."""
+    variables = {"DATABASE_URL": engine_url(book), "REDIS_URL": REDIS_URL, "FORECAST_WORKERS": "1"}
+    for name, value in {**variables, "FORECAST_KEY_PREFIX": "forecast:"}.items():
+        monkeypatch.setenv(name, value)
+    resources = build_resources(load_settings())
+    assert materialize(ASSETS, partition_key=AS_OF.isoformat(), resources=resources, instance=instance).success
+    shown = command(
+        [str(BIN / "forecast-pipeline"), "show", "--json", "--product", "22"], tmp_path, FORECAST_KEY_PREFIX="forecast:"
+    )
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert (doc["metadata_key"], doc["forecast_key"]) == ("forecast:metadata:last_run", "forecast:22")
+    assert doc["metadata"]["successful"] == 22 and doc["forecast"]["as_of_date"] == AS_OF.isoformat()
+    assert list(redis_client.scan_iter("forecast::*")) == []
 
 
 def test_redis_url_fixture_is_a_separate_database():

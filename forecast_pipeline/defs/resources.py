@@ -1,7 +1,9 @@
 """Resources and the executor every area's definitions share, built from the validated settings.
 
 A variable that is set in the environment is passed as ``EnvVar`` so that the UI shows where a
-value comes from and never displays a secret; an unset one passes its default.
+value comes from and never displays a secret; an unset one passes its default. A value the
+settings normalise (``FORECAST_KEY_PREFIX``) is passed as validated, so that the runs use the
+same value as every other reader.
 
 Loading this module validates every area's variables at once (see
 :func:`forecast_pipeline.settings.load_all_settings`, which ``forecast-pipeline`` runs too): a bad
@@ -50,7 +52,9 @@ def build_resources(settings: Settings, environ: Mapping[str, str] | None = None
     store = RedisStore(
         url=pick("REDIS_URL", reveal(settings.redis_url)),
         password=pick("REDIS_PASSWORD", reveal(settings.redis_password)),
-        key_prefix=pick("FORECAST_KEY_PREFIX", settings.key_prefix),
+        # the validated prefix, not EnvVar: the settings trim `forecast:` to `forecast`, which the
+        # CLI and the reports read under; the raw variable would write `forecast::{id}`
+        key_prefix=settings.key_prefix,
     )
     cache_ttl = pick("FORECAST_CACHE_TTL", settings.cache_ttl, "int")
     history_ttl = pick("FORECAST_HISTORY_TTL", settings.history_ttl, "int")
