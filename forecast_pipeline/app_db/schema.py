@@ -108,9 +108,15 @@ def _upgrade(engine: sa.Engine) -> None:
 
 
 def lock(conn: sa.Connection) -> None:
-    """One process changes the schema at a time (PostgreSQL; held until the transaction ends)."""
+    """One process changes the schema at a time, held until the transaction ends: PostgreSQL's
+    advisory lock; on SQLite the write lock, taken by beginning the transaction explicitly. The
+    driver would otherwise run each CREATE outside any transaction, so a process that loses the
+    race could see half of another's migration and re-run it (measured: "views may not be
+    indexed"). Called first in its transaction."""
     if conn.dialect.name == "postgresql":
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": UPGRADE_LOCK_ID})
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def missing_app_tables(engine: sa.Engine) -> list[str]:

@@ -3,8 +3,8 @@
 Run by :func:`forecast_pipeline.app_db.schema.upgrade_app_schema` with its own connection, or by the
 ``alembic`` command (``alembic.ini`` at the repository root) against ``APP_DATABASE_URL``
 (default ``DATABASE_URL``). Either way every migration runs in one transaction that first takes
-a PostgreSQL advisory lock, so two processes upgrading at once (the daemon's sensors and a run)
-upgrade once: the second waits, then finds the database at head.
+a lock (PostgreSQL's advisory lock, SQLite's write lock), so two processes upgrading at once (the
+daemon's sensors and a run) upgrade once: the second waits, then finds the database at head.
 """
 
 import os
