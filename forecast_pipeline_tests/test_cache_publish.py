@@ -158,6 +158,27 @@ def test_a_subset_write_never_leaves_a_key_without_ttl(redis_client):
     assert not keys_without_ttl(redis_client)
 
 
+def test_a_subset_write_changes_the_dates_version_so_readers_notice(redis_client):
+    """``write_forecasts(replace_history=False)`` (no staging) changes the date's hash in place:
+    the version must change too, or a streaming reader returns a mix and cached figures go stale."""
+    version = keys.version_key(PREFIX, AS_OF)
+    forecast_cache.write_forecasts(redis_client, PREFIX, AS_OF, payloads(3, "full"), 600, 600)
+    before = redis_client.get(version)
+    forecast_cache.write_forecasts(redis_client, PREFIX, AS_OF, payloads(1, "some"), 600, 600, replace_history=False)
+    merged = redis_client.get(version)
+    assert merged is not None and merged != before
+    assert 0 < redis_client.ttl(version) <= 600
+    forecast_cache.write_forecasts(redis_client, PREFIX, AS_OF, [], 600, 600, False, drop_products=[2])
+    assert redis_client.get(version) not in (before, merged)  # a drop changes the hash too
+    assert forecast_cache.read_forecasts_for(redis_client, PREFIX, AS_OF).keys() == {0, 1}
+
+    with pytest.raises(forecast_cache.ChangedWhileReading):
+        for _ in forecast_cache.CachedForecasts(redis_client, PREFIX, AS_OF).items():
+            forecast_cache.write_forecasts(
+                redis_client, PREFIX, AS_OF, payloads(1, "raced"), 600, 600, replace_history=False
+            )
+
+
 def test_a_reader_raced_by_another_publish_reads_the_newest_one_or_fails(redis_client):
     """A run reading its date back while another run publishes it gets one publish, never a mix."""
     prefix, as_of = "forecast", "2026-11-16"

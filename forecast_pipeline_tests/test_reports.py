@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import uuid
 import zoneinfo
 from email import policy
 from pathlib import Path
@@ -45,7 +46,7 @@ from forecast_pipeline.app_db.report_tables import (
     report_schedules,
     schedule_runs,
 )
-from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.cache.report_cache import RedisJsonCache
 from forecast_pipeline.cli import reports as reports_cli
 from forecast_pipeline.connections import make_engine
@@ -59,7 +60,7 @@ from forecast_pipeline.defs.reports.jobs import (
 from forecast_pipeline.defs.reports.sensors import recover_unlaunched, report_run_failed, report_schedule_tick
 from forecast_pipeline.reports.config import get_report_settings, load_report_settings
 from forecast_pipeline.reports.limits import check_report_limit, month_start
-from forecast_pipeline.reports.report import compute_figures, report_paths
+from forecast_pipeline.reports.report import compute_figures, report_figures, report_paths
 from forecast_pipeline.reports.tick import run_key_for, tick
 from forecast_pipeline.resources import AppDatabase, RedisStore, SourceDatabase
 from forecast_pipeline.settings import ConfigError, load_settings
@@ -668,6 +669,69 @@ def test_the_json_cache_gets_sets_with_ttl_and_deletes(rclient):
     assert cache.get_or_set("z", lambda: calls.append(1) or 8) == (7, True) and calls == [1]
     with pytest.raises(ValueError, match="ttl_seconds"):
         cache.set("x", 1, ttl_seconds=0)
+
+
+def _publish(client, bases: dict[int, float], full: bool, staged: bool = True) -> None:
+    """Publish as the forecast IO manager does: a full run replaces the date's hash and writes the
+    run metadata; a request run (some products) merges into it and writes no metadata."""
+    docs, ids = [payload(p, b) for p, b in bases.items()], list(bases)
+    if staged:
+        token = uuid.uuid4().hex  # the run id
+        forecast_cache.stage_forecasts(client, "forecast", AS_OF, token, docs, ids)
+        forecast_cache.publish_staged(
+            client, "forecast", AS_OF, token, ids, 600, 600, replace_history=full, drop_products=() if full else ids
+        )
+    else:
+        forecast_cache.write_forecasts(client, "forecast", AS_OF, docs, 600, 600, replace_history=full)
+    if full:
+        stamp = {"as_of_date": AS_OF, "last_run": "2025-11-10T06:00:00Z", "total_products": len(ids)}
+        forecast_cache.write_run_metadata(client, "forecast", stamp, 600, 600)
+
+
+@pytest.mark.parametrize("staged", [True, False], ids=["staged-publish", "write_forecasts"])
+def test_a_run_for_some_products_is_never_served_the_figures_from_before_it(rclient, staged):
+    """A request run rewrites some products' forecasts but not ``last_run``: the next report must
+    show them, not the figures cached before the run (for up to REPORT_CACHE_TTL_SECONDS)."""
+    cache = RedisJsonCache(rclient, keys.report_prefix("forecast"), 3600)
+
+    def figures() -> tuple[dict, bool]:
+        return report_figures(rclient, "forecast", (1, 2), 10, cache, now=now(), max_age_days=8)
+
+    def total(bases: dict[int, float]) -> float:
+        return sum(12 * b + sum(range(12)) for b in bases.values())
+
+    _publish(rclient, {1: 10.0, 2: 5.0}, full=True, staged=staged)
+    first, hit = figures()
+    assert (first["total_predicted_quantity"], hit) == (total({1: 10.0, 2: 5.0}), False)
+    assert figures()[1]  # unchanged forecasts: served from the cache
+
+    _publish(rclient, {1: 50.0}, full=False, staged=staged)
+    second, hit = figures()
+    assert (second["total_predicted_quantity"], hit) == (total({1: 50.0, 2: 5.0}), False)
+    assert figures() == (second, True)
+
+
+def test_a_run_publishing_while_the_figures_are_computed_is_not_served_stale(rclient):
+    """The version is read before the forecasts: figures computed across a publish are cached
+    under the version before it, which later reports no longer read."""
+    cache = RedisJsonCache(rclient, keys.report_prefix("forecast"), 3600)
+    _publish(rclient, {1: 10.0, 2: 5.0}, full=True)
+    publish_once = iter([True])
+
+    def read_source(as_of, product_ids, weeks):  # runs after the forecasts are read
+        if next(publish_once, False):
+            _publish(rclient, {1: 50.0}, full=False)
+        return {}, {}
+
+    def figures() -> tuple[dict, bool]:
+        return report_figures(
+            rclient, "forecast", (1, 2), 10, cache, now=now(), max_age_days=8, read_source=read_source
+        )
+
+    raced, hit = figures()
+    assert (raced["total_predicted_quantity"], hit) == (312.0, False)  # read before the publish
+    after, hit = figures()
+    assert (after["total_predicted_quantity"], hit) == (792.0, False)
 
 
 def test_summed_bounds_are_the_sums_of_the_products_bounds():

@@ -372,24 +372,36 @@ def _update_history(
     drop_products: Sequence[int],
     lease: redis.lock.Lock,
 ) -> list[int]:
-    target = history_key(prefix, as_of)
-    _write_hash(client, target, encoded, history_ttl, lease)
+    """Update the products in the date's hash in place; every change also changes its version
+    (in the same MULTI), so streaming readers and the report's figures cache notice."""
+    target, version = history_key(prefix, as_of), version_key(prefix, as_of)
+    _write_hash(client, target, encoded, history_ttl, lease, version)
     dropped = sorted(set(drop_products) - {pid for pid, _ in encoded})
     if dropped:
-        client.hdel(target, *(str(pid) for pid in dropped))
+        pipe = client.pipeline(transaction=True)
+        pipe.hdel(target, *(str(pid) for pid in dropped))
+        pipe.set(version, uuid.uuid4().hex, ex=history_ttl)
+        pipe.execute()
     return dropped
 
 
 def _write_hash(
-    client: redis.Redis, key: str, encoded: list[tuple[int, str]], ttl: int, lease: redis.lock.Lock
+    client: redis.Redis,
+    key: str,
+    encoded: list[tuple[int, str]],
+    ttl: int,
+    lease: redis.lock.Lock,
+    version: str | None = None,
 ) -> None:
-    """HSET in groups, each in MULTI with its EXPIRE (the hash never exists without a TTL),
-    renewing the lease between groups."""
+    """HSET in groups, each in MULTI with its EXPIRE (the hash never exists without a TTL) and,
+    given a ``version`` key, a new value of it, renewing the lease between groups."""
     for group in _chunks(encoded, GROUP_SIZE):
         pipe = client.pipeline(transaction=True)
         for chunk in _chunks(group, BATCH_SIZE):
             pipe.hset(key, mapping={str(pid): doc for pid, doc in chunk})
         pipe.expire(key, ttl)
+        if version is not None:
+            pipe.set(version, uuid.uuid4().hex, ex=ttl)
         pipe.execute()
         lease.reacquire()
 

@@ -26,9 +26,10 @@ product landed at its own 10th (90th) percentile in the same week, which only ha
 errors move together. The report says so: an outer range, wider than the true interval.
 
 The figures are cached in Redis for ``REPORT_CACHE_TTL_SECONDS`` under
-``{prefix}:report:figures:...``, keyed by as-of date, that date's run timestamp, the product set,
-N and the history length: accounts sharing a product set share the computation, and a rerun of the
-forecasts (a new ``last_run`` stamp) is never served stale figures.
+``{prefix}:report:figures:...``, keyed by as-of date, the version of that date's hash
+(``{prefix}:version:asof:{date}``, changed by every publish, a run for some products too; without
+one, the run's ``last_run`` stamp), the product set, N and the history length: accounts sharing a
+product set share the computation, and a rerun of the forecasts is never served stale figures.
 """
 
 from __future__ import annotations
@@ -289,13 +290,17 @@ def report_figures(
     read_source: Callable[[str, list[int], int], tuple[dict, dict]] | None = None,
 ) -> tuple[dict, bool]:
     """The figures for the newest cached forecasts, from the cache when there; (figures, hit).
+    Cached under the date's hash version, read before the figures are computed.
 
     ``read_source(as_of, product_ids, weeks)`` returns (history, names) from the order database."""
     latest = latest_as_of(client, prefix)
     if latest is None:
         raise ReportError(f"no forecasts cached in Redis (no {prefix}:metadata:last_run, no {prefix}:asof:* key)")
-    as_of, version = latest
+    as_of, stamp = latest
     check_fresh(as_of, now, max_age_days)
+    # read before computing: a publish landing meanwhile changes it, so later reports recompute
+    version = client.get(keys.version_key(prefix, as_of))
+    version = (version.decode() if isinstance(version, bytes) else version) or stamp
 
     def compute() -> dict:
         forecasts, missing = load_forecasts(client, prefix, as_of, product_ids)
