@@ -50,7 +50,9 @@ class RedisForecastIOManager(ConfigurableIOManager):
         )
         write_seconds = time.perf_counter() - started
         obj.timings["write_seconds"] = obj.timings.get("write_seconds", 0.0) + write_seconds
-        metadata = obj.redis_metadata()
+        record = context.step_context.instance.get_run_record_by_id(context.run_id)
+        started_at = record.start_time if record is not None else None  # as the health sensor times a run
+        metadata = obj.redis_metadata(time.time() - started_at if started_at else None)
         last_run_updated = False
         if full_run:
             last_run_updated = forecast_cache.write_run_metadata(

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, AssetSelection, materialize
+from dagster import AssetKey, AssetSelection, DagsterEventType, materialize
 
 from forecast_pipeline.app_db import predictions_store
 from forecast_pipeline.app_db.schema import upgrade_app_schema
@@ -71,6 +71,22 @@ def test_every_eligible_product_is_cached_with_the_legacy_shape(book, redis_clie
         "no_forecast": 0,
     }
     assert meta["elapsed_seconds"] > 0 and "last_run" in meta
+
+
+def test_last_run_elapsed_seconds_is_the_runs_time_up_to_its_publish(book, redis_client, instance):
+    """The legacy worker's ``elapsed_seconds`` was its run's wall-clock time, which dashboards and
+    alerts read: not the shards' stage seconds summed (parallel shards would add up to more than
+    the run took, and the eligibility read would be left out)."""
+    result = run(book, instance)
+    meta = json.loads(redis_client.get("forecast:metadata:last_run"))
+    record = instance.get_run_record_by_id(result.run_id)
+    [publish_started] = [  # the step that publishes: every step before it counts
+        e.timestamp
+        for e in instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_START)
+        if e.step_key == "product_forecasts.publish_forecasts"
+    ]
+    assert publish_started - record.start_time <= meta["elapsed_seconds"] <= record.end_time - record.start_time
+    assert meta["compute_seconds"] > 0  # the stage seconds, kept beside it
 
 
 def test_run_figures_are_recorded_as_metadata_observations_and_checks(book, redis_client, instance):

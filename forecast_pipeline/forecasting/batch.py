@@ -62,12 +62,16 @@ class ForecastRun:
         return self.failed / self.total if self.total else 0.0
 
     @property
-    def elapsed_seconds(self) -> float:
+    def compute_seconds(self) -> float:
+        """The stages' seconds summed over shards: more than the run took where shards ran in
+        parallel, and without the eligibility read."""
         return sum(self.timings.values())
 
-    def redis_metadata(self) -> dict:
+    def redis_metadata(self, elapsed_seconds: float | None = None) -> dict:
         """``forecast:metadata:last_run``: the legacy fields plus the failure rate, accuracy and
-        the number of capped outlier weeks."""
+        the number of capped outlier weeks. ``elapsed_seconds`` is the run's wall-clock time so
+        far, as the legacy worker's was (the compute seconds where it is not known)."""
+        elapsed = self.compute_seconds if elapsed_seconds is None else elapsed_seconds
         return {
             "last_run": self.last_run_at,
             "as_of_date": self.as_of.isoformat(),
@@ -75,7 +79,8 @@ class ForecastRun:
             "successful": self.successful,
             "failed": self.failed,
             "no_forecast": self.no_forecast,
-            "elapsed_seconds": round(self.elapsed_seconds, 2),
+            "elapsed_seconds": round(elapsed, 2),
+            "compute_seconds": round(self.compute_seconds, 2),
             "failure_rate": round(self.failure_rate, 4),
             "mean_accuracy_estimate": None if self.mean_accuracy is None else round(self.mean_accuracy, 4),
             "outliers_capped": self.outliers_capped,

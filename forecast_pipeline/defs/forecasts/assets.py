@@ -713,7 +713,7 @@ def _run_figures(run: ForecastRun) -> dict:
         "failed": run.failed,
         "no_forecast": run.no_forecast,
         "failure_rate": round(run.failure_rate, 4),
-        "compute_seconds": round(run.elapsed_seconds, 3),
+        "compute_seconds": round(run.compute_seconds, 3),
         "outliers_capped": run.outliers_capped,
     }
     if run.mean_accuracy is not None:
