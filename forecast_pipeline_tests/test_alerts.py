@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     AssetObservation,
     DagsterInstance,
     Failure,
@@ -751,7 +752,9 @@ def test_pipeline_health_readings_feed_the_default_alerts(world, alert_env):
         with world.engine.connect() as conn:
             values = dict(conn.execute(sa.select(readings.c.metric, readings.c.value)).all())
         assert values["failure_rate"] == 0.1 and values["no_forecast_rate"] == 0.05
-        assert 0 < values["elapsed_seconds"] < 60 and values["last_run_age_seconds"] == 0.0
+        assert 0 < values["elapsed_seconds"] < 60
+        # it published nothing: the age of the last published forecasts is not reset by it
+        assert "last_run_age_seconds" not in values
         assert world.count(alerts) == 3  # the defaults were seeded with the first readings
 
         result = tick(alert_evaluation_sensor)
@@ -766,18 +769,70 @@ def test_pipeline_health_readings_feed_the_default_alerts(world, alert_env):
         assert materialize([stub_forecasts], instance=instance, run_config=config).success
         limited = tick(pipeline_health_sensor, first.cursor)
         assert "ignored 1 run(s) limited to chosen products" in limited.skip_reason.skip_message
-        assert world.count(readings) == 4
+        assert world.count(readings) == 3
 
         # a healthy full run resolves the failure-rate event
         assert materialize([stub_forecasts], instance=instance).success
         assert "Recorded pipeline health of 1" in tick(pipeline_health_sensor, limited.cursor).skip_reason.skip_message
         assert json.loads(tick(alert_evaluation_sensor).cursor)["resolved"] == 1
         assert world.events()[0].resolution_value == 0.0
+        healthy = tick(pipeline_health_sensor, limited.cursor).cursor
+
+        # a later run that publishes nothing leaves the healthy run's age reading the newest
+        alert_env.setenv("STUB_FAILED", "20")
+        assert not materialize([stub_forecasts], instance=instance, raise_on_error=False).success
+        assert "Recorded pipeline health of 1" in tick(pipeline_health_sensor, healthy).skip_reason.skip_message
+        with world.engine.connect() as conn:
+            ages = conn.execute(sa.select(readings.c.value).where(readings.c.metric == "last_run_age_seconds")).all()
+        assert len(ages) == 1
 
     # the age of the last run is computed at evaluation time: 9 days later, the 8-day alert fires
     later = run_evaluation(world.engine, settings(), now=dt.datetime.now(dt.UTC) + dt.timedelta(days=9))
     [age] = [o for o in later.outcomes if o.metric == "last_run_age_seconds"]
     assert age.decision.action == "trigger" and age.decision.value > 8 * 86400
+
+
+PUBLISHING = threading.Event()  # set by the test: the stub below then finishes its publish
+
+
+@asset(name="product_forecasts")
+def slow_publish_forecasts(context: AssetExecutionContext):
+    """Records its figures, then publishes only when the test lets it (a long publish)."""
+    context.log_event(AssetObservation(asset_key=context.asset_key, metadata={"total_products": 5, "failed": 0}))
+    assert PUBLISHING.wait(60)
+    return Output(None)
+
+
+def test_a_run_still_publishing_is_recorded_once_it_finishes(world):
+    """The figures are observed before the publish; a tick in between must neither say the run
+    published nothing (no last-run age) nor skip it for good."""
+    app_db = AppDatabase(url=ALERTS_DB_URL)
+    PUBLISHING.clear()
+    with DagsterInstance.ephemeral() as instance:
+
+        def tick(cursor):
+            with build_sensor_context(instance=instance, cursor=cursor, resources={"app_db": app_db}) as context:
+                return pipeline_health_sensor(context)
+
+        start = tick(None).cursor
+        running = threading.Thread(target=materialize, args=([slow_publish_forecasts],), kwargs={"instance": instance})
+        running.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not instance.fetch_observations(AssetKey("product_forecasts"), limit=1).records:
+                assert time.monotonic() < deadline, "the run never recorded its figures"
+                time.sleep(0.05)
+            early = tick(start)
+            assert "waiting for run" in early.skip_reason.skip_message and early.cursor == start
+            assert world.count(readings) == 0
+        finally:
+            PUBLISHING.set()
+            running.join(60)
+        done = tick(early.cursor)
+        assert "Recorded pipeline health of 1" in done.skip_reason.skip_message
+        with world.engine.connect() as conn:
+            metrics = set(conn.execute(sa.select(readings.c.metric)).scalars())
+        assert "last_run_age_seconds" in metrics
 
 
 def test_the_health_readings_are_written_once_per_materialization(world):

@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    DagsterEventType,
     DefaultSensorStatus,
     SensorEvaluationContext,
     SensorResult,
@@ -38,6 +39,7 @@ from dagster import (
 )
 
 from forecast_pipeline.alerts.config import get_alert_settings
+from forecast_pipeline.alerts.defaults import LAST_RUN_AGE
 from forecast_pipeline.alerts.health import health_values, record_pipeline_health
 from forecast_pipeline.alerts.notify import deliver_pending
 from forecast_pipeline.alerts.retention import purge
@@ -174,6 +176,14 @@ def _subset_run(run: Any) -> bool:
     return bool(requested_products(run.run_config))
 
 
+def _published(instance: Any, run_id: str, partition: str | None) -> bool:
+    """Whether the run materialized ``product_forecasts`` for ``partition``: published it."""
+    return any(
+        e.dagster_event.asset_key == FORECASTS_ASSET and e.dagster_event.partition == partition
+        for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
+    )
+
+
 @sensor(
     name="pipeline_health_sensor",
     minimum_interval_seconds=EVALUATION_INTERVAL_SECONDS,
@@ -201,9 +211,14 @@ def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase
             return SensorResult(
                 skip_reason=SkipReason("No new product_forecasts run figures"), cursor=context.cursor or "0"
             )
-        recorded, ignored = [], 0
+        recorded, ignored, waiting, cursor = [], 0, None, context.cursor
         for record in records:
             run = instance.get_run_by_id(record.run_id) if record.run_id else None
+            if run is not None and not run.is_finished:
+                # figures are observed before the publish: whether it published is known at the end
+                waiting = record.run_id
+                break
+            cursor = str(record.storage_id)
             if run is not None and _subset_run(run):
                 ignored += 1
                 continue
@@ -212,6 +227,9 @@ def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase
             start = run_record.start_time if run_record is not None else None
             elapsed = record.timestamp - start if start else None
             values = health_values(figures, elapsed)
+            if run is not None and not _published(instance, run.run_id, record.partition_key):
+                # nothing was published: the last-run age keeps counting from the last publish
+                del values[LAST_RUN_AGE]
             finished_at = dt.datetime.fromtimestamp(record.timestamp, dt.UTC)
             metadata = {
                 "run_id": record.run_id,
@@ -227,4 +245,6 @@ def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase
         f", ignored {ignored} run(s) limited to chosen products" if ignored else ""
     )
     shown = "; ".join(recorded[-5:]) + (" ..." if len(recorded) > 5 else "")
-    return SensorResult(skip_reason=SkipReason(f"{summary}: {shown}"), cursor=str(records[-1].storage_id))
+    if waiting:
+        shown += f" (waiting for run {waiting} to finish)"
+    return SensorResult(skip_reason=SkipReason(f"{summary}: {shown}"), cursor=cursor)

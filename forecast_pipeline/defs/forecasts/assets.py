@@ -472,8 +472,7 @@ def product_forecasts(eligible_products):
 
 # Dagster's freshness (the asset's health in the UI, freshness events): the daily schedule refreshes
 # the cache every day, so a day and a bit without a new forecast warns and two days fail. The
-# "last run older than 8 days" alert keeps watching Redis itself (`forecast:metadata:last_run`), what
-# the API reads and which Dagster cannot see (an expired or flushed cache).
+# "last run older than 8 days" alert counts from the last run that published (pipeline_health_sensor).
 FORECAST_FRESHNESS = FreshnessPolicy.time_window(fail_window=dt.timedelta(hours=48), warn_window=dt.timedelta(hours=26))
 product_forecasts = product_forecasts.map_asset_specs(lambda spec: apply_freshness_policy(spec, FORECAST_FRESHNESS))
 
