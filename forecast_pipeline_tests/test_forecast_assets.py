@@ -9,7 +9,7 @@ from dagster import AssetKey, AssetSelection, DagsterEventType, materialize
 
 from forecast_pipeline.app_db import predictions_store
 from forecast_pipeline.app_db.schema import upgrade_app_schema
-from forecast_pipeline.cache import forecast_cache
+from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.defs.forecasts.assets import eligible_products, forecast_predictions, product_forecasts
 from forecast_pipeline.defs.forecasts.checks import cached_forecasts_well_formed
 from forecast_pipeline.defs.resources import build_resources
@@ -87,6 +87,22 @@ def test_last_run_elapsed_seconds_is_the_runs_time_up_to_its_publish(book, redis
     ]
     assert publish_started - record.start_time <= meta["elapsed_seconds"] <= record.end_time - record.start_time
     assert meta["compute_seconds"] > 0  # the stage seconds, kept beside it
+
+
+def test_the_run_figures_are_written_while_the_dates_lease_is_held(book, redis_client, instance, monkeypatch):
+    """Two runs of one date publish one after the other under its lease; figures written after
+    the release could land after the other run's, describing forecasts the hash no longer holds."""
+    held = []
+    write = forecast_cache.write_run_metadata
+
+    def recording(client, prefix, metadata, *args, **kwargs):
+        held.append(client.get(keys.lease_key(prefix, metadata["as_of_date"])) is not None)
+        return write(client, prefix, metadata, *args, **kwargs)
+
+    monkeypatch.setattr(forecast_cache, "write_run_metadata", recording)
+    assert run(book, instance).success
+    assert held == [True]
+    assert json.loads(redis_client.get("forecast:metadata:last_run"))["successful"] == 22
 
 
 def test_run_figures_are_recorded_as_metadata_observations_and_checks(book, redis_client, instance):

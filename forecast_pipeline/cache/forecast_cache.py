@@ -286,10 +286,14 @@ def publish_staged(
     lock_seconds: int = LEASE_SECONDS,
     wait_seconds: float = LEASE_WAIT_SECONDS,
     on_wait: Callable[[str], None] | None = None,
+    run_metadata: Callable[[], dict] | None = None,
 ) -> dict[str, int]:
     """Publish what the run's shards staged for the date: ``product_ids`` are the products they
     staged (the hash must hold exactly that many). Same guarantees and return value as
-    :func:`write_forecasts`; the staging hash is deleted if the publish fails."""
+    :func:`write_forecasts`; the staging hash is deleted if the publish fails. ``run_metadata()``
+    gives the run's figures, written (:func:`write_run_metadata`) before the lease is released,
+    so that another run of the date cannot publish between the forecasts and their figures; then
+    the result also says whether ``last_run`` was written (``last_run_updated``, 0 or 1)."""
     ids = np.asarray(product_ids, dtype=np.int64)
     token = uuid.uuid4().hex
     staging, target = staging_key(prefix, as_of, run_token), history_key(prefix, as_of)
@@ -312,12 +316,17 @@ def publish_staged(
                     client.hdel(target, *(str(pid) for pid in dropped))
             written = _write_latest_from_hash(client, prefix, as_of, ids, ttl, lease)
             removed = _remove_latest(client, prefix, as_of, dropped)
+            figures = {}
+            if run_metadata is not None:
+                lease.reacquire()
+                updated = write_run_metadata(client, prefix, run_metadata(), ttl, history_ttl)
+                figures["last_run_updated"] = int(updated)
     except BaseException:
         # after the publish script the staging hash is gone (renamed), so this only frees a
         # staging hash that was not published; DEL is allowed even when Redis is out of memory
         client.delete(staging)
         raise
-    return {"latest_written": written, "latest_kept_newer": len(ids) - written, "latest_removed": removed}
+    return {"latest_written": written, "latest_kept_newer": len(ids) - written, "latest_removed": removed, **figures}
 
 
 def _write_latest_from_hash(
