@@ -17,6 +17,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, build_sensor_
 from forecast_pipeline.app_db.queue_tables import forecast_requests
 from forecast_pipeline.app_db.schema import upgrade_app_schema
 from forecast_pipeline.defs.forecast_queue.sensors import (
+    carry_out_cancel_requests,
     finish_request_for_run,
     forecast_request_queue,
     recover_stale_requests,
@@ -319,6 +320,64 @@ def test_a_run_that_never_launched_is_requeued_after_the_grace_period(queue):
     row = request_row(queue, request_id)
     assert row.status == "queued" and "no Dagster run was launched" in row.error
     assert [a.event for a in request_queue.audit_entries(queue, request_id)][-1] == "stale_no_run"
+
+
+def test_recovery_and_cancels_leave_other_request_types_alone(queue):
+    """Rows of another request type belong to their own consumer: the forecast recovery and cancel
+    passes neither requeue, fail nor cancel them, however long ago they were claimed."""
+    stale = request_queue.enqueue(queue, as_of_date=AS_OF)
+    to_cancel = request_queue.enqueue(queue, as_of_date=AS_OF)
+    assert {r.id for r in request_queue.claim_due_requests(queue, limit=2)} == {stale, to_cancel}
+    ten_minutes_ago = sa.func.now() - dt.timedelta(minutes=10)
+    with queue.begin() as conn:
+        conn.execute(
+            forecast_requests.update().where(forecast_requests.c.id == stale).values(claimed_at=ten_minutes_ago)
+        )
+
+        def other(**values):  # claimed by the 'report' consumer, which is still working on it
+            row = {"request_type": "report", "parameters": {"as_of_date": AS_OF.isoformat()}, "status": "claimed"}
+            insert = forecast_requests.insert().values({**row, **values}).returning(forecast_requests.c.id)
+            return conn.execute(insert).scalar_one()
+
+        others = [
+            other(attempts=1, claimed_at=ten_minutes_ago),  # attempts left: would be requeued
+            other(attempts=1, max_attempts=1, claimed_at=ten_minutes_ago),  # none left: would be failed
+            other(attempts=1, claimed_at=sa.func.now(), cancel_requested_at=sa.func.now()),
+            other(status="running", attempts=1, started_at=ten_minutes_ago, heartbeat_at=ten_minutes_ago),
+        ]
+    assert request_queue.cancel_request(queue, to_cancel) == "cancel requested"
+
+    def snapshot():
+        return {i: (request_row(queue, i), request_queue.audit_entries(queue, i)) for i in others}
+
+    before = snapshot()
+    settings = load_settings({"FORECAST_REQUEST_LAUNCH_GRACE_SECONDS": "10"})
+    with DagsterInstance.ephemeral() as instance:
+        cancels = carry_out_cancel_requests(instance, queue, settings=settings)
+        recovered = recover_stale_requests(instance, queue, settings=settings)
+    after = snapshot()
+    for request_id in others:
+        row = after[request_id][0]
+        assert (row.status, row.attempts, row.error) == (before[request_id][0].status, 1, None), request_id
+        assert after[request_id] == before[request_id], request_id  # not a column or audit entry changed
+    # the forecast rows beside them were still handled
+    assert (cancels, recovered) == (1, {"finished_unnoticed": 0, "no_run": 1, "dead_process": 0})
+    assert request_row(queue, to_cancel).status == "cancelled"
+    row = request_row(queue, stale)
+    assert row.status == "queued" and "no Dagster run was launched" in row.error
+
+
+def test_cancel_request_refuses_another_request_type(queue):
+    with queue.begin() as conn:
+        other = conn.execute(
+            forecast_requests.insert()
+            .values(request_type="report", parameters={"as_of_date": AS_OF.isoformat()})
+            .returning(forecast_requests.c.id)
+        ).scalar_one()
+    with pytest.raises(request_queue.UnknownRequest, match=f"no forecast request {other}"):
+        request_queue.cancel_request(queue, other)
+    row = request_row(queue, other)
+    assert (row.status, row.error, row.cancel_requested_at) == ("queued", None, None)
 
 
 def test_a_killed_run_process_is_detected_requeued_and_then_completed(small_book, redis_client, tmp_path):

@@ -436,10 +436,13 @@ class UnknownRequest(LookupError):
 def cancel_request(engine: sa.Engine, request_id: int, reason: str = "cancelled on request") -> str:
     """Cancel a request: a queued one at once (``"cancelled"``); an active one is marked and its
     Dagster run cancelled or terminated by the queue sensor, the request closing when the run has
-    ended (``"cancel requested"``). ``"already <status>"`` for a finished request."""
+    ended (``"cancel requested"``). ``"already <status>"`` for a finished request; another request
+    type's row is no forecast request (:class:`UnknownRequest`)."""
     with engine.begin() as conn:
         row = conn.execute(
-            sa.select(forecast_requests).where(forecast_requests.c.id == request_id).with_for_update()
+            sa.select(forecast_requests)
+            .where(forecast_requests.c.id == request_id, forecast_requests.c.request_type == REQUEST_TYPE)
+            .with_for_update()
         ).first()
         if row is None:
             raise UnknownRequest(f"no forecast request {request_id}")
@@ -542,7 +545,8 @@ def process_alive(engine: sa.Engine, request_id: int, attempt: int, stale_after_
 
 
 def active_requests(engine: sa.Engine, *, cancel_requested: bool = False) -> list[sa.Row]:
-    """Claimed and running requests, with how long ago they were claimed and last heard from (s)."""
+    """Claimed and running forecast requests (other types' rows are their consumers' own), with how
+    long ago they were claimed and last heard from (s)."""
     cols = forecast_requests.c
     now = sa.func.now()
     query = sa.select(
@@ -556,7 +560,7 @@ def active_requests(engine: sa.Engine, *, cancel_requested: bool = False) -> lis
         leases.seconds_since(sa.func.coalesce(cols.claimed_at, cols.started_at), now).label("claimed_seconds_ago"),
         leases.seconds_since(cols.heartbeat_at, now).label("silent_seconds"),
         cols.heartbeat_at.is_not(None).label("has_heartbeat"),
-    ).where(cols.status.in_(ACTIVE_STATUSES))
+    ).where(cols.status.in_(ACTIVE_STATUSES), cols.request_type == REQUEST_TYPE)
     if cancel_requested:
         query = query.where(cols.cancel_requested_at.is_not(None))
     with engine.connect() as conn:
