@@ -177,6 +177,63 @@ def test_retry_after_is_honoured_for_the_whole_endpoint(world, endpoint):
     assert [r["id"] for r in endpoint.received] == ["1", "2"]
 
 
+@pytest.mark.parametrize(
+    ("status", "headers", "wait", "via"),
+    [
+        (503, {"Retry-After": "10"}, 10, "sensor"),
+        (429, {"Retry-After": "10"}, 10, "sensor"),
+        (500, {}, 5, "sensor"),  # no Retry-After: the first backoff, 5 s
+        (503, {"Retry-After": "10"}, 10, "alerts evaluate"),
+    ],
+)
+def test_a_wait_counts_from_the_failing_answer_not_from_the_start_of_the_pass(
+    world, endpoint, status, headers, wait, via
+):
+    """A pass on the real clock (the sensor's, or the one ``alerts evaluate`` runs after evaluating):
+    three slow 204s take 1.5 s, then the webhook fails. Its Retry-After (or the backoff) and the
+    endpoint hold run from that answer, not from the start of the pass, so the next pass does not
+    retry it (or anything) too early."""
+    for name in "abcd":
+        trigger(world, name, at=dt.datetime.now(dt.UTC))
+    if via == "sensor":
+        run_evaluation(world.engine, settings(), deliver=False)  # the evaluation sensor: no webhook I/O
+    failed: list[dt.datetime] = []
+
+    def answer(notification_id):
+        if notification_id != "4":
+            time.sleep(0.5)
+            return 204, {}
+        failed.append(dt.datetime.now(dt.UTC))  # the answer leaves the webhook after this
+        return status, headers
+
+    endpoint.answer = answer
+    cfg = load_alert_settings({"ALERT_WEBHOOK_URL": endpoint.url})
+    started = dt.datetime.now(dt.UTC)
+    if via == "sensor":
+        stats = notify.deliver_pending(world.engine, cfg, budget_seconds=20)
+        figures = (stats.sent, stats.failed, stats.pending)
+    else:
+        evaluated = run_evaluation(world.engine, cfg).stats
+        figures = (evaluated.notifications_sent, evaluated.notifications_failed, evaluated.notifications_pending)
+    ended = dt.datetime.now(dt.UTC)
+    assert figures == (3, 1, 1)
+    [failed_at] = failed
+    assert failed_at - started >= dt.timedelta(seconds=1.5)
+    [n] = [n for n in world.notifications() if n.sent_at is None]
+    assert n.last_status == status
+    assert failed_at + dt.timedelta(seconds=wait) <= n.next_attempt_at <= ended + dt.timedelta(seconds=wait)
+
+    # the next pass, half a second before the wait the webhook asked for is over: nothing is tried
+    endpoint.answer_always(204)
+    early = deliver(world, endpoint.url, failed_at + dt.timedelta(seconds=wait - 0.5))
+    assert (early.sent, early.pending) == (0, 1) and endpoint.attempts == ["1", "2", "3", "4"]
+    if status in notify.ENDPOINT_HOLD_STATUSES:  # the whole endpoint is held, not just this notification
+        assert early.held_until is not None and early.held_until >= failed_at + dt.timedelta(seconds=wait)
+    # once it is over, it goes
+    assert deliver(world, endpoint.url, ended + dt.timedelta(seconds=wait)).sent == 1
+    assert endpoint.attempts == ["1", "2", "3", "4", "4"]
+
+
 # ---------------------------------------------------------------- dead letters: list and resend
 
 

@@ -242,15 +242,22 @@ def deliver_pending(
 ) -> DeliveryStats:
     """One delivery pass (see the module docstring): due notifications, oldest first, until the
     webhook looks down or refusing, ``settings.notify_batch`` are handled, or ``budget_seconds``
-    would be overrun. ``now`` stamps the pass (waits are measured on it)."""
+    would be overrun.
+
+    Which notifications are due, and whether the endpoint is held, is decided at the pass's start.
+    What an attempt records (its time, and the wait before the next one: backoff, Retry-After, an
+    endpoint hold) is measured from when its answer came, read from the clock after the attempt,
+    so a Retry-After received late in a long pass is not cut short. ``now`` (tests) stops the
+    clock: every time of the pass is ``now``."""
     stats = DeliveryStats()
-    now = now or dt.datetime.now(dt.UTC)
+    clock: Callable[[], dt.datetime] = (lambda: now) if now is not None else (lambda: dt.datetime.now(dt.UTC))
+    started = clock()  # the pass's time
     with engine.connect() as conn:  # one connection for the pass; no transaction is open over HTTP
         if settings.webhook_url is not None:
-            stats.held_until = endpoint_held_until(conn, now)
+            stats.held_until = endpoint_held_until(conn, started)
             conn.rollback()
             if stats.held_until is None:
-                _deliver(conn, settings, stats, time.monotonic() + budget_seconds, now, log)
+                _deliver(conn, settings, stats, time.monotonic() + budget_seconds, started, clock, log)
         stats.pending = pending_count(conn)
         conn.rollback()
     return stats
@@ -265,7 +272,8 @@ def _begin(conn: sa.Connection):
     return transaction
 
 
-def _deliver(conn, settings, stats, deadline, now, log) -> None:
+def _deliver(conn, settings, stats, deadline, now, clock, log) -> None:
+    """``now``: the pass's time (which notifications are due); ``clock``: the time as it runs on."""
     timeout = settings.webhook_timeout_seconds
     refusing_past_grace = False  # the webhook has refused longer than the grace: dead-letter on refusal
     stop = False
@@ -274,7 +282,7 @@ def _deliver(conn, settings, stats, deadline, now, log) -> None:
             break  # an attempt started now could outlive the pass
         lease = deadline - time.monotonic() + timeout + LEASE_MARGIN_SECONDS  # past any attempt of this pass
         limit = min(CLAIM_BATCH, settings.notify_batch - stats.sent - stats.dead_lettered)
-        claimed = _claim(conn, now, lease, limit)
+        claimed = _claim(conn, now, clock() + dt.timedelta(seconds=lease), limit)
         if not claimed:
             break
         for position, item in enumerate(claimed):
@@ -282,7 +290,7 @@ def _deliver(conn, settings, stats, deadline, now, log) -> None:
                 _release(conn, claimed[position:])
                 stop = True
                 break
-            outcome, values = _attempt(settings, item, now, refusing_past_grace)
+            outcome, values = _attempt(settings, item, clock, refusing_past_grace)
             refusing_past_grace = refusing_past_grace or values.pop("past_grace")
             with _begin(conn):
                 conn.execute(sa.update(alert_notifications).where(alert_notifications.c.id == item.id).values(**values))
@@ -307,11 +315,12 @@ def _deliver(conn, settings, stats, deadline, now, log) -> None:
             stop = True  # the webhook is down or refusing: the others wait for the next pass
 
 
-def _attempt(settings: AlertSettings, item: _Claimed, now: dt.datetime, refusing_past_grace: bool):
-    """POST one notification; the outcome and the row's new values."""
+def _attempt(settings: AlertSettings, item: _Claimed, clock: Callable[[], dt.datetime], refusing_past_grace: bool):
+    """POST one notification; the outcome and the row's new values, timed from its answer."""
     body = json.dumps(item.payload, default=str).encode()
     headers = {"X-Alert-Notification-Id": str(item.id), "X-Alert-Event": item.kind}
     answer = post_once(settings.webhook_url.get_secret_value(), body, headers, settings.webhook_timeout_seconds)
+    now = clock()  # when the answer came (or the attempt gave up): every wait runs from here
     outcome = classify(answer.status)
     attempts = item.attempts + 1
     values: dict = {
@@ -340,10 +349,11 @@ def _attempt(settings: AlertSettings, item: _Claimed, now: dt.datetime, refusing
     return outcome, values
 
 
-def _claim(conn: sa.Connection, now: dt.datetime, lease_seconds: float, limit: int) -> list[_Claimed]:
-    """Claim up to ``limit`` of the oldest due notifications that no earlier unsent notification
-    of their alert holds back, by giving them a lease (``next_attempt_at``) and committing, so the
-    POSTs happen outside any transaction and other passes skip them."""
+def _claim(conn: sa.Connection, now: dt.datetime, lease_until: dt.datetime, limit: int) -> list[_Claimed]:
+    """Claim up to ``limit`` of the oldest notifications due at ``now`` that no earlier unsent
+    notification of their alert holds back, by giving them a lease (``next_attempt_at`` set to
+    ``lease_until``) and committing, so the POSTs happen outside any transaction and other passes
+    skip them."""
     n = alert_notifications.alias("n")
     event = alert_events.alias("event")
     earlier = alert_notifications.alias("earlier")
@@ -369,7 +379,7 @@ def _claim(conn: sa.Connection, now: dt.datetime, lease_seconds: float, limit: i
             .limit(limit),
             table=alert_notifications,
             of=n,
-            values={"next_attempt_at": now + dt.timedelta(seconds=lease_seconds)},
+            values={"next_attempt_at": lease_until},
         )
     return [_Claimed(r.id, r.kind, r.payload, r.attempts, r.refused_since, r.next_attempt_at) for r in rows]
 

@@ -62,7 +62,8 @@ def run_evaluation(
     and one per source and metric with readings dated beyond the clock skew.
     """
     started = time.perf_counter()
-    now = store.utc(now) if now is not None else dt.datetime.now(dt.UTC)
+    given = store.utc(now) if now is not None else None  # not given: the delivery pass reads the clock itself
+    now = given or dt.datetime.now(dt.UTC)
     emit = log or (lambda level, message: None)
     stats = EvaluationStats()
     result = EvaluationResult(stats=stats, dry_run=dry_run)
@@ -103,7 +104,7 @@ def run_evaluation(
         elif decision.action == evaluate.SKIP:
             emit("debug", outcome.line())
     if not dry_run and deliver and settings.notifications_enabled:
-        delivered = notify.deliver_pending(engine, settings, log=lambda m: emit("warning", m), now=now)
+        delivered = notify.deliver_pending(engine, settings, log=lambda m: emit("warning", m), now=given)
         stats.notifications_sent = delivered.sent
         stats.notifications_failed = delivered.failed
         stats.notifications_dead_lettered = delivered.dead_lettered
