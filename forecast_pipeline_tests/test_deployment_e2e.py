@@ -294,7 +294,8 @@ def test_the_daemon_terminates_a_run_past_its_timeout_and_then_closes_the_reques
     assert f"Exceeded maximum runtime of {QUEUE_TIMEOUT_SECONDS} seconds" in row.error
     assert row.heartbeat_at is None  # closed only once the run's process had stopped
     (record,) = _queue_runs(deployment, request_id)
-    assert record.dagster_run.status.value == "FAILURE"
+    # run monitoring fails it as it terminates it; the run's process may record CANCELED last
+    assert record.dagster_run.status.value in ("FAILURE", "CANCELED")
     assert record.dagster_run.tags["dagster/max_runtime"] == str(QUEUE_TIMEOUT_SECONDS)
     with engine.connect() as conn:  # the terminated run never got to write its predictions
         written = conn.execute(

@@ -250,6 +250,25 @@ def test_a_failed_run_whose_process_still_lives_is_requeued_only_once_it_ended(q
     assert row.status == "queued" and "Exceeded maximum runtime of 60 seconds" in row.error
 
 
+def test_a_run_timed_out_by_run_monitoring_that_ends_cancelled_is_a_failure_not_a_cancel(queue):
+    """Run monitoring marks an overrunning run canceling (saying why), terminates it, then reports
+    it failed; the run's own process may record it CANCELED after that, or before the failure is
+    reported. Either way the request failed on its timeout: retried, with the reason, not cancelled."""
+    request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
+    request_queue.claim_due_requests(queue, limit=1)
+    with DagsterInstance.ephemeral() as instance:
+        run = started_run(instance, request_id)
+        heartbeat = heartbeat_resource(queue)
+        heartbeat.teardown_after_execution(start_heartbeat(heartbeat, instance, run))
+        instance.report_run_canceling(run, message="Canceling due to exceeding maximum runtime of 60 seconds.")
+        instance.report_run_canceled(run)
+        cancelled = instance.get_run_by_id(run.run_id)
+        assert cancelled.status == DagsterRunStatus.CANCELED
+        assert finish_request_for_run(instance, queue, cancelled) == "queued"
+    row = request_row(queue, request_id)
+    assert row.status == "queued" and "Exceeded maximum runtime of 60 seconds" in row.error
+
+
 def test_heartbeats_go_on_while_the_run_lives_and_stop_at_teardown(queue):
     request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
     request_queue.claim_due_requests(queue, limit=1)

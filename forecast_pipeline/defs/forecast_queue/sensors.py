@@ -22,6 +22,7 @@ default) the sensors are off by default, their description says why, and started
 import contextlib
 import datetime as dt
 import functools
+import re
 import time
 
 import sqlalchemy as sa
@@ -300,6 +301,20 @@ def failure_of(instance: DagsterInstance, run_id: str) -> tuple[str, bool]:
     return ("; ".join(messages) or "run failed"), retryable
 
 
+_RUNTIME_CANCELING = re.compile(r"exceeding maximum runtime of (\d+) seconds")
+
+
+def _runtime_exceeded(instance: DagsterInstance, run_id: str) -> str | None:
+    """ "Exceeded maximum runtime of N seconds." where run monitoring stopped the run for its max
+    runtime. It reports the run canceling (saying why), terminates it, then fails it; the run's
+    own process may record it CANCELED last, so the final status alone reads as a cancel."""
+    for record in instance.get_records_for_run(run_id, of_type=DagsterEventType.RUN_CANCELING).records:
+        found = _RUNTIME_CANCELING.search(record.event_log_entry.dagster_event.message or "")
+        if found:
+            return f"Exceeded maximum runtime of {found.group(1)} seconds."
+    return None
+
+
 def finish_request_for_run(
     instance: DagsterInstance, engine: sa.Engine, run: DagsterRun, settings: Settings | None = None
 ) -> str | None:
@@ -324,12 +339,15 @@ def finish_request_for_run(
         return None
     if request_queue.process_alive(engine, request_id, attempt, settings.request_stale_after_seconds):
         return None
-    if run.status == DagsterRunStatus.CANCELED:
+    timed_out = _runtime_exceeded(instance, run.run_id) if run.status == DagsterRunStatus.CANCELED else None
+    if run.status == DagsterRunStatus.CANCELED and timed_out is None:
         done = request_queue.mark_cancelled(
             engine, request_id, "the Dagster run was cancelled", run.run_id, attempt=attempt
         )
         return "cancelled" if done else None
     error, retryable = failure_of(instance, run.run_id)
+    if timed_out is not None and timed_out not in error:
+        error = f"{timed_out}; {error}" if error != "run failed" else timed_out
     return request_queue.mark_failed(
         engine,
         request_id,
