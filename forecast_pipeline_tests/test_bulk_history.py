@@ -305,3 +305,38 @@ def test_a_large_catalogue_is_checked_for_eligibility_in_parts(demo_pg, monkeypa
     assert len(counted) >= 5 and max(counted) < lines / 3, counted
     pd.testing.assert_frame_equal(in_parts, expected)
     pd.testing.assert_frame_equal(in_parts, whole)
+
+
+# --- a source query with percent signs (psycopg2's parameter marker) ------------------------------
+
+PERCENT_QUERY = LEFT_JOIN_QUERY + " WHERE oi.order_id % 1 = 0 AND CAST(o.created_at AS TEXT) LIKE '%-%'"
+"""LEFT_JOIN_QUERY with a modulo and a LIKE pattern that keep every line."""
+
+
+@pytest.mark.parametrize("as_of", [dt.date(2021, 6, 23), dt.date(2019, 1, 20)], ids=str)
+def test_a_source_query_with_percent_signs_reads_like_one_without(demo_pg, as_of):
+    """`%` in FORECAST_SOURCE_QUERY is SQL (LIKE, modulo), never a driver placeholder: the bulk
+    read (and its planner estimate) gives what the query without it gives."""
+    assert assert_same_as_grouped_queries(demo_pg, as_of, PERCENT_QUERY) == assert_same_as_grouped_queries(
+        demo_pg, as_of, LEFT_JOIN_QUERY
+    )
+    w = window(as_of)
+    with demo_pg.connect() as conn:
+        with_percent = order_history.fetch_eligible_products(conn, w, PERCENT_QUERY)
+        pd.testing.assert_frame_equal(with_percent, order_history.fetch_eligible_products(conn, w, LEFT_JOIN_QUERY))
+        ids = with_percent["product_id"].tolist()
+        np.testing.assert_array_equal(
+            order_history.fetch_weekly_history(conn, w, ids, PERCENT_QUERY).matrix,
+            order_history.fetch_weekly_history(conn, w, ids, LEFT_JOIN_QUERY).matrix,
+        )
+
+
+def test_a_source_query_with_percent_signs_is_read_in_parts(demo_pg, monkeypatch):
+    """The planner's estimate decides the parts: it reads the query with its `%` as they are."""
+    w = window(dt.date(2021, 6, 23))
+    with demo_pg.connect() as conn:
+        lines = conn.execute(sa.text("SELECT count(*) FROM order_items")).scalar()
+        monkeypatch.setattr(order_history, "ELIGIBLE_PART_LINES", lines // 3)
+        in_parts = order_history.fetch_eligible_products(conn, w, PERCENT_QUERY)
+        expected = order_history.sql_eligible_products(conn, w, LEFT_JOIN_QUERY)
+    pd.testing.assert_frame_equal(in_parts, expected)

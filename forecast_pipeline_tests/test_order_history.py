@@ -161,3 +161,99 @@ def test_history_window_drops_the_partial_oldest_week():
     assert window.weeks == 2
     assert window.window_start_ts == dt.datetime(2019, 1, 2)
     assert np.isclose((window.as_of_ts - window.window_start_ts).days, 14)
+
+
+# --- dates SQLite keeps as text, written by other tools -------------------------------------------
+#
+# SQLite has no datetime type: SQLAlchemy writes '2025-11-10 00:00:00.000000', Python's sqlite3
+# (its default adapter, str(datetime)) '2025-11-10 00:00:00', a DATE column or a CSV import
+# '2025-11-10'. Whatever the form, orders on the as-of date are never read and orders on the
+# history start day are.
+
+WINDOW_START = AS_OF - 70 * DAY  # ten whole weeks: the history start is the weekly window's start
+TEXT_DATES = order_history.HistoryWindow(AS_OF, WINDOW_START, min_customers=2, min_orders=3)
+# (order id, customer, product, when, quantity): products 7 and 8 have three orders each before D
+DATED_LINES = [
+    (1, 1, 7, dt.datetime.combine(WINDOW_START, dt.time(0)), 3.0),  # the history start day, at midnight
+    (2, 2, 7, dt.datetime.combine(AS_OF - DAY, dt.time(14)), 5.0),
+    (3, 1, 7, dt.datetime.combine(AS_OF - 8 * DAY, dt.time(10)), 11.0),
+    (4, 1, 8, dt.datetime.combine(AS_OF - DAY, dt.time(9)), 5.0),
+    (5, 2, 8, dt.datetime.combine(AS_OF - 7 * DAY, dt.time(0)), 7.0),  # still the last history week
+    (6, 1, 8, dt.datetime.combine(AS_OF - 20 * DAY, dt.time(9)), 2.0),
+    (7, 2, 8, dt.datetime.combine(AS_OF, dt.time(0)), 1000.0),  # the as-of date, at midnight: never read
+    (8, 1, 8, dt.datetime.combine(AS_OF + 2 * DAY, dt.time(9)), 999.0),
+    (9, 2, 7, dt.datetime.combine(WINDOW_START - DAY, dt.time(23, 59, 59)), 500.0),  # before the history start
+]
+TEXT_FORMS = {
+    "sqlite3 default adapter (seconds)": lambda when: str(when),  # '2025-11-10 00:00:00'
+    "date only": lambda when: when.date().isoformat(),  # '2025-11-10'
+    "ISO 8601 with T": lambda when: when.isoformat(),  # '2025-11-10T00:00:00'
+    "microseconds (SQLAlchemy's own)": lambda when: when.isoformat(" ", "microseconds"),
+}
+
+
+def assert_reads_the_window_of_dated_lines(engine, source_query=None, date_only=False):
+    with engine.connect() as conn:
+        eligible = order_history.fetch_eligible_products(conn, TEXT_DATES, source_query)
+        weekly = order_history.fetch_weekly_history(conn, TEXT_DATES, [7, 8], source_query).matrix
+        activity = order_history.fetch_customer_activity(conn, TEXT_DATES, [7, 8], source_query)
+    assert eligible.to_dict("records") == [
+        {"product_id": 7, "order_count": 3, "customer_count": 2},  # the start day's order counts
+        {"product_id": 8, "order_count": 3, "customer_count": 2},  # the as-of date's does not
+    ]
+    expected = np.zeros((2, 10))
+    expected[0, [0, -2, -1]] = [3, 11, 5]  # the start day is the oldest week's first day
+    expected[1, [-3, -1]] = [2, 5 + 7]  # not 1012: the as-of date's 1000 is never read
+    np.testing.assert_array_equal(weekly, expected)
+    rows = {
+        (r.product_id, r.customer_id): (r.orders, r.first_week_back, r.last_week_back) for r in activity.itertuples()
+    }
+    assert rows == {(7, 1): (2, 9, 1), (7, 2): (1, 0, 0), (8, 1): (2, 2, 0), (8, 2): (1, 0, 0)}
+
+
+@pytest.mark.parametrize("form", list(TEXT_FORMS), ids=list(TEXT_FORMS))
+def test_sqlite_default_tables_written_by_another_tool_read_the_same_window(sqlite_engine, form):
+    """The README invites other tools to fill the default tables: here Python's sqlite3 writes them."""
+    import sqlite3
+
+    text = TEXT_FORMS[form]
+    raw = sqlite3.connect(sqlite_engine.url.database)
+    try:
+        raw.executemany("INSERT INTO customers VALUES (?, ?)", [(1, "a"), (2, "b")])
+        raw.executemany("INSERT INTO products VALUES (?, ?)", [(7, "p7"), (8, "p8")])
+        raw.executemany("INSERT INTO orders VALUES (?, ?, ?)", [(o, c, text(when)) for o, c, _, when, _ in DATED_LINES])
+        raw.executemany(
+            "INSERT INTO order_items (order_id, product_id, quantity) VALUES (?, ?, ?)",
+            [(o, p, q) for o, _, p, _, q in DATED_LINES],
+        )
+        raw.commit()
+    finally:
+        raw.close()
+    assert_reads_the_window_of_dated_lines(sqlite_engine)
+
+
+DATE_COLUMN_QUERY = (
+    "SELECT order_id, customer_id, product_id, order_date AS ordered_at, qty AS quantity FROM dated_sales"
+)
+
+
+def test_a_date_column_as_ordered_at_reads_the_same_window(any_db):
+    """FORECAST_SOURCE_QUERY over a DATE column: PostgreSQL has the type, SQLite keeps '2025-11-10'."""
+    with any_db.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS dated_sales"))
+        conn.execute(
+            sa.text(
+                "CREATE TABLE dated_sales (order_id INTEGER, customer_id INTEGER, product_id INTEGER, "
+                "order_date DATE, qty REAL)"
+            )
+        )
+        for o, c, p, when, q in DATED_LINES:
+            conn.execute(
+                sa.text("INSERT INTO dated_sales VALUES (:o, :c, :p, :d, :q)"),
+                {"o": o, "c": c, "p": p, "d": when.date().isoformat(), "q": q},
+            )
+    try:
+        assert_reads_the_window_of_dated_lines(any_db, DATE_COLUMN_QUERY)
+    finally:
+        with any_db.begin() as conn:
+            conn.execute(sa.text("DROP TABLE dated_sales"))

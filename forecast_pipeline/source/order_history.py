@@ -206,6 +206,30 @@ class HistoryWindow:
         return self.as_of_ts - dt.timedelta(days=7 * self.weeks)
 
 
+class _DayStart(sa.types.TypeDecorator):
+    """A window bound compared with ``ordered_at``: the first moment of a day (see :func:`_since`)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        return dialect.type_descriptor(sa.String() if dialect.name == "sqlite" else sa.DateTime())
+
+    def process_bind_param(self, value, dialect):
+        return value.date().isoformat() if dialect.name == "sqlite" and value is not None else value
+
+
+def _since(day: dt.date) -> sa.BindParameter:
+    """The bound of ``ordered_at >= day`` and ``ordered_at < day``: midnight of ``day``.
+
+    SQLite has no datetime type and compares the text other tools stored. SQLAlchemy's own
+    '2025-11-10 00:00:00.000000' sorts above '2025-11-10 00:00:00' (Python's sqlite3) and
+    '2025-11-10' (a DATE column, a CSV import), so those forms of the day were read as if before
+    it. The date alone sorts at or below every form of its day (seconds, microseconds, a 'T') and
+    above every form of the day before, so SQLite compares with it; elsewhere it is the timestamp."""
+    return sa.bindparam("ordered_at", dt.datetime.combine(day, dt.time()), type_=_DayStart(), unique=True)
+
+
 def _eligible_select(lines: sa.Subquery, window: HistoryWindow) -> sa.Select:
     order_count = sa.func.count(sa.distinct(lines.c.order_id))
     customer_count = sa.func.count(sa.distinct(lines.c.customer_id))
@@ -216,8 +240,8 @@ def _eligible_select(lines: sa.Subquery, window: HistoryWindow) -> sa.Select:
             customer_count.label("customer_count"),
         )
         .where(
-            lines.c.ordered_at >= dt.datetime.combine(window.history_start, dt.time()),
-            lines.c.ordered_at < window.as_of_ts,
+            lines.c.ordered_at >= _since(window.history_start),
+            lines.c.ordered_at < _since(window.as_of),
             lines.c.product_id.is_not(None),
         )
         .group_by(lines.c.product_id)
@@ -302,8 +326,13 @@ def _estimated_items(conn: sa.Connection) -> float:
 
 
 def _planned_rows(conn: sa.Connection, sql: str) -> float:
-    """The planner's row estimate for ``sql`` (EXPLAIN: no scan, works unanalysed too)."""
-    plan = conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {sql}").scalar()
+    """The planner's row estimate for ``sql`` (EXPLAIN: no scan, works unanalysed too).
+
+    ``sql`` is final text (:func:`pg_copy.render` has quoted its values), so it goes to the
+    cursor without parameters: psycopg2 would read a ``%`` of FORECAST_SOURCE_QUERY (a LIKE
+    pattern, a modulo) as a placeholder of the empty parameter set and raise a TypeError."""
+    explain = f"EXPLAIN (FORMAT JSON) {sql}"
+    plan = conn.exec_driver_sql(explain, execution_options={"no_parameters": True}).scalar()
     plan = json.loads(plan) if isinstance(plan, str) else plan
     return float(plan[0]["Plan"]["Plan Rows"])
 
@@ -360,8 +389,8 @@ def _history_source(
     """
     lines = order_lines(source_query)
     conditions: list[ColumnElement] = [
-        lines.c.ordered_at >= window.window_start_ts,
-        lines.c.ordered_at < window.as_of_ts,
+        lines.c.ordered_at >= _since(window.window_start_ts.date()),
+        lines.c.ordered_at < _since(window.as_of),
     ]
     if conn.dialect.name == "postgresql":
         conn.exec_driver_sql(f"SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'")
