@@ -463,6 +463,112 @@ def test_a_failing_retention_warns_and_keeps_the_run_and_its_rows(book, redis_cl
     assert "server closed the connection" in materialization.metadata["retention_error"].value
 
 
+def _predictions_alone(database, instance, as_of: dt.date = AS_OF):
+    """forecast_predictions alone for one date, as the UI's "Materialize" of that asset, the CLI's
+    ``dagster asset materialize --select forecast_predictions`` or a backfill of it run it."""
+    return materialize(
+        WITH_PREDICTIONS,
+        selection=[forecast_predictions.key],
+        partition_key=as_of.isoformat(),
+        resources=forecast_resources(engine_url(database)),
+        instance=instance,
+        raise_on_error=False,
+    )
+
+
+@pytest.mark.parametrize("gone", ["expired", "hash_deleted"])
+def test_forecast_predictions_alone_fails_and_keeps_the_rows_when_the_dates_hash_left_redis(
+    book, redis_client, instance, gone
+):
+    """After FORECAST_HISTORY_TTL the date's hash (and its run figures) have left Redis: that is
+    not "no product was forecast", and rerunning forecast_predictions alone must not replace the
+    date's rows with nothing. It fails naming the key and what to do, and leaves the rows."""
+    assert materialize_date(WITH_PREDICTIONS, book, instance).success
+    before = prediction_rows(book, AS_OF)
+    assert before
+    day = AS_OF.isoformat()
+    expired = [keys.history_key("forecast", day)]
+    if gone == "expired":  # everything of the date with FORECAST_HISTORY_TTL
+        expired += [keys.metadata_key("forecast", day), keys.version_key("forecast", day)]
+    assert redis_client.delete(*expired) == len(expired)
+
+    result = _predictions_alone(book, instance)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "forecast_predictions"
+    error = failure.step_failure_data.error
+    assert error.cls_name == "Failure", error.message
+    assert f"forecast:asof:{day} is not in Redis" in error.message, error.message
+    assert f"materialize product_forecasts for {day}" in error.message, error.message
+    assert prediction_rows(book, AS_OF) == before  # untouched
+
+
+def test_a_backfill_of_forecast_predictions_with_an_expired_date_touches_no_date(book, redis_client, instance):
+    """A range run (a backfill) checks every date before writing any: one expired date fails it
+    naming that date, and the dates still in Redis are not rewritten either."""
+    older = AS_OF - dt.timedelta(days=1)
+    assert materialize_range(WITH_PREDICTIONS, book, instance, older, AS_OF).success
+    before = {day: prediction_rows(book, day) for day in (older, AS_OF)}
+    assert all(before.values())
+    redis_client.delete(
+        keys.history_key("forecast", older.isoformat()), keys.metadata_key("forecast", older.isoformat())
+    )
+
+    result = materialize(
+        WITH_PREDICTIONS,
+        selection=[forecast_predictions.key],
+        resources=forecast_resources(engine_url(book)),
+        instance=instance,
+        tags={
+            "dagster/asset_partition_range_start": older.isoformat(),
+            "dagster/asset_partition_range_end": AS_OF.isoformat(),
+        },
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.step_failure_data.error.message
+    assert f"forecast:asof:{older.isoformat()} is not in Redis" in message, message
+    assert f"forecast:asof:{AS_OF.isoformat()}" not in message, message
+    assert {day: prediction_rows(book, day) for day in (older, AS_OF)} == before
+
+
+def test_a_run_for_some_products_none_forecast_removes_only_their_rows_without_a_hash(
+    pg, pg_orders, redis_client, instance
+):
+    """A run for some products (a forecast request) publishes just them: when none of them gets a
+    forecast and the date has no hash, that means "not forecast", not "expired". Their rows go,
+    the other products' stay, and the run succeeds."""
+    pg_orders.weekly(7, customers=[7, 107], weeks=4)  # eligible, but too short a history to forecast
+    upgrade_app_schema(pg)
+    assert predictions_store.replace(pg, AS_OF, prediction_docs(AS_OF, [7, 8], 1.0)) == 6
+    config = {"ops": {"product_forecasts": {"config": {"product_ids": [7]}}}}
+    result = materialize_date(WITH_PREDICTIONS, pg, instance, run_config=config)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("product_forecasts")
+    assert materialization.metadata["no_forecast"].value == 1
+    assert redis_client.exists(keys.history_key("forecast", AS_OF.isoformat())) == 0
+    assert {r[0] for r in prediction_rows(pg, AS_OF)} == {8}
+
+
+def test_forecast_predictions_alone_writes_no_rows_for_a_date_published_empty(pg, redis_client, instance):
+    """A date published with no forecast has no hash (Redis keeps no empty hash) but its run
+    figures say so: forecast_predictions, with product_forecasts or alone, empties the date."""
+    empty = dt.date(2019, 1, 3)  # no order history before it: nothing is eligible
+    upgrade_app_schema(pg)
+    assert predictions_store.replace(pg, empty, prediction_docs(empty, [1, 2], 1.0)) == 6
+    assert materialize_date(WITH_PREDICTIONS, pg, instance, as_of=empty).success
+    assert redis_client.exists(keys.history_key("forecast", empty.isoformat())) == 0
+    assert prediction_rows(pg, empty) == []  # the products are no longer forecast for that date
+
+    assert predictions_store.replace(pg, empty, prediction_docs(empty, [1, 2], 1.0)) == 6
+    result = _predictions_alone(pg, instance, empty)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node("forecast_predictions")
+    assert materialization.metadata["rows"].value == 0
+    assert prediction_rows(pg, empty) == []
+
+
 @pytest.mark.parametrize("days", [-5, 36501])
 def test_the_forecast_parameters_refuse_a_retention_out_of_range(days):
     # run config can set the resource past the settings' check: a negative number of days would

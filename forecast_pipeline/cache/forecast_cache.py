@@ -502,6 +502,16 @@ class CachedForecasts(Mapping):
     def __len__(self) -> int:
         return self.client.hlen(self.key)
 
+    def published(self) -> bool:
+        """Whether the date's forecasts are in Redis: its hash exists, or its run figures
+        (``forecast:metadata:{date}``) say it published none (Redis keeps no empty hash). False once
+        ``FORECAST_HISTORY_TTL`` has expired them: then an empty read is not "nothing forecast"."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.exists(self.key)
+        pipe.get(metadata_key(self.prefix, self.as_of))
+        exists, raw = pipe.execute()
+        return bool(exists) or (raw is not None and json.loads(raw).get("successful") == 0)
+
     def __iter__(self):
         for product_id, _ in self.items():
             yield product_id

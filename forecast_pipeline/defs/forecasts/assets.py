@@ -640,6 +640,8 @@ def forecast_predictions(
     started = time.perf_counter()
     engine = app_db.engine()
     requested = requested_products(context.run.run_config)
+    if requested is None:  # a run for some products that forecast none of them publishes no hash
+        _require_published(product_forecasts, redis_store)
     rows = {}
     try:
         upgrade_app_schema(engine)
@@ -670,6 +672,26 @@ def forecast_predictions(
     if forecast_params.predictions_keep_days > 0 and rows:
         _remove_old_dates(context, app_db, max(rows), forecast_params.predictions_keep_days)
     return MaterializeResult()
+
+
+def _require_published(product_forecasts: dict[str, forecast_cache.CachedForecasts], redis_store: RedisStore) -> None:
+    """Fail, before any row is touched, when a date's forecasts have left Redis: replacing its
+    rows with what is (not) there would delete them all and report success."""
+    missing = {}
+    for key, docs in product_forecasts.items():
+        with redis_failures(redis_store.url, f"reading the forecasts of {key} back"):
+            if not docs.published():
+                missing[key] = docs.key
+    if missing:
+        dates = ", ".join(missing)
+        raise Failure(
+            description=f"{', '.join(missing.values())} {'is' if len(missing) == 1 else 'are'} not in Redis "
+            "(expired after FORECAST_HISTORY_TTL, or deleted): forecast_predictions left the rows of "
+            f"{dates} as they are. To rewrite them, materialize product_forecasts for {dates} "
+            "together with forecast_predictions",
+            metadata={"missing_as_of_dates": list(missing)},
+            allow_retries=False,
+        )
 
 
 def _remove_old_dates(context: AssetExecutionContext, app_db: AppDatabase, newest: str, keep_days: int) -> None:
