@@ -503,6 +503,27 @@ def test_forecast_predictions_alone_fails_and_keeps_the_rows_when_the_dates_hash
     assert prediction_rows(book, AS_OF) == before  # untouched
 
 
+def test_forecast_predictions_alone_keeps_the_rows_when_only_a_run_for_some_products_refilled_the_hash(
+    book, redis_client, instance
+):
+    """After the date expired, a run for some products (a forecast request) creates a hash holding
+    just them, and no figures of a full run: that hash is not the date's forecasts, and rerunning
+    forecast_predictions alone must not replace every product's rows with those few."""
+    assert materialize_date(WITH_PREDICTIONS, book, instance).success
+    before = prediction_rows(book, AS_OF)
+    day = AS_OF.isoformat()
+    redis_client.delete(
+        keys.history_key("forecast", day), keys.metadata_key("forecast", day), keys.version_key("forecast", day)
+    )
+    config = {"ops": {"product_forecasts": {"config": {"product_ids": [3]}}}}
+    assert materialize_date(ASSETS, book, instance, run_config=config).success
+    assert redis_client.hkeys(keys.history_key("forecast", day)) == ["3"]
+
+    result = _predictions_alone(book, instance)
+    assert not result.success
+    assert prediction_rows(book, AS_OF) == before  # all 22 products' rows, untouched
+
+
 def test_a_backfill_of_forecast_predictions_with_an_expired_date_touches_no_date(book, redis_client, instance):
     """A range run (a backfill) checks every date before writing any: one expired date fails it
     naming that date, and the dates still in Redis are not rewritten either."""

@@ -503,14 +503,16 @@ class CachedForecasts(Mapping):
         return self.client.hlen(self.key)
 
     def published(self) -> bool:
-        """Whether the date's forecasts are in Redis: its hash exists, or its run figures
-        (``forecast:metadata:{date}``) say it published none (Redis keeps no empty hash). False once
-        ``FORECAST_HISTORY_TTL`` has expired them: then an empty read is not "nothing forecast"."""
+        """Whether the date's forecasts are in Redis as a full run published them: its run figures
+        (``forecast:metadata:{date}``, written by full runs only, after the hash) are there, and so
+        is its hash unless they say it published none (Redis keeps no empty hash). False once
+        ``FORECAST_HISTORY_TTL`` has expired them (an empty read is not "nothing forecast"), and
+        where only a run for some products has written the date since (its hash holds just them)."""
         pipe = self.client.pipeline(transaction=True)
         pipe.exists(self.key)
         pipe.get(metadata_key(self.prefix, self.as_of))
         exists, raw = pipe.execute()
-        return bool(exists) or (raw is not None and json.loads(raw).get("successful") == 0)
+        return raw is not None and (bool(exists) or json.loads(raw).get("successful") == 0)
 
     def __iter__(self):
         for product_id, _ in self.items():

@@ -686,7 +686,8 @@ def _require_published(product_forecasts: dict[str, forecast_cache.CachedForecas
         dates = ", ".join(missing)
         raise Failure(
             description=f"{', '.join(missing.values())} {'is' if len(missing) == 1 else 'are'} not in Redis "
-            "(expired after FORECAST_HISTORY_TTL, or deleted): forecast_predictions left the rows of "
+            "as a full run published it (expired after FORECAST_HISTORY_TTL, deleted, or written since "
+            "by a run for some products only): forecast_predictions left the rows of "
             f"{dates} as they are. To rewrite them, materialize product_forecasts for {dates} "
             "together with forecast_predictions",
             metadata={"missing_as_of_dates": list(missing)},
