@@ -134,14 +134,16 @@ def test_priority_first_then_age(queue):
     assert order == [high, mid, low_old, low_new]
 
 
+def other_consumers_request(conn: sa.Connection, **values) -> int:
+    """A row of another request type ('report'), queued unless ``values`` say otherwise."""
+    row = {"request_type": "report", "parameters": {"as_of_date": AS_OF.isoformat()}, **values}
+    return conn.execute(forecast_requests.insert().values(row).returning(forecast_requests.c.id)).scalar_one()
+
+
 def test_only_forecast_requests_are_claimed(queue):
     forecast = request_queue.enqueue(queue, as_of_date=AS_OF)
     with queue.begin() as conn:
-        other = conn.execute(
-            forecast_requests.insert()
-            .values(request_type="report", parameters={"as_of_date": AS_OF.isoformat()})
-            .returning(forecast_requests.c.id)
-        ).scalar_one()
+        other = other_consumers_request(conn)
     assert [request.id for request in request_queue.claim_due_requests(queue, limit=10)] == [forecast]
     with queue.connect() as conn:
         status = conn.execute(sa.select(forecast_requests.c.status).where(forecast_requests.c.id == other)).scalar_one()
@@ -335,9 +337,7 @@ def test_recovery_and_cancels_leave_other_request_types_alone(queue):
         )
 
         def other(**values):  # claimed by the 'report' consumer, which is still working on it
-            row = {"request_type": "report", "parameters": {"as_of_date": AS_OF.isoformat()}, "status": "claimed"}
-            insert = forecast_requests.insert().values({**row, **values}).returning(forecast_requests.c.id)
-            return conn.execute(insert).scalar_one()
+            return other_consumers_request(conn, **{"status": "claimed", **values})
 
         others = [
             other(attempts=1, claimed_at=ten_minutes_ago),  # attempts left: would be requeued
@@ -369,11 +369,7 @@ def test_recovery_and_cancels_leave_other_request_types_alone(queue):
 
 def test_cancel_request_refuses_another_request_type(queue):
     with queue.begin() as conn:
-        other = conn.execute(
-            forecast_requests.insert()
-            .values(request_type="report", parameters={"as_of_date": AS_OF.isoformat()})
-            .returning(forecast_requests.c.id)
-        ).scalar_one()
+        other = other_consumers_request(conn)
     with pytest.raises(request_queue.UnknownRequest, match=f"no forecast request {other}"):
         request_queue.cancel_request(queue, other)
     row = request_row(queue, other)
