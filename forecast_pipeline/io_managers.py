@@ -27,18 +27,18 @@ class RedisForecastIOManager(ConfigurableIOManager):
     history_ttl: int = 7776000
 
     def handle_output(self, context: OutputContext, obj: dict[str, DatePublish]) -> None:
+        record = context.step_context.instance.get_run_record_by_id(context.run_id)
+        started_at = record.start_time if record is not None else None  # as the health sensor times a run
         for as_of in context.asset_partition_keys:
             with redis_failures(self.redis_store.url, f"caching the forecasts of {as_of}"):
-                self._write(context, as_of, obj[as_of])
+                self._write(context, as_of, obj[as_of], started_at)
 
-    def _write(self, context: OutputContext, as_of: str, published: DatePublish) -> None:
+    def _write(self, context: OutputContext, as_of: str, published: DatePublish, started_at: float | None) -> None:
         client, prefix = self.redis_store.client(), self.redis_store.key_prefix
         obj = published.run
         started = time.perf_counter()
         staged_seconds = obj.timings.get("write_seconds", 0.0)
         full_run = obj.requested_products is None
-        record = context.step_context.instance.get_run_record_by_id(context.run_id)
-        started_at = record.start_time if record is not None else None  # as the health sensor times a run
 
         def run_figures() -> dict:  # under the date's lease, once its forecasts are published
             obj.timings["write_seconds"] = staged_seconds + time.perf_counter() - started

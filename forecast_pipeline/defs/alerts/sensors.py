@@ -213,7 +213,8 @@ def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase
             )
         recorded, ignored, waiting, cursor = [], 0, None, context.cursor
         for record in records:
-            run = instance.get_run_by_id(record.run_id) if record.run_id else None
+            run_record = instance.get_run_record_by_id(record.run_id) if record.run_id else None
+            run = run_record.dagster_run if run_record is not None else None
             if run is not None and not run.is_finished:
                 # figures are observed before the publish: whether it published is known at the end
                 waiting = record.run_id
@@ -223,7 +224,6 @@ def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase
                 ignored += 1
                 continue
             figures = {k: v.value for k, v in record.asset_observation.metadata.items()}
-            run_record = instance.get_run_record_by_id(record.run_id) if record.run_id else None
             start = run_record.start_time if run_record is not None else None
             elapsed = record.timestamp - start if start else None
             values = health_values(figures, elapsed)
