@@ -177,3 +177,22 @@ def test_bad_anchor_days_are_rejected(day):
 def test_naive_datetimes_are_refused():
     with pytest.raises(ValueError, match="no time zone"):
         catch_up(dt.datetime(2025, 1, 1), utc(2025, 1, 2), "daily", NY)
+
+
+NUUK = zoneinfo.ZoneInfo("America/Nuuk")  # springs forward at 23:00 local, into the next day
+
+
+def test_a_slot_pushed_past_midnight_by_a_gap_keeps_its_day():
+    # 23:30 does not exist in Nuuk on Saturday 2025-03-29: it runs at 00:30 on the 30th (UTC-1)
+    saturday = local_instant(dt.date(2025, 3, 29), dt.time(23, 30), NUUK)
+    assert saturday == utc(2025, 3, 30, 1, 30)
+    assert saturday.astimezone(NUUK).date() == dt.date(2025, 3, 30)
+    # daily: the 30th's own 23:30 slot still runs (not skipped to the 31st)
+    assert next_slot(saturday, "daily", NUUK, run_time=dt.time(23, 30)) == local(NUUK, 2025, 3, 30, 23, 30)
+    # weekly: back on Saturday, not moved to Sunday for good
+    weekly = next_slot(saturday, "weekly", NUUK, run_time=dt.time(23, 30))
+    assert weekly == local(NUUK, 2025, 4, 5, 23, 30)
+    # the tick after the Saturday slot moves next_run_at to the 30th's slot
+    position = catch_up(saturday, utc(2025, 3, 30, 1, 31), "daily", NUUK, run_time=dt.time(23, 30))
+    assert (position.due_slot, position.missed_slots) == (saturday, 0)
+    assert position.next_slot == local(NUUK, 2025, 3, 30, 23, 30)

@@ -104,6 +104,9 @@ def next_slot(
     cadence = parse_cadence(cadence)
     anchor = anchor_of(slot, tz, run_time, anchor_day)
     local_day = slot.astimezone(tz).date()
+    previous = local_day - dt.timedelta(days=1)
+    if local_instant(previous, anchor.run_time, tz) == slot:  # a gap pushed the slot past midnight
+        local_day = previous
     if cadence == "monthly":
         following = add_months(local_day, 1, anchor.anchor_day)
     else:
