@@ -1055,3 +1055,12 @@ def test_delivery_on_sqlite(sqlite_db, webhook):
     second = run_evaluation(sqlite_db, settings(ALERT_WEBHOOK_URL=webhook.url), now=NOW + dt.timedelta(seconds=30))
     assert (second.stats.notifications_sent, second.stats.notifications_pending) == (2, 0)
     assert [r["body"]["type"] for r in webhook.received] == ["alert.triggered", "alert.resolved"]
+
+
+def test_a_whole_number_sent_as_a_string_keeps_every_digit():
+    """64-bit counters often travel as JSON strings (JavaScript cannot hold them as numbers)."""
+    reading = reading_at(None, json_value={"n": "100000000000000001", "m": " 9007199254740993 "})
+    assert extract_value(reading, "n", NOW) == 10**17 + 1
+    assert evaluate_threshold(extract_value(reading, "n", NOW), ">", 1e17)
+    assert evaluate_threshold(extract_value(reading, "m", NOW), "!=", 2.0**53)
+    assert extract_value(reading_at(None, json_value={"x": "8.3"}), "x", NOW) == 8.3  # decimals still parse

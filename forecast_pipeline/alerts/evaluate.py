@@ -91,6 +91,12 @@ def to_number(raw: Any, where: str) -> float | int:
         number = raw
     elif isinstance(raw, str):
         try:
+            whole = int(raw.strip())
+        except ValueError:
+            whole = None
+        if whole is not None:  # a whole number keeps every digit, as it does in JSON
+            return to_number(whole, where)
+        try:
             number = float(raw.strip())
         except ValueError:
             raise AlertEvaluationError(f"{where} is not numeric: {raw[:80]!r}") from None
