@@ -9,12 +9,14 @@ quantile of (actual - forecast) / (upper - forecast) that leaves 20% of the week
 
 ``--check`` instead scores the engine as it is (its factors) at the backtest's origins (the last
 ``--origins`` 12-week windows before the as-of, after every calibration week): coverage and MSIS
-per interval group, over every eligible product.
+per interval group, over every eligible product; with ``--by-class``, per report class (the
+backtest's) and interval group, with the weeks below and above the interval and without demand.
 
 Usage (from the repository root)::
 
     .venv/bin/python benchmarks/interval_calibration.py --products 3000
     .venv/bin/python benchmarks/interval_calibration.py --products 10000 --check --origins 4
+    .venv/bin/python benchmarks/interval_calibration.py --products 10000 --check --origins 4 --by-class
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ def main() -> None:
     parser.add_argument("--gap", type=int, default=60, help="weeks between the latest origin and the as-of")
     parser.add_argument("--horizon", type=int, default=12)
     parser.add_argument("--check", action="store_true", help="score the engine's factors at the backtest's origins")
+    parser.add_argument("--by-class", action="store_true", help="with --check: per report class and interval group")
     args = parser.parse_args()
 
     from forecast_pipeline.forecasting import backtest, engine
 
     y, eligible_at, _ = backtest.demo_matrix(args.products, dt.date(2026, 11, 16), volume=0.9, seed=7)
     if args.check:
-        check(y, eligible_at, args.origins, args.horizon)
+        check(y, eligible_at, args.origins, args.horizon, args.by_class)
         return
     profiled = dict(engine.PROFILED_CLASSES)
     engine.INTERVAL_SCALE = {}  # unit factors, no profile: the profile is divided out below
@@ -75,12 +78,13 @@ def main() -> None:
         print(f"| {g} | {by_step_lo.size:,} | {f_lo:.3f} | {f_hi:.3f} | {coverage:.1%} | {steps} | {growth:+.3f} |")
 
 
-def check(y: np.ndarray, eligible_at, origins: int, horizon: int) -> None:
-    """Coverage and MSIS per interval group at the backtest's origins (the last ``origins``
-    ``horizon``-week windows), the engine's factors as they are."""
+def check(y: np.ndarray, eligible_at, origins: int, horizon: int, by_class: bool = False) -> None:
+    """Coverage and MSIS per interval group (or report class and interval group) at the
+    backtest's origins (the last ``origins`` ``horizon``-week windows), the engine's factors as
+    they are."""
     from forecast_pipeline.forecasting import backtest, engine, models
 
-    covered, weeks, scores = {}, {}, {}
+    covered, weeks, scores, below, above, zero = {}, {}, {}, {}, {}, {}
     for k in range(origins):
         cut = y.shape[1] - horizon - k * horizon
         rows = eligible_at(cut)
@@ -90,16 +94,27 @@ def check(y: np.ndarray, eligible_at, origins: int, horizon: int) -> None:
         ok = (run.status == "success") & (scale > 0)
         inside = backtest.interval_inside(actual, run.lower, run.upper)[ok]
         score = backtest.interval_score(actual, run.lower, run.upper)[ok].mean(axis=1) / scale[ok]
-        for g in np.unique(run.interval_group[ok]):
-            sel = run.interval_group[ok] == g
+        group = run.interval_group[ok].astype(str)
+        if by_class:
+            classes = backtest.report_classes(history, models.first_demand_week(history))[ok]
+            group = np.char.add(np.char.add(classes.astype(str), " | "), group)
+        for g in np.unique(group):
+            sel = group == g
             covered[g] = covered.get(g, 0) + int(inside[sel].sum())
             weeks[g] = weeks.get(g, 0) + int(inside[sel].size)
             scores.setdefault(g, []).append(score[sel])
-    print("| group | series x origins | coverage | MSIS |")
-    print("|---|---|---|---|")
+            below[g] = below.get(g, 0) + int((actual[ok][sel] < run.lower[ok][sel]).sum())
+            above[g] = above.get(g, 0) + int((actual[ok][sel] > run.upper[ok][sel]).sum())
+            zero[g] = zero.get(g, 0) + int((actual[ok][sel] == 0).sum())
+    first = "class | group" if by_class else "group"
+    print(f"| {first} | series x origins | coverage | below | above | without demand | MSIS |")
+    print("|---|" + "---|" * (first.count("|") + 6))
     for g in sorted(weeks):
-        msis = np.concatenate(scores[g]).mean()
-        print(f"| {g} | {weeks[g] // horizon:,} | {covered[g] / weeks[g]:.1%} | {msis:.2f} |")
+        msis, n = np.concatenate(scores[g]).mean(), weeks[g]
+        print(
+            f"| {g} | {n // horizon:,} | {covered[g] / n:.1%} | {below[g] / n:.1%} | {above[g] / n:.1%} "
+            f"| {zero[g] / n:.1%} | {msis:.2f} |"
+        )
 
 
 def factors(s_lo: np.ndarray, s_hi: np.ndarray) -> tuple[float, float]:
