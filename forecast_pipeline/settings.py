@@ -402,8 +402,9 @@ class Settings(AreaSettings):
     @field_validator("key_prefix")
     @classmethod
     def _key_prefix(cls, value: str) -> str:
-        if ":" in value.strip(":") or not value.strip(":"):
-            raise setting_error(repr(value), "must be a non-empty word without ':'")
+        word = value.strip(":")
+        if not word or ":" in word or any(c.isspace() for c in word):
+            raise setting_error(repr(value), "must be a non-empty word without ':' or spaces")
         return value.strip(":")
 
     @field_validator("schedule_timezone")

@@ -54,6 +54,10 @@ def test_redis_host_port_db_compose_a_url_without_the_password():
         ({"FORECAST_SCHEDULE_TIMEZONE": "Europe"}, "FORECAST_SCHEDULE_TIMEZONE='Europe' is not an IANA time zone"),
         ({"FORECAST_SCHEDULE_CRON": "every day"}, "FORECAST_SCHEDULE_CRON='every day' is not a valid cron"),
         ({"FORECAST_EXECUTOR": "celery"}, "FORECAST_EXECUTOR='celery' must be one of"),
+        # spaces around the value are trimmed, but one after a colon was kept: ": forecast" wrote
+        # " forecast:22", which the API reading forecast:22 never sees
+        ({"FORECAST_KEY_PREFIX": ": forecast"}, "FORECAST_KEY_PREFIX=': forecast' must be a non-empty word"),
+        ({"FORECAST_KEY_PREFIX": "demand forecast"}, "FORECAST_KEY_PREFIX='demand forecast' must be"),
     ],
 )
 def test_bad_values_name_the_variable(env, named):
