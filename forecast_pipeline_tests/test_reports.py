@@ -842,6 +842,12 @@ BAD_CLI_INPUT = [
     (["--start", "2025-02-30"], "add-schedule", "--start: '2025-02-30' is not a date such as 2025-11-10"),
     (["--day", "32"], "add-schedule", "--day: must be a whole number from 1 to 31, got '32'"),
     (["--time", "25:00"], "add-schedule", "--time: '25:00' is not a time such as 06:00"),
+    (
+        ["--time", "06:00+02:00"],
+        "add-schedule",
+        "--time: '06:00+02:00' has a UTC offset: give the local time, HH:MM, in the schedule's --timezone",
+    ),
+    (["--time", "06:00Z"], "add-schedule", "--time: '06:00Z' has a UTC offset: give the local time"),
     (["--timezone", "Mars/X"], "add-schedule", "--timezone: 'Mars/X' is not an IANA time zone name"),
     (["--product-ids", "1,-3"], "add-schedule", "--product-ids: '1,-3' is not a comma list of positive product ids"),
     (["--email", "nobody"], "add-schedule", "--email: 'nobody' is not an e-mail address"),
@@ -927,6 +933,132 @@ def test_references_the_database_cannot_satisfy_exit_2_with_one_line(db, capsys)
     )
     with db.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(report_schedules)).scalar_one() == 0
+
+
+def _cli(capsys):
+    """``forecast-pipeline reports ...`` run in-process against the reports database: (exit code, out + err)."""
+    settings = load_settings({"DATABASE_URL": REPORTS_DB_URL})
+    parser = _reports_parser()
+
+    def run(*argv: str) -> tuple[int, str]:
+        code = reports_cli.cmd_reports(settings, parser.parse_args(["reports", *argv]))
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    return run
+
+
+def account_named(engine, name: str):
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(accounts.c.timezone, accounts.c.parameters, plans.c.name.label("plan"))
+            .select_from(accounts.outerjoin(plans, plans.c.id == accounts.c.plan_id))
+            .where(accounts.c.name == name)
+        ).one()
+
+
+def test_re_adding_an_account_changes_only_the_options_given(db, capsys):
+    """A re-run to change the plan used to reset the time zone to UTC (moving the plan's month) and
+    drop the owned products and the recipients: options left out now keep their stored values."""
+    run = _cli(capsys)
+    assert run("add-plan", "--name", "pro", "--monthly-limit", "30")[0] == 0
+    assert run("add-plan", "--name", "basic", "--monthly-limit", "5")[0] == 0
+    code, _ = run(
+        "add-account", "--name", "acme", "--plan", "pro", "--timezone", "Europe/Berlin",
+        "--product-ids", "1,2,3", "--email", "buyer@acme.example",
+    )  # fmt: skip
+    assert code == 0
+    code, out = run("add-account", "--name", "acme", "--plan", "basic")
+    assert code == 0 and "(Europe/Berlin, plan basic)" in out, out
+    row = account_named(db, "acme")
+    assert (row.plan, row.timezone) == ("basic", "Europe/Berlin")
+    assert row.parameters == {"product_ids": [1, 2, 3], "email_to": ["buyer@acme.example"]}
+    # each option given replaces its own value, and only that one
+    assert run("add-account", "--name", "acme", "--email", "ops@acme.example")[0] == 0
+    assert run("add-account", "--name", "acme", "--timezone", "America/New_York")[0] == 0
+    row = account_named(db, "acme")
+    assert (row.plan, row.timezone) == ("basic", "America/New_York")
+    assert row.parameters == {"product_ids": [1, 2, 3], "email_to": ["ops@acme.example"]}
+    # a new account gets the defaults
+    code, out = run("add-account", "--name", "beta")
+    assert code == 0 and "(UTC, plan none: unlimited)" in out, out
+    row = account_named(db, "beta")
+    assert (row.plan, row.timezone, row.parameters) == (None, "UTC", None)
+
+
+def schedule_named(engine, name: str):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(report_schedules).where(report_schedules.c.name == name)).one()
+
+
+def test_re_adding_a_schedule_keeps_its_day_time_and_settings_unless_given(db, capsys):
+    """A re-run without --start used to move a weekly schedule to today's weekday (and reset its
+    time, time zone, products and recipients): options left out now keep the stored ones."""
+    run = _cli(capsys)
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    assert run("add-account", "--name", "acme", "--product-ids", "1,2,3")[0] == 0
+    start = dt.datetime.now(berlin).date() + dt.timedelta(days=3)  # never today's weekday
+    weekly = ["add-schedule", "--account", "acme", "--name", "weekly", "--cadence", "weekly"]
+    code, _ = run(
+        *weekly, "--start", start.isoformat(), "--time", "07:30", "--timezone", "Europe/Berlin",
+        "--product-ids", "1,2", "--top-products", "5", "--email", "buyer@acme.example",
+    )  # fmt: skip
+    assert code == 0
+    first = schedule_named(db, "weekly")
+    assert first.next_run_at == dt.datetime.combine(start, dt.time(7, 30), tzinfo=berlin)
+
+    assert run(*weekly, "--email", "ops@acme.example")[0] == 0  # only the recipients change
+    row = schedule_named(db, "weekly")
+    assert row.next_run_at == first.next_run_at, "the weekly schedule moved to another day"
+    assert (row.timezone, row.run_time, row.anchor_day) == ("Europe/Berlin", dt.time(7, 30), None)
+    assert row.parameters == {"product_ids": [1, 2], "top_products": 5, "email_to": ["ops@acme.example"]}
+
+    assert run(*weekly, "--time", "08:15")[0] == 0  # a new time keeps the weekday
+    row = schedule_named(db, "weekly")
+    assert row.next_run_at == dt.datetime.combine(start, dt.time(8, 15), tzinfo=berlin)
+    assert row.parameters["email_to"] == ["ops@acme.example"]
+
+    assert run(*weekly, "--timezone", "America/New_York")[0] == 0  # a new zone keeps weekday and time
+    row = schedule_named(db, "weekly")
+    ny = zoneinfo.ZoneInfo("America/New_York")
+    assert row.next_run_at == dt.datetime.combine(start, dt.time(8, 15), tzinfo=ny)
+
+    monthly = ["add-schedule", "--account", "acme", "--name", "month-end", "--cadence", "monthly"]
+    assert run(*monthly, "--day", "31", "--time", "07:00")[0] == 0
+    before = schedule_named(db, "month-end")
+    assert run(*monthly, "--top-products", "3")[0] == 0
+    row = schedule_named(db, "month-end")
+    assert (row.anchor_day, row.run_time, row.next_run_at) == (31, dt.time(7, 0), before.next_run_at)
+
+    # a slot due now (the tick has not met it yet) stays due when only the recipients change
+    due = now() - dt.timedelta(minutes=1)
+    with db.begin() as conn:
+        conn.execute(report_schedules.update().where(report_schedules.c.name == "month-end").values(next_run_at=due))
+    assert run(*monthly, "--email", "cfo@acme.example")[0] == 0
+    assert schedule_named(db, "month-end").next_run_at == due
+
+    # a malformed schedule (deactivated by the tick) keeps a bad stored zone only if none is given
+    with db.begin() as conn:
+        conn.execute(
+            report_schedules.update()
+            .where(report_schedules.c.name == "weekly")
+            .values(timezone="Nowhere/X", active=False, last_error="bad zone")
+        )
+    assert run(*weekly) == (
+        2,
+        "forecast-pipeline reports add-schedule: --timezone: the schedule's stored time zone 'Nowhere/X' is not "
+        "an IANA time zone name (e.g. Europe/Berlin); give --timezone\n",
+    )
+    assert run(*weekly, "--timezone", "Europe/Berlin")[0] == 0
+    row = schedule_named(db, "weekly")
+    assert (row.active, row.last_error, row.run_time) == (True, None, dt.time(8, 15))
+    assert row.next_run_at.astimezone(berlin).weekday() == start.weekday()
+
+    # a new schedule still gets the defaults: today (first future slot), 06:00, UTC
+    assert run("add-schedule", "--account", "acme", "--name", "fresh", "--cadence", "daily")[0] == 0
+    row = schedule_named(db, "fresh")
+    assert (row.timezone, row.run_time, row.parameters) == ("UTC", dt.time(6, 0), None)
+    assert now() < row.next_run_at <= now() + dt.timedelta(days=1)
 
 
 # ---------------------------------------------------------------- what the customer receives

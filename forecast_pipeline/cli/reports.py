@@ -8,7 +8,9 @@ Wiring into :mod:`forecast_pipeline.cli.main`::
     COMMANDS.update(REPORT_COMMANDS)  # {"reports": cmd_reports}
 
 Handlers take ``(settings, args)`` like the other commands and return the exit code. Every write
-is an upsert by name, so repeating a command changes nothing or updates in place.
+is an upsert by name, so repeating a command changes nothing or updates in place: on an existing
+account or schedule the options given replace their stored values and the options left out keep
+theirs (a new one gets the defaults).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from forecast_pipeline.reports.cadence import (
     first_slot,
     load_timezone,
     parse_cadence,
+    slot_day,
 )
 from forecast_pipeline.reports.config import is_email_address, load_report_settings
 from forecast_pipeline.reports.tick import tick
@@ -65,9 +68,14 @@ def _name(text: str) -> str:
 
 def _time(text: str) -> dt.time:
     try:
-        return dt.time.fromisoformat(text)
+        value = dt.time.fromisoformat(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a time such as 06:00") from exc
+    if value.tzinfo is not None:  # "06:00+02:00", "06:00Z": the offset would be ignored
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has a UTC offset: give the local time, HH:MM, in the schedule's --timezone"
+        )
+    return value
 
 
 def _date(text: str) -> dt.date:
@@ -142,25 +150,38 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     plan = command("add-plan", help="create or update a plan")
     plan.add_argument("--name", type=_name, required=True, help="plan name (an existing plan is updated)")
     plan.add_argument("--monthly-limit", type=_limit, required=True, help="reports per month, or 'none' (unlimited)")
-    account = command("add-account", help="create or update an account")
+    account = command(
+        "add-account",
+        help="create or update an account",
+        epilog="An existing account keeps the stored value of every option left out; the defaults are for a new one.",
+    )
     account.add_argument("--name", type=_name, required=True, help="account name (an existing account is updated)")
     account.add_argument("--plan", type=_name, help="plan name (default: none, unlimited)")
     account.add_argument(
-        "--timezone", type=_timezone, default="UTC", help="IANA time zone of the account's month and report dates"
+        "--timezone", type=_timezone, help="IANA time zone of the account's month and report dates (default: UTC)"
     )
     account.add_argument(
         "--product-ids", type=_ids, help="comma list: the products the account owns (its reports cover only these)"
     )
     account.add_argument("--email", type=_emails, help="comma list of report recipients")
-    add = command("add-schedule", help="create or update (and reactivate) a report schedule")
+    add = command(
+        "add-schedule",
+        help="create or update (and reactivate) a report schedule",
+        epilog="An existing schedule (same --account and --name) keeps the stored value of every option left out "
+        "(its day and weekday too); the defaults are for a new one.",
+    )
     add.add_argument("--account", type=_name, required=True, help="account name")
     add.add_argument(
         "--name", type=_name, required=True, help="schedule name, unique per account (an existing one is updated)"
     )
     add.add_argument("--cadence", required=True, choices=CADENCES, help="how often the report is made")
-    add.add_argument("--timezone", type=_timezone, default="UTC", help="IANA time zone of the wall-clock time")
-    add.add_argument("--time", type=_time, default="06:00", help="local time of day, HH:MM")
-    add.add_argument("--day", type=_whole(1, 31), help="monthly: day of month 1-31, clamped to short months")
+    add.add_argument("--timezone", type=_timezone, help="IANA time zone of the wall-clock time (default: UTC)")
+    add.add_argument(
+        "--time", type=_time, help="local time of day in --timezone, HH:MM, no UTC offset (default: 06:00)"
+    )
+    add.add_argument(
+        "--day", type=_whole(1, 31), help="monthly: day of month 1-31, clamped to short months (default: --start's)"
+    )
     add.add_argument("--start", type=_date, help="first local day, YYYY-MM-DD (default: today); past slots not run")
     add.add_argument(
         "--product-ids", type=_ids, help="comma list, a subset of the account's products (default: all of them)"
@@ -176,9 +197,14 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> argparse.Argu
     return reports
 
 
-def _upsert(conn: sa.Connection, table: sa.Table, values: dict, conflict: list[str]) -> int:
+def _upsert(
+    conn: sa.Connection, table: sa.Table, values: dict, conflict: list[str], only: list[str] | None = None
+) -> int:
+    """Insert ``values`` or update the row with the same ``conflict`` columns: all the other
+    columns, or just those in ``only`` (an existing row keeps the rest)."""
     statement = postgresql.insert(table).values(**values)
-    update = {k: statement.excluded[k] for k in values if k not in conflict}
+    update = {k: statement.excluded[k] for k in values if k not in conflict and (only is None or k in only)}
+    update = update or {conflict[0]: statement.excluded[conflict[0]]}  # nothing to change: still return the id
     return conn.execute(
         statement.on_conflict_do_update(index_elements=conflict, set_=update).returning(table.c.id)
     ).scalar_one()
@@ -202,50 +228,58 @@ def cmd_add_plan(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _given_parameters(stored: object, given: dict) -> dict | None:
+    """The stored ``parameters`` with the keys of the options given replaced (None when empty)."""
+    parameters = dict(stored) if isinstance(stored, dict) else {}
+    parameters.update({key: value for key, value in given.items() if value is not None})
+    return parameters or None
+
+
 def cmd_add_account(settings: Settings, args: argparse.Namespace) -> int:
-    load_timezone(args.timezone)
+    """Create an account with the defaults of the options left out, or update an existing one's
+    given options only: a re-run to change the plan keeps its time zone, products and recipients."""
+    if args.timezone is not None:
+        load_timezone(args.timezone)
+    a, p = schema.accounts.c, schema.plans.c
     with make_engine(settings.app_database_url).begin() as conn:
         plan_id = None
         if args.plan:
-            plan_id = conn.execute(sa.select(schema.plans.c.id).where(schema.plans.c.name == args.plan)).scalar()
+            plan_id = conn.execute(sa.select(p.id).where(p.name == args.plan)).scalar()
             if plan_id is None:
                 raise InputError(f"--plan: no plan named {args.plan!r} (add it with `reports add-plan`)")
-        parameters = {}
-        if args.product_ids:
-            parameters["product_ids"] = args.product_ids
-        if args.email:
-            parameters["email_to"] = args.email
+        stored = conn.execute(sa.select(a.parameters).where(a.name == args.name).with_for_update()).one_or_none()
+        given = {"product_ids": args.product_ids, "email_to": args.email}
         values = {
             "name": args.name,
             "plan_id": plan_id,
-            "timezone": args.timezone,
-            "parameters": parameters or None,
+            "timezone": args.timezone or "UTC",
+            "parameters": _given_parameters(stored.parameters if stored else None, given),
         }
-        account_id = _upsert(conn, schema.accounts, values, ["name"])
-    print(f"account {account_id} {args.name!r} ({args.timezone}, plan {args.plan or 'none: unlimited'})")
+        given_columns = {
+            "plan_id": args.plan is not None,
+            "timezone": args.timezone is not None,
+            "parameters": any(value is not None for value in given.values()),
+        }
+        account_id = _upsert(conn, schema.accounts, values, ["name"], only=[k for k, v in given_columns.items() if v])
+        row = conn.execute(
+            sa.select(a.timezone, p.name.label("plan"))
+            .select_from(schema.accounts.outerjoin(schema.plans, p.id == a.plan_id))
+            .where(a.id == account_id)
+        ).one()
+    print(f"account {account_id} {args.name!r} ({row.timezone}, plan {row.plan or 'none: unlimited'})")
     return 0
 
 
 def cmd_add_schedule(settings: Settings, args: argparse.Namespace) -> int:
+    """Create a schedule with the defaults of the options left out, or update an existing one
+    (same account and name) and reactivate it. An existing schedule keeps the stored value of
+    every option left out: without --start its slots stay on their day (a weekly one on its
+    weekday), without --time/--timezone/--day at their time and day of month."""
     cadence = parse_cadence(args.cadence)
-    tz = load_timezone(args.timezone)
-    anchor_day = check_anchor_day(args.day)
-    if anchor_day is not None and cadence != "monthly":
+    if args.day is not None and cadence != "monthly":
         raise ScheduleDefinitionError("--day applies to monthly schedules only")
     now = dt.datetime.now(dt.UTC)
-    start = args.start or now.astimezone(tz).date()
-    if cadence == "monthly" and anchor_day is None:
-        anchor_day = start.day
-    slot = first_slot(start, cadence, tz, args.time, anchor_day)
-    if slot <= now:  # a start in the past: begin at the first future slot, run nothing retroactively
-        slot = catch_up(slot, now, cadence, tz, run_time=args.time, anchor_day=anchor_day).next_slot
-    parameters = {}
-    if args.product_ids:
-        parameters["product_ids"] = args.product_ids
-    if args.top_products is not None:
-        parameters["top_products"] = args.top_products
-    if args.email:
-        parameters["email_to"] = args.email
+    s = schema.report_schedules.c
     with make_engine(settings.app_database_url).begin() as conn:
         account = conn.execute(
             sa.select(schema.accounts.c.id, schema.accounts.c.parameters).where(schema.accounts.c.name == args.account)
@@ -261,22 +295,61 @@ def cmd_add_schedule(settings: Settings, args: argparse.Namespace) -> int:
                     f"--product-ids: account {args.account!r} does not own product {', '.join(map(str, foreign))} "
                     f"(its products: {', '.join(map(str, owned))})"
                 )
+        stored = conn.execute(
+            sa.select(schema.report_schedules).where(s.account_id == account_id, s.name == args.name).with_for_update()
+        ).one_or_none()
+        timezone = args.timezone or (stored.timezone if stored else "UTC")
+        try:
+            tz = load_timezone(timezone)
+        except ScheduleDefinitionError as exc:  # only a stored one can be bad: --timezone was checked
+            raise InputError(f"--timezone: the schedule's stored {exc}; give --timezone") from exc
+        run_time = args.time or dt.time(6, 0)
+        anchor_day = check_anchor_day(args.day)
+        start = args.start
+        stored_time = None
+        if stored is not None:  # the options left out keep the stored schedule's values
+            try:
+                stored_tz = load_timezone(stored.timezone)
+            except ScheduleDefinitionError:  # a malformed schedule being fixed: read its day in the new zone
+                stored_tz = tz
+            stored_time = stored.run_time or stored.next_run_at.astimezone(stored_tz).time()
+            run_time = args.time or stored_time
+            start = start or slot_day(stored.next_run_at, stored_tz, stored_time)
+            if cadence == "monthly" and anchor_day is None:
+                anchor_day = check_anchor_day(stored.anchor_day)
+        start = start or now.astimezone(tz).date()
+        if cadence == "monthly" and anchor_day is None:
+            anchor_day = start.day
+        unchanged = (
+            stored is not None
+            and stored.active
+            and args.start is None
+            and (stored.cadence, stored.timezone, stored_time, stored.anchor_day)
+            == (cadence, timezone, run_time, anchor_day)
+        )
+        if unchanged:  # only its products or recipients change: a slot due now stays due for the tick
+            slot = stored.next_run_at
+        else:
+            slot = first_slot(start, cadence, tz, run_time, anchor_day)
+            if slot <= now:  # a start in the past: begin at the first future slot, run nothing retroactively
+                slot = catch_up(slot, now, cadence, tz, run_time=run_time, anchor_day=anchor_day).next_slot
+        given = {"product_ids": args.product_ids, "top_products": args.top_products, "email_to": args.email}
         values = {
             "account_id": account_id,
             "name": args.name,
             "cadence": cadence,
-            "timezone": args.timezone,
+            "timezone": timezone,
             "next_run_at": slot,
-            "run_time": args.time,
+            "run_time": run_time,
             "anchor_day": anchor_day,
             "active": True,
-            "parameters": parameters or None,
+            "parameters": _given_parameters(stored.parameters if stored else None, given),
             "last_error": None,
             "updated_at": now,
         }
         schedule_id = _upsert(conn, schema.report_schedules, values, ["account_id", "name"])
     print(
-        f"schedule {schedule_id} {args.name!r}: {cadence} at {args.time:%H:%M} {args.timezone}, "
+        f"schedule {schedule_id} {args.name!r}: {cadence} at {run_time:%H:%M} {timezone}, "
         f"next {slot.astimezone(tz).isoformat()}"
     )
     return 0

@@ -103,15 +103,20 @@ def next_slot(
     ``tz``; pass the schedule's stored values so a DST-shifted or clamped slot does not drift."""
     cadence = parse_cadence(cadence)
     anchor = anchor_of(slot, tz, run_time, anchor_day)
-    local_day = slot.astimezone(tz).date()
-    previous = local_day - dt.timedelta(days=1)
-    if local_instant(previous, anchor.run_time, tz) == slot:  # a gap pushed the slot past midnight
-        local_day = previous
+    local_day = slot_day(slot, tz, anchor.run_time)
     if cadence == "monthly":
         following = add_months(local_day, 1, anchor.anchor_day)
     else:
         following = local_day + dt.timedelta(days=_DAYS[cadence])
     return local_instant(following, anchor.run_time, tz)
+
+
+def slot_day(slot: dt.datetime, tz: zoneinfo.ZoneInfo, run_time: dt.time) -> dt.date:
+    """The local day a slot at ``run_time`` belongs to: the day before its date in ``tz`` when a
+    DST gap pushed it past midnight (23:30 in America/Nuuk on the night clocks spring forward)."""
+    day = slot.astimezone(tz).date()
+    previous = day - dt.timedelta(days=1)
+    return previous if local_instant(previous, run_time, tz) == slot else day
 
 
 def first_slot(
