@@ -131,7 +131,7 @@ def test_active_customers_excludes_churned_buyers():
             # product 2: a monthly buyer, last order 6 weeks ago (within 2.5 gaps: active)
             (2, 100, 10, 41, 5),
         ],
-        columns=["product_id", "customer_id", "orders", "first_week_back", "last_week_back"],
+        columns=["product_id", "customer_id", "order_weeks", "first_week_back", "last_week_back"],
     )
     count, weekly = active_customers(activity, [1, 2, 3])
     assert count.tolist() == [2, 1, 0]

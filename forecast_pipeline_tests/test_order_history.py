@@ -257,3 +257,57 @@ def test_a_date_column_as_ordered_at_reads_the_same_window(any_db):
     finally:
         with any_db.begin() as conn:
             conn.execute(sa.text("DROP TABLE dated_sales"))
+
+
+# --- active customers from the orders read ------------------------------------------------------
+
+
+def active_counts(engine, window, product_ids):
+    """Active customers and expected weekly buyers per product, from each read: the grouped
+    queries or the bulk read, and on PostgreSQL also the lines the eligibility read kept."""
+    from forecast_pipeline.forecasting.customers import active_customers
+
+    with engine.connect() as conn:
+        _, activity = order_history.fetch_history(conn, window, product_ids)
+        results = {"read": active_customers(activity, product_ids)}
+        _, kept = order_history.fetch_eligible_keeping_lines(conn, window, max_products=100)
+    if kept is not None:
+        _, activity = order_history.history_from_lines(kept, window, product_ids)
+        results["kept lines"] = active_customers(activity, product_ids)
+    return results
+
+
+def test_a_customer_in_the_partial_oldest_week_is_still_an_active_customer(orders, any_db):
+    """The weekly matrix drops the partial week after the history start, but its orders are
+    orders before the as-of date: they made the product eligible, and a one-time buyer of 38
+    days ago is active (13 weeks) whichever weekday the history started on."""
+    window = order_history.HistoryWindow(AS_OF, AS_OF - 40 * DAY, min_customers=2, min_orders=3)
+    assert window.weeks == 5  # days 36-40 before the as-of date are the partial week
+    orders.add(1, 10, AS_OF - 38 * DAY, 4.0)
+    orders.add(2, 10, AS_OF - 10 * DAY, 5.0)
+    orders.add(2, 10, AS_OF - 3 * DAY, 6.0)
+    assert eligible_ids(any_db, window) == [10]
+    with any_db.connect() as conn:
+        weekly, _ = order_history.fetch_history(conn, window, [10])
+    assert weekly.matrix.sum() == 11.0  # the matrix still holds whole weeks only
+    for read, (count, weekly_buyers) in active_counts(any_db, window, [10]).items():
+        assert count.tolist() == [2], read
+        # customer 2: orders a week apart (probability 1); customer 1: a one-time buyer (1/13)
+        assert weekly_buyers[0] == pytest.approx(1 + 1 / 13), read
+
+
+def test_several_orders_in_one_week_are_one_week_of_buying(orders, any_db):
+    """A customer who placed two orders on one day bought in one week, as a one-time buyer did:
+    not a weekly buyer (two orders 0 weeks apart), churned after 8 weeks instead of 13."""
+    # product 10: customer 1 orders twice on one day 10 weeks ago, customer 2 once that day
+    orders.add(1, 10, AS_OF - 68 * DAY)
+    orders.add(1, 10, AS_OF - 68 * DAY)
+    orders.add(2, 10, AS_OF - 68 * DAY)
+    # product 11: customer 1 orders twice last week, customer 2 once
+    orders.add(1, 11, AS_OF - 2 * DAY)
+    orders.add(1, 11, AS_OF - 2 * DAY)
+    orders.add(2, 11, AS_OF - 2 * DAY)
+    for read, (count, weekly_buyers) in active_counts(any_db, WINDOW, [10, 11]).items():
+        assert count.tolist() == [2, 2], read
+        # each of them is expected to buy once in 13 weeks, not customer 1 every week
+        np.testing.assert_allclose(weekly_buyers, [2 / 13, 2 / 13], err_msg=read)

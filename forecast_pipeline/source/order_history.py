@@ -205,6 +205,12 @@ class HistoryWindow:
     def window_start_ts(self) -> dt.datetime:
         return self.as_of_ts - dt.timedelta(days=7 * self.weeks)
 
+    @property
+    def history_start_ts(self) -> dt.datetime:
+        """The first moment read for customer activity: the partial oldest week's orders are
+        orders before the as-of date too (they count for eligibility and active customers)."""
+        return dt.datetime.combine(self.history_start, dt.time())
+
 
 class _DayStart(sa.types.TypeDecorator):
     """A window bound compared with ``ordered_at``: the first moment of a day (see :func:`_since`)."""
@@ -317,7 +323,7 @@ def fetch_eligible_keeping_lines(
     eligible = _eligible_from_lines(lines, window)
     if len(eligible) > max_products:
         return eligible, None
-    return eligible, OrderLines(window, lines.since_days(7 * window.weeks))
+    return eligible, OrderLines(window, lines)
 
 
 def _estimated_items(conn: sa.Connection) -> float:
@@ -339,11 +345,11 @@ def _planned_rows(conn: sa.Connection, sql: str) -> float:
 
 @dataclass(frozen=True)
 class OrderLines:
-    """A date's order lines inside its weekly window, as the eligibility read copied them, for
+    """A date's order lines since the history start, as the eligibility read copied them, for
     :func:`history_from_lines`.
 
     Why forecasting from them is consistent: they are the lines the history read would copy (the
-    same tables, columns and NULL rules, restricted below to the window and the shard's products),
+    same tables, columns, window and NULL rules, restricted below to the shard's products),
     taken in one statement snapshot. Reading again would use a later snapshot, so lines committed
     in between (orders dated before the as-of date, written late) could reach the history but not
     the eligibility counts; with these lines both come from the same snapshot, as one transaction
@@ -382,14 +388,15 @@ SMALL_IN_LIST = 500
 def _history_source(
     conn: sa.Connection, window: HistoryWindow, source_query: str | None, product_ids: Sequence[int] | None
 ) -> tuple[sa.Subquery, sa.FromClause, list[ColumnElement]]:
-    """Order lines inside the weekly window for ``product_ids`` (all eligible products if None).
+    """Order lines since the history start for ``product_ids`` (all eligible products if None):
+    the weekly matrix keeps its whole weeks, customer activity also the partial oldest week.
 
     On PostgreSQL the ids travel as one array parameter (``= ANY(:ids)``), so the eligibility
     aggregate is not computed again; elsewhere the lines are joined to it.
     """
     lines = order_lines(source_query)
     conditions: list[ColumnElement] = [
-        lines.c.ordered_at >= _since(window.window_start_ts.date()),
+        lines.c.ordered_at >= _since(window.history_start),
         lines.c.ordered_at < _since(window.as_of),
     ]
     if conn.dialect.name == "postgresql":
@@ -412,7 +419,7 @@ def fetch_history(
     """:func:`fetch_weekly_history` and :func:`fetch_customer_activity` of these products from
     one read of their lines (on PostgreSQL with psycopg2; two grouped queries elsewhere)."""
     if pg_copy.supported(conn) and product_ids and window.weeks:
-        lines = _read_lines(conn, window.window_start_ts, window, product_ids, source_query)
+        lines = _read_lines(conn, window.history_start_ts, window, product_ids, source_query)
         return _weekly_from_lines(lines, window, product_ids), _activity_from_lines(lines, product_ids)
     return (
         fetch_weekly_history(conn, window, product_ids, source_query),
@@ -488,13 +495,13 @@ def fetch_customer_activity(
     product_ids: Sequence[int] | None = None,
     source_query: str | None = None,
 ) -> pd.DataFrame:
-    """Per (product, customer): distinct orders and the weeks since their first and last order,
-    for these products (all eligible products if None)."""
+    """Per (product, customer): distinct orders, distinct weeks with an order and the weeks since
+    their first and last order, for these products (all eligible products if None)."""
     if pg_copy.supported(conn) and window.weeks and (product_ids is None or product_ids):
         if product_ids is None:
             product_ids = fetch_eligible_products(conn, window, source_query)["product_id"].tolist()
         if product_ids:
-            lines = _read_lines(conn, window.window_start_ts, window, product_ids, source_query)
+            lines = _read_lines(conn, window.history_start_ts, window, product_ids, source_query)
             return _activity_from_lines(lines, product_ids)
     return sql_customer_activity(conn, window, product_ids, source_query)
 
@@ -507,7 +514,7 @@ def sql_customer_activity(
 ) -> pd.DataFrame:
     """:func:`fetch_customer_activity` as one grouped query (every database; the reference the
     bulk read is tested against)."""
-    columns = ["product_id", "customer_id", "orders", "first_week_back", "last_week_back"]
+    columns = ["product_id", "customer_id", "orders", "order_weeks", "first_week_back", "last_week_back"]
     if product_ids is not None and not product_ids:
         return pd.DataFrame(columns=columns, dtype="int64")
     lines, source, conditions = _history_source(conn, window, source_query, product_ids)
@@ -517,6 +524,7 @@ def sql_customer_activity(
             lines.c.product_id,
             lines.c.customer_id,
             sa.func.count(sa.distinct(lines.c.order_id)).label("orders"),
+            sa.func.count(sa.distinct(week)).label("order_weeks"),
             sa.func.max(week).label("first_week_back"),
             sa.func.min(week).label("last_week_back"),
         )
@@ -561,21 +569,6 @@ class _Lines:
     orders: int  # codes are below this
     days_back: np.ndarray  # int64: the as-of date minus the line's date, >= 1
     quantity: np.ndarray  # float64, NaN where the quantity is NULL
-
-    def since_days(self, days: int) -> _Lines:
-        """The lines at most ``days`` days before the as-of date (the weekly window)."""
-        keep = self.days_back <= days
-        if keep.all():
-            return self
-        return _Lines(
-            self.product_id[keep],
-            self.customer_id[keep],
-            self.has_customer[keep],
-            self.order_code[keep],
-            self.orders,
-            self.days_back[keep],
-            self.quantity[keep] if len(self.quantity) else self.quantity,
-        )
 
 
 def _days_back(as_of: dt.date, ordered_at: ColumnElement) -> ColumnElement:
@@ -786,6 +779,7 @@ def _activity_from_lines(lines: _Lines, product_ids: Sequence[int]) -> pd.DataFr
     customer_code, customers = pd.factorize(customer)
     pair_code, pairs = pd.factorize(row * np.int64(len(customers)) + customer_code)
     orders = _distinct_per_group(pair_code, len(pairs), lines.order_code[keep], lines.orders)
+    order_weeks = _distinct_per_group(pair_code, len(pairs), week, int(week.max()) + 1 if len(week) else 0)
     weeks_back = pd.Series(week).groupby(pair_code).agg(["max", "min"])
     pairs = np.asarray(pairs, dtype=np.int64)
     n_customers = max(len(customers), 1)
@@ -794,6 +788,7 @@ def _activity_from_lines(lines: _Lines, product_ids: Sequence[int]) -> pd.DataFr
             "product_id": np.asarray(product_ids, dtype=np.int64)[pairs // n_customers],
             "customer_id": np.asarray(customers, dtype=np.int64)[pairs % n_customers],
             "orders": orders,
+            "order_weeks": order_weeks,
             "first_week_back": weeks_back["max"].to_numpy(dtype=np.int64),
             "last_week_back": weeks_back["min"].to_numpy(dtype=np.int64),
         }
