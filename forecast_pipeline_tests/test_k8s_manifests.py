@@ -73,7 +73,7 @@ def test_values_turn_on_the_k8s_executor_and_the_daemon_safeguards():
     assert env["FORECAST_EXECUTOR"] == "k8s"
     daemon = VALUES["dagsterDaemon"]
     assert daemon["runMonitoring"]["enabled"] and daemon["runRetries"]["retryOnAssetOrOpFailure"] is False
-    limits = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]["tagConcurrencyLimits"]
+    limits = VALUES["concurrency"]["runs"]["tagConcurrencyLimits"]  # the run queue: see deploy/helm/values.yaml
     assert {"key": "forecast/concurrency_key", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
 
 
