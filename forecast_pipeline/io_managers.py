@@ -76,6 +76,8 @@ class RedisForecastIOManager(ConfigurableIOManager):
                 "last_run_updated": last_run_updated,
                 "write_seconds": round(obj.timings["write_seconds"], 3),  # staging (all shards) + publish
                 "publish_seconds": round(write_seconds, 3),
+                # a run for some products merged them into the date's hash: count what it holds
+                **({} if full_run else {"dagster/row_count": client.hlen(keys.history_key(prefix, as_of))}),
             },
             asset_key=context.asset_key,
             partition_key=as_of,

@@ -3,7 +3,9 @@ traceback: usage errors exit 2, errors of the environment (database, Redis, driv
 
 import argparse
 import datetime as dt
+import json
 import subprocess
+import zoneinfo
 
 import pytest
 
@@ -105,6 +107,21 @@ def test_show_as_of_a_future_date_says_no_forecast_can_exist_yet(cached_run, tmp
     future = (dt.date.today() + dt.timedelta(days=3)).isoformat()
     done = command([CLI, "show", "--as-of", future], tmp_path)
     assert_one_line_error(done, 2, future, "in the future")
+
+
+def test_show_as_of_todays_partition_in_the_schedule_time_zone_is_not_the_future(redis_client, tmp_path):
+    """Partitions run to today in FORECAST_SCHEDULE_TIMEZONE: where that is already tomorrow on the
+    machine's clock, that date's forecast is shown, not refused as one that cannot exist yet."""
+    zone = "Etc/GMT-14"  # UTC+14, and the command's own clock at UTC-12: always a day ahead of it
+    today = dt.datetime.now(zoneinfo.ZoneInfo(zone)).date().isoformat()
+    doc = {"product_id": 1, "as_of_date": today, "summary": {"total_predicted_quantity": 1.0}, "predictions": []}
+    forecast_cache.write_forecasts(redis_client, "forecast", today, [doc], ttl=600, history_ttl=600)
+    forecast_cache.write_run_metadata(redis_client, "forecast", {"as_of_date": today}, ttl=600, history_ttl=600)
+    done = command(
+        [CLI, "show", "--as-of", today, "--json"], tmp_path, TZ="Etc/GMT+12", FORECAST_SCHEDULE_TIMEZONE=zone
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["forecast"]["as_of_date"] == today
 
 
 def test_show_tells_an_unknown_product_from_one_without_a_forecast(cached_run, pg, tmp_path):

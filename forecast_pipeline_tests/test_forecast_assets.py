@@ -204,6 +204,17 @@ def test_a_run_for_some_products_updates_only_them(book, redis_client, instance)
     assert redis_client.get("forecast:metadata:last_run") == meta_before
 
 
+def test_a_run_for_some_products_names_them_and_counts_the_dates_forecasts(book, redis_client, instance):
+    """Its materialization becomes the date's latest in the UI: the row count is what the date's
+    hash holds, and the figures and table say which products they are of."""
+    run(book, instance)
+    config = {"ops": {"product_forecasts": {"config": {"product_ids": [5, 3]}}}}
+    result = run(book, instance, run_config=config)
+    metadata = result.asset_materializations_for_node("product_forecasts")[0].metadata
+    assert metadata["dagster/row_count"].value == redis_client.hlen("forecast:asof:2025-11-10") == 22
+    assert metadata["requested_products"].value == "3, 5"
+
+
 def test_an_unknown_product_fails_with_its_id(book, redis_client, instance):
     config = {"ops": {"product_forecasts": {"config": {"product_ids": [3, 4242]}}}}
     result = run(book, instance, raise_on_error=False, run_config=config)

@@ -105,7 +105,7 @@ def test_a_sharded_run_publishes_what_one_shard_publishes(book, redis_client, in
     assert materialization.metadata["total_products"].value == 22
     assert "top_forecasts" in materialization.metadata and "forecast_chart_4" in materialization.metadata
     # the table's top product is the largest over all shards (product 22 sells the most)
-    assert materialization.metadata["top_forecasts"].value.records[0].data["product_id"] == 22
+    assert materialization.metadata["top_forecasts"].value.records[0].data["product_id"] == "22"
     checks = {e.check_name: e.passed for e in sharded.get_asset_check_evaluations()}
     assert checks == {"failure_rate_within_limit": True, "cached_forecasts_well_formed": True}
     # nothing of the run is left staged

@@ -1,6 +1,7 @@
 """The forecasts as the Dagster UI shows them: a table of the top products and a chart per product."""
 
 import datetime as dt
+import json
 import re
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -63,8 +64,21 @@ def test_the_table_lists_the_largest_totals_first_with_each_week_and_its_interva
     top = forecast_view.top_payloads(payloads, 3)
     assert [doc["product_id"] for doc in top] == [2, 3, 4]  # equal totals: lower id first
     record = forecast_view.table_records(top)[0].data
-    assert record["product_id"] == 2 and record["total"] == 300.0
+    assert record["product_id"] == "2" and record["total"] == 300.0
     assert record["week_1"] == "25\u00a0(12\u201138)"
+
+
+def _as_the_ui_shows(record) -> dict[str, str]:
+    """A table record as the UI (1.13) draws it: ``JSON.parse`` (every number a double), then each
+    cell's ``toString()``."""
+    parsed = json.loads(json.dumps(record.data), parse_int=float)
+    return {k: f"{v:.0f}" if isinstance(v, float) and v.is_integer() else str(v) for k, v in parsed.items()}
+
+
+def test_the_table_shows_product_ids_above_2_53_exactly():
+    ids = [2**53 + 1, 2**63 - 1, 7]
+    records = forecast_view.table_records([_payload(p, 100.0) for p in ids])
+    assert [_as_the_ui_shows(r)["product_id"] for r in records] == [str(p) for p in ids]
 
 
 def test_a_chart_stays_under_the_uis_inline_markdown_limit_for_large_numbers_and_ids():
@@ -130,10 +144,10 @@ def test_each_date_of_a_range_run_shows_its_top_forecasts_and_their_charts(book,
             "class",
             "accuracy",
         ]
-        ids = [r.data["product_id"] for r in table.records]
+        ids = [int(r.data["product_id"]) for r in table.records]
         assert ids == [SPIKE_PRODUCT, *range(22, 22 - forecast_view.TABLE_PRODUCTS + 1, -1)], partition
         for record in table.records:
-            doc = cached[record.data["product_id"]]
+            doc = cached[int(record.data["product_id"])]
             assert record.data["total"] == doc["summary"]["total_predicted_quantity"]
             last = doc["predictions"][-1]
             assert record.data["week_12"].startswith(f"{forecast_view._number(last['predicted_quantity'])}\u00a0(")

@@ -14,6 +14,7 @@ import re
 import sys
 import time
 import traceback
+import zoneinfo
 
 import sqlalchemy as sa
 
@@ -170,10 +171,12 @@ def _fail(message: str) -> int:
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     """A run's metadata and one of its forecasts: the last run's, or an as-of date's from its
     per-date keys (``forecast:{id}`` only ever holds the newest)."""
-    if args.as_of and dt.date.fromisoformat(args.as_of) > dt.date.today():
+    today = dt.datetime.now(zoneinfo.ZoneInfo(settings.schedule_timezone)).date()  # the newest partition
+    if args.as_of and dt.date.fromisoformat(args.as_of) > today:
         print(
-            f"forecast-pipeline show: --as-of {args.as_of} is in the future (today is {dt.date.today()}): "
-            "no forecast exists for it yet; leave --as-of out for the last run",
+            f"forecast-pipeline show: --as-of {args.as_of} is in the future (today is {today} in "
+            f"FORECAST_SCHEDULE_TIMEZONE {settings.schedule_timezone}): no forecast exists for it yet; "
+            "leave --as-of out for the last run",
             file=sys.stderr,
         )
         return 2

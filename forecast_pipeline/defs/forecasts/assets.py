@@ -395,6 +395,12 @@ def publish_forecasts(
                 "models": MetadataValue.json(run.model_counts),
                 "demand_classes": MetadataValue.json(run.class_counts),
                 **{k: round(v, 3) for k, v in run.timings.items()},
+                # a run for some products: its figures and table are of them only (ids as text: exact)
+                **(
+                    {"requested_products": ", ".join(str(p) for p in run.requested_products)}
+                    if run.requested_products is not None
+                    else {}
+                ),
             },
             asset_key=asset_key,
             partition_key=key,

@@ -36,7 +36,8 @@ def _number(value: float) -> str:
 def table_schema(weeks: int) -> TableSchema:
     return TableSchema(
         columns=[
-            TableColumn("product_id", "bigint"),
+            # text: the UI parses a record's numbers as doubles, exact for ids only up to 2**53
+            TableColumn("product_id", "string"),
             TableColumn("total", "float", description="predicted total over the forecast weeks"),
             TableColumn("per_week", "float", description="average predicted quantity per week"),
             *(
@@ -55,7 +56,7 @@ def table_records(top: Sequence[dict]) -> list[TableRecord]:
     records = []
     for doc in top:
         row = {
-            "product_id": doc["product_id"],
+            "product_id": str(doc["product_id"]),
             "total": doc["summary"]["total_predicted_quantity"],
             "per_week": doc["summary"]["avg_weekly_quantity"],
         }
