@@ -3,7 +3,12 @@ final step. On real Postgres and Redis; Dagster runs in process (a shard step pe
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -312,6 +317,57 @@ def test_a_missing_shard_publishes_nothing(redis_client):
     cached = forecast_cache.read_forecasts_for(redis_client, PREFIX, DATE)
     assert sorted(cached) == list(range(5)) and {d["marker"] for d in cached.values()} == {"old"}
     assert not forecast_cache.staging_tokens(redis_client, PREFIX, DATE)  # freed
+
+
+# A run's publish step, killed (SIGKILL) right after the script that renames its staging hash
+# over the date's: nothing after that line runs, as when a pod is evicted mid-publish.
+PUBLISHER_KILLED_AFTER_RENAME = textwrap.dedent(
+    """
+    import sys, time, numpy as np, redis
+    from forecast_pipeline.cache import forecast_cache
+    url, date, token, ids = sys.argv[1], sys.argv[2], sys.argv[3], [int(i) for i in sys.argv[4].split(",")]
+    def stop_here(client, *args, **kwargs):
+        client.set("killpoint", "renamed", ex=60)
+        time.sleep(600)
+    forecast_cache._write_latest_from_hash = stop_here
+    client = redis.Redis.from_url(url, decode_responses=True)
+    docs = [{"product_id": i, "as_of_date": date, "marker": "killed"} for i in ids]
+    forecast_cache.stage_forecasts(client, "forecast", date, token, docs, ids)
+    forecast_cache.publish_staged(client, "forecast", date, token, np.asarray(ids), 600, 600, lock_seconds=2)
+    """
+)
+
+
+def test_a_rerun_after_a_publish_killed_after_its_rename_removes_the_dropped_products_latest_keys(redis_client):
+    # run A published products 0-9 for the date; then products 8 and 9 stop being eligible
+    forecast_cache.stage_forecasts(redis_client, PREFIX, DATE, "run-a", docs(range(10), "a"), list(range(10)))
+    forecast_cache.publish_staged(redis_client, PREFIX, DATE, "run-a", np.arange(10), 600, 600)
+    assert json.loads(redis_client.get("forecast:9"))["marker"] == "a"
+    # run B (products 0-7) is killed after its publish script renamed its staging over the date
+    kept = ",".join(str(i) for i in range(8))
+    publisher = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER_KILLED_AFTER_RENAME, REDIS_URL, DATE, "run-b", kept], env=os.environ.copy()
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while redis_client.get("killpoint") != "renamed":
+            assert publisher.poll() is None and time.monotonic() < deadline, "the publisher never reached the kill"
+            time.sleep(0.01)
+    finally:
+        publisher.send_signal(signal.SIGKILL)
+        publisher.wait()
+    assert sorted(forecast_cache.read_forecasts_for(redis_client, PREFIX, DATE)) == list(range(8))
+
+    # the rerun (run C) forecasts products 0-7 again and publishes the date whole
+    forecast_cache.stage_forecasts(redis_client, PREFIX, DATE, "run-c", docs(range(8), "c"), list(range(8)))
+    forecast_cache.publish_staged(redis_client, PREFIX, DATE, "run-c", np.arange(8), 600, 600)
+
+    cached = forecast_cache.read_forecasts_for(redis_client, PREFIX, DATE)
+    assert sorted(cached) == list(range(8)) and {d["marker"] for d in cached.values()} == {"c"}
+    assert json.loads(redis_client.get("forecast:7"))["marker"] == "c"
+    # products 8 and 9 are not forecast for the date any more: no forecast:{id} may still serve
+    # run A's forecast of it as the newest one
+    assert redis_client.get("forecast:8") is None and redis_client.get("forecast:9") is None
 
 
 def test_two_runs_of_one_date_interleaving_shards_never_mix(redis_client):

@@ -43,6 +43,7 @@ import numpy as np
 import redis
 
 from forecast_pipeline.cache.keys import (
+    dropped_key,
     forecast_key,
     history_key,
     lease_key,
@@ -301,12 +302,16 @@ def publish_staged(
         with _date_lease(client, prefix, as_of, token, lock_seconds, wait_seconds, on_wait) as lease:
             if replace_history:
                 previous = client.hkeys(target)
+                # with the products an earlier publish dropped but was killed before removing
+                # their forecast:{id} (the date's hash no longer names them)
+                previous += client.smembers(dropped_key(prefix, as_of))
                 previous_ids = np.fromiter((int(p) for p in previous), dtype=np.int64, count=len(previous))
                 del previous
+                dropped = np.setdiff1d(previous_ids, ids).tolist()
+                _remember_dropped(client, prefix, as_of, dropped, max(ttl, history_ttl))  # before the rename
                 client.register_script(_PUBLISH)(
                     keys=[staging, target, lease.name, version_key(prefix, as_of)], args=[token, len(ids), history_ttl]
                 )
-                dropped = np.setdiff1d(previous_ids, ids).tolist()
             else:
                 client.register_script(_MERGE)(
                     keys=[staging, target, lease.name, version_key(prefix, as_of)], args=[token, len(ids), history_ttl]
@@ -316,6 +321,8 @@ def publish_staged(
                     client.hdel(target, *(str(pid) for pid in dropped))
             written = _write_latest_from_hash(client, prefix, as_of, ids, ttl, lease)
             removed = _remove_latest(client, prefix, as_of, dropped)
+            if replace_history:
+                client.delete(dropped_key(prefix, as_of))
             figures = {}
             if run_metadata is not None:
                 lease.reacquire()
@@ -327,6 +334,18 @@ def publish_staged(
         client.delete(staging)
         raise
     return {"latest_written": written, "latest_kept_newer": len(ids) - written, "latest_removed": removed, **figures}
+
+
+def _remember_dropped(client: redis.Redis, prefix: str, as_of: str, dropped: Sequence[int], ttl: int) -> None:
+    """Record (replacing any earlier record) the products this publish drops from the date, so a
+    publish killed between its rename and removing their ``forecast:{id}`` leaves them to the next."""
+    key = dropped_key(prefix, as_of)
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(key)
+    for chunk in _chunks([str(int(p)) for p in dropped], BATCH_SIZE):
+        pipe.sadd(key, *chunk)
+    pipe.expire(key, ttl)
+    pipe.execute()
 
 
 def _write_latest_from_hash(

@@ -30,6 +30,12 @@ def version_key(prefix: str, as_of: str) -> str:
     return f"{prefix}:version:asof:{as_of}"
 
 
+def dropped_key(prefix: str, as_of: str) -> str:
+    """The products a publish of the date is dropping, kept until their ``forecast:{id}`` are
+    removed: a publish killed after its rename leaves them for the next one."""
+    return f"{prefix}:dropped:asof:{as_of}"
+
+
 def staging_key(prefix: str, as_of: str, token: str) -> str:
     """The hash a run stages one date's forecasts in before publishing it."""
     return f"{history_key(prefix, as_of)}:staging:{token}"
