@@ -207,12 +207,16 @@ def test_a_run_for_some_products_updates_only_them(book, redis_client, instance)
 def test_a_run_for_some_products_names_them_and_counts_the_dates_forecasts(book, redis_client, instance):
     """Its materialization becomes the date's latest in the UI: the row count is what the date's
     hash holds, and the figures and table say which products they are of."""
-    run(book, instance)
+    assert materialize_date(WITH_PREDICTIONS, book, instance).success
     config = {"ops": {"product_forecasts": {"config": {"product_ids": [5, 3]}}}}
-    result = run(book, instance, run_config=config)
+    result = materialize_date(WITH_PREDICTIONS, book, instance, run_config=config)
     metadata = result.asset_materializations_for_node("product_forecasts")[0].metadata
     assert metadata["dagster/row_count"].value == redis_client.hlen("forecast:asof:2025-11-10") == 22
     assert metadata["requested_products"].value == "3, 5"
+    # forecast_predictions too: the date's rows in the table, not the 24 this run rewrote
+    rows = result.asset_materializations_for_node("forecast_predictions")[0].metadata
+    assert rows["rows"].value == 2 * 12
+    assert rows["dagster/row_count"].value == 22 * 12
 
 
 def test_an_unknown_product_fails_with_its_id(book, redis_client, instance):

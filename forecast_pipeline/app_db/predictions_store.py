@@ -72,6 +72,13 @@ def replace(engine: sa.Engine, as_of: dt.date, docs: Iterable[dict], products: s
         return (_copy_postgres if engine.dialect.name == "postgresql" else _upsert_batches)(conn, docs)
 
 
+def count(engine: sa.Engine, as_of: dt.date) -> int:
+    """How many rows ``as_of`` has (after a run for some products: theirs and everyone else's)."""
+    table = forecast_predictions
+    with engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).where(table.c.as_of_date == as_of)).scalar_one()
+
+
 CHUNK_DOCS = 5000
 
 
