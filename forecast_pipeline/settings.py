@@ -90,7 +90,7 @@ def normalize_database_url(url: str | SecretStr) -> str:
     return url
 
 
-_SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
 
 
 def redact_url(url: str | SecretStr) -> str:
@@ -112,7 +112,7 @@ def redact_url(url: str | SecretStr) -> str:
             query, fragment = query.split("#", 1)
             fragment = "#" + fragment
         pairs = [
-            (name, "***" if _SECRET_PARAMETER.search(name) else value)
+            (name, "***" if SECRET_PARAMETER.search(name) else value)
             for name, value in urllib.parse.parse_qsl(query, keep_blank_values=True)
         ]
         query = urllib.parse.urlencode(pairs, safe="*") + fragment

@@ -2,6 +2,8 @@
 servers run on 127.0.0.1: how answers are classified, the dead-letter state and its CLI, the outbox
 row written whatever the configuration, bounded attempts, draining after an outage, retention."""
 
+import base64
+import contextlib
 import datetime as dt
 import email.utils
 import http.server
@@ -14,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from dagster import DagsterInstance, build_sensor_context
 
-from forecast_pipeline.alerts import notify
+from forecast_pipeline.alerts import notify, retention, store
 from forecast_pipeline.alerts.config import load_alert_settings
 from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db.alert_tables import alert_events, readings
@@ -30,6 +32,7 @@ from forecast_pipeline_tests.test_alerts import ALERTS_DB_URL, NOW, World, setti
 
 # the alert tests' fixtures: the dedicated Postgres database, empty tables, the ALERT_* environment
 alerts_engine, db, world, alert_env = base.alerts_engine, base.db, base.world, base.alert_env
+sqlite_db = base.sqlite_db
 
 pytestmark = pytest.mark.integration
 
@@ -466,3 +469,163 @@ def test_retention_deletes_old_readings_and_delivered_notifications_only(world, 
     # the resolved event's two delivered rows are gone; the open event's trigger and the
     # dead-lettered trigger (with its waiting resolution) stay
     assert sorted(left) == [("resolved", "pending"), ("triggered", "dead"), ("triggered", "sent")]
+
+
+# ---------------------------------------------------------------- review: duplicates, order, secrets
+
+
+def test_two_delivery_passes_at_once_on_sqlite_send_a_notification_once(sqlite_db, endpoint):
+    """The sensor and `alerts evaluate` (or `resend`) deliver at the same time on the embedded
+    SQLite: both passes read the due rows before either claims them (held here until both have
+    read, if they can); only one may POST it."""
+    w = World(sqlite_db)
+    trigger(w)
+    run_evaluation(sqlite_db, settings(), now=NOW)
+    both_read = threading.Barrier(2, timeout=1)
+
+    def after_claim_read(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT") and " earlier" in statement:
+            with contextlib.suppress(threading.BrokenBarrierError):  # the other pass waits for this one's claim
+                both_read.wait()
+
+    sa.event.listen(sqlite_db, "after_cursor_execute", after_claim_read)
+    cfg = load_alert_settings({"ALERT_WEBHOOK_URL": endpoint.url})
+    passes = [
+        threading.Thread(
+            target=notify.deliver_pending, args=(sqlite_db, cfg), kwargs={"now": NOW, "budget_seconds": 20}
+        )
+        for _ in range(2)
+    ]
+    try:
+        for one in passes:
+            one.start()
+        for one in passes:
+            one.join()
+    finally:
+        sa.event.remove(sqlite_db, "after_cursor_execute", after_claim_read)
+    assert endpoint.attempts == ["1"]
+    assert state(w) == [("sent", 1)]
+
+
+class EchoingWebhook:
+    """Answers ``status`` with a body that echoes the request, as Apache's, Express's and
+    Werkzeug's redirects name the new location (the same URL over https)."""
+
+    def __init__(self, status: int):
+        hook = self
+        self.status = status
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers["Content-Length"]))
+                location = f"https://{self.headers['Host']}{self.path}"
+                body = (
+                    f'<html><body>The document has moved <a href="{location}">here</a>. '
+                    f"You sent: Authorization: {self.headers['Authorization']}</body></html>"
+                ).encode()
+                self.send_response(hook.status)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        port = self.server.server_address[1]
+        self.url = f"http://hook:pa%24%24word@127.0.0.1:{port}/hook?channel=ops&token=t0ken-of-the-hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("status", [301, 400])
+def test_an_answer_echoing_the_url_never_puts_its_credentials_in_the_dead_letter_or_the_log(world, status):
+    trigger(world)
+    run_evaluation(world.engine, settings(), now=NOW)
+    server = EchoingWebhook(status)
+    logged: list[str] = []
+    cfg = settings(ALERT_WEBHOOK_URL=server.url, ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS="0")
+    try:
+        stats = notify.deliver_pending(world.engine, cfg, now=NOW, log=logged.append)
+    finally:
+        server.close()
+    assert stats.dead_lettered == 1
+    [n] = world.notifications()
+    basic = base64.b64encode(b"hook:pa$$word").decode()
+    for text in [n.last_error, *logged]:
+        assert f"HTTP {status}" in text and "/hook?channel=ops&token=***" in text  # where it points stays
+        for secret in ("t0ken-of-the-hook", "pa$$word", "pa%24%24word", basic):
+            assert secret not in text
+
+
+class RawWebhook:
+    """Sends ``answer`` (raw bytes) to every POST."""
+
+    def __init__(self, answer: bytes):
+        self.answer = answer
+        self.posts = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                self.posts += 1
+                conn.sendall(self.answer)
+                conn.recv(1)  # until the client closes
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n", b"HTTP/1.1 102 Processing\r\n\r\n"],
+)
+def test_an_interim_1xx_answer_is_not_taken_for_the_final_one(world, interim):
+    """A proxy's 103 Early Hints (or a WebDAV 102) comes before the webhook's real answer: that
+    200 is the answer, not a failure to retry, which would send it again."""
+    trigger(world)
+    run_evaluation(world.engine, settings(), now=NOW)
+    server = RawWebhook(interim + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    try:
+        stats = deliver(world, server.url, NOW)
+        again = deliver(world, server.url, NOW + dt.timedelta(minutes=5))
+    finally:
+        server.close()
+    assert (stats.sent, stats.failed, again.sent, server.posts) == (1, 0, 0, 1)
+    assert state(world) == [("sent", 1)]
+
+
+def test_a_second_evaluator_resolving_late_never_requeues_a_trigger_retention_deleted(world, endpoint):
+    """Two evaluators (the sensor, `alerts evaluate`) both saw the event open. The first resolves
+    it; both notifications go out; retention deletes the trigger delivered long ago. The second
+    evaluator's resolve, now a no-op, must not queue the trigger again: the receiver would get
+    "triggered" after "resolved" for an event that is over."""
+    old = NOW - dt.timedelta(days=40)
+    source, _ = trigger(world, at=old)
+    run_evaluation(world.engine, settings(), now=old)
+    deliver(world, endpoint.url, old)
+    world.reading(source, "temp", 70.0, at=NOW)
+    with world.engine.connect() as conn:
+        [stale] = store.load_inputs(conn)  # the second evaluator's view: the event is open
+    assert run_evaluation(world.engine, settings(), now=NOW).stats.resolved == 1
+    assert deliver(world, endpoint.url, NOW).sent == 1
+    assert retention.purge(world.engine, NOW + dt.timedelta(hours=1), 30).notifications == 1
+    with world.engine.begin() as conn:
+        assert store.resolve_event(conn, stale.open_event_id, 70.0, NOW) is False
+    assert [n.kind for n in world.notifications()] == ["resolved"]
+    deliver(world, endpoint.url, NOW + dt.timedelta(minutes=1))
+    assert [kind for _, kind in endpoint.types()] == ["alert.triggered", "alert.resolved"]

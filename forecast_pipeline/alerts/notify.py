@@ -57,6 +57,7 @@ import sqlalchemy as sa
 from forecast_pipeline.alerts.config import AlertSettings
 from forecast_pipeline.app_db import leases
 from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications
+from forecast_pipeline.settings import SECRET_PARAMETER
 
 USER_AGENT = "forecast-pipeline-alerts/2"
 MAX_RETRY_AFTER_SECONDS = 900
@@ -96,6 +97,18 @@ class Answer:
     retry_after: str | None = None
 
 
+class _FinalResponse(http.client.HTTPResponse):
+    """The final answer: interim 1xx answers (102 Processing, 103 Early Hints) are skipped as
+    http.client skips 100 Continue, rather than taken for the answer to a POST the webhook then accepts."""
+
+    def _read_status(self):
+        while True:
+            version, status, reason = super()._read_status()
+            if not 102 <= status < 200:
+                return version, status, reason
+            http.client._read_headers(self.fp)  # the interim answer's headers
+
+
 class _Deadline:
     """Closes the connection's socket when the attempt's time is up, which ends any blocked read."""
 
@@ -120,15 +133,34 @@ class _Deadline:
         self.timer.cancel()
 
 
+def _url_secrets(parts: urllib.parse.SplitResult, authorization: str | None) -> list[str]:
+    """What of the URL must never show in an error: its password, the Basic credentials made of
+    it, and the values of query parameters named like credentials (as :func:`redact_url` hides)."""
+    found = [parts.password or "", (authorization or "").removeprefix("Basic ")]
+    found += [v for n, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if SECRET_PARAMETER.search(n)]
+    found += [urllib.parse.quote(v, safe="") for v in found] + [urllib.parse.unquote(v) for v in found]
+    return sorted({v for v in found if v}, key=len, reverse=True)
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 def post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
     """POST ``body`` once; the whole exchange ends within ``timeout`` seconds. Never raises for
-    network or HTTP trouble, and never puts the URL (which may hold credentials) in the error."""
+    network or HTTP trouble, and never puts the URL's credentials in the error, even when the
+    answer echoes them (a redirect's body naming the new location, a request echoed back)."""
     parts = urllib.parse.urlsplit(url)
     request_headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT, **headers}
     if parts.username is not None:
         user = urllib.parse.unquote(parts.username)
         password = urllib.parse.unquote(parts.password or "")
         request_headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    secrets = _url_secrets(parts, request_headers.get("Authorization"))
+    # read enough past the shown part that a secret straddling its end is still whole, so removed
+    body_bytes = ERROR_BODY_CHARS + max((len(v) for v in secrets), default=0)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if parts.scheme == "https":
         connection: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -136,6 +168,7 @@ def post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
         )
     else:
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    connection.response_class = _FinalResponse
     deadline = _Deadline(connection, timeout)
     try:
         with deadline:
@@ -146,18 +179,19 @@ def post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
             response = connection.getresponse()
             status = response.status
             retry_after = response.getheader("Retry-After")
-            text = "" if 200 <= status < 300 else response.read(ERROR_BODY_CHARS).decode("utf-8", "replace")
+            text = "" if 200 <= status < 300 else response.read(body_bytes).decode("utf-8", "replace")
         if deadline.expired:
             raise TimeoutError
     except (OSError, http.client.HTTPException, ValueError) as exc:
         if deadline.expired or isinstance(exc, TimeoutError):
             return Answer(None, f"no complete answer within {timeout:g} s")
-        return Answer(None, f"{type(exc).__name__}: {exc}")
+        return Answer(None, _scrub(f"{type(exc).__name__}: {exc}", secrets))
     finally:
         connection.close()
     if 200 <= status < 300:
         return Answer(status)
-    error = f"HTTP {status} {response.reason}".rstrip()
+    error = _scrub(f"HTTP {status} {response.reason}".rstrip(), secrets)
+    text = _scrub(text, secrets)
     if text.strip():
         error += f": {' '.join(text.split())[:ERROR_BODY_CHARS]}"
     return Answer(status, error, retry_after)
@@ -365,6 +399,10 @@ def _claim(conn: sa.Connection, now: dt.datetime, lease_until: dt.datetime, limi
         .exists()
     )
     with _begin(conn):
+        if conn.dialect.name == "sqlite":
+            # pysqlite opens its transaction only at the UPDATE: two passes would both read, then
+            # both claim, the same rows. Take SQLite's write lock before reading instead.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         rows = leases.claim(
             conn,
             sa.select(n.c.id, n.c.kind, n.c.payload, n.c.attempts, n.c.refused_since, n.c.next_attempt_at)

@@ -166,9 +166,9 @@ def event_payload(conn: sa.Connection, event_id: int, kind: str) -> dict[str, An
     return {"type": f"alert.{kind}", "event": {k: _jsonable(v) for k, v in row.items()}}
 
 
-def queue_notification(conn: sa.Connection, event_id: int, kind: str) -> None:
+def queue_notification(conn: sa.Connection, event_id: int, kind: str, payload: dict[str, Any] | None = None) -> None:
     """Queue the webhook notification for an event change (idempotent per event and kind)."""
-    payload = event_payload(conn, event_id, kind)
+    payload = payload or event_payload(conn, event_id, kind)
     conn.execute(
         _insert(conn, alert_notifications)
         .values(event_id=event_id, kind=kind, payload=payload)
@@ -212,14 +212,16 @@ def create_event(conn: sa.Connection, item: AlertInput, decision: Decision, now:
 def resolve_event(conn: sa.Connection, event_id: int, value: float, now: dt.datetime) -> bool:
     """Resolve an open event with the value that ended it and queue the resolution; False if it was
     resolved already. The trigger is queued first if it never was (an event opened by an older
-    version without a webhook), so the receiver never gets a resolution without its trigger."""
-    queue_notification(conn, event_id, "triggered")  # no-op when queued at the trigger, as it now is
+    version without a webhook), so the receiver never gets a resolution without its trigger; only
+    by the evaluator that resolves it (another one's trigger, long delivered, may be gone by retention)."""
+    triggered = event_payload(conn, event_id, "triggered")  # as it was while open
     changed = conn.execute(
         sa.update(alert_events)
         .where(alert_events.c.id == event_id, sa.not_(alert_events.c.is_resolved))
         .values(is_resolved=True, resolved_at=now, resolution_value=value)
     ).rowcount
     if changed:
+        queue_notification(conn, event_id, "triggered", triggered)  # no-op when queued at the trigger
         queue_notification(conn, event_id, "resolved")
     return bool(changed)
 
