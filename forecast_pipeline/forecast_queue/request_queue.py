@@ -292,6 +292,28 @@ def claim_due_requests(
     return claimed
 
 
+def claimed_requests(engine: sa.Engine, claimed_before_seconds: float = 0) -> list[ClaimedRequest]:
+    """Forecast requests claimed at least ``claimed_before_seconds`` ago whose run has not started
+    and that nobody asked to cancel: the queue sensor requests their run again when Dagster has
+    none (a tick that died between its claim's commit and handing its run requests over)."""
+    cols = forecast_requests.c
+    query = (
+        sa.select(forecast_requests)
+        .where(
+            cols.status == "claimed",
+            cols.request_type == REQUEST_TYPE,
+            cols.cancel_requested_at.is_(None),
+            cols.claimed_at <= sa.func.now() - dt.timedelta(seconds=claimed_before_seconds),
+        )
+        .order_by(cols.priority.desc(), cols.created_at, cols.id)
+    )
+    with engine.connect() as conn:
+        return [
+            ClaimedRequest(r.id, r.request_type, r.parameters, r.attempts, r.concurrency_key, r.priority)
+            for r in conn.execute(query)
+        ]
+
+
 def _fail_unclaimed(conn: sa.Connection, row: sa.Row, error: str) -> None:
     conn.execute(
         forecast_requests.update()
@@ -324,7 +346,7 @@ def mark_succeeded(
     """Close an active request as succeeded; False if it was not active at that attempt (already
     closed). ``duration``: the run's own start-to-end time (default: since its start)."""
     with engine.begin() as conn:
-        row = _lock_active(conn, request_id, attempt)
+        row = _lock_active(conn, request_id, attempt, run_id)
         if row is None:
             return False
         duration = _duration(conn, row) if duration is None else duration
@@ -367,7 +389,7 @@ def mark_failed(
     handled, or claimed again since).
     """
     with engine.begin() as conn:
-        row = _lock_active(conn, request_id, attempt)
+        row = _lock_active(conn, request_id, attempt, run_id)
         if row is None:
             return None
         duration = _duration(conn, row) if duration is None else duration
@@ -405,7 +427,7 @@ def mark_cancelled(
 ) -> bool:
     """Close an active request as cancelled; False if it was not active at that attempt."""
     with engine.begin() as conn:
-        row = _lock_active(conn, request_id, attempt)
+        row = _lock_active(conn, request_id, attempt, run_id)
         if row is None:
             return False
         _cancel(conn, row, reason, run_id)
@@ -583,12 +605,16 @@ def write_audit(engine: sa.Engine, request_id: int, event: str, detail: dict) ->
         _audit(conn, request_id, event, detail)
 
 
-def _lock_active(conn: sa.Connection, request_id: int, attempt: int | None = None):
-    query = sa.select(forecast_requests).where(
-        forecast_requests.c.id == request_id, forecast_requests.c.status.in_(ACTIVE_STATUSES)
-    )
+def _lock_active(conn: sa.Connection, request_id: int, attempt: int | None = None, run_id: str | None = None):
+    """The request, locked, if active (at ``attempt``; and, for news of run ``run_id``, unless
+    another run started the attempt: a re-execution carries its parent's tags, is refused at start
+    and says nothing about the request)."""
+    cols = forecast_requests.c
+    query = sa.select(forecast_requests).where(cols.id == request_id, cols.status.in_(ACTIVE_STATUSES))
     if attempt is not None:
-        query = query.where(forecast_requests.c.attempts == attempt)
+        query = query.where(cols.attempts == attempt)
+    if run_id is not None:
+        query = query.where(sa.or_(cols.dagster_run_id.is_(None), cols.dagster_run_id == run_id))
     return conn.execute(query.with_for_update()).first()
 
 

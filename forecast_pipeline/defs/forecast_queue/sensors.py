@@ -20,6 +20,7 @@ default) the sensors are off by default, their description says why, and started
 """
 
 import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import re
@@ -161,16 +162,19 @@ def forecast_request_queue(context: SensorEvaluationContext, app_db: AppDatabase
     repository = context.repository_def
     forecast_job = repository.get_job(daily_forecast_job.name) if repository is not None else None
     carry_out_cancel_requests(context.instance, engine, context.log, settings)
+    validate = functools.partial(validate_request, settings=settings, job_def=forecast_job)
+    # first the claims of an earlier tick that never reached Dagster (same run_key: never run twice)
+    unlaunched = claims_without_a_run(context.instance, engine, settings, validate)
     claimed = request_queue.claim_due_requests(
         engine,
         settings.request_claim_limit,
         capacity=queue_run_limit(context.instance, settings),
         ended=requests_whose_runs_ended(context.instance, engine, settings),
-        validate=lambda parameters: validate_request(parameters, settings, forecast_job),
+        validate=validate,
     )
     timeout = queue_run_timeout(context.instance, settings)
     run_requests = []
-    for request in claimed:
+    for request in unlaunched + claimed:
         try:
             run_requests.append(run_request_for(request, request.spec, timeout))
         except Exception as exc:  # noqa: BLE001 - one request's failure must not lose the others' runs
@@ -185,21 +189,44 @@ def forecast_request_queue(context: SensorEvaluationContext, app_db: AppDatabase
     return SensorResult(run_requests=run_requests, skip_reason=None if run_requests else "no due forecast requests")
 
 
+def claims_without_a_run(instance: DagsterInstance, engine: sa.Engine, settings: Settings, validate) -> list:
+    """Requests claimed by an earlier tick (a sensor interval ago) whose attempt has no Dagster run:
+    the tick died after its claim committed and before Dagster received its run requests (code
+    server restarted, evaluation timed out). Their run is requested again under the same run_key,
+    which Dagster launches at most once, instead of the request waiting for recovery to count the
+    attempt as failed."""
+    lost = []
+    for request in request_queue.claimed_requests(engine, claimed_before_seconds=settings.request_sensor_seconds):
+        if run_of(instance, request.id, request.attempts) is not None:
+            continue
+        try:
+            spec = validate(request.parameters)
+        except request_queue.BadRequestParameters as exc:
+            request_queue.fail_bad_request(engine, request.id, str(exc))
+            continue
+        lost.append(dataclasses.replace(request, spec=spec))
+    return lost
+
+
 def requests_whose_runs_ended(instance: DagsterInstance, engine: sa.Engine, settings: Settings) -> set[int]:
     """Active requests whose run has finished and whose process has exited: they hold no run slot,
     they only wait for a status sensor to close them."""
     ended = set()
     for request in request_queue.active_requests(engine):
-        record = run_of(instance, request.id, request.attempts)
+        record = run_of(instance, request.id, request.attempts, request.dagster_run_id)
         exited = not request.has_heartbeat or request.silent_seconds > settings.request_stale_after_seconds
         if record is not None and record.dagster_run.is_finished and exited:
             ended.add(request.id)
     return ended
 
 
-def run_of(instance: DagsterInstance, request_id: int, attempt: int):
+def run_of(instance: DagsterInstance, request_id: int, attempt: int, run_id: str | None = None):
     """The run record of a request attempt, or None if no run was created for it (tagged the
-    legacy way if it was launched before the rename)."""
+    legacy way if it was launched before the rename). ``run_id``: the run that started the attempt
+    (the request's ``dagster_run_id``), which a later run with its tags (a re-execution) never
+    replaces; None when that run was deleted."""
+    if run_id is not None:
+        return instance.get_run_record_by_id(run_id)
     for id_tag, attempt_tag in ((request_queue.REQUEST_ID_TAG, request_queue.ATTEMPT_TAG), request_queue.LEGACY_TAGS):
         records = instance.get_run_records(
             RunsFilter(tags={id_tag: str(request_id), attempt_tag: str(attempt)}), limit=1
@@ -216,7 +243,7 @@ def carry_out_cancel_requests(instance: DagsterInstance, engine: sa.Engine, log=
     settings = settings or get_settings()
     acted = 0
     for request in request_queue.active_requests(engine, cancel_requested=True):
-        record = run_of(instance, request.id, request.attempts)
+        record = run_of(instance, request.id, request.attempts, request.dagster_run_id)
         run = record.dagster_run if record else None
         if run is None:
             if request.status == "claimed":  # its run, should it ever come, refuses to start
@@ -413,12 +440,16 @@ def recover_stale_requests(
     counts = {"finished_unnoticed": 0, "no_run": 0, "dead_process": 0}
     retry = {"base_seconds": settings.request_retry_base_seconds, "max_seconds": settings.request_retry_max_seconds}
     for request in request_queue.active_requests(engine):
-        record = run_of(instance, request.id, request.attempts)
+        record = run_of(instance, request.id, request.attempts, request.dagster_run_id)
         run = record.dagster_run if record else None
         reason = None
         if run is None:
             if request.status == "claimed" and request.claimed_seconds_ago > settings.request_launch_grace_seconds:
                 reason, rule = f"no Dagster run was launched within {settings.request_launch_grace_seconds}s", "no_run"
+            elif request.status == "running" and (
+                not request.has_heartbeat or request.silent_seconds > settings.request_stale_after_seconds
+            ):  # its run was deleted from the instance, and its process has ended
+                reason, rule = f"its Dagster run {request.dagster_run_id} is gone from the instance", "no_run"
         elif run.is_finished:
             if record.end_time is not None and time.time() - record.end_time < settings.request_finished_grace_seconds:
                 continue  # the run status sensors close it; recovery is for what they missed
