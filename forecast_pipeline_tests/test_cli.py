@@ -167,6 +167,25 @@ def test_requests_enqueue_and_list(pg, tmp_path):
     assert refused.returncode == 2 and "before the history start" in refused.stderr  # a usage error
 
 
+def test_requests_list_json_gives_each_requests_whole_error(pg, tmp_path):
+    """The table cuts the error at 80 characters: the ids of the products that were not eligible
+    came after the cut, and only psql could show them."""
+    queued = command([str(BIN / "forecast-pipeline"), "requests", "enqueue", "--as-of", "2025-11-10"], tmp_path)
+    request_id = int(queued.stdout.split()[-1])
+    error = "Products not eligible for as-of 2025-11-10 (unknown, or too few customers/orders before it): [999999]"
+    with pg.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE forecast_requests SET status = 'failed', error = :e WHERE id = :i"),
+            {"e": error, "i": request_id},
+        )
+    listed = command([str(BIN / "forecast-pipeline"), "requests", "list", "--json"], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    mine = next(r for r in rows if r["id"] == request_id)
+    assert mine["error"] == error and mine["status"] == "failed"
+    assert mine["parameters"] == {"as_of_date": "2025-11-10"}
+
+
 def test_jobs_is_the_deprecated_name_of_requests(pg, tmp_path):
     """``jobs`` (the name before the rename) still works, saying once on stderr what to use."""
     with pg.begin() as conn:

@@ -34,6 +34,6 @@ echo "==> materializing eligible_products, product_forecasts and forecast_predic
 .venv/bin/dg launch --assets '*' --partition "$AS_OF" --config-json '{"loggers": {"console": {"config": {"log_level": "INFO"}}}}'
 
 echo "==> the cached result"
-.venv/bin/forecast-pipeline show
+.venv/bin/forecast-pipeline show --as-of "$AS_OF"  # this run's date, whatever a later one cached
 echo
 echo "Next: DAGSTER_HOME=$DAGSTER_HOME .venv/bin/dg dev   (then open http://127.0.0.1:3000)"

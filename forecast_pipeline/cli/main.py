@@ -265,6 +265,10 @@ def cmd_requests(settings: Settings, args: argparse.Namespace) -> int:
         query = query.where(forecast_requests.c.status == args.status)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
+    if args.json:  # one object per line, every column whole (the table cuts the error)
+        for row in rows:
+            print(json.dumps(dict(row._mapping), default=str))
+        return 0
     print(f"{'id':>6} {'status':<10} {'pri':>3} {'try':>5}  {'parameters':<48} {'rows':>7}  error")
     for row in rows:
         tries = f"{row.attempts}/{row.max_attempts}"
@@ -496,6 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = requests_sub.add_parser("list", help="recent requests, newest first")
     listing.add_argument("--status", choices=REQUEST_STATUSES, help="only requests in this status (default: any)")
     listing.add_argument("--limit", type=int, default=20, help="at most this many")
+    listing.add_argument(
+        "--json", action="store_true", help="one JSON object per request, every column whole (default: a table)"
+    )
     bt = sub.add_parser("backtest", help="rolling-origin accuracy vs seasonal naive and Holt-Winters")
     bt.add_argument("--source", choices=("demo", "database"), default="demo", help="demo: generated in memory")
     bt.add_argument(
