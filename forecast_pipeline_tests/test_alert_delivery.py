@@ -322,16 +322,14 @@ def test_a_resolution_never_overtakes_its_trigger(world, endpoint):
 # ---------------------------------------------------------------- bounded attempts
 
 
-class TricklingServer:
-    """Answers a POST one byte every ``interval`` seconds: each read returns in time, the whole never does."""
+class SocketWebhook:
+    """A webhook on a raw socket, for answers http.server cannot give; ``_handle(conn)`` answers
+    each connection."""
 
-    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: abcdefghijklmnopq\r\n\r\n"
-
-    def __init__(self, interval: float = 0.1):
+    def __init__(self):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(4)
-        self.interval = interval
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -341,7 +339,23 @@ class TricklingServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+            self._handle(conn)
+
+    def close(self):
+        self.sock.close()
+
+
+class TricklingServer(SocketWebhook):
+    """Answers a POST one byte every ``interval`` seconds: each read returns in time, the whole never does."""
+
+    ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Padding: abcdefghijklmnopq\r\n\r\n"
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        super().__init__()
+
+    def _handle(self, conn):
+        threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn):
         with conn:
@@ -352,9 +366,6 @@ class TricklingServer:
                     time.sleep(self.interval)
             except OSError:
                 pass
-
-    def close(self):
-        self.sock.close()
 
 
 def test_a_trickling_answer_is_cut_at_the_attempt_timeout(world):
@@ -562,32 +573,20 @@ def test_an_answer_echoing_the_url_never_puts_its_credentials_in_the_dead_letter
             assert secret not in text
 
 
-class RawWebhook:
+class RawWebhook(SocketWebhook):
     """Sends ``answer`` (raw bytes) to every POST."""
 
     def __init__(self, answer: bytes):
         self.answer = answer
         self.posts = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(4)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                self.posts += 1
-                conn.sendall(self.answer)
-                conn.recv(1)  # until the client closes
-
-    def close(self):
-        self.sock.close()
+    def _handle(self, conn):
+        with conn:
+            conn.recv(65536)
+            self.posts += 1
+            conn.sendall(self.answer)
+            conn.recv(1)  # until the client closes
 
 
 @pytest.mark.parametrize(
