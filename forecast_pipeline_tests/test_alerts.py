@@ -372,6 +372,15 @@ def test_webhook_answers_are_classified(status, outcome):
     assert notify.classify(status) == outcome
 
 
+@pytest.mark.parametrize("url", ["http://hooks.example:80a/x", "https://hooks.example:99999/x", "http://h:0/x"])
+def test_a_webhook_url_whose_port_is_not_a_port_is_refused_at_load(url):
+    """Accepted, it raised in every delivery pass outside the attempt: the claimed notifications
+    stayed leased, and no dead letter said why."""
+    with pytest.raises(ConfigError) as info:
+        load_alert_settings({"ALERT_WEBHOOK_URL": url})
+    assert "ALERT_WEBHOOK_URL=" in str(info.value) and "port" in str(info.value)
+
+
 def test_backoff_doubles_up_to_its_cap_and_retry_after_is_read_both_ways():
     cfg = load_alert_settings({"ALERT_WEBHOOK_BACKOFF_SECONDS": "5", "ALERT_WEBHOOK_MAX_BACKOFF_SECONDS": "60"})
     assert [notify.backoff_seconds(cfg, n) for n in range(1, 7)] == [5, 10, 20, 40, 60, 60]

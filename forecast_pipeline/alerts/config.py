@@ -54,6 +54,12 @@ class AlertSettings(AreaSettings):
             parsed = urllib.parse.urlsplit(value)
             if parsed.scheme not in ("http", "https") or not parsed.hostname:
                 raise setting_error(repr(redact_url(value)), "must be an http:// or https:// URL with a host")
+            try:
+                port = parsed.port  # raises for one that is not a number from 0 to 65535
+            except ValueError:
+                port = 0
+            if port == 0:
+                raise setting_error(repr(redact_url(value)), "has a port that is not a number from 1 to 65535")
         return value
 
 
