@@ -405,7 +405,7 @@ class Settings(AreaSettings):
         word = value.strip(":")
         if not word or ":" in word or any(c.isspace() for c in word):
             raise setting_error(repr(value), "must be a non-empty word without ':' or spaces")
-        return value.strip(":")
+        return word
 
     @field_validator("schedule_timezone")
     @classmethod

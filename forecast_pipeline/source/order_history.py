@@ -265,7 +265,7 @@ def fetch_eligible_products(
     lines (every product in one part, by its id modulo the number of parts), so the step's
     memory stays bounded however many products there are."""
     if pg_copy.supported(conn):
-        since = dt.datetime.combine(window.history_start, dt.time())
+        since = window.history_start_ts
         parts = max(1, math.ceil(_estimated_lines(conn, source_query) / ELIGIBLE_PART_LINES))
         if parts == 1:
             return _eligible_from_lines(_read_lines(conn, since, window, None, source_query, quantities=False), window)
@@ -315,7 +315,7 @@ def fetch_eligible_keeping_lines(
     """
     if not pg_copy.supported(conn) or not window.weeks or _estimated_items(conn) > KEEP_LINES_LIMIT:
         return fetch_eligible_products(conn, window), None
-    since = dt.datetime.combine(window.history_start, dt.time())
+    since = window.history_start_ts
     conn.exec_driver_sql(f"SET LOCAL work_mem = '{POSTGRES_WORK_MEM}'")
     lines = _read_default_schema(conn, since, window, None, quantities=True)
     if lines is None:  # orders.id not unique: the general read, which keeps nothing
