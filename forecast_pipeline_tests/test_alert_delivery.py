@@ -8,7 +8,10 @@ import datetime as dt
 import email.utils
 import http.server
 import json
+import logging
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -17,7 +20,7 @@ import sqlalchemy as sa
 from dagster import DagsterInstance, build_sensor_context
 
 from forecast_pipeline.alerts import notify, retention, store
-from forecast_pipeline.alerts.config import load_alert_settings
+from forecast_pipeline.alerts.config import load_alert_settings, redact_webhook_url
 from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db.alert_tables import alert_events, readings
 from forecast_pipeline.cli import main as cli
@@ -38,9 +41,11 @@ pytestmark = pytest.mark.integration
 
 
 class Endpoint:
-    """A webhook on 127.0.0.1: ``answer(notification_id)`` returns ``(status, headers)``; 204 by default."""
+    """A webhook on 127.0.0.1: ``answer(notification_id)`` returns ``(status, headers)``; 204 by default.
+    ``tls_host``: served over HTTPS with a self-signed certificate for that name, made by openssl in
+    ``tls_dir`` (``self.cert``); no client trusts it unless told to (``SSL_CERT_FILE``)."""
 
-    def __init__(self):
+    def __init__(self, tls_host: str | None = None, tls_dir=None):
         self.answer = lambda notification_id: (204, {})
         self.received: list[dict] = []
         self.attempts: list[str] = []
@@ -68,6 +73,20 @@ class Endpoint:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        if tls_host is not None:
+            self.cert, key = tls_dir / "cert.pem", tls_dir / "key.pem"
+            kind = "IP" if tls_host[0].isdigit() else "DNS"
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={tls_host}"]
+                + ["-addext", f"subjectAltName={kind}:{tls_host}", "-keyout", str(key), "-out", str(self.cert)],
+                check=True,
+                capture_output=True,
+            )
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.cert, key)
+            # the handshake happens in accept(): a client that rejects the certificate fails it quietly
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            self.url = self.url.replace("http://", "https://")
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def answer_always(self, status: int, headers: dict | None = None) -> None:
@@ -146,17 +165,19 @@ def test_answers_that_cannot_succeed_on_a_retry_are_dead_lettered_not_dropped(wo
 @pytest.mark.parametrize("status", [301, 302, 307, 401, 403, 404, 407])
 def test_refusals_a_config_change_can_fix_are_retried_for_the_grace_period(world, endpoint, status):
     """A proxy being moved or credentials being rotated: retried for ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS
-    after the first such answer, then dead-lettered (3xx are never followed: a POST would turn into a GET)."""
-    trigger(world)
+    after the first such answer, then dead-lettered (3xx are never followed: a POST would turn into a GET);
+    the notifications after it in that pass too, without waiting a grace of their own."""
+    trigger(world, "a")
+    trigger(world, "b")
     run_evaluation(world.engine, settings(), now=NOW)
     endpoint.answer_always(status, {"Location": endpoint.url} if status < 400 else {})
     grace = {"ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS": "600"}
-    assert deliver(world, endpoint.url, NOW, **grace).pending == 1
-    assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=300), **grace).pending == 1
-    assert state(world) == [("pending", 2)]
+    assert deliver(world, endpoint.url, NOW, **grace).pending == 2
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=300), **grace).pending == 2
+    assert state(world) == [("pending", 2), ("pending", 0)]
     stats = deliver(world, endpoint.url, NOW + dt.timedelta(seconds=601), **grace)
-    assert (stats.dead_lettered, stats.pending) == (1, 0)
-    assert state(world) == [("dead", 3)] and endpoint.received == []
+    assert (stats.dead_lettered, stats.pending) == (2, 0)
+    assert state(world) == [("dead", 3), ("dead", 1)] and endpoint.received == []
 
 
 def test_retry_after_is_honoured_for_the_whole_endpoint(world, endpoint):
@@ -628,3 +649,126 @@ def test_a_second_evaluator_resolving_late_never_requeues_a_trigger_retention_de
     assert [n.kind for n in world.notifications()] == ["resolved"]
     deliver(world, endpoint.url, NOW + dt.timedelta(minutes=1))
     assert [kind for _, kind in endpoint.types()] == ["alert.triggered", "alert.resolved"]
+
+
+# ---------------------------------------------------------------- review: certificates, refused_since, path tokens
+
+
+@pytest.mark.parametrize("problem", ["self-signed", "for another host"])
+def test_a_certificate_that_does_not_verify_is_retried_for_the_grace_then_dead_lettered(
+    world, tmp_path, monkeypatch, problem
+):
+    """A certificate that does not verify (self-signed, another host's, expired) verifies no better
+    on a retry: a config change fixes it (a trusted certificate, the right host name), as it does a
+    401. So it is retried for ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS, then dead-lettered saying why;
+    verification stays on (trusted, the same server gets the notifications)."""
+    trigger(world, "a")
+    trigger(world, "b")
+    run_evaluation(world.engine, settings(), now=NOW)
+    hook = Endpoint(tls_host="127.0.0.1" if problem == "self-signed" else "localhost", tls_dir=tmp_path)
+    if problem != "self-signed":
+        monkeypatch.setenv("SSL_CERT_FILE", str(hook.cert))  # trusted, but not for 127.0.0.1
+    grace = {"ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS": "600"}
+    try:
+        first = deliver(world, hook.url, NOW, **grace)
+        assert (first.failed, first.dead_lettered, first.pending) == (1, 0, 2)
+        assert world.notifications()[0].refused_since == NOW
+        assert deliver(world, hook.url, NOW + dt.timedelta(seconds=300), **grace).pending == 2
+        last = deliver(world, hook.url, NOW + dt.timedelta(seconds=601), **grace)
+        assert (last.dead_lettered, last.pending) == (2, 0)
+        assert state(world) == [("dead", 3), ("dead", 1)] and hook.received == []
+        for n in world.notifications():
+            assert "certificate did not verify" in n.last_error and "grace" in n.last_error, n.last_error
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(hook.cert))
+        url = hook.url if problem == "self-signed" else hook.url.replace("127.0.0.1", "localhost")
+        with world.engine.begin() as conn:
+            notify.requeue(conn)
+        assert deliver(world, url, NOW + dt.timedelta(seconds=602)).sent == 2
+    finally:
+        hook.close()
+
+
+def test_an_endpoint_that_refused_then_answers_5xx_is_failing_not_refusing(world, endpoint):
+    """``refused_since`` dates a run of refusals (3xx, 401, 403, 404, 407, a certificate that does
+    not verify) that dead-letters once longer than the grace. Any other answer ends the run: after
+    a 401 and then two hours of 503s the endpoint is up but failing, retried per the 5xx policy,
+    and its next 401 starts a new grace instead of being dead-lettered as refused for two hours."""
+    trigger(world)
+    run_evaluation(world.engine, settings(), now=NOW)
+    grace = {"ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS": "600"}
+    defaults = load_alert_settings({})  # deliver()'s backoff
+    endpoint.answer_always(401)
+    assert deliver(world, endpoint.url, NOW, **grace).failed == 1
+    assert world.notifications()[0].refused_since == NOW
+    endpoint.answer_always(503)
+    for minutes in (5, 30, 60, 120):
+        at = NOW + dt.timedelta(minutes=minutes)
+        stats = deliver(world, endpoint.url, at, **grace)
+        assert (stats.failed, stats.dead_lettered, stats.pending) == (1, 0, 1)
+        [n] = world.notifications()
+        assert n.refused_since is None and n.last_status == 503
+        assert n.next_attempt_at == at + dt.timedelta(seconds=notify.backoff_seconds(defaults, n.attempts))
+    endpoint.answer_always(401)
+    again = at + dt.timedelta(minutes=2)
+    stats = deliver(world, endpoint.url, again, **grace)
+    assert (stats.failed, stats.dead_lettered, stats.pending) == (1, 0, 1)
+    assert world.notifications()[0].refused_since == again
+    assert deliver(world, endpoint.url, again + dt.timedelta(seconds=601), **grace).dead_lettered == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://hooks.slack.com/services/T000/B000/aB3dE5fG7hJ9kL1mN3pQ5rS7", "/services/T000/B000/***"),
+        ("https://hooks.slack.com/services/T01ABCD2EF/B01ABCD2EF/aB3dE5fG7hJ9kL1m", "/services/***/***/***"),
+        ("https://discord.com/api/webhooks/112233445566778899/Zq-xYwVuTsRqPoNmLkJiHg", "/api/webhooks/***/***"),
+        ("https://x.webhook.office.com/webhookb2/1f0e@2c3d/IncomingWebhook/9a8b7c6d5e4f", "/***/IncomingWebhook/***"),
+        ("http://u:pw@alerts.internal:8080/hook?channel=ops&token=t0k", ":8080/hook?channel=ops&token=***"),
+    ],
+)
+def test_the_webhook_url_is_shown_with_what_may_be_a_token_masked(url, shown):
+    """The rule: a path segment of 16 characters or more, or of 8 or more with a digit, is ``***``."""
+    redacted = redact_webhook_url(url)
+    assert redacted.endswith(shown) and redacted.split("/")[2] == url.split("/")[2].replace(":pw@", ":***@")
+
+
+PATH_TOKEN = "aB3dE5fG7hJ9kL1mN3pQ5rS7"
+"""The secret part of a Slack-style webhook URL (https://hooks.slack.com/services/T000/B000/<token>)."""
+
+
+def test_a_token_in_the_webhook_urls_path_is_never_shown(world, alert_env, capsys, caplog):
+    """Slack, Discord and Teams put the webhook's secret in the URL's path. Answers echoing the URL
+    (503 to the sensor, 400), the webhook down, the CLI's lists and its delivery log, a URL refused
+    at load and the settings printed: the token is in none of them, where the URL points still is."""
+    caplog.set_level(logging.DEBUG)
+    trigger(world, "a")
+    trigger(world, "b")
+    run_evaluation(world.engine, settings(), now=NOW)
+    server = EchoingWebhook(503)
+    url = f"http://127.0.0.1:{server.server.server_address[1]}/services/T000/B000/{PATH_TOKEN}"
+    alert_env.setenv("ALERT_WEBHOOK_URL", url)
+    cfg = settings(ALERT_WEBHOOK_URL=url)
+    shown: list[str] = [str(cfg.webhook_url), repr(cfg.webhook_url), repr(cfg)]
+    logged: list[str] = []
+    try:
+        shown.append(base._tick(alert_notification_sensor))
+        sensor_log = capsys.readouterr().err  # Dagster's handler writes the tick's log to stderr
+        assert "Webhook notification 1 (triggered) failed" in sensor_log
+        shown.append(sensor_log)
+        assert "/services/T000/B000/***" in world.notifications()[0].last_error  # where it points stays
+        server.status = 400
+        assert notify.deliver_pending(world.engine, cfg, log=logged.append).dead_lettered == 2
+        shown += [n.last_error for n in world.notifications()]
+        shown += run_cli(alert_env, capsys, "alerts", "notifications", "resend", "--all", ALERT_WEBHOOK_URL=url)[1:]
+    finally:
+        server.close()
+    shown += run_cli(alert_env, capsys, "alerts", "notifications", "resend", "--all", ALERT_WEBHOOK_URL=url)[1:]
+    for listing in (["list"], ["list", "--json"]):
+        shown += run_cli(alert_env, capsys, "alerts", "notifications", *listing)[1:]
+    code, out, err = run_cli(alert_env, capsys, "alerts", "evaluate", ALERT_WEBHOOK_URL="ftp" + url[4:])
+    assert code == 2 and "/services/T000/B000/***" in err
+    shown += [out, err, *logged, caplog.text]
+    assert any("refused" in text.lower() for text in shown)  # the down webhook was tried
+    for text in shown:
+        assert PATH_TOKEN not in text, text

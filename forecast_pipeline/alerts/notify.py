@@ -16,8 +16,14 @@ How an answer is handled (like a well-behaved HTTP client):
 - 3xx (never followed: a redirected POST becomes a body-less GET), 401, 403, 404, 407: refusals
   that a config change fixes (a proxy being moved, credentials being rotated). Retried the same
   way for ``ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS`` after the first one, then dead-lettered.
+- An https:// certificate that does not verify (self-signed, expired, another host's): no retry
+  verifies it, a config change (a trusted certificate, the right host name) does. Handled as those
+  refusals, with the reason in the error; verification is never turned off.
 - Any other 4xx (400, 405, 409, 410, 413, 415, 422, ...): the same request gets the same answer.
   Dead-lettered at once.
+
+``refused_since`` dates a run of refusals, for the grace; any other answer (a 5xx too: the endpoint
+is up, failing, not refusing) ends the run, so a later refusal gets the whole grace again.
 
 Dead-lettered notifications (``rejected_at``) stay in the table until an operator resends them
 (``forecast-pipeline alerts notifications list|resend``); retention never deletes them.
@@ -54,7 +60,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from forecast_pipeline.alerts.config import AlertSettings
+from forecast_pipeline.alerts.config import AlertSettings, looks_like_token
 from forecast_pipeline.app_db import leases
 from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications
 from forecast_pipeline.settings import SECRET_PARAMETER
@@ -95,6 +101,8 @@ class Answer:
     status: int | None
     error: str | None = None
     retry_after: str | None = None
+    refused: bool = False
+    """No answer, but a refusal a config change fixes (the certificate did not verify)."""
 
 
 class _FinalResponse(http.client.HTTPResponse):
@@ -135,8 +143,10 @@ class _Deadline:
 
 def _url_secrets(parts: urllib.parse.SplitResult, authorization: str | None) -> list[str]:
     """What of the URL must never show in an error: its password, the Basic credentials made of
-    it, and the values of query parameters named like credentials (as :func:`redact_url` hides)."""
+    it, the path segments that look like tokens and the values of query parameters named like
+    credentials (as :func:`~forecast_pipeline.alerts.config.redact_webhook_url` hides)."""
     found = [parts.password or "", (authorization or "").removeprefix("Basic ")]
+    found += [v for v in parts.path.split("/") if looks_like_token(v)]
     found += [v for n, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if SECRET_PARAMETER.search(n)]
     found += [urllib.parse.quote(v, safe="") for v in found] + [urllib.parse.unquote(v) for v in found]
     return sorted({v for v in found if v}, key=len, reverse=True)
@@ -182,6 +192,9 @@ def post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
             text = "" if 200 <= status < 300 else response.read(body_bytes).decode("utf-8", "replace")
         if deadline.expired:
             raise TimeoutError
+    except ssl.SSLCertVerificationError as exc:
+        reason = _scrub(exc.verify_message or str(exc), secrets)
+        return Answer(None, f"the TLS certificate did not verify: {reason}", refused=True)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         if deadline.expired or isinstance(exc, TimeoutError):
             return Answer(None, f"no complete answer within {timeout:g} s")
@@ -325,7 +338,8 @@ def _deliver(conn, settings, stats, deadline, now, clock, log) -> None:
                 stop = True
                 break
             outcome, values = _attempt(settings, item, clock, refusing_past_grace)
-            refusing_past_grace = refusing_past_grace or values.pop("past_grace")
+            past_grace = values.pop("past_grace")  # popped always: it is no column
+            refusing_past_grace = refusing_past_grace or past_grace
             with _begin(conn):
                 conn.execute(sa.update(alert_notifications).where(alert_notifications.c.id == item.id).values(**values))
             if outcome == DELIVERED:
@@ -355,7 +369,7 @@ def _attempt(settings: AlertSettings, item: _Claimed, clock: Callable[[], dt.dat
     headers = {"X-Alert-Notification-Id": str(item.id), "X-Alert-Event": item.kind}
     answer = post_once(settings.webhook_url.get_secret_value(), body, headers, settings.webhook_timeout_seconds)
     now = clock()  # when the answer came (or the attempt gave up): every wait runs from here
-    outcome = classify(answer.status)
+    outcome = REFUSED if answer.refused else classify(answer.status)
     attempts = item.attempts + 1
     values: dict = {
         "attempts": attempts,
@@ -378,6 +392,8 @@ def _attempt(settings: AlertSettings, item: _Claimed, clock: Callable[[], dt.dat
         else:
             values["next_attempt_at"] = now + dt.timedelta(seconds=backoff_seconds(settings, attempts))
     else:
+        if answer.status is not None:  # it answered: up, maybe failing, but no longer refusing
+            values["refused_since"] = None
         wait = max(backoff_seconds(settings, attempts), retry_after_seconds(answer.retry_after, now) or 0.0)
         values["next_attempt_at"] = now + dt.timedelta(seconds=wait)
     return outcome, values
