@@ -34,7 +34,11 @@ from forecast_pipeline.app_db.metadata import app_metadata
 from forecast_pipeline.app_db.schema import VERSION_TABLE
 from forecast_pipeline.cli import alerts as alerts_cli
 from forecast_pipeline.connections import make_engine
-from forecast_pipeline.defs.alerts.sensors import alert_evaluation_sensor, pipeline_health_sensor
+from forecast_pipeline.defs.alerts.sensors import (
+    alert_evaluation_sensor,
+    alert_notification_sensor,
+    pipeline_health_sensor,
+)
 from forecast_pipeline.defs.forecasts.assets import ProductForecastsConfig
 from forecast_pipeline.resources import AppDatabase
 from forecast_pipeline.settings import ConfigError, load_settings
@@ -656,6 +660,33 @@ def test_the_same_evaluation_on_sqlite(sqlite_db):
     assert run_evaluation(sqlite_db, settings(), now=NOW).stats.skipped == 0  # the 81.0 one is latest
 
 
+def test_on_sqlite_whole_second_and_microsecond_timestamps_order_by_time(sqlite_db):
+    """SQLite keeps timestamps as text: the app writes them with microseconds, a source relying on
+    the column's default (CURRENT_TIMESTAMP) without. Compared as text, the latest reading and
+    the clock-skew cut-off still go by time (a shorter string sorts before its own extensions)."""
+    w = World(sqlite_db)
+    tank = w.device("tank")
+    alert = w.alert(tank, "temp", ">", 82.0)
+
+    def by_default(value: float, at: dt.datetime) -> None:  # as CURRENT_TIMESTAMP writes it
+        with sqlite_db.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO readings (device_id, metric, value, timestamp) VALUES (?, 'temp', ?, ?)",
+                (tank, value, at.strftime("%Y-%m-%d %H:%M:%S")),
+            )
+
+    half = dt.timedelta(milliseconds=500)
+    w.reading(tank, "temp", 99.0, at=NOW - half)  # '11:59:59.500000'
+    by_default(50.0, NOW)  # '12:00:00': later, so the latest
+    assert run_evaluation(sqlite_db, settings(), now=NOW + half).outcomes[0].decision.action == "normal"
+    w.reading(tank, "temp", 99.0, at=NOW + half)  # '12:00:00.500000': later than '12:00:00'
+    assert run_evaluation(sqlite_db, settings(), now=NOW + half).stats.triggered == 1
+    by_default(10.0, NOW + dt.timedelta(seconds=61))  # '12:01:01': past the 60 s skew at 12:00:00.5
+    result = run_evaluation(sqlite_db, settings(), now=NOW + half)
+    assert (result.stats.future_readings, result.outcomes[0].decision.action) == (1, "still_open")
+    assert w.open_alert_ids() == [alert]
+
+
 # ---------------------------------------------------------------- defaults, health, sensors, CLI
 
 
@@ -710,6 +741,43 @@ def test_the_sensor_evaluates_logs_and_reports_its_figures(world, alert_env, web
         "skipped": 0,
     }
     assert webhook.received == [] and len(world.events()) == 1 and len(world.notifications()) == 1
+
+
+def _tick(sensor) -> str:
+    """One tick of ``sensor`` on a real (ephemeral) instance, as the daemon runs it; its skip reason."""
+    with DagsterInstance.ephemeral() as instance:
+        resources = {"app_db": AppDatabase(url=ALERTS_DB_URL)}
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            return sensor(context).skip_reason.skip_message
+
+
+def test_disabling_an_alert_closes_its_open_event_and_tells_the_receiver_why(world, alert_env, webhook):
+    """Nothing evaluates a disabled alert, so its open event would stay open for ever (and the
+    receiver's incident with it): the next evaluation closes it, marked resolved because the
+    alert was disabled (no value ended it), and queues the resolution like any other. Once."""
+    alert_env.setenv("ALERT_WEBHOOK_URL", webhook.url)
+    tank = world.device("tank")
+    alert = world.alert(tank, "temp", ">", 82.0, name="tank too warm")
+    world.reading(tank, "temp", 85.0, at=dt.datetime.now(dt.UTC))
+    assert "1 triggered" in _tick(alert_evaluation_sensor)
+    with world.engine.begin() as conn:
+        conn.execute(sa.update(alerts).where(alerts.c.id == alert).values(is_enabled=False))
+
+    reason = _tick(alert_evaluation_sensor)
+    [event] = world.events(alert)
+    assert (event.is_resolved, event.resolution_value) == (True, None) and event.resolved_at is not None
+    assert "1 open event(s) of disabled alerts closed" in reason
+    assert event.metadata["resolved_reason"] == "alert_disabled"
+    assert "closed" not in _tick(alert_evaluation_sensor)  # once
+    assert [n.kind for n in world.notifications()] == ["triggered", "resolved"]
+    _tick(alert_notification_sensor)
+    assert [r["body"]["type"] for r in webhook.received] == ["alert.triggered", "alert.resolved"]
+    assert webhook.received[1]["body"]["event"]["metadata"]["resolved_reason"] == "alert_disabled"
+
+    with world.engine.begin() as conn:  # enabled again, still over the threshold: a new event
+        conn.execute(sa.update(alerts).where(alerts.c.id == alert).values(is_enabled=True))
+    assert "1 triggered" in _tick(alert_evaluation_sensor)
+    assert world.open_alert_ids() == [alert] and len(world.events(alert)) == 2
 
 
 def test_the_sensor_skips_with_a_reason_when_the_tables_are_missing(tmp_path, alert_env):

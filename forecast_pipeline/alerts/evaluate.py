@@ -238,6 +238,8 @@ class EvaluationStats:
     skipped: int = 0
     future_readings: int = 0
     """Readings dated beyond the clock skew, ignored (their sources' clocks are wrong)."""
+    closed_disabled: int = 0
+    """Open events of disabled alerts closed (nothing would ever resolve them otherwise)."""
     notifications_sent: int = 0
     notifications_failed: int = 0
     notifications_dead_lettered: int = 0
@@ -273,6 +275,8 @@ class EvaluationStats:
         )
         if s.future_readings:
             text += f", {s.future_readings} future readings ignored"
+        if s.closed_disabled:
+            text += f", {s.closed_disabled} open event(s) of disabled alerts closed"
         if s.notifications_sent or s.notifications_failed or s.notifications_pending or s.notifications_dead_lettered:
             text += (
                 f"; notifications {s.notifications_sent} sent, {s.notifications_failed} failed, "

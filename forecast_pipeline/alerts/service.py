@@ -81,6 +81,7 @@ def run_evaluation(
             f"source {source_name!r} metric {metric!r}: {count} reading(s) dated more than "
             f"{settings.clock_skew_seconds}s ahead of {now.isoformat(timespec='seconds')} ignored (check its clock)",
         )
+    _close_disabled(engine, stats, now, dry_run, emit)
     for item in inputs:
         decision = evaluate.decide(
             item.alert, item.source, item.reading, item.open_event_id is not None, now, settings.freshness_seconds
@@ -131,3 +132,24 @@ def _apply(engine: sa.Engine, item: store.AlertInput, outcome: Outcome, now: dt.
             outcome.decision = Decision(
                 decision.alert_id, evaluate.NORMAL, decision.value, "another evaluator resolved the event first"
             )
+
+
+def _close_disabled(
+    engine: sa.Engine, stats: EvaluationStats, now: dt.datetime, dry_run: bool, emit: Callable[[str, str], None]
+) -> None:
+    """Close the open events of disabled alerts (see :func:`store.close_disabled_event`), each in
+    its own transaction; a database error leaves that one for the next evaluation."""
+    with engine.connect() as conn:
+        events = store.disabled_open_events(conn)
+    for event in events:
+        label = f"alert {event.alert_id}" + (f" [{event.alert_name}]" if event.alert_name else "")
+        try:
+            if not dry_run:
+                with engine.begin() as conn:
+                    if not store.close_disabled_event(conn, event.id, now):
+                        continue  # another evaluator closed it, or the alert was enabled again
+        except sa.exc.SQLAlchemyError as exc:
+            emit("warning", f"{label}: closing event {event.id}: database error: {getattr(exc, 'orig', None) or exc}")
+            continue
+        stats.closed_disabled += 1
+        emit("info", f"{label}: {'would close' if dry_run else 'closed'} event {event.id}: the alert is disabled")

@@ -209,16 +209,45 @@ def create_event(conn: sa.Connection, item: AlertInput, decision: Decision, now:
     return event_id
 
 
-def resolve_event(conn: sa.Connection, event_id: int, value: float, now: dt.datetime) -> bool:
+ALWAYS = sa.true()
+ALERT_DISABLED = "alert_disabled"
+"""``resolved_reason`` in the metadata of an event closed because its alert was disabled."""
+
+
+def resolve_event(conn: sa.Connection, event_id: int, value: float | None, now: dt.datetime) -> bool:
     """Resolve an open event with the value that ended it and queue the resolution; False if it was
     resolved already. The trigger is queued first if it never was (an event opened by an older
     version without a webhook), so the receiver never gets a resolution without its trigger; only
     by the evaluator that resolves it (another one's trigger, long delivered, may be gone by retention)."""
+    return _resolve(conn, event_id, value, now)
+
+
+def close_disabled_event(conn: sa.Connection, event_id: int, now: dt.datetime) -> bool:
+    """Close the open event of a disabled alert: nothing evaluates the alert any more, so it would
+    stay open for ever, and with it the receiver's incident. Resolved with no value and
+    ``resolved_reason`` ``alert_disabled`` in its metadata, with a resolution notification like
+    any other (every resolution is sent). Only while the alert is still disabled: re-enabled
+    meanwhile, it is evaluated again. False if it was not closed."""
+    still_disabled = sa.exists().where(alerts.c.id == alert_events.c.alert_id, alerts.c.is_enabled.is_(False))
+    return _resolve(conn, event_id, None, now, reason=ALERT_DISABLED, where=still_disabled)
+
+
+def _resolve(
+    conn: sa.Connection,
+    event_id: int,
+    value: float | None,
+    now: dt.datetime,
+    reason: str | None = None,
+    where: sa.ColumnElement[bool] = ALWAYS,
+) -> bool:
     triggered = event_payload(conn, event_id, "triggered")  # as it was while open
+    values: dict[str, Any] = {"is_resolved": True, "resolved_at": now, "resolution_value": value}
+    if reason:
+        values["metadata"] = {**(triggered["event"]["metadata"] or {}), "resolved_reason": reason}
     changed = conn.execute(
         sa.update(alert_events)
-        .where(alert_events.c.id == event_id, sa.not_(alert_events.c.is_resolved))
-        .values(is_resolved=True, resolved_at=now, resolution_value=value)
+        .where(alert_events.c.id == event_id, sa.not_(alert_events.c.is_resolved), where)
+        .values(**values)
     ).rowcount
     if changed:
         queue_notification(conn, event_id, "triggered", triggered)  # no-op when queued at the trigger
@@ -260,6 +289,18 @@ def add_readings(
     if rows:
         conn.execute(sa.insert(readings), rows)
     return len(rows)
+
+
+def disabled_open_events(conn: sa.Connection) -> list[sa.Row]:
+    """Open events (``id``, ``alert_id``, ``alert_name``) whose alert is disabled."""
+    return list(
+        conn.execute(
+            sa.select(alert_events.c.id, alert_events.c.alert_id, alerts.c.name.label("alert_name"))
+            .join(alerts, alerts.c.id == alert_events.c.alert_id)
+            .where(sa.not_(alert_events.c.is_resolved), alerts.c.is_enabled.is_(False))
+            .order_by(alert_events.c.id)
+        )
+    )
 
 
 def open_events(conn: sa.Connection, alert_id: int | None = None) -> list[sa.Row]:
