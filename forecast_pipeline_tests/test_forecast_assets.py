@@ -5,7 +5,7 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from dagster import AssetKey, AssetSelection, DagsterEventType, materialize
+from dagster import AssetCheckSeverity, AssetKey, AssetSelection, DagsterEventType, materialize
 
 from forecast_pipeline.app_db import predictions_store
 from forecast_pipeline.app_db.schema import upgrade_app_schema
@@ -628,3 +628,51 @@ def test_a_bad_predictions_retention_is_refused_naming_the_variable(value):
         load_settings({"FORECAST_PREDICTIONS_KEEP_DAYS": "1000000"})  # would overflow the date arithmetic
     with pytest.raises(ConfigError, match="FORECAST_PREDICTIONS_KEEP_DAYS=.*(between 1 and 36500|not a whole number)"):
         load_settings({"FORECAST_PREDICTIONS_KEEP_DAYS": value})
+
+
+def _well_formed_alone(database, instance, as_of: dt.date = AS_OF, until: dt.date | None = None):
+    """``cached_forecasts_well_formed`` alone for one date (or a range up to ``until``), as the
+    UI's "Execute" on the check runs it: nothing is materialized first. Its evaluation(s)."""
+    tags = {"dagster/partition": as_of.isoformat()}
+    if until is not None:
+        tags = {
+            "dagster/asset_partition_range_start": as_of.isoformat(),
+            "dagster/asset_partition_range_end": str(until),
+        }
+    result = materialize(
+        ASSETS,
+        selection=AssetSelection.checks(cached_forecasts_well_formed),
+        tags=tags,
+        resources=forecast_resources(engine_url(database)),
+        instance=instance,
+        raise_on_error=False,
+    )
+    assert result.asset_materializations_for_node("product_forecasts") == []
+    evaluations = result.get_asset_check_evaluations()
+    return evaluations if until is not None else evaluations[0]
+
+
+def test_the_well_formed_check_alone_on_a_date_with_nothing_cached_warns_saying_why(book, redis_client, instance):
+    """A check that read no forecast has checked nothing: on a date whose keys expired
+    (FORECAST_HISTORY_TTL) or that was never materialized it does not pass, as a warning (expiry
+    is by design) saying so; a date whose run published no forecast passes."""
+    assert run(book, instance).success
+    assert _well_formed_alone(book, instance).passed
+    day = AS_OF.isoformat()
+    redis_client.delete(  # as FORECAST_HISTORY_TTL expires them
+        keys.history_key("forecast", day), keys.metadata_key("forecast", day), keys.version_key("forecast", day)
+    )
+    never = AS_OF - dt.timedelta(days=7)
+    for as_of in (AS_OF, never):
+        evaluation = _well_formed_alone(book, instance, as_of)
+        assert (evaluation.passed, evaluation.severity) == (False, AssetCheckSeverity.WARN)
+        assert evaluation.metadata["cached_forecasts"].value == 0
+        assert f"No cached forecasts for {as_of.isoformat()}" in evaluation.description
+        assert "FORECAST_HISTORY_TTL" in evaluation.description and "never materialized" in evaluation.description
+    evaluations = _well_formed_alone(book, instance, never, until=AS_OF)  # a range: one result per date
+    assert len(evaluations) == 8 and {(e.passed, e.severity) for e in evaluations} == {(False, AssetCheckSeverity.WARN)}
+
+    empty = dt.date(2019, 1, 3)  # no order history before it: the run publishes no forecast
+    assert materialize_date(ASSETS, book, instance, as_of=empty).success
+    evaluation = _well_formed_alone(book, instance, empty)
+    assert evaluation.passed and "published no forecast" in evaluation.description

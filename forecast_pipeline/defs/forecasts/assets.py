@@ -431,21 +431,28 @@ def _check_events(check_key: AssetCheckKey, results: dict[str, tuple[bool, dict]
 
 
 def _evaluations(
-    check_key: AssetCheckKey, results: dict[str, tuple[bool, dict]], description: str | None, blocking: bool
+    check_key: AssetCheckKey,
+    results: dict[str, tuple[bool, dict]],
+    description: str | None,
+    blocking: bool,
+    notes: dict[str, tuple[AssetCheckSeverity, str]] | None = None,
 ) -> list[AssetCheckEvaluation]:
-    return [
-        AssetCheckEvaluation(
-            asset_key=check_key.asset_key,
-            check_name=check_key.name,
-            passed=passed,
-            metadata=metadata,
-            severity=AssetCheckSeverity.ERROR,
-            description=description,
-            blocking=blocking,
-            partition=key,
+    evaluations = []
+    for key, (passed, metadata) in results.items():
+        severity, text = (notes or {}).get(key, (AssetCheckSeverity.ERROR, description))
+        evaluations.append(
+            AssetCheckEvaluation(
+                asset_key=check_key.asset_key,
+                check_name=check_key.name,
+                passed=passed,
+                metadata=metadata,
+                severity=severity,
+                description=text,
+                blocking=blocking,
+                partition=key,
+            )
         )
-        for key, (passed, metadata) in results.items()
-    ]
+    return evaluations
 
 
 @graph_asset(
@@ -492,26 +499,30 @@ def partition_check_results(
     check_key: AssetCheckKey,
     results: dict[str, tuple[bool, dict]],
     description: str | None = None,
+    notes: dict[str, tuple[AssetCheckSeverity, str]] | None = None,
 ) -> list:
-    """One result of the check per as-of date, each showing its date in the UI.
+    """One result of the check per as-of date, each showing its date in the UI; ``notes`` gives
+    a date its own severity and description instead of ERROR and ``description``.
 
     Dagster gives an ``AssetCheckResult`` the step's partition, which a range run's step does not
     have (the result would be stored without one and each date's check left "planned"). A range
     run therefore yields one ``AssetCheckEvaluation`` per date, then the check's output.
     """
     if len(results) == 1:
-        [(passed, metadata)] = results.values()
+        [(key, (passed, metadata))] = results.items()
+        severity, text = (notes or {}).get(key, (AssetCheckSeverity.ERROR, description))
         return [
             AssetCheckResult(
                 asset_key=check_key.asset_key,
                 check_name=check_key.name,
                 passed=passed,
                 metadata=metadata,
-                description=description,
+                severity=severity,
+                description=text,
             )
         ]
     blocking = assets_def.get_spec_for_check_key(check_key).blocking
-    events: list = _evaluations(check_key, results, description, blocking)
+    events: list = _evaluations(check_key, results, description, blocking, notes)
     return [*events, Output(None, output_name=assets_def.get_output_name_for_asset_check_key(check_key))]
 
 
