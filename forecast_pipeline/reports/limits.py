@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from forecast_pipeline.reports.cadence import load_timezone
 from forecast_pipeline.app_db.report_tables import accounts, plans, report_generations
+from forecast_pipeline.reports.cadence import load_timezone
 
 COUNTED_STATUSES = ("running", "succeeded")
 

@@ -232,11 +232,32 @@ CSV_COLUMNS = (
 )
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """A text cell a spreadsheet would run as a formula (``=HYPERLINK(...)`` as a product name)
+    gets a leading ``'`` so it shows as text (OWASP, CSV injection); numbers are left alone, so
+    ``-3.5`` stays the number it is."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
+class _SafeWriter:
+    """A ``csv.writer`` that passes every cell through :func:`csv_cell` and quotes every text cell
+    (numbers bare), as OWASP advises: a carriage return inside a name stays inside its cell."""
+
+    def __init__(self, out: io.StringIO):
+        self._writer = csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
+
+    def writerow(self, row: list) -> None:
+        self._writer.writerow([csv_cell(v) for v in row])
+
+
 def render_csv(figures: Mapping) -> str:
     """Long format: ``total`` per forecast week (summed bounds), ``product`` per top product and
     forecast week, ``history`` per top product and past week (ordered quantity)."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    writer = _SafeWriter(out)
     writer.writerow(CSV_COLUMNS)
     for w in figures["weekly"]:
         writer.writerow(

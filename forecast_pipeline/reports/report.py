@@ -45,15 +45,10 @@ from pathlib import Path
 import redis
 import sqlalchemy as sa
 
-from forecast_pipeline.cache import forecast_cache
-
-from forecast_pipeline.cache import keys
-
-from forecast_pipeline.source import order_history
-
-from forecast_pipeline.source import source_schema
+from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.cache.report_cache import RedisJsonCache
 from forecast_pipeline.reports.config import is_email_address
+from forecast_pipeline.source import order_history, source_schema
 
 FIGURES_VERSION = "v2"
 DEMAND_PATTERNS = {
