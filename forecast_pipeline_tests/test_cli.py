@@ -1,5 +1,6 @@
 """The commands a user types: `dagster asset materialize` and `forecast-pipeline`, as subprocesses."""
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from forecast_pipeline_tests.conftest import AS_OF, BIN, command
+from forecast_pipeline_tests.conftest import AS_OF, BIN, Orders, command
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +142,9 @@ def test_a_partition_range_runs_once_and_show_reads_each_date(demo_book, redis_c
 def test_requests_enqueue_and_list(pg, tmp_path):
     with pg.begin() as conn:
         conn.execute(sa.text("DROP TABLE IF EXISTS forecast_request_audit, forecast_requests CASCADE"))
+    orders = Orders(pg)
+    for product in (4, 5):  # eligible from the range's first date on: enqueue checks it
+        orders.weekly(product, [1, 2], 6, end=dt.date(2025, 11, 1))
     queued = command(
         [
             str(BIN / "forecast-pipeline"),
@@ -165,6 +169,47 @@ def test_requests_enqueue_and_list(pg, tmp_path):
     assert " queued " in listed.stdout
     refused = command([str(BIN / "forecast-pipeline"), "requests", "enqueue", "--as-of", "2014-05-05"], tmp_path)
     assert refused.returncode == 2 and "before the history start" in refused.stderr  # a usage error
+
+
+def test_requests_enqueue_refuses_products_not_eligible_and_queues_nothing(pg, tmp_path):
+    """A request naming a product the as-of date cannot forecast would only fail in its run: the
+    command refuses it at once (exit 2, one line naming each product and why), queuing nothing."""
+    orders = Orders(pg)
+    orders.weekly(5, [1, 2], 6, end=dt.date(2025, 11, 1))  # eligible from 2025-11-01
+    orders.add(1, 6, dt.date(2025, 10, 1))  # one customer, two orders: too few of both
+    orders.add(1, 6, dt.date(2025, 10, 8))
+    for customer in (1, 2, 3):  # eligible for 2025-11-10, no orders before 2025-11-01
+        orders.add(customer, 7, dt.date(2025, 11, 2 + customer))
+    enqueue = [str(BIN / "forecast-pipeline"), "requests", "enqueue"]
+
+    def queued() -> int:
+        with pg.connect() as conn:
+            return conn.execute(sa.text("SELECT count(*) FROM forecast_requests")).scalar_one()
+
+    command([*enqueue, "--as-of", "2025-11-10"], tmp_path)  # makes the queue's tables
+    before = queued()
+    refused = command([*enqueue, "--as-of", "2025-11-10", "--products", "5,6,7,999999"], tmp_path)
+    assert refused.returncode == 2, (refused.stdout, refused.stderr)
+    (line,) = refused.stderr.splitlines()
+    assert "not eligible for as-of 2025-11-10" in line and "nothing queued" in line
+    assert "6 (1 customer, 2 orders)" in line and "999999 (no orders)" in line
+    assert "FORECAST_MIN_CUSTOMERS=2" in line and "FORECAST_MIN_ORDERS=3" in line
+    assert " 5 " not in line and "7 (" not in line and refused.stdout == ""
+    # a range needs them from its first date (a product eligible then stays eligible later)
+    ranged = command([*enqueue, "--from", "2025-11-01", "--to", "2025-11-10", "--products", "5,7"], tmp_path)
+    assert ranged.returncode == 2 and "as-of 2025-11-01" in ranged.stderr and "7 (no orders)" in ranged.stderr
+    # through FORECAST_SOURCE_QUERY the same rule reads the user's query
+    query = (
+        "SELECT oi.order_id, o.customer_id, oi.product_id, o.created_at AS ordered_at, oi.quantity "
+        "FROM order_items oi JOIN orders o ON o.id = oi.order_id"
+    )
+    custom = command([*enqueue, "--as-of", "2025-11-10", "--products", "6"], tmp_path, FORECAST_SOURCE_QUERY=query)
+    assert custom.returncode == 2 and "6 (1 customer, 2 orders)" in custom.stderr
+    assert queued() == before
+    for dates, products in ((["--as-of", "2025-11-10"], "5,7"), (["--from", "2025-11-01", "--to", "2025-11-10"], "5")):
+        done = command([*enqueue, *dates, "--products", products], tmp_path)
+        assert done.returncode == 0 and done.stdout.startswith("queued forecast request "), done.stderr
+    assert queued() == before + 2
 
 
 def test_requests_list_json_gives_each_requests_whole_error(pg, tmp_path):

@@ -133,6 +133,31 @@ def test_show_tells_an_unknown_product_from_one_without_a_forecast(cached_run, p
     assert_one_line_error(not_forecast, 1, "product 5", "no forecast", CACHED_AS_OF, "FORECAST_MIN_CUSTOMERS")
 
 
+def test_show_says_whether_a_product_without_a_forecast_was_eligible(cached_run, pg, tmp_path):
+    """The forecast's own eligibility rule, read for the one product up to the as-of date, says
+    which case it is: too few customers/orders (not eligible), no orders up to that date (later
+    ones do not count), or eligible (then its forecast failed or its history was too short)."""
+    orders = Orders(pg)
+    orders.add(1, 5, dt.date(2025, 11, 3))  # one customer, one order before the as-of date
+    for customer in (1, 2, 3):
+        orders.add(customer, 6, dt.date(2025, 11, 12))  # after it: not read for that date
+    orders.weekly(7, [1, 2], 3, end=dt.date(2025, 11, 10))  # eligible, but nothing cached
+    few = command([CLI, "show", "--product", "5"], tmp_path)
+    assert_one_line_error(few, 1, "product 5", "not eligible", "1 customer, 1 order", "FORECAST_MIN_ORDERS=3")
+    later = command([CLI, "show", "--product", "6"], tmp_path)
+    assert_one_line_error(later, 1, "product 6", "no orders", "to 2025-11-09")
+    eligible = command([CLI, "show", "--product", "7"], tmp_path)
+    assert_one_line_error(eligible, 1, "product 7", "was eligible", "failed", "too short")
+    query = (
+        "SELECT oi.order_id, o.customer_id, oi.product_id, o.created_at AS ordered_at, oi.quantity "
+        "FROM order_items oi JOIN orders o ON o.id = oi.order_id"
+    )
+    custom = command([CLI, "show", "--product", "5"], tmp_path, FORECAST_SOURCE_QUERY=query)
+    assert_one_line_error(custom, 1, "product 5", "not eligible", "1 customer, 1 order")
+    unreadable = command([CLI, "show", "--product", "5"], tmp_path, FORECAST_SOURCE_QUERY="SELECT * FROM no_such_view")
+    assert_one_line_error(unreadable, 1, "product 5", "too few customers or orders", "FORECAST_MIN_CUSTOMERS=2")
+
+
 def _every_parser(parser, name="forecast-pipeline"):
     """The command's parser and every sub-command's, nested ones included (requests, alerts, reports)."""
     yield name, parser

@@ -212,24 +212,35 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: str) -> str:
-    """Tell a product the order history does not know from one that had no forecast that day."""
+    """Which of the likely causes it is, read where it is cheap: the forecast's own eligibility
+    rule over this one product's order lines up to the as-of date tells no orders or too few
+    customers/orders (not eligible) from an eligible product (failed, or too little demand history
+    to forecast). Orders after the date do not count, as in the run."""
+    from forecast_pipeline.source.order_history import eligibility_rule
+
     missing = f"no forecast cached for product {product_id} as of {as_of} (under {doc_key})"
-    if settings.source_query:  # a custom source: no products table to look in
-        return f"{missing}: check the product id, or run that date for it"
+    window = _eligibility_window(settings, dt.date.fromisoformat(as_of))
+    rule = eligibility_rule(window)
     try:
-        engine = make_engine(settings.database_url)
-        with engine.connect() as conn:
-            lines = source_schema.order_items
-            known = conn.execute(sa.select(lines.c.product_id).where(lines.c.product_id == product_id).limit(1)).first()
-        engine.dispose()
-    except sa.exc.SQLAlchemyError:
-        return f"{missing}: check the product id, or run that date for it"
-    if known is None:
-        return f"product {product_id} has no orders in {redact_url(settings.database_url)}: check the product id"
+        reason = _read_not_eligible(settings, window, [product_id]).get(product_id, "")
+    except sa.exc.SQLAlchemyError as exc:
+        return (
+            f"{missing}: it may not be eligible for that date (too few customers or orders: it needs {rule}), "
+            "or its forecast failed or its history was too short (see the run's metadata); check the product id, "
+            f"or run that date for it (its eligibility could not be read: {_database_reason(exc)})"
+        )
+    if reason == "no orders":
+        return (
+            f"{missing}: product {product_id} has no orders from {window.history_start} to "
+            f"{window.as_of - dt.timedelta(days=1)} in {redact_url(settings.database_url)}, so it was not "
+            "eligible: check the product id"
+        )
+    if reason:
+        return f"{missing}: not eligible for that date (too little history): {reason}, where it needs {rule}"
     return (
-        f"{missing}: the product has orders but was not eligible that day (it needs "
-        f"FORECAST_MIN_CUSTOMERS={settings.min_customers} customers and FORECAST_MIN_ORDERS={settings.min_orders} "
-        "orders in its history) or its forecast failed (see the run's metadata)"
+        f"{missing}: it was eligible for that date, so its forecast failed or its demand history was too short "
+        "to forecast (see failed and no_forecast in the run's metadata), or it became eligible after that "
+        "date's run: run that date for it"
     )
 
 
@@ -293,10 +304,13 @@ def _enqueue_request(settings: Settings, args: argparse.Namespace, engine: sa.En
         return usage(f"--max-attempts must be at least 1, got {args.max_attempts}")
     if bool(args.as_of) == bool(args.date_from or args.date_to):
         return usage("give --as-of DATE, or --from DATE --to DATE")
+    parameters = {"as_of_date": args.as_of} if args.as_of else {"from": args.date_from, "to": args.date_to}
+    if args.products is not None:
+        parameters["product_ids"] = args.products
     try:
         # the sensor's rules, with its today (the newest partition, in the schedule's time zone)
-        request_queue.parse_parameters(
-            {"as_of_date": args.as_of} if args.as_of else {"from": args.date_from, "to": args.date_to},
+        spec = request_queue.parse_parameters(
+            parameters,
             settings.history_start,
             # the newest as-of partition is today in the schedule's time zone (end_offset=1)
             dt.datetime.now(zoneinfo.ZoneInfo(settings.schedule_timezone)).date(),
@@ -312,6 +326,10 @@ def _enqueue_request(settings: Settings, args: argparse.Namespace, engine: sa.En
         if existing is not None:
             print(f"already queued as forecast request {existing.id} ({existing.status}) under this idempotency key")
             return 0
+    if spec.product_ids:
+        refused = _products_not_eligible(settings, spec, args)
+        if refused:
+            return usage(refused)
     request_id = request_queue.enqueue(
         engine,
         as_of_date=args.as_of,
@@ -324,6 +342,51 @@ def _enqueue_request(settings: Settings, args: argparse.Namespace, engine: sa.En
     )
     print(f"queued forecast request {request_id}")
     return 0
+
+
+def _eligibility_window(settings: Settings, as_of: dt.date):
+    from forecast_pipeline.source.order_history import HistoryWindow
+
+    return HistoryWindow(as_of, settings.history_start, settings.min_customers, settings.min_orders)
+
+
+def _read_not_eligible(settings: Settings, window, product_ids) -> dict[int, str]:
+    from forecast_pipeline.source import order_history
+
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as conn:
+            return order_history.why_not_eligible(conn, window, product_ids, settings.source_query)
+    finally:
+        engine.dispose()
+
+
+def _products_not_eligible(settings: Settings, spec, args: argparse.Namespace) -> str | None:
+    """The request's products its run would refuse, as one line (None when there are none). A
+    product eligible on the first as-of date stays eligible on the later ones (its window only
+    grows), so that date decides a range. The run still checks: requests inserted by SQL or the
+    Python API are not checked here, and orders can change in between."""
+    from forecast_pipeline.source.order_history import eligibility_rule
+
+    window = _eligibility_window(settings, spec.first)
+    try:
+        reasons = _read_not_eligible(settings, window, spec.product_ids)
+    except sa.exc.SQLAlchemyError as exc:  # the order database is the run's to need: queue, it checks
+        print(
+            f"forecast-pipeline {args.command} enqueue: warning: the products' eligibility could not be read "
+            f"({_database_reason(exc)}); queuing anyway, the run checks it",
+            file=sys.stderr,
+        )
+        return None
+    if not reasons:
+        return None
+    first = "" if spec.first == spec.last else " (the range's first date: eligibility only grows with the date)"
+    named = ", ".join(f"{pid} ({why})" for pid, why in list(reasons.items())[:20])
+    more = f" and {len(reasons) - 20} more" if len(reasons) > 20 else ""
+    return (
+        f"products not eligible for as-of {spec.first}{first}, each needs {eligibility_rule(window)}: "
+        f"{named}{more}; nothing queued"
+    )
 
 
 def _format_forecast(doc: dict) -> str:

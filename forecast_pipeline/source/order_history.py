@@ -23,10 +23,11 @@ negative counts as zero demand; a zero quantity is an order with no demand.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -253,6 +254,35 @@ def _eligible_select(lines: sa.Subquery, window: HistoryWindow) -> sa.Select:
         .group_by(lines.c.product_id)
         .having(customer_count >= window.min_customers)
         .having(order_count >= window.min_orders)
+    )
+
+
+def why_not_eligible(
+    conn: sa.Connection, window: HistoryWindow, product_ids: Collection[int], source_query: str | None = None
+) -> dict[int, str]:
+    """Why each of ``product_ids`` is not eligible for the window's as-of date, e.g. ``{6: "1
+    customer, 2 orders", 9: "no orders"}`` ({} when all are): the eligibility query itself (its
+    window and NULL rules, thresholds compared here to keep the counts) over these products' lines
+    only (index ``order_items(product_id)``), never the whole catalogue."""
+    lines = order_lines(source_query)
+    counting = dataclasses.replace(window, min_customers=0, min_orders=0)
+    ids, counts = sorted(set(product_ids)), {}
+    for start in range(0, len(ids), 1000):  # under every driver's limit of bound parameters
+        chunk = sa.bindparam("ids", ids[start : start + 1000], expanding=True)
+        query = _eligible_select(lines, counting).where(lines.c.product_id.in_(chunk))
+        counts.update({int(p): (int(o), int(c)) for p, o, c in conn.execute(query)})
+    reasons = {pid: "no orders" for pid in ids if pid not in counts}
+    for pid, (orders, customers) in counts.items():
+        if customers < window.min_customers or orders < window.min_orders:
+            reasons[pid] = f"{customers} customer{'s' * (customers != 1)}, {orders} order{'s' * (orders != 1)}"
+    return dict(sorted(reasons.items()))
+
+
+def eligibility_rule(window: HistoryWindow) -> str:
+    """What a product needs to be eligible for the window's as-of date, in the settings' names."""
+    return (
+        f"FORECAST_MIN_CUSTOMERS={window.min_customers} customers and FORECAST_MIN_ORDERS={window.min_orders} "
+        f"orders from {window.history_start} to {window.as_of - dt.timedelta(days=1)}"
     )
 
 
