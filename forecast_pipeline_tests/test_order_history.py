@@ -148,6 +148,34 @@ def test_a_source_query_maps_another_schema(any_db):
     assert matrix[0, -1] == 6
 
 
+LEFT_JOIN_QUERY = """
+SELECT oi.order_id, c.id AS customer_id, oi.product_id, o.created_at AS ordered_at, oi.quantity
+FROM order_items oi
+JOIN orders o ON oi.order_id = o.id
+LEFT JOIN customers c ON c.id = o.customer_id AND c.name <> 'gone'
+"""
+
+
+def test_an_order_without_a_customer_does_not_count_toward_the_minimum_orders(orders, any_db):
+    """Eligibility ignores lines without a customer (README, *Bad order lines*), as the legacy
+    query's INNER JOIN on ClientAgreement did: two customers' two orders and one order no customer
+    can be found for are two orders, not three. The line is still demand."""
+    orders.add(1, 10, AS_OF - 30 * DAY)
+    orders.add(2, 10, AS_OF - 20 * DAY)
+    orders.add(77, 10, AS_OF - 10 * DAY)  # customer 77 is "gone": the LEFT JOIN finds none
+    with any_db.begin() as conn:
+        conn.execute(sa.text("UPDATE customers SET name = 'gone' WHERE id = 77"))
+    assert eligible_ids(any_db, source_query=LEFT_JOIN_QUERY) == []
+    with any_db.connect() as conn:
+        assert order_history.sql_eligible_products(conn, WINDOW, LEFT_JOIN_QUERY).empty
+        assert order_history.why_not_eligible(conn, WINDOW, [10], LEFT_JOIN_QUERY) == {10: "2 customers, 2 orders"}
+    orders.add(2, 10, AS_OF - 5 * DAY)
+    assert eligible_ids(any_db, source_query=LEFT_JOIN_QUERY) == [10]
+    with any_db.connect() as conn:
+        history = order_history.fetch_weekly_history(conn, WINDOW, [10], LEFT_JOIN_QUERY)
+    assert history.matrix.sum() == 4  # the order without a customer is still demand
+
+
 def test_an_unsupported_dialect_names_itself():
     from sqlalchemy.dialects import oracle
 

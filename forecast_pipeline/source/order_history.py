@@ -238,7 +238,8 @@ def _since(day: dt.date) -> sa.BindParameter:
 
 
 def _eligible_select(lines: sa.Subquery, window: HistoryWindow) -> sa.Select:
-    order_count = sa.func.count(sa.distinct(lines.c.order_id))
+    # an order counts only with a customer, as the legacy query's INNER JOIN on ClientAgreement
+    order_count = sa.func.count(sa.distinct(sa.case((lines.c.customer_id.is_not(None), lines.c.order_id))))
     customer_count = sa.func.count(sa.distinct(lines.c.customer_id))
     return (
         sa.select(
@@ -759,7 +760,8 @@ def _distinct_per_group(groups: np.ndarray, n_groups: int, codes: np.ndarray, n_
 def _eligible_from_lines(lines: _Lines, window: HistoryWindow) -> pd.DataFrame:
     product_code, products = pd.factorize(lines.product_id)
     n = len(products)
-    order_count = _distinct_per_group(product_code, n, lines.order_code, lines.orders)
+    order_code = np.where(lines.has_customer, lines.order_code, -1)  # see _eligible_select
+    order_count = _distinct_per_group(product_code, n, order_code, lines.orders)
     customer_code = np.full(len(product_code), -1, dtype=np.int64)
     codes, customers = pd.factorize(lines.customer_id[lines.has_customer])
     customer_code[lines.has_customer] = codes
