@@ -689,6 +689,26 @@ def test_a_certificate_that_does_not_verify_is_retried_for_the_grace_then_dead_l
         hook.close()
 
 
+def test_https_to_a_plain_http_endpoint_is_retried_for_the_grace_then_dead_lettered(world, endpoint):
+    """``https://`` to a port that speaks plain HTTP (or a server with no TLS version in common)
+    fails the handshake on every retry; the URL is what needs changing. Retried for
+    ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS, then dead-lettered saying why, never retried for ever."""
+    trigger(world)
+    run_evaluation(world.engine, settings(), now=NOW)
+    url = endpoint.url.replace("http://", "https://")
+    grace = {"ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS": "600"}
+    first = deliver(world, url, NOW, **grace)
+    assert (first.failed, first.dead_lettered, first.pending) == (1, 0, 1)
+    assert world.notifications()[0].refused_since == NOW
+    last = deliver(world, url, NOW + dt.timedelta(seconds=601), **grace)
+    assert (last.dead_lettered, last.pending) == (1, 0) and endpoint.received == []
+    [n] = world.notifications()
+    assert "TLS handshake failed" in n.last_error and "WRONG_VERSION_NUMBER" in n.last_error, n.last_error
+    with world.engine.begin() as conn:
+        notify.requeue(conn)
+    assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=602)).sent == 1  # the URL fixed
+
+
 def test_an_endpoint_that_refused_then_answers_5xx_is_failing_not_refusing(world, endpoint):
     """``refused_since`` dates a run of refusals (3xx, 401, 403, 404, 407, a certificate that does
     not verify) that dead-letters once longer than the grace. Any other answer ends the run: after

@@ -72,7 +72,7 @@ class AlertSettings(AreaSettings):
     """... up to this, so a backlog drains soon after the webhook answers again."""
     webhook_refusal_grace_seconds: float = env("ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS", 3600.0, ge=0, le=7 * 86400)
     """How long refusals a config change can fix (3xx, 401, 403, 404, 407, a certificate that
-    does not verify) are retried."""
+    does not verify, a refused TLS handshake) are retried."""
     notify_batch: int = env("ALERT_NOTIFY_BATCH", 5000, ge=1, le=100_000)
     """At most this many queued notifications are handled per delivery pass."""
     clock_skew_seconds: int = env("ALERT_CLOCK_SKEW_SECONDS", 60, ge=0, le=86400)

@@ -16,9 +16,10 @@ How an answer is handled (like a well-behaved HTTP client):
 - 3xx (never followed: a redirected POST becomes a body-less GET), 401, 403, 404, 407: refusals
   that a config change fixes (a proxy being moved, credentials being rotated). Retried the same
   way for ``ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS`` after the first one, then dead-lettered.
-- An https:// certificate that does not verify (self-signed, expired, another host's): no retry
-  verifies it, a config change (a trusted certificate, the right host name) does. Handled as those
-  refusals, with the reason in the error; verification is never turned off.
+- An https:// certificate that does not verify (self-signed, expired, another host's), or a TLS
+  handshake the endpoint refuses (``https://`` to a plain-HTTP port, no TLS version in common): no
+  retry fixes it, a config change (a trusted certificate, the right host name or scheme) does.
+  Handled as those refusals, with the reason in the error; verification is never turned off.
 - Any other 4xx (400, 405, 409, 410, 413, 415, 422, ...): the same request gets the same answer.
   Dead-lettered at once.
 
@@ -102,7 +103,8 @@ class Answer:
     error: str | None = None
     retry_after: str | None = None
     refused: bool = False
-    """No answer, but a refusal a config change fixes (the certificate did not verify)."""
+    """No answer, but a refusal a config change fixes (the certificate did not verify, the TLS
+    handshake failed)."""
 
 
 class _FinalResponse(http.client.HTTPResponse):
@@ -198,6 +200,9 @@ def post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
     except (OSError, http.client.HTTPException, ValueError) as exc:
         if deadline.expired or isinstance(exc, TimeoutError):
             return Answer(None, f"no complete answer within {timeout:g} s")
+        if type(exc) is ssl.SSLError:  # a handshake refused (its subclasses: EOF, reset mid-way)
+            reason = f"TLS handshake failed: {exc.reason or exc} (is it an https:// endpoint?)"
+            return Answer(None, _scrub(reason, secrets), refused=True)
         return Answer(None, _scrub(f"{type(exc).__name__}: {exc}", secrets))
     finally:
         connection.close()
