@@ -467,6 +467,14 @@ def test_trigger_then_no_duplicate_then_resolve_with_the_resolution_value(world)
     assert [e.is_resolved for e in world.events(alert)] == [True, False]
 
 
+def test_a_reading_within_the_threshold_says_normal_once(world):
+    tank = world.device("Main Tank")
+    alert = world.alert(tank, "temp", ">", 82.0, name="tank too warm")
+    world.reading(tank, "temp", 70.0, at=NOW)
+    [outcome] = run_evaluation(world.engine, settings(), now=NOW).outcomes
+    assert outcome.line() == f"alert {alert} [tank too warm]: normal: not 70 > 82"
+
+
 def test_the_database_refuses_a_second_open_event_for_an_alert(world):
     tank = world.device("tank")
     alert = world.alert(tank, "temp", ">", 82.0)

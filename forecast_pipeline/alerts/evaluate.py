@@ -223,7 +223,7 @@ def decide(
         return Decision(alert.id, TRIGGER, value, f"threshold crossed: {condition}", reading.id)
     if has_open_event:
         return Decision(alert.id, RESOLVE, value, f"back to normal: not {condition}", reading.id)
-    return Decision(alert.id, NORMAL, value, f"normal: not {condition}", reading.id)
+    return Decision(alert.id, NORMAL, value, f"not {condition}", reading.id)
 
 
 @dataclass
