@@ -143,7 +143,8 @@ def test_show_says_whether_a_product_without_a_forecast_was_eligible(cached_run,
         orders.add(customer, 6, dt.date(2025, 11, 12))  # after it: not read for that date
     orders.weekly(7, [1, 2], 3, end=dt.date(2025, 11, 10))  # eligible, but nothing cached
     few = command([CLI, "show", "--product", "5"], tmp_path)
-    assert_one_line_error(few, 1, "product 5", "not eligible", "1 customer, 1 order", "FORECAST_MIN_ORDERS=3")
+    reasons = ("not eligible", "too few customers or orders", "1 customer, 1 order", "FORECAST_MIN_ORDERS=3")
+    assert_one_line_error(few, 1, "product 5", *reasons)
     later = command([CLI, "show", "--product", "6"], tmp_path)
     assert_one_line_error(later, 1, "product 6", "no orders", "to 2025-11-09")
     eligible = command([CLI, "show", "--product", "7"], tmp_path)

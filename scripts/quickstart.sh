@@ -22,6 +22,8 @@ mkdir -p "$DAGSTER_HOME"
 
 echo "==> creating the order tables"
 .venv/bin/forecast-pipeline init-db
+echo "==> creating the default pipeline alerts (failure rate, runtime, age of the last run)"
+.venv/bin/forecast-pipeline alerts init
 echo "==> generating demo order history up to $AS_OF"
 .venv/bin/forecast-pipeline demo-data --as-of "$AS_OF"
 echo "==> checking configuration, database and Redis"

@@ -236,7 +236,7 @@ def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: s
             "eligible: check the product id"
         )
     if reason:
-        return f"{missing}: not eligible for that date (too little history): {reason}, where it needs {rule}"
+        return f"{missing}: not eligible for that date (too few customers or orders): {reason}, where it needs {rule}"
     return (
         f"{missing}: it was eligible for that date, so its forecast failed or its demand history was too short "
         "to forecast (see failed and no_forecast in the run's metadata), or it became eligible after that "
