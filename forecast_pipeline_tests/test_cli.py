@@ -206,10 +206,16 @@ def test_requests_enqueue_refuses_products_not_eligible_and_queues_nothing(pg, t
     custom = command([*enqueue, "--as-of", "2025-11-10", "--products", "6"], tmp_path, FORECAST_SOURCE_QUERY=query)
     assert custom.returncode == 2 and "6 (1 customer, 2 orders)" in custom.stderr
     assert queued() == before
-    for dates, products in ((["--as-of", "2025-11-10"], "5,7"), (["--from", "2025-11-01", "--to", "2025-11-10"], "5")):
+    for dates, products in (
+        (["--as-of", "2025-11-10"], "7,5,7"),
+        (["--from", "2025-11-01", "--to", "2025-11-10"], "5"),
+    ):
         done = command([*enqueue, *dates, "--products", products], tmp_path)
         assert done.returncode == 0 and done.stdout.startswith("queued forecast request "), done.stderr
     assert queued() == before + 2
+    with pg.connect() as conn:
+        stored = conn.execute(sa.text("SELECT parameters FROM forecast_requests ORDER BY id")).scalars().all()
+    assert stored[-2]["product_ids"] == [7, 5]  # each once, in the order given
 
 
 def test_requests_list_json_gives_each_requests_whole_error(pg, tmp_path):

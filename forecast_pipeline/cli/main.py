@@ -546,9 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     requests_sub = requests.add_subparsers(dest="requests_command", required=True)
     enqueue = requests_sub.add_parser("enqueue", help="queue a forecast of one as-of date or a range")
-    enqueue.add_argument("--as-of", help="the as-of date to forecast, YYYY-MM-DD (or give --from and --to)")
-    enqueue.add_argument("--from", dest="date_from", help="first as-of date of a range")
-    enqueue.add_argument("--to", dest="date_to", help="last as-of date of a range")
+    enqueue.add_argument(
+        "--as-of", type=_iso_date, help="the as-of date to forecast, YYYY-MM-DD (or give --from and --to)"
+    )
+    enqueue.add_argument("--from", dest="date_from", type=_iso_date, help="first as-of date of a range")
+    enqueue.add_argument("--to", dest="date_to", type=_iso_date, help="last as-of date of a range")
     enqueue.add_argument("--products", type=_id_list, help="comma list of product ids (default: all eligible)")
     enqueue.add_argument("--priority", type=int, default=0, help="higher runs first")
     enqueue.add_argument("--max-attempts", type=int, default=3, help="runs tried before the request fails (at least 1)")
@@ -602,10 +604,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _id_list(text: str) -> list[int]:
+    """An argparse type: comma-separated ids, each once, in the order given."""
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        ids = [int(part) for part in text.split(",") if part.strip()]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of product ids") from exc
+    if not ids:
+        raise argparse.ArgumentTypeError("no product ids (give a comma list such as 4,8,15)")
+    return list(dict.fromkeys(ids))
 
 
 DEPRECATED_JOBS_NOTICE = "forecast-pipeline: `jobs` is deprecated, use `requests` (same subcommands and options)"
