@@ -90,7 +90,9 @@ def normalize_database_url(url: str | SecretStr) -> str:
     return url
 
 
-SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|auth|credential", re.IGNORECASE)
+SECRET_PARAMETER = re.compile(r"pass|pwd|secret|token|key|auth|credential|^sig$|^code$", re.IGNORECASE)
+"""Query parameters whose value is a credential: ``sig`` signs an Azure (Teams Workflows) URL and
+``code`` is an Azure Functions key; those two only by their whole name."""
 
 
 def redact_url(url: str | SecretStr) -> str:

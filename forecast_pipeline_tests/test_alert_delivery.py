@@ -9,6 +9,7 @@ import email.utils
 import http.server
 import json
 import logging
+import os
 import socket
 import ssl
 import subprocess
@@ -38,6 +39,22 @@ alerts_engine, db, world, alert_env = base.alerts_engine, base.db, base.world, b
 sqlite_db = base.sqlite_db
 
 pytestmark = pytest.mark.integration
+
+
+def tls_server_context(host: str, folder) -> tuple:
+    """A self-signed certificate for ``host`` made by openssl in ``folder``, and a server context
+    serving it: ``(certificate path, context)``. No client trusts it unless told to (``SSL_CERT_FILE``)."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    kind = "IP" if host[0].isdigit() else "DNS"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={host}"]
+        + ["-addext", f"subjectAltName={kind}:{host}", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return cert, context
 
 
 class Endpoint:
@@ -74,16 +91,7 @@ class Endpoint:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         if tls_host is not None:
-            self.cert, key = tls_dir / "cert.pem", tls_dir / "key.pem"
-            kind = "IP" if tls_host[0].isdigit() else "DNS"
-            subprocess.run(
-                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN={tls_host}"]
-                + ["-addext", f"subjectAltName={kind}:{tls_host}", "-keyout", str(key), "-out", str(self.cert)],
-                check=True,
-                capture_output=True,
-            )
-            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            context.load_cert_chain(self.cert, key)
+            self.cert, context = tls_server_context(tls_host, tls_dir)
             # the handshake happens in accept(): a client that rejects the certificate fails it quietly
             self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
             self.url = self.url.replace("http://", "https://")
@@ -709,6 +717,48 @@ def test_https_to_a_plain_http_endpoint_is_retried_for_the_grace_then_dead_lette
     assert deliver(world, endpoint.url, NOW + dt.timedelta(seconds=602)).sent == 1  # the URL fixed
 
 
+class GarbledTlsWebhook(SocketWebhook):
+    """Completes the TLS handshake with a certificate the client trusts, reads the request, then
+    answers in plain text under the TLS layer: a TLS error after the connection was made, the
+    endpoint's trouble, not the URL's."""
+
+    def __init__(self, tls_dir):
+        self.cert, self.context = tls_server_context("127.0.0.1", tls_dir)
+        super().__init__()
+        self.url = self.url.replace("http://", "https://")
+
+    def _handle(self, conn):
+        try:
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(65536)
+                # plain text where a TLS record belongs: the client's TLS layer fails reading it
+                # (WRONG_VERSION_NUMBER, the very reason https:// to a plain-HTTP port gives)
+                os.write(tls.fileno(), b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n" * 20)
+                time.sleep(0.3)  # closed at once, the client would read an EOF instead
+        except (OSError, ssl.SSLError):
+            pass
+
+
+def test_a_tls_error_after_the_connection_is_made_is_retried_until_delivered(world, tmp_path, monkeypatch):
+    """Only a handshake the endpoint refuses for want of a config change (https:// to a plain-HTTP
+    port, no TLS version in common) is a refusal; TLS trouble once connected (a garbled record, a
+    reset) is retried as any failure is, past the grace too, until the endpoint answers."""
+    trigger(world)
+    run_evaluation(world.engine, settings(), now=NOW)
+    hook = GarbledTlsWebhook(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(hook.cert))
+    grace = {"ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS": "600"}
+    try:
+        first = deliver(world, hook.url, NOW, **grace)
+        assert (first.failed, first.dead_lettered, first.pending) == (1, 0, 1)
+        [n] = world.notifications()
+        assert n.refused_since is None and "SSL" in n.last_error and "handshake" not in n.last_error, n.last_error
+        later = deliver(world, hook.url, NOW + dt.timedelta(seconds=601), **grace)
+        assert (later.dead_lettered, later.pending) == (0, 1)
+    finally:
+        hook.close()
+
+
 def test_an_endpoint_that_refused_then_answers_5xx_is_failing_not_refusing(world, endpoint):
     """``refused_since`` dates a run of refusals (3xx, 401, 403, 404, 407, a certificate that does
     not verify) that dead-letters once longer than the grace. Any other answer ends the run: after
@@ -745,6 +795,12 @@ def test_an_endpoint_that_refused_then_answers_5xx_is_failing_not_refusing(world
         ("https://discord.com/api/webhooks/112233445566778899/Zq-xYwVuTsRqPoNmLkJiHg", "/api/webhooks/***/***"),
         ("https://x.webhook.office.com/webhookb2/1f0e@2c3d/IncomingWebhook/9a8b7c6d5e4f", "/***/IncomingWebhook/***"),
         ("http://u:pw@alerts.internal:8080/hook?channel=ops&token=t0k", ":8080/hook?channel=ops&token=***"),
+        (  # Teams Workflows (Power Automate): the secret is the signature in the query
+            "https://prod-12.westus.logic.azure.com:443/workflows/0a1b2c3d4e5f/triggers/manual/paths/invoke"
+            "?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=Ab12Cd34Ef56Gh78Ij90",
+            "/***/triggers/manual/paths/invoke?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=***",
+        ),
+        ("https://fn.azurewebsites.net/api/alert?code=Zz9Yy8Xx7Ww6", "/api/alert?code=***"),  # Azure Functions
     ],
 )
 def test_the_webhook_url_is_shown_with_what_may_be_a_token_masked(url, shown):

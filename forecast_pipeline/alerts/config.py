@@ -31,8 +31,8 @@ MAX_WEBHOOK_TIMEOUT_SECONDS = 30
 
 def looks_like_token(segment: str) -> bool:
     """Whether a path segment may be a secret: 16 characters or more, or 8 or more with a digit.
-    Slack's, Discord's and Teams' tokens are; words (``services``, ``hook``, ``IncomingWebhook``)
-    and short ids (``T000``) are not, so the redacted URL still says which endpoint it is."""
+    Slack's, Discord's and Teams' tokens are (and Slack's workspace ids); words (``services``,
+    ``hook``, ``IncomingWebhook``) are not, so the redacted URL still says which endpoint it is."""
     return len(segment) >= 16 or (len(segment) >= 8 and any(c.isdigit() for c in segment))
 
 
@@ -72,7 +72,7 @@ class AlertSettings(AreaSettings):
     """... up to this, so a backlog drains soon after the webhook answers again."""
     webhook_refusal_grace_seconds: float = env("ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS", 3600.0, ge=0, le=7 * 86400)
     """How long refusals a config change can fix (3xx, 401, 403, 404, 407, a certificate that
-    does not verify, a refused TLS handshake) are retried."""
+    does not verify, a TLS handshake that cannot succeed) are retried."""
     notify_batch: int = env("ALERT_NOTIFY_BATCH", 5000, ge=1, le=100_000)
     """At most this many queued notifications are handled per delivery pass."""
     clock_skew_seconds: int = env("ALERT_CLOCK_SKEW_SECONDS", 60, ge=0, le=86400)

@@ -17,8 +17,9 @@ How an answer is handled (like a well-behaved HTTP client):
   that a config change fixes (a proxy being moved, credentials being rotated). Retried the same
   way for ``ALERT_WEBHOOK_REFUSAL_GRACE_SECONDS`` after the first one, then dead-lettered.
 - An https:// certificate that does not verify (self-signed, expired, another host's), or a TLS
-  handshake the endpoint refuses (``https://`` to a plain-HTTP port, no TLS version in common): no
-  retry fixes it, a config change (a trusted certificate, the right host name or scheme) does.
+  handshake that cannot succeed (``https://`` to a plain-HTTP port, no TLS version in common, see
+  :data:`TLS_CONFIG_MISMATCHES`): no retry fixes it, a config change (a trusted certificate, the
+  right host name or scheme) does.
   Handled as those refusals, with the reason in the error; verification is never turned off.
 - Any other 4xx (400, 405, 409, 410, 413, 415, 422, ...): the same request gets the same answer.
   Dead-lettered at once.
@@ -160,6 +161,15 @@ def _scrub(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
+TLS_CONFIG_MISMATCHES = frozenset(
+    {"WRONG_VERSION_NUMBER", "UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE"}
+)
+"""OpenSSL's reasons for a handshake that fails the same way until the URL or the endpoint's TLS
+versions change (``https://`` to a plain-HTTP port gives the first). Only during the handshake:
+once connected the same reason means a garbled stream, and other handshake failures (an
+``internal_error`` alert, a reset) may pass, so those are retried as any failure."""
+
+
 def post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
     """POST ``body`` once; the whole exchange ends within ``timeout`` seconds. Never raises for
     network or HTTP trouble, and never puts the URL's credentials in the error, even when the
@@ -182,9 +192,11 @@ def post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     connection.response_class = _FinalResponse
     deadline = _Deadline(connection, timeout)
+    connected = False
     try:
         with deadline:
             connection.connect()
+            connected = True
             if deadline.expired:
                 raise TimeoutError
             connection.request("POST", path, body=body, headers=request_headers)
@@ -200,8 +212,8 @@ def post_once(url: str, body: bytes, headers: dict[str, str], timeout: float) ->
     except (OSError, http.client.HTTPException, ValueError) as exc:
         if deadline.expired or isinstance(exc, TimeoutError):
             return Answer(None, f"no complete answer within {timeout:g} s")
-        if type(exc) is ssl.SSLError:  # a handshake refused (its subclasses: EOF, reset mid-way)
-            reason = f"TLS handshake failed: {exc.reason or exc} (is it an https:// endpoint?)"
+        if not connected and isinstance(exc, ssl.SSLError) and exc.reason in TLS_CONFIG_MISMATCHES:
+            reason = f"TLS handshake failed: {exc.reason} (is it an https:// endpoint, speaking a TLS version we do?)"
             return Answer(None, _scrub(reason, secrets), refused=True)
         return Answer(None, _scrub(f"{type(exc).__name__}: {exc}", secrets))
     finally:
