@@ -788,6 +788,21 @@ def test_disabling_an_alert_closes_its_open_event_and_tells_the_receiver_why(wor
     assert world.open_alert_ids() == [alert] and len(world.events(alert)) == 2
 
 
+def test_an_alert_enabled_again_before_its_event_is_closed_keeps_the_event_open(world):
+    """Another evaluator, or an operator, may enable the alert between reading the disabled
+    alerts' open events and closing one: the close then leaves it (the alert is evaluated again)."""
+    tank = world.device("tank")
+    alert = world.alert(tank, "temp", ">", 82.0, name="tank too warm")
+    world.reading(tank, "temp", 85.0, at=NOW)
+    run_evaluation(world.engine, settings(), now=NOW)
+    with world.engine.begin() as conn:
+        conn.execute(sa.update(alerts).where(alerts.c.id == alert).values(is_enabled=False))
+        [event] = store.disabled_open_events(conn)
+        conn.execute(sa.update(alerts).where(alerts.c.id == alert).values(is_enabled=True))
+        assert store.close_disabled_event(conn, event.id, NOW) is False
+    assert world.open_alert_ids() == [alert] and [n.kind for n in world.notifications()] == ["triggered"]
+
+
 def test_the_sensor_skips_with_a_reason_when_the_tables_are_missing(tmp_path, alert_env):
     url = f"sqlite:///{tmp_path / 'empty.sqlite'}"
     with DagsterInstance.ephemeral() as instance:
