@@ -372,7 +372,9 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
         # A level-shift model's errors count only from origins after the shift.
         since = np.maximum(start[rows], shift[rows]) if name in SHIFT_CANDIDATES else start[rows]
         # Intermittent and lumpy rows: a zero week's error puts the lower bound at zero (see
-        # _empirical_error_quantiles).
+        # _empirical_error_quantiles). Not short ones (their class is "short" by now): with it
+        # their interval, recalibrated to 80%, scored worse, on the demo and on zero-inflated
+        # products alike (benchmarks/RESULTS.md).
         zero_weeks_at_zero = np.isin(demand_class[rows], ZERO_FLOOR_CLASSES)
         # A new product with regular demand: the percentiles of its few replayed errors gave
         # intervals that covered too little (benchmarks/RESULTS.md); it takes the weekly spread, as
