@@ -72,6 +72,39 @@ def test_payload_rounding_keeps_the_interval_ordered():
     assert week["confidence_lower"] <= week["predicted_quantity"] <= week["confidence_upper"]
 
 
+def test_quantities_below_one_hundredth_keep_their_digits():
+    """Two decimals suit units; a product sold by the tonne at 0.004 a week was published as a
+    forecast of 0 (and its total 0). Small quantities keep three significant digits."""
+    week = {"product_id": 1, "as_of": dt.date(2025, 1, 6), "active_count": 2, "weekly_buyers": 2.0}
+    model = {"model_type": "ses", "demand_class": "smooth", "accuracy": 0.5, "historical_weeks": 60}
+    small = forecast_payload(
+        forecast=np.full(12, 0.004),
+        lower=np.full(12, 0.0012345),
+        upper=np.full(12, 0.00912),
+        generated_at="x",
+        **week,
+        **model,
+    )
+    first = small["predictions"][0]
+    assert (first["confidence_lower"], first["predicted_quantity"], first["confidence_upper"]) == (
+        0.00123,
+        0.004,
+        0.00912,
+    )
+    assert small["summary"]["total_predicted_quantity"] == 0.048
+    assert small["summary"]["avg_weekly_quantity"] == 0.004
+    large = forecast_payload(
+        forecast=np.full(12, 1234.5678),
+        lower=np.zeros(12),
+        upper=np.full(12, 2000.0),
+        generated_at="x",
+        **week,
+        **model,
+    )
+    assert large["predictions"][0]["predicted_quantity"] == 1234.57  # two decimals, as before
+    assert large["summary"]["total_predicted_quantity"] == 14814.84  # the sum of the weeks shown
+
+
 def test_statuses_are_counted_and_errors_name_the_product():
     y = _steady(4)
     y[1] = 0.0  # no demand at all: no_forecast

@@ -247,6 +247,16 @@ def _workers_without_main() -> Iterator[None]:
                     setattr(main, name, value)
 
 
+def quantity_decimals(*values: float) -> int:
+    """Decimals to publish quantities with: two, as the legacy worker did, or more to keep three
+    significant digits of the smallest positive value (a product sold by the tonne at 0.004 a
+    week must not read as a forecast of 0)."""
+    positive = [abs(v) for v in values if v and math.isfinite(v)]
+    if not positive:
+        return 2
+    return min(max(2, 2 - math.floor(math.log10(min(positive)))), 12)
+
+
 def forecast_payload(
     *,
     product_id: int,
@@ -270,18 +280,22 @@ def forecast_payload(
     if weeks is None:
         weeks = week_dates(as_of, len(forecast))
     weekly_active = int(round(weekly_buyers))
-    predictions = [
-        {
-            "week_start": start,
-            "week_end": end,
-            "predicted_quantity": round(float(point), 2),
-            "confidence_lower": round(float(lo), 2),
-            "confidence_upper": round(float(hi), 2),
-            "active_customers": weekly_active,
-        }
-        for (start, end), point, lo, hi in zip(weeks, forecast, lower, upper, strict=True)
-    ]
-    total = round(sum(p["predicted_quantity"] for p in predictions), 2)
+    predictions = []
+    for (start, end), point, lo, hi in zip(weeks, forecast, lower, upper, strict=True):
+        places = quantity_decimals(float(point), float(hi))  # one for the week: the order is kept
+        predictions.append(
+            {
+                "week_start": start,
+                "week_end": end,
+                "predicted_quantity": round(float(point), places),
+                "confidence_lower": round(float(lo), places),
+                "confidence_upper": round(float(hi), places),
+                "active_customers": weekly_active,
+            }
+        )
+    weekly = [p["predicted_quantity"] for p in predictions]
+    total = round(sum(weekly), quantity_decimals(*weekly))  # the sum of the weeks shown
+    average = total / len(predictions) if predictions else 0.0
     return {
         "product_id": product_id,
         "as_of_date": as_of.isoformat(),
@@ -290,7 +304,7 @@ def forecast_payload(
         "summary": {
             "total_predicted_quantity": total,
             "active_customers": active_count,
-            "avg_weekly_quantity": round(total / len(predictions), 2) if predictions else 0.0,
+            "avg_weekly_quantity": round(average, quantity_decimals(average)),
         },
         "model_metadata": {
             "model_type": model_type,
