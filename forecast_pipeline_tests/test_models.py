@@ -297,6 +297,21 @@ def test_forecast_batch_pure_seasonal_picks_a_seasonal_model():
     assert (result.accuracy > 0.85).all()
 
 
+def test_a_history_too_large_for_the_arithmetic_is_an_error_not_infinity():
+    """Finite weeks whose squares or sums overflow (1e153 units) gave an upper bound of inf (and
+    1.5e307 NaN bounds): invalid JSON in the cache, and the date's charts failed its publish. Such
+    a row is an error, named; the others are forecast as ever."""
+    rng = np.random.default_rng(0)
+    huge = rng.poisson(5.0, T).astype(float) * 1e153
+    y = np.vstack([huge, constant(1.5e307), constant(5.0)])
+    result = engine.forecast_batch(y, H)
+    assert result.status.tolist() == ["error", "error", "success"]
+    assert all("too large" in result.error[i] for i in (0, 1)), result.error
+    for arr in (result.forecast, result.lower, result.upper, result.accuracy):
+        assert np.isfinite(arr).all()
+    np.testing.assert_allclose(result.forecast[2], 5.0)
+
+
 def test_forecast_batch_all_zero_short_and_nan_rows():
     short = np.zeros(T)
     short[-5:] = 3.0  # 5 weeks since first demand: below MIN_HISTORY_WEEKS
