@@ -1,12 +1,13 @@
 """Eligibility and the weekly history, on real Postgres and SQLite."""
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from forecast_pipeline.source import order_history
+from forecast_pipeline.source import order_history, pg_copy
 from forecast_pipeline_tests.conftest import AS_OF
 
 WINDOW = order_history.HistoryWindow(as_of=AS_OF, history_start=dt.date(2019, 1, 1), min_customers=2, min_orders=3)
@@ -102,6 +103,33 @@ def test_customer_activity_counts_weeks_back(orders, any_db):
     rows = {r.customer_id: r for r in activity.itertuples()}
     assert (rows[1].orders, rows[1].first_week_back, rows[1].last_week_back) == (2, 2, 0)
     assert (rows[2].orders, rows[2].first_week_back, rows[2].last_week_back) == (1, 5, 5)
+
+
+def test_a_customer_who_only_returned_or_ordered_nothing_is_not_an_active_buyer(orders, any_db):
+    """Active customers are customers who ordered the product: a return (negative quantity) or a
+    zero-quantity line is no buying. A line of unknown quantity still is (it was an order). Every
+    read path: grouped SQL, the bulk read (PostgreSQL) and the eligibility read's kept lines."""
+    orders.add(1, 10, AS_OF - 2 * DAY, 4.0)
+    orders.add(2, 10, AS_OF - 3 * DAY, -1.0)  # only a return
+    orders.add(3, 10, AS_OF - 4 * DAY, 0.0)  # only a zero line
+    orders.add(4, 10, AS_OF - 5 * DAY, 2.0)
+    orders.add(4, 10, AS_OF - 30 * DAY, -2.0)  # a buyer's return: not a week of buying
+    unknown = "'lots'" if any_db.dialect.name == "sqlite" else "'NaN'"  # no NULLs in order_items
+    with any_db.begin() as conn:
+        conn.execute(sa.text(f"UPDATE order_items SET quantity = {unknown} WHERE quantity = 2.0"))
+    window = dataclasses.replace(WINDOW, min_customers=1, min_orders=1)
+    with any_db.connect() as conn:
+        reads = {
+            "fetch": order_history.fetch_customer_activity(conn, window, [10]),
+            "sql": order_history.sql_customer_activity(conn, window, [10]),
+            "history": order_history.fetch_history(conn, window, [10])[1],
+        }
+        if pg_copy.supported(conn):
+            _, kept = order_history.fetch_eligible_keeping_lines(conn, window, max_products=10)
+            reads["kept"] = order_history.history_from_lines(kept, window, [10])[1]
+    for name, activity in reads.items():
+        rows = {r.customer_id: (r.orders, r.first_week_back) for r in activity.itertuples()}
+        assert rows == {1: (1, 0), 4: (1, 0)}, (name, rows)
 
 
 LEGACY_DDL = [

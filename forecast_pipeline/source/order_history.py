@@ -537,6 +537,12 @@ def fetch_customer_activity(
     return sql_customer_activity(conn, window, product_ids, source_query)
 
 
+def _buying(quantity: ColumnElement) -> ColumnElement[bool]:
+    """A line that is buying, for customer activity: not a return or a zero line (a known quantity
+    at or below zero). A line of unknown quantity was still an order."""
+    return sa.not_(sa.and_(known_quantity(quantity), quantity <= 0))
+
+
 def sql_customer_activity(
     conn: sa.Connection,
     window: HistoryWindow,
@@ -560,7 +566,7 @@ def sql_customer_activity(
             sa.func.min(week).label("last_week_back"),
         )
         .select_from(source)
-        .where(*conditions, lines.c.customer_id.is_not(None))
+        .where(*conditions, lines.c.customer_id.is_not(None), _buying(lines.c.quantity))
         .group_by(lines.c.product_id, lines.c.customer_id)
     )
     values = _fetch_columns(conn, query, [np.int64] * len(columns))
@@ -805,7 +811,8 @@ def _weekly_from_lines(lines: _Lines, window: HistoryWindow, product_ids: Sequen
 
 def _activity_from_lines(lines: _Lines, product_ids: Sequence[int]) -> pd.DataFrame:
     row = pd.Index(product_ids).get_indexer(lines.product_id)
-    keep = (row >= 0) & lines.has_customer
+    returned = np.isfinite(lines.quantity) & (lines.quantity <= 0)  # see _buying
+    keep = (row >= 0) & lines.has_customer & ~returned
     row, customer = row[keep], lines.customer_id[keep]
     week = (lines.days_back[keep] - 1) // 7
     customer_code, customers = pd.factorize(customer)
