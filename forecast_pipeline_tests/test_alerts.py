@@ -832,7 +832,9 @@ def stub_forecasts(context: AssetExecutionContext, config: ProductForecastsConfi
     context.log_event(AssetObservation(asset_key=context.asset_key, metadata=figures))
     if failed / 200 > 0.05:
         raise Failure(description=f"{failed} of 200 products failed: nothing was published")
-    return Output(None, metadata=figures)
+    # as the Redis IO manager records it: False for a backfill of a date older than the one cached
+    newest = os.environ.get("STUB_OLDER_DATE") != "1"
+    return Output(None, metadata={**figures, "last_run_updated": newest})
 
 
 def test_pipeline_health_readings_feed_the_default_alerts(world, alert_env):
@@ -881,7 +883,19 @@ def test_pipeline_health_readings_feed_the_default_alerts(world, alert_env):
         # a later run that publishes nothing leaves the healthy run's age reading the newest
         alert_env.setenv("STUB_FAILED", "20")
         assert not materialize([stub_forecasts], instance=instance, raise_on_error=False).success
-        assert "Recorded pipeline health of 1" in tick(pipeline_health_sensor, healthy).skip_reason.skip_message
+        unpublished = tick(pipeline_health_sensor, healthy)
+        assert "Recorded pipeline health of 1" in unpublished.skip_reason.skip_message
+        with world.engine.connect() as conn:
+            ages = conn.execute(sa.select(readings.c.value).where(readings.c.metric == "last_run_age_seconds")).all()
+        assert len(ages) == 1
+
+        # a backfill of an older date publishes that date but leaves the cache's newest date (and
+        # last_run) as they were: the cache is as stale as before, so the age is not reset either
+        alert_env.setenv("STUB_FAILED", "0")
+        alert_env.setenv("STUB_OLDER_DATE", "1")
+        assert materialize([stub_forecasts], instance=instance).success
+        older = tick(pipeline_health_sensor, unpublished.cursor).skip_reason.skip_message
+        assert "Recorded pipeline health of 1" in older and "last_run_age_seconds" not in older
         with world.engine.connect() as conn:
             ages = conn.execute(sa.select(readings.c.value).where(readings.c.metric == "last_run_age_seconds")).all()
         assert len(ages) == 1

@@ -176,12 +176,16 @@ def _subset_run(run: Any) -> bool:
     return bool(requested_products(run.run_config))
 
 
-def _published(instance: Any, run_id: str, partition: str | None) -> bool:
-    """Whether the run materialized ``product_forecasts`` for ``partition``: published it."""
-    return any(
-        e.dagster_event.asset_key == FORECASTS_ASSET and e.dagster_event.partition == partition
-        for e in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION)
-    )
+def _published_newest(instance: Any, run_id: str, partition: str | None) -> bool:
+    """Whether the run materialized ``product_forecasts`` for ``partition`` and that became the
+    cache's newest date (``last_run_updated``): a backfill of an older date leaves the cache as
+    stale as it was, so it must not reset the last-run age either."""
+    for event in instance.all_logs(run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+        dagster_event = event.dagster_event
+        if dagster_event.asset_key == FORECASTS_ASSET and dagster_event.partition == partition:
+            newest = dagster_event.materialization.metadata.get("last_run_updated")
+            return newest is None or bool(newest.value)  # None: recorded before the figure existed
+    return False
 
 
 @sensor(
@@ -227,8 +231,8 @@ def pipeline_health_sensor(context: SensorEvaluationContext, app_db: AppDatabase
             start = run_record.start_time if run_record is not None else None
             elapsed = record.timestamp - start if start else None
             values = health_values(figures, elapsed)
-            if run is not None and not _published(instance, run.run_id, record.partition_key):
-                # nothing was published: the last-run age keeps counting from the last publish
+            if run is not None and not _published_newest(instance, run.run_id, record.partition_key):
+                # nothing published, or an older date: the age keeps counting from the last publish
                 del values[LAST_RUN_AGE]
             finished_at = dt.datetime.fromtimestamp(record.timestamp, dt.UTC)
             metadata = {
