@@ -61,7 +61,7 @@ from forecast_pipeline.defs.reports.sensors import recover_unlaunched, report_ru
 from forecast_pipeline.reports.config import get_report_settings, load_report_settings
 from forecast_pipeline.reports.limits import check_report_limit, month_start
 from forecast_pipeline.reports.render import render_csv
-from forecast_pipeline.reports.report import compute_figures, report_figures, report_paths
+from forecast_pipeline.reports.report import ReportRefused, check_fresh, compute_figures, report_figures, report_paths
 from forecast_pipeline.reports.tick import run_key_for, tick
 from forecast_pipeline.resources import AppDatabase, RedisStore, SourceDatabase
 from forecast_pipeline.settings import ConfigError, load_settings
@@ -1601,3 +1601,22 @@ def test_smtp_settings_default_their_port_and_hide_the_password():
     assert settings.smtp.password.get_secret_value() == "hunter2"
     assert "hunter2" not in repr(settings)
     assert load_report_settings({}).smtp is None
+
+
+@pytest.mark.parametrize(
+    ("zone", "now", "fresh"),
+    [
+        # 2026-12-04 local (UTC-11): the 2026-11-26 forecasts are 8 days old, within the limit
+        ("Pacific/Pago_Pago", dt.datetime(2026, 12, 5, 1, 0, tzinfo=dt.UTC), True),
+        # 2026-12-05 local (UTC+14): 9 days old, over it
+        ("Pacific/Kiritimati", dt.datetime(2026, 12, 4, 23, 0, tzinfo=dt.UTC), False),
+    ],
+)
+def test_forecast_age_is_counted_in_the_days_of_the_partitions_time_zone(zone, now, fresh):
+    """As-of dates are days in FORECAST_SCHEDULE_TIMEZONE, so their age is counted in that zone's
+    days: in UTC days the limit was a day off for up to 14 hours a day in far zones."""
+    if fresh:
+        check_fresh("2026-11-26", now, 8, zone)
+    else:
+        with pytest.raises(ReportRefused, match="9 days old"):
+            check_fresh("2026-11-26", now, 8, zone)

@@ -39,6 +39,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zoneinfo
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -128,9 +129,10 @@ def latest_as_of(client: redis.Redis, prefix: str) -> tuple[str, str | None] | N
     return as_of, str(own["last_run"]) if own and own.get("last_run") else None
 
 
-def check_fresh(as_of: str, now: dt.datetime, max_age_days: int) -> None:
-    """Refuse forecasts older than ``max_age_days`` (counted in UTC days from the as-of date)."""
-    age = (now.astimezone(dt.UTC).date() - dt.date.fromisoformat(as_of)).days
+def check_fresh(as_of: str, now: dt.datetime, max_age_days: int, timezone: str = "UTC") -> None:
+    """Refuse forecasts older than ``max_age_days``, counted in days of ``timezone``, the
+    partitions' (``FORECAST_SCHEDULE_TIMEZONE``), whose days the as-of dates are."""
+    age = (now.astimezone(zoneinfo.ZoneInfo(timezone)).date() - dt.date.fromisoformat(as_of)).days
     if age > max_age_days:
         raise ReportRefused(
             f"refused: the newest forecasts are {age} days old (as of {as_of}), older than "
@@ -281,6 +283,7 @@ def report_figures(
     *,
     now: dt.datetime,
     max_age_days: int,
+    timezone: str = "UTC",
     history_weeks: int = 0,
     read_source: Callable[[str, list[int], int], tuple[dict, dict]] | None = None,
 ) -> tuple[dict, bool]:
@@ -292,7 +295,7 @@ def report_figures(
     if latest is None:
         raise ReportError(f"no forecasts cached in Redis (no {prefix}:metadata:last_run, no {prefix}:asof:* key)")
     as_of, stamp = latest
-    check_fresh(as_of, now, max_age_days)
+    check_fresh(as_of, now, max_age_days, timezone)
     # read before computing: a publish landing meanwhile changes it, so later reports recompute
     version = client.get(keys.version_key(prefix, as_of))
     version = (version.decode() if isinstance(version, bytes) else version) or stamp

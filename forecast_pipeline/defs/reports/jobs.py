@@ -58,6 +58,7 @@ from forecast_pipeline.reports.report import (
 )
 from forecast_pipeline.app_db.report_tables import accounts, report_generations, report_schedules, schedule_runs
 from forecast_pipeline.resources import RedisStore, SourceDatabase
+from forecast_pipeline.settings import get_settings
 
 log = get_dagster_logger(__name__)
 
@@ -233,6 +234,7 @@ def produce_report(
             cache,
             now=now,
             max_age_days=settings.max_forecast_age_days,
+            timezone=get_settings().schedule_timezone,  # the as-of dates' days
             history_weeks=settings.history_weeks if source_db is not None else 0,
             read_source=read_source,
         )
