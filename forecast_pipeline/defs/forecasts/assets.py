@@ -437,22 +437,32 @@ def _evaluations(
     blocking: bool,
     notes: dict[str, tuple[AssetCheckSeverity, str]] | None = None,
 ) -> list[AssetCheckEvaluation]:
-    evaluations = []
-    for key, (passed, metadata) in results.items():
-        severity, text = (notes or {}).get(key, (AssetCheckSeverity.ERROR, description))
-        evaluations.append(
-            AssetCheckEvaluation(
-                asset_key=check_key.asset_key,
-                check_name=check_key.name,
-                passed=passed,
-                metadata=metadata,
-                severity=severity,
-                description=text,
-                blocking=blocking,
-                partition=key,
-            )
+    return [
+        AssetCheckEvaluation(
+            **_check_fields(check_key, key, result, description, notes), blocking=blocking, partition=key
         )
-    return evaluations
+        for key, result in results.items()
+    ]
+
+
+def _check_fields(
+    check_key: AssetCheckKey,
+    key: str,
+    result: tuple[bool, dict],
+    description: str | None,
+    notes: dict[str, tuple[AssetCheckSeverity, str]] | None,
+) -> dict:
+    """What a check result of one date says, whichever of Dagster's two result types carries it."""
+    passed, metadata = result
+    severity, text = (notes or {}).get(key, (AssetCheckSeverity.ERROR, description))
+    return {
+        "asset_key": check_key.asset_key,
+        "check_name": check_key.name,
+        "passed": passed,
+        "metadata": metadata,
+        "severity": severity,
+        "description": text,
+    }
 
 
 @graph_asset(
@@ -509,18 +519,8 @@ def partition_check_results(
     run therefore yields one ``AssetCheckEvaluation`` per date, then the check's output.
     """
     if len(results) == 1:
-        [(key, (passed, metadata))] = results.items()
-        severity, text = (notes or {}).get(key, (AssetCheckSeverity.ERROR, description))
-        return [
-            AssetCheckResult(
-                asset_key=check_key.asset_key,
-                check_name=check_key.name,
-                passed=passed,
-                metadata=metadata,
-                severity=severity,
-                description=text,
-            )
-        ]
+        [(key, result)] = results.items()
+        return [AssetCheckResult(**_check_fields(check_key, key, result, description, notes))]
     blocking = assets_def.get_spec_for_check_key(check_key).blocking
     events: list = _evaluations(check_key, results, description, blocking, notes)
     return [*events, Output(None, output_name=assets_def.get_output_name_for_asset_check_key(check_key))]
