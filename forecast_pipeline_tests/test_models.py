@@ -297,6 +297,9 @@ def test_forecast_batch_pure_seasonal_picks_a_seasonal_model():
     assert (result.accuracy > 0.85).all()
 
 
+@pytest.mark.filterwarnings(
+    "ignore:overflow encountered:RuntimeWarning", "ignore:invalid value encountered:RuntimeWarning"
+)
 def test_a_history_too_large_for_the_arithmetic_is_an_error_not_infinity():
     """Finite weeks whose squares or sums overflow (1e153 units) gave an upper bound of inf (and
     1.5e307 NaN bounds): invalid JSON in the cache, and the date's charts failed its publish. Such
