@@ -60,7 +60,7 @@ from forecast_pipeline.defs.reports.jobs import (
 from forecast_pipeline.defs.reports.sensors import recover_unlaunched, report_run_failed, report_schedule_tick
 from forecast_pipeline.reports.config import get_report_settings, load_report_settings
 from forecast_pipeline.reports.limits import check_report_limit, month_start
-from forecast_pipeline.reports.render import render_csv
+from forecast_pipeline.reports.render import quantity, render_csv
 from forecast_pipeline.reports.report import ReportRefused, check_fresh, compute_figures, report_figures, report_paths
 from forecast_pipeline.reports.tick import run_key_for, tick
 from forecast_pipeline.resources import AppDatabase, RedisStore, SourceDatabase
@@ -740,6 +740,20 @@ def test_summed_bounds_are_the_sums_of_the_products_bounds():
     first = figures["weekly"][0]
     assert (first["predicted_quantity"], first["lower_sum"], first["upper_sum"]) == (11.0, 8.0, 17.0)
     assert [p["product_id"] for p in figures["top_products"]] == [2]
+
+
+def test_a_product_sold_in_thousandths_reads_as_what_it_sells_not_zero():
+    """A product sold by the tonne at 0.004 a week: the report's figures and its text kept two
+    decimals (0.0, "0.0 units") where the forecast document keeps 0.004."""
+    doc = payload(1, 0.0)
+    for week in doc["predictions"]:
+        week.update(predicted_quantity=0.004, confidence_lower=0.001, confidence_upper=0.009)
+    figures = compute_figures({1: doc}, top_n=1, as_of=AS_OF, missing=[])
+    [top] = figures["top_products"]
+    assert (top["total_predicted_quantity"], top["weeks"][0]["confidence_upper"]) == (0.048, 0.009)
+    assert (figures["total_predicted_quantity"], figures["weekly"][0]["lower_sum"]) == (0.048, 0.001)
+    shown = [quantity(v) for v in (0.048, 0.004, 0.5, 0.999, 3.25, 12.6, 0.0)]
+    assert shown == ["0.048", "0.004", "0.5", "1", "3.2", "13", "0"]
 
 
 @pytest.mark.parametrize(

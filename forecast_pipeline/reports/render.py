@@ -52,11 +52,16 @@ def moment(value: dt.datetime) -> str:
 
 
 def quantity(value: float | None) -> str:
-    """Whole units from 10 up (and whole numbers), one decimal below; thin space between thousands."""
+    """Whole units from 10 up (and whole numbers), one decimal from 1, two significant digits below
+    (0.048 of a product sold by the tonne, not 0.0); thin space between thousands."""
     if value is None:
         return "–"
-    whole = abs(value) >= 10 or float(value).is_integer()
-    text = f"{value:,.0f}" if whole else f"{value:,.1f}"
+    if abs(value) >= 10 or float(value).is_integer():
+        text = f"{value:,.0f}"
+    elif abs(value) >= 1:
+        text = f"{value:,.1f}"
+    else:
+        text = f"{value:.{1 - math.floor(math.log10(abs(value)))}f}".rstrip("0").rstrip(".")
     return text.replace(",", THIN_SPACE)
 
 

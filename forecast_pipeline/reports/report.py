@@ -48,6 +48,7 @@ import sqlalchemy as sa
 
 from forecast_pipeline.cache import forecast_cache, keys
 from forecast_pipeline.cache.report_cache import RedisJsonCache
+from forecast_pipeline.forecasting.batch import quantity_decimals
 from forecast_pipeline.reports.config import is_email_address
 from forecast_pipeline.source import order_history, source_schema
 
@@ -183,6 +184,11 @@ def product_name(product_id: int, names: Mapping[int, str] | Mapping[str, str]) 
     return names.get(product_id) or names.get(str(product_id)) or f"Product {product_id}"
 
 
+def _quantity(value: float) -> float:
+    """A quantity as the forecast documents give it (see :func:`batch.quantity_decimals`)."""
+    return round(value, quantity_decimals(value))
+
+
 def compute_figures(
     forecasts: Mapping[int, dict],
     top_n: int,
@@ -226,18 +232,18 @@ def compute_figures(
             {
                 "product_id": int(pid),
                 "name": product_name(int(pid), names),
-                "total_predicted_quantity": round(total, 2),
-                "avg_weekly_quantity": round(total / len(predictions), 2) if predictions else 0.0,
-                "recent_quantity": round(sum(past[-len(predictions) :]), 2) if predictions and past else None,
+                "total_predicted_quantity": _quantity(total),
+                "avg_weekly_quantity": _quantity(total / len(predictions)) if predictions else 0.0,
+                "recent_quantity": _quantity(sum(past[-len(predictions) :])) if predictions and past else None,
                 "demand_pattern": DEMAND_PATTERNS.get(str(meta.get("demand_class"))),
                 "history": past,
                 "weeks": [
                     {
                         "week_start": p["week_start"],
                         "week_end": p["week_end"],
-                        "predicted_quantity": round(float(p["predicted_quantity"]), 2),
-                        "confidence_lower": round(float(p["confidence_lower"]), 2),
-                        "confidence_upper": round(float(p["confidence_upper"]), 2),
+                        "predicted_quantity": _quantity(float(p["predicted_quantity"])),
+                        "confidence_lower": _quantity(float(p["confidence_lower"])),
+                        "confidence_upper": _quantity(float(p["confidence_upper"])),
                     }
                     for p in predictions
                 ],
@@ -245,12 +251,12 @@ def compute_figures(
         )
     products.sort(key=lambda p: (-p["total_predicted_quantity"], p["product_id"]))
     weekly = [
-        {**w, **{k: round(w[k], 2) for k in ("predicted_quantity", "lower_sum", "upper_sum")}}
+        {**w, **{k: _quantity(w[k]) for k in ("predicted_quantity", "lower_sum", "upper_sum")}}
         for _, w in sorted(weeks.items())
     ]
     history_weeks = max((len(v) for v in history.values()), default=0)
     history_total = [
-        round(sum(float(history[pid][i]) for pid in forecasts if int(pid) in history), 2) for i in range(history_weeks)
+        _quantity(sum(float(history[pid][i]) for pid in forecasts if int(pid) in history)) for i in range(history_weeks)
     ]
     return {
         "as_of_date": as_of,
@@ -262,10 +268,10 @@ def compute_figures(
         "top_products": products[:top_n],
         "weekly": weekly,
         "history_total": history_total,
-        "total_predicted_quantity": round(sum(w["predicted_quantity"] for w in weekly), 2),
-        "total_lower_sum": round(sum(w["lower_sum"] for w in weekly), 2),
-        "total_upper_sum": round(sum(w["upper_sum"] for w in weekly), 2),
-        "recent_total_quantity": round(sum(history_total[-len(weekly) :]), 2) if history_total and weekly else None,
+        "total_predicted_quantity": _quantity(sum(w["predicted_quantity"] for w in weekly)),
+        "total_lower_sum": _quantity(sum(w["lower_sum"] for w in weekly)),
+        "total_upper_sum": _quantity(sum(w["upper_sum"] for w in weekly)),
+        "recent_total_quantity": _quantity(sum(history_total[-len(weekly) :])) if history_total and weekly else None,
     }
 
 
