@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forecast_pipeline.forecasting import engine, models
+from forecast_pipeline.forecasting import backtest, engine, models
 
 H = 12
 T = 208  # four years of weeks
@@ -313,6 +313,24 @@ def test_a_history_too_large_for_the_arithmetic_is_an_error_not_infinity():
     for arr in (result.forecast, result.lower, result.upper, result.accuracy):
         assert np.isfinite(arr).all()
     np.testing.assert_allclose(result.forecast[2], 5.0)
+
+
+def test_a_product_sold_in_fixed_packs_gets_an_upper_bound_of_at_least_a_pack():
+    """A product that sells 12 (a pack) in half its weeks had 80% intervals ending near 10: they
+    held only its weeks without demand, about half of them. Its upper bound is now at least a
+    pack; quantities that vary, and packs sold in under a fifth of the weeks, are left alone."""
+    rng = np.random.default_rng(1)
+    packs = np.where(rng.random((200, 144)) < 0.5, 12.0, 0.0)
+    rare = np.where(rng.random((200, 144)) < 0.1, 12.0, 0.0)
+    varied = np.where(rng.random((200, 144)) < 0.5, rng.poisson(12.0, (200, 144)) + 1.0, 0.0)
+    history, actual = np.vstack([packs, rare, varied])[:, :-12], np.vstack([packs, rare, varied])[:, -12:]
+    run = engine.forecast_batch(history, H)
+    ok = run.status == "success"
+    assert ok[:200].all() and (run.upper[:200] >= 12.0).all()
+    inside = backtest.interval_inside(actual, run.lower, run.upper)
+    assert inside[:200][ok[:200]].mean() > 0.95  # ~0.55 before
+    assert np.median(run.upper[200:400][ok[200:400]]) < 12.0  # rarely sold: still ~90% from zero
+    assert (engine._pack_floor(history[400:], models.first_demand_week(history[400:])) == 0).all()
 
 
 def test_forecast_batch_all_zero_short_and_nan_rows():
