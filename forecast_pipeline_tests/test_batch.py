@@ -103,6 +103,10 @@ def test_quantities_below_one_hundredth_keep_their_digits():
     )
     assert large["predictions"][0]["predicted_quantity"] == 1234.57  # two decimals, as before
     assert large["summary"]["total_predicted_quantity"] == 14814.84  # the sum of the weeks shown
+    stopped = forecast_payload(  # a stopped product's forecast decays towards 0 (TSB, Croston)
+        forecast=np.full(12, 3e-5), lower=np.zeros(12), upper=np.full(12, 0.3), generated_at="x", **week, **model
+    )
+    assert stopped["predictions"][0]["predicted_quantity"] == 0.0
 
 
 def test_statuses_are_counted_and_errors_name_the_product():

@@ -247,14 +247,18 @@ def _workers_without_main() -> Iterator[None]:
                     setattr(main, name, value)
 
 
-def quantity_decimals(*values: float) -> int:
-    """Decimals to publish quantities with: two, as the legacy worker did, or more to keep three
-    significant digits of the smallest positive value (a product sold by the tonne at 0.004 a
-    week must not read as a forecast of 0)."""
-    positive = [abs(v) for v in values if v and math.isfinite(v)]
-    if not positive:
+QUANTITY_MAX_DECIMALS = 6
+
+
+def quantity_decimals(scale: float) -> int:
+    """Decimals to publish quantities of this ``scale`` (a document's largest bound) with: two, as
+    the legacy worker did, or more to keep three significant digits below 0.01 (a product sold by
+    the tonne at 0.004 a week must not read as a forecast of 0), at most ``QUANTITY_MAX_DECIMALS``.
+    Taken from the largest value, not each one, so a stopped product's forecast decaying to
+    1e-50 still reads 0."""
+    if not (scale > 0 and math.isfinite(scale)):
         return 2
-    return min(max(2, 2 - math.floor(math.log10(min(positive)))), 12)
+    return min(max(2, 2 - math.floor(math.log10(scale))), QUANTITY_MAX_DECIMALS)
 
 
 def forecast_payload(
@@ -280,9 +284,9 @@ def forecast_payload(
     if weeks is None:
         weeks = week_dates(as_of, len(forecast))
     weekly_active = int(round(weekly_buyers))
+    places = quantity_decimals(max((float(v) for v in upper), default=0.0))  # one for all: order kept
     predictions = []
     for (start, end), point, lo, hi in zip(weeks, forecast, lower, upper, strict=True):
-        places = quantity_decimals(float(point), float(hi))  # one for the week: the order is kept
         predictions.append(
             {
                 "week_start": start,
@@ -293,8 +297,7 @@ def forecast_payload(
                 "active_customers": weekly_active,
             }
         )
-    weekly = [p["predicted_quantity"] for p in predictions]
-    total = round(sum(weekly), quantity_decimals(*weekly))  # the sum of the weeks shown
+    total = round(sum(p["predicted_quantity"] for p in predictions), places)  # the sum of the weeks shown
     average = total / len(predictions) if predictions else 0.0
     return {
         "product_id": product_id,
@@ -304,7 +307,7 @@ def forecast_payload(
         "summary": {
             "total_predicted_quantity": total,
             "active_customers": active_count,
-            "avg_weekly_quantity": round(average, quantity_decimals(average)),
+            "avg_weekly_quantity": round(average, places),
         },
         "model_metadata": {
             "model_type": model_type,
