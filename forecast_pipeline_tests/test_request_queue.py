@@ -84,6 +84,20 @@ def test_parameters_give_partitions_and_products():
     assert request.product_ids == (3, 5)
 
 
+def test_product_ids_span_the_signed_64_bit_range_as_the_forecasts_do():
+    """Ids are exact over the whole signed 64-bit range (README): the pipeline forecasts -5 and
+    -(2^63)+1, so a request may name them; past the range is refused."""
+    request = request_queue.parse_parameters(
+        {"as_of_date": "2025-11-10", "product_ids": [-5, -(2**63), 2**63 - 1]}, HISTORY_START, dt.date(2026, 1, 1)
+    )
+    assert request.product_ids == (-(2**63), -5, 2**63 - 1)
+    for outside in (2**63, -(2**63) - 1):
+        with pytest.raises(request_queue.BadRequestParameters, match="product_ids"):
+            request_queue.parse_parameters(
+                {"as_of_date": "2025-11-10", "product_ids": [outside]}, HISTORY_START, dt.date(2026, 1, 1)
+            )
+
+
 def test_backoff_doubles_with_jitter_and_is_capped():
     rng = random.Random(1)
     for attempt, (low, high) in {1: (30, 60), 2: (60, 120), 3: (120, 240), 10: (1800, 3600)}.items():

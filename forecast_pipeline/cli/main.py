@@ -551,7 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enqueue.add_argument("--from", dest="date_from", type=_iso_date, help="first as-of date of a range")
     enqueue.add_argument("--to", dest="date_to", type=_iso_date, help="last as-of date of a range")
-    enqueue.add_argument("--products", type=_id_list, help="comma list of product ids (default: all eligible)")
+    enqueue.add_argument(
+        "--products",
+        type=_id_list,
+        help="comma list of product ids (default: all eligible); with a negative id write --products=-5,3",
+    )
     enqueue.add_argument("--priority", type=int, default=0, help="higher runs first")
     enqueue.add_argument("--max-attempts", type=int, default=3, help="runs tried before the request fails (at least 1)")
     enqueue.add_argument("--concurrency-key", help="requests sharing it never run at once")

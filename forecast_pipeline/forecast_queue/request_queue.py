@@ -120,7 +120,7 @@ def parse_parameters(parameters: object, history_start: dt.date, today: dt.date)
 
 
 def _is_id(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63  # BIGINT
 
 
 def enqueue(
