@@ -313,6 +313,13 @@ def test_a_history_too_large_for_the_arithmetic_is_an_error_not_infinity():
     for arr in (result.forecast, result.lower, result.upper, result.accuracy):
         assert np.isfinite(arr).all()
     np.testing.assert_allclose(result.forecast[2], 5.0)
+    # 1e300 every week: the forecast stays finite while the spread overflowed (a zero-width
+    # interval at 1e300); an error too. One week of 1e300 among tens is a spike, capped: a forecast
+    spiky = constant(10.0)
+    spiky[-30] = 1e300
+    again = engine.forecast_batch(np.vstack([constant(1e300), spiky]), H)
+    assert again.status.tolist() == ["error", "success"] and "too large" in again.error[0]
+    assert again.upper[1].max() < 100
 
 
 def test_a_product_sold_in_fixed_packs_gets_an_upper_bound_of_at_least_a_pack():

@@ -2,7 +2,8 @@
 
 How a product's forecast is decided (the README repeats this for users):
 
-1. **Status.** A row with a non-finite quantity, or whose fit overflows, is an ``error``; fewer than
+1. **Status.** A row with a non-finite quantity, a week above ``MAX_WEEKLY_QUANTITY`` once spikes
+   are capped, or whose fit overflows all the same, is an ``error``; fewer than
    ``MIN_HISTORY_WEEKS`` weeks since its first demand, or no demand at all, is ``no_forecast``.
    **Spikes.** One-off spikes (a data-entry error of 1,000,000 units for a product that sells
    ~10 a week) are replaced by a typical week by ``models.cap_outliers`` before anything else:
@@ -122,6 +123,7 @@ SPREAD_BLENDED_GROUPS = ("short_sparse", "young_sparse", "shift", "intermittent"
 # a new product with regular demand has too few past errors for their percentiles.
 SPREAD_GROUPS = ("new_regular",)
 NORMAL_80 = 1.2816
+MAX_WEEKLY_QUANTITY = 1e150  # the fits square weekly values: 1e154 and up overflow a float
 # See _pack_floor.
 PACK_MIN = 2
 PACK_SELLING_SHARE = 0.2
@@ -237,13 +239,18 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     start = models.first_demand_week(y)
     history_weeks = t - start
     y, outliers = models.cap_outliers(y, start)
+    # weeks this large (spikes capped) overflow the squares and sums of the fits
+    too_large = finite & (y > MAX_WEEKLY_QUANTITY).any(axis=1)
+    y = np.where(too_large[:, None], 0.0, y)
 
     status = np.full(n, "success", dtype=object)
     status[history_weeks < MIN_HISTORY_WEEKS] = "no_forecast"
-    status[~finite] = "error"
+    status[~finite | too_large] = "error"
     error: list[str | None] = [None] * n
     for i in np.flatnonzero(~finite):
         error[i] = "order history contains a non-finite quantity (NaN or infinity)"
+    for i in np.flatnonzero(too_large):
+        error[i] = f"order history quantities too large to forecast (a week above {MAX_WEEKLY_QUANTITY:g} units)"
 
     demand_class = classify(y, start)
     sparse = np.isin(demand_class, ZERO_FLOOR_CLASSES)  # the pattern, also of a short history
