@@ -340,6 +340,15 @@ def test_a_product_sold_in_fixed_packs_gets_an_upper_bound_of_at_least_a_pack():
     assert (engine._pack_floor(history[400:], models.first_demand_week(history[400:])) == 0).all()
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_quantities_past_exact_integers_are_never_read_as_packs():
+    """Pack sizes are whole units; weeks of 1e19 or 1e20 units are no pack count an int64 holds
+    (the cast was undefined: a warning, and a made-up pack of 4 for 12 beside 1e19)."""
+    weeks = np.arange(100)
+    y = np.vstack([np.where(weeks % 2 == 0, 1e20, 0.0), np.where(weeks % 2 == 0, 12.0, 1e19)])
+    np.testing.assert_array_equal(engine._pack_floor(y, np.zeros(2, dtype=int)), [0.0, 0.0])
+
+
 def test_forecast_batch_all_zero_short_and_nan_rows():
     short = np.zeros(T)
     short[-5:] = 3.0  # 5 weeks since first demand: below MIN_HISTORY_WEEKS

@@ -584,7 +584,8 @@ def _pack_floor(y: np.ndarray, start: np.ndarray) -> np.ndarray:
     recent = y[:, -weeks:]
     seen = np.arange(y.shape[1] - weeks, y.shape[1])[None, :] >= start[:, None]
     selling = seen & (recent > 0)
-    whole = np.all(~selling | (recent == np.round(recent)), axis=1)
+    # whole units, and below 2^53 (exact in a float, so in an int64 too)
+    whole = np.all(~selling | ((recent == np.round(recent)) & (recent < 2.0**53)), axis=1)
     units = np.where(selling & whole[:, None], np.round(recent), 0).astype(np.int64)
     pack = np.gcd.reduce(units, axis=1)
     share = selling.sum(axis=1) / np.maximum(seen.sum(axis=1), 1)
