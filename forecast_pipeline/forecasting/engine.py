@@ -2,8 +2,8 @@
 
 How a product's forecast is decided (the README repeats this for users):
 
-1. **Status.** A row with a non-finite quantity, a week above ``MAX_WEEKLY_QUANTITY`` once spikes
-   are capped, or whose fit overflows all the same, is an ``error``; fewer than
+1. **Status.** A row with a non-finite quantity, or a week above ``MAX_WEEKLY_QUANTITY`` once
+   spikes are capped (its squares would overflow: Infinity in the JSON), is an ``error``; fewer than
    ``MIN_HISTORY_WEEKS`` weeks since its first demand, or no demand at all, is ``no_forecast``.
    **Spikes.** One-off spikes (a data-entry error of 1,000,000 units for a product that sells
    ~10 a week) are replaced by a typical week by ``models.cap_outliers`` before anything else:
@@ -423,16 +423,6 @@ def _forecast_block(y: np.ndarray, horizon: int) -> BatchForecast:
     upper = np.maximum(upper, forecast)
     upper = np.maximum(upper, _pack_floor(y, start)[:, None])
     accuracy = np.clip(1.0 - holdout_err / np.maximum(holdout_act, 1.0), 0.0, 1.0)
-
-    # Finite weeks can still overflow the arithmetic (squares and sums past 1.8e308): no NaN or
-    # infinity may reach a forecast document (it would not be JSON).
-    overflowed = (status == "success") & ~(
-        np.isfinite(forecast).all(axis=1) & np.isfinite(lower).all(axis=1) & np.isfinite(upper).all(axis=1)
-    )
-    overflowed |= (status == "success") & ~np.isfinite(accuracy)
-    status[overflowed] = "error"
-    for i in np.flatnonzero(overflowed):
-        error[i] = "order history quantities too large to forecast (the model's arithmetic overflowed)"
 
     idle = status != "success"
     for arr in (forecast, lower, upper):
