@@ -305,6 +305,63 @@ def test_the_daemon_terminates_a_run_past_its_timeout_and_then_closes_the_reques
     assert written == 0
 
 
+def _run_worker_pid(deployment, run_id: str) -> int | None:
+    """The pid the code server logged for the run's process ("Started process for run (pid: N).")."""
+    with _instance(deployment) as instance:
+        for entry in instance.all_logs(run_id):
+            found = re.search(r"Started process for run \(pid: (\d+)\)", entry.message or "")
+            if found:
+                return int(found.group(1))
+    return None
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie its parent (the code server) has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_request_whose_run_worker_and_code_server_died_between_steps_is_closed_at_its_max_runtime(deployment):
+    """The multiprocess executor's gap (README, forecast request queue): its heartbeat lives in the
+    step processes, so a run that dies while no step runs leaves a running request without a
+    heartbeat, which stale-request recovery cannot tell from a run between steps. A run worker
+    killed alone is marked failed by its code server (Dagster's orphaned-run check); killed with
+    its code server (a lost node, an OOM-killed container), run monitoring's max runtime still ends
+    the run, and the request with it. The state is made with the in-process executor: both
+    processes killed, then the heartbeat cleared as a step that finished leaves it."""
+    engine = deployment["orders"]
+    last = deployment["today"] - dt.timedelta(days=900)
+    request_id = request_queue.enqueue(engine, date_range=(last - dt.timedelta(days=400), last), max_attempts=1)
+
+    def beating():
+        row = _request(engine, request_id)
+        return row if row.status == "running" and row.heartbeat_at is not None else None
+
+    row = _wait(beating, 180, f"request {request_id} to run", every=0.5)
+    worker = _wait(lambda: _run_worker_pid(deployment, row.dagster_run_id), 30, "the run worker's pid", every=0.5)
+    code_server = _parent(worker)
+    assert "grpc" in Path(f"/proc/{code_server}/cmdline").read_text()
+    os.kill(code_server, signal.SIGKILL)  # first, or it would see its run's process die and fail the run
+    os.kill(worker, signal.SIGKILL)
+    _wait(lambda: _exited(worker) and _exited(code_server), 10, "both processes to exit")
+    with engine.begin() as conn:  # as request_queue.mark_process_exited leaves it between two steps
+        conn.execute(forecast_requests.update().where(forecast_requests.c.id == request_id).values(heartbeat_at=None))
+
+    (row,) = _wait(
+        _closed(engine, request_id), QUEUE_TIMEOUT_SECONDS + 180, f"request {request_id} to be closed", every=2
+    )
+    assert row.status == "failed" and row.attempts == 1, row
+    (record,) = _queue_runs(deployment, request_id)
+    assert record.dagster_run.status.value == "FAILURE"
+    assert "forcibly marked as failed" in row.error or "maximum runtime" in row.error, row.error
+
+
 def test_requests_cancel_terminates_a_running_run_through_the_daemon(deployment):
     engine = deployment["orders"]
     last = deployment["today"] - dt.timedelta(days=500)
