@@ -742,6 +742,19 @@ def test_summed_bounds_are_the_sums_of_the_products_bounds():
     assert [p["product_id"] for p in figures["top_products"]] == [2]
 
 
+def test_history_shorter_than_the_forecast_gives_no_previous_weeks_figure():
+    """REPORT_HISTORY_WEEKS=4 read 4 weeks, which the report compared, as "previous 12 weeks", with
+    the 12 forecast weeks: a product steady at 10 a week read "40 ordered (+200%)"."""
+    docs = {1: payload(1, 10.0)}
+    for week in docs[1]["predictions"]:
+        week["predicted_quantity"] = 10.0
+    short = compute_figures(docs, top_n=1, as_of=AS_OF, missing=[], history={1: [10.0] * 4})
+    assert (short["top_products"][0]["recent_quantity"], short["recent_total_quantity"]) == (None, None)
+    assert short["history_total"] == [10.0] * 4  # still charted
+    full = compute_figures(docs, top_n=1, as_of=AS_OF, missing=[], history={1: [10.0] * 26})
+    assert (full["top_products"][0]["recent_quantity"], full["recent_total_quantity"]) == (120.0, 120.0)
+
+
 def test_a_product_sold_in_thousandths_reads_as_what_it_sells_not_zero():
     """A product sold by the tonne at 0.004 a week: the report's figures and its text kept two
     decimals (0.0, "0.0 units") where the forecast document keeps 0.004."""

@@ -10,7 +10,7 @@ forecasts keep loading and running.
 |---|---|---|
 | ``REPORTS_DIR`` | ``<repo>/reports`` | where report HTML and CSV files are written (created if missing) |
 | ``REPORT_TOP_PRODUCTS`` | ``10`` | products listed in a report, by total predicted quantity |
-| ``REPORT_HISTORY_WEEKS`` | ``26`` | weeks of order history drawn before the forecast in each chart |
+| ``REPORT_HISTORY_WEEKS`` | ``26`` | weeks of order history drawn before the forecast in each chart (under the horizon: no "previous weeks" comparison) |
 | ``REPORT_MAX_FORECAST_AGE_DAYS`` | ``8`` | a report whose newest forecasts are older is refused |
 | ``REPORT_CACHE_TTL_SECONDS`` | ``3600`` | TTL of a report's computed figures in Redis |
 | ``REPORT_TICK_LIMIT`` | ``100`` | due schedules claimed per tick (the rest wait for the next) |

@@ -52,7 +52,7 @@ from forecast_pipeline.forecasting.batch import quantity_decimals
 from forecast_pipeline.reports.config import is_email_address
 from forecast_pipeline.source import order_history, source_schema
 
-FIGURES_VERSION = "v2"
+FIGURES_VERSION = "v3"  # bumped when the figures change meaning: cached ones are not read
 DEMAND_PATTERNS = {
     "smooth": "Steady",
     "erratic": "Variable",
@@ -234,7 +234,10 @@ def compute_figures(
                 "name": product_name(int(pid), names),
                 "total_predicted_quantity": _quantity(total),
                 "avg_weekly_quantity": _quantity(total / len(predictions)) if predictions else 0.0,
-                "recent_quantity": _quantity(sum(past[-len(predictions) :])) if predictions and past else None,
+                # as many weeks ordered as forecast, or none (REPORT_HISTORY_WEEKS below the horizon)
+                "recent_quantity": _quantity(sum(past[-len(predictions) :]))
+                if predictions and len(past) >= len(predictions)
+                else None,
                 "demand_pattern": DEMAND_PATTERNS.get(str(meta.get("demand_class"))),
                 "history": past,
                 "weeks": [
@@ -271,7 +274,9 @@ def compute_figures(
         "total_predicted_quantity": _quantity(sum(w["predicted_quantity"] for w in weekly)),
         "total_lower_sum": _quantity(sum(w["lower_sum"] for w in weekly)),
         "total_upper_sum": _quantity(sum(w["upper_sum"] for w in weekly)),
-        "recent_total_quantity": _quantity(sum(history_total[-len(weekly) :])) if history_total and weekly else None,
+        "recent_total_quantity": _quantity(sum(history_total[-len(weekly) :]))
+        if weekly and len(history_total) >= len(weekly)
+        else None,
     }
 
 
