@@ -1089,6 +1089,55 @@ def test_re_adding_a_schedule_keeps_its_day_time_and_settings_unless_given(db, c
     assert now() < row.next_run_at <= now() + dt.timedelta(days=1)
 
 
+def test_re_adding_a_schedule_never_drops_a_slot_the_new_schedule_still_has(db, capsys):
+    """Two ways a re-run lost a report (found by a hunting helper): the same command with --start
+    moved a due slot (the tick had not met it yet) to the next one, and a monthly schedule moved to
+    an earlier day of the month skipped the month whose report had not gone out."""
+    from forecast_pipeline.reports.cadence import add_months
+
+    run = _cli(capsys)
+    assert run("add-account", "--name", "acme")[0] == 0
+    due = (now() - dt.timedelta(minutes=5)).replace(second=0, microsecond=0)
+    daily = ["add-schedule", "--account", "acme", "--name", "daily", "--cadence", "daily", "--timezone", "UTC"]
+    daily += ["--start", (due.date() - dt.timedelta(days=3)).isoformat(), "--time", f"{due:%H:%M}"]
+    assert run(*daily)[0] == 0
+    with db.begin() as conn:
+        conn.execute(report_schedules.update().where(report_schedules.c.name == "daily").values(next_run_at=due))
+    assert run(*daily)[0] == 0  # provisioning re-run unchanged
+    assert schedule_named(db, "daily").next_run_at == due, "the due slot was dropped"
+    assert run(*daily[:-2], "--time", f"{due + dt.timedelta(minutes=1):%H:%M}")[0] == 0  # not on the new grid
+    assert schedule_named(db, "daily").next_run_at > now()
+
+    utc = zoneinfo.ZoneInfo("UTC")
+    monthly = ["add-schedule", "--account", "acme", "--name", "monthly", "--cadence", "monthly"]
+    assert run(*monthly, "--day", "31", "--timezone", "UTC", "--time", "06:00")[0] == 0
+    today = now().date()
+    # this month's report went out: the stored slot is next month's last day; moved to the 10th,
+    # the next report is next month's 10th, not the month after's
+    next_month_end = add_months(today, 1, 31)
+    with db.begin() as conn:
+        conn.execute(
+            report_schedules.update()
+            .where(report_schedules.c.name == "monthly")
+            .values(next_run_at=dt.datetime.combine(next_month_end, dt.time(6), tzinfo=utc))
+        )
+    assert run(*monthly, "--day", "10")[0] == 0
+    expected = dt.datetime.combine(add_months(today, 1, 10), dt.time(6), tzinfo=utc)
+    assert schedule_named(db, "monthly").next_run_at == expected
+    # this month's report has not gone out (due at its end) and the new day is still ahead
+    month_end = add_months(today, 0, 31)
+    if today.day + 1 < month_end.day:
+        with db.begin() as conn:
+            conn.execute(
+                report_schedules.update()
+                .where(report_schedules.c.name == "monthly")
+                .values(next_run_at=dt.datetime.combine(month_end, dt.time(6), tzinfo=utc), anchor_day=31)
+            )
+        assert run(*monthly, "--day", str(today.day + 1))[0] == 0
+        ahead = dt.datetime.combine(today + dt.timedelta(days=1), dt.time(6), tzinfo=utc)
+        assert schedule_named(db, "monthly").next_run_at == ahead, "this month was skipped"
+
+
 # ---------------------------------------------------------------- what the customer receives
 
 AUCKLAND = zoneinfo.ZoneInfo("Pacific/Auckland")

@@ -314,7 +314,10 @@ def cmd_add_schedule(settings: Settings, args: argparse.Namespace) -> int:
                 stored_tz = tz
             stored_time = stored.run_time or stored.next_run_at.astimezone(stored_tz).time()
             run_time = args.time or stored_time
-            start = start or slot_day(stored.next_run_at, stored_tz, stored_time)
+            if start is None:
+                start = slot_day(stored.next_run_at, stored_tz, stored_time)
+                if cadence == "monthly":  # from the stored slot's month: an earlier day of it is still ahead
+                    start = max(start.replace(day=1), now.astimezone(tz).date())
             if cadence == "monthly" and anchor_day is None:
                 anchor_day = check_anchor_day(stored.anchor_day)
         start = start or now.astimezone(tz).date()
@@ -330,9 +333,15 @@ def cmd_add_schedule(settings: Settings, args: argparse.Namespace) -> int:
         if unchanged:  # only its products or recipients change: a slot due now stays due for the tick
             slot = stored.next_run_at
         else:
-            slot = first_slot(start, cadence, tz, run_time, anchor_day)
+            first = first_slot(start, cadence, tz, run_time, anchor_day)
+            slot = first
             if slot <= now:  # a start in the past: begin at the first future slot, run nothing retroactively
-                slot = catch_up(slot, now, cadence, tz, run_time=run_time, anchor_day=anchor_day).next_slot
+                slot = catch_up(first, now, cadence, tz, run_time=run_time, anchor_day=anchor_day).next_slot
+            if stored is not None and stored.active and stored.next_run_at <= now < slot:
+                # a slot due now (the tick has not met it yet) stays due if the new schedule has it too
+                kept = catch_up(first, stored.next_run_at, cadence, tz, run_time=run_time, anchor_day=anchor_day)
+                if kept.due_slot == stored.next_run_at:
+                    slot = stored.next_run_at
         given = {"product_ids": args.product_ids, "top_products": args.top_products, "email_to": args.email}
         values = {
             "account_id": account_id,
