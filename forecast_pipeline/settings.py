@@ -21,7 +21,6 @@ import re
 import types
 import typing
 import urllib.parse
-import zoneinfo
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from forecast_pipeline.time_zones import iana_zone
 
 if TYPE_CHECKING:
     from forecast_pipeline.alerts.config import AlertSettings
@@ -413,8 +414,8 @@ class Settings(AreaSettings):
     @classmethod
     def _timezone(cls, value: str) -> str:
         try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # "Europe" is a directory: OSError
+            iana_zone(value)
+        except ValueError:
             raise setting_error(repr(value), "is not an IANA time zone (e.g. UTC, Europe/Berlin)") from None
         return value
 

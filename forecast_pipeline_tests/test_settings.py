@@ -52,6 +52,7 @@ def test_redis_host_port_db_compose_a_url_without_the_password():
         ({"REDIS_PORT": "seventy"}, "REDIS_PORT='seventy' is not a whole number"),
         ({"FORECAST_SCHEDULE_TIMEZONE": "Mars/Olympus"}, "FORECAST_SCHEDULE_TIMEZONE='Mars/Olympus'"),
         ({"FORECAST_SCHEDULE_TIMEZONE": "Europe"}, "FORECAST_SCHEDULE_TIMEZONE='Europe' is not an IANA time zone"),
+        ({"FORECAST_SCHEDULE_TIMEZONE": "localtime"}, "FORECAST_SCHEDULE_TIMEZONE='localtime' is not an IANA"),
         ({"FORECAST_SCHEDULE_CRON": "every day"}, "FORECAST_SCHEDULE_CRON='every day' is not a valid cron"),
         ({"FORECAST_EXECUTOR": "celery"}, "FORECAST_EXECUTOR='celery' must be one of"),
         # spaces around the value are trimmed, but one after a colon was kept: ": forecast" wrote

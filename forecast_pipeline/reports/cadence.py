@@ -22,6 +22,8 @@ import datetime as dt
 import zoneinfo
 from dataclasses import dataclass
 
+from forecast_pipeline.time_zones import iana_zone
+
 CADENCES = ("daily", "weekly", "biweekly", "monthly")
 _DAYS = {"daily": 1, "weekly": 7, "biweekly": 14}
 UTC = dt.UTC
@@ -41,8 +43,8 @@ def load_timezone(name: object) -> zoneinfo.ZoneInfo:
     if not isinstance(name, str) or not name.strip():
         raise ScheduleDefinitionError(f"time zone {name!r} is not an IANA time zone name (e.g. Europe/Berlin)")
     try:
-        return zoneinfo.ZoneInfo(name.strip())
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "Europe" is a directory: OSError
+        return iana_zone(name.strip())
+    except ValueError as exc:
         raise ScheduleDefinitionError(f"time zone {name!r} is not an IANA time zone name (e.g. Europe/Berlin)") from exc
 
 
