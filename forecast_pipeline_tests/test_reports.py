@@ -407,15 +407,22 @@ def test_inactive_and_malformed_schedules_are_skipped_without_blocking_the_other
         assert not evaluate_tick(instance, db).run_requests
 
 
-def test_a_dry_run_tick_writes_nothing(db):
+def test_a_dry_run_tick_writes_nothing_and_its_log_says_so(db, caplog):
+    """Its log said "report slot recorded ... (schedule run 1" and "was deactivated" though nothing
+    was (found by a hunting helper): an audit of the logs read writes that never happened."""
     account = add_account(db)
     slot = now() - dt.timedelta(minutes=1)
     good = add_schedule(db, account, slot, name="good")
     bad = add_schedule(db, account, slot, "yearly", name="bad")
-    result = tick(db, dry_run=True)
+    with caplog.at_level(logging.INFO):
+        result = tick(db, dry_run=True)
     assert [d.schedule_id for d in result.recorded] == [good] and [m.schedule_id for m in result.malformed] == [bad]
     assert runs_of(db) == []
     assert schedule(db, good).next_run_at == slot and schedule(db, bad).active
+    logged = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"dry run: report slot would be recorded: schedule {good} ") for m in logged), logged
+    assert any(f"schedule {bad} ('bad') is malformed and would be deactivated" in m for m in logged), logged
+    assert not any("was deactivated" in m or "slot recorded" in m or "schedule run" in m for m in logged), logged
 
 
 # ---------------------------------------------------------------- the report job

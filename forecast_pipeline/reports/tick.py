@@ -130,7 +130,7 @@ def tick(
 
     def take(conn: sa.Connection, row) -> dict | None:
         outcomes[row.id] = TickResult(now=now)
-        return _process(conn, row, now, outcomes[row.id], logger)
+        return _process(conn, row, now, outcomes[row.id], logger, dry_run)
 
     def skipped(row, exc: BaseException) -> None:  # the row stays due and is retried next tick
         logger.error(f"report schedule {row.id} ({row.name!r}) failed in the tick and was skipped: {exc!r}")
@@ -153,8 +153,11 @@ def tick(
     return result
 
 
-def _process(conn: sa.Connection, row, now: dt.datetime, result: TickResult, logger: logging.Logger) -> dict | None:
-    """Record the schedule's due slot; returns the schedule's new values (None: nothing due)."""
+def _process(
+    conn: sa.Connection, row, now: dt.datetime, result: TickResult, logger: logging.Logger, dry_run: bool = False
+) -> dict | None:
+    """Record the schedule's due slot; returns the schedule's new values (None: nothing due). A dry
+    run's log says what would be written: its transaction is rolled back."""
     try:
         cadence = parse_cadence(row.cadence)
         tz = load_timezone(row.timezone)
@@ -164,7 +167,8 @@ def _process(conn: sa.Connection, row, now: dt.datetime, result: TickResult, log
     except (ValueError, OverflowError) as exc:  # ScheduleDefinitionError is a ValueError
         reason = str(exc)
         result.malformed.append(SkippedSchedule(row.id, row.name, reason))
-        logger.warning(f"report schedule {row.id} ({row.name!r}) is malformed and was deactivated: {reason}")
+        done = "would be" if dry_run else "was"
+        logger.warning(f"report schedule {row.id} ({row.name!r}) is malformed and {done} deactivated: {reason}")
         return {"active": False, "last_error": reason, "updated_at": now}
     slot = position.due_slot
     if slot is None:  # cannot happen for a row selected as due, but never record a future slot
@@ -203,6 +207,14 @@ def _process(conn: sa.Connection, row, now: dt.datetime, result: TickResult, log
         "missed_slots": position.missed_slots,
         "next_run_at": position.next_slot.isoformat(),
     }
+    if dry_run:
+        del fields["schedule_run_id"]
+        logger.info(
+            f"dry run: report slot would be recorded: schedule {row.id} slot {fields['scheduled_for']} "
+            f"({position.missed_slots} missed, next {fields['next_run_at']})",
+            extra={FIELDS: fields},
+        )
+        return advance
     logger.info(
         f"report slot recorded: schedule {row.id} slot {fields['scheduled_for']} (schedule run {int(inserted)}, "
         f"{position.missed_slots} missed, next {fields['next_run_at']})",
