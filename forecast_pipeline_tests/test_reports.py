@@ -762,6 +762,17 @@ def test_history_shorter_than_the_forecast_gives_no_previous_weeks_figure():
     assert (full["top_products"][0]["recent_quantity"], full["recent_total_quantity"]) == (120.0, 120.0)
 
 
+def test_a_cadence_written_in_capitals_by_another_system_still_titles_the_report():
+    """The tick accepts " Weekly " (parse_cadence); the report's title read the raw value and said
+    "Scheduled demand forecast" (found by a hunting helper)."""
+    from forecast_pipeline.reports.render import Heading, render_html
+
+    figures = compute_figures({1: payload(1, 5.0)}, top_n=1, as_of=AS_OF, missing=[])
+    moment = dt.datetime(2025, 11, 10, 6, tzinfo=dt.UTC)
+    html = render_html(figures, Heading("acme", " Weekly ", moment, "UTC"))
+    assert "Weekly demand forecast" in html and "Scheduled demand forecast" not in html
+
+
 def test_a_product_sold_in_thousandths_reads_as_what_it_sells_not_zero():
     """A product sold by the tonne at 0.004 a week: the report's figures and its text kept two
     decimals (0.0, "0.0 units") where the forecast document keeps 0.004."""

@@ -200,7 +200,7 @@ def _context(figures: Mapping, heading: Heading) -> dict:
     as_of = dt.date.fromisoformat(figures["as_of_date"])
     return {
         "heading": heading,
-        "report_title": f"{CADENCE_TITLES.get(heading.cadence, 'Scheduled')} demand forecast",
+        "report_title": f"{CADENCE_TITLES.get(heading.cadence.strip().lower(), 'Scheduled')} demand forecast",
         "figures": figures,
         "weekly": weekly,
         "horizon_weeks": len(weekly),
