@@ -338,29 +338,41 @@ PUBLISHER_KILLED_AFTER_RENAME = textwrap.dedent(
 )
 
 
-def test_a_rerun_after_a_publish_killed_after_its_rename_removes_the_dropped_products_latest_keys(redis_client):
-    # run A published products 0-9 for the date; then products 8 and 9 stop being eligible
-    forecast_cache.stage_forecasts(redis_client, PREFIX, DATE, "run-a", docs(range(10), "a"), list(range(10)))
-    forecast_cache.publish_staged(redis_client, PREFIX, DATE, "run-a", np.arange(10), 600, 600)
-    assert json.loads(redis_client.get("forecast:9"))["marker"] == "a"
-    # run B (products 0-7) is killed after its publish script renamed its staging over the date
-    kept = ",".join(str(i) for i in range(8))
+def publish(client, token: str, ids, marker: str, **kwargs) -> dict:
+    """Stage ``ids`` in one shard and publish them as the date (a whole run, at cache level)."""
+    ids = list(ids)
+    forecast_cache.stage_forecasts(client, PREFIX, DATE, token, docs(ids, marker), ids)
+    return forecast_cache.publish_staged(
+        client, PREFIX, DATE, token, np.asarray(ids, dtype=np.int64), 600, 600, **kwargs
+    )
+
+
+def publish_killed_after_rename(client, token: str, ids) -> None:
     publisher = subprocess.Popen(
-        [sys.executable, "-c", PUBLISHER_KILLED_AFTER_RENAME, REDIS_URL, DATE, "run-b", kept], env=os.environ.copy()
+        [sys.executable, "-c", PUBLISHER_KILLED_AFTER_RENAME, REDIS_URL, DATE, token, ",".join(map(str, ids))],
+        env=os.environ.copy(),
     )
     try:
         deadline = time.monotonic() + 60
-        while redis_client.get("killpoint") != "renamed":
+        while client.get("killpoint") != "renamed":
             assert publisher.poll() is None and time.monotonic() < deadline, "the publisher never reached the kill"
             time.sleep(0.01)
     finally:
         publisher.send_signal(signal.SIGKILL)
         publisher.wait()
+    client.delete("killpoint")
+
+
+def test_a_rerun_after_a_publish_killed_after_its_rename_removes_the_dropped_products_latest_keys(redis_client):
+    # run A published products 0-9 for the date; then products 8 and 9 stop being eligible
+    publish(redis_client, "run-a", range(10), "a")
+    assert json.loads(redis_client.get("forecast:9"))["marker"] == "a"
+    # run B (products 0-7) is killed after its publish script renamed its staging over the date
+    publish_killed_after_rename(redis_client, "run-b", range(8))
     assert sorted(forecast_cache.read_forecasts_for(redis_client, PREFIX, DATE)) == list(range(8))
 
     # the rerun (run C) forecasts products 0-7 again and publishes the date whole
-    forecast_cache.stage_forecasts(redis_client, PREFIX, DATE, "run-c", docs(range(8), "c"), list(range(8)))
-    forecast_cache.publish_staged(redis_client, PREFIX, DATE, "run-c", np.arange(8), 600, 600)
+    publish(redis_client, "run-c", range(8), "c")
 
     cached = forecast_cache.read_forecasts_for(redis_client, PREFIX, DATE)
     assert sorted(cached) == list(range(8)) and {d["marker"] for d in cached.values()} == {"c"}
@@ -368,6 +380,84 @@ def test_a_rerun_after_a_publish_killed_after_its_rename_removes_the_dropped_pro
     # products 8 and 9 are not forecast for the date any more: no forecast:{id} may still serve
     # run A's forecast of it as the newest one
     assert redis_client.get("forecast:8") is None and redis_client.get("forecast:9") is None
+
+
+def test_a_failed_publish_between_a_killed_one_and_the_rerun_keeps_what_is_left_to_remove(redis_client):
+    """A failed publish (here a shard's staging lost) replaced the record of what the killed one had
+    dropped with its own, so the rerun left product 9's forecast of the date readable (found by a
+    hunting helper)."""
+    publish(redis_client, "run-a", range(10), "a")
+    publish_killed_after_rename(redis_client, "run-b", range(9))  # drops 9, killed before removing it
+    # run C forecasts product 9 again, but a shard's staging is lost: its publish fails
+    forecast_cache.stage_forecasts(redis_client, PREFIX, DATE, "run-c", docs(range(7), "c"), list(range(7)))
+    with pytest.raises(redis.ResponseError, match="staging hash holds 7 of 10"):
+        forecast_cache.publish_staged(redis_client, PREFIX, DATE, "run-c", np.arange(10), 600, 600)
+    publish(redis_client, "run-d", range(9), "d")
+    assert redis_client.get("forecast:9") is None
+    assert json.loads(redis_client.get("forecast:8"))["marker"] == "d"
+
+
+def test_a_rerun_of_a_date_whose_hash_expired_removes_the_dropped_products_latest_keys(redis_client):
+    """The date's hash, the list a rerun removes from, can expire before the forecasts it lists
+    (the Helm values keep it 3 days, forecast:{id} 7): the rerun found nothing to remove and left
+    product 9's forecast of the date readable beside a last_run without it (found by a hunting helper)."""
+    publish(redis_client, "run-a", range(10), "a")
+    redis_client.delete(keys.history_key(PREFIX, DATE))  # expired
+    publish(redis_client, "run-b", range(9), "b")
+    assert redis_client.get("forecast:9") is None
+    assert sorted(forecast_cache.read_forecasts_for(redis_client, PREFIX, DATE)) == list(range(9))
+
+
+def test_a_run_for_some_products_drops_a_product_in_the_same_script_that_changes_the_version(redis_client, monkeypatch):
+    """The drop was a separate HDEL after the version changed: a reader that read the version in
+    between kept the dropped product and never noticed (found by a hunting helper)."""
+    publish(redis_client, "run-a", range(5), "a")
+
+    forecast_cache.stage_forecasts(redis_client, PREFIX, DATE, "run-b", docs([1], "b"), [1])
+    hdel = redis.Redis.hdel
+
+    def hdel_outside_the_script(self, name, *fields):
+        assert name != keys.history_key(PREFIX, DATE), f"HDEL {name} {fields} outside the publish script"
+        return hdel(self, name, *fields)
+
+    monkeypatch.setattr(redis.Redis, "hdel", hdel_outside_the_script)
+    version = redis_client.get(keys.version_key(PREFIX, DATE))
+    forecast_cache.publish_staged(
+        redis_client, PREFIX, DATE, "run-b", np.asarray([1]), 600, 600, replace_history=False, drop_products=[1, 3]
+    )
+    assert sorted(forecast_cache.read_forecasts_for(redis_client, PREFIX, DATE)) == [0, 1, 2, 4]
+    assert redis_client.get(keys.version_key(PREFIX, DATE)) != version
+    assert redis_client.get("forecast:3") is None
+
+
+def test_a_publisher_that_stalls_past_its_lease_writes_nothing_after_the_run_that_took_over(redis_client):
+    """Only the publish script checked the lease: a publisher stalled past it (a paused VM, a
+    starved pod) while another run published the date then wrote its own figures over that run's,
+    and both succeeded (found by a hunting helper). Now every write after the rename checks it."""
+    publish(redis_client, "run-a", range(6), "a")
+    took_over = {}
+
+    def stalled_figures() -> dict:
+        time.sleep(1.5)  # the lease (1 s) expires; run C publishes the date meanwhile
+        took_over.update(
+            publish(
+                redis.Redis.from_url(REDIS_URL, decode_responses=True),
+                "run-c",
+                range(4),
+                "c",
+                run_metadata=lambda: {"as_of_date": DATE, "run": "c"},
+            )
+        )
+        return {"as_of_date": DATE, "run": "b"}
+
+    with pytest.raises((forecast_cache.PublishError, redis.ResponseError, redis.exceptions.LockError)):
+        publish(redis_client, "run-b", range(5), "b", lock_seconds=1, run_metadata=stalled_figures)
+    assert took_over["last_run_updated"] == 1
+    for key in (keys.metadata_key(PREFIX), keys.metadata_key(PREFIX, DATE)):
+        assert json.loads(redis_client.get(key))["run"] == "c", key
+    cached = forecast_cache.read_forecasts_for(redis_client, PREFIX, DATE)
+    assert sorted(cached) == list(range(4)) and {d["marker"] for d in cached.values()} == {"c"}
+    assert redis_client.get("forecast:4") is None and redis_client.get("forecast:5") is None
 
 
 def test_two_runs_of_one_date_interleaving_shards_never_mix(redis_client):

@@ -9,6 +9,8 @@ Keys (``forecast`` is ``FORECAST_KEY_PREFIX``):
 - ``forecast:metadata:last_run``: the newest as-of date's run figures (same guard), and
   ``forecast:metadata:{YYYY-MM-DD}`` for every as-of date.
 - ``forecast:eligible:{YYYY-MM-DD}``: the eligible-products table handed between steps.
+- ``forecast:ids:asof:{YYYY-MM-DD}`` and ``forecast:dropped:asof:{YYYY-MM-DD}``: the products the
+  date's publishes wrote and dropped, kept as long as their ``forecast:{id}``: what a rerun removes.
 - ``forecast:lock:asof:{YYYY-MM-DD}``: the lease of the run publishing that date, and
   ``forecast:asof:{YYYY-MM-DD}:staging:{token}``: that run's hash while it is being written.
 
@@ -22,6 +24,9 @@ Publishing a date (:func:`write_forecasts`), in this order:
    over the date's hash: readers see the old hash or the new one, never a part;
 4. update ``forecast:{id}`` (guarded), and drop those of products the rerun no longer forecasts;
 5. the caller writes the run metadata (``last_run`` last), so it never names an unfinished publish.
+
+Every script after step 3 checks the lease first (``_FENCE``): a publisher stalled past it never
+writes over the run that took the date over.
 
 Sharded runs (:func:`stage_forecasts`, :func:`publish_staged`) split step 2 from the rest: each
 shard step writes its products into the run's staging hash (``...:staging:{run_id}``) without the
@@ -48,6 +53,7 @@ from forecast_pipeline.cache.keys import (
     history_key,
     lease_key,
     metadata_key,
+    published_ids_key,
     staging_key,
     staging_pattern,
     version_key,
@@ -74,18 +80,51 @@ end
 return written
 """
 
-# KEYS: latest keys; ARGV[1]: as-of date. Deletes the keys that hold exactly that date.
-_DELETE_IF_AS_OF = """
+# Every write after a date's publish script checks first that the lease is still this run's: a
+# publisher stalled past it (a paused VM, a starved pod) must not write over the run that took over.
+# KEYS[1]: the lease, ARGV[1]: the run's lease token.
+_FENCE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('PUBLISH lease lost: another run took over this as-of date')
+end
+"""
+
+# KEYS[1]: the lease, KEYS[2..]: latest keys; ARGV[1]: lease token, ARGV[2]: as-of date. Deletes
+# the keys that hold exactly that date.
+_DELETE_IF_AS_OF = (
+    _FENCE
+    + """
 local removed = 0
-for _, key in ipairs(KEYS) do
+for i = 2, #KEYS do
+  local key = KEYS[i]
   local current = redis.call('GET', key)
-  if current and string.match(current, '"as_of_date"%s*:%s*"([%d%-]+)"') == ARGV[1] then
+  if current and string.match(current, '"as_of_date"%s*:%s*"([%d%-]+)"') == ARGV[2] then
     redis.call('DEL', key)
     removed = removed + 1
   end
 end
 return removed
 """
+)
+
+# KEYS[1]: the lease, KEYS[2..]: keys to delete; ARGV[1]: lease token.
+_DELETE_HOLDING = _FENCE + "return redis.call('DEL', unpack(KEYS, 2))"
+
+# KEYS[1]: the lease, KEYS[2]: the date's figures, KEYS[3]: last_run; ARGV[1]: lease token,
+# ARGV[2]: the figures (JSON), ARGV[3]: as-of date, ARGV[4]: ttl, ARGV[5]: history ttl. last_run
+# is left alone when it holds a later as-of date; returns whether it was written. _FIGURES alone
+# (no lease to hold) does not read KEYS[1] or ARGV[1].
+_FIGURES = """
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[5])
+local current = redis.call('GET', KEYS[3])
+local current_as_of = current and string.match(current, '"as_of_date"%s*:%s*"([%d%-]+)"')
+if not current_as_of or current_as_of <= ARGV[3] then
+  redis.call('SET', KEYS[3], ARGV[2], 'EX', ARGV[4])
+  return 1
+end
+return 0
+"""
+_FENCED_FIGURES = _FENCE + _FIGURES
 
 # The start both publishing scripts share: the lease must still be this run's (else nothing is
 # written), the date's version changes (streaming readers notice), `expected` is the staged count.
@@ -121,28 +160,33 @@ return staged
 )
 
 
-# KEYS[1]: the date's hash, KEYS[2..]: latest keys; ARGV[1]: as-of date, ARGV[2]: ttl,
-# ARGV[3..]: the hash field (product id) of each latest key. Copies each product's document from
-# the hash into its latest key unless that holds a later as_of_date.
-_SET_LATEST_FROM_HASH = """
+# KEYS[1]: the lease, KEYS[2]: the date's hash, KEYS[3..]: latest keys; ARGV[1]: lease token,
+# ARGV[2]: as-of date, ARGV[3]: ttl, ARGV[4..]: the hash field (product id) of each latest key.
+# Copies each product's document from the hash into its latest key unless that holds a later
+# as_of_date.
+_SET_LATEST_FROM_HASH = (
+    _FENCE
+    + """
 local written = 0
-for i = 2, #KEYS do
-  local doc = redis.call('HGET', KEYS[1], ARGV[i + 1])
+for i = 3, #KEYS do
+  local doc = redis.call('HGET', KEYS[2], ARGV[i + 1])
   if doc then
     local current = redis.call('GET', KEYS[i])
     local current_as_of = current and string.match(current, '"as_of_date"%s*:%s*"([%d%-]+)"')
-    if not current_as_of or current_as_of <= ARGV[1] then
-      redis.call('SET', KEYS[i], doc, 'EX', ARGV[2])
+    if not current_as_of or current_as_of <= ARGV[2] then
+      redis.call('SET', KEYS[i], doc, 'EX', ARGV[3])
       written = written + 1
     end
   end
 end
 return written
 """
+)
 
 # KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease, KEYS[4]: the hash's version.
-# ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history ttl.
-# A run for some products: their staged forecasts join the date's hash (which keeps the others).
+# ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history ttl, ARGV[4..]: products to drop.
+# A run for some products: their staged forecasts join the date's hash (which keeps the others),
+# and the requested products it did not forecast leave it, in the script that changes the version.
 _MERGE = (
     _HOLD_LEASE
     + _CHECK_STAGED
@@ -153,6 +197,9 @@ if expected > 0 then
     redis.call('HSET', KEYS[2], unpack(fields, i, math.min(i + 999, #fields)))
   end
   redis.call('EXPIRE', KEYS[2], ARGV[3])
+end
+for i = 4, #ARGV, 1000 do
+  redis.call('HDEL', KEYS[2], unpack(ARGV, i, math.min(i + 999, #ARGV)))
 end
 redis.call('DEL', KEYS[1])
 return staged
@@ -200,7 +247,7 @@ def write_forecasts(
         else:
             dropped = _update_history(client, prefix, as_of, encoded, history_ttl, drop_products, lease)
         written = _write_latest(client, prefix, as_of, encoded, ttl, lease)
-        removed = _remove_latest(client, prefix, as_of, dropped)
+        removed = _remove_latest(client, prefix, as_of, dropped, lease, token)
     return {"latest_written": written, "latest_kept_newer": len(encoded) - written, "latest_removed": removed}
 
 
@@ -301,32 +348,27 @@ def publish_staged(
     try:
         with _date_lease(client, prefix, as_of, token, lock_seconds, wait_seconds, on_wait) as lease:
             if replace_history:
-                previous = client.hkeys(target)
-                # with the products an earlier publish dropped but was killed before removing
-                # their forecast:{id} (the date's hash no longer names them)
-                previous += client.smembers(dropped_key(prefix, as_of))
-                previous_ids = np.fromiter((int(p) for p in previous), dtype=np.int64, count=len(previous))
-                del previous
-                dropped = np.setdiff1d(previous_ids, ids).tolist()
-                _remember_dropped(client, prefix, as_of, dropped, max(ttl, history_ttl))  # before the rename
+                dropped = np.setdiff1d(_previously_published(client, prefix, as_of), ids).tolist()
+                # before the rename: a publish killed after it leaves both records to the next one
+                _record_publish(client, prefix, as_of, ids, dropped, max(ttl, history_ttl), replace=True)
                 client.register_script(_PUBLISH)(
                     keys=[staging, target, lease.name, version_key(prefix, as_of)], args=[token, len(ids), history_ttl]
                 )
             else:
-                client.register_script(_MERGE)(
-                    keys=[staging, target, lease.name, version_key(prefix, as_of)], args=[token, len(ids), history_ttl]
-                )
                 dropped = sorted(set(int(p) for p in drop_products) - set(ids.tolist()))
-                if dropped:
-                    client.hdel(target, *(str(pid) for pid in dropped))
-            written = _write_latest_from_hash(client, prefix, as_of, ids, ttl, lease)
-            removed = _remove_latest(client, prefix, as_of, dropped)
+                _record_publish(client, prefix, as_of, ids, [], max(ttl, history_ttl), replace=False)
+                client.register_script(_MERGE)(
+                    keys=[staging, target, lease.name, version_key(prefix, as_of)],
+                    args=[token, len(ids), history_ttl, *(str(pid) for pid in dropped)],
+                )
+            written = _write_latest_from_hash(client, prefix, as_of, ids, ttl, lease, token)
+            removed = _remove_latest(client, prefix, as_of, dropped, lease, token)
             if replace_history:
-                client.delete(dropped_key(prefix, as_of))
+                client.register_script(_DELETE_HOLDING)(keys=[lease.name, dropped_key(prefix, as_of)], args=[token])
             figures = {}
             if run_metadata is not None:
-                lease.reacquire()
-                updated = write_run_metadata(client, prefix, run_metadata(), ttl, history_ttl)
+                lease.reacquire()  # the fence below still checks it in the same script as the writes
+                updated = write_run_metadata(client, prefix, run_metadata(), ttl, history_ttl, (lease.name, token))
                 figures["last_run_updated"] = int(updated)
     except BaseException:
         # after the publish script the staging hash is gone (renamed), so this only frees a
@@ -336,20 +378,60 @@ def publish_staged(
     return {"latest_written": written, "latest_kept_newer": len(ids) - written, "latest_removed": removed, **figures}
 
 
-def _remember_dropped(client: redis.Redis, prefix: str, as_of: str, dropped: Sequence[int], ttl: int) -> None:
-    """Record (replacing any earlier record) the products this publish drops from the date, so a
-    publish killed between its rename and removing their ``forecast:{id}`` leaves them to the next."""
-    key = dropped_key(prefix, as_of)
+def _previously_published(client: redis.Redis, prefix: str, as_of: str) -> np.ndarray:
+    """Every product whose ``forecast:{id}`` may hold the date: those of its hash, those the
+    publishes recorded (the hash can expire first), and those a publish dropped but did not get to
+    remove (killed after its rename: the hash no longer names them)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.hkeys(history_key(prefix, as_of))
+    pipe.smembers(dropped_key(prefix, as_of))
+    pipe.get(published_ids_key(prefix, as_of))
+    in_hash, dropped, recorded = pipe.execute()
+    parts = [
+        np.asarray([int(p) for p in in_hash], dtype=np.int64),
+        np.asarray([int(p) for p in dropped], dtype=np.int64),
+    ]
+    if recorded:
+        parts.append(np.asarray(recorded.strip(",").split(","), dtype=np.int64))
+    return np.unique(np.concatenate(parts))
+
+
+def _record_publish(
+    client: redis.Redis,
+    prefix: str,
+    as_of: str,
+    ids: np.ndarray,
+    dropped: Sequence[int],
+    ttl: int,
+    *,
+    replace: bool,
+) -> None:
+    """Record what this publish writes (the date's ids: replaced by a full run, added to by a run
+    for some products) and drops (added to any earlier record: a publish that failed after its
+    record must not erase what a killed one left to remove), each kept ``ttl``."""
+    ids_key, drop_key = published_ids_key(prefix, as_of), dropped_key(prefix, as_of)
+    written = ",".join(map(str, ids.tolist()))
     pipe = client.pipeline(transaction=True)
-    pipe.delete(key)
+    if replace:
+        pipe.set(ids_key, written, ex=ttl)
+    elif written:
+        pipe.append(ids_key, "," + written)
+        pipe.expire(ids_key, ttl)
     for chunk in _chunks([str(int(p)) for p in dropped], BATCH_SIZE):
-        pipe.sadd(key, *chunk)
-    pipe.expire(key, ttl)
+        pipe.sadd(drop_key, *chunk)
+    if dropped:
+        pipe.expire(drop_key, ttl)
     pipe.execute()
 
 
 def _write_latest_from_hash(
-    client: redis.Redis, prefix: str, as_of: str, product_ids: np.ndarray, ttl: int, lease: redis.lock.Lock
+    client: redis.Redis,
+    prefix: str,
+    as_of: str,
+    product_ids: np.ndarray,
+    ttl: int,
+    lease: redis.lock.Lock,
+    token: str,
 ) -> int:
     """``forecast:{id}`` of each product from the date's hash, on the server, guarded against
     replacing a later as-of date's forecast."""
@@ -360,7 +442,11 @@ def _write_latest_from_hash(
         pipe = client.pipeline(transaction=False)
         for chunk in _chunks(group, BATCH_SIZE):
             fields = [str(int(p)) for p in chunk]
-            script(keys=[target, *(forecast_key(prefix, f) for f in fields)], args=[as_of, ttl, *fields], client=pipe)
+            script(
+                keys=[lease.name, target, *(forecast_key(prefix, f) for f in fields)],
+                args=[token, as_of, ttl, *fields],
+                client=pipe,
+            )
         written += sum(int(n) for n in pipe.execute())
         lease.reacquire()
     return written
@@ -452,22 +538,34 @@ def _write_latest(
     return written
 
 
-def _remove_latest(client: redis.Redis, prefix: str, as_of: str, product_ids: Sequence[int]) -> int:
+def _remove_latest(
+    client: redis.Redis, prefix: str, as_of: str, product_ids: Sequence[int], lease: redis.lock.Lock, token: str
+) -> int:
     """Delete ``forecast:{id}`` of these products where it still holds this date's forecast."""
     delete_if_as_of = client.register_script(_DELETE_IF_AS_OF)
     pipe = client.pipeline(transaction=False)
     for chunk in _chunks(list(product_ids), BATCH_SIZE):
-        delete_if_as_of(keys=[forecast_key(prefix, pid) for pid in chunk], args=[as_of], client=pipe)
+        keys = [lease.name, *(forecast_key(prefix, pid) for pid in chunk)]
+        delete_if_as_of(keys=keys, args=[token, as_of], client=pipe)
     return sum(int(n) for n in pipe.execute())
 
 
-def write_run_metadata(client: redis.Redis, prefix: str, metadata: dict, ttl: int, history_ttl: int) -> bool:
+def write_run_metadata(
+    client: redis.Redis,
+    prefix: str,
+    metadata: dict,
+    ttl: int,
+    history_ttl: int,
+    lease: tuple[str, str] | None = None,
+) -> bool:
     """Store a run's figures for its as-of date, and as ``last_run`` unless a newer as-of date's
-    run is already there. Returns whether ``last_run`` was written."""
-    doc = json.dumps(metadata)
-    client.set(metadata_key(prefix, metadata["as_of_date"]), doc, ex=history_ttl)
-    guarded_set = client.register_script(_SET_IF_NOT_NEWER)
-    return bool(guarded_set(keys=[metadata_key(prefix)], args=[metadata["as_of_date"], ttl, doc]))
+    run is already there, in one script; given the date's ``lease`` (key, token), only while this
+    run holds it. Returns whether ``last_run`` was written."""
+    as_of = metadata["as_of_date"]
+    lease_name, token = lease or ("", "")
+    keys = [lease_name or metadata_key(prefix), metadata_key(prefix, as_of), metadata_key(prefix)]
+    script = client.register_script(_FENCED_FIGURES if lease else _FIGURES)
+    return bool(script(keys=keys, args=[token, json.dumps(metadata), as_of, ttl, history_ttl]))
 
 
 def read_forecast(client: redis.Redis, prefix: str, product_id: int) -> dict | None:

@@ -36,6 +36,12 @@ def dropped_key(prefix: str, as_of: str) -> str:
     return f"{prefix}:dropped:asof:{as_of}"
 
 
+def published_ids_key(prefix: str, as_of: str) -> str:
+    """The ids of every product a publish of the date wrote (comma-separated), kept as long as
+    their ``forecast:{id}``: a rerun removes what it drops even after the date's hash expired."""
+    return f"{prefix}:ids:asof:{as_of}"
+
+
 def staging_key(prefix: str, as_of: str, token: str) -> str:
     """The hash a run stages one date's forecasts in before publishing it."""
     return f"{history_key(prefix, as_of)}:staging:{token}"
