@@ -138,6 +138,25 @@ def test_returns_net_against_sales_and_a_negative_week_is_floored(any_db):
     }
 
 
+def test_sales_and_returns_that_cancel_within_a_week_leave_a_week_without_demand(any_db):
+    """0.1 + 0.2 - 0.3 summed in floating point is 5.6e-17, not 0: the week counted as one with
+    demand (a product of 5 a week forecast at 2.1 from a longer, emptier history), and 0.3 - 0.1 -
+    0.2 as a week of returns over sales (found by a hunting helper). Both reads, both databases."""
+    orders = Orders(any_db)
+    orders.weekly(5, customers=[1, 2], weeks=4, quantity=5.0)
+    orders.add_order(1, [(5, 0.1), (5, 0.2), (5, -0.3)], AS_OF - dt.timedelta(days=7 * 15 + 3))
+    orders.add_order(2, [(5, 0.3), (5, -0.1), (5, -0.2)], AS_OF - dt.timedelta(days=7 * 12 + 3))
+    window = order_history.HistoryWindow(AS_OF, dt.date(2025, 1, 1), 2, 3)
+    with any_db.connect() as conn:
+        reads = {
+            "bulk": order_history.fetch_weekly_history(conn, window, [5]),
+            "grouped": order_history.sql_weekly_history(conn, window, [5]),
+        }
+    for name, history in reads.items():
+        assert np.flatnonzero(history.matrix[0]).tolist() == list(range(window.weeks - 4, window.weeks)), name
+        assert history.quality.summary()["weeks_floored_at_zero"] == 0, name
+
+
 # --- the quality gate: both stores or neither --------------------------------------------------
 
 

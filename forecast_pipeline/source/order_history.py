@@ -119,6 +119,8 @@ QUALITY_KINDS = (
     "weeks_floored_at_zero",
 )
 LINE_KINDS = QUALITY_KINDS[:4]  # counted per line in SQL, in the query's column order
+# A week whose net is within this share of its lines' absolute sum is zero (float rounding, not demand).
+NET_ZERO_TOLERANCE = 1e-12
 
 
 @dataclass
@@ -472,6 +474,12 @@ def fetch_weekly_history(
     return sql_weekly_history(conn, window, product_ids, source_query)
 
 
+def _cancelled_to_zero(matrix: np.ndarray, gross: np.ndarray) -> None:
+    """Weeks whose sales and returns cancel are zero: summed in floating point, 0.1 + 0.2 - 0.3 is
+    5.6e-17, which would be a week with demand (or, below zero, of returns over sales)."""
+    matrix[np.abs(matrix) <= gross * NET_ZERO_TOLERANCE] = 0.0
+
+
 def sql_weekly_history(
     conn: sa.Connection,
     window: HistoryWindow,
@@ -497,6 +505,7 @@ def sql_weekly_history(
             lines.c.product_id,
             week.label("week_back"),
             sa.func.coalesce(sa.func.sum(sa.case((known, quantity), else_=None)), 0),
+            sa.func.coalesce(sa.func.sum(sa.case((known, sa.func.abs(quantity)), else_=None)), 0),
             lines_where(lines.c.customer_id.is_(None)),
             sa.func.sum(sa.case((known, 0), else_=1)),
             lines_where(sa.and_(known, quantity < 0)),
@@ -506,12 +515,17 @@ def sql_weekly_history(
         .where(*conditions)
         .group_by(lines.c.product_id, week)
     )
-    product, week_back, net, *line_counts = _fetch_columns(conn, query, [np.int64, np.int64, float] + [np.int64] * 4)
+    product, week_back, net, gross, *line_counts = _fetch_columns(
+        conn, query, [np.int64, np.int64, float, float] + [np.int64] * 4
+    )
     row_index = pd.Index(product_ids).get_indexer(product)
     col_index = window.weeks - 1 - week_back
     keep = (row_index >= 0) & (col_index >= 0) & (col_index < window.weeks)
     rows, cols = row_index[keep], col_index[keep]
     matrix[rows, cols] = net[keep]
+    gross_matrix = np.zeros_like(matrix)
+    gross_matrix[rows, cols] = gross[keep]
+    _cancelled_to_zero(matrix, gross_matrix)
     for kind, counts in zip(LINE_KINDS, line_counts, strict=True):
         np.add.at(quality.counts[kind], rows, counts[keep])
     negative = matrix < 0
@@ -793,7 +807,10 @@ def _weekly_from_lines(lines: _Lines, window: HistoryWindow, product_ids: Sequen
     row, col, quantity = row[keep], col[keep], lines.quantity[keep]
     known = np.isfinite(quantity)
     net = np.where(known, quantity, 0.0)
-    matrix = np.bincount(row * weeks + col, weights=net, minlength=n * weeks).reshape(n, weeks)
+    cell = row * weeks + col
+    matrix = np.bincount(cell, weights=net, minlength=n * weeks).reshape(n, weeks)
+    gross = np.bincount(cell, weights=np.abs(net), minlength=n * weeks).reshape(n, weeks)
+    _cancelled_to_zero(matrix, gross)
     quality = LineQuality.empty(n)
     flags = {
         "lines_without_customer": ~lines.has_customer[keep],
