@@ -132,6 +132,27 @@ def test_a_customer_who_only_returned_or_ordered_nothing_is_not_an_active_buyer(
         assert rows == {1: (1, 0), 4: (1, 0)}, (name, rows)
 
 
+def test_a_line_of_null_quantity_from_a_source_query_is_still_an_order_of_its_customer(orders, any_db):
+    """A source query can give NULL quantities; the grouped read's "known quantity" test was NULL for
+    them on PostgreSQL, which dropped the customer from the activity the bulk read kept (found by
+    a hunting helper)."""
+    orders.add(1, 10, AS_OF - 2 * DAY, 4.0)
+    orders.add(4, 10, AS_OF - 5 * DAY, 2.0)
+    query = (
+        "SELECT oi.order_id AS order_id, o.customer_id AS customer_id, oi.product_id AS product_id, "
+        "o.created_at AS ordered_at, CASE WHEN oi.quantity = 2.0 THEN NULL ELSE oi.quantity END AS quantity "
+        "FROM order_items oi JOIN orders o ON o.id = oi.order_id"
+    )
+    window = dataclasses.replace(WINDOW, min_customers=1, min_orders=1)
+    with any_db.connect() as conn:
+        reads = {
+            "fetch": order_history.fetch_customer_activity(conn, window, [10], query),
+            "sql": order_history.sql_customer_activity(conn, window, [10], query),
+        }
+    for name, activity in reads.items():
+        assert sorted(activity.customer_id) == [1, 4], name
+
+
 LEGACY_DDL = [
     "CREATE TABLE legacy_client_agreement (id INTEGER PRIMARY KEY, client_id INTEGER NOT NULL)",
     (

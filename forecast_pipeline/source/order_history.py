@@ -94,9 +94,11 @@ class known_quantity(FunctionElement):
 @compiles(known_quantity, "postgresql")
 def _known_quantity_pg(element, compiler, **kw):
     (q,) = (compiler.process(c, **kw) for c in element.clauses)
-    # NaN sorts above every number, so it fails the upper bound too
+    # NaN sorts above every number, so it fails the upper bound too; NULL is false, not NULL (a
+    # NULL here made NOT(known AND ...) NULL too, which dropped the line)
     number = f"CAST({q} AS DOUBLE PRECISION)"
-    return f"({number} > CAST('-Infinity' AS DOUBLE PRECISION) AND {number} < CAST('Infinity' AS DOUBLE PRECISION))"
+    bounded = f"{number} > CAST('-Infinity' AS DOUBLE PRECISION) AND {number} < CAST('Infinity' AS DOUBLE PRECISION)"
+    return f"COALESCE(({bounded}), FALSE)"
 
 
 @compiles(known_quantity, "sqlite")
