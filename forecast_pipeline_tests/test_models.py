@@ -799,3 +799,16 @@ def test_a_new_product_with_regular_demand_gets_the_forecast_plus_minus_its_week
     half = engine.NORMAL_80 * y.std(axis=1)[:, None]
     np.testing.assert_allclose(out.upper, out.forecast + half)
     np.testing.assert_allclose(out.lower, np.clip(out.forecast - half, 0, None))
+
+
+def test_a_date_less_than_a_week_after_the_history_start_is_no_forecast_for_every_product():
+    """As-of dates 1-6 days after FORECAST_HISTORY_START are partitions too; their matrix has no
+    whole week and every product failed on an empty argmax, failing the date's quality gate
+    (found by a hunting helper)."""
+    result = engine.forecast_batch(np.zeros((3, 0)), 12)
+    assert result.status.tolist() == ["no_forecast"] * 3
+    assert result.forecast.shape == (3, 12)
+    for weeks in range(1, engine.MIN_HISTORY_WEEKS):  # and quietly for every history too short to forecast
+        short = np.ones((2, weeks))
+        short[1, 0] = np.nan
+        assert engine.forecast_batch(short, 12).status.tolist() == ["no_forecast", "error"]

@@ -215,6 +215,10 @@ def forecast_batch(y: np.ndarray, horizon: int = 12) -> BatchForecast:
     products there are.
     """
     y = np.asarray(y, dtype=float)
+    if y.shape[1] < MIN_HISTORY_WEEKS:
+        # Every row is no_forecast (or an error); weeks without demand before the first change
+        # nothing, and give the holdout its columns (none at all within a week of the history start).
+        y = np.concatenate([np.zeros((y.shape[0], horizon + MIN_HISTORY_WEEKS - y.shape[1])), y], axis=1)
     if y.shape[0] <= BLOCK_ROWS:
         return _forecast_block(y, horizon)
     return concat_batches([_forecast_block(y[i : i + BLOCK_ROWS], horizon) for i in range(0, y.shape[0], BLOCK_ROWS)])
