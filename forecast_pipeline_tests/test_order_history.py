@@ -266,6 +266,9 @@ TEXT_FORMS = {
     "date only": lambda when: when.date().isoformat(),  # '2025-11-10'
     "ISO 8601 with T": lambda when: when.isoformat(),  # '2025-11-10T00:00:00'
     "microseconds (SQLAlchemy's own)": lambda when: when.isoformat(" ", "microseconds"),
+    # the day as written, not its UTC day: date() moved midnight +02:00 to the day before (and its
+    # week), while the window compared the text (found by a hunting helper)
+    "ISO 8601 with a UTC offset": lambda when: when.isoformat() + "+02:00",
 }
 
 

@@ -58,7 +58,9 @@ def _weeks_before_pg(element, compiler, **kw):
 @compiles(weeks_before, "sqlite")
 def _weeks_before_sqlite(element, compiler, **kw):
     ts, as_of = (compiler.process(c, **kw) for c in element.clauses)
-    return f"((CAST(julianday(date({as_of})) - julianday(date({ts})) AS INTEGER) - 1) / 7)"
+    # the day as written (the window compares the text): date() alone would move text with a UTC
+    # offset to its UTC day
+    return f"((CAST(julianday(date({as_of})) - julianday(date(substr({ts}, 1, 10))) AS INTEGER) - 1) / 7)"
 
 
 @compiles(weeks_before, "mysql")
