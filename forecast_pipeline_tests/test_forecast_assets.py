@@ -234,6 +234,28 @@ def test_an_as_of_date_with_no_history_caches_nothing_and_says_so(pg, redis_clie
     assert meta["total_products"] == 0 and meta["successful"] == 0
 
 
+def test_a_rerun_that_finds_nothing_eligible_never_erases_a_published_date(book, redis_client, instance):
+    """A source that answers with no order lines (an empty replica, a source query gone wrong)
+    passed the failure-rate gate (0 of 0) and removed every forecast:{id} of the date the API was
+    serving (found by a hunting helper). It fails now, saying why and how to empty the date on
+    purpose; nothing of the date changes."""
+    assert run(book, instance).success
+    served = redis_client.get("forecast:1")
+    with book.begin() as conn:
+        conn.execute(sa.text("DELETE FROM order_items"))
+    result = run(book, instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.step_failure_data.error)
+    assert "No product is eligible" in message and "22 forecasts" in message and "empty_date" in message, message
+    assert redis_client.get("forecast:1") == served
+    assert json.loads(redis_client.get("forecast:metadata:last_run"))["total_products"] == 22
+
+    on_purpose = {"ops": {"eligible_products": {"config": {"empty_date": True}}}}
+    assert run(book, instance, run_config=on_purpose).success
+    assert redis_client.get("forecast:1") is None
+
+
 def test_forecasts_use_the_configured_key_prefix_and_ttl(book, redis_client, instance):
     run(book, instance, FORECAST_KEY_PREFIX="fc", FORECAST_CACHE_TTL="3600")
     assert redis_client.get("forecast:1") is None

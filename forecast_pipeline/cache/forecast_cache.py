@@ -651,6 +651,16 @@ class CachedForecasts(Mapping):
             yield doc
 
 
+def published_count(client: redis.Redis, prefix: str, as_of: str) -> int:
+    """How many forecasts of the date its publishes left (its hash, or the ids they recorded once
+    the hash has expired)."""
+    in_hash = client.hlen(history_key(prefix, as_of))
+    if in_hash:
+        return int(in_hash)
+    recorded = client.get(published_ids_key(prefix, as_of))
+    return len(recorded.strip(",").split(",")) if recorded and recorded.strip(",") else 0
+
+
 def read_run_metadata(client: redis.Redis, prefix: str, as_of: str | None = None) -> dict | None:
     raw = client.get(metadata_key(prefix, as_of))
     return json.loads(raw) if raw else None

@@ -129,6 +129,17 @@ def _source_failure(source_db: SourceDatabase, exc: sa.exc.SQLAlchemyError, as_o
 IN_PROCESS_EXECUTORS = {in_process_executor.name, "execute_in_process_executor"}
 
 
+class EligibleProductsConfig(Config):
+    empty_date: bool = Field(
+        default=False,
+        description=(
+            "Publish an as-of date with no eligible product even where forecasts of it are published "
+            "(they are removed). Off, such a run fails: a source with no order lines is more often an "
+            "outage than a catalogue with nothing left to forecast."
+        ),
+    )
+
+
 @asset(
     partitions_def=as_of_partitions,
     backfill_policy=BackfillPolicy.single_run(),
@@ -143,6 +154,7 @@ IN_PROCESS_EXECUTORS = {in_process_executor.name, "execute_in_process_executor"}
 )
 def eligible_products(
     context: AssetExecutionContext,
+    config: EligibleProductsConfig,
     source_db: SourceDatabase,
     forecast_params: ForecastParameters,
     redis_store: RedisStore,
@@ -186,10 +198,19 @@ def eligible_products(
             partition_key=key,
         )
         if tables[key].empty:
-            context.log.warning(
-                f"No product has {window.min_customers}+ customers and {window.min_orders}+ orders between "
-                f"{window.history_start} and {key}: nothing will be forecast."
+            why = (
+                f"No product is eligible for as-of {key} ({window.min_customers}+ customers and "
+                f"{window.min_orders}+ orders between {window.history_start} and {key})"
             )
+            published = forecast_cache.published_count(redis_store.client(), redis_store.key_prefix, key)
+            if published and not config.empty_date:
+                raise Failure(
+                    description=f"{why}, yet {published} forecasts of that date are published: not erasing them. "
+                    "Check the source database (DATABASE_URL, FORECAST_SOURCE_QUERY) and the thresholds; to empty "
+                    "the date on purpose, run with ops: {eligible_products: {config: {empty_date: true}}}.",
+                    metadata={"as_of_date": key, "published_forecasts": published},
+                )
+            context.log.warning(f"{why}: nothing will be forecast.")
     return Output(
         tables,
         metadata={
