@@ -68,3 +68,23 @@ def test_every_command_refuses_what_the_code_location_refuses(tmp_path):
     assert done.returncode == 2, done.stdout + done.stderr
     assert done.stderr.startswith("forecast-pipeline: invalid configuration, 2 variables to fix:"), done.stderr
     assert "ALERT_WEBHOOK_URL='ftp://x' must be" in done.stderr and "REPORT_TOP_PRODUCTS=0 must be" in done.stderr
+
+
+def test_check_warns_when_redis_may_evict_the_forecasts(tmp_path, pg):
+    """With maxmemory and an eviction policy, Redis drops keys the publish relies on (a date's
+    hash, the records of what a rerun removes) and the forecasts the API reads, silently (found by
+    a hunting helper). `check` says so; without a memory limit any policy is fine."""
+    from forecast_pipeline_tests.conftest import private_redis
+
+    assert command([str(BIN / "forecast-pipeline"), "init-db"], tmp_path).returncode == 0
+    for options, warned in [
+        (("--maxmemory", "100mb", "--maxmemory-policy", "allkeys-lru"), True),
+        (("--maxmemory", "100mb", "--maxmemory-policy", "noeviction"), False),
+        (("--maxmemory-policy", "volatile-ttl"), False),  # no limit: nothing is ever evicted
+    ]:
+        with private_redis(*options) as (url, _):
+            checked = command([str(BIN / "forecast-pipeline"), "check"], tmp_path, REDIS_URL=url)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert ("maxmemory-policy" in checked.stdout) == warned, (options, checked.stdout)
+        if warned:
+            assert "WARNING: maxmemory 100mb with maxmemory-policy allkeys-lru" in checked.stdout, checked.stdout

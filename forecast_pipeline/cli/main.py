@@ -16,6 +16,7 @@ import time
 import traceback
 import zoneinfo
 
+import redis
 import sqlalchemy as sa
 
 from forecast_pipeline.app_db.queue_tables import REQUEST_STATUSES
@@ -130,11 +131,31 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     try:
         client = _redis(settings)
         print(f"redis {redact_url(settings.redis_url)}: reachable")
+        eviction = _eviction_warning(client)
+        if eviction:
+            print(eviction)
         client.close()
     except Exception as exc:  # noqa: BLE001 - report whatever went wrong, then exit 1
         ok = False
         print(f"redis: FAILED: {exc}")
     return 0 if ok else 1
+
+
+def _eviction_warning(client) -> str | None:
+    """A warning when Redis may evict keys: the forecasts the API reads, and the records a rerun
+    removes stale forecasts by (README, *What a reader can rely on*), would go silently."""
+    try:
+        config = client.config_get("maxmemory*")
+    except redis.ResponseError:  # CONFIG refused (a managed Redis): nothing to check against
+        return "redis eviction: not checked (CONFIG GET refused): set maxmemory-policy noeviction"
+    limit, policy = int(config.get("maxmemory", 0)), config.get("maxmemory-policy", "noeviction")
+    if limit and policy != "noeviction":
+        return (
+            f"redis: WARNING: maxmemory {limit // 2**20}mb with maxmemory-policy {policy}: Redis may evict "
+            "forecasts and the records reruns rely on, silently; set maxmemory-policy noeviction (a full "
+            "Redis then fails the run instead)"
+        )
+    return None
 
 
 def _check_app_tables(settings: Settings) -> bool:
