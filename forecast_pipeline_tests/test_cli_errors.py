@@ -8,6 +8,7 @@ import subprocess
 import zoneinfo
 
 import pytest
+import redis
 
 from forecast_pipeline.cache import forecast_cache
 from forecast_pipeline_tests.conftest import BIN, POSTGRES_URL, Orders, command
@@ -260,3 +261,28 @@ def test_commands_that_touch_no_dagster_run_do_not_import_dagster(tmp_path):
     for args in (["--help"], ["show"], ["requests", "list"], ["alerts", "evaluate", "--help"], ["reports", "list"]):
         done = command([str(BIN / "python"), "-c", probe, *args], tmp_path, REDIS_URL="redis://127.0.0.1:1/0")
         assert "HEAVY []" in done.stdout, (args, done.stdout[-500:], done.stderr[-2000:])
+
+
+def test_show_of_one_product_reads_that_product_not_the_whole_date(tmp_path):
+    """``show --product ID --as-of D`` read every forecast of the date (HGETALL: gigabytes at a
+    million products) to print one (found by a hunting helper). Counted on a Redis of its own."""
+    from forecast_pipeline_tests.conftest import private_redis
+
+    docs = [
+        {"product_id": p, "as_of_date": CACHED_AS_OF, "summary": {"total_predicted_quantity": float(p)}}
+        for p in range(1, 51)
+    ]
+    with private_redis() as (url, _):
+        client = redis.Redis.from_url(url, decode_responses=True)
+        forecast_cache.write_forecasts(client, "forecast", CACHED_AS_OF, docs, ttl=600, history_ttl=600)
+        metadata = {"as_of_date": CACHED_AS_OF, "successful": 50, "failed": 0}
+        forecast_cache.write_run_metadata(client, "forecast", metadata, ttl=600, history_ttl=600)
+        client.config_resetstat()
+        shown = command([CLI, "show", "--json", "--product", "7", "--as-of", CACHED_AS_OF], tmp_path, REDIS_URL=url)
+        calls = {name: stats["calls"] for name, stats in client.info("commandstats").items()}
+        largest = command([CLI, "show", "--json"], tmp_path, REDIS_URL=url)
+        client.close()
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["forecast"]["product_id"] == 7
+    assert "cmdstat_hgetall" not in calls and "cmdstat_hscan" not in calls, calls
+    assert largest.returncode == 0 and json.loads(largest.stdout)["forecast"]["product_id"] == 50

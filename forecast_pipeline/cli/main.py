@@ -207,15 +207,21 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     metadata = forecast_cache.read_run_metadata(client, prefix, args.as_of)
     if metadata is None:
         return _fail(f"no run metadata in Redis under {key}: has a run for that date finished?")
-    forecasts = forecast_cache.read_forecasts_for(client, prefix, metadata["as_of_date"])
+    forecasts = forecast_cache.CachedForecasts(client, prefix, metadata["as_of_date"])  # read as needed
     if args.product is not None:
         product_id = args.product
-    elif forecasts:
-        product_id = max(forecasts, key=lambda p: forecasts[p]["summary"]["total_predicted_quantity"])
-    else:
-        return _fail(f"no forecasts cached for as-of {metadata['as_of_date']}")
+    else:  # the largest: the date's forecasts read in batches (a million of them are ~2 GB of JSON)
+
+        def largest() -> int | None:
+            totals = ((p, d["summary"]["total_predicted_quantity"]) for p, d in forecasts.items())
+            return max(totals, key=lambda pair: pair[1], default=(None, None))[0]
+
+        product_id = forecast_cache.read_consistently(largest, on_retry=lambda _: None)
+        if product_id is None:
+            return _fail(f"no forecasts cached for as-of {metadata['as_of_date']}")
     if args.as_of:
-        doc, doc_key = forecasts.get(product_id), f"{keys.history_key(prefix, args.as_of)} [{product_id}]"
+        doc = forecasts.get(product_id)
+        doc_key = f"{keys.history_key(prefix, args.as_of)} [{product_id}]"
     else:
         doc, doc_key = (
             forecast_cache.read_forecast(client, prefix, product_id),
