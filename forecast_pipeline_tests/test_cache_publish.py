@@ -120,8 +120,12 @@ def test_a_writer_killed_mid_write_leaves_nothing_without_a_ttl_and_a_rerun_heal
         assert client.get(keys.metadata_key(PREFIX)) is None
         left = client.info("memory")["used_memory"] - base
         assert left > full // 10  # the dead run's staging is still there, with its TTL
-        # room for one complete publish, not for it and the dead run's leftovers
+        # room for one complete publish, not for it and the dead run's leftovers, which the rerun
+        # frees first, as the forecast asset does for runs that have ended
+        # (test_a_rerun_frees_staging_left_by_a_finished_run_but_not_a_live_ones)
         client.config_set("maxmemory", base + full + left // 2)
+        for token in forecast_cache.staging_tokens(client, PREFIX, AS_OF):
+            forecast_cache.delete_staging(client, PREFIX, AS_OF, token)
 
         forecast_cache.write_forecasts(client, PREFIX, AS_OF, payloads(n, "rerun"), 600, 600)
 
@@ -159,7 +163,7 @@ def test_a_subset_write_never_leaves_a_key_without_ttl(redis_client):
 
 
 def test_a_subset_write_changes_the_dates_version_so_readers_notice(redis_client):
-    """``write_forecasts(replace_history=False)`` (no staging) changes the date's hash in place:
+    """``write_forecasts(replace_history=False)`` (a run for some products) changes the date's hash in place:
     the version must change too, or a streaming reader returns a mix and cached figures go stale."""
     version = keys.version_key(PREFIX, AS_OF)
     forecast_cache.write_forecasts(redis_client, PREFIX, AS_OF, payloads(3, "full"), 600, 600)

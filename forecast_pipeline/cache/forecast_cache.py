@@ -14,24 +14,23 @@ Keys (``forecast`` is ``FORECAST_KEY_PREFIX``):
 - ``forecast:lock:asof:{YYYY-MM-DD}``: the lease of the run publishing that date, and
   ``forecast:asof:{YYYY-MM-DD}:staging:{token}``: that run's hash while it is being written.
 
-Publishing a date (:func:`write_forecasts`), in this order:
+Publishing a date, in this order:
 
-1. take the date's lease (runs of one date publish one after the other; a dead run's lease
-   expires after ``LEASE_SECONDS``), and delete staging hashes that dead runs left behind;
-2. write the new hash under a staging key of this run, each batch in MULTI with its EXPIRE, so no
-   key ever exists without a TTL;
+1. each shard step of the run writes its products into the run's staging hash
+   (``...:staging:{run_id}``, :func:`stage_forecasts`), without the lease, each batch in MULTI with
+   its EXPIRE, so no key ever exists without a TTL; nobody reads it;
+2. the run's one publish step (:func:`publish_staged`) takes the date's lease (runs of one date
+   publish one after the other; a dead run's lease expires after ``LEASE_SECONDS``) and records
+   the date's ids and what it drops (what a later rerun removes, should this one be killed);
 3. one Lua call checks the lease is still ours and the staging hash is complete, and renames it
    over the date's hash: readers see the old hash or the new one, never a part;
-4. update ``forecast:{id}`` (guarded), and drop those of products the rerun no longer forecasts;
-5. the caller writes the run metadata (``last_run`` last), so it never names an unfinished publish.
+4. ``forecast:{id}`` are copied from that hash on the server (guarded: never over a later date;
+   the documents never travel twice), and those of products the run no longer forecasts dropped;
+5. the run metadata is written (``last_run`` last), so it never names an unfinished publish.
 
 Every script after step 3 checks the lease first (``_FENCE``): a publisher stalled past it never
-writes over the run that took the date over.
-
-Sharded runs (:func:`stage_forecasts`, :func:`publish_staged`) split step 2 from the rest: each
-shard step writes its products into the run's staging hash (``...:staging:{run_id}``) without the
-lease, then the run's one publish step takes the lease and does steps 3-5, copying each
-``forecast:{id}`` from the published hash on the server (the documents never travel twice).
+writes over the run that took the date over. :func:`write_forecasts` does 1-5 at once for a caller
+that holds every forecast already.
 
 Writes go in pipelined batches: a handful of round trips per thousand products, never one each.
 """
@@ -64,21 +63,6 @@ GROUP_SIZE = 10 * BATCH_SIZE  # products per MULTI; the lease is renewed between
 LEASE_SECONDS = 30
 LEASE_WAIT_SECONDS = 900
 STAGING_TTL_SECONDS = 3600
-
-# KEYS: target keys; ARGV[1]: as-of date, ARGV[2]: ttl, ARGV[3..]: one JSON value per key.
-# A key is left alone when it already holds a document with a later as_of_date.
-_SET_IF_NOT_NEWER = """
-local written = 0
-for i, key in ipairs(KEYS) do
-  local current = redis.call('GET', key)
-  local current_as_of = current and string.match(current, '"as_of_date"%s*:%s*"([%d%-]+)"')
-  if not current_as_of or current_as_of <= ARGV[1] then
-    redis.call('SET', key, ARGV[i + 2], 'EX', ARGV[2])
-    written = written + 1
-  end
-end
-return written
-"""
 
 # Every write after a date's publish script checks first that the lease is still this run's: a
 # publisher stalled past it (a paused VM, a starved pod) must not write over the run that took over.
@@ -229,26 +213,38 @@ def write_forecasts(
     wait_seconds: float = LEASE_WAIT_SECONDS,
     on_wait: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
-    """Publish one as-of date's forecasts (see the module docstring for the order of steps).
+    """Publish one as-of date's forecasts at once: one shard's :func:`stage_forecasts` and
+    :func:`publish_staged` (the path a run takes), for callers that hold every forecast already.
 
     With ``replace_history`` the date's hash becomes exactly these forecasts, and products that
     were in it but are not any more lose ``forecast:{id}`` if it holds this date. Without it (a
     run for some products) these products are updated in place and ``drop_products`` (requested
     but not forecast this time) are removed. Returns how many latest keys were written, kept
     because they hold a newer date, and removed. Raises :class:`PublishError` or a Redis error
-    when the date could not be published; nothing of this run is visible then. ``on_wait`` is
-    told when another run holds the date's lease.
+    when the date could not be published; nothing of this call is visible then (its staging hash
+    is deleted). ``on_wait`` is told when another run holds the date's lease.
     """
     token = uuid.uuid4().hex
-    with _date_lease(client, prefix, as_of, token, lock_seconds, wait_seconds, on_wait) as lease:
-        encoded = [(p["product_id"], json.dumps(p)) for p in payloads]
-        if replace_history:
-            dropped = _replace_history(client, prefix, as_of, encoded, history_ttl, lease, token)
-        else:
-            dropped = _update_history(client, prefix, as_of, encoded, history_ttl, drop_products, lease)
-        written = _write_latest(client, prefix, as_of, encoded, ttl, lease)
-        removed = _remove_latest(client, prefix, as_of, dropped, lease, token)
-    return {"latest_written": written, "latest_kept_newer": len(encoded) - written, "latest_removed": removed}
+    ids = np.asarray([int(p["product_id"]) for p in payloads], dtype=np.int64)
+    try:
+        stage_forecasts(client, prefix, as_of, token, payloads, ids.tolist())
+    except BaseException:
+        delete_staging(client, prefix, as_of, token)  # DEL is allowed even when Redis is out of memory
+        raise
+    return publish_staged(
+        client,
+        prefix,
+        as_of,
+        token,
+        ids,
+        ttl,
+        history_ttl,
+        replace_history=replace_history,
+        drop_products=drop_products,
+        lock_seconds=lock_seconds,
+        wait_seconds=wait_seconds,
+        on_wait=on_wait,
+    )
 
 
 @contextlib.contextmanager
@@ -445,92 +441,6 @@ def _write_latest_from_hash(
             script(
                 keys=[lease.name, target, *(forecast_key(prefix, f) for f in fields)],
                 args=[token, as_of, ttl, *fields],
-                client=pipe,
-            )
-        written += sum(int(n) for n in pipe.execute())
-        lease.reacquire()
-    return written
-
-
-def _replace_history(
-    client: redis.Redis,
-    prefix: str,
-    as_of: str,
-    encoded: list[tuple[int, str]],
-    history_ttl: int,
-    lease: redis.lock.Lock,
-    token: str,
-) -> list[int]:
-    """Stage and atomically publish the date's hash; returns the products it no longer holds."""
-    target = history_key(prefix, as_of)
-    for leftover in list(client.scan_iter(match=staging_pattern(prefix, as_of), count=1000)):
-        client.delete(leftover)  # only the lease holder writes staging hashes: these are dead runs'
-    staging = staging_key(prefix, as_of, token)
-    try:
-        _write_hash(client, staging, encoded, STAGING_TTL_SECONDS, lease)
-        previous = {int(pid) for pid in client.hkeys(target)}
-        publish = client.register_script(_PUBLISH)
-        publish(keys=[staging, target, lease.name, version_key(prefix, as_of)], args=[token, len(encoded), history_ttl])
-    except BaseException:
-        client.delete(staging)  # DEL is allowed even when Redis is out of memory
-        raise
-    return sorted(previous - {pid for pid, _ in encoded})
-
-
-def _update_history(
-    client: redis.Redis,
-    prefix: str,
-    as_of: str,
-    encoded: list[tuple[int, str]],
-    history_ttl: int,
-    drop_products: Sequence[int],
-    lease: redis.lock.Lock,
-) -> list[int]:
-    """Update the products in the date's hash in place; every change also changes its version
-    (in the same MULTI), so streaming readers and the report's figures cache notice."""
-    target, version = history_key(prefix, as_of), version_key(prefix, as_of)
-    _write_hash(client, target, encoded, history_ttl, lease, version)
-    dropped = sorted(set(drop_products) - {pid for pid, _ in encoded})
-    if dropped:
-        pipe = client.pipeline(transaction=True)
-        pipe.hdel(target, *(str(pid) for pid in dropped))
-        pipe.set(version, uuid.uuid4().hex, ex=history_ttl)
-        pipe.execute()
-    return dropped
-
-
-def _write_hash(
-    client: redis.Redis,
-    key: str,
-    encoded: list[tuple[int, str]],
-    ttl: int,
-    lease: redis.lock.Lock,
-    version: str | None = None,
-) -> None:
-    """HSET in groups, each in MULTI with its EXPIRE (the hash never exists without a TTL) and,
-    given a ``version`` key, a new value of it, renewing the lease between groups."""
-    for group in _chunks(encoded, GROUP_SIZE):
-        pipe = client.pipeline(transaction=True)
-        for chunk in _chunks(group, BATCH_SIZE):
-            pipe.hset(key, mapping={str(pid): doc for pid, doc in chunk})
-        pipe.expire(key, ttl)
-        if version is not None:
-            pipe.set(version, uuid.uuid4().hex, ex=ttl)
-        pipe.execute()
-        lease.reacquire()
-
-
-def _write_latest(
-    client: redis.Redis, prefix: str, as_of: str, encoded: list[tuple[int, str]], ttl: int, lease: redis.lock.Lock
-) -> int:
-    guarded_set = client.register_script(_SET_IF_NOT_NEWER)
-    written = 0
-    for group in _chunks(encoded, GROUP_SIZE):
-        pipe = client.pipeline(transaction=False)
-        for chunk in _chunks(group, BATCH_SIZE):
-            guarded_set(
-                keys=[forecast_key(prefix, pid) for pid, _ in chunk],
-                args=[as_of, ttl, *(doc for _, doc in chunk)],
                 client=pipe,
             )
         written += sum(int(n) for n in pipe.execute())
