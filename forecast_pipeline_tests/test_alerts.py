@@ -28,6 +28,7 @@ from dagster import (
 from forecast_pipeline.alerts import defaults, evaluate, notify, store
 from forecast_pipeline.alerts.config import get_alert_settings, load_alert_settings
 from forecast_pipeline.alerts.evaluate import AlertEvaluationError, Reading, decide, evaluate_threshold, extract_value
+from forecast_pipeline.alerts.health import health_values
 from forecast_pipeline.alerts.service import run_evaluation
 from forecast_pipeline.app_db.alert_tables import alert_events, alert_notifications, alerts, devices, readings
 from forecast_pipeline.app_db.metadata import app_metadata
@@ -904,6 +905,15 @@ def test_pipeline_health_readings_feed_the_default_alerts(world, alert_env):
     later = run_evaluation(world.engine, settings(), now=dt.datetime.now(dt.UTC) + dt.timedelta(days=9))
     [age] = [o for o in later.outcomes if o.metric == "last_run_age_seconds"]
     assert age.decision.action == "trigger" and age.decision.value > 8 * 86400
+
+
+def test_the_failure_rate_reading_is_the_gates_exact_rate_of_the_whole_run():
+    """The gate failed 51 of 1,019 (5.0049% > 5%), but the reading was the observation's rate
+    rounded to 0.05, not above the alert's 0.05; and a range run's gate judges the whole run while
+    each date's observation gave its own rate, the last date's deciding (found by a hunting helper)."""
+    assert health_values({"total_products": 1019, "failed": 51, "failure_rate": 0.05}, None)["failure_rate"] > 0.05
+    day = {"total_products": 200, "failed": 0, "failure_rate": 0.0, "run_total_products": 400, "run_failed": 40}
+    assert health_values(day, None)["failure_rate"] == 0.1
 
 
 PUBLISHING = threading.Event()  # set by the test: the stub below then finishes its publish
