@@ -775,7 +775,7 @@ def test_disabling_an_alert_closes_its_open_event_and_tells_the_receiver_why(wor
     reason = _tick(alert_evaluation_sensor)
     [event] = world.events(alert)
     assert (event.is_resolved, event.resolution_value) == (True, None) and event.resolved_at is not None
-    assert "1 open event(s) of disabled alerts closed" in reason
+    assert "1 open event(s) closed (alert disabled or changed, or source inactive)" in reason
     assert event.metadata["resolved_reason"] == "alert_disabled"
     assert "closed" not in _tick(alert_evaluation_sensor)  # once
     assert [n.kind for n in world.notifications()] == ["triggered", "resolved"]
@@ -789,6 +789,43 @@ def test_disabling_an_alert_closes_its_open_event_and_tells_the_receiver_why(wor
     assert world.open_alert_ids() == [alert] and len(world.events(alert)) == 2
 
 
+def test_an_open_event_of_a_source_made_inactive_is_closed_saying_why(world):
+    """Nothing evaluates the alerts of an inactive source, so its open event stayed open for ever,
+    with the receiver's incident (found by a hunting helper), as a disabled alert's did."""
+    tank = world.device("tank")
+    alert = world.alert(tank, "temp", ">", 82.0, name="tank too warm")
+    world.reading(tank, "temp", 85.0, at=NOW)
+    run_evaluation(world.engine, settings(), now=NOW)
+    with world.engine.begin() as conn:
+        conn.execute(sa.update(devices).where(devices.c.id == tank).values(is_active=False))
+    result = run_evaluation(world.engine, settings(), now=NOW + dt.timedelta(minutes=1))
+    assert world.open_alert_ids() == [] and result.stats.closed_disabled == 1
+    [event] = world.events(alert)
+    assert event.metadata["resolved_reason"] == "source_inactive" and event.resolution_value is None
+    assert [n.kind for n in world.notifications()] == ["triggered", "resolved"]
+
+
+def test_an_alert_whose_rule_changed_while_its_event_was_open_closes_it_and_judges_afresh(world):
+    """Edited from "> 82" to "< 20" while open at 86, the event was resolved by the new rule and the
+    receiver told "temp > 82 resolved at 86" (found by a hunting helper). It is closed as
+    alert_changed, with no value, and the new rule judges the reading in the same pass."""
+    tank = world.device("tank")
+    alert = world.alert(tank, "temp", ">", 82.0, name="tank")
+    world.reading(tank, "temp", 86.0, at=NOW)
+    run_evaluation(world.engine, settings(), now=NOW)
+    with world.engine.begin() as conn:
+        conn.execute(sa.update(alerts).where(alerts.c.id == alert).values(operator=">", threshold_value=84.0))
+    run_evaluation(world.engine, settings(), now=NOW + dt.timedelta(minutes=1))
+    first, second = world.events(alert)
+    assert (first.is_resolved, first.resolution_value) == (True, None)
+    assert first.metadata["resolved_reason"] == "alert_changed"
+    assert (second.is_resolved, second.threshold_value, second.current_value) == (False, 84.0, 86.0)
+    with world.engine.begin() as conn:
+        conn.execute(sa.update(alerts).where(alerts.c.id == alert).values(operator="<", threshold_value=20.0))
+    run_evaluation(world.engine, settings(), now=NOW + dt.timedelta(minutes=2))
+    assert world.open_alert_ids() == [] and world.events(alert)[1].metadata["resolved_reason"] == "alert_changed"
+
+
 def test_an_alert_enabled_again_before_its_event_is_closed_keeps_the_event_open(world):
     """Another evaluator, or an operator, may enable the alert between reading the disabled
     alerts' open events and closing one: the close then leaves it (the alert is evaluated again)."""
@@ -798,9 +835,9 @@ def test_an_alert_enabled_again_before_its_event_is_closed_keeps_the_event_open(
     run_evaluation(world.engine, settings(), now=NOW)
     with world.engine.begin() as conn:
         conn.execute(sa.update(alerts).where(alerts.c.id == alert).values(is_enabled=False))
-        [event] = store.disabled_open_events(conn)
+        [event] = store.orphaned_open_events(conn)
         conn.execute(sa.update(alerts).where(alerts.c.id == alert).values(is_enabled=True))
-        assert store.close_disabled_event(conn, event.id, NOW) is False
+        assert store.close_orphaned_event(conn, event.id, event.reason, NOW) is False
     assert world.open_alert_ids() == [alert] and [n.kind for n in world.notifications()] == ["triggered"]
 
 

@@ -239,7 +239,8 @@ class EvaluationStats:
     future_readings: int = 0
     """Readings dated beyond the clock skew, ignored (their sources' clocks are wrong)."""
     closed_disabled: int = 0
-    """Open events of disabled alerts closed (nothing would ever resolve them otherwise)."""
+    """Open events closed because their alert was disabled or changed, or its source made inactive
+    (nothing would ever resolve them otherwise)."""
     notifications_sent: int = 0
     notifications_failed: int = 0
     notifications_dead_lettered: int = 0
@@ -276,7 +277,7 @@ class EvaluationStats:
         if s.future_readings:
             text += f", {s.future_readings} future readings ignored"
         if s.closed_disabled:
-            text += f", {s.closed_disabled} open event(s) of disabled alerts closed"
+            text += f", {s.closed_disabled} open event(s) closed (alert disabled or changed, or source inactive)"
         if s.notifications_sent or s.notifications_failed or s.notifications_pending or s.notifications_dead_lettered:
             text += (
                 f"; notifications {s.notifications_sent} sent, {s.notifications_failed} failed, "

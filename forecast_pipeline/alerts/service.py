@@ -68,6 +68,8 @@ def run_evaluation(
     stats = EvaluationStats()
     result = EvaluationResult(stats=stats, dry_run=dry_run)
     not_after = now + dt.timedelta(seconds=settings.clock_skew_seconds)
+    # first: an alert whose rule changed is then judged afresh in this pass, with no open event
+    _close_orphaned(engine, stats, now, dry_run, emit)
     with engine.connect() as conn:
         inputs = store.load_inputs(conn, not_after)
     future: dict[tuple[int, str], tuple[str | None, int]] = {}
@@ -81,7 +83,6 @@ def run_evaluation(
             f"source {source_name!r} metric {metric!r}: {count} reading(s) dated more than "
             f"{settings.clock_skew_seconds}s ahead of {now.isoformat(timespec='seconds')} ignored (check its clock)",
         )
-    _close_disabled(engine, stats, now, dry_run, emit)
     for item in inputs:
         decision = evaluate.decide(
             item.alert, item.source, item.reading, item.open_event_id is not None, now, settings.freshness_seconds
@@ -134,22 +135,27 @@ def _apply(engine: sa.Engine, item: store.AlertInput, outcome: Outcome, now: dt.
             )
 
 
-def _close_disabled(
+def _close_orphaned(
     engine: sa.Engine, stats: EvaluationStats, now: dt.datetime, dry_run: bool, emit: Callable[[str, str], None]
 ) -> None:
-    """Close the open events of disabled alerts (see :func:`store.close_disabled_event`), each in
-    its own transaction; a database error leaves that one for the next evaluation."""
+    """Close the open events their alerts can no longer resolve (see :func:`store.close_orphaned_event`),
+    each in its own transaction; a database error leaves that one for the next evaluation."""
+    why = {
+        store.ALERT_DISABLED: "the alert is disabled",
+        store.SOURCE_INACTIVE: "its source is inactive",
+        store.ALERT_CHANGED: "the alert's rule changed",
+    }
     with engine.connect() as conn:
-        events = store.disabled_open_events(conn)
+        events = store.orphaned_open_events(conn)
     for event in events:
         label = f"alert {event.alert_id}" + (f" [{event.alert_name}]" if event.alert_name else "")
         try:
             if not dry_run:
                 with engine.begin() as conn:
-                    if not store.close_disabled_event(conn, event.id, now):
-                        continue  # another evaluator closed it, or the alert was enabled again
+                    if not store.close_orphaned_event(conn, event.id, event.reason, now):
+                        continue  # another evaluator closed it, or the reason no longer holds
         except sa.exc.SQLAlchemyError as exc:
             emit("warning", f"{label}: closing event {event.id}: database error: {getattr(exc, 'orig', None) or exc}")
             continue
         stats.closed_disabled += 1
-        emit("info", f"{label}: {'would close' if dry_run else 'closed'} event {event.id}: the alert is disabled")
+        emit("info", f"{label}: {'would close' if dry_run else 'closed'} event {event.id}: {why[event.reason]}")

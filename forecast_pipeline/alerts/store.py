@@ -211,7 +211,23 @@ def create_event(conn: sa.Connection, item: AlertInput, decision: Decision, now:
 
 ALWAYS = sa.true()
 ALERT_DISABLED = "alert_disabled"
-"""``resolved_reason`` in the metadata of an event closed because its alert was disabled."""
+SOURCE_INACTIVE = "source_inactive"
+ALERT_CHANGED = "alert_changed"
+# ``resolved_reason`` of an open event its alert can no longer resolve: the alert disabled, its
+# source inactive (neither is evaluated any more), or its rule changed (operator, threshold, metric
+# or source: the new rule would resolve it by another test, or another series).
+_SOURCE_INACTIVE = sa.exists().where(devices.c.id == alerts.c.device_id, devices.c.is_active.is_(False))
+_RULE_CHANGED = sa.or_(
+    alerts.c.operator != alert_events.c.operator,
+    alerts.c.threshold_value != alert_events.c.threshold_value,
+    alerts.c.metric != alert_events.c.metric,
+    alerts.c.device_id != alert_events.c.device_id,
+)
+ORPHANED_BECAUSE = {
+    ALERT_DISABLED: alerts.c.is_enabled.is_(False),
+    SOURCE_INACTIVE: _SOURCE_INACTIVE,
+    ALERT_CHANGED: _RULE_CHANGED,
+}
 
 
 def resolve_event(conn: sa.Connection, event_id: int, value: float | None, now: dt.datetime) -> bool:
@@ -222,14 +238,14 @@ def resolve_event(conn: sa.Connection, event_id: int, value: float | None, now: 
     return _resolve(conn, event_id, value, now)
 
 
-def close_disabled_event(conn: sa.Connection, event_id: int, now: dt.datetime) -> bool:
-    """Close the open event of a disabled alert: nothing evaluates the alert any more, so it would
-    stay open for ever, and with it the receiver's incident. Resolved with no value and
-    ``resolved_reason`` ``alert_disabled`` in its metadata, with a resolution notification like
-    any other (every resolution is sent). Only while the alert is still disabled: re-enabled
-    meanwhile, it is evaluated again. False if it was not closed."""
-    still_disabled = sa.exists().where(alerts.c.id == alert_events.c.alert_id, alerts.c.is_enabled.is_(False))
-    return _resolve(conn, event_id, None, now, reason=ALERT_DISABLED, where=still_disabled)
+def close_orphaned_event(conn: sa.Connection, event_id: int, reason: str, now: dt.datetime) -> bool:
+    """Close an open event its alert can no longer resolve (``reason``, see ``ORPHANED_BECAUSE``):
+    left open, it would stay so for ever, and with it the receiver's incident. Resolved with no
+    value and ``resolved_reason`` in its metadata, with a resolution notification like any other
+    (every resolution is sent). Only while the reason still holds: an alert enabled again
+    meanwhile is evaluated again. False if it was not closed."""
+    still = sa.exists().where(alerts.c.id == alert_events.c.alert_id, ORPHANED_BECAUSE[reason])
+    return _resolve(conn, event_id, None, now, reason=reason, where=still)
 
 
 def _resolve(
@@ -291,13 +307,17 @@ def add_readings(
     return len(rows)
 
 
-def disabled_open_events(conn: sa.Connection) -> list[sa.Row]:
-    """Open events (``id``, ``alert_id``, ``alert_name``) whose alert is disabled."""
+def orphaned_open_events(conn: sa.Connection) -> list[sa.Row]:
+    """Open events their alert can no longer resolve (``id``, ``alert_id``, ``alert_name``,
+    ``reason``), the first reason of ``ORPHANED_BECAUSE`` that holds."""
+    reason = sa.case(*((condition, name) for name, condition in ORPHANED_BECAUSE.items()), else_=None)
     return list(
         conn.execute(
-            sa.select(alert_events.c.id, alert_events.c.alert_id, alerts.c.name.label("alert_name"))
+            sa.select(
+                alert_events.c.id, alert_events.c.alert_id, alerts.c.name.label("alert_name"), reason.label("reason")
+            )
             .join(alerts, alerts.c.id == alert_events.c.alert_id)
-            .where(sa.not_(alert_events.c.is_resolved), alerts.c.is_enabled.is_(False))
+            .where(sa.not_(alert_events.c.is_resolved), sa.or_(*ORPHANED_BECAUSE.values()))
             .order_by(alert_events.c.id)
         )
     )
