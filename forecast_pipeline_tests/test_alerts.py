@@ -3,6 +3,7 @@ parallel runs on ``forecast_test`` are not disturbed), a local HTTP server as th
 sensors evaluated the way Dagster does (``build_sensor_context`` on a real ephemeral instance)."""
 
 import argparse
+import dataclasses
 import datetime as dt
 import http.server
 import json
@@ -314,6 +315,10 @@ def test_decisions_cover_missing_inactive_stale_trigger_resolve():
     assert decide(alert, evaluate.Source(5, "p", True, False), stale, False, NOW, 300).action == evaluate.TRIGGER
     triggered = decide(alert, src, fresh, False, NOW, 300)
     assert (triggered.action, triggered.value, triggered.message) == ("trigger", 85.2, "threshold crossed: 85.2 > 82")
+    # every digit it was judged on: six significant ones said "threshold crossed: 1200 > 1200"
+    close = Reading(9, "temp", 1200.004, None, None, NOW)
+    at_1200 = dataclasses.replace(alert, threshold_value=1200.0)
+    assert decide(at_1200, src, close, False, NOW, 300).message == "threshold crossed: 1200.004 > 1200"
     assert decide(alert, src, fresh, True, NOW, 300).action == evaluate.STILL_OPEN
     normal = Reading(9, "temp", 80.0, None, None, NOW)
     assert decide(alert, src, normal, True, NOW, 300).action == evaluate.RESOLVE

@@ -216,7 +216,7 @@ def decide(
         value = extract_value(reading, alert.value_path, now)
     except AlertEvaluationError as exc:
         return Decision(alert.id, ERROR, message=str(exc), reading_id=reading.id)
-    condition = f"{value:g} {alert.operator} {alert.threshold_value:g}"
+    condition = f"{_number(value)} {alert.operator} {_number(alert.threshold_value)}"
     if evaluate_threshold(value, alert.operator, alert.threshold_value):
         if has_open_event:
             return Decision(alert.id, STILL_OPEN, value, f"still {condition}", reading.id)
@@ -224,6 +224,13 @@ def decide(
     if has_open_event:
         return Decision(alert.id, RESOLVE, value, f"back to normal: not {condition}", reading.id)
     return Decision(alert.id, NORMAL, value, f"not {condition}", reading.id)
+
+
+def _number(value: float) -> str:
+    """Every digit the comparison used, none more: 1200.004, not 1200 (six significant digits
+    made "1200 > 1200" of a value just above its threshold); 82, not 82.0."""
+    text = repr(float(value))
+    return text.removesuffix(".0")
 
 
 @dataclass
