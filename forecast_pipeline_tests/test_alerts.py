@@ -831,6 +831,33 @@ def test_an_alert_whose_rule_changed_while_its_event_was_open_closes_it_and_judg
     assert world.open_alert_ids() == [] and world.events(alert)[1].metadata["resolved_reason"] == "alert_changed"
 
 
+@pytest.mark.parametrize("database", ["db", "sqlite_db"])
+def test_a_slow_evaluator_never_acts_on_a_reading_another_one_has_seen_superseded(database, request):
+    """Evaluator A loads the alerts and stalls; B triggers on 85, a reading of 70 arrives and B
+    resolves. A then opened a second event on its 85, left open on a series now at 70, with a
+    second trigger sent (found by a hunting helper). A's decision is checked against the latest
+    reading and the alert as they are when it writes."""
+    from forecast_pipeline.alerts import service
+
+    world = World(request.getfixturevalue(database))
+    tank = world.device("tank")
+    alert = world.alert(tank, "temp", ">", 82.0, name="tank")
+    world.reading(tank, "temp", 85.0, at=NOW)
+    with world.engine.connect() as conn:
+        [slow] = store.load_inputs(conn, NOW)
+    run_evaluation(world.engine, settings(), now=NOW)  # B triggers
+    world.reading(tank, "temp", 70.0, at=NOW + dt.timedelta(seconds=30))
+    run_evaluation(world.engine, settings(), now=NOW + dt.timedelta(seconds=40))  # B resolves
+    decision = decide(slow.alert, slow.source, slow.reading, False, NOW, 300)
+    assert decision.action == evaluate.TRIGGER
+    outcome = service.Outcome(alert, "tank", "tank", "temp", decision)
+    service._apply(world.engine, slow, outcome, NOW + dt.timedelta(seconds=50), NOW + dt.timedelta(minutes=5))
+    assert not outcome.applied and outcome.decision.action == evaluate.SKIP
+    assert "newer reading" in outcome.decision.message
+    assert world.open_alert_ids() == [] and len(world.events(alert)) == 1
+    assert [n.kind for n in world.notifications()] == ["triggered", "resolved"]
+
+
 def test_an_alert_enabled_again_before_its_event_is_closed_keeps_the_event_open(world):
     """Another evaluator, or an operator, may enable the alert between reading the disabled
     alerts' open events and closing one: the close then leaves it (the alert is evaluated again)."""

@@ -92,7 +92,7 @@ def run_evaluation(
         )
         try:
             if not dry_run:
-                _apply(engine, item, outcome, now)
+                _apply(engine, item, outcome, now, not_after)
         except sa.exc.SQLAlchemyError as exc:  # this alert only; the rest go on
             message = f"database error: {getattr(exc, 'orig', None) or exc}"
             outcome.decision = Decision(item.alert.id, evaluate.ERROR, decision.value, message)
@@ -115,8 +115,18 @@ def run_evaluation(
     return result
 
 
-def _apply(engine: sa.Engine, item: store.AlertInput, outcome: Outcome, now: dt.datetime) -> None:
+def _apply(
+    engine: sa.Engine, item: store.AlertInput, outcome: Outcome, now: dt.datetime, not_after: dt.datetime
+) -> None:
     decision = outcome.decision
+    if decision.action in (evaluate.TRIGGER, evaluate.RESOLVE):
+        # judged on what was loaded at the start of the pass: another evaluator may have seen a newer
+        # reading meanwhile (and acted on it), or the alert may have changed
+        with engine.connect() as conn:
+            stale = store.superseded(conn, item, not_after)
+        if stale:
+            outcome.decision = Decision(decision.alert_id, evaluate.SKIP, decision.value, f"{stale}: judged next time")
+            return
     if decision.action == evaluate.TRIGGER:
         with engine.begin() as conn:
             outcome.event_id = store.create_event(conn, item, decision, now)

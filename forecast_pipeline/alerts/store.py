@@ -176,6 +176,30 @@ def queue_notification(conn: sa.Connection, event_id: int, kind: str, payload: d
     )
 
 
+def superseded(conn: sa.Connection, item: AlertInput, not_after: dt.datetime) -> str | None:
+    """Why a decision on ``item`` (loaded earlier) is out of date, or None: the alert was disabled
+    or its rule changed, or a reading of the series newer than the one judged is in (dated at most
+    ``not_after``, as ``load_inputs`` reads them)."""
+    alert, reading = item.alert, item.reading
+    current = conn.execute(
+        sa.select(
+            alerts.c.is_enabled, alerts.c.operator, alerts.c.threshold_value, alerts.c.metric, alerts.c.device_id
+        ).where(alerts.c.id == alert.id)
+    ).one_or_none()
+    rule = (alert.operator, alert.threshold_value, alert.metric, alert.device_id)
+    if current is None or not current.is_enabled or tuple(current[1:]) != rule:
+        return "the alert changed"
+    if reading is None:
+        return None
+    series = (readings.c.device_id == alert.device_id, readings.c.metric == alert.metric)
+    later = sa.or_(
+        readings.c.timestamp > reading.timestamp,
+        sa.and_(readings.c.timestamp == reading.timestamp, readings.c.id > reading.id),
+    )
+    newer = conn.execute(sa.select(sa.exists().where(*series, later, readings.c.timestamp <= not_after))).scalar()
+    return "a newer reading arrived" if newer else None
+
+
 def create_event(conn: sa.Connection, item: AlertInput, decision: Decision, now: dt.datetime) -> int | None:
     """Open an event for a triggered alert and queue its notification (whether or not a webhook is
     configured: it is sent once one is); ``None`` when one is open already (another evaluator won)."""
