@@ -540,18 +540,22 @@ def test_forecast_predictions_alone_fails_and_keeps_the_rows_when_the_dates_hash
     assert prediction_rows(book, AS_OF) == before  # untouched
 
 
+@pytest.mark.parametrize("expired", ["the date", "its hash only"])
 def test_forecast_predictions_alone_keeps_the_rows_when_only_a_run_for_some_products_refilled_the_hash(
-    book, redis_client, instance
+    book, redis_client, instance, expired
 ):
     """After the date expired, a run for some products (a forecast request) creates a hash holding
-    just them, and no figures of a full run: that hash is not the date's forecasts, and rerunning
-    forecast_predictions alone must not replace every product's rows with those few."""
+    just them: that hash is not the date's forecasts, and rerunning forecast_predictions alone must
+    not replace every product's rows with those few. The hash expires before the full run's
+    figures (its TTL is set first), and with the figures still there the few were taken for the
+    date (found by a hunting helper)."""
     assert materialize_date(WITH_PREDICTIONS, book, instance).success
     before = prediction_rows(book, AS_OF)
     day = AS_OF.isoformat()
-    redis_client.delete(
-        keys.history_key("forecast", day), keys.metadata_key("forecast", day), keys.version_key("forecast", day)
-    )
+    gone = [keys.history_key("forecast", day)]
+    if expired == "the date":
+        gone += [keys.metadata_key("forecast", day), keys.version_key("forecast", day)]
+    redis_client.delete(*gone)
     config = {"ops": {"product_forecasts": {"config": {"product_ids": [3]}}}}
     assert materialize_date(ASSETS, book, instance, run_config=config).success
     assert redis_client.hkeys(keys.history_key("forecast", day)) == ["3"]

@@ -167,14 +167,19 @@ return written
 """
 )
 
-# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease, KEYS[4]: the hash's version.
-# ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history ttl, ARGV[4..]: products to drop.
-# A run for some products: their staged forecasts join the date's hash (which keeps the others),
-# and the requested products it did not forecast leave it, in the script that changes the version.
+# KEYS[1]: staging hash, KEYS[2]: the date's hash, KEYS[3]: the lease, KEYS[4]: the hash's version,
+# KEYS[5]: the date's run figures. ARGV[1]: lease token, ARGV[2]: expected fields, ARGV[3]: history
+# ttl, ARGV[4..]: products to drop. A run for some products: their staged forecasts join the date's
+# hash (which keeps the others), and the requested products it did not forecast leave it, in the
+# script that changes the version. Where the hash has gone (expired: before its figures, whose TTL
+# starts later), the figures go too: they describe a full run's hash, not the few products merged.
 _MERGE = (
     _HOLD_LEASE
     + _CHECK_STAGED
     + """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('DEL', KEYS[5])
+end
 if expected > 0 then
   local fields = redis.call('HGETALL', KEYS[1])
   for i = 1, #fields, 1000 do
@@ -354,7 +359,7 @@ def publish_staged(
                 dropped = sorted(set(int(p) for p in drop_products) - set(ids.tolist()))
                 _record_publish(client, prefix, as_of, ids, [], max(ttl, history_ttl), replace=False)
                 client.register_script(_MERGE)(
-                    keys=[staging, target, lease.name, version_key(prefix, as_of)],
+                    keys=[staging, target, lease.name, version_key(prefix, as_of), metadata_key(prefix, as_of)],
                     args=[token, len(ids), history_ttl, *(str(pid) for pid in dropped)],
                 )
             written = _write_latest_from_hash(client, prefix, as_of, ids, ttl, lease, token)
