@@ -368,6 +368,12 @@ class Settings(AreaSettings):
         """A running request's run is presumed dead after this long without a heartbeat."""
         return 4 * self.request_heartbeat_seconds
 
+    def history_window(self, as_of: dt.date):
+        """The eligibility window and thresholds of ``as_of``, as the forecast's resources build it."""
+        from forecast_pipeline.source.order_history import HistoryWindow
+
+        return HistoryWindow(as_of, self.history_start, self.min_customers, self.min_orders)
+
     @field_validator("database_url", "app_database_url", mode="before")
     @classmethod
     def _usable_database_url(cls, value: Any, info: ValidationInfo) -> Any:

@@ -589,3 +589,40 @@ def test_a_products_origins_are_resampled_together(monkeypatch):
     overall = clusters_seen[-1]  # the last class compared is "all"
     assert len(overall) == 90 and len(np.unique(overall)) == 30
     assert rows_by_class["all"]["coverage_interval"].series == 90
+
+
+def test_backtest_of_the_database_source_runs_on_the_configured_database(tmp_path: Path):
+    """``--source database`` read a WeeklyHistory where a matrix was expected and failed every
+    time (found by a hunting helper). An SQLite file of demo orders, as the quickstart writes it."""
+    url = f"sqlite:///{tmp_path / 'orders.sqlite'}"
+    for args in (["init-db"], ["demo-data", "--products", "60", "--as-of", "2021-06-01"]):
+        done = command([str(BIN / "forecast-pipeline"), *args], tmp_path, DATABASE_URL=url)
+        assert done.returncode == 0, done.stderr[-2000:]
+    done = command(
+        [str(BIN / "forecast-pipeline"), "backtest", "--source", "database", "--as-of", "2021-06-01"]
+        + ["--origins", "2", "--hw-sample", "0", "--no-real"],
+        tmp_path,
+        DATABASE_URL=url,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "products eligible at 2021-06-01" in done.stdout and "| engine | all |" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--step", "0"], "--step: must be a whole number of at least 1, got '0'"),
+        (["--origins", "0"], "--origins: must be a whole number of at least 1, got '0'"),
+        (["--hw-sample", "-1"], "--hw-sample: must be a whole number of at least 0, got '-1'"),
+        (["--products", "0"], "--products: must be a whole number of at least 1, got '0'"),
+        # origins before the history starts were scored on weeks near the end (negative slices)
+        (["--as-of", "2019-10-08", "--step", "25", "--origins", "3"], "the first origin would be before"),
+    ],
+)
+def test_backtest_options_that_cannot_be_scored_are_refused_in_one_line(tmp_path: Path, options, message):
+    done = command(
+        [str(BIN / "forecast-pipeline"), "backtest", "--products", "60", "--hw-sample", "0", "--no-real", *options],
+        tmp_path,
+    )
+    assert done.returncode == 2, done.stdout[-1000:] + done.stderr[-1000:]
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr

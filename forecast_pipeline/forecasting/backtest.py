@@ -441,6 +441,10 @@ def engine_in_chunks(history: np.ndarray, horizon: int, chunk_rows: int, on_chun
     return engine.concat_batches(parts)
 
 
+class BacktestError(ValueError):
+    """Origins the data cannot score (before the history starts, or none at all)."""
+
+
 def run_backtest(
     y: np.ndarray,
     *,
@@ -475,6 +479,14 @@ def run_backtest(
     n, t = y.shape
     last_cut = t - horizon if last_origin_week is None else last_origin_week
     cuts = [last_cut - k * step for k in range(origins)][::-1]
+    if origins < 1 or step < 1 or last_cut + horizon > t or cuts[0] < 1:
+        fits = max((last_cut - 1) // step + 1, 0) if step >= 1 else 0
+        needed = horizon + (origins - 1) * step + 1
+        raise BacktestError(
+            f"{origins} origin(s) {step} weeks apart with {horizon}-week tests need {needed} weeks of history; "
+            f"there are {t}, so the first origin would be before the history starts: "
+            f"give at most {fits} origin(s), a smaller step or a later as-of date"
+        )
     names = ["engine", "seasonal_naive", "engine_on_hw_sample", "holt_winters"]
     if sf_per_class:
         names += ["engine_on_sf_sample", *SF_MODELS, SF_ENSEMBLE]
@@ -797,17 +809,12 @@ def database_matrix(settings, as_of: dt.date) -> tuple[np.ndarray, Callable[[int
     from forecast_pipeline.connections import make_engine
     from forecast_pipeline.source import order_history
 
-    window = order_history.HistoryWindow(
-        as_of=as_of,
-        history_start=settings.history_start,
-        min_customers=settings.min_customers,
-        min_orders=settings.min_orders,
-    )
+    window = settings.history_window(as_of)
     db = make_engine(settings.database_url)
     with db.connect() as conn:
         eligible = order_history.fetch_eligible_products(conn, window, settings.source_query)
         ids = eligible["product_id"].tolist()
-        y = order_history.fetch_weekly_history(conn, window, ids, settings.source_query)
+        y = order_history.fetch_weekly_history(conn, window, ids, settings.source_query).matrix
     db.dispose()
 
     def label(cut: int) -> str:
