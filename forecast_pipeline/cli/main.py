@@ -440,7 +440,9 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     if args.statsforecast and not backtest.statsforecast_available():
         print(f"forecast-pipeline: {backtest.SF_MISSING}", file=sys.stderr)
         return 2
-    as_of = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
+    # validated by the parser; by default the newest partition (today in FORECAST_SCHEDULE_TIMEZONE)
+    today = dt.datetime.now(zoneinfo.ZoneInfo(settings.schedule_timezone)).date()
+    as_of = dt.date.fromisoformat(args.as_of) if args.as_of else today
     common = {
         "origins": args.origins,
         "step": args.step,
