@@ -170,6 +170,19 @@ def test_not_before_holds_a_request_back(queue):
     assert request_queue.claim_due_requests(queue, limit=10) == []
 
 
+def test_one_busy_concurrency_key_never_keeps_a_free_slot_from_other_requests(queue):
+    """One tenant's key running with 30 more of its requests queued at a higher priority (a
+    per-date backfill): the claim scanned the first rows only, all of that key, and claimed nothing,
+    leaving a slot idle and every other request waiting (found by a hunting helper)."""
+    first = request_queue.enqueue(queue, as_of_date=AS_OF, priority=5, concurrency_key="tenant-42")
+    assert [r.id for r in request_queue.claim_due_requests(queue, limit=10, capacity=2)] == [first]
+    for _ in range(30):
+        request_queue.enqueue(queue, as_of_date=AS_OF, priority=5, concurrency_key="tenant-42")
+    other = request_queue.enqueue(queue, as_of_date=AS_OF, priority=0, concurrency_key="tenant-7")
+    plain = request_queue.enqueue(queue, as_of_date=AS_OF, priority=0)
+    assert [r.id for r in request_queue.claim_due_requests(queue, limit=10, capacity=3)] == [other, plain]
+
+
 def test_requests_sharing_a_concurrency_key_never_run_together(queue):
     first = request_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-a")
     second = request_queue.enqueue(queue, as_of_date=AS_OF, concurrency_key="tenant-a")
