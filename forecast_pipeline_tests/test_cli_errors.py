@@ -194,6 +194,12 @@ def test_every_option_has_help_text_showing_its_default():
         (["requests", "enqueue"], 2, "give --as-of DATE, or --from DATE --to DATE"),
         (["requests", "enqueue", "--as-of", "2014-05-05"], 2, "before the history start"),
         (["requests", "enqueue", "--as-of", "2025-11-10", "--max-attempts", "0"], 2, "--max-attempts"),
+        (
+            ["requests", "enqueue", "--as-of", "2025-11-10", "--idempotency-key", ""],
+            2,
+            "--idempotency-key: must not be",
+        ),
+        (["requests", "enqueue", "--as-of", "2025-11-10", "--concurrency-key", " "], 2, "--concurrency-key: must not"),
         (["requests", "enqueue", "--as-of", "2025/11/10"], 2, "argument --as-of: '2025/11/10' is not a YYYY-MM-DD"),
         (["requests", "enqueue", "--from", "2025-11-01", "--to", "10.11.2025"], 2, "argument --to: '10.11.2025'"),
         (["requests", "enqueue", "--as-of", "2025-11-10", "--products="], 2, "argument --products: no product ids"),

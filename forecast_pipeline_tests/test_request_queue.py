@@ -68,12 +68,25 @@ def request_row(engine, request_id):
         ({"as_of_date": "2025-11-10", "from": "2025-11-01", "to": "2025-11-02"}, "not both"),
         ({"as_of_date": "2025-11-10", "product_ids": "7"}, "product_ids must be a non-empty list of integers"),
         ({"as_of_date": "2025-11-10", "products": [7]}, "unknown parameter(s) ['products']"),
+        # forms Python's fromisoformat takes that the CLI refuses, as the legacy worker's rows never had
+        # them: a JSON number, a basic-format date, ISO week dates (2025W01 is 2024-12-30)
+        ({"as_of_date": 20251110}, "as_of_date=20251110 is not a YYYY-MM-DD date"),
+        ({"as_of_date": "20251110"}, "as_of_date='20251110' is not a YYYY-MM-DD date"),
+        ({"from": "2025W01", "to": "2025-11-01"}, "from='2025W01' is not a YYYY-MM-DD date"),
     ],
 )
 def test_bad_parameters_say_what_is_wrong(parameters, message):
     with pytest.raises(request_queue.BadRequestParameters) as info:
         request_queue.parse_parameters(parameters, HISTORY_START, dt.date(2026, 11, 23))
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["idempotency_key", "concurrency_key"])
+def test_a_blank_key_is_refused_not_shared_by_every_request_that_gives_it(queue, key):
+    """An unset shell variable (--idempotency-key "$KEY") gave every later request the key '':
+    each was answered with the first one's id and queued nothing (found by a hunting helper)."""
+    with pytest.raises(ValueError, match=f"{key} must not be blank"):
+        request_queue.enqueue(queue, as_of_date=AS_OF, **{key: " "})
 
 
 def test_parameters_give_partitions_and_products():

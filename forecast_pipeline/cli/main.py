@@ -546,6 +546,14 @@ def _iso_date(text: str) -> str:
     return text
 
 
+def _key(text: str) -> str:
+    """An argparse type: a key that is not blank ('' from an unset shell variable would be one key
+    shared by every request that gives it)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must not be blank (leave the option out for none), got {text!r}")
+    return text
+
+
 def _at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type: a whole number of at least ``minimum`` (argparse names the option)."""
 
@@ -602,9 +610,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enqueue.add_argument("--priority", type=int, default=0, help="higher runs first")
     enqueue.add_argument("--max-attempts", type=int, default=3, help="runs tried before the request fails (at least 1)")
-    enqueue.add_argument("--concurrency-key", help="requests sharing it never run at once")
+    enqueue.add_argument("--concurrency-key", type=_key, help="requests sharing it never run at once")
     enqueue.add_argument(
-        "--idempotency-key", help="a key naming this work: enqueueing it again returns the same request"
+        "--idempotency-key",
+        type=_key,
+        help="a key naming this work: enqueueing it again returns the same request",
     )
     cancel = requests_sub.add_parser(
         "cancel", help="cancel a queued request, or cancel/terminate a claimed or running one"

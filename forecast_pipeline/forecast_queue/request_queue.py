@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import random
+import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
@@ -91,7 +92,10 @@ def parse_parameters(parameters: object, history_start: dt.date, today: dt.date)
     def date(name: str) -> dt.date:
         value = parameters.get(name)
         try:
-            return dt.date.fromisoformat(str(value))
+            # the form the CLI takes: fromisoformat alone also reads 20251110 and week dates (2025W01)
+            if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+                raise ValueError(value)
+            return dt.date.fromisoformat(value)
         except ValueError as exc:
             raise BadRequestParameters(f"{name}={value!r} is not a YYYY-MM-DD date") from exc
 
@@ -141,6 +145,9 @@ def enqueue(
     returned: a caller that retries its request never doubles the work."""
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    for name, key in (("idempotency_key", idempotency_key), ("concurrency_key", concurrency_key)):
+        if key is not None and not key.strip():  # '' from an unset variable would be shared by all
+            raise ValueError(f"{name} must not be blank (leave it out for none), got {key!r}")
     parameters: dict = {}
     if as_of_date is not None:
         parameters["as_of_date"] = str(as_of_date)
