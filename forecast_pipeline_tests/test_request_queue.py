@@ -535,3 +535,26 @@ def test_recovery_closes_a_finished_run_the_status_sensors_missed_after_a_grace(
     row = request_row(small_book, request_id)
     assert row.status == "succeeded" and row.rows_written == 60
     assert [a.event for a in request_queue.audit_entries(small_book, request_id)][-2:] == ["succeeded", "recovered"]
+
+
+def test_the_failure_sensor_says_a_request_waits_for_its_runs_process_not_that_it_is_closed(queue):
+    """A failed run whose process still beats leaves its request open (recovery closes it once the
+    process has exited); the sensor said "already closed" (found by a hunting helper)."""
+    import logging
+    import types
+
+    from forecast_pipeline.defs.forecast_queue import sensors
+
+    request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
+    request_queue.claim_due_requests(queue, limit=1)
+    with DagsterInstance.ephemeral() as instance:
+        tags = {request_queue.REQUEST_ID_TAG: str(request_id), request_queue.ATTEMPT_TAG: "1"}
+        run = instance.create_run_for_job(sensors._loaded_forecast_job(), tags=tags)
+        request_queue.mark_run_started(queue, request_id, 1, run.run_id)  # its process beats
+        instance.report_run_failed(run, "boom")
+        context = types.SimpleNamespace(
+            dagster_run=instance.get_run_by_id(run.run_id), instance=instance, log=logging.getLogger("sensor")
+        )
+        said = sensors._close(context, AppDatabase(url=engine_url(queue))).skip_message
+    assert request_row(queue, request_id).status == "running"
+    assert "process still beats" in said and "already closed" not in said, said

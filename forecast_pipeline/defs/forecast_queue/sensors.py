@@ -394,9 +394,17 @@ def _close(context: RunStatusSensorContext, app_db: AppDatabase):
     if engine is None or tagged is None:
         return SkipReason("not a queued forecast request")
     status = finish_request_for_run(context.instance, engine, context.dagster_run)
-    request_id = tagged[0]
-    context.log.info(f"forecast request {request_id}: {status or 'already closed'} (run {context.dagster_run.run_id})")
-    return SkipReason(f"forecast request {request_id}: {status or 'already closed'}")
+    request_id, attempt = tagged
+    if status is None:
+        settings = get_settings()
+        alive = request_queue.process_alive(engine, request_id, attempt, settings.request_stale_after_seconds)
+        status = (
+            "its run's process still beats: forecast_request_recovery closes it once it has exited"
+            if (alive and context.dagster_run.status != DagsterRunStatus.SUCCESS)
+            else "already closed"
+        )
+    context.log.info(f"forecast request {request_id}: {status} (run {context.dagster_run.run_id})")
+    return SkipReason(f"forecast request {request_id}: {status}")
 
 
 @run_status_sensor(
