@@ -558,3 +558,14 @@ def test_the_failure_sensor_says_a_request_waits_for_its_runs_process_not_that_i
         said = sensors._close(context, AppDatabase(url=engine_url(queue))).skip_message
     assert request_row(queue, request_id).status == "running"
     assert "process still beats" in said and "already closed" not in said, said
+
+
+def test_a_run_started_in_several_step_processes_is_audited_once(queue):
+    """Each step process marks the run started (repeatable); each wrote a "started" audit entry
+    (found by a hunting helper)."""
+    request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
+    request_queue.claim_due_requests(queue, limit=1)
+    for _ in range(3):
+        request_queue.mark_run_started(queue, request_id, 1, "run-1")
+    events = [a.event for a in request_queue.audit_entries(queue, request_id)]
+    assert events.count("started") == 1, events

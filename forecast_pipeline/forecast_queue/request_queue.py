@@ -547,7 +547,8 @@ def mark_run_started(engine: sa.Engine, request_id: int, attempt: int, run_id: s
                 dagster_run_id=run_id,
                 updated_at=sa.func.now(),
             )
-            .returning(cols.id)
+            # started_at is the transaction's now() only where this call set it: the first step process
+            .returning(cols.id, (cols.started_at == sa.func.now()).label("first"))
         ).first()
         if started is None:
             row = conn.execute(sa.select(cols.status, cols.attempts).where(cols.id == request_id)).first()
@@ -556,7 +557,8 @@ def mark_run_started(engine: sa.Engine, request_id: int, attempt: int, run_id: s
                 f"forecast request {request_id} attempt {attempt} is no longer current (now {now}): "
                 f"run {run_id} does not execute it"
             )
-        _audit(conn, request_id, "started", {"attempt": attempt, "run_id": run_id})
+        if started.first:  # one audit entry per attempt, not one per step process
+            _audit(conn, request_id, "started", {"attempt": attempt, "run_id": run_id})
 
 
 def heartbeat(engine: sa.Engine, request_id: int, attempt: int) -> None:
