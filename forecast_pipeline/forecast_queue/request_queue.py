@@ -430,8 +430,10 @@ def mark_failed(
             status = "queued"
             values = {"not_before": sa.func.now() + dt.timedelta(seconds=delay), "finished_at": None}
             detail["retry_in_seconds"] = round(delay, 1)
-        else:
-            status, values, event = "failed", {"finished_at": sa.func.now()}, "failed"
+        else:  # the specific event (stale_no_run, bad_parameters...) says why; a run's failure is "failed"
+            status, values = "failed", {"finished_at": sa.func.now()}
+            event = "failed" if event == "run_failed" else event
+        detail["status"] = status
         conn.execute(
             forecast_requests.update()
             .where(forecast_requests.c.id == request_id)
