@@ -68,6 +68,27 @@ def test_a_tick_that_dies_after_its_claim_committed_requests_the_same_attempts_r
     assert (row.status, row.attempts) == ("claimed", 1)
 
 
+def test_a_claim_whose_run_was_created_but_never_submitted_is_requested_again(queue):
+    """The daemon can create a sensor's run and fail to submit it ("created successfully but failed
+    to launch"): the run stays NOT_STARTED, and the request stayed claimed for ever, holding a slot
+    and its concurrency key (found by a hunting helper). Requesting the same run_key again makes
+    the daemon submit that run."""
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import create_run_for_test
+
+    from forecast_pipeline_tests.test_request_queue_load import request_tags
+
+    request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
+    request_queue.claim_due_requests(queue, limit=1)
+    with DagsterInstance.ephemeral() as instance:
+        create_run_for_test(
+            instance, job_name="daily_forecast", status=DagsterRunStatus.NOT_STARTED, tags=request_tags(request_id, 1)
+        )
+        claimed_ago(queue, request_id, 20)
+        (request,) = evaluate_queue_sensor(instance, queue).run_requests
+    assert request.run_key == f"forecast-request-{request_id}-attempt-1"
+
+
 def test_a_cancelled_claim_whose_tick_died_is_not_requested_again(queue):
     request_id = request_queue.enqueue(queue, as_of_date=AS_OF)
     request_queue.claim_due_requests(queue, limit=1)  # a tick that claimed it and died

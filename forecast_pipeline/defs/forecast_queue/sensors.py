@@ -190,14 +190,16 @@ def forecast_request_queue(context: SensorEvaluationContext, app_db: AppDatabase
 
 
 def claims_without_a_run(instance: DagsterInstance, engine: sa.Engine, settings: Settings, validate) -> list:
-    """Requests claimed by an earlier tick (a sensor interval ago) whose attempt has no Dagster run:
+    """Requests claimed by an earlier tick (a sensor interval ago) whose attempt has no launched Dagster run:
     the tick died after its claim committed and before Dagster received its run requests (code
     server restarted, evaluation timed out). Their run is requested again under the same run_key,
     which Dagster launches at most once, instead of the request waiting for recovery to count the
     attempt as failed."""
     lost = []
     for request in request_queue.claimed_requests(engine, claimed_before_seconds=settings.request_sensor_seconds):
-        if run_of(instance, request.id, request.attempts) is not None:
+        record = run_of(instance, request.id, request.attempts)
+        # NOT_STARTED: created, but the daemon failed to submit it; the same run_key submits it
+        if record is not None and record.dagster_run.status != DagsterRunStatus.NOT_STARTED:
             continue
         try:
             spec = validate(request.parameters)
