@@ -256,6 +256,25 @@ def test_a_rerun_that_finds_nothing_eligible_never_erases_a_published_date(book,
     assert redis_client.get("forecast:1") is None
 
 
+def test_a_reversed_partition_range_fails_naming_it_instead_of_materializing_nothing(book, instance):
+    """`dg launch --partition-range 2025-11-10...2025-11-01` succeeded, writing materializations with
+    no partition, which the asset page then showed as the newest (found by a new-user walkthrough)."""
+    from forecast_pipeline_tests.conftest import engine_url, forecast_resources
+
+    result = materialize(
+        ASSETS,
+        resources=forecast_resources(engine_url(book)),
+        instance=instance,
+        raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": "2025-11-10", "dagster/asset_partition_range_end": "2025-11-01"},
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.step_failure_data.error)
+    assert "2025-11-10...2025-11-01 holds no as-of date" in message and "start is after its end" in message, message
+    assert not [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
+
+
 def test_forecasts_use_the_configured_key_prefix_and_ttl(book, redis_client, instance):
     run(book, instance, FORECAST_KEY_PREFIX="fc", FORECAST_CACHE_TTL="3600")
     assert redis_client.get("forecast:1") is None

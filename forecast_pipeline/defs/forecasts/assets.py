@@ -129,6 +129,21 @@ def _source_failure(source_db: SourceDatabase, exc: sa.exc.SQLAlchemyError, as_o
 IN_PROCESS_EXECUTORS = {in_process_executor.name, "execute_in_process_executor"}
 
 
+def as_of_dates(context: AssetExecutionContext | OpExecutionContext) -> list[str]:
+    """The run's as-of dates; a Failure for a run that has none (a reversed partition range, which
+    Dagster runs as an empty one: it succeeded, materializing nothing under no partition)."""
+    keys = context.partition_keys
+    if not keys:
+        tags = context.run.tags
+        start, end = tags.get("dagster/asset_partition_range_start"), tags.get("dagster/asset_partition_range_end")
+        raise Failure(
+            description=f"the run's partition range {start}...{end} holds no as-of date"
+            + (": its start is after its end (give the earlier date first)" if start and end and start > end else ""),
+            allow_retries=False,
+        )
+    return keys
+
+
 class EligibleProductsConfig(Config):
     empty_date: bool = Field(
         default=False,
@@ -167,10 +182,11 @@ def eligible_products(
     # the shard of a one-shard date runs in this process too: it can reuse the lines read here
     # (the last date's only: one date's lines at a time are held)
     in_process = context.job_def.executor_def.name in IN_PROCESS_EXECUTORS
-    for key in context.partition_keys:
+    dates = as_of_dates(context)
+    for key in dates:
         stop_if_run_is_ending(context)
         window = forecast_params.window(dt.date.fromisoformat(key))
-        keep = in_process and source_db.source_query is None and key == context.partition_keys[-1]
+        keep = in_process and source_db.source_query is None and key == dates[-1]
         started = time.perf_counter()
         try:
             with source_db.engine().connect() as conn:
@@ -260,7 +276,7 @@ def plan_forecast_shards(
     redis_store: RedisStore,
     run_heartbeat: RunHeartbeat,
 ):
-    for key in context.partition_keys:
+    for key in as_of_dates(context):
         product_ids, only = _products_to_forecast(config, eligible_products[key], key)
         with redis_failures(redis_store.url, f"cleaning up finished runs' staging of {key}"):
             _delete_dead_staging(context, redis_store, key)
@@ -356,7 +372,7 @@ def publish_forecasts(
 ):
     asset_key = AssetKey("product_forecasts")
     token = context.run.root_run_id or context.run_id
-    keys = context.partition_keys
+    keys = as_of_dates(context)
     try:
         runs = {key: forecast_shards.merge_shards(key, shards) for key in keys}
     except forecast_shards.IncompleteShards as exc:
