@@ -196,6 +196,7 @@ def test_over_the_failure_limit_neither_store_is_updated(book, redis_client, ins
     # the figures the health alerts read carry the gate's own counts of the whole run
     [observed] = [e.event_specific_data.asset_observation.metadata for e in result.all_events if e.is_asset_observation]
     assert (observed["run_failed"].value, observed["run_total_products"].value) == (2, 22)
+    assert 0 < observed["elapsed_seconds"].value < 600  # the run's wall time, as the project asks of them
     assert redis_client.hlen(keys.history_key("forecast", AS_OF.isoformat())) == 0
     assert redis_client.get("forecast:5") == latest_before
     assert redis_client.get("forecast:metadata:last_run") == last_run_before

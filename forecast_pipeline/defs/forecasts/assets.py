@@ -383,8 +383,13 @@ def publish_forecasts(
         views[key] = forecast_view.view_metadata(top, histories, dt.date.fromisoformat(key))
     total = sum(r.total for r in runs.values())
     failed = sum(r.failed for r in runs.values())
+    record = context.instance.get_run_record_by_id(context.run_id)
+    started_at = record.start_time if record is not None else None
+    elapsed = round(time.time() - started_at, 3) if started_at else None  # the run's wall time so far
     for key, run in runs.items():  # with the whole run's counts, which the gate and the health alerts judge
         figures = {**_run_figures(run), "run_total_products": total, "run_failed": failed}
+        if elapsed is not None:
+            figures["elapsed_seconds"] = elapsed
         context.log_event(AssetObservation(asset_key=asset_key, partition=key, metadata=figures))
     rate, limit = (failed / total if total else 0.0), forecast_params.max_failure_rate
     errors = [(p, m) for r in runs.values() for p, m in r.errors][:ERRORS_LOGGED]
@@ -428,6 +433,7 @@ def publish_forecasts(
             {
                 **views[key],
                 **_run_figures(run),
+                **({"elapsed_seconds": elapsed} if elapsed is not None else {}),
                 "dagster/row_count": run.successful,
                 "shards": max(r.count for r in shards if r.as_of == key),
                 "models": MetadataValue.json(run.model_counts),
