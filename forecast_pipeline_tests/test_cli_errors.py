@@ -191,6 +191,9 @@ def test_every_option_has_help_text_showing_its_default():
 @pytest.mark.parametrize(
     ("args", "exit_code", "phrase"),
     [
+        (["demo-data", "--as-of", "2018-05-01"], 2, "--as-of 2018-05-01 must be from FORECAST_HISTORY_START"),
+        (["demo-data", "--as-of", "2030-01-01"], 2, "orders are history"),
+        (["demo-data", "--products", "-5"], 2, "--products: must be a whole number of at least 1"),
         (["requests", "enqueue"], 2, "give --as-of DATE, or --from DATE --to DATE"),
         (["requests", "enqueue", "--as-of", "2014-05-05"], 2, "before the history start"),
         (["requests", "enqueue", "--as-of", "2025-11-10", "--max-attempts", "0"], 2, "--max-attempts"),

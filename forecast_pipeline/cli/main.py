@@ -59,7 +59,17 @@ def cmd_demo_data(settings: Settings, args: argparse.Namespace) -> int:
     from forecast_pipeline.cli.progress import Progress
     from forecast_pipeline.source import demo_data  # pandas: only this command needs it
 
-    end = dt.date.fromisoformat(args.as_of) if args.as_of else dt.date.today()  # validated by the parser
+    # validated by the parser; by default today in FORECAST_SCHEDULE_TIMEZONE, the newest partition
+    today = dt.datetime.now(zoneinfo.ZoneInfo(settings.schedule_timezone)).date()
+    end = dt.date.fromisoformat(args.as_of) if args.as_of else today
+    if not settings.history_start <= end <= today:
+        print(
+            f"forecast-pipeline demo-data: --as-of {end} must be from FORECAST_HISTORY_START "
+            f"{settings.history_start} to today ({today} in FORECAST_SCHEDULE_TIMEZONE {settings.schedule_timezone}): "
+            "orders are history",
+            file=sys.stderr,
+        )
+        return 2
     engine = make_engine(settings.database_url)
     with engine.connect():  # an unreachable database fails now, in one line, not after generating
         pass
@@ -580,8 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(safe to repeat)",
     )
     demo = sub.add_parser("demo-data", help="replace the order tables' contents with generated history")
-    demo.add_argument("--products", type=int, default=300, help="products to generate")
-    demo.add_argument("--customers", type=int, default=400, help="customers to generate")
+    demo.add_argument("--products", type=_at_least(1), default=300, help="products to generate")
+    demo.add_argument("--customers", type=_at_least(1), default=400, help="customers to generate")
     demo.add_argument("--as-of", type=_iso_date, help="last day of history, YYYY-MM-DD (default: today)")
     demo.add_argument("--seed", type=int, default=7, help="random seed: the same seed gives the same history")
     demo.add_argument("--volume", type=float, default=3.0, help="average order lines per product-week")
