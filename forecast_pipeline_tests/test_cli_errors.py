@@ -195,6 +195,8 @@ def test_every_option_has_help_text_showing_its_default():
         (["demo-data", "--as-of", "2030-01-01"], 2, "orders are history"),
         (["demo-data", "--products", "-5"], 2, "--products: must be a whole number of at least 1"),
         (["requests", "enqueue"], 2, "give --as-of DATE, or --from DATE --to DATE"),
+        (["requests", "enqueue", "--from", "2025-11-10"], 2, "--to is needed with --from"),
+        (["requests", "enqueue", "--as-of", "2025-11-10", "--products", "1,,2"], 2, "'1,,2' is not a comma list"),
         (["requests", "enqueue", "--as-of", "2014-05-05"], 2, "before the history start"),
         (["requests", "enqueue", "--as-of", "2025-11-10", "--max-attempts", "0"], 2, "--max-attempts"),
         (

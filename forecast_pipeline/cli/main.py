@@ -342,6 +342,8 @@ def _enqueue_request(settings: Settings, args: argparse.Namespace, engine: sa.En
         return usage(f"--max-attempts must be at least 1, got {args.max_attempts}")
     if bool(args.as_of) == bool(args.date_from or args.date_to):
         return usage("give --as-of DATE, or --from DATE --to DATE")
+    if bool(args.date_from) != bool(args.date_to):
+        return usage(f"--{'to' if args.date_from else 'from'} is needed with --{'from' if args.date_from else 'to'}")
     parameters = {"as_of_date": args.as_of} if args.as_of else {"from": args.date_from, "to": args.date_to}
     if args.products is not None:
         parameters["product_ids"] = args.products
@@ -676,8 +678,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _id_list(text: str) -> list[int]:
     """An argparse type: comma-separated ids, each once, in the order given."""
+    parts = [part.strip() for part in text.split(",")]
     try:
-        ids = [int(part) for part in text.split(",") if part.strip()]
+        if "" in parts and text.strip():  # 1,,2 or a trailing comma: an id left out, perhaps by a script
+            raise ValueError(text)
+        ids = [int(part) for part in parts if part]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma list of product ids") from exc
     if not ids:
