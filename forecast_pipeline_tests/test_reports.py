@@ -863,6 +863,8 @@ def test_cli_adds_plans_accounts_schedules_and_ticks(db, capsys):
     code, out = run("tick", "--dry-run", "--json", stdout_only=True)  # the JSON; log lines go to stderr
     assert code == 0 and json.loads(out)["dry_run"] is True and len(json.loads(out)["recorded"]) == 1
     assert runs_of(db) == []
+    code, out = run("tick", "--dry-run", stdout_only=True)  # its summary says what would be written
+    assert code == 0 and "Dry run (nothing written): 1 slot(s) would be recorded" in out, out
     code, out = run("tick")
     assert code == 0 and "1 slot(s) recorded" in out and len(runs_of(db)) == 1
 

@@ -419,7 +419,7 @@ def cmd_tick(settings: Settings, args: argparse.Namespace) -> int:
             f"schedule {bad.schedule_id} {bad.name!r}: malformed, {'would be ' if args.dry_run else ''}deactivated: "
             f"{bad.reason}"
         )
-    print(("Dry run (nothing written): " if args.dry_run else "") + result.summary())
+    print(("Dry run (nothing written): " if args.dry_run else "") + result.summary(args.dry_run))
     if result.recorded and not args.dry_run:
         print(
             "The report_schedule_tick sensor launches these slots' runs once REPORT_LAUNCH_GRACE_SECONDS have passed."

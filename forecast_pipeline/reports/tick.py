@@ -79,10 +79,11 @@ class TickResult:
         self.malformed += other.malformed
         self.advanced.update(other.advanced)
 
-    def summary(self) -> str:
+    def summary(self, dry_run: bool = False) -> str:
+        would = "would be " if dry_run else ""
         return (
-            f"{len(self.recorded)} slot(s) recorded, {len(self.already_recorded)} already recorded, "
-            f"{len(self.malformed)} malformed schedule(s) deactivated, {len(self.advanced)} advanced"
+            f"{len(self.recorded)} slot(s) {would}recorded, {len(self.already_recorded)} already recorded, "
+            f"{len(self.malformed)} malformed schedule(s) {would}deactivated, {len(self.advanced)} {would}advanced"
         )
 
     def as_dict(self) -> dict:
