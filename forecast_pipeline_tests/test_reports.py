@@ -448,6 +448,8 @@ def test_the_report_job_writes_html_and_csv_from_the_cached_forecasts(db, rclien
     html = Path(html_path).read_text(encoding="utf-8")
     assert "<svg" in html and "<polygon" in html and "<polyline" in html
     assert "No forecast yet for" in html and "Product 99" in html
+    # one reason fits every missing product (a single buyer's 95 orders were "too few orders so far")
+    assert "not enough buying history yet (orders from several customers, over several weeks)" in html
     assert html.index('data-product="2"') < html.index('data-product="3"')  # top products by quantity
     assert 'data-product="1"' not in html  # only the top 2 are listed
     rows = list(csv.DictReader(io.StringIO(Path(csv_path).read_text(encoding="utf-8"))))
