@@ -794,13 +794,19 @@ def test_disabling_an_alert_closes_its_open_event_and_tells_the_receiver_why(wor
     assert world.open_alert_ids() == [alert] and len(world.events(alert)) == 2
 
 
-def test_an_open_event_of_a_source_made_inactive_is_closed_saying_why(world):
-    """Nothing evaluates the alerts of an inactive source, so its open event stayed open for ever,
-    with the receiver's incident (found by a hunting helper), as a disabled alert's did."""
+def tank_too_warm(world) -> tuple[int, int]:
+    """A source "tank" whose alert "temp > 82" has an open event (a reading of 85, evaluated)."""
     tank = world.device("tank")
     alert = world.alert(tank, "temp", ">", 82.0, name="tank too warm")
     world.reading(tank, "temp", 85.0, at=NOW)
     run_evaluation(world.engine, settings(), now=NOW)
+    return tank, alert
+
+
+def test_an_open_event_of_a_source_made_inactive_is_closed_saying_why(world):
+    """Nothing evaluates the alerts of an inactive source, so its open event stayed open for ever,
+    with the receiver's incident (found by a hunting helper), as a disabled alert's did."""
+    tank, alert = tank_too_warm(world)
     with world.engine.begin() as conn:
         conn.execute(sa.update(devices).where(devices.c.id == tank).values(is_active=False))
     result = run_evaluation(world.engine, settings(), now=NOW + dt.timedelta(minutes=1))
@@ -861,10 +867,7 @@ def test_a_slow_evaluator_never_acts_on_a_reading_another_one_has_seen_supersede
 def test_an_alert_enabled_again_before_its_event_is_closed_keeps_the_event_open(world):
     """Another evaluator, or an operator, may enable the alert between reading the disabled
     alerts' open events and closing one: the close then leaves it (the alert is evaluated again)."""
-    tank = world.device("tank")
-    alert = world.alert(tank, "temp", ">", 82.0, name="tank too warm")
-    world.reading(tank, "temp", 85.0, at=NOW)
-    run_evaluation(world.engine, settings(), now=NOW)
+    tank, alert = tank_too_warm(world)
     with world.engine.begin() as conn:
         conn.execute(sa.update(alerts).where(alerts.c.id == alert).values(is_enabled=False))
         [event] = store.orphaned_open_events(conn)
