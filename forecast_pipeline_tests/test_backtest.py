@@ -81,7 +81,8 @@ def test_the_report_counts_the_spikes_the_engine_capped():
     y = seasonal_rows(5 * models.SEASON_LENGTH)
     y[1, 200] = 1_000_000.0  # in the last two years of every origin's history
     result = backtest.run_backtest(y, label="one spike", origins=3, step=H, horizon=H, hw_sample=0)
-    assert "capped by the engine before fitting: 3 weeks in 3 of 12 series x origins" in backtest.format_result(result)
+    text = backtest.format_result(result)
+    assert "capped by the engine before fitting: 3 weeks in 3 of the 12 series x origins forecast" in text
     assert abs(result.tables()["engine"]["all"]["bias"]) < 0.05  # uncapped: forecasts 34x the actuals
 
 
