@@ -392,9 +392,15 @@ def _previously_published(client: redis.Redis, prefix: str, as_of: str) -> np.nd
         np.asarray([int(p) for p in in_hash], dtype=np.int64),
         np.asarray([int(p) for p in dropped], dtype=np.int64),
     ]
-    if recorded:
-        parts.append(np.asarray(recorded.strip(",").split(","), dtype=np.int64))
+    parts.append(_recorded_ids(recorded))
     return np.unique(np.concatenate(parts))
+
+
+def _recorded_ids(recorded: str | None) -> np.ndarray:
+    """The ids in ``forecast:ids:asof:{date}`` (comma-separated; a run for some products appends
+    ",id,id", so the string may start with a comma)."""
+    text = (recorded or "").strip(",")
+    return np.asarray(text.split(",") if text else [], dtype=np.int64)
 
 
 def _record_publish(
@@ -572,8 +578,7 @@ def published_count(client: redis.Redis, prefix: str, as_of: str) -> int:
     in_hash = client.hlen(history_key(prefix, as_of))
     if in_hash:
         return int(in_hash)
-    recorded = client.get(published_ids_key(prefix, as_of))
-    return len(recorded.strip(",").split(",")) if recorded and recorded.strip(",") else 0
+    return len(_recorded_ids(client.get(published_ids_key(prefix, as_of))))
 
 
 def read_run_metadata(client: redis.Redis, prefix: str, as_of: str | None = None) -> dict | None:
